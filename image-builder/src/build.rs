@@ -1,0 +1,305 @@
+//! `keel build`: recipe → kernel, userland, root filesystem, verity tree,
+//! UKI, ESP and GPT disk image.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use keel_spec::cmdline::{to_hex, BootParams};
+use keel_spec::container::{self, ContainerDef};
+use keel_spec::disk::{uki_file_name, Role, Slot};
+
+use crate::cache::Cache;
+use crate::disk::{self, stable_guid, Content, PartSpec};
+use crate::recipe::{self, ImageRecipe, Loaded};
+use crate::rootfs::{self, StagedContainer};
+use crate::tool;
+use crate::{esp, initramfs, kernel, package, uki, verity};
+
+const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+const SYSTEMD_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Recipe(#[from] recipe::RecipeError),
+    #[error("{path}: {message}")]
+    Container { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is missing: {hint}")]
+    Missing { path: PathBuf, hint: String },
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelError),
+    #[error(transparent)]
+    Package(#[from] package::PackageError),
+    #[error(transparent)]
+    Rootfs(#[from] rootfs::RootfsError),
+    #[error(transparent)]
+    Verity(#[from] verity::VerityError),
+    #[error(transparent)]
+    Uki(#[from] uki::UkiError),
+    #[error(transparent)]
+    Esp(#[from] esp::EspError),
+    #[error(transparent)]
+    Disk(#[from] disk::DiskError),
+    #[error(transparent)]
+    Tool(#[from] tool::ToolError),
+    #[error("root filesystem is {size} bytes; partitions.root_mib = {mib} is too small")]
+    RootTooLarge { size: u64, mib: u64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub recipe: PathBuf,
+    pub out: PathBuf,
+    pub cache: Cache,
+    /// Folder holding the musl builds of `keel-init` and `keelctl`.
+    pub bin_dir: PathBuf,
+    pub jobs: usize,
+}
+
+/// What a build produced, for the summary and for tests.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub disk: PathBuf,
+    pub uki: PathBuf,
+    pub uki_name: String,
+    pub root: PathBuf,
+    pub verity: PathBuf,
+    pub root_hash: String,
+    pub version: String,
+    pub kernel_release: String,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
+    move |source| BuildError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn need(path: &str, hint: &str) -> Result<PathBuf, BuildError> {
+    let p = PathBuf::from(path);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(BuildError::Missing {
+            path: p,
+            hint: hint.to_string(),
+        })
+    }
+}
+
+/// Load, parse and validate the container definitions a recipe enables.
+pub fn load_containers(recipe: &Loaded<ImageRecipe>) -> Result<Vec<StagedContainer>, BuildError> {
+    let dir = recipe.resolve(&recipe.recipe.containers.dir);
+    let mut out = Vec::new();
+    for name in &recipe.recipe.containers.enable {
+        let path = dir.join(format!("{name}.toml"));
+        let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+        let bad = |e: container::ContainerError| BuildError::Container {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let def = ContainerDef::parse(&text).map_err(bad)?;
+        container::validate(name, &def).map_err(bad)?;
+        out.push(StagedContainer {
+            name: name.clone(),
+            def,
+            text,
+        });
+    }
+    Ok(out)
+}
+
+pub fn os_release(r: &ImageRecipe) -> String {
+    let (name, v) = (&r.image.name, &r.image.version);
+    format!(
+        "NAME=keel\nID=keel\nVERSION={v}\nVERSION_ID={v}\nPRETTY_NAME=\"keel {v}\"\nIMAGE_ID={name}\nIMAGE_VERSION={v}\nKEEL_VERSION={}\n",
+        keel_spec::KEEL_VERSION
+    )
+}
+
+fn mkfs_ext4(path: &Path, mib: u64, uuid: &str) -> Result<(), BuildError> {
+    let f = fs::File::create(path).map_err(io_err(path))?;
+    f.set_len(mib << 20).map_err(io_err(path))?;
+    drop(f);
+    // E2FSPROGS_FAKE_TIME pins every timestamp mke2fs writes, and the
+    // hash seed would otherwise be random: both for reproducibility.
+    tool::run(
+        Command::new("mkfs.ext4")
+            .env("E2FSPROGS_FAKE_TIME", "1")
+            .args(["-q", "-F", "-L", keel_spec::disk::DATA_LABEL, "-U", uuid])
+            .arg("-E")
+            .arg(format!("hash_seed={uuid},root_owner=0:0"))
+            .arg(path),
+    )?;
+    Ok(())
+}
+
+pub fn build(opts: &Options) -> Result<Report, BuildError> {
+    let recipe = recipe::load_image(&opts.recipe)?;
+    let r = &recipe.recipe;
+    let containers = load_containers(&recipe)?;
+    let seed = format!("{} {}", r.image.name, r.image.version);
+    let stub = need(SYSTEMD_STUB, "apt-get install systemd-boot-efi")?;
+    let boot = need(SYSTEMD_BOOT, "apt-get install systemd-boot-efi")?;
+    let keel_init = opts.bin_dir.join("keel-init");
+    let keelctl = opts.bin_dir.join("keelctl");
+    for b in [&keel_init, &keelctl] {
+        if !b.is_file() {
+            return Err(BuildError::Missing {
+                path: b.clone(),
+                hint: "build it with `cargo build --release --target x86_64-unknown-linux-musl` (cargo xtask image does)".into(),
+            });
+        }
+    }
+    let work = opts.out.join("work");
+    fs::create_dir_all(&work).map_err(io_err(&work))?;
+
+    let kernel = kernel::ensure(&opts.cache, &recipe, opts.jobs)?;
+    let mut packages = Vec::new();
+    for name in &r.userland.packages {
+        let path = recipe.resolve(&format!("packages/{name}.toml"));
+        let pkg = recipe::load_package(&path)?;
+        packages.push(package::ensure(&opts.cache, name, &pkg, opts.jobs)?);
+    }
+
+    let os_release = os_release(r);
+    let staging = work.join("rootfs");
+    rootfs::stage(
+        &staging,
+        &rootfs::Inputs {
+            keel_init: &keel_init,
+            keelctl: &keelctl,
+            packages: &packages,
+            containers: &containers,
+            os_release: &os_release,
+        },
+    )?;
+    let root = opts.out.join("root.erofs");
+    rootfs::mkfs_erofs(&staging, &root, &stable_guid(&seed, "rootfs").to_string())?;
+    let root_size = fs::metadata(&root).map_err(io_err(&root))?.len();
+    if root_size > r.partitions.root_mib << 20 {
+        return Err(BuildError::RootTooLarge {
+            size: root_size,
+            mib: r.partitions.root_mib,
+        });
+    }
+
+    // The salt is derived from the root image itself: unique per image,
+    // yet the same for the same inputs.
+    let root_bytes = fs::read(&root).map_err(io_err(&root))?;
+    let salt = <sha2::Sha256 as sha2::Digest>::digest(&root_bytes);
+    drop(root_bytes);
+    let verity_path = opts.out.join("root.verity");
+    let tree = verity::build_file(
+        &root,
+        &verity_path,
+        &salt,
+        *stable_guid(&seed, "verity").as_bytes(),
+    )?;
+
+    let boot_params = BootParams {
+        slot: Slot::A,
+        verity: tree.params.clone(),
+    };
+    let cmdline = format!("{} {}", r.kernel.cmdline.trim(), boot_params.render())
+        .trim()
+        .to_string();
+    let init_bytes = fs::read(&keel_init).map_err(io_err(&keel_init))?;
+    let initrd = initramfs::build(init_bytes).map_err(io_err(&keel_init))?;
+    let stub_bytes = fs::read(&stub).map_err(io_err(&stub))?;
+    let linux = fs::read(&kernel.bzimage).map_err(io_err(&kernel.bzimage))?;
+    let uki_bytes = uki::assemble(
+        &stub_bytes,
+        &uki::Payload {
+            osrel: os_release.as_bytes(),
+            cmdline: cmdline.as_bytes(),
+            uname: kernel.release.as_bytes(),
+            linux: &linux,
+            initrd: &initrd,
+        },
+    )?;
+    let uki_name = uki_file_name(&r.image.version, Some(3));
+    let uki_path = opts.out.join(uki_file_name(&r.image.version, None));
+    fs::write(&uki_path, &uki_bytes).map_err(io_err(&uki_path))?;
+
+    let boot_bytes = fs::read(&boot).map_err(io_err(&boot))?;
+    let loader_conf =
+        "timeout 0\neditor no\nauto-entries no\nauto-firmware no\nconsole-mode keep\n";
+    let volume_id = u32::from_le_bytes(
+        stable_guid(&seed, "esp").as_bytes()[..4]
+            .try_into()
+            .unwrap_or([0; 4]),
+    );
+    let esp_image = esp::build(
+        r.partitions.esp_mib << 20,
+        volume_id,
+        &[
+            ("EFI/BOOT/BOOTX64.EFI".into(), boot_bytes.clone()),
+            ("EFI/systemd/systemd-bootx64.efi".into(), boot_bytes),
+            ("loader/loader.conf".into(), loader_conf.as_bytes().to_vec()),
+            (format!("EFI/Linux/{uki_name}"), uki_bytes),
+        ],
+    )?;
+
+    let data = work.join("data.ext4");
+    mkfs_ext4(
+        &data,
+        r.partitions.data_mib,
+        &stable_guid(&seed, "data").to_string(),
+    )?;
+
+    let p = &r.partitions;
+    let disk_path = opts.out.join("disk.img");
+    let parts = [
+        PartSpec {
+            role: Role::Esp,
+            size_mib: p.esp_mib,
+            content: Content::Bytes(&esp_image),
+        },
+        PartSpec {
+            role: Role::Root(Slot::A),
+            size_mib: p.root_mib,
+            content: Content::File(&root),
+        },
+        PartSpec {
+            role: Role::Verity(Slot::A),
+            size_mib: p.verity_mib,
+            content: Content::File(&verity_path),
+        },
+        PartSpec {
+            role: Role::Root(Slot::B),
+            size_mib: p.root_mib,
+            content: Content::Empty,
+        },
+        PartSpec {
+            role: Role::Verity(Slot::B),
+            size_mib: p.verity_mib,
+            content: Content::Empty,
+        },
+        PartSpec {
+            role: Role::Data,
+            size_mib: p.data_mib,
+            content: Content::File(&data),
+        },
+    ];
+    disk::write(&disk_path, &seed, &parts)?;
+    fs::remove_dir_all(&work).map_err(io_err(&work))?;
+
+    Ok(Report {
+        disk: disk_path,
+        uki: uki_path,
+        uki_name,
+        root,
+        verity: verity_path,
+        root_hash: to_hex(&tree.params.root_hash),
+        version: r.image.version.clone(),
+        kernel_release: kernel.release,
+    })
+}

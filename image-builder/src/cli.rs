@@ -1,0 +1,175 @@
+//! The `keel` command line.
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+use crate::build::{self, Options};
+use crate::cache::Cache;
+use crate::qemu::{self, Accel, RunOptions};
+use crate::{disk, esp};
+
+#[derive(Debug, Parser)]
+#[command(name = "keel", version, about = "Build, run and inspect keel images")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Build a bootable disk image from a recipe.
+    Build {
+        /// Image recipe.
+        #[arg(default_value = "recipes/host.toml")]
+        recipe: PathBuf,
+        /// Output folder.
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        /// Build cache (kernel, userland packages); default ~/.cache/keel.
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Folder with the musl builds of keel-init and keelctl.
+        #[arg(long, default_value = "target/x86_64-unknown-linux-musl/release")]
+        bin_dir: PathBuf,
+        /// Parallel jobs for kernel and package builds.
+        #[arg(short, long)]
+        jobs: Option<usize>,
+    },
+    /// Boot a disk image in QEMU with UEFI firmware; serial console on stdio
+    /// (Ctrl-A X quits).
+    Run {
+        disk: PathBuf,
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: Accel,
+        #[arg(long, default_value_t = 512)]
+        memory: u32,
+        #[arg(long, default_value_t = 2)]
+        cpus: u32,
+        /// Firmware variable store; created from OVMF's template if missing.
+        /// Default: DISK.vars beside the disk.
+        #[arg(long)]
+        vars: Option<PathBuf>,
+        /// Exit instead of rebooting the guest.
+        #[arg(long)]
+        no_reboot: bool,
+        /// GUEST:HOST — guest connections to 10.0.2.100:GUEST reach
+        /// 127.0.0.1:HOST.
+        #[arg(long = "forward", value_parser = parse_forward)]
+        forwards: Vec<(u16, u16)>,
+    },
+    /// Print a disk image's partition table and boot entries.
+    Inspect { disk: PathBuf },
+}
+
+fn parse_forward(s: &str) -> Result<(u16, u16), String> {
+    let (g, h) = s.split_once(':').ok_or("expected GUEST:HOST")?;
+    Ok((
+        g.parse().map_err(|_| format!("bad guest port {g:?}"))?,
+        h.parse().map_err(|_| format!("bad host port {h:?}"))?,
+    ))
+}
+
+pub fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Build {
+            recipe,
+            out,
+            cache_dir,
+            bin_dir,
+            jobs,
+        } => {
+            let cache = Cache::new(match cache_dir {
+                Some(d) => d,
+                None => Cache::default_root()?,
+            });
+            let jobs =
+                jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let started = std::time::Instant::now();
+            let report = build::build(&Options {
+                recipe,
+                out,
+                cache,
+                bin_dir,
+                jobs,
+            })?;
+            let size = |p: &PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            println!("keel {} (kernel {})", report.version, report.kernel_release);
+            println!(
+                "  root fs   {:>10} bytes  {}",
+                size(&report.root),
+                report.root.display()
+            );
+            println!(
+                "  verity    {:>10} bytes  root hash {}",
+                size(&report.verity),
+                report.root_hash
+            );
+            println!(
+                "  UKI       {:>10} bytes  {} (on the ESP as {})",
+                size(&report.uki),
+                report.uki.display(),
+                report.uki_name
+            );
+            println!(
+                "  disk      {:>10} bytes  {}",
+                size(&report.disk),
+                report.disk.display()
+            );
+            println!("  built in {:.1} s", started.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Cmd::Run {
+            disk,
+            accel,
+            memory,
+            cpus,
+            vars,
+            no_reboot,
+            forwards,
+        } => {
+            let vars = vars.unwrap_or_else(|| {
+                let mut v = disk.clone().into_os_string();
+                v.push(".vars");
+                v.into()
+            });
+            let o = RunOptions {
+                disk,
+                vars,
+                accel,
+                memory_mib: memory,
+                cpus,
+                no_reboot,
+                forwards,
+            };
+            let kvm = qemu::prepare(&o)?;
+            let err = Command::new("qemu-system-x86_64")
+                .args(qemu::qemu_args(&o, kvm))
+                .exec();
+            bail!("starting qemu-system-x86_64 (apt-get install qemu-system-x86): {err}")
+        }
+        Cmd::Inspect { disk } => {
+            let table = disk::read_table(&disk)?;
+            for (i, p) in table.iter().enumerate() {
+                println!(
+                    "{:>2} {:<14} {:>10} MiB at {:>6} MiB  {}",
+                    i + 1,
+                    p.label,
+                    p.size >> 20,
+                    p.offset >> 20,
+                    p.type_guid
+                );
+            }
+            let esp_bytes = disk::read_partition(&disk, keel_spec::disk::ESP_LABEL)?;
+            let entries = esp::list_dir(std::io::Cursor::new(esp_bytes), "EFI/Linux")
+                .with_context(|| format!("{}: reading the ESP", disk.display()))?;
+            for e in entries {
+                println!("   boot entry: EFI/Linux/{e}");
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! The keel image builder: recipes in, bootable GPT disks out.
+//!
+//! Everything here runs without root: filesystems are built into regular
+//! files, the GPT and FAT are written by library code, and nothing is mounted.
+
+pub mod build;
+pub mod cache;
+pub mod cli;
+pub mod disk;
+pub mod esp;
+pub mod initramfs;
+pub mod kernel;
+pub mod package;
+pub mod qemu;
+pub mod recipe;
+pub mod rootfs;
+pub mod tool;
+pub mod uki;
+pub mod verity;

@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    keel_image_builder::cli::main()
+}

@@ -1,0 +1,162 @@
+//! `keel run`: boot a disk image in QEMU through OVMF with the serial
+//! console on stdio. Guest networking is QEMU's user network with
+//! `restrict=on`, so nothing the guest sends leaves the machine.
+
+use std::path::{Path, PathBuf};
+
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    /// KVM where it can run ordinary guests, TCG elsewhere.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub disk: PathBuf,
+    pub vars: PathBuf,
+    pub accel: Accel,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub no_reboot: bool,
+    /// `guestfwd` rules: (guest port on 10.0.2.100, host port on 127.0.0.1).
+    pub forwards: Vec<(u16, u16)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} is missing: apt-get install ovmf")]
+    NoOvmf(PathBuf),
+    #[error("{0}: no such disk image (build one with `keel build`)")]
+    NoDisk(PathBuf),
+}
+
+/// Whether `/dev/kvm` can run an ordinary guest here. The paravirtual KVM
+/// of `kvm_pvm` hosts cannot (QEMU hangs booting Linux on it).
+pub fn kvm_usable() -> bool {
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    dev && !Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// The QEMU command line for `o` (`kvm`: whether KVM is to be used).
+pub fn qemu_args(o: &RunOptions, kvm: bool) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&[
+        "-machine",
+        "q35",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+    ]);
+    if kvm {
+        push(&["-accel", "kvm", "-cpu", "host"]);
+    } else {
+        push(&["-accel", "tcg", "-cpu", "max"]);
+    }
+    a.extend([
+        "-smp".into(),
+        o.cpus.to_string(),
+        "-m".into(),
+        o.memory_mib.to_string(),
+    ]);
+    a.extend([
+        "-drive".into(),
+        format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+        "-drive".into(),
+        format!("if=pflash,format=raw,unit=1,file={}", o.vars.display()),
+        "-drive".into(),
+        format!("if=none,id=disk0,format=raw,file={}", o.disk.display()),
+        "-device".into(),
+        "virtio-blk-pci,drive=disk0".into(),
+    ]);
+    let mut net = "user,id=n0,restrict=on".to_string();
+    for (guest, host) in &o.forwards {
+        net.push_str(&format!(
+            ",guestfwd=tcp:10.0.2.100:{guest}-cmd:socat - TCP:127.0.0.1:{host}"
+        ));
+    }
+    a.extend([
+        "-netdev".into(),
+        net,
+        "-device".into(),
+        "virtio-net-pci,netdev=n0".into(),
+    ]);
+    a.extend([
+        "-device".into(),
+        "virtio-rng-pci".into(),
+        "-serial".into(),
+        "mon:stdio".into(),
+    ]);
+    if o.no_reboot {
+        a.push("-no-reboot".into());
+    }
+    a
+}
+
+/// Check inputs and create the writable firmware variable store if needed.
+pub fn prepare(o: &RunOptions) -> Result<bool, RunError> {
+    if !o.disk.is_file() {
+        return Err(RunError::NoDisk(o.disk.clone()));
+    }
+    for f in [OVMF_CODE, OVMF_VARS] {
+        if !Path::new(f).is_file() {
+            return Err(RunError::NoOvmf(f.into()));
+        }
+    }
+    if !o.vars.exists() {
+        std::fs::copy(OVMF_VARS, &o.vars).map_err(|source| RunError::Io {
+            path: o.vars.clone(),
+            source,
+        })?;
+    }
+    Ok(match o.accel {
+        Accel::Kvm => true,
+        Accel::Tcg => false,
+        Accel::Auto => kvm_usable(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> RunOptions {
+        RunOptions {
+            disk: "out/disk.img".into(),
+            vars: "out/disk.img.vars".into(),
+            accel: Accel::Tcg,
+            memory_mib: 512,
+            cpus: 2,
+            no_reboot: true,
+            forwards: vec![(80, 8080)],
+        }
+    }
+
+    #[test]
+    fn network_is_restricted_and_forwards_use_a_bridge_per_connection() {
+        let a = qemu_args(&opts(), false).join(" ");
+        assert!(a.contains("-netdev user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:8080"), "{a}");
+        assert!(a.contains("-accel tcg -cpu max"));
+        assert!(a.contains("readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"));
+        assert!(a.contains("file=out/disk.img "));
+        assert!(a.ends_with("-no-reboot"));
+        assert!(qemu_args(&opts(), true)
+            .join(" ")
+            .contains("-accel kvm -cpu host"));
+    }
+}

@@ -1,0 +1,161 @@
+use super::{ImageRecipe, PackageRecipe};
+
+type Invalid = (String, String);
+
+fn invalid(key: &str, message: impl Into<String>) -> Invalid {
+    (key.to_string(), message.into())
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// Checks beyond the shape of the file; the error names the key.
+pub fn validate_image(r: &ImageRecipe) -> Result<(), Invalid> {
+    if !is_name(&r.image.name) {
+        return Err(invalid(
+            "image.name",
+            format!(
+                "{:?} must be letters, digits, '-', '_' or '.'",
+                r.image.name
+            ),
+        ));
+    }
+    let v = &r.image.version;
+    if v.is_empty()
+        || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.')
+        || !v.starts_with(|c: char| c.is_ascii_digit())
+    {
+        // '+' and '-' are reserved: systemd-boot's boot counting parses them
+        // out of the UKI's file name.
+        return Err(invalid(
+            "image.version",
+            format!("{v:?} must start with a digit and hold only letters, digits and '.'"),
+        ));
+    }
+    if r.kernel.fragments.is_empty() {
+        return Err(invalid(
+            "kernel.fragments",
+            "at least one fragment is required",
+        ));
+    }
+    if r.kernel
+        .cmdline
+        .split_ascii_whitespace()
+        .any(|w| w.starts_with("keel."))
+    {
+        return Err(invalid(
+            "kernel.cmdline",
+            "keel.* keys are written by `keel build`, not by the recipe",
+        ));
+    }
+    if r.containers.enable.is_empty() {
+        return Err(invalid(
+            "containers.enable",
+            "an image needs at least one system container",
+        ));
+    }
+    for p in &r.userland.packages {
+        if !is_name(p) {
+            return Err(invalid(
+                "userland.packages",
+                format!("{p:?} is not a package name"),
+            ));
+        }
+    }
+    let parts = &r.partitions;
+    for (key, mib, min) in [
+        ("partitions.esp_mib", parts.esp_mib, 33),
+        ("partitions.root_mib", parts.root_mib, 8),
+        ("partitions.verity_mib", parts.verity_mib, 1),
+        ("partitions.data_mib", parts.data_mib, 16),
+    ] {
+        if mib < min {
+            return Err(invalid(
+                key,
+                format!("{mib} MiB is below the minimum of {min} MiB"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn validate_package(r: &PackageRecipe) -> Result<(), Invalid> {
+    if !is_name(&r.source) {
+        return Err(invalid(
+            "source",
+            format!("{:?} is not a Debian source package name", r.source),
+        ));
+    }
+    if r.files.is_empty() {
+        return Err(invalid("files", "a package must install at least one file"));
+    }
+    for (k, v) in &r.config {
+        if !k.starts_with("CONFIG_") {
+            return Err(invalid(
+                &format!("config.{k}"),
+                "option names start with CONFIG_",
+            ));
+        }
+        if v.contains('\n') {
+            return Err(invalid(&format!("config.{k}"), "value must be one line"));
+        }
+    }
+    for (dst, src) in &r.files {
+        if dst.starts_with('/') || dst.contains("..") || src.starts_with('/') || src.contains("..")
+        {
+            return Err(invalid(
+                &format!("files.{dst}"),
+                "paths must be relative and stay inside the tree",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe(version: &str, cmdline: &str) -> ImageRecipe {
+        toml::from_str(&format!(
+            r#"
+[image]
+name = "keel"
+version = "{version}"
+[kernel]
+source = "linux-source-6.1"
+fragments = ["k.config"]
+required = "r.txt"
+cmdline = "{cmdline}"
+[containers]
+dir = "c"
+enable = ["admin"]
+"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn version_may_not_confuse_boot_counting() {
+        assert!(validate_image(&recipe("0.1.0", "")).is_ok());
+        assert_eq!(
+            validate_image(&recipe("0.1.0+3", "")).unwrap_err().0,
+            "image.version"
+        );
+        assert_eq!(
+            validate_image(&recipe("v1", "")).unwrap_err().0,
+            "image.version"
+        );
+    }
+
+    #[test]
+    fn recipe_may_not_forge_keel_keys() {
+        assert_eq!(
+            validate_image(&recipe("1", "keel.slot=b")).unwrap_err().0,
+            "kernel.cmdline"
+        );
+    }
+}

@@ -1,0 +1,281 @@
+//! The read-only root filesystem: a staging folder laid out by keel (no
+//! root needed: ownership is set to root by mkfs.erofs), then packed with
+//! `mkfs.erofs` with fixed timestamps and UUID so that it is reproducible.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use keel_spec::container::ContainerDef;
+use keel_spec::CONTAINERS_DIR;
+
+use crate::package::Package;
+use crate::tool::{self, ToolError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a static executable ({why}); keel images carry no dynamic binaries")]
+    NotStatic { path: PathBuf, why: &'static str },
+    #[error("container {container}: `rootfs.contents` names {item:?}, which is neither a userland package of the image nor a keel binary")]
+    UnknownContent { container: String, item: String },
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+}
+
+/// A system container as the build sees it.
+#[derive(Debug, Clone)]
+pub struct StagedContainer {
+    pub name: String,
+    pub def: ContainerDef,
+    /// The definition as written, copied verbatim into the image.
+    pub text: String,
+}
+
+/// Everything that goes into a root filesystem.
+#[derive(Debug)]
+pub struct Inputs<'a> {
+    pub keel_init: &'a Path,
+    pub keelctl: &'a Path,
+    pub packages: &'a [Package],
+    pub containers: &'a [StagedContainer],
+    pub os_release: &'a str,
+}
+
+/// Why an ELF file is not a static executable, if it is not.
+pub fn static_elf_problem(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.get(..4) != Some(b"\x7fELF") {
+        return Some("not ELF");
+    }
+    if bytes.get(4) != Some(&2) || bytes.get(5) != Some(&1) {
+        return Some("not 64-bit little-endian ELF");
+    }
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|s| u16::from_le_bytes([s[0], s[1]]))
+    };
+    let u64_at = |o: usize| {
+        bytes
+            .get(o..o + 8)
+            .map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return Some("truncated header");
+    };
+    for i in 0..u64::from(phnum) {
+        let at = usize::try_from(phoff + i * u64::from(phentsize)).unwrap_or(usize::MAX);
+        match bytes
+            .get(at..at + 4)
+            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        {
+            None => return Some("truncated program headers"),
+            Some(3) => return Some("has an ELF interpreter (dynamically linked)"),
+            Some(_) => {}
+        }
+    }
+    None
+}
+
+struct Stager {
+    root: PathBuf,
+    /// Source file → its first staged copy, which later uses hard-link so
+    /// that erofs stores each binary once.
+    stored: BTreeMap<PathBuf, PathBuf>,
+}
+
+impl Stager {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RootfsError + '_ {
+        move |source| RootfsError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn dir(&self, rel: &str) -> Result<PathBuf, RootfsError> {
+        let p = self.root.join(rel.trim_start_matches('/'));
+        fs::create_dir_all(&p).map_err(Self::io(&p))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).map_err(Self::io(&p))?;
+        Ok(p)
+    }
+
+    fn parent_of(&self, rel: &str) -> Result<PathBuf, RootfsError> {
+        let p = self.root.join(rel.trim_start_matches('/'));
+        if let Some(parent) = p.parent() {
+            let parent_rel = parent.strip_prefix(&self.root).unwrap_or(parent);
+            self.dir(&parent_rel.to_string_lossy())?;
+        }
+        Ok(p)
+    }
+
+    fn file(&self, rel: &str, data: &[u8], mode: u32) -> Result<(), RootfsError> {
+        let p = self.parent_of(rel)?;
+        fs::write(&p, data).map_err(Self::io(&p))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).map_err(Self::io(&p))?;
+        Ok(())
+    }
+
+    fn executable(&mut self, rel: &str, src: &Path) -> Result<(), RootfsError> {
+        let p = self.parent_of(rel)?;
+        if let Some(first) = self.stored.get(src) {
+            fs::hard_link(first, &p).map_err(Self::io(&p))?;
+            return Ok(());
+        }
+        let bytes = fs::read(src).map_err(Self::io(src))?;
+        if let Some(why) = static_elf_problem(&bytes) {
+            return Err(RootfsError::NotStatic {
+                path: src.to_path_buf(),
+                why,
+            });
+        }
+        fs::write(&p, &bytes).map_err(Self::io(&p))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).map_err(Self::io(&p))?;
+        self.stored.insert(src.to_path_buf(), p);
+        Ok(())
+    }
+
+    fn link(&self, rel: &str, target: &str) -> Result<(), RootfsError> {
+        let p = self.parent_of(rel)?;
+        if p.symlink_metadata().is_ok() {
+            return Ok(());
+        }
+        symlink(target, &p).map_err(Self::io(&p))
+    }
+}
+
+/// Lay out the root filesystem in `dir`, which is emptied first.
+pub fn stage(dir: &Path, inputs: &Inputs<'_>) -> Result<(), RootfsError> {
+    if dir.exists() {
+        fs::remove_dir_all(dir).map_err(Stager::io(dir))?;
+    }
+    let mut s = Stager {
+        root: dir.to_path_buf(),
+        stored: BTreeMap::new(),
+    };
+    s.dir("/")?;
+    for d in [
+        "dev", "proc", "sys", "run", "tmp", "var", "efi", "etc", "usr/bin", "sbin",
+    ] {
+        s.dir(d)?;
+    }
+    s.executable("usr/bin/keel-init", inputs.keel_init)?;
+    s.executable("usr/bin/keelctl", inputs.keelctl)?;
+    s.link("sbin/init", "/usr/bin/keel-init")?;
+    s.file("usr/lib/os-release", inputs.os_release.as_bytes(), 0o644)?;
+    s.link("etc/os-release", "../usr/lib/os-release")?;
+
+    for c in inputs.containers {
+        s.file(
+            &format!("{CONTAINERS_DIR}/{}.toml", c.name),
+            c.text.as_bytes(),
+            0o644,
+        )?;
+        let root = format!("{CONTAINERS_DIR}/{}/rootfs", c.name);
+        for d in ["dev", "proc", "sys", "tmp", "run", "var", "root", "etc"] {
+            s.dir(&format!("{root}/{d}"))?;
+        }
+        s.file(
+            &format!("{root}/etc/passwd"),
+            b"root:x:0:0:root:/root:/bin/sh\n",
+            0o644,
+        )?;
+        s.file(&format!("{root}/etc/group"), b"root:x:0:\n", 0o644)?;
+        s.file(
+            &format!("{root}/etc/os-release"),
+            inputs.os_release.as_bytes(),
+            0o644,
+        )?;
+        for m in &c.def.mounts {
+            s.dir(&format!("{root}/{}", m.target.trim_start_matches('/')))?;
+        }
+        for item in &c.def.rootfs.contents {
+            if item == "keelctl" {
+                s.executable(&format!("{root}/usr/bin/keelctl"), inputs.keelctl)?;
+                continue;
+            }
+            let pkg = inputs
+                .packages
+                .iter()
+                .find(|p| &p.name == item)
+                .ok_or_else(|| RootfsError::UnknownContent {
+                    container: c.name.clone(),
+                    item: item.clone(),
+                })?;
+            for (dst, src) in &pkg.files {
+                s.executable(&format!("{root}/{dst}"), src)?;
+            }
+            if let Some((first, _)) = pkg.files.first() {
+                let target = format!("/{}", first.trim_start_matches('/'));
+                for l in &pkg.links {
+                    s.link(&format!("{root}{l}"), &target)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Pack `dir` into an erofs image at `out`.
+pub fn mkfs_erofs(dir: &Path, out: &Path, uuid: &str) -> Result<(), RootfsError> {
+    if out.exists() {
+        fs::remove_file(out).map_err(Stager::io(out))?;
+    }
+    tool::run(
+        Command::new("mkfs.erofs")
+            .arg("--quiet")
+            .arg("-zlz4hc")
+            .arg("-T0")
+            .arg(format!("-U{uuid}"))
+            .arg("--all-root")
+            .arg(out)
+            .arg(dir),
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_test_binary_is_checked_as_elf() {
+        let me = fs::read(std::env::current_exe().unwrap()).unwrap();
+        // Test binaries are built for the host, dynamically linked.
+        assert_eq!(
+            static_elf_problem(&me),
+            Some("has an ELF interpreter (dynamically linked)")
+        );
+        assert_eq!(static_elf_problem(b"#!/bin/sh\n"), Some("not ELF"));
+    }
+
+    #[test]
+    fn stage_lays_out_containers_and_refuses_dynamic_binaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let def = ContainerDef::parse(
+            "command = [\"/bin/sh\"]\n[rootfs]\ncontents = [\"keelctl\"]\n[[mounts]]\nsource = \"/run/keel\"\ntarget = \"/run/keel\"\n",
+        )
+        .unwrap();
+        let containers = [StagedContainer {
+            name: "admin".into(),
+            def,
+            text: "x".into(),
+        }];
+        let me = std::env::current_exe().unwrap();
+        let inputs = Inputs {
+            keel_init: &me,
+            keelctl: &me,
+            packages: &[],
+            containers: &containers,
+            os_release: "ID=keel\n",
+        };
+        let err = stage(&dir.path().join("root"), &inputs).unwrap_err();
+        assert!(matches!(err, RootfsError::NotStatic { .. }), "{err}");
+    }
+}

@@ -1,0 +1,146 @@
+//! The local API between keel-init and keelctl: one JSON request line and
+//! one JSON response line per connection on a root-only Unix socket.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Poweroff,
+    Reboot,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Response {
+    Status(Status),
+    Ok,
+    Error(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub slot: String,
+    pub uptime_ms: u64,
+    /// Every service up (the health gate's view).
+    pub ready: bool,
+    pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub description: String,
+    pub state: String,
+    pub pid: Option<i32>,
+    /// PID inside the service's PID namespace.
+    pub ns_pid: Option<i32>,
+    /// "private" or "host".
+    pub pid_ns: String,
+    pub root_readonly: Option<bool>,
+    pub restarts: u32,
+    pub capabilities: Vec<String>,
+    pub last_error: Option<String>,
+}
+
+/// `keelctl status` as a table.
+pub fn render_status(s: &Status) -> String {
+    let mut out = format!(
+        "keel {}  slot {}  up {:.1} s  {}\n",
+        s.version,
+        s.slot,
+        s.uptime_ms as f64 / 1000.0,
+        if s.ready { "ready" } else { "not ready" }
+    );
+    out.push_str(&format!(
+        "{:<12} {:<10} {:>6} {:>6} {:<8} {:<5} {:>8}  {}\n",
+        "SERVICE", "STATE", "PID", "NSPID", "PIDNS", "ROOT", "RESTARTS", "CAPS"
+    ));
+    let opt = |v: Option<i32>| v.map_or("-".to_string(), |v| v.to_string());
+    for svc in &s.services {
+        let root = match svc.root_readonly {
+            Some(true) => "ro",
+            Some(false) => "rw",
+            None => "-",
+        };
+        let caps = if svc.capabilities.is_empty() {
+            "-".to_string()
+        } else {
+            svc.capabilities.join(",")
+        };
+        out.push_str(&format!(
+            "{:<12} {:<10} {:>6} {:>6} {:<8} {:<5} {:>8}  {}\n",
+            svc.name,
+            svc.state,
+            opt(svc.pid),
+            opt(svc.ns_pid),
+            svc.pid_ns,
+            root,
+            svc.restarts,
+            caps
+        ));
+        if let Some(e) = &svc.last_error {
+            out.push_str(&format!("{:<12} last error: {e}\n", ""));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_tagged_json() {
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"cmd":"status"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"poweroff"}"#).unwrap(),
+            Request::Poweroff
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
+    }
+
+    #[test]
+    fn table_shows_each_service() {
+        let s = Status {
+            version: "0.1.0".into(),
+            slot: "a".into(),
+            uptime_ms: 1500,
+            ready: true,
+            services: vec![ServiceStatus {
+                name: "web".into(),
+                description: String::new(),
+                state: "running".into(),
+                pid: Some(57),
+                ns_pid: Some(1),
+                pid_ns: "private".into(),
+                root_readonly: Some(true),
+                restarts: 0,
+                capabilities: vec!["CAP_NET_BIND_SERVICE".into()],
+                last_error: None,
+            }],
+        };
+        let t = render_status(&s);
+        assert!(t.contains("slot a"));
+        let row = t.lines().find(|l| l.starts_with("web")).unwrap();
+        let cols: Vec<_> = row.split_whitespace().collect();
+        assert_eq!(
+            cols,
+            [
+                "web",
+                "running",
+                "57",
+                "1",
+                "private",
+                "ro",
+                "0",
+                "CAP_NET_BIND_SERVICE"
+            ]
+        );
+    }
+}

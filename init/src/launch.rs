@@ -1,0 +1,445 @@
+//! Starting one system container: clone3 into new namespaces and the
+//! service's cgroup, then, in the child, build its mount namespace around
+//! the read-only root, drop privileges and exec.
+//!
+//! keel-init is single-threaded, so the child of clone3 may allocate and
+//! use the standard library freely until it execs.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+use nix::unistd::Pid;
+
+use keel_spec::container::{ContainerDef, Share};
+use keel_spec::CONTAINERS_DIR;
+
+use crate::{caps, sys};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("clone3: {0}")]
+    Clone(std::io::Error),
+    #[error("in the container: {0}")]
+    Child(String),
+}
+
+/// Everything the child needs, prepared by the parent before clone3.
+#[derive(Debug)]
+pub struct Plan {
+    pub name: String,
+    pub root: PathBuf,
+    pub argv: Vec<CString>,
+    pub env: Vec<CString>,
+    pub cwd: PathBuf,
+    pub hostname: Option<String>,
+    pub flags: u64,
+    pub caps: u64,
+    pub last_cap: u32,
+    /// The tty behind the kernel console (`ttyS0`), for console services.
+    pub console: Option<String>,
+    pub private_pid: bool,
+    pub mounts: Vec<(PathBuf, PathBuf, bool)>,
+}
+
+/// The device the kernel console writes to: the last, primary, entry of
+/// /sys/class/tty/console/active.
+pub fn console_tty() -> String {
+    std::fs::read_to_string("/sys/class/tty/console/active")
+        .ok()
+        .and_then(|s| s.split_whitespace().last().map(str::to_string))
+        .unwrap_or_else(|| "ttyS0".to_string())
+}
+
+/// Host devices bind-mounted into every container's private /dev.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+fn cstrings(items: &[String], what: &str) -> Result<Vec<CString>, LaunchError> {
+    items
+        .iter()
+        .map(|s| {
+            CString::new(s.as_str())
+                .map_err(|_| LaunchError::Setup(format!("{what} {s:?} contains a NUL byte")))
+        })
+        .collect()
+}
+
+/// Work out the clone flags and everything else from a definition.
+pub fn plan(name: &str, def: &ContainerDef) -> Result<Plan, LaunchError> {
+    let ns = &def.namespaces;
+    let mut flags = (libc::CLONE_NEWNS) as u64;
+    for (share, flag) in [
+        (ns.pid, libc::CLONE_NEWPID),
+        (ns.net, libc::CLONE_NEWNET),
+        (ns.ipc, libc::CLONE_NEWIPC),
+        (ns.uts, libc::CLONE_NEWUTS),
+    ] {
+        if share == Share::Private {
+            flags |= flag as u64;
+        }
+    }
+    Ok(Plan {
+        name: name.to_string(),
+        root: Path::new(CONTAINERS_DIR).join(name).join("rootfs"),
+        argv: cstrings(&def.command, "command argument")?,
+        env: cstrings(&def.env, "env entry")?,
+        cwd: PathBuf::from(&def.cwd),
+        hostname: (ns.uts == Share::Private).then(|| def.hostname_for(name).to_string()),
+        flags,
+        caps: caps::mask(&def.capabilities).map_err(|e| LaunchError::Setup(e.to_string()))?,
+        last_cap: caps::last_cap(),
+        console: def.console.then(console_tty),
+        private_pid: ns.pid == Share::Private,
+        mounts: def
+            .mounts
+            .iter()
+            .map(|m| {
+                (
+                    PathBuf::from(&m.source),
+                    PathBuf::from(&m.target),
+                    m.readonly,
+                )
+            })
+            .collect(),
+    })
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Start the container: returns its PID once it has exec'd its command, or
+/// the reason it could not.
+pub fn spawn(plan: &Plan, cgroup: &File, stdout: Option<&File>) -> Result<Pid, LaunchError> {
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| LaunchError::Setup(format!("pipe: {e}")))?;
+    let mut args = CloneArgs {
+        flags: plan.flags | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..Default::default()
+    };
+    // SAFETY: clone3 with no stack behaves like fork: the child gets a copy
+    // of this single-threaded process and continues below. `args` is a valid
+    // clone_args of the size passed.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if pid < 0 {
+        return Err(LaunchError::Clone(std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        drop(rd);
+        let err = child(plan, stdout.map(AsRawFd::as_raw_fd));
+        let mut w = File::from(wr);
+        let _ = w.write_all(err.as_bytes());
+        // SAFETY: _exit never returns and runs no destructors or atexit
+        // handlers that belong to the parent.
+        unsafe { libc::_exit(127) };
+    }
+    drop(wr);
+    // The write end closes on a successful exec (O_CLOEXEC): EOF with no
+    // message means the service is running its command.
+    let mut msg = String::new();
+    let _ = File::from(rd).read_to_string(&mut msg);
+    let pid = Pid::from_raw(pid as i32);
+    if !msg.is_empty() {
+        let _ = nix::sys::wait::waitpid(pid, None);
+        return Err(LaunchError::Child(msg));
+    }
+    Ok(pid)
+}
+
+/// The child's side: never returns on success (exec), returns the error
+/// text otherwise.
+fn child(p: &Plan, stdout: Option<RawFd>) -> String {
+    match setup(p, stdout) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+enum Never {}
+
+fn step<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, String> {
+    r.map_err(|e| format!("{what}: {e}"))
+}
+
+fn setup(p: &Plan, stdout: Option<RawFd>) -> Result<Never, String> {
+    // keel-init blocks signals to read them from a signalfd; its children
+    // must start with a clean slate.
+    step(
+        "sigprocmask",
+        nix::sys::signal::sigprocmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&nix::sys::signal::SigSet::empty()),
+            None,
+        ),
+    )?;
+    step("setsid", nix::unistd::setsid())?;
+    step(
+        "make / private",
+        sys::mount(
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None,
+        ),
+    )?;
+
+    let root = &p.root;
+    step("bind root", sys::bind(root, root, false))?;
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    step(
+        "mount /proc",
+        sys::mount(Some("proc"), &root.join("proc"), Some("proc"), nodev, None),
+    )?;
+    let dev = root.join("dev");
+    step(
+        "mount /dev",
+        sys::mount(
+            Some("tmpfs"),
+            &dev,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("mode=0755,size=64k"),
+        ),
+    )?;
+    let mut devices: Vec<(String, String)> = DEVICES
+        .iter()
+        .map(|d| (format!("/dev/{d}"), (*d).to_string()))
+        .collect();
+    if let Some(tty) = &p.console {
+        // The service's console is the real tty, so that it can become the
+        // controlling terminal; /dev/console is the same device.
+        devices.push((format!("/dev/{tty}"), "console".into()));
+        devices.push((format!("/dev/{tty}"), tty.clone()));
+    }
+    for (host, name) in &devices {
+        let target = dev.join(name);
+        step("create device file", File::create(&target))?;
+        step("bind device", sys::bind(Path::new(host), &target, false))?;
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        step(
+            "dev link",
+            std::os::unix::fs::symlink(target, dev.join(link)),
+        )?;
+    }
+    let pts = dev.join("pts");
+    step("mkdir /dev/pts", sys::mkdir_p(&pts, 0o755))?;
+    step(
+        "mount /dev/pts",
+        sys::mount(
+            Some("devpts"),
+            &pts,
+            Some("devpts"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620"),
+        ),
+    )?;
+    step(
+        "remount /dev read-only",
+        sys::mount(
+            None,
+            &dev,
+            None,
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("mode=0755,size=64k"),
+        ),
+    )?;
+    for d in ["tmp", "run"] {
+        step(
+            "mount tmpfs",
+            sys::mount(
+                Some("tmpfs"),
+                &root.join(d),
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some("mode=1777,size=16m"),
+            ),
+        )?;
+    }
+    for (src, dst, ro) in &p.mounts {
+        let target = root.join(dst.strip_prefix("/").unwrap_or(dst));
+        step(
+            &format!("bind {}", src.display()),
+            sys::bind(src, &target, *ro),
+        )?;
+    }
+
+    // pivot_root(".", ".") stacks the old root on top of the new one; a lazy
+    // unmount then drops it, without needing a writable put_old directory
+    // in the read-only root.
+    step("chdir root", nix::unistd::chdir(root))?;
+    step("pivot_root", nix::unistd::pivot_root(".", "."))?;
+    step("detach old root", sys::umount_detach(Path::new(".")))?;
+    step("chdir /", nix::unistd::chdir("/"))?;
+    step(
+        "remount / read-only",
+        sys::mount(
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV,
+            None,
+        ),
+    )?;
+    if let Some(h) = &p.hostname {
+        step("sethostname", nix::unistd::sethostname(h))?;
+    }
+
+    if p.console.is_some() {
+        let tty = step(
+            "open /dev/console",
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/console"),
+        )?;
+        // SAFETY: TIOCSCTTY on an open tty fd with an integer argument.
+        let r = unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSCTTY as _, 1) };
+        if r != 0 {
+            return Err(format!("TIOCSCTTY: {}", std::io::Error::last_os_error()));
+        }
+        for fd in 0..3 {
+            step("dup2 console", nix::unistd::dup2(tty.as_raw_fd(), fd))?;
+        }
+    } else {
+        let null = step("open /dev/null", File::open("/dev/null"))?;
+        step("dup2 stdin", nix::unistd::dup2(null.as_raw_fd(), 0))?;
+        if let Some(out) = stdout {
+            step("dup2 stdout", nix::unistd::dup2(out, 1))?;
+            step("dup2 stderr", nix::unistd::dup2(out, 2))?;
+        }
+    }
+
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(format!("no_new_privs: {}", std::io::Error::last_os_error()));
+    }
+    step("drop capabilities", caps::restrict(p.caps, p.last_cap))?;
+    step(
+        &format!("chdir {}", p.cwd.display()),
+        nix::unistd::chdir(&p.cwd),
+    )?;
+    let prog = p.argv.first().ok_or("empty command")?;
+    let e = nix::unistd::execve(prog, &p.argv, &p.env)
+        .err()
+        .unwrap_or(nix::errno::Errno::UnknownErrno);
+    Err(format!("exec {}: {e}", prog.to_string_lossy()))
+}
+
+/// Facts about a running service read from /proc, for `keelctl status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcFacts {
+    /// PID inside the service's own PID namespace (last NSpid field).
+    pub ns_pid: Option<i32>,
+    /// Whether the process's root mount is read-only.
+    pub root_readonly: Option<bool>,
+}
+
+pub fn parse_ns_pid(status: &str) -> Option<i32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|v| v.split_whitespace().next_back())
+        .and_then(|v| v.parse().ok())
+}
+
+/// From mountinfo: is the mount at "/" read-only?
+pub fn parse_root_readonly(mountinfo: &str) -> Option<bool> {
+    mountinfo
+        .lines()
+        .rfind(|l| l.split_whitespace().nth(4) == Some("/"))
+        .and_then(|l| l.split_whitespace().nth(5))
+        .map(|opts| opts.split(',').any(|o| o == "ro"))
+}
+
+pub fn proc_facts(pid: Pid) -> ProcFacts {
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).ok();
+    ProcFacts {
+        ns_pid: read("status").as_deref().and_then(parse_ns_pid),
+        root_readonly: read("mountinfo").as_deref().and_then(parse_root_readonly),
+    }
+}
+
+/// An fd of a service's cgroup folder, for CLONE_INTO_CGROUP.
+pub fn open_cgroup(path: &Path) -> std::io::Result<File> {
+    let fd = nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_ns_pid_and_root_mode() {
+        assert_eq!(parse_ns_pid("Name:\thttpd\nNSpid:\t57\t1\n"), Some(1));
+        assert_eq!(parse_ns_pid("NSpid:\t42\n"), Some(42));
+        let mi = "21 1 0:20 / / ro,nosuid,nodev - erofs /dev/keel-root ro\n22 21 0:5 / /proc rw - proc proc rw\n";
+        assert_eq!(parse_root_readonly(mi), Some(true));
+        assert_eq!(
+            parse_root_readonly("1 0 8:1 / / rw,relatime - ext4 /dev/sda rw\n"),
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn plan_sets_namespaces_from_the_definition() {
+        let def = ContainerDef::parse(
+            "command = [\"/bin/httpd\", \"-f\"]\ncapabilities = [\"CAP_NET_BIND_SERVICE\"]\n[namespaces]\nnet = \"private\"\n[rootfs]\ncontents = [\"busybox\"]\n",
+        )
+        .unwrap();
+        let p = plan("web", &def).unwrap();
+        let want = (libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS) as u64;
+        assert_eq!(p.flags, want);
+        assert_eq!(p.caps, 1 << 10);
+        assert_eq!(p.hostname.as_deref(), Some("web"));
+        assert!(p.root.ends_with("web/rootfs"));
+    }
+}

@@ -1,0 +1,173 @@
+//! Stage 1, in the initramfs: find the slot's partitions, open dm-verity
+//! over the root with the root hash from the (signed) command line, mount
+//! the root read-only and `/var`, then switch root and exec PID 1 proper.
+
+use std::ffi::CString;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::mount::MsFlags;
+
+use keel_spec::cmdline::BootParams;
+use keel_spec::disk::DATA_LABEL;
+
+use crate::blockdev::{find_by_label, BlockDev};
+use crate::sys::{self, mkdir_p};
+use crate::{dm, log};
+
+const NEWROOT: &str = "/sysroot";
+/// Virtio probing is asynchronous; partitions can appear after init starts.
+const DEVICE_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Stage1Error {
+    #[error(transparent)]
+    Sys(#[from] sys::SysError),
+    #[error("reading {0}: {1}")]
+    Read(&'static str, std::io::Error),
+    #[error(transparent)]
+    Cmdline(#[from] keel_spec::cmdline::CmdlineError),
+    #[error("no partition labelled {0} appeared within {1:?}")]
+    NoPartition(String, Duration),
+    #[error(transparent)]
+    Dm(#[from] dm::DmError),
+    #[error("exec /sbin/init: {0}")]
+    Exec(nix::errno::Errno),
+}
+
+/// Whether this process is stage 1: PID 1 with the initramfs as its root.
+pub fn is_stage1() -> bool {
+    nix::unistd::getpid().as_raw() == 1
+        && matches!(
+            sys::fs_magic(Path::new("/")),
+            Ok(sys::RAMFS_MAGIC | sys::TMPFS_MAGIC)
+        )
+}
+
+fn wait_for(label: &str) -> Result<BlockDev, Stage1Error> {
+    let start = Instant::now();
+    loop {
+        if let Some(d) = find_by_label(Path::new("/sys/class/block"), label)
+            .map_err(|e| Stage1Error::Read("/sys/class/block", e))?
+        {
+            return Ok(d);
+        }
+        if start.elapsed() > DEVICE_WAIT {
+            return Err(Stage1Error::NoPartition(label.to_string(), DEVICE_WAIT));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn mount_api_filesystems() -> Result<(), Stage1Error> {
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+    sys::mount(
+        Some("devtmpfs"),
+        Path::new("/dev"),
+        Some("devtmpfs"),
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
+    sys::mount(Some("proc"), Path::new("/proc"), Some("proc"), nosuid, None)?;
+    sys::mount(
+        Some("sysfs"),
+        Path::new("/sys"),
+        Some("sysfs"),
+        nosuid,
+        None,
+    )?;
+    Ok(())
+}
+
+/// Mount `/var` from the data partition; if that fails the host still
+/// boots, with a `/var` in memory, and says why.
+fn mount_var(newroot: &Path) -> Result<(), Stage1Error> {
+    let var = newroot.join("var");
+    let data = wait_for(DATA_LABEL).and_then(|d| {
+        let node = Path::new("/dev/keel-data");
+        sys::mknod_block(node, (d.major, d.minor))?;
+        sys::mount(
+            Some("/dev/keel-data"),
+            &var,
+            Some("ext4"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            None,
+        )?;
+        Ok(())
+    });
+    if let Err(e) = data {
+        log(format!(
+            "warning: persistent /var unavailable ({e}); using a temporary /var"
+        ));
+        sys::mount(
+            Some("tmpfs"),
+            &var,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        )?;
+    }
+    Ok(())
+}
+
+/// Run stage 1. Returns only on error; on success it execs PID 1.
+pub fn run() -> Result<(), Stage1Error> {
+    mount_api_filesystems()?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline")
+        .map_err(|e| Stage1Error::Read("/proc/cmdline", e))?;
+    let params = BootParams::parse(&cmdline)?;
+    let root = wait_for(params.slot.root_label())?;
+    let hash = wait_for(params.slot.verity_label())?;
+    let dev = dm::create_verity(
+        "keel-root",
+        (root.major, root.minor),
+        (hash.major, hash.minor),
+        &params.verity,
+    )?;
+    sys::mknod_block(Path::new("/dev/keel-root"), dev)?;
+
+    let newroot = Path::new(NEWROOT);
+    mkdir_p(newroot, 0o755)?;
+    sys::mount(
+        Some("/dev/keel-root"),
+        newroot,
+        Some("erofs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+        None,
+    )?;
+    mount_var(newroot)?;
+    log(format!(
+        "stage 1: slot {} root {} verified by dm-verity, switching root at {} ms",
+        params.slot,
+        root.name,
+        crate::boot_ms()
+    ));
+
+    for d in ["dev", "proc", "sys"] {
+        sys::move_mount(&Path::new("/").join(d), &newroot.join(d))?;
+    }
+    // Free the initramfs: only /init takes memory worth freeing.
+    let _ = std::fs::remove_file("/init");
+    nix::unistd::chdir(newroot).map_err(|errno| sys::SysError {
+        what: "chdir",
+        path: NEWROOT.into(),
+        errno,
+    })?;
+    sys::move_mount(Path::new("."), Path::new("/"))?;
+    nix::unistd::chroot(".").map_err(|errno| sys::SysError {
+        what: "chroot",
+        path: NEWROOT.into(),
+        errno,
+    })?;
+    nix::unistd::chdir("/").map_err(|errno| sys::SysError {
+        what: "chdir",
+        path: "/".into(),
+        errno,
+    })?;
+
+    let init = CString::new("/sbin/init").unwrap_or_default();
+    let errno = nix::unistd::execv(&init, &[&init])
+        .err()
+        .unwrap_or(nix::errno::Errno::UnknownErrno);
+    Err(Stage1Error::Exec(errno))
+}

@@ -1,0 +1,106 @@
+//! Thin wrappers over the system calls keel-init makes, with errors that
+//! name the call and its path.
+
+use std::path::Path;
+
+use nix::mount::{MntFlags, MsFlags};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {path}: {errno}")]
+pub struct SysError {
+    pub what: &'static str,
+    pub path: String,
+    pub errno: nix::errno::Errno,
+}
+
+pub type Result<T> = std::result::Result<T, SysError>;
+
+fn err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(nix::errno::Errno) -> SysError + 'a {
+    move |errno| SysError {
+        what,
+        path: path.display().to_string(),
+        errno,
+    }
+}
+
+pub fn mount(
+    source: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
+    nix::mount::mount(source, target, fstype, flags, data).map_err(err("mount", target))
+}
+
+pub fn bind(source: &Path, target: &Path, readonly: bool) -> Result<()> {
+    nix::mount::mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(err("bind mount", target))?;
+    if readonly {
+        // A bind mount ignores MS_RDONLY until remounted.
+        remount_readonly(target)?;
+    }
+    Ok(())
+}
+
+pub fn remount_readonly(target: &Path) -> Result<()> {
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+        .map_err(err("remount read-only", target))
+}
+
+pub fn move_mount(source: &Path, target: &Path) -> Result<()> {
+    nix::mount::mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_MOVE,
+        None::<&str>,
+    )
+    .map_err(err("move mount", target))
+}
+
+pub fn umount_detach(target: &Path) -> Result<()> {
+    nix::mount::umount2(target, MntFlags::MNT_DETACH).map_err(err("unmount", target))
+}
+
+pub fn mkdir_p(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|e| SysError {
+            what: "mkdir",
+            path: path.display().to_string(),
+            errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+        })
+}
+
+/// Create a block device node for (major, minor) at `path`.
+pub fn mknod_block(path: &Path, dev: (u32, u32)) -> Result<()> {
+    let _ = std::fs::remove_file(path);
+    nix::sys::stat::mknod(
+        path,
+        nix::sys::stat::SFlag::S_IFBLK,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        nix::sys::stat::makedev(u64::from(dev.0), u64::from(dev.1)),
+    )
+    .map_err(err("mknod", path))
+}
+
+/// The filesystem magic of the filesystem holding `path`.
+pub fn fs_magic(path: &Path) -> Result<i64> {
+    let st = nix::sys::statfs::statfs(path).map_err(err("statfs", path))?;
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.filesystem_type().0 as i64)
+}
+
+pub const RAMFS_MAGIC: i64 = 0x8584_58f6;
+pub const TMPFS_MAGIC: i64 = 0x0102_1994;

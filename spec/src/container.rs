@@ -1,0 +1,299 @@
+//! System container definitions (`system-containers/*.toml`).
+//!
+//! The image builder validates these and copies them into the root
+//! filesystem under [`crate::CONTAINERS_DIR`]; `keel-init` reads them back at
+//! boot with the same types. Parsing rejects unknown keys; [`validate`]
+//! checks what serde cannot express.
+
+use serde::{Deserialize, Serialize};
+
+/// One system service, run by `keel-init` as a container.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerDef {
+    /// One line for `keelctl status`.
+    #[serde(default)]
+    pub description: String,
+    /// Program and arguments, resolved inside the container's root.
+    pub command: Vec<String>,
+    /// `NAME=value` pairs; nothing is inherited from `keel-init`.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Hostname inside a private UTS namespace; defaults to the service name.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Working directory inside the container.
+    #[serde(default = "default_cwd")]
+    pub cwd: String,
+    /// Attach stdin/stdout/stderr to the serial console as the controlling
+    /// terminal (an admin shell) instead of the service's log file.
+    #[serde(default)]
+    pub console: bool,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// Capabilities kept, by name (`CAP_NET_BIND_SERVICE`). Default: none.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    #[serde(default)]
+    pub namespaces: Namespaces,
+    /// What the image builder puts into this container's read-only root.
+    pub rootfs: RootfsDef,
+    /// Host paths bind-mounted into the container.
+    #[serde(default)]
+    pub mounts: Vec<BindMount>,
+}
+
+fn default_cwd() -> String {
+    "/".to_string()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// Whether a namespace is the container's own or shared with the host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Share {
+    #[default]
+    Private,
+    Host,
+}
+
+/// Namespaces other than mount, which is always private.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Namespaces {
+    #[serde(default)]
+    pub pid: Share,
+    #[serde(default = "host")]
+    pub net: Share,
+    #[serde(default)]
+    pub ipc: Share,
+    #[serde(default)]
+    pub uts: Share,
+}
+
+fn host() -> Share {
+    Share::Host
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootfsDef {
+    /// Userland packages (`recipes/packages/<name>.toml`) or keel binaries
+    /// (`keelctl`) installed into the root.
+    pub contents: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindMount {
+    pub source: String,
+    pub target: String,
+    #[serde(default = "yes")]
+    pub readonly: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ContainerError {
+    #[error("{0}")]
+    Parse(String),
+    #[error("`command` is empty")]
+    EmptyCommand,
+    #[error("`command` must start with an absolute path, not {0:?}")]
+    RelativeCommand(String),
+    #[error("`env` entry {0:?} is not NAME=value")]
+    BadEnv(String),
+    #[error("`capabilities`: unknown capability {0:?}")]
+    UnknownCapability(String),
+    #[error("`mounts`: {0:?} must be an absolute path without `..`")]
+    BadMountPath(String),
+    #[error("`cwd` {0:?} must be an absolute path")]
+    BadCwd(String),
+    #[error("service name {0:?} must be 1-32 characters of a-z, 0-9 and '-'")]
+    BadName(String),
+}
+
+impl ContainerDef {
+    /// Parse a definition; the error carries toml's line and column.
+    pub fn parse(text: &str) -> Result<Self, ContainerError> {
+        toml::from_str(text).map_err(|e| ContainerError::Parse(e.to_string()))
+    }
+
+    pub fn hostname_for<'a>(&'a self, name: &'a str) -> &'a str {
+        self.hostname.as_deref().unwrap_or(name)
+    }
+}
+
+/// Checks that go beyond the shape of the file. `name` is the file stem.
+pub fn validate(name: &str, def: &ContainerDef) -> Result<(), ContainerError> {
+    let name_ok = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !name_ok {
+        return Err(ContainerError::BadName(name.to_string()));
+    }
+    let prog = def.command.first().ok_or(ContainerError::EmptyCommand)?;
+    if !prog.starts_with('/') {
+        return Err(ContainerError::RelativeCommand(prog.clone()));
+    }
+    if let Some(bad) = def
+        .env
+        .iter()
+        .find(|e| !matches!(e.split_once('='), Some((k, _)) if !k.is_empty()))
+    {
+        return Err(ContainerError::BadEnv(bad.clone()));
+    }
+    for cap in &def.capabilities {
+        capability_number(cap).ok_or_else(|| ContainerError::UnknownCapability(cap.clone()))?;
+    }
+    for m in &def.mounts {
+        for p in [&m.source, &m.target] {
+            if !p.starts_with('/') || p.split('/').any(|c| c == "..") {
+                return Err(ContainerError::BadMountPath(p.clone()));
+            }
+        }
+    }
+    if !def.cwd.starts_with('/') {
+        return Err(ContainerError::BadCwd(def.cwd.clone()));
+    }
+    Ok(())
+}
+
+/// Linux capability names in number order (capability.h, Linux 6.1).
+pub const CAPABILITIES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The number of a capability given by name.
+pub fn capability_number(name: &str) -> Option<u32> {
+    CAPABILITIES
+        .iter()
+        .position(|c| *c == name)
+        .and_then(|n| u32::try_from(n).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ADMIN: &str = r#"
+description = "admin shell"
+command = ["/bin/sh"]
+console = true
+capabilities = ["CAP_KILL"]
+[namespaces]
+pid = "host"
+[rootfs]
+contents = ["busybox", "keelctl"]
+[[mounts]]
+source = "/run/keel"
+target = "/run/keel"
+"#;
+
+    #[test]
+    fn parses_with_defaults() {
+        let d = ContainerDef::parse(ADMIN).unwrap();
+        assert_eq!(d.namespaces.pid, Share::Host);
+        assert_eq!(d.namespaces.net, Share::Host);
+        assert_eq!(d.namespaces.uts, Share::Private);
+        assert_eq!(d.restart, RestartPolicy::Always);
+        assert!(d.mounts[0].readonly);
+        assert_eq!(d.hostname_for("admin"), "admin");
+        validate("admin", &d).unwrap();
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_line() {
+        let err = ContainerDef::parse(&format!("{ADMIN}\n[rootfs2]\nx = 1\n")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("rootfs2") && msg.contains("line"), "{msg}");
+    }
+
+    #[test]
+    fn validation_names_the_bad_value() {
+        let mut d = ContainerDef::parse(ADMIN).unwrap();
+        d.capabilities.push("CAP_FLY".into());
+        assert_eq!(
+            validate("admin", &d),
+            Err(ContainerError::UnknownCapability("CAP_FLY".into()))
+        );
+        let mut d = ContainerDef::parse(ADMIN).unwrap();
+        d.command = vec!["sh".into()];
+        assert_eq!(
+            validate("admin", &d),
+            Err(ContainerError::RelativeCommand("sh".into()))
+        );
+        let d = ContainerDef::parse(ADMIN).unwrap();
+        assert_eq!(
+            validate("Admin", &d),
+            Err(ContainerError::BadName("Admin".into()))
+        );
+        let mut d = ContainerDef::parse(ADMIN).unwrap();
+        d.mounts[0].source = "/run/../etc".into();
+        assert!(matches!(
+            validate("admin", &d),
+            Err(ContainerError::BadMountPath(_))
+        ));
+    }
+
+    #[test]
+    fn capability_numbers_match_the_kernel() {
+        assert_eq!(capability_number("CAP_CHOWN"), Some(0));
+        assert_eq!(capability_number("CAP_NET_BIND_SERVICE"), Some(10));
+        assert_eq!(capability_number("CAP_SYS_ADMIN"), Some(21));
+        assert_eq!(capability_number("CAP_CHECKPOINT_RESTORE"), Some(40));
+    }
+}

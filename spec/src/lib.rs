@@ -1,0 +1,21 @@
+//! Formats that both sides of keel must agree on: the image builder writes
+//! them, `keel-init` and the updater read them.
+//!
+//! Nothing in this crate does I/O beyond parsing strings handed to it.
+
+pub mod cmdline;
+pub mod container;
+pub mod disk;
+
+/// The version of keel itself, baked into every binary.
+pub const KEEL_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Where system container definitions live inside the root filesystem.
+pub const CONTAINERS_DIR: &str = "/usr/lib/keel/containers";
+
+/// Where `keel-init` serves its API.
+pub const API_SOCKET: &str = "/run/keel/api.sock";
+
+/// Directory holding the API socket; bind-mounted into containers that may
+/// talk to `keel-init`.
+pub const API_DIR: &str = "/run/keel";

@@ -1,0 +1,186 @@
+//! Support for keel's end-to-end tests: finding the artifacts that
+//! `cargo xtask test` built, and driving a guest's serial console.
+//!
+//! Everything here fails loudly: a missing artifact or tool is a test
+//! failure that says what to run, never a skip.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Generous limits: they only stop a hung guest, they measure nothing.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+/// An artifact named by an environment variable that `cargo xtask test`
+/// sets, or its usual place in the workspace.
+pub fn artifact(var: &str, default: &str) -> PathBuf {
+    let p = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(default));
+    assert!(
+        p.exists(),
+        "{} is missing ({var}); run the tests with `cargo xtask test`, which builds it",
+        p.display()
+    );
+    p
+}
+
+pub fn disk_image() -> PathBuf {
+    artifact("KEEL_DISK", "out/disk.img")
+}
+
+pub fn keel_bin() -> PathBuf {
+    artifact("KEEL_BIN", "target/release/keel")
+}
+
+pub fn musl_bin_dir() -> PathBuf {
+    artifact(
+        "KEEL_MUSL_BIN_DIR",
+        "target/x86_64-unknown-linux-musl/release",
+    )
+}
+
+/// Copy a disk image, keeping it sparse.
+pub fn copy_disk(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(st.success(), "copying {} failed", from.display());
+}
+
+/// A keel guest booted with `keel run`, its serial console on pipes.
+#[derive(Debug)]
+pub struct Guest {
+    child: Child,
+    stdin: ChildStdin,
+    rx: mpsc::Receiver<String>,
+    /// Everything the console printed so far.
+    pub transcript: String,
+    /// Where the next `expect` starts looking.
+    cursor: usize,
+}
+
+impl Guest {
+    pub fn boot(disk: &Path) -> Guest {
+        let mut child = Command::new(keel_bin())
+            .args(["run", "--accel", "tcg", "--no-reboot", "--memory", "512"])
+            .arg(disk)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting keel run");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0
+                    || tx
+                        .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                        .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Guest {
+            child,
+            stdin,
+            rx,
+            transcript: String::new(),
+            cursor: 0,
+        }
+    }
+
+    /// Wait for `pattern` after the cursor; returns the text up to and
+    /// including it and moves the cursor past it.
+    pub fn expect(&mut self, pattern: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(at) = self.transcript[self.cursor..].find(pattern) {
+                let end = self.cursor + at + pattern.len();
+                let out = self.transcript[self.cursor..end].to_string();
+                self.cursor = end;
+                return out;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(chunk) => self.transcript.push_str(&chunk),
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "no {pattern:?} on the console within {timeout:?}; console so far:\n{}",
+                        self.transcript
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn send(&mut self, text: &str) {
+        self.stdin
+            .write_all(text.as_bytes())
+            .expect("writing to the console");
+        self.stdin.flush().expect("flushing the console");
+    }
+
+    /// Run a shell command at the admin prompt and return what it printed.
+    /// The end marker is split in the typed line so the echo cannot match.
+    pub fn shell(&mut self, command: &str) -> String {
+        self.send(&format!("{command}; echo KEEL-END''-OF-OUTPUT\n"));
+        let out = self.expect("KEEL-END-OF-OUTPUT", COMMAND_TIMEOUT);
+        self.expect("keel-admin# ", COMMAND_TIMEOUT);
+        // Drop the echoed command line.
+        out.split_once('\n')
+            .map(|(_, rest)| rest.to_string())
+            .unwrap_or_default()
+            .replace("KEEL-END-OF-OUTPUT", "")
+            .replace('\r', "")
+    }
+
+    /// Wait for QEMU to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            while let Ok(chunk) = self.rx.try_recv() {
+                self.transcript.push_str(&chunk);
+            }
+            if let Some(st) = self.child.try_wait().expect("waiting for qemu") {
+                while let Ok(chunk) = self.rx.recv_timeout(Duration::from_millis(200)) {
+                    self.transcript.push_str(&chunk);
+                }
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "QEMU did not exit within {timeout:?}; console:\n{}",
+                    self.transcript
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,139 @@
+//! Boot the default image through OVMF and systemd-boot in QEMU (TCG), and
+//! check what a person at the console would: keel-init is ready, every
+//! service is a container with its own PID namespace and a read-only root,
+//! the API answers, poweroff ends QEMU, and boot counting renamed the entry.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::io::Cursor;
+
+use keel_image_builder::{disk, esp};
+use keel_tests::{copy_disk, disk_image, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
+
+#[test]
+fn boots_to_ready_runs_containers_and_powers_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk_path = dir.path().join("disk.img");
+    copy_disk(&disk_image(), &disk_path);
+    let before = esp::list_dir(
+        Cursor::new(disk::read_partition(&disk_path, "esp").unwrap()),
+        "EFI/Linux",
+    )
+    .unwrap();
+    assert_eq!(
+        before,
+        ["keel-0.1.0+3.efi"],
+        "a fresh image has three tries"
+    );
+
+    let mut g = Guest::boot(&disk_path);
+    let ready = g.expect("keel: ready ", BOOT_TIMEOUT);
+    assert!(
+        ready.contains("stage 1: slot a"),
+        "stage 1 did not report dm-verity root:\n{ready}"
+    );
+    let line = g.expect("\n", COMMAND_TIMEOUT);
+    assert!(
+        line.contains("version=0.1.0") && line.contains("slot=a") && line.contains("services=2/2"),
+        "{line}"
+    );
+    g.expect("keel-admin# ", BOOT_TIMEOUT);
+
+    // The API's view.
+    let json = g.shell("keelctl status --json");
+    let start = json
+        .find('{')
+        .unwrap_or_else(|| panic!("no JSON in:\n{json}"));
+    let status: serde_json::Value =
+        serde_json::from_str(&json[start..]).unwrap_or_else(|e| panic!("{e}:\n{json}"));
+    assert_eq!(status["slot"], "a");
+    assert_eq!(status["ready"], true);
+    let services = status["services"].as_array().unwrap();
+    assert_eq!(services.len(), 2, "{status}");
+    for s in services {
+        assert_eq!(s["state"], "running", "{s}");
+        assert_eq!(s["root_readonly"], true, "{s}");
+        if s["pid_ns"] == "private" {
+            assert_eq!(s["ns_pid"], 1, "{s}");
+        }
+    }
+    let web = services.iter().find(|s| s["name"] == "web").unwrap();
+    assert_eq!(web["pid_ns"], "private");
+
+    // The same facts read directly from /proc by the admin shell, which
+    // shares the host's PID namespace for exactly this.
+    for s in services {
+        let pid = s["pid"].as_i64().unwrap();
+        let out = g.shell(&format!("grep NSpid /proc/{pid}/status; awk '$5==\"/\" {{print \"ROOTMOUNT\", $6}}' /proc/{pid}/mountinfo"));
+        let nspid = out
+            .lines()
+            .find(|l| l.starts_with("NSpid:"))
+            .unwrap_or_else(|| panic!("{out}"));
+        let inner: i64 = nspid.split_whitespace().last().unwrap().parse().unwrap();
+        if s["pid_ns"] == "private" {
+            assert_eq!(
+                inner, 1,
+                "{} is not PID 1 in its namespace: {nspid}",
+                s["name"]
+            );
+        }
+        let root = out
+            .lines()
+            .rfind(|l| l.starts_with("ROOTMOUNT"))
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(
+            root.split_whitespace()
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .any(|o| o == "ro"),
+            "{} root is writable: {root}",
+            s["name"]
+        );
+    }
+
+    // The root really is read-only, here too.
+    let touch = g.shell("touch /bin/x 2>&1; echo rc=$?");
+    assert!(
+        touch.contains("Read-only file system") && !touch.contains("rc=0"),
+        "{touch}"
+    );
+
+    // The web service bound port 80 with its one capability.
+    let page = g.shell("wget -qO- http://127.0.0.1/os-release");
+    assert!(
+        page.contains("ID=keel") && page.contains("VERSION_ID=0.1.0"),
+        "{page}"
+    );
+
+    // The human view lists both services.
+    let table = g.shell("keelctl status");
+    for name in ["admin", "web"] {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(name) && l.contains("running")),
+            "{table}"
+        );
+    }
+
+    g.send("keelctl poweroff\n");
+    let status = g.wait_exit(COMMAND_TIMEOUT);
+    assert!(status.success(), "QEMU exited with {status}");
+    assert!(
+        g.transcript.contains("keel: Poweroff"),
+        "no clean shutdown:\n{}",
+        g.transcript
+    );
+
+    let after = esp::list_dir(
+        Cursor::new(disk::read_partition(&disk_path, "esp").unwrap()),
+        "EFI/Linux",
+    )
+    .unwrap();
+    assert_eq!(
+        after,
+        ["keel-0.1.0+2-1.efi"],
+        "systemd-boot's boot counting must have counted one try"
+    );
+}

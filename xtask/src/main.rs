@@ -1,0 +1,310 @@
+//! `cargo xtask`: setting up a machine, building the default image, the
+//! demo, the whole test suite and benchmarks.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+/// Debian packages a build and test machine needs.
+const APT_PACKAGES: &[&str] = &[
+    "build-essential",
+    "bc",
+    "bison",
+    "flex",
+    "libelf-dev",
+    "libssl-dev",
+    "cpio",
+    "xz-utils",
+    "dpkg-dev",
+    "linux-source-6.1",
+    "linux-libc-dev",
+    "musl-tools",
+    "erofs-utils",
+    "e2fsprogs",
+    "cryptsetup-bin",
+    "systemd-boot-efi",
+    "ovmf",
+    "qemu-system-x86",
+    "socat",
+    "util-linux",
+];
+const MUSL: &str = "x86_64-unknown-linux-musl";
+/// The deb-src entry is derived from the machine's own apt sources.
+const DEB_SRC_FILE: &str = "/etc/apt/sources.list.d/keel-deb-src.sources";
+
+#[derive(Debug, Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Install what this machine lacks (Debian packages, deb-src, musl target).
+    Deps,
+    /// Build keel-init, keelctl and keel, then the default image into out/.
+    Image,
+    /// Set up, build the default image, boot it, show `keelctl status`, power off.
+    Demo,
+    /// fmt, clippy, unit, integration and QEMU end-to-end tests.
+    Test {
+        /// Extra arguments for the test runner (a filter, say).
+        args: Vec<String>,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+fn missing_packages() -> Vec<&'static str> {
+    APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
+            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect()
+}
+
+/// A deb-src twin of every `deb` entry in the machine's deb822 sources, so
+/// `apt-get source` works without naming any mirror here.
+fn ensure_deb_src() -> anyhow::Result<bool> {
+    if Path::new(DEB_SRC_FILE).exists() {
+        return Ok(false);
+    }
+    let mut out = String::new();
+    let dir = Path::new("/etc/apt/sources.list.d");
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "sources") {
+            let text = std::fs::read_to_string(&p)?;
+            if text
+                .lines()
+                .any(|l| l.trim() == "Types: deb-src" || l.trim() == "Types: deb deb-src")
+            {
+                return Ok(false);
+            }
+            for stanza in text.split("\n\n") {
+                if stanza.lines().any(|l| l.trim() == "Types: deb") && stanza.contains("debian") {
+                    out.push_str(&stanza.replace("Types: deb", "Types: deb-src"));
+                    out.push_str("\n\n");
+                }
+            }
+        }
+    }
+    if let Ok(list) = std::fs::read_to_string("/etc/apt/sources.list") {
+        let src: Vec<String> = list
+            .lines()
+            .filter(|l| l.starts_with("deb "))
+            .map(|l| l.replacen("deb ", "deb-src ", 1))
+            .collect();
+        if !src.is_empty() {
+            std::fs::write(
+                "/etc/apt/sources.list.d/keel-deb-src.list",
+                src.join("\n") + "\n",
+            )?;
+        }
+    }
+    if !out.is_empty() {
+        std::fs::write(DEB_SRC_FILE, out)?;
+    }
+    Ok(true)
+}
+
+fn deps() -> anyhow::Result<()> {
+    let missing = missing_packages();
+    let have_src = Command::new("apt-get")
+        .args(["source", "--print-uris", "-qq", "busybox"])
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(".dsc"))
+        .unwrap_or(false);
+    if !missing.is_empty() || !have_src {
+        if !is_root() {
+            bail!("missing Debian packages {missing:?} (or deb-src entries); run `cargo xtask deps` as root");
+        }
+        ensure_deb_src()?;
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        if !missing.is_empty() {
+            run(Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        }
+    }
+    let targets = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()?;
+    if !String::from_utf8_lossy(&targets.stdout)
+        .lines()
+        .any(|l| l == MUSL)
+    {
+        run(Command::new("rustup").args(["target", "add", MUSL]))?;
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Build the binaries and the default image; returns the disk's path.
+fn image() -> anyhow::Result<PathBuf> {
+    run(cargo().args(["build", "--release", "--target", MUSL, "-p", "keel-init"]))?;
+    run(cargo().args(["build", "--release", "-p", "keel-image-builder"]))?;
+    let started = Instant::now();
+    run(Command::new(root().join("target/release/keel"))
+        .current_dir(root())
+        .args([
+            "build",
+            "recipes/host.toml",
+            "--out",
+            "out",
+            "--bin-dir",
+            &format!("target/{MUSL}/release"),
+        ]))?;
+    eprintln!(
+        "xtask: image built in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(root().join("out/disk.img"))
+}
+
+/// Read the serial console until `pattern` appears or `timeout` passes.
+fn expect(
+    rx: &mpsc::Receiver<String>,
+    seen: &mut String,
+    pattern: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !seen.contains(pattern) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(chunk) => seen.push_str(&chunk),
+            Err(_) => bail!("no {pattern:?} on the console within {timeout:?}"),
+        }
+    }
+    Ok(())
+}
+
+fn demo() -> anyhow::Result<()> {
+    deps()?;
+    let disk = image()?;
+    let mut child = Command::new(root().join("target/release/keel"))
+        .args(["run", "--no-reboot"])
+        .arg(&disk)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting keel run")?;
+    let mut stdin = child.stdin.take().context("qemu stdin")?;
+    let mut stdout = child.stdout.take().context("qemu stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            print!("{text}");
+            let _ = std::io::stdout().flush();
+            if tx.send(text).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let boot = Duration::from_secs(300);
+    expect(&rx, &mut seen, "keel: ready ", boot)?;
+    expect(&rx, &mut seen, "keel-admin# ", Duration::from_secs(60))?;
+    stdin.write_all(b"keelctl status\n")?;
+    seen.clear();
+    expect(&rx, &mut seen, "keel-admin# ", Duration::from_secs(60))?;
+    stdin.write_all(b"keelctl poweroff\n")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            println!("\nxtask: the guest powered off; QEMU exited with {status}");
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("the guest did not power off within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    deps()?;
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let disk = image()?;
+    let nextest = Command::new("cargo-nextest")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok();
+    let mut cmd = cargo();
+    if nextest {
+        cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+    } else {
+        cmd.args(["test", "--workspace", "--no-fail-fast"]);
+    }
+    cmd.args(args)
+        .env("KEEL_DISK", &disk)
+        .env("KEEL_BIN", root().join("target/release/keel"))
+        .env(
+            "KEEL_MUSL_BIN_DIR",
+            root().join(format!("target/{MUSL}/release")),
+        );
+    run(&mut cmd)
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Deps => deps(),
+        Cmd::Image => image().map(|d| eprintln!("xtask: {}", d.display())),
+        Cmd::Demo => demo(),
+        Cmd::Test { args } => test(&args),
+    }
+}
