@@ -292,6 +292,14 @@ fn setup(p: &Plan, stdout: Option<RawFd>) -> Result<Never, String> {
     }
     for (src, dst, ro) in &p.mounts {
         let target = root.join(dst.strip_prefix("/").unwrap_or(dst));
+        // A target under /tmp or /run lives on the tmpfs just mounted, not
+        // in the image; elsewhere the image builder made it.
+        if !target.exists() {
+            step(
+                &format!("mkdir {}", dst.display()),
+                sys::mkdir_p(&target, 0o755),
+            )?;
+        }
         step(
             &format!("bind {}", src.display()),
             sys::bind(src, &target, *ro),

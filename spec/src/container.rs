@@ -66,7 +66,7 @@ pub enum Share {
 }
 
 /// Namespaces other than mount, which is always private.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Namespaces {
     #[serde(default)]
@@ -81,6 +81,18 @@ pub struct Namespaces {
 
 fn host() -> Share {
     Share::Host
+}
+
+/// The same defaults whether or not a `[namespaces]` table is written.
+impl Default for Namespaces {
+    fn default() -> Self {
+        Namespaces {
+            pid: Share::Private,
+            net: host(),
+            ipc: Share::Private,
+            uts: Share::Private,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -253,6 +265,17 @@ target = "/run/keel"
         assert!(d.mounts[0].readonly);
         assert_eq!(d.hostname_for("admin"), "admin");
         validate("admin", &d).unwrap();
+    }
+
+    #[test]
+    fn namespace_defaults_do_not_depend_on_the_table_being_there() {
+        let without = ContainerDef::parse("command = [\"/x\"]\n[rootfs]\ncontents = []\n").unwrap();
+        let with =
+            ContainerDef::parse("command = [\"/x\"]\n[namespaces]\n[rootfs]\ncontents = []\n")
+                .unwrap();
+        assert_eq!(without.namespaces, with.namespaces);
+        assert_eq!(without.namespaces.net, Share::Host);
+        assert_eq!(without.namespaces.pid, Share::Private);
     }
 
     #[test]
