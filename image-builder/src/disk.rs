@@ -79,6 +79,31 @@ pub fn stable_guid(seed: &str, what: &str) -> Uuid {
     Uuid::from_bytes(b)
 }
 
+/// Copy `from` into `f` at `offset`, seeking over blocks of zeroes so the
+/// image stays sparse (the file is already zero-filled by `set_len`).
+fn write_sparse(f: &mut File, offset: u64, from: &mut impl Read) -> io::Result<()> {
+    const CHUNK: usize = 64 * 1024;
+    let mut buf = vec![0u8; CHUNK];
+    let mut at = offset;
+    loop {
+        let mut filled = 0;
+        while filled < CHUNK {
+            match from.read(&mut buf[filled..])? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        if filled == 0 {
+            return Ok(());
+        }
+        if buf[..filled].iter().any(|&b| b != 0) {
+            f.seek(SeekFrom::Start(at))?;
+            f.write_all(&buf[..filled])?;
+        }
+        at += filled as u64;
+    }
+}
+
 /// Write the disk image at `path`. `seed` makes the disk and partition
 /// GUIDs (name and version of the image).
 pub fn write(path: &Path, seed: &str, parts: &[PartSpec<'_>]) -> Result<Vec<Placed>, DiskError> {
@@ -131,8 +156,7 @@ pub fn write(path: &Path, seed: &str, parts: &[PartSpec<'_>]) -> Result<Vec<Plac
             Content::Empty => {}
             Content::Bytes(b) => {
                 check(format!("{} image", p.role.label()), b.len() as u64)?;
-                f.seek(SeekFrom::Start(at.offset)).map_err(io_err)?;
-                f.write_all(b).map_err(io_err)?;
+                write_sparse(&mut f, at.offset, &mut &b[..]).map_err(io_err)?;
             }
             Content::File(src) => {
                 let src_err = |source| DiskError::Io {
@@ -142,8 +166,7 @@ pub fn write(path: &Path, seed: &str, parts: &[PartSpec<'_>]) -> Result<Vec<Plac
                 let mut s = File::open(src).map_err(src_err)?;
                 let len = s.metadata().map_err(src_err)?.len();
                 check(src.display().to_string(), len)?;
-                f.seek(SeekFrom::Start(at.offset)).map_err(io_err)?;
-                io::copy(&mut s, &mut f).map_err(src_err)?;
+                write_sparse(&mut f, at.offset, &mut s).map_err(src_err)?;
             }
         }
     }
@@ -279,6 +302,14 @@ mod tests {
         let got = read_partition(&path, "keel-root-a").unwrap();
         assert_eq!(&got[..root.len()], &root[..]);
         assert!(got[root.len()..].iter().all(|&b| b == 0));
+
+        // Zeroes are not written: the image stays sparse.
+        let allocated =
+            std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&path).unwrap()) * 512;
+        assert!(
+            allocated < MIB,
+            "{allocated} bytes allocated for a mostly empty disk"
+        );
 
         // Same inputs, same bytes.
         let again = dir.path().join("again.img");

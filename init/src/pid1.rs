@@ -327,13 +327,13 @@ impl Init {
 
     fn shutdown(&mut self, sfd: &SignalFd, how: Shutdown) -> ! {
         log(format!("{how:?}: stopping services"));
-        self.sup.stop_all(Signal::SIGTERM);
+        self.sup.stop_all(None);
         for (signal, wait) in [
             (None, STOP_TIMEOUT),
             (Some(Signal::SIGKILL), Duration::from_secs(2)),
         ] {
-            if let Some(s) = signal {
-                self.sup.stop_all(s);
+            if signal.is_some() {
+                self.sup.stop_all(signal);
             }
             let deadline = Instant::now() + wait;
             while !self.sup.all_stopped() && Instant::now() < deadline {

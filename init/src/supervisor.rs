@@ -231,10 +231,14 @@ impl<L: Launcher> Supervisor<L> {
         (running, self.services.len())
     }
 
-    /// Signal every running service and stop restarting them.
-    pub fn stop_all(&mut self, signal: Signal) {
+    /// Signal every running service, with `signal` or else its own stop
+    /// signal, and stop restarting them.
+    pub fn stop_all(&mut self, signal: Option<Signal>) {
         self.shutting_down = true;
         for svc in &mut self.services {
+            let signal = signal
+                .or_else(|| svc.def.stop_signal.parse().ok())
+                .unwrap_or(Signal::SIGTERM);
             match svc.state {
                 State::Running { pid, .. } | State::Stopping { pid } => {
                     self.launcher.signal(pid, signal);
@@ -432,10 +436,11 @@ mod tests {
         let t = Instant::now();
         s.start_all(t);
         let (a, b) = (pid_of(&s, 0), pid_of(&s, 1));
-        s.stop_all(Signal::SIGTERM);
+        s.services[1].def.stop_signal = "SIGHUP".into();
+        s.stop_all(None);
         assert_eq!(
             s.launcher.signals,
-            vec![(a, Signal::SIGTERM), (b, Signal::SIGTERM)]
+            vec![(a, Signal::SIGTERM), (b, Signal::SIGHUP)]
         );
         assert!(!s.all_stopped());
         s.on_exit(a, Exit::Signal(15), t);

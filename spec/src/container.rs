@@ -31,6 +31,11 @@ pub struct ContainerDef {
     pub console: bool,
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// The signal that asks the service to stop; SIGKILL follows if it is
+    /// still running after the stop timeout. A service that is PID 1 of its
+    /// namespace only receives signals it has a handler for.
+    #[serde(default = "sigterm")]
+    pub stop_signal: String,
     /// Capabilities kept, by name (`CAP_NET_BIND_SERVICE`). Default: none.
     #[serde(default)]
     pub capabilities: Vec<String>,
@@ -42,6 +47,15 @@ pub struct ContainerDef {
     #[serde(default)]
     pub mounts: Vec<BindMount>,
 }
+
+fn sigterm() -> String {
+    "SIGTERM".to_string()
+}
+
+/// Signals a definition may name as `stop_signal`.
+pub const STOP_SIGNALS: [&str; 7] = [
+    "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGKILL",
+];
 
 fn default_cwd() -> String {
     "/".to_string()
@@ -130,6 +144,8 @@ pub enum ContainerError {
     UnknownCapability(String),
     #[error("`mounts`: {0:?} must be an absolute path without `..`")]
     BadMountPath(String),
+    #[error("`stop_signal` {0:?} is not one of {STOP_SIGNALS:?}")]
+    BadStopSignal(String),
     #[error("`cwd` {0:?} must be an absolute path")]
     BadCwd(String),
     #[error("service name {0:?} must be 1-32 characters of a-z, 0-9 and '-'")]
@@ -177,6 +193,9 @@ pub fn validate(name: &str, def: &ContainerDef) -> Result<(), ContainerError> {
                 return Err(ContainerError::BadMountPath(p.clone()));
             }
         }
+    }
+    if !STOP_SIGNALS.contains(&def.stop_signal.as_str()) {
+        return Err(ContainerError::BadStopSignal(def.stop_signal.clone()));
     }
     if !def.cwd.starts_with('/') {
         return Err(ContainerError::BadCwd(def.cwd.clone()));
@@ -303,6 +322,12 @@ target = "/run/keel"
         assert_eq!(
             validate("Admin", &d),
             Err(ContainerError::BadName("Admin".into()))
+        );
+        let mut d = ContainerDef::parse(ADMIN).unwrap();
+        d.stop_signal = "SIGSEGV".into();
+        assert_eq!(
+            validate("admin", &d),
+            Err(ContainerError::BadStopSignal("SIGSEGV".into()))
         );
         let mut d = ContainerDef::parse(ADMIN).unwrap();
         d.mounts[0].source = "/run/../etc".into();

@@ -117,6 +117,53 @@ fn boots_to_ready_runs_containers_and_powers_off() {
         );
     }
 
+    // Capabilities: the admin shell keeps none, web only
+    // CAP_NET_BIND_SERVICE (bit 10); both run with no_new_privs.
+    let admin_caps = g.shell("grep -E 'CapEff|CapBnd|NoNewPrivs' /proc/self/status");
+    assert!(
+        admin_caps.contains("CapEff:\t0000000000000000"),
+        "{admin_caps}"
+    );
+    assert!(
+        admin_caps.contains("CapBnd:\t0000000000000000"),
+        "{admin_caps}"
+    );
+    assert!(admin_caps.contains("NoNewPrivs:\t1"), "{admin_caps}");
+    let web_pid = web["pid"].as_i64().unwrap();
+    let web_caps = g.shell(&format!(
+        "grep -E 'CapEff|CapBnd|NoNewPrivs' /proc/{web_pid}/status"
+    ));
+    assert!(web_caps.contains("CapEff:\t0000000000000400"), "{web_caps}");
+    assert!(web_caps.contains("CapBnd:\t0000000000000400"), "{web_caps}");
+    assert!(web_caps.contains("NoNewPrivs:\t1"), "{web_caps}");
+
+    // Each service has its own cgroup.
+    let cgroup = g.shell(&format!("cat /proc/{web_pid}/cgroup"));
+    assert!(cgroup.contains("0::/system/web"), "{cgroup}");
+
+    // A service that dies is restarted by keel-init.
+    g.shell(&format!("kill -9 {web_pid}"));
+    let mut restarted = None;
+    for _ in 0..60 {
+        let json = g.shell("keelctl status --json");
+        let status: serde_json::Value =
+            serde_json::from_str(&json[json.find('{').unwrap()..]).unwrap();
+        let w = status["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "web")
+            .unwrap()
+            .clone();
+        if w["state"] == "running" && w["restarts"] == 1 && w["pid"].as_i64() != Some(web_pid) {
+            restarted = Some(w);
+            break;
+        }
+        g.shell("sleep 1");
+    }
+    let w = restarted.unwrap_or_else(|| panic!("web was not restarted:\n{}", g.transcript));
+    assert_eq!(w["ns_pid"], 1, "{w}");
+
     g.send("keelctl poweroff\n");
     let status = g.wait_exit(COMMAND_TIMEOUT);
     assert!(status.success(), "QEMU exited with {status}");
