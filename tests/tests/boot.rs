@@ -184,3 +184,47 @@ fn boots_to_ready_runs_containers_and_powers_off() {
         "systemd-boot's boot counting must have counted one try"
     );
 }
+
+/// One flipped byte in the root partition must stop the boot: dm-verity
+/// turns it into a read error, stage 1 cannot mount the root, PID 1 exits,
+/// the kernel panics and (`panic=`) reboots, which `--no-reboot` turns into
+/// QEMU exiting. No service of the image may run.
+#[test]
+fn a_changed_root_block_stops_the_boot() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+
+    let dir = tempfile::tempdir().unwrap();
+    let disk_path = dir.path().join("disk.img");
+    copy_disk(&disk_image(), &disk_path);
+    let table = disk::read_table(&disk_path).unwrap();
+    let root = table.iter().find(|p| p.label == "keel-root-a").unwrap();
+    // The erofs superblock sits at byte 1024 of the first block.
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk_path)
+        .unwrap();
+    let at = root.offset + 1024;
+    let mut byte = [0u8; 1];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.read_exact(&mut byte).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&[byte[0] ^ 0x01]).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+
+    let mut g = Guest::boot(&disk_path);
+    g.expect("stage 1 failed", BOOT_TIMEOUT);
+    g.wait_exit(COMMAND_TIMEOUT);
+    assert!(
+        g.transcript.contains("verity"),
+        "no dm-verity error on the console:\n{}",
+        g.transcript
+    );
+    assert!(
+        g.transcript.contains("Kernel panic"),
+        "no panic:\n{}",
+        g.transcript
+    );
+    assert!(!g.transcript.contains("keel: ready"), "{}", g.transcript);
+}
