@@ -96,10 +96,30 @@ fn need(path: &str, hint: &str) -> Result<PathBuf, BuildError> {
 
 /// Load, parse and validate the container definitions a recipe enables.
 pub fn load_containers(recipe: &Loaded<ImageRecipe>) -> Result<Vec<StagedContainer>, BuildError> {
-    let dir = recipe.resolve(&recipe.recipe.containers.dir);
+    let dirs: Vec<PathBuf> = recipe
+        .recipe
+        .containers
+        .dirs
+        .iter()
+        .map(|d| recipe.resolve(d))
+        .collect();
     let mut out = Vec::new();
     for name in &recipe.recipe.containers.enable {
-        let path = dir.join(format!("{name}.toml"));
+        // The first folder that has the definition wins.
+        let candidates: Vec<PathBuf> = dirs
+            .iter()
+            .map(|d| d.join(format!("{name}.toml")))
+            .collect();
+        let path = candidates
+            .iter()
+            .find(|p| p.is_file())
+            .cloned()
+            .ok_or_else(|| BuildError::Missing {
+                path: candidates.first().cloned().unwrap_or_default(),
+                hint: format!(
+                    "containers.enable names {name:?}, which none of containers.dirs defines"
+                ),
+            })?;
         let text = fs::read_to_string(&path).map_err(io_err(&path))?;
         let bad = |e: container::ContainerError| BuildError::Container {
             path: path.clone(),
@@ -164,7 +184,7 @@ pub fn build(opts: &Options) -> Result<Report, BuildError> {
     let kernel = kernel::ensure(&opts.cache, &recipe, opts.jobs)?;
     let mut packages = Vec::new();
     for name in &r.userland.packages {
-        let path = recipe.resolve(&format!("packages/{name}.toml"));
+        let path = recipe.resolve(&format!("{}/{name}.toml", r.userland.packages_dir));
         let pkg = recipe::load_package(&path)?;
         packages.push(package::ensure(&opts.cache, name, &pkg, opts.jobs)?);
     }
@@ -176,6 +196,7 @@ pub fn build(opts: &Options) -> Result<Report, BuildError> {
         &rootfs::Inputs {
             keel_init: &keel_init,
             keelctl: &keelctl,
+            bin_dir: &opts.bin_dir,
             packages: &packages,
             containers: &containers,
             os_release: &os_release,

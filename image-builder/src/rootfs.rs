@@ -43,6 +43,9 @@ pub struct StagedContainer {
 pub struct Inputs<'a> {
     pub keel_init: &'a Path,
     pub keelctl: &'a Path,
+    /// Folder of keel's own musl binaries; a container's `rootfs.contents`
+    /// may name any of them (`keelctl`, `keel-probe`).
+    pub bin_dir: &'a Path,
     pub packages: &'a [Package],
     pub containers: &'a [StagedContainer],
     pub os_release: &'a str,
@@ -195,9 +198,13 @@ pub fn stage(dir: &Path, inputs: &Inputs<'_>) -> Result<(), RootfsError> {
         for m in &c.def.mounts {
             s.dir(&format!("{root}/{}", m.target.trim_start_matches('/')))?;
         }
+        for w in &c.def.writable {
+            s.dir(&format!("{root}/{}", w.path.trim_start_matches('/')))?;
+        }
         for item in &c.def.rootfs.contents {
-            if item == "keelctl" {
-                s.executable(&format!("{root}/usr/bin/keelctl"), inputs.keelctl)?;
+            let own = inputs.bin_dir.join(item);
+            if !inputs.packages.iter().any(|p| &p.name == item) && own.is_file() {
+                s.executable(&format!("{root}/usr/bin/{item}"), &own)?;
                 continue;
             }
             let pkg = inputs
@@ -271,6 +278,7 @@ mod tests {
         let inputs = Inputs {
             keel_init: &me,
             keelctl: &me,
+            bin_dir: dir.path(),
             packages: &[],
             containers: &containers,
             os_release: "ID=keel\n",

@@ -1,8 +1,9 @@
 //! Dropping capabilities in a container's process before exec.
 //!
-//! The process runs as uid 0, and on exec root gains its whole bounding
-//! set, so the bounding set is what really limits it; effective, permitted
-//! and inheritable are set to the same list so nothing is left behind.
+//! A process running as uid 0 gains its whole bounding set on exec, so the
+//! bounding set is what really limits it; effective, permitted and
+//! inheritable are set to the same list so nothing is left behind, and for
+//! a non-root user the list is raised in the ambient set to survive exec.
 
 use keel_spec::container::capability_number;
 
@@ -12,6 +13,8 @@ pub enum CapsError {
     Unknown(String),
     #[error("dropping capability {cap} from the bounding set: {source}")]
     Bounding { cap: u32, source: std::io::Error },
+    #[error("raising capability {cap} in the ambient set: {source}")]
+    Ambient { cap: u32, source: std::io::Error },
     #[error("capset: {0}")]
     Capset(std::io::Error),
 }
@@ -49,9 +52,9 @@ struct CapData {
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
-/// Keep exactly the capabilities in `keep` (a mask); `last` from
-/// [`last_cap`], read before the process's /proc went away.
-pub fn restrict(keep: u64, last: u32) -> Result<(), CapsError> {
+/// Drop every capability not in `keep` (a mask) from the bounding set;
+/// `last` from [`last_cap`], read before the process's /proc went away.
+pub fn drop_bounding(keep: u64, last: u32) -> Result<(), CapsError> {
     for cap in 0..=last {
         if keep & (1u64 << cap) == 0 {
             // SAFETY: prctl with integer arguments only.
@@ -65,6 +68,11 @@ pub fn restrict(keep: u64, last: u32) -> Result<(), CapsError> {
             }
         }
     }
+    Ok(())
+}
+
+/// Set the effective, permitted and inheritable sets to `keep`.
+pub fn set(keep: u64) -> Result<(), CapsError> {
     let lo = keep as u32;
     let hi = (keep >> 32) as u32;
     let mut header = CapHeader {
@@ -94,6 +102,30 @@ pub fn restrict(keep: u64, last: u32) -> Result<(), CapsError> {
     };
     if r != 0 {
         return Err(CapsError::Capset(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Raise `keep` in the ambient set, so that a non-root user keeps them
+/// across exec.
+pub fn raise_ambient(keep: u64, last: u32) -> Result<(), CapsError> {
+    for cap in (0..=last).filter(|c| keep & (1u64 << c) != 0) {
+        // SAFETY: prctl with integer arguments only.
+        let r = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                libc::c_ulong::from(cap),
+                0,
+                0,
+            )
+        };
+        if r != 0 {
+            return Err(CapsError::Ambient {
+                cap,
+                source: std::io::Error::last_os_error(),
+            });
+        }
     }
     Ok(())
 }

@@ -17,7 +17,10 @@ use nix::unistd::Pid;
 use keel_spec::container::{ContainerDef, Share};
 use keel_spec::CONTAINERS_DIR;
 
-use crate::{caps, sys};
+use keel_spec::limits::WritableKind;
+
+use crate::confine::{self, Confinement};
+use crate::sys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -39,8 +42,12 @@ pub struct Plan {
     pub cwd: PathBuf,
     pub hostname: Option<String>,
     pub flags: u64,
-    pub caps: u64,
-    pub last_cap: u32,
+    pub confine: Confinement,
+    /// (target inside the root, tmpfs size or None for a persistent bind
+    /// of the given host folder).
+    pub writable: Vec<(PathBuf, Writable)>,
+    /// Host device paths made available under the container's /dev.
+    pub devices: Vec<PathBuf>,
     /// The tty behind the kernel console (`ttyS0`), for console services.
     pub console: Option<String>,
     pub private_pid: bool,
@@ -75,6 +82,7 @@ pub fn plan(name: &str, def: &ContainerDef) -> Result<Plan, LaunchError> {
     let mut flags = (libc::CLONE_NEWNS) as u64;
     for (share, flag) in [
         (ns.pid, libc::CLONE_NEWPID),
+        (ns.pid, libc::CLONE_NEWCGROUP),
         (ns.net, libc::CLONE_NEWNET),
         (ns.ipc, libc::CLONE_NEWIPC),
         (ns.uts, libc::CLONE_NEWUTS),
@@ -91,8 +99,22 @@ pub fn plan(name: &str, def: &ContainerDef) -> Result<Plan, LaunchError> {
         cwd: PathBuf::from(&def.cwd),
         hostname: (ns.uts == Share::Private).then(|| def.hostname_for(name).to_string()),
         flags,
-        caps: caps::mask(&def.capabilities).map_err(|e| LaunchError::Setup(e.to_string()))?,
-        last_cap: caps::last_cap(),
+        confine: Confinement::from_def(def).map_err(LaunchError::Setup)?,
+        writable: def
+            .writable
+            .iter()
+            .map(|w| {
+                let rel = w.path.trim_start_matches('/');
+                let how = match (w.kind, w.size) {
+                    (WritableKind::Tmpfs, size) => Writable::Tmpfs(size.map(|s| s.0)),
+                    (WritableKind::Persistent, _) => {
+                        Writable::Persistent(Path::new(PERSISTENT_DIR).join(name).join(rel))
+                    }
+                };
+                (PathBuf::from(rel), how)
+            })
+            .collect(),
+        devices: def.devices.iter().map(PathBuf::from).collect(),
         console: def.console.then(console_tty),
         private_pid: ns.pid == Share::Private,
         mounts: def
@@ -107,6 +129,18 @@ pub fn plan(name: &str, def: &ContainerDef) -> Result<Plan, LaunchError> {
             })
             .collect(),
     })
+}
+
+/// Where persistent writable paths of services live on the host.
+pub const PERSISTENT_DIR: &str = "/var/lib/keel";
+
+/// How a writable path is provided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Writable {
+    /// A tmpfs, optionally limited to this many bytes.
+    Tmpfs(Option<u64>),
+    /// A bind mount of this host folder.
+    Persistent(PathBuf),
 }
 
 #[repr(C)]
@@ -218,6 +252,24 @@ fn setup(p: &Plan, stdout: Option<RawFd>) -> Result<Never, String> {
         "mount /proc",
         sys::mount(Some("proc"), &root.join("proc"), Some("proc"), nodev, None),
     )?;
+    // sysfs and the cgroup tree, read-only. A container with its own PID
+    // namespace also has its own cgroup namespace, so its /sys/fs/cgroup
+    // is its own cgroup; one that shares the host's PIDs sees the host's.
+    let ro = nodev | MsFlags::MS_RDONLY;
+    step(
+        "mount /sys",
+        sys::mount(Some("sysfs"), &root.join("sys"), Some("sysfs"), ro, None),
+    )?;
+    step(
+        "mount /sys/fs/cgroup",
+        sys::mount(
+            Some("cgroup2"),
+            &root.join("sys/fs/cgroup"),
+            Some("cgroup2"),
+            ro,
+            None,
+        ),
+    )?;
     let dev = root.join("dev");
     step(
         "mount /dev",
@@ -268,6 +320,17 @@ fn setup(p: &Plan, stdout: Option<RawFd>) -> Result<Never, String> {
             Some("newinstance,ptmxmode=0666,mode=0620"),
         ),
     )?;
+    for d in &p.devices {
+        let target = dev.join(d.strip_prefix("/dev").unwrap_or(d));
+        if let Some(parent) = target.parent() {
+            step("mkdir device folder", sys::mkdir_p(parent, 0o755))?;
+        }
+        step("create device file", File::create(&target))?;
+        step(
+            &format!("bind {}", d.display()),
+            sys::bind(d, &target, false),
+        )?;
+    }
     step(
         "remount /dev read-only",
         sys::mount(
@@ -304,6 +367,36 @@ fn setup(p: &Plan, stdout: Option<RawFd>) -> Result<Never, String> {
             &format!("bind {}", src.display()),
             sys::bind(src, &target, *ro),
         )?;
+    }
+    for (rel, how) in &p.writable {
+        let target = root.join(rel);
+        if !target.exists() {
+            step(
+                &format!("mkdir /{}", rel.display()),
+                sys::mkdir_p(&target, 0o755),
+            )?;
+        }
+        match how {
+            Writable::Tmpfs(size) => {
+                let opts = size.map_or("mode=0755".to_string(), |s| format!("mode=0755,size={s}"));
+                step(
+                    &format!("tmpfs /{}", rel.display()),
+                    sys::mount(
+                        Some("tmpfs"),
+                        &target,
+                        Some("tmpfs"),
+                        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                        Some(&opts),
+                    ),
+                )?;
+            }
+            Writable::Persistent(host) => {
+                step(
+                    &format!("bind /{}", rel.display()),
+                    sys::bind(host, &target, false),
+                )?;
+            }
+        }
     }
 
     // pivot_root(".", ".") stacks the old root on top of the new one; a lazy
@@ -356,11 +449,7 @@ fn setup(p: &Plan, stdout: Option<RawFd>) -> Result<Never, String> {
         }
     }
 
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(format!("no_new_privs: {}", std::io::Error::last_os_error()));
-    }
-    step("drop capabilities", caps::restrict(p.caps, p.last_cap))?;
+    step("confine", confine::apply(&p.confine))?;
     step(
         &format!("chdir {}", p.cwd.display()),
         nix::unistd::chdir(&p.cwd),
@@ -442,11 +531,13 @@ mod tests {
         let p = plan("web", &def).unwrap();
         let want = (libc::CLONE_NEWNS
             | libc::CLONE_NEWPID
+            | libc::CLONE_NEWCGROUP
             | libc::CLONE_NEWNET
             | libc::CLONE_NEWIPC
             | libc::CLONE_NEWUTS) as u64;
         assert_eq!(p.flags, want);
-        assert_eq!(p.caps, 1 << 10);
+        assert_eq!(p.confine.caps, 1 << 10);
+        assert!(p.confine.no_new_privs && p.confine.seccomp.is_some());
         assert_eq!(p.hostname.as_deref(), Some("web"));
         assert!(p.root.ends_with("web/rootfs"));
     }

@@ -5,6 +5,8 @@
 pub mod api;
 pub mod blockdev;
 pub mod caps;
+pub mod cgroup;
+pub mod confine;
 pub mod dm;
 pub mod launch;
 pub mod pid1;

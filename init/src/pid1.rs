@@ -19,6 +19,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use keel_spec::container::{self, ContainerDef};
+use keel_spec::limits::WritableKind;
 use keel_spec::{API_DIR, API_SOCKET, CONTAINERS_DIR};
 
 use crate::api::{Request, Response, Status};
@@ -39,8 +40,19 @@ impl Launcher for HostLauncher {
     fn start(&mut self, name: &str, def: &ContainerDef) -> Result<Pid, String> {
         let cg = Path::new(SERVICES_CGROUP).join(name);
         sys::mkdir_p(&cg, 0o755).map_err(|e| e.to_string())?;
+        crate::cgroup::apply(&cg, &def.resources)?;
         let cgroup =
             launch::open_cgroup(&cg).map_err(|e| format!("cgroup {}: {e}", cg.display()))?;
+        for w in def
+            .writable
+            .iter()
+            .filter(|w| w.kind == WritableKind::Persistent)
+        {
+            let host = Path::new(launch::PERSISTENT_DIR)
+                .join(name)
+                .join(w.path.trim_start_matches('/'));
+            sys::mkdir_p(&host, 0o755).map_err(|e| e.to_string())?;
+        }
         let log_path = Path::new(LOG_DIR).join(format!("{name}.log"));
         let log_file = std::fs::OpenOptions::new()
             .create(true)

@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::{rlimit_number, Identity, Resources, Rlimits, Seccomp, Writable, WritableKind};
+
 /// One system service, run by `keel-init` as a container.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +38,12 @@ pub struct ContainerDef {
     /// namespace only receives signals it has a handler for.
     #[serde(default = "sigterm")]
     pub stop_signal: String,
+    /// How long a stopping service gets before SIGKILL.
+    #[serde(default = "five_seconds")]
+    pub stop_timeout_ms: u64,
+    /// uid, gid and supplementary groups of the command (default root, 0).
+    #[serde(default)]
+    pub user: Identity,
     /// Capabilities kept, by name (`CAP_NET_BIND_SERVICE`). Default: none.
     #[serde(default)]
     pub capabilities: Vec<String>,
@@ -46,6 +54,29 @@ pub struct ContainerDef {
     /// Host paths bind-mounted into the container.
     #[serde(default)]
     pub mounts: Vec<BindMount>,
+    /// Paths of the read-only root the service may write.
+    #[serde(default)]
+    pub writable: Vec<Writable>,
+    /// Host devices the service may use (bind-mounted into its /dev).
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Forbid gaining privileges through exec (setuid binaries, file
+    /// capabilities). On unless written out as false.
+    #[serde(default = "yes")]
+    pub no_new_privs: bool,
+    #[serde(default)]
+    pub seccomp: Seccomp,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default)]
+    pub rlimits: Rlimits,
+    /// -1000 (never OOM-killed) to 1000 (first to go).
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
+}
+
+fn five_seconds() -> u64 {
+    5000
 }
 
 fn sigterm() -> String {
@@ -146,6 +177,8 @@ pub enum ContainerError {
     BadMountPath(String),
     #[error("`stop_signal` {0:?} is not one of {STOP_SIGNALS:?}")]
     BadStopSignal(String),
+    #[error("`{key}`: {message}")]
+    Invalid { key: String, message: String },
     #[error("`cwd` {0:?} must be an absolute path")]
     BadCwd(String),
     #[error("service name {0:?} must be 1-32 characters of a-z, 0-9 and '-'")]
@@ -199,6 +232,100 @@ pub fn validate(name: &str, def: &ContainerDef) -> Result<(), ContainerError> {
     }
     if !def.cwd.starts_with('/') {
         return Err(ContainerError::BadCwd(def.cwd.clone()));
+    }
+    validate_limits(def)
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ContainerError {
+    ContainerError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+fn clean_absolute(p: &str) -> bool {
+    p.starts_with('/') && !p.split('/').any(|c| c == ".." || c == ".")
+}
+
+fn validate_limits(def: &ContainerDef) -> Result<(), ContainerError> {
+    for w in &def.writable {
+        if !clean_absolute(&w.path) || w.path == "/" {
+            return Err(invalid(
+                "writable.path",
+                format!("{:?} must be an absolute path below /", w.path),
+            ));
+        }
+        if w.kind == WritableKind::Persistent && w.size.is_some() {
+            return Err(invalid("writable.size", "only a tmpfs has a size"));
+        }
+    }
+    for d in &def.devices {
+        if !d.starts_with("/dev/") || !clean_absolute(d) {
+            return Err(invalid(
+                "devices",
+                format!("{d:?} is not a path under /dev"),
+            ));
+        }
+    }
+    crate::seccomp::compile(&def.seccomp).map_err(|e| invalid("seccomp", e))?;
+    for sc in def.seccomp.deny.iter().chain(&def.seccomp.allow) {
+        if sc.is_empty()
+            || !sc
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(invalid(
+                "seccomp",
+                format!("{sc:?} is not a system call name"),
+            ));
+        }
+    }
+    let r = &def.resources;
+    for (key, v) in [
+        ("resources.cpu_weight", r.cpu_weight),
+        ("resources.io_weight", r.io_weight),
+    ] {
+        if let Some(v) = v {
+            if !(1..=10_000).contains(&v) {
+                return Err(invalid(key, format!("{v} is outside 1-10000")));
+            }
+        }
+    }
+    if r.cpu_max_percent == Some(0) {
+        return Err(invalid(
+            "resources.cpu_max_percent",
+            "0 would stop the service; leave it out for no limit",
+        ));
+    }
+    if r.pids_max == Some(0) {
+        return Err(invalid(
+            "resources.pids_max",
+            "0 would forbid the service's own process",
+        ));
+    }
+    if let (Some(high), Some(max)) = (r.memory_high, r.memory_max) {
+        if high.0 > max.0 {
+            return Err(invalid("resources.memory_high", "is above memory_max"));
+        }
+    }
+    for name in def.rlimits.keys() {
+        if rlimit_number(name).is_none() {
+            return Err(invalid(
+                &format!("rlimits.{name}"),
+                "unknown limit (nofile, nproc, core, memlock, stack, …)",
+            ));
+        }
+    }
+    if let Some(adj) = def.oom_score_adj {
+        if !(-1000..=1000).contains(&adj) {
+            return Err(invalid(
+                "oom_score_adj",
+                format!("{adj} is outside -1000..1000"),
+            ));
+        }
+    }
+    if def.stop_timeout_ms == 0 || def.stop_timeout_ms > 600_000 {
+        return Err(invalid("stop_timeout_ms", "must be 1 to 600000"));
     }
     Ok(())
 }
@@ -335,6 +462,44 @@ target = "/run/keel"
             validate("admin", &d),
             Err(ContainerError::BadMountPath(_))
         ));
+    }
+
+    #[test]
+    fn limits_are_parsed_and_checked() {
+        let text = format!(
+            "{ADMIN}\n[resources]\nmemory_max = \"16M\"\npids_max = 32\ncpu_weight = 50\n[rlimits]\nnofile = 256\n[[writable]]\npath = \"/data\"\nkind = \"persistent\"\n"
+        );
+        let d = ContainerDef::parse(&text).unwrap();
+        validate("admin", &d).unwrap();
+        assert_eq!(d.resources.memory_max, Some(crate::limits::Size(16 << 20)));
+        assert!(d.no_new_privs);
+        assert_eq!(d.stop_timeout_ms, 5000);
+
+        let bad = |extra: &str| {
+            // Top-level keys must come before the sample's tables.
+            let text = if extra.starts_with('[') {
+                format!("{ADMIN}\n{extra}")
+            } else {
+                format!("{extra}\n{ADMIN}")
+            };
+            let d = ContainerDef::parse(&text).unwrap();
+            match validate("admin", &d) {
+                Err(ContainerError::Invalid { key, .. }) => key,
+                other => panic!("{extra}: {other:?}"),
+            }
+        };
+        assert_eq!(bad("[resources]\ncpu_weight = 0\n"), "resources.cpu_weight");
+        assert_eq!(bad("[rlimits]\nfiles = 1\n"), "rlimits.files");
+        assert_eq!(bad("oom_score_adj = 2000\n"), "oom_score_adj");
+        assert_eq!(bad("devices = [\"/etc/passwd\"]\n"), "devices");
+        assert_eq!(
+            bad("[[writable]]\npath = \"/a/../b\"\nkind = \"tmpfs\"\n"),
+            "writable.path"
+        );
+        let e = ContainerDef::parse(&format!("{ADMIN}\n[resources]\nmemory = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("memory") && e.contains("line"), "{e}");
     }
 
     #[test]

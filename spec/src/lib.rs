@@ -6,6 +6,8 @@
 pub mod cmdline;
 pub mod container;
 pub mod disk;
+pub mod limits;
+pub mod seccomp;
 
 /// The version of keel itself, baked into every binary.
 pub const KEEL_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -39,6 +39,11 @@ pub fn disk_image() -> PathBuf {
     artifact("KEEL_DISK", "out/disk.img")
 }
 
+/// The image with the test containers of `tests/containers/`.
+pub fn test_disk_image() -> PathBuf {
+    artifact("KEEL_TEST_DISK", "out/test/disk.img")
+}
+
 pub fn keel_bin() -> PathBuf {
     artifact("KEEL_BIN", "target/release/keel")
 }
@@ -139,18 +144,66 @@ impl Guest {
         self.stdin.flush().expect("flushing the console");
     }
 
+    /// Get a fresh admin prompt: the shell may have printed its first one
+    /// before or after keel-init's ready line.
+    pub fn prompt(&mut self) {
+        self.send("\n");
+        self.expect("keel-admin# ", COMMAND_TIMEOUT);
+        // A serial console has no size; a wide one keeps the shell from
+        // wrapping the commands it echoes.
+        self.send("stty cols 4000\n");
+        self.expect("keel-admin# ", COMMAND_TIMEOUT);
+    }
+
     /// Run a shell command at the admin prompt and return what it printed.
     /// The end marker is split in the typed line so the echo cannot match.
     pub fn shell(&mut self, command: &str) -> String {
         self.send(&format!("{command}; echo KEEL-END''-OF-OUTPUT\n"));
         let out = self.expect("KEEL-END-OF-OUTPUT", COMMAND_TIMEOUT);
         self.expect("keel-admin# ", COMMAND_TIMEOUT);
-        // Drop the echoed command line.
-        out.split_once('\n')
+        // Drop the echoed command line, which ends with the split marker.
+        let echo_end = out.find("''-OF-OUTPUT").unwrap_or(0);
+        out[echo_end..]
+            .split_once('\n')
             .map(|(_, rest)| rest.to_string())
             .unwrap_or_default()
             .replace("KEEL-END-OF-OUTPUT", "")
             .replace('\r', "")
+    }
+
+    /// `keelctl status --json` at the admin prompt, parsed.
+    pub fn status(&mut self) -> serde_json::Value {
+        let json = self.shell("keelctl status --json");
+        let start = json
+            .find('{')
+            .unwrap_or_else(|| panic!("no JSON in:\n{json}"));
+        serde_json::from_str(&json[start..]).unwrap_or_else(|e| panic!("{e}:\n{json}"))
+    }
+
+    /// One service's entry of [`Guest::status`].
+    pub fn service(&mut self, name: &str) -> serde_json::Value {
+        let st = self.status();
+        st["services"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no service {name} in {st}"))
+    }
+
+    /// Run `command` at the prompt every second until `done` accepts its
+    /// output, for at most `tries` times; returns the accepted output.
+    pub fn poll_shell(&mut self, command: &str, tries: u32, done: impl Fn(&str) -> bool) -> String {
+        let mut last = String::new();
+        for _ in 0..tries {
+            last = self.shell(command);
+            if done(&last) {
+                return last;
+            }
+            self.shell("sleep 1");
+        }
+        panic!(
+            "`{command}` never gave the expected output; last:\n{last}\nconsole:\n{}",
+            self.transcript
+        );
     }
 
     /// Wait for QEMU to exit.

@@ -37,7 +37,7 @@ fn boots_to_ready_runs_containers_and_powers_off() {
         line.contains("version=0.1.0") && line.contains("slot=a") && line.contains("services=2/2"),
         "{line}"
     );
-    g.expect("keel-admin# ", BOOT_TIMEOUT);
+    g.prompt();
 
     // The API's view.
     let json = g.shell("keelctl status --json");

@@ -180,7 +180,16 @@ fn cargo() -> Command {
 
 /// Build the binaries and the default image; returns the disk's path.
 fn image() -> anyhow::Result<PathBuf> {
-    run(cargo().args(["build", "--release", "--target", MUSL, "-p", "keel-init"]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "--target",
+        MUSL,
+        "-p",
+        "keel-init",
+        "-p",
+        "keel-probe",
+    ]))?;
     run(cargo().args(["build", "--release", "-p", "keel-image-builder"]))?;
     let started = Instant::now();
     run(Command::new(root().join("target/release/keel"))
@@ -198,6 +207,21 @@ fn image() -> anyhow::Result<PathBuf> {
         started.elapsed().as_secs_f64()
     );
     Ok(root().join("out/disk.img"))
+}
+
+/// The image the limits tests boot: the default one plus test containers.
+fn test_image() -> anyhow::Result<PathBuf> {
+    run(Command::new(root().join("target/release/keel"))
+        .current_dir(root())
+        .args([
+            "build",
+            "tests/recipes/limits.toml",
+            "--out",
+            "out/test",
+            "--bin-dir",
+            &format!("target/{MUSL}/release"),
+        ]))?;
+    Ok(root().join("out/test/disk.img"))
 }
 
 /// Read the serial console until `pattern` appears or `timeout` passes.
@@ -279,6 +303,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         "warnings",
     ]))?;
     let disk = image()?;
+    let test_disk = test_image()?;
     let nextest = Command::new("cargo-nextest")
         .arg("--version")
         .stdout(Stdio::null())
@@ -292,6 +317,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     }
     cmd.args(args)
         .env("KEEL_DISK", &disk)
+        .env("KEEL_TEST_DISK", &test_disk)
         .env("KEEL_BIN", root().join("target/release/keel"))
         .env(
             "KEEL_MUSL_BIN_DIR",

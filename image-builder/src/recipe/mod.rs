@@ -87,7 +87,12 @@ mod tests {
         let img = load_image(&root.join("host.toml")).unwrap();
         assert_eq!(img.recipe.image.name, "keel");
         for p in &img.recipe.userland.packages {
-            load_package(&root.join("packages").join(format!("{p}.toml"))).unwrap();
+            load_package(
+                &root
+                    .join(&img.recipe.userland.packages_dir)
+                    .join(format!("{p}.toml")),
+            )
+            .unwrap();
         }
     }
 

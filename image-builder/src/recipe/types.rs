@@ -43,20 +43,37 @@ fn tinyconfig() -> String {
     "tinyconfig".to_string()
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Userland {
     /// Package recipes, by name, from `packages/<name>.toml` beside the
     /// image recipe.
     #[serde(default)]
     pub packages: Vec<String>,
+    /// Folder of package recipes, relative to the image recipe.
+    #[serde(default = "packages_dir")]
+    pub packages_dir: String,
+}
+
+fn packages_dir() -> String {
+    "packages".to_string()
+}
+
+impl Default for Userland {
+    fn default() -> Self {
+        Userland {
+            packages: Vec::new(),
+            packages_dir: packages_dir(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Containers {
-    /// Folder of container definitions, relative to the recipe.
-    pub dir: String,
+    /// Folders of container definitions, relative to the recipe; the first
+    /// that defines a name wins.
+    pub dirs: Vec<String>,
     /// Which of them the image runs.
     pub enable: Vec<String>,
 }

@@ -51,6 +51,12 @@ pub fn validate_image(r: &ImageRecipe) -> Result<(), Invalid> {
             "keel.* keys are written by `keel build`, not by the recipe",
         ));
     }
+    if r.containers.dirs.is_empty() {
+        return Err(invalid(
+            "containers.dirs",
+            "name at least one folder of container definitions",
+        ));
+    }
     if r.containers.enable.is_empty() {
         return Err(invalid(
             "containers.enable",
@@ -131,7 +137,7 @@ fragments = ["k.config"]
 required = "r.txt"
 cmdline = "{cmdline}"
 [containers]
-dir = "c"
+dirs = ["c"]
 enable = ["admin"]
 "#
         ))

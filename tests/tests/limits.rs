@@ -1,0 +1,109 @@
+//! Isolation and limits, in QEMU, on the image built from
+//! `tests/recipes/limits.toml`: memory.max and the OOM killer, pids.max,
+//! the default seccomp profile, capabilities and the read-only root, each
+//! against a control where one exists.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use keel_tests::{copy_disk, test_disk_image, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
+
+fn lines_of(log: &str, prefix: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn limits_and_confinement_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.img");
+    copy_disk(&test_disk_image(), &disk);
+    let mut g = Guest::boot(&disk);
+    g.expect("keel: ready ", BOOT_TIMEOUT);
+    g.prompt();
+
+    // memory.max: the hog is OOM-killed inside its cgroup and restarted,
+    // while web keeps running untouched.
+    let events = g.poll_shell("cat /sys/fs/cgroup/system/hog/memory.events", 120, |out| {
+        out.lines()
+            .any(|l| l.starts_with("oom_kill ") && l != "oom_kill 0")
+    });
+    assert!(events.contains("oom_kill"), "{events}");
+    let max = g.shell("cat /sys/fs/cgroup/system/hog/memory.max");
+    assert_eq!(max.trim(), (24u64 << 20).to_string());
+    let hog = (0..120)
+        .map(|_| {
+            let h = g.service("hog");
+            if h["restarts"].as_u64().unwrap_or(0) == 0 {
+                g.shell("sleep 1");
+            }
+            h
+        })
+        .find(|h| h["restarts"].as_u64().unwrap_or(0) >= 1)
+        .unwrap_or_else(|| panic!("hog was never restarted:\n{}", g.transcript));
+    assert_eq!(hog["last_error"], "killed by signal 9", "{hog}");
+    let web = g.service("web");
+    assert_eq!(web["state"], "running", "{web}");
+    assert_eq!(web["restarts"], 0, "{web}");
+
+    // pids.max: the spawner gets 16 processes and no more.
+    let pids = g.poll_shell(
+        "cat /sys/fs/cgroup/system/pidcap/pids.current /sys/fs/cgroup/system/pidcap/pids.events",
+        60,
+        |out| out.lines().any(|l| l.starts_with("max ") && l != "max 0"),
+    );
+    let current: u64 = pids.lines().next().unwrap().trim().parse().unwrap();
+    assert_eq!(current, 16, "{pids}");
+    let bomb = g.shell("cat /var/log/keel/pidcap.log");
+    assert!(bomb.contains("forkbomb: fork refused"), "{bomb}");
+    // The host still starts new processes.
+    assert_eq!(g.shell("echo alive").trim(), "alive");
+
+    // seccomp and capabilities: the confined probes are refused, the
+    // unconfined control shows that the refusal is the filter's doing.
+    let confined = g.poll_shell("cat /var/log/keel/confined.log", 60, |l| {
+        l.contains("probes: done")
+    });
+    assert_eq!(
+        lines_of(&confined, "mount:"),
+        ["mount: EPERM"],
+        "{confined}"
+    );
+    assert_eq!(
+        lines_of(&confined, "kexec_load:"),
+        ["kexec_load: EPERM"],
+        "{confined}"
+    );
+    assert!(
+        confined.contains("chown-rc=1"),
+        "chown without CAP_CHOWN must fail:\n{confined}"
+    );
+    assert!(confined.contains("Operation not permitted"), "{confined}");
+    assert!(
+        confined.contains("rootwrite-rc=1") && confined.contains("Read-only file system"),
+        "{confined}"
+    );
+
+    let control = g.poll_shell("cat /var/log/keel/unconfined.log", 60, |l| {
+        l.contains("probes: done")
+    });
+    assert_eq!(lines_of(&control, "mount:"), ["mount: EFAULT"], "{control}");
+    assert_eq!(
+        lines_of(&control, "kexec_load:"),
+        ["kexec_load: ENOSYS"],
+        "{control}"
+    );
+    assert!(control.contains("chown-rc=0"), "{control}");
+
+    let seccomp = g.shell(
+        "grep Seccomp: /proc/$(cat /sys/fs/cgroup/system/web/cgroup.procs | head -1)/status",
+    );
+    assert!(
+        seccomp.contains("Seccomp:\t2"),
+        "web must run under a seccomp filter: {seccomp}"
+    );
+
+    g.send("keelctl poweroff\n");
+    assert!(g.wait_exit(COMMAND_TIMEOUT).success());
+}
