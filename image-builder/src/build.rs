@@ -133,6 +133,14 @@ pub fn load_containers(recipe: &Loaded<ImageRecipe>) -> Result<Vec<StagedContain
             text,
         });
     }
+    let pairs: Vec<(String, ContainerDef)> = out
+        .iter()
+        .map(|c| (c.name.clone(), c.def.clone()))
+        .collect();
+    keel_spec::lifecycle::start_order(&pairs).map_err(|e| BuildError::Container {
+        path: recipe.path.clone(),
+        message: format!("containers.enable: {e}"),
+    })?;
     Ok(out)
 }
 

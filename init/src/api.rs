@@ -24,8 +24,10 @@ pub struct Status {
     pub version: String,
     pub slot: String,
     pub uptime_ms: u64,
-    /// Every service up (the health gate's view).
+    /// Every required service ready (the health gate's view).
     pub ready: bool,
+    /// "starting", "healthy" or "failed".
+    pub health: String,
     pub services: Vec<ServiceStatus>,
 }
 
@@ -33,6 +35,8 @@ pub struct Status {
 pub struct ServiceStatus {
     pub name: String,
     pub description: String,
+    /// "service" or "oneshot".
+    pub kind: String,
     pub state: String,
     pub pid: Option<i32>,
     /// PID inside the service's PID namespace.
@@ -43,6 +47,10 @@ pub struct ServiceStatus {
     pub restarts: u32,
     pub capabilities: Vec<String>,
     pub last_error: Option<String>,
+    /// Milliseconds since boot when the service last started.
+    pub started_ms: Option<u64>,
+    /// Milliseconds since boot when it became ready (a oneshot: finished).
+    pub ready_ms: Option<u64>,
 }
 
 /// `keelctl status` as a table.
@@ -52,7 +60,7 @@ pub fn render_status(s: &Status) -> String {
         s.version,
         s.slot,
         s.uptime_ms as f64 / 1000.0,
-        if s.ready { "ready" } else { "not ready" }
+        s.health
     );
     out.push_str(&format!(
         "{:<12} {:<10} {:>6} {:>6} {:<8} {:<5} {:>8}  {}\n",
@@ -112,9 +120,11 @@ mod tests {
             slot: "a".into(),
             uptime_ms: 1500,
             ready: true,
+            health: "healthy".into(),
             services: vec![ServiceStatus {
                 name: "web".into(),
                 description: String::new(),
+                kind: "service".into(),
                 state: "running".into(),
                 pid: Some(57),
                 ns_pid: Some(1),
@@ -123,6 +133,8 @@ mod tests {
                 restarts: 0,
                 capabilities: vec!["CAP_NET_BIND_SERVICE".into()],
                 last_error: None,
+                started_ms: Some(900),
+                ready_ms: Some(950),
             }],
         };
         let t = render_status(&s);

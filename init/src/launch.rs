@@ -420,6 +420,10 @@ fn setup(p: &Plan, stdout: Option<RawFd>) -> Result<Never, String> {
             None,
         ),
     )?;
+    if p.flags & libc::CLONE_NEWNET as u64 != 0 {
+        // A new network namespace starts with loopback down.
+        step("loopback", sys::loopback_up())?;
+    }
     if let Some(h) = &p.hostname {
         step("sethostname", nix::unistd::sethostname(h))?;
     }

@@ -10,6 +10,7 @@ pub mod confine;
 pub mod dm;
 pub mod launch;
 pub mod pid1;
+pub mod probe;
 pub mod stage1;
 pub mod supervisor;
 pub mod sys;

@@ -24,13 +24,14 @@ use keel_spec::{API_DIR, API_SOCKET, CONTAINERS_DIR};
 
 use crate::api::{Request, Response, Status};
 use crate::launch::{self, ProcFacts};
-use crate::supervisor::{Exit, Launcher, Supervisor};
+use crate::supervisor::{Exit, Health, Launcher, Probe, Supervisor};
 use crate::{log, sys};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const SERVICES_CGROUP: &str = "/sys/fs/cgroup/system";
 const LOG_DIR: &str = "/var/log/keel";
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Added to the services' stop timeouts before shutdown goes on regardless.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Starts containers for real.
 #[derive(Debug)]
@@ -69,6 +70,13 @@ impl Launcher for HostLauncher {
 
     fn facts(&self, pid: Pid) -> ProcFacts {
         launch::proc_facts(pid)
+    }
+
+    fn probe(&mut self, _name: &str, pid: Pid, def: &ContainerDef) -> Probe {
+        match &def.readiness {
+            Some(r) => crate::probe::run(pid, def, r),
+            None => Probe::Ready,
+        }
     }
 }
 
@@ -153,49 +161,6 @@ fn setup_cgroups() -> Result<(), String> {
     write(format!("{SERVICES_CGROUP}/cgroup.subtree_control"))
 }
 
-#[repr(C)]
-struct IfReq {
-    name: [u8; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
-
-/// Bring up the loopback interface: services on the host network expect it.
-fn loopback_up() -> Result<(), String> {
-    let sock = nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Datagram,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| format!("socket: {e}"))?;
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        flags: 0,
-        _pad: [0; 22],
-    };
-    req.name[..2].copy_from_slice(b"lo");
-    use std::os::fd::AsRawFd;
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write a struct ifreq, which
-    // IfReq lays out (name, then the flags member of the union, padded).
-    unsafe {
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) < 0 {
-            return Err(format!(
-                "SIOCGIFFLAGS lo: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        req.flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) < 0 {
-            return Err(format!(
-                "SIOCSIFFLAGS lo: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// The system containers in the image, in name order. A definition that
 /// does not parse is reported and left out; the rest still start.
 fn load_definitions(dir: &Path) -> Vec<(String, ContainerDef)> {
@@ -262,7 +227,8 @@ struct Init {
     sup: Supervisor<HostLauncher>,
     version: String,
     slot: String,
-    ready_said: bool,
+    /// The health last announced on the console.
+    said: Health,
 }
 
 impl Init {
@@ -282,33 +248,59 @@ impl Init {
             .sup
             .services
             .iter()
-            .find(|s| s.state_pid() == Some(pid))
+            .find(|s| s.state.pid() == Some(pid))
             .map(|s| s.name.clone());
         if self.sup.on_exit(pid, how, Instant::now()) {
             log(format!("{}: exited ({how:?})", name.unwrap_or_default()));
         }
     }
 
+    /// Announce the health gate's verdict once it changes from starting.
     fn check_ready(&mut self) {
-        let (running, total) = self.sup.counts();
-        if !self.ready_said && running == total {
-            self.ready_said = true;
-            log(format!(
-                "ready version={} slot={} services={running}/{total} ms={}",
-                self.version,
-                self.slot,
-                crate::boot_ms()
-            ));
+        let health = self.sup.health();
+        if health == self.said {
+            return;
         }
+        let (ready, total) = self.sup.counts();
+        let ms = crate::boot_ms();
+        match health {
+            Health::Healthy if self.said == Health::Starting => log(format!(
+                "ready version={} slot={} services={ready}/{total} ms={ms}",
+                self.version, self.slot
+            )),
+            Health::Failed => {
+                let failed: Vec<String> = self
+                    .sup
+                    .services
+                    .iter()
+                    .filter(|s| s.def.required && s.last_error.is_some() && s.state.pid().is_none())
+                    .map(|s| format!("{} ({})", s.name, s.last_error.clone().unwrap_or_default()))
+                    .collect();
+                log(format!(
+                    "unhealthy version={} slot={} ms={ms}: {}",
+                    self.version,
+                    self.slot,
+                    failed.join(", ")
+                ));
+            }
+            _ => {}
+        }
+        self.said = health;
     }
 
     fn status(&self) -> Status {
-        let (running, total) = self.sup.counts();
+        let health = self.sup.health();
         Status {
             version: self.version.clone(),
             slot: self.slot.clone(),
             uptime_ms: crate::boot_ms(),
-            ready: running == total,
+            ready: health == Health::Healthy,
+            health: match health {
+                Health::Starting => "starting",
+                Health::Healthy => "healthy",
+                Health::Failed => "failed",
+            }
+            .into(),
             services: self.sup.status(),
         }
     }
@@ -339,21 +331,25 @@ impl Init {
 
     fn shutdown(&mut self, sfd: &SignalFd, how: Shutdown) -> ! {
         log(format!("{how:?}: stopping services"));
-        self.sup.stop_all(None);
-        for (signal, wait) in [
-            (None, STOP_TIMEOUT),
-            (Some(Signal::SIGKILL), Duration::from_secs(2)),
-        ] {
-            if signal.is_some() {
-                self.sup.stop_all(signal);
+        // Services stop in reverse dependency order, each with its own
+        // signal and timeout; the overall bound only guards against a
+        // process that SIGKILL cannot end (stuck in the kernel).
+        let longest: u64 = self
+            .sup
+            .services
+            .iter()
+            .map(|s| s.def.stop_timeout_ms)
+            .sum();
+        let deadline = Instant::now() + Duration::from_millis(longest) + STOP_GRACE;
+        loop {
+            self.sup.stop_tick(Instant::now());
+            if self.sup.all_stopped() || Instant::now() > deadline {
+                break;
             }
-            let deadline = Instant::now() + wait;
-            while !self.sup.all_stopped() && Instant::now() < deadline {
-                let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
-                let _ = poll(&mut fds, PollTimeout::from(100u16));
-                while let Ok(Some(_)) = sfd.read_signal() {}
-                self.reap();
-            }
+            let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut fds, PollTimeout::from(50u16));
+            while let Ok(Some(_)) = sfd.read_signal() {}
+            self.reap();
         }
         nix::unistd::sync();
         if let Err(e) = sys::umount_detach(Path::new("/var")) {
@@ -374,20 +370,6 @@ impl Init {
     }
 }
 
-trait StatePid {
-    fn state_pid(&self) -> Option<Pid>;
-}
-
-impl StatePid for crate::supervisor::Service {
-    fn state_pid(&self) -> Option<Pid> {
-        match self.state {
-            crate::supervisor::State::Running { pid, .. }
-            | crate::supervisor::State::Stopping { pid } => Some(pid),
-            _ => None,
-        }
-    }
-}
-
 /// Run PID 1. Never returns.
 pub fn run() -> ! {
     // Ctrl-Alt-Del becomes SIGINT to PID 1 instead of an immediate reboot.
@@ -397,7 +379,7 @@ pub fn run() -> ! {
     );
     mount_runtime();
     warn("hostname", nix::unistd::sethostname("keel"));
-    warn("loopback", loopback_up());
+    warn("loopback", sys::loopback_up());
     warn("cgroups", setup_cgroups());
 
     let mut mask = SigSet::empty();
@@ -434,14 +416,20 @@ pub fn run() -> ! {
         .map_err(|e| log(format!("warning: API socket {API_SOCKET}: {e}")))
         .ok();
 
-    let defs = load_definitions(Path::new(CONTAINERS_DIR));
+    let mut defs = load_definitions(Path::new(CONTAINERS_DIR));
+    // keel build refuses a bad graph, so this is for images made otherwise:
+    // the services caught in it never start, and the health gate says so.
+    match keel_spec::lifecycle::start_order(&defs) {
+        Ok(order) => defs.sort_by_key(|(n, _)| order.iter().position(|o| o == n)),
+        Err(e) => log(format!("error: {e}")),
+    }
     let mut init = Init {
-        sup: Supervisor::new(HostLauncher, defs),
+        sup: Supervisor::new(HostLauncher, defs, Instant::now(), crate::boot_ms()),
         version: os_version(),
         slot: booted_slot(),
-        ready_said: false,
+        said: Health::Starting,
     };
-    init.sup.start_all(Instant::now());
+    init.sup.tick(Instant::now());
     init.check_ready();
 
     loop {

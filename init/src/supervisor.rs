@@ -1,6 +1,6 @@
-//! The service table: which services run, what happened to them, and when
-//! to restart them. Host effects go through [`Launcher`], so this logic is
-//! tested without root.
+//! The service table: which services run, in what order, whether they are
+//! ready, what happened to them, and when to restart or stop them. Host
+//! effects go through [`Launcher`], so this logic is tested without root.
 
 use std::time::{Duration, Instant};
 
@@ -8,9 +8,17 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use keel_spec::container::{ContainerDef, RestartPolicy, Share};
+use keel_spec::lifecycle::Kind;
 
 use crate::api::ServiceStatus;
 use crate::launch::ProcFacts;
+
+/// The answer of one readiness probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    Ready,
+    NotYet(String),
+}
 
 /// What keel-init does to the host on behalf of the supervisor.
 pub trait Launcher {
@@ -18,6 +26,8 @@ pub trait Launcher {
     fn start(&mut self, name: &str, def: &ContainerDef) -> Result<Pid, String>;
     fn signal(&mut self, pid: Pid, signal: Signal);
     fn facts(&self, pid: Pid) -> ProcFacts;
+    /// Run the service's readiness probe once.
+    fn probe(&mut self, name: &str, pid: Pid, def: &ContainerDef) -> Probe;
 }
 
 /// How a process ended.
@@ -35,20 +45,34 @@ impl Exit {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
+    /// Not started: waiting for the services it comes after.
+    Waiting,
+    /// Running its command, not ready yet (a oneshot: not finished yet).
+    Starting {
+        pid: Pid,
+        since: Instant,
+        next_probe: Instant,
+    },
+    /// Running and ready.
     Running {
         pid: Pid,
         since: Instant,
     },
+    /// A oneshot that finished with status 0.
+    Done,
     /// Waiting to be restarted at the given time.
     Backoff {
         until: Instant,
     },
     /// Ended and not to be restarted.
     Exited(Exit),
-    /// Gave up: crash loop or could not start.
+    /// Gave up: crash loop, start failure limit, readiness deadline, or a
+    /// required service failed.
     Failed,
+    /// Asked to stop; killed at `kill_at`.
     Stopping {
         pid: Pid,
+        kill_at: Instant,
     },
     Stopped,
 }
@@ -56,12 +80,38 @@ pub enum State {
 impl State {
     fn label(&self) -> &'static str {
         match self {
+            State::Waiting => "waiting",
+            State::Starting { .. } => "starting",
             State::Running { .. } => "running",
+            State::Done => "done",
             State::Backoff { .. } => "restarting",
             State::Exited(_) => "exited",
             State::Failed => "failed",
             State::Stopping { .. } => "stopping",
             State::Stopped => "stopped",
+        }
+    }
+
+    pub fn pid(&self) -> Option<Pid> {
+        match *self {
+            State::Starting { pid, .. }
+            | State::Running { pid, .. }
+            | State::Stopping { pid, .. } => Some(pid),
+            _ => None,
+        }
+    }
+
+    /// Ready, for those who come after it and for the health gate.
+    fn ready(&self) -> bool {
+        matches!(self, State::Running { .. } | State::Done)
+    }
+
+    /// Will not become ready without outside help.
+    fn broken(&self) -> bool {
+        match self {
+            State::Failed => true,
+            State::Exited(e) => !e.success(),
+            _ => false,
         }
     }
 }
@@ -75,7 +125,19 @@ pub struct Service {
     /// Failures since the service last ran long enough to count as up.
     pub failures_in_row: u32,
     pub last_error: Option<String>,
-    pub ever_started: bool,
+    pub started: Option<Instant>,
+    pub ready: Option<Instant>,
+}
+
+/// The host's health, as the updater's health gate sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Required services still on their way.
+    Starting,
+    /// Every required service ready.
+    Healthy,
+    /// A required service failed.
+    Failed,
 }
 
 /// A run shorter than this counts towards the crash-loop limit.
@@ -95,35 +157,58 @@ pub struct Supervisor<L: Launcher> {
     pub services: Vec<Service>,
     pub launcher: L,
     shutting_down: bool,
+    /// `Instant` ↔ milliseconds since boot, for reporting.
+    epoch: (Instant, u64),
 }
 
 impl<L: Launcher> Supervisor<L> {
-    pub fn new(launcher: L, defs: Vec<(String, ContainerDef)>) -> Self {
+    /// `defs` in start order (see `keel_spec::lifecycle::start_order`).
+    pub fn new(launcher: L, defs: Vec<(String, ContainerDef)>, now: Instant, boot_ms: u64) -> Self {
         let services = defs
             .into_iter()
             .map(|(name, def)| Service {
                 name,
                 def,
-                state: State::Stopped,
+                state: State::Waiting,
                 restarts: 0,
                 failures_in_row: 0,
                 last_error: None,
-                ever_started: false,
+                started: None,
+                ready: None,
             })
             .collect();
         Supervisor {
             services,
             launcher,
             shutting_down: false,
+            epoch: (now, boot_ms),
         }
+    }
+
+    fn ms(&self, t: Instant) -> u64 {
+        self.epoch.1 + t.saturating_duration_since(self.epoch.0).as_millis() as u64
+    }
+
+    fn index(&self, name: &str) -> Option<usize> {
+        self.services.iter().position(|s| s.name == name)
     }
 
     fn start_one(&mut self, i: usize, now: Instant) {
         let svc = &mut self.services[i];
         match self.launcher.start(&svc.name, &svc.def) {
             Ok(pid) => {
-                svc.state = State::Running { pid, since: now };
-                svc.ever_started = true;
+                svc.started = Some(now);
+                let needs_wait = svc.def.kind == Kind::Oneshot || svc.def.readiness.is_some();
+                svc.state = if needs_wait {
+                    State::Starting {
+                        pid,
+                        since: now,
+                        next_probe: now,
+                    }
+                } else {
+                    svc.ready = Some(now);
+                    State::Running { pid, since: now }
+                };
             }
             Err(e) => {
                 crate::log(format!("{}: cannot start: {e}", svc.name));
@@ -140,68 +225,93 @@ impl<L: Launcher> Supervisor<L> {
         }
     }
 
-    pub fn start_all(&mut self, now: Instant) {
-        for i in 0..self.services.len() {
-            if self.services[i].state == State::Stopped {
-                self.start_one(i, now);
-            }
-        }
-    }
-
-    /// Record the end of `pid`; false if it was not a service (an orphan).
-    pub fn on_exit(&mut self, pid: Pid, how: Exit, now: Instant) -> bool {
-        let shutting_down = self.shutting_down;
-        let Some(svc) = self.services.iter_mut().find(|s| {
-            matches!(s.state, State::Running { pid: p, .. } | State::Stopping { pid: p } if p == pid)
-        }) else {
-            return false;
-        };
-        let ran = match svc.state {
-            State::Running { since, .. } => now.saturating_duration_since(since),
-            _ => Duration::ZERO,
-        };
-        if shutting_down || matches!(svc.state, State::Stopping { .. }) {
-            svc.state = State::Stopped;
-            return true;
-        }
-        if ran >= STABLE_AFTER {
-            svc.failures_in_row = 0;
-        }
-        let restart = match svc.def.restart {
-            RestartPolicy::Always => true,
-            RestartPolicy::OnFailure => !how.success(),
-            RestartPolicy::Never => false,
-        };
-        if !how.success() {
-            svc.last_error = Some(match how {
-                Exit::Code(c) => format!("exited with status {c}"),
-                Exit::Signal(s) => format!("killed by signal {s}"),
-            });
-        }
-        if !restart {
-            svc.state = State::Exited(how);
-            return true;
-        }
-        svc.failures_in_row += 1;
-        svc.restarts += 1;
-        if svc.failures_in_row >= CRASH_LOOP_LIMIT {
-            crate::log(format!(
-                "{}: failed {} times in a row, giving up",
-                svc.name, svc.failures_in_row
-            ));
-            svc.state = State::Failed;
-        } else {
-            svc.state = State::Backoff {
-                until: now + backoff(svc.failures_in_row),
-            };
-        }
-        true
-    }
-
-    /// Restart the services whose backoff has run out.
+    /// Start what may start, probe what is starting, restart what is due.
     pub fn tick(&mut self, now: Instant) {
         if self.shutting_down {
             return;
+        }
+        // Starting a service can let others start in the same tick.
+        loop {
+            let mut changed = false;
+            for i in 0..self.services.len() {
+                if self.services[i].state != State::Waiting {
+                    continue;
+                }
+                let def = &self.services[i].def;
+                let missing = def
+                    .after
+                    .iter()
+                    .chain(&def.requires)
+                    .find(|d| self.index(d).is_none());
+                let failed_dep = def.requires.iter().find(|d| {
+                    self.index(d)
+                        .is_some_and(|j| self.services[j].state.broken())
+                });
+                let why = missing
+                    .map(|d| format!("depends on {d}, which is not a service of this image"))
+                    .or_else(|| failed_dep.map(|d| format!("required service {d} failed")));
+                if let Some(msg) = why {
+                    crate::log(format!("{}: {msg}", self.services[i].name));
+                    self.services[i].last_error = Some(msg);
+                    self.services[i].state = State::Failed;
+                    changed = true;
+                    continue;
+                }
+                let ready = def.after.iter().chain(&def.requires).all(|d| {
+                    self.index(d)
+                        .is_some_and(|j| self.services[j].state.ready())
+                });
+                if ready {
+                    self.start_one(i, now);
+                    changed = true;
+                }
+            }
+            for i in 0..self.services.len() {
+                if let State::Starting {
+                    pid,
+                    since,
+                    next_probe,
+                } = self.services[i].state
+                {
+                    if self.services[i].def.kind == Kind::Oneshot || next_probe > now {
+                        continue;
+                    }
+                    let Some(r) = self.services[i].def.readiness.clone() else {
+                        continue;
+                    };
+                    let (name, def) = (self.services[i].name.clone(), self.services[i].def.clone());
+                    match self.launcher.probe(&name, pid, &def) {
+                        Probe::Ready => {
+                            let svc = &mut self.services[i];
+                            svc.state = State::Running { pid, since };
+                            svc.ready = Some(now);
+                            changed = true;
+                        }
+                        Probe::NotYet(why)
+                            if now.saturating_duration_since(since)
+                                >= Duration::from_millis(r.deadline_ms) =>
+                        {
+                            let msg = format!("not ready within {} ms: {why}", r.deadline_ms);
+                            crate::log(format!("{name}: {msg}"));
+                            self.launcher.signal(pid, Signal::SIGKILL);
+                            let svc = &mut self.services[i];
+                            svc.last_error = Some(msg);
+                            svc.state = State::Failed;
+                            changed = true;
+                        }
+                        Probe::NotYet(_) => {
+                            self.services[i].state = State::Starting {
+                                pid,
+                                since,
+                                next_probe: now + Duration::from_millis(r.interval_ms),
+                            };
+                        }
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
         }
         for i in 0..self.services.len() {
             if matches!(self.services[i].state, State::Backoff { until } if until <= now) {
@@ -210,65 +320,164 @@ impl<L: Launcher> Supervisor<L> {
         }
     }
 
-    /// When the next restart is due.
+    /// Record the end of `pid`; false if it was not a service (an orphan,
+    /// a probe, or a service already given up on).
+    pub fn on_exit(&mut self, pid: Pid, how: Exit, now: Instant) -> bool {
+        let shutting_down = self.shutting_down;
+        let Some(svc) = self
+            .services
+            .iter_mut()
+            .find(|s| s.state.pid() == Some(pid))
+        else {
+            return false;
+        };
+        if shutting_down || matches!(svc.state, State::Stopping { .. }) {
+            svc.state = State::Stopped;
+            return true;
+        }
+        let ran = svc
+            .started
+            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+        if svc.def.kind == Kind::Oneshot && how.success() {
+            svc.state = State::Done;
+            svc.ready = Some(now);
+            svc.failures_in_row = 0;
+            return true;
+        }
+        if ran >= STABLE_AFTER {
+            svc.failures_in_row = 0;
+        }
+        if !how.success() {
+            svc.last_error = Some(match how {
+                Exit::Code(c) => format!("exited with status {c}"),
+                Exit::Signal(s) => format!("killed by signal {s}"),
+            });
+        }
+        let restart = match svc.def.restart {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => !how.success(),
+            RestartPolicy::Never => false,
+        };
+        if !restart {
+            svc.state = State::Exited(how);
+            return true;
+        }
+        svc.failures_in_row += 1;
+        if svc.failures_in_row >= CRASH_LOOP_LIMIT {
+            crate::log(format!(
+                "{}: failed {} times in a row, giving up",
+                svc.name, svc.failures_in_row
+            ));
+            svc.state = State::Failed;
+        } else {
+            svc.restarts += 1;
+            svc.state = State::Backoff {
+                until: now + backoff(svc.failures_in_row),
+            };
+        }
+        true
+    }
+
+    /// When the next restart, probe or stop deadline is due.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.services
             .iter()
             .filter_map(|s| match s.state {
                 State::Backoff { until } => Some(until),
+                State::Starting { next_probe, .. }
+                    if s.def.readiness.is_some() && s.def.kind == Kind::Service =>
+                {
+                    Some(next_probe)
+                }
+                State::Stopping { kill_at, .. } => Some(kill_at),
                 _ => None,
             })
             .min()
     }
 
-    /// (running, total).
+    /// (ready, total).
     pub fn counts(&self) -> (usize, usize) {
-        let running = self
-            .services
-            .iter()
-            .filter(|s| matches!(s.state, State::Running { .. }))
-            .count();
-        (running, self.services.len())
+        (
+            self.services.iter().filter(|s| s.state.ready()).count(),
+            self.services.len(),
+        )
     }
 
-    /// Signal every running service, with `signal` or else its own stop
-    /// signal, and stop restarting them.
-    pub fn stop_all(&mut self, signal: Option<Signal>) {
+    pub fn health(&self) -> Health {
+        let required = || self.services.iter().filter(|s| s.def.required);
+        if required().any(|s| {
+            s.state.broken() || (s.def.kind == Kind::Service && matches!(s.state, State::Exited(_)))
+        }) {
+            Health::Failed
+        } else if required().all(|s| s.state.ready()) {
+            Health::Healthy
+        } else {
+            Health::Starting
+        }
+    }
+
+    /// Begin shutting down: nothing starts or restarts any more.
+    pub fn begin_shutdown(&mut self) {
         self.shutting_down = true;
         for svc in &mut self.services {
-            let signal = signal
-                .or_else(|| svc.def.stop_signal.parse().ok())
-                .unwrap_or(Signal::SIGTERM);
-            match svc.state {
-                State::Running { pid, .. } | State::Stopping { pid } => {
+            if matches!(svc.state, State::Backoff { .. } | State::Waiting) {
+                svc.state = State::Stopped;
+            }
+        }
+    }
+
+    /// One step of an orderly shutdown: a service is asked to stop (its
+    /// `stop_signal`) once every service that comes after it has stopped,
+    /// and killed when its stop timeout runs out.
+    pub fn stop_tick(&mut self, now: Instant) {
+        self.begin_shutdown();
+        for i in (0..self.services.len()).rev() {
+            let name = self.services[i].name.clone();
+            match self.services[i].state {
+                State::Starting { pid, .. } | State::Running { pid, .. } => {
+                    let dependents_up = self.services.iter().any(|s| {
+                        (s.def.after.contains(&name) || s.def.requires.contains(&name))
+                            && s.state.pid().is_some()
+                    });
+                    if dependents_up {
+                        continue;
+                    }
+                    let def = &self.services[i].def;
+                    let signal = def.stop_signal.parse().unwrap_or(Signal::SIGTERM);
+                    let kill_at = now + Duration::from_millis(def.stop_timeout_ms);
                     self.launcher.signal(pid, signal);
-                    svc.state = State::Stopping { pid };
+                    self.services[i].state = State::Stopping { pid, kill_at };
                 }
-                State::Backoff { .. } => svc.state = State::Stopped,
+                State::Stopping { pid, kill_at } if kill_at <= now => {
+                    self.launcher.signal(pid, Signal::SIGKILL);
+                    // Check again a little later, in case SIGKILL is slow.
+                    self.services[i].state = State::Stopping {
+                        pid,
+                        kill_at: now + Duration::from_secs(1),
+                    };
+                }
                 _ => {}
             }
         }
     }
 
     pub fn all_stopped(&self) -> bool {
-        !self
-            .services
-            .iter()
-            .any(|s| matches!(s.state, State::Running { .. } | State::Stopping { .. }))
+        !self.services.iter().any(|s| s.state.pid().is_some())
     }
 
     pub fn status(&self) -> Vec<ServiceStatus> {
         self.services
             .iter()
             .map(|s| {
-                let pid = match s.state {
-                    State::Running { pid, .. } | State::Stopping { pid } => Some(pid),
-                    _ => None,
-                };
+                let pid = s.state.pid();
                 let facts = pid.map(|p| self.launcher.facts(p)).unwrap_or_default();
                 ServiceStatus {
                     name: s.name.clone(),
                     description: s.def.description.clone(),
+                    kind: match s.def.kind {
+                        Kind::Service => "service".into(),
+                        Kind::Oneshot => "oneshot".into(),
+                    },
                     state: s.state.label().to_string(),
                     pid: pid.map(Pid::as_raw),
                     ns_pid: facts.ns_pid,
@@ -280,6 +489,8 @@ impl<L: Launcher> Supervisor<L> {
                     restarts: s.restarts,
                     capabilities: s.def.capabilities.clone(),
                     last_error: s.last_error.clone(),
+                    started_ms: s.started.map(|t| self.ms(t)),
+                    ready_ms: s.ready.map(|t| self.ms(t)),
                 }
             })
             .collect()
@@ -287,170 +498,5 @@ impl<L: Launcher> Supervisor<L> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::VecDeque;
-
-    #[derive(Debug, Default)]
-    struct Fake {
-        next_pid: i32,
-        fail: VecDeque<bool>,
-        started: Vec<String>,
-        signals: Vec<(Pid, Signal)>,
-    }
-
-    impl Launcher for Fake {
-        fn start(&mut self, name: &str, _: &ContainerDef) -> Result<Pid, String> {
-            self.started.push(name.to_string());
-            if self.fail.pop_front().unwrap_or(false) {
-                return Err("exec /bin/nope: ENOENT".into());
-            }
-            self.next_pid += 1;
-            Ok(Pid::from_raw(100 + self.next_pid))
-        }
-        fn signal(&mut self, pid: Pid, signal: Signal) {
-            self.signals.push((pid, signal));
-        }
-        fn facts(&self, _: Pid) -> ProcFacts {
-            ProcFacts {
-                ns_pid: Some(1),
-                root_readonly: Some(true),
-            }
-        }
-    }
-
-    fn def(restart: &str) -> ContainerDef {
-        ContainerDef::parse(&format!(
-            "command = [\"/bin/x\"]\nrestart = \"{restart}\"\n[rootfs]\ncontents = []\n"
-        ))
-        .unwrap()
-    }
-
-    fn sup(restart: &str) -> Supervisor<Fake> {
-        Supervisor::new(
-            Fake::default(),
-            vec![("a".into(), def(restart)), ("b".into(), def("never"))],
-        )
-    }
-
-    fn pid_of(s: &Supervisor<Fake>, i: usize) -> Pid {
-        match s.services[i].state {
-            State::Running { pid, .. } => pid,
-            ref other => panic!("not running: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn starts_everything_and_reports() {
-        let mut s = sup("always");
-        let t = Instant::now();
-        s.start_all(t);
-        assert_eq!(s.counts(), (2, 2));
-        let st = s.status();
-        assert_eq!(st[0].state, "running");
-        assert_eq!(st[0].ns_pid, Some(1));
-        assert_eq!(st[0].pid_ns, "private");
-    }
-
-    #[test]
-    fn restarts_with_growing_backoff_then_gives_up() {
-        let mut s = sup("always");
-        let mut t = Instant::now();
-        s.start_all(t);
-        let mut last_delay = Duration::ZERO;
-        for n in 1..CRASH_LOOP_LIMIT {
-            let pid = pid_of(&s, 0);
-            assert!(s.on_exit(pid, Exit::Code(1), t + Duration::from_millis(10)));
-            let State::Backoff { until } = s.services[0].state else {
-                panic!("{:?}", s.services[0].state)
-            };
-            let delay = until - (t + Duration::from_millis(10));
-            assert!(delay >= last_delay, "backoff must not shrink");
-            last_delay = delay;
-            s.tick(until - Duration::from_millis(1));
-            assert!(
-                matches!(s.services[0].state, State::Backoff { .. }),
-                "restarted too early"
-            );
-            t = until;
-            s.tick(t);
-            assert_eq!(s.services[0].restarts, n);
-        }
-        let pid = pid_of(&s, 0);
-        s.on_exit(pid, Exit::Signal(9), t);
-        assert_eq!(s.services[0].state, State::Failed);
-        assert_eq!(
-            s.status()[0].last_error.as_deref(),
-            Some("killed by signal 9")
-        );
-    }
-
-    #[test]
-    fn a_long_run_resets_the_crash_count() {
-        let mut s = sup("always");
-        let t = Instant::now();
-        s.start_all(t);
-        s.services[0].failures_in_row = CRASH_LOOP_LIMIT - 1;
-        let pid = pid_of(&s, 0);
-        s.on_exit(pid, Exit::Code(1), t + STABLE_AFTER);
-        assert!(matches!(s.services[0].state, State::Backoff { .. }));
-        assert_eq!(s.services[0].failures_in_row, 1);
-    }
-
-    #[test]
-    fn policies_decide_restarts() {
-        let mut s = sup("on-failure");
-        let t = Instant::now();
-        s.start_all(t);
-        let (a, b) = (pid_of(&s, 0), pid_of(&s, 1));
-        s.on_exit(a, Exit::Code(0), t);
-        assert_eq!(s.services[0].state, State::Exited(Exit::Code(0)));
-        s.on_exit(b, Exit::Code(3), t);
-        assert_eq!(s.services[1].state, State::Exited(Exit::Code(3)));
-        assert!(
-            !s.on_exit(Pid::from_raw(4242), Exit::Code(0), t),
-            "orphans are not services"
-        );
-    }
-
-    #[test]
-    fn a_start_failure_is_retried_and_recorded() {
-        let mut fake = Fake::default();
-        fake.fail.push_back(true);
-        let mut s = Supervisor::new(fake, vec![("a".into(), def("always"))]);
-        let t = Instant::now();
-        s.start_all(t);
-        assert!(matches!(s.services[0].state, State::Backoff { .. }));
-        assert!(s.status()[0]
-            .last_error
-            .as_deref()
-            .unwrap()
-            .contains("ENOENT"));
-        s.tick(s.next_deadline().unwrap());
-        assert!(matches!(s.services[0].state, State::Running { .. }));
-    }
-
-    #[test]
-    fn shutdown_signals_everyone_and_stops_restarting() {
-        let mut s = sup("always");
-        let t = Instant::now();
-        s.start_all(t);
-        let (a, b) = (pid_of(&s, 0), pid_of(&s, 1));
-        s.services[1].def.stop_signal = "SIGHUP".into();
-        s.stop_all(None);
-        assert_eq!(
-            s.launcher.signals,
-            vec![(a, Signal::SIGTERM), (b, Signal::SIGHUP)]
-        );
-        assert!(!s.all_stopped());
-        s.on_exit(a, Exit::Signal(15), t);
-        s.on_exit(b, Exit::Signal(15), t);
-        assert!(s.all_stopped());
-        s.tick(t + BACKOFF_MAX);
-        assert_eq!(
-            s.launcher.started.len(),
-            2,
-            "nothing restarts during shutdown"
-        );
-    }
-}
+#[path = "supervisor_tests.rs"]
+mod tests;

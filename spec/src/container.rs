@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::lifecycle::{validate_readiness, Kind, Readiness};
 use crate::limits::{rlimit_number, Identity, Resources, Rlimits, Seccomp, Writable, WritableKind};
 
 /// One system service, run by `keel-init` as a container.
@@ -16,8 +17,22 @@ pub struct ContainerDef {
     /// One line for `keelctl status`.
     #[serde(default)]
     pub description: String,
+    /// A long-running service (default) or a run-to-completion oneshot.
+    #[serde(default)]
+    pub kind: Kind,
     /// Program and arguments, resolved inside the container's root.
     pub command: Vec<String>,
+    /// Start only once these services are ready (oneshots: done).
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// Like `after`, and fail if one of these fails.
+    #[serde(default)]
+    pub requires: Vec<String>,
+    /// Counts for the boot health gate (default true).
+    #[serde(default = "yes")]
+    pub required: bool,
+    #[serde(default)]
+    pub readiness: Option<Readiness>,
     /// `NAME=value` pairs; nothing is inherited from `keel-init`.
     #[serde(default)]
     pub env: Vec<String>,
@@ -232,6 +247,12 @@ pub fn validate(name: &str, def: &ContainerDef) -> Result<(), ContainerError> {
     }
     if !def.cwd.starts_with('/') {
         return Err(ContainerError::BadCwd(def.cwd.clone()));
+    }
+    if let Some(r) = &def.readiness {
+        validate_readiness(r).map_err(|m| invalid("readiness", m))?;
+    }
+    if def.after.iter().chain(&def.requires).any(|d| d == name) {
+        return Err(invalid("after", format!("{name} cannot wait for itself")));
     }
     validate_limits(def)
 }

@@ -6,6 +6,7 @@
 pub mod cmdline;
 pub mod container;
 pub mod disk;
+pub mod lifecycle;
 pub mod limits;
 pub mod seccomp;
 

@@ -104,6 +104,65 @@ fn limits_and_confinement_hold() {
         "web must run under a seccomp filter: {seccomp}"
     );
 
+    // Order and readiness: prep (oneshot) finished before db started; db
+    // was ready (TCP probe in its own network namespace) before app started;
+    // app became ready through its exec probe; late missed its deadline.
+    let st = g.status();
+    assert_eq!(st["health"], "healthy", "{st}");
+    let svc = |n: &str| {
+        st["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == n)
+            .unwrap()
+            .clone()
+    };
+    let (prep, db, app, late) = (svc("prep"), svc("db"), svc("app"), svc("late"));
+    assert_eq!(prep["state"], "done", "{prep}");
+    assert_eq!(db["state"], "running", "{db}");
+    assert_eq!(app["state"], "running", "{app}");
+    let ms =
+        |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"));
+    assert!(
+        ms(&db, "started_ms") >= ms(&prep, "ready_ms"),
+        "db started before prep finished: {prep} {db}"
+    );
+    // db sleeps 2 s before it listens: the probe must have waited.
+    assert!(ms(&db, "ready_ms") >= ms(&db, "started_ms") + 1500, "{db}");
+    assert!(
+        ms(&app, "started_ms") >= ms(&db, "ready_ms"),
+        "app started before db was ready: {db} {app}"
+    );
+    assert!(
+        ms(&app, "ready_ms") >= ms(&app, "started_ms") + 500,
+        "{app}"
+    );
+    assert_eq!(late["state"], "failed", "{late}");
+    assert!(
+        late["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not ready within 3000 ms"),
+        "{late}"
+    );
+
+    // The crash-looping hog is given up on after the limit, with backoff
+    // between its restarts (about a minute in all), and the host stays
+    // healthy because hog is not required.
+    let hog = (0..180)
+        .find_map(|_| {
+            let h = g.service("hog");
+            if h["state"] == "failed" {
+                return Some(h);
+            }
+            g.shell("sleep 1");
+            None
+        })
+        .unwrap_or_else(|| panic!("hog was never given up on:\n{}", g.transcript));
+    assert_eq!(hog["restarts"], 7, "{hog}");
+    assert_eq!(g.status()["health"], "healthy");
+
     g.send("keelctl poweroff\n");
     assert!(g.wait_exit(COMMAND_TIMEOUT).success());
 }

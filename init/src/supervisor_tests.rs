@@ -1,0 +1,295 @@
+use super::*;
+use std::collections::{BTreeMap, VecDeque};
+
+#[derive(Debug, Default)]
+struct Fake {
+    next_pid: i32,
+    fail: VecDeque<bool>,
+    started: Vec<String>,
+    signals: Vec<(Pid, Signal)>,
+    /// Probe answers per service; `Ready` once the queue is empty.
+    probes: BTreeMap<String, VecDeque<Probe>>,
+}
+
+impl Launcher for Fake {
+    fn start(&mut self, name: &str, _: &ContainerDef) -> Result<Pid, String> {
+        self.started.push(name.to_string());
+        if self.fail.pop_front().unwrap_or(false) {
+            return Err("exec /bin/nope: ENOENT".into());
+        }
+        self.next_pid += 1;
+        Ok(Pid::from_raw(100 + self.next_pid))
+    }
+    fn signal(&mut self, pid: Pid, signal: Signal) {
+        self.signals.push((pid, signal));
+    }
+    fn facts(&self, _: Pid) -> ProcFacts {
+        ProcFacts {
+            ns_pid: Some(1),
+            root_readonly: Some(true),
+        }
+    }
+    fn probe(&mut self, name: &str, _: Pid, _: &ContainerDef) -> Probe {
+        self.probes
+            .get_mut(name)
+            .and_then(VecDeque::pop_front)
+            .unwrap_or(Probe::Ready)
+    }
+}
+
+fn def(extra: &str) -> ContainerDef {
+    ContainerDef::parse(&format!(
+        "command = [\"/bin/x\"]\n{extra}\n[rootfs]\ncontents = []\n"
+    ))
+    .unwrap()
+}
+
+fn sup(defs: &[(&str, &str)], t: Instant) -> Supervisor<Fake> {
+    Supervisor::new(
+        Fake::default(),
+        defs.iter().map(|(n, d)| (n.to_string(), def(d))).collect(),
+        t,
+        1000,
+    )
+}
+
+fn pid_of(s: &Supervisor<Fake>, i: usize) -> Pid {
+    s.services[i]
+        .state
+        .pid()
+        .unwrap_or_else(|| panic!("not running: {:?}", s.services[i].state))
+}
+
+#[test]
+fn starts_everything_and_reports() {
+    let t = Instant::now();
+    let mut s = sup(
+        &[("a", "restart = \"always\""), ("b", "restart = \"never\"")],
+        t,
+    );
+    s.tick(t);
+    assert_eq!(s.counts(), (2, 2));
+    assert_eq!(s.health(), Health::Healthy);
+    let st = s.status();
+    assert_eq!(st[0].state, "running");
+    assert_eq!(st[0].ns_pid, Some(1));
+    assert_eq!(st[0].pid_ns, "private");
+    assert_eq!(st[0].started_ms, Some(1000));
+}
+
+#[test]
+fn restarts_with_growing_backoff_then_gives_up() {
+    let mut t = Instant::now();
+    let mut s = sup(&[("a", "")], t);
+    s.tick(t);
+    let mut last_delay = Duration::ZERO;
+    for n in 1..CRASH_LOOP_LIMIT {
+        let pid = pid_of(&s, 0);
+        assert!(s.on_exit(pid, Exit::Code(1), t + Duration::from_millis(10)));
+        let State::Backoff { until } = s.services[0].state else {
+            panic!("{:?}", s.services[0].state)
+        };
+        let delay = until - (t + Duration::from_millis(10));
+        assert!(delay >= last_delay, "backoff must not shrink");
+        last_delay = delay;
+        s.tick(until - Duration::from_millis(1));
+        assert!(
+            matches!(s.services[0].state, State::Backoff { .. }),
+            "restarted too early"
+        );
+        t = until;
+        s.tick(t);
+        assert_eq!(s.services[0].restarts, n);
+    }
+    let pid = pid_of(&s, 0);
+    s.on_exit(pid, Exit::Signal(9), t);
+    assert_eq!(s.services[0].state, State::Failed);
+    assert_eq!(
+        s.status()[0].last_error.as_deref(),
+        Some("killed by signal 9")
+    );
+    assert_eq!(s.health(), Health::Failed);
+}
+
+#[test]
+fn a_long_run_resets_the_crash_count() {
+    let t = Instant::now();
+    let mut s = sup(&[("a", "")], t);
+    s.tick(t);
+    s.services[0].failures_in_row = CRASH_LOOP_LIMIT - 1;
+    let pid = pid_of(&s, 0);
+    s.on_exit(pid, Exit::Code(1), t + STABLE_AFTER);
+    assert!(matches!(s.services[0].state, State::Backoff { .. }));
+    assert_eq!(s.services[0].failures_in_row, 1);
+}
+
+#[test]
+fn policies_decide_restarts() {
+    let t = Instant::now();
+    let mut s = sup(
+        &[
+            ("a", "restart = \"on-failure\""),
+            ("b", "restart = \"never\""),
+        ],
+        t,
+    );
+    s.tick(t);
+    let (a, b) = (pid_of(&s, 0), pid_of(&s, 1));
+    s.on_exit(a, Exit::Code(0), t);
+    assert_eq!(s.services[0].state, State::Exited(Exit::Code(0)));
+    s.on_exit(b, Exit::Code(3), t);
+    assert_eq!(s.services[1].state, State::Exited(Exit::Code(3)));
+    assert!(
+        !s.on_exit(Pid::from_raw(4242), Exit::Code(0), t),
+        "orphans are not services"
+    );
+}
+
+#[test]
+fn a_start_failure_is_retried_and_recorded() {
+    let t = Instant::now();
+    let mut s = sup(&[("a", "")], t);
+    s.launcher.fail.push_back(true);
+    s.tick(t);
+    assert!(matches!(s.services[0].state, State::Backoff { .. }));
+    assert!(s.status()[0]
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("ENOENT"));
+    s.tick(s.next_deadline().unwrap());
+    assert!(matches!(s.services[0].state, State::Running { .. }));
+}
+
+#[test]
+fn a_chain_starts_in_order_and_oneshots_must_finish_first() {
+    let t = Instant::now();
+    let mut s = sup(
+        &[
+            ("setup", "kind = \"oneshot\"\nrestart = \"never\""),
+            (
+                "db",
+                "after = [\"setup\"]\n[readiness]\ntcp = \"127.0.0.1:5432\"",
+            ),
+            ("app", "requires = [\"db\"]"),
+        ],
+        t,
+    );
+    s.launcher.probes.insert(
+        "db".into(),
+        VecDeque::from([Probe::NotYet("refused".into())]),
+    );
+    s.tick(t);
+    assert_eq!(s.launcher.started, ["setup"]);
+    assert_eq!(s.health(), Health::Starting);
+    let setup = pid_of(&s, 0);
+    s.on_exit(setup, Exit::Code(0), t);
+    assert_eq!(s.services[0].state, State::Done);
+    s.tick(t);
+    assert_eq!(s.launcher.started, ["setup", "db"]);
+    // The first probe says not yet; app waits.
+    assert!(matches!(s.services[1].state, State::Starting { .. }));
+    let next = s.next_deadline().unwrap();
+    s.tick(next);
+    assert!(matches!(s.services[1].state, State::Running { .. }));
+    assert_eq!(s.launcher.started, ["setup", "db", "app"]);
+    assert_eq!(s.health(), Health::Healthy);
+    let st = s.status();
+    assert!(st[2].started_ms >= st[1].ready_ms && st[1].started_ms >= st[0].ready_ms);
+}
+
+#[test]
+fn a_failed_requirement_fails_its_dependents_and_the_health_gate() {
+    let t = Instant::now();
+    let mut s = sup(
+        &[
+            ("setup", "kind = \"oneshot\"\nrestart = \"never\""),
+            ("app", "requires = [\"setup\"]"),
+            ("side", "after = [\"setup\"]\nrequired = false"),
+        ],
+        t,
+    );
+    s.tick(t);
+    let setup = pid_of(&s, 0);
+    s.on_exit(setup, Exit::Code(2), t);
+    s.tick(t);
+    assert_eq!(s.services[1].state, State::Failed);
+    assert_eq!(
+        s.services[1].last_error.as_deref(),
+        Some("required service setup failed")
+    );
+    assert_eq!(
+        s.services[2].state,
+        State::Waiting,
+        "after alone waits, it does not fail"
+    );
+    assert_eq!(s.health(), Health::Failed);
+}
+
+#[test]
+fn a_service_not_ready_by_its_deadline_is_killed_and_failed() {
+    let t = Instant::now();
+    let mut s = sup(
+        &[(
+            "db",
+            "[readiness]\nfile = \"/run/ready\"\ndeadline_ms = 1000\ninterval_ms = 500",
+        )],
+        t,
+    );
+    s.launcher.probes.insert(
+        "db".into(),
+        (0..10)
+            .map(|_| Probe::NotYet("no /run/ready".into()))
+            .collect(),
+    );
+    s.tick(t);
+    let pid = pid_of(&s, 0);
+    for ms in [500, 1000] {
+        s.tick(t + Duration::from_millis(ms));
+    }
+    assert_eq!(s.services[0].state, State::Failed);
+    assert!(s.services[0]
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("not ready within 1000 ms"));
+    assert_eq!(s.launcher.signals, [(pid, Signal::SIGKILL)]);
+    assert!(
+        !s.on_exit(pid, Exit::Signal(9), t),
+        "the killed process is no longer the service's"
+    );
+}
+
+#[test]
+fn shutdown_goes_in_reverse_order_with_stop_signals_and_timeouts() {
+    let t = Instant::now();
+    let mut s = sup(
+        &[
+            ("db", "stop_signal = \"SIGINT\"\nstop_timeout_ms = 2000"),
+            ("app", "after = [\"db\"]\nstop_signal = \"SIGHUP\""),
+        ],
+        t,
+    );
+    s.tick(t);
+    let (db, app) = (pid_of(&s, 0), pid_of(&s, 1));
+    s.stop_tick(t);
+    assert_eq!(
+        s.launcher.signals,
+        [(app, Signal::SIGHUP)],
+        "db waits for app to stop"
+    );
+    s.on_exit(app, Exit::Signal(1), t);
+    s.stop_tick(t);
+    assert_eq!(s.launcher.signals[1], (db, Signal::SIGINT));
+    s.stop_tick(t + Duration::from_millis(2000));
+    assert_eq!(s.launcher.signals[2], (db, Signal::SIGKILL));
+    assert!(!s.all_stopped());
+    s.on_exit(db, Exit::Signal(9), t);
+    assert!(s.all_stopped());
+    s.tick(t + BACKOFF_MAX);
+    assert_eq!(
+        s.launcher.started.len(),
+        2,
+        "nothing restarts during shutdown"
+    );
+}
