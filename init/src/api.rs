@@ -7,6 +7,21 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
     Status,
+    /// Stamped output lines of a service (or `kernel`) from sequence
+    /// number `since` on.
+    Logs {
+        name: String,
+        since: u64,
+    },
+    Start {
+        name: String,
+    },
+    Stop {
+        name: String,
+    },
+    Restart {
+        name: String,
+    },
     Poweroff,
     Reboot,
 }
@@ -15,6 +30,7 @@ pub enum Request {
 #[serde(rename_all = "kebab-case")]
 pub enum Response {
     Status(Status),
+    Logs { lines: Vec<String>, next: u64 },
     Ok,
     Error(String),
 }
@@ -111,6 +127,14 @@ mod tests {
             Request::Poweroff
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
+        let logs = Request::Logs {
+            name: "web".into(),
+            since: 3,
+        };
+        assert_eq!(
+            serde_json::to_string(&logs).unwrap(),
+            r#"{"cmd":"logs","name":"web","since":3}"#
+        );
     }
 
     #[test]

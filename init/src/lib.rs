@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod confine;
 pub mod dm;
 pub mod launch;
+pub mod logs;
 pub mod pid1;
 pub mod probe;
 pub mod stage1;

@@ -3,12 +3,16 @@
 //!
 //! PID 1 must never exit: every error here is reported and survived.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsFd;
-use std::os::unix::fs::PermissionsExt;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::fcntl::OFlag;
 
 use nix::mount::MsFlags;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -24,6 +28,7 @@ use keel_spec::{API_DIR, API_SOCKET, CONTAINERS_DIR};
 
 use crate::api::{Request, Response, Status};
 use crate::launch::{self, ProcFacts};
+use crate::logs::LogSink;
 use crate::supervisor::{Exit, Health, Launcher, Probe, Supervisor};
 use crate::{log, sys};
 
@@ -34,8 +39,53 @@ const LOG_DIR: &str = "/var/log/keel";
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Starts containers for real.
-#[derive(Debug)]
-struct HostLauncher;
+#[derive(Debug, Default)]
+struct HostLauncher {
+    /// Each service's log, kept across restarts.
+    logs: BTreeMap<String, LogSink>,
+    /// Read ends of the pipes that carry services' stdout and stderr.
+    pipes: BTreeMap<String, File>,
+}
+
+impl HostLauncher {
+    fn sink(&mut self, name: &str) -> &mut LogSink {
+        self.logs
+            .entry(name.to_string())
+            .or_insert_with(|| LogSink::new(Some(Path::new(LOG_DIR).join(format!("{name}.log")))))
+    }
+
+    /// Move whatever services have written into their logs; close pipes
+    /// whose writers are all gone.
+    fn drain_pipes(&mut self) {
+        let mut closed = Vec::new();
+        let mut buf = [0u8; 8192];
+        let now = SystemTime::now();
+        for (name, pipe) in &mut self.pipes {
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) => {
+                        closed.push(name.clone());
+                        break;
+                    }
+                    Ok(n) => {
+                        let chunk = buf[..n].to_vec();
+                        self.logs
+                            .entry(name.clone())
+                            .or_insert_with(|| {
+                                LogSink::new(Some(Path::new(LOG_DIR).join(format!("{name}.log"))))
+                            })
+                            .ingest(&chunk, now);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        for name in closed {
+            self.pipes.remove(&name);
+            self.sink(&name).flush(now);
+        }
+    }
+}
 
 impl Launcher for HostLauncher {
     fn start(&mut self, name: &str, def: &ContainerDef) -> Result<Pid, String> {
@@ -54,14 +104,35 @@ impl Launcher for HostLauncher {
                 .join(w.path.trim_start_matches('/'));
             sys::mkdir_p(&host, 0o755).map_err(|e| e.to_string())?;
         }
-        let log_path = Path::new(LOG_DIR).join(format!("{name}.log"));
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| format!("{}: {e}", log_path.display()))?;
         let plan = launch::plan(name, def).map_err(|e| e.to_string())?;
-        launch::spawn(&plan, &cgroup, Some(&log_file)).map_err(|e| e.to_string())
+        // Output goes through a pipe so keel-init can stamp, keep and
+        // rotate it; a console service writes to the console instead.
+        let (read, write) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        let read = File::from(read);
+        nix::fcntl::fcntl(
+            read.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
+        )
+        .map_err(|e| format!("pipe: {e}"))?;
+        let write = File::from(write);
+        let pid = launch::spawn(&plan, &cgroup, (!def.console).then_some(&write))
+            .map_err(|e| e.to_string());
+        drop(write);
+        self.drain_pipes();
+        match &pid {
+            Ok(pid) => {
+                self.sink(name)
+                    .note(&format!("started, pid {pid}"), SystemTime::now());
+                if !def.console {
+                    self.pipes.insert(name.to_string(), read);
+                }
+            }
+            Err(e) => self
+                .sink(name)
+                .note(&format!("cannot start: {e}"), SystemTime::now()),
+        }
+        pid
     }
 
     fn signal(&mut self, pid: Pid, signal: Signal) {
@@ -217,6 +288,50 @@ fn booted_slot() -> String {
         .map_or_else(|| "unknown".into(), |p| p.slot.to_string())
 }
 
+fn answer(r: Result<(), String>) -> Response {
+    match r {
+        Ok(()) => Response::Ok,
+        Err(e) => Response::Error(e),
+    }
+}
+
+/// Kernel messages from /dev/kmsg with sequence number `since` or later,
+/// as `[seconds] message`, and the sequence number to ask for next.
+fn kernel_log(since: u64) -> (Vec<String>, u64) {
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+    else {
+        return (vec!["(no /dev/kmsg)".into()], since);
+    };
+    let (mut lines, mut next) = (Vec::new(), since);
+    let mut buf = vec![0u8; 8192];
+    // Each read returns one record, "prio,seq,usec,flags;text"; EAGAIN ends.
+    while let Ok(n) = f.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        let rec = String::from_utf8_lossy(&buf[..n]);
+        let Some((head, text)) = rec.split_once(';') else {
+            continue;
+        };
+        let mut fields = head.split(',');
+        let seq: u64 = fields.nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let usec: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        if seq >= since {
+            let text = text.lines().next().unwrap_or_default();
+            lines.push(format!(
+                "[{:>5}.{:06}] {text}",
+                usec / 1_000_000,
+                usec % 1_000_000
+            ));
+            next = seq + 1;
+        }
+    }
+    (lines, next)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shutdown {
     Poweroff,
@@ -251,7 +366,13 @@ impl Init {
             .find(|s| s.state.pid() == Some(pid))
             .map(|s| s.name.clone());
         if self.sup.on_exit(pid, how, Instant::now()) {
-            log(format!("{}: exited ({how:?})", name.unwrap_or_default()));
+            let name = name.unwrap_or_default();
+            self.sup.launcher.drain_pipes();
+            self.sup
+                .launcher
+                .sink(&name)
+                .note(&format!("exited ({how:?})"), SystemTime::now());
+            log(format!("{name}: exited ({how:?})"));
         }
     }
 
@@ -306,7 +427,7 @@ impl Init {
     }
 
     /// Answer one API connection; returns a shutdown request if any.
-    fn serve(&self, stream: UnixStream) -> Option<Shutdown> {
+    fn serve(&mut self, stream: UnixStream) -> Option<Shutdown> {
         let _ = stream.set_nonblocking(false);
         let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
         let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
@@ -319,6 +440,17 @@ impl Init {
                 serde_json::from_str::<Request>(&line).map_err(|e| format!("bad request: {e}"))
             }) {
             Ok(Request::Status) => (Response::Status(self.status()), None),
+            Ok(Request::Logs { name, since }) => (self.logs(&name, since), None),
+            Ok(Request::Start { name }) => {
+                (answer(self.sup.start_service(&name, Instant::now())), None)
+            }
+            Ok(Request::Stop { name }) => {
+                (answer(self.sup.stop_service(&name, Instant::now())), None)
+            }
+            Ok(Request::Restart { name }) => (
+                answer(self.sup.restart_service(&name, Instant::now())),
+                None,
+            ),
             Ok(Request::Poweroff) => (Response::Ok, Some(Shutdown::Poweroff)),
             Ok(Request::Reboot) => (Response::Ok, Some(Shutdown::Reboot)),
             Err(e) => (Response::Error(e), None),
@@ -327,6 +459,19 @@ impl Init {
         out.push('\n');
         let _ = (&stream).write_all(out.as_bytes());
         shutdown
+    }
+
+    fn logs(&mut self, name: &str, since: u64) -> Response {
+        if name == "kernel" {
+            let (lines, next) = kernel_log(since);
+            return Response::Logs { lines, next };
+        }
+        if !self.sup.services.iter().any(|s| s.name == name) {
+            return Response::Error(format!("no service named {name:?} (or `kernel`)"));
+        }
+        self.sup.launcher.drain_pipes();
+        let (lines, next) = self.sup.launcher.sink(name).since(since);
+        Response::Logs { lines, next }
     }
 
     fn shutdown(&mut self, sfd: &SignalFd, how: Shutdown) -> ! {
@@ -424,7 +569,12 @@ pub fn run() -> ! {
         Err(e) => log(format!("error: {e}")),
     }
     let mut init = Init {
-        sup: Supervisor::new(HostLauncher, defs, Instant::now(), crate::boot_ms()),
+        sup: Supervisor::new(
+            HostLauncher::default(),
+            defs,
+            Instant::now(),
+            crate::boot_ms(),
+        ),
         version: os_version(),
         slot: booted_slot(),
         said: Health::Starting,
@@ -442,14 +592,20 @@ pub fn run() -> ! {
                     .min(60_000) as i32
             })
             .unwrap_or(60_000);
-        let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
-        if let Some(l) = &listener {
-            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+        {
+            let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+            if let Some(l) = &listener {
+                fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+            }
+            for pipe in init.sup.launcher.pipes.values() {
+                fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
+            }
+            let _ = poll(
+                &mut fds,
+                PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX),
+            );
         }
-        let _ = poll(
-            &mut fds,
-            PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX),
-        );
+        init.sup.launcher.drain_pipes();
         let mut shutdown = None;
         while let Ok(Some(info)) = sfd.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {

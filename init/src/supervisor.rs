@@ -127,6 +127,8 @@ pub struct Service {
     pub last_error: Option<String>,
     pub started: Option<Instant>,
     pub ready: Option<Instant>,
+    /// Start again once the current process has stopped (`restart`).
+    pub start_after_stop: bool,
 }
 
 /// The host's health, as the updater's health gate sees it.
@@ -175,6 +177,7 @@ impl<L: Launcher> Supervisor<L> {
                 last_error: None,
                 started: None,
                 ready: None,
+                start_after_stop: false,
             })
             .collect();
         Supervisor {
@@ -314,9 +317,74 @@ impl<L: Launcher> Supervisor<L> {
             }
         }
         for i in 0..self.services.len() {
-            if matches!(self.services[i].state, State::Backoff { until } if until <= now) {
-                self.start_one(i, now);
+            match self.services[i].state {
+                State::Backoff { until } if until <= now => self.start_one(i, now),
+                State::Stopping { pid, kill_at } if kill_at <= now => {
+                    self.launcher.signal(pid, Signal::SIGKILL);
+                    self.services[i].state = State::Stopping {
+                        pid,
+                        kill_at: now + Duration::from_secs(1),
+                    };
+                }
+                _ => {}
             }
+        }
+    }
+
+    fn find(&self, name: &str) -> Result<usize, String> {
+        self.index(name).ok_or_else(|| {
+            let names: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
+            format!("no service named {name:?}; services: {}", names.join(", "))
+        })
+    }
+
+    /// Ask one service to stop (`keelctl stop`); it stays stopped.
+    pub fn stop_service(&mut self, name: &str, now: Instant) -> Result<(), String> {
+        let i = self.find(name)?;
+        let svc = &mut self.services[i];
+        match svc.state {
+            State::Starting { pid, .. } | State::Running { pid, .. } => {
+                let signal = svc.def.stop_signal.parse().unwrap_or(Signal::SIGTERM);
+                self.launcher.signal(pid, signal);
+                svc.state = State::Stopping {
+                    pid,
+                    kill_at: now + Duration::from_millis(svc.def.stop_timeout_ms),
+                };
+            }
+            State::Stopping { .. } => {}
+            _ => svc.state = State::Stopped,
+        }
+        svc.start_after_stop = false;
+        Ok(())
+    }
+
+    /// Start a service that is not running (`keelctl start`), with a clean
+    /// failure count; it still waits for its dependencies.
+    pub fn start_service(&mut self, name: &str, now: Instant) -> Result<(), String> {
+        let i = self.find(name)?;
+        let svc = &mut self.services[i];
+        match svc.state {
+            State::Starting { .. } | State::Running { .. } => {
+                return Err(format!("{name} is already running"))
+            }
+            State::Stopping { .. } => svc.start_after_stop = true,
+            _ => svc.state = State::Waiting,
+        }
+        svc.failures_in_row = 0;
+        self.tick(now);
+        Ok(())
+    }
+
+    /// Stop a service if it runs, then start it again (`keelctl restart`).
+    pub fn restart_service(&mut self, name: &str, now: Instant) -> Result<(), String> {
+        self.stop_service(name, now)?;
+        let i = self.find(name)?;
+        if matches!(self.services[i].state, State::Stopping { .. }) {
+            self.services[i].start_after_stop = true;
+            self.services[i].failures_in_row = 0;
+            Ok(())
+        } else {
+            self.start_service(name, now)
         }
     }
 
@@ -332,7 +400,12 @@ impl<L: Launcher> Supervisor<L> {
             return false;
         };
         if shutting_down || matches!(svc.state, State::Stopping { .. }) {
-            svc.state = State::Stopped;
+            svc.state = if svc.start_after_stop && !shutting_down {
+                State::Waiting
+            } else {
+                State::Stopped
+            };
+            svc.start_after_stop = false;
             return true;
         }
         let ran = svc

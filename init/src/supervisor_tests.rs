@@ -293,3 +293,45 @@ fn shutdown_goes_in_reverse_order_with_stop_signals_and_timeouts() {
         "nothing restarts during shutdown"
     );
 }
+
+#[test]
+fn stop_start_and_restart_by_hand() {
+    let t = Instant::now();
+    let mut s = sup(
+        &[("web", "stop_signal = \"SIGHUP\"\nstop_timeout_ms = 1000")],
+        t,
+    );
+    s.tick(t);
+    let first = pid_of(&s, 0);
+    assert!(s
+        .stop_service("nope", t)
+        .unwrap_err()
+        .contains("services: web"));
+    s.stop_service("web", t).unwrap();
+    assert_eq!(s.launcher.signals, [(first, Signal::SIGHUP)]);
+    s.tick(t + Duration::from_millis(1000));
+    assert_eq!(
+        s.launcher.signals[1],
+        (first, Signal::SIGKILL),
+        "killed after its stop timeout"
+    );
+    s.on_exit(first, Exit::Signal(9), t);
+    assert_eq!(s.services[0].state, State::Stopped);
+    s.tick(t + BACKOFF_MAX);
+    assert_eq!(
+        s.launcher.started.len(),
+        1,
+        "a stopped service stays stopped"
+    );
+    s.start_service("web", t).unwrap();
+    let second = pid_of(&s, 0);
+    assert!(s.start_service("web", t).is_err());
+    s.restart_service("web", t).unwrap();
+    s.on_exit(second, Exit::Signal(1), t);
+    s.tick(t);
+    assert_eq!(s.launcher.started.len(), 3);
+    assert_eq!(
+        s.services[0].restarts, 0,
+        "restarts by hand are not failures"
+    );
+}

@@ -7,9 +7,12 @@
 
 use keel_tests::{copy_disk, test_disk_image, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
 
+/// The messages of `keelctl logs` output (each line is "TIMESTAMP text")
+/// that start with `prefix`.
 fn lines_of(log: &str, prefix: &str) -> Vec<String> {
     log.lines()
-        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.split_once(' ').map(|(_, text)| text))
+        .filter(|t| t.starts_with(prefix))
         .map(str::to_string)
         .collect()
 }
@@ -55,16 +58,14 @@ fn limits_and_confinement_hold() {
     );
     let current: u64 = pids.lines().next().unwrap().trim().parse().unwrap();
     assert_eq!(current, 16, "{pids}");
-    let bomb = g.shell("cat /var/log/keel/pidcap.log");
+    let bomb = g.shell("keelctl logs pidcap");
     assert!(bomb.contains("forkbomb: fork refused"), "{bomb}");
     // The host still starts new processes.
     assert_eq!(g.shell("echo alive").trim(), "alive");
 
     // seccomp and capabilities: the confined probes are refused, the
     // unconfined control shows that the refusal is the filter's doing.
-    let confined = g.poll_shell("cat /var/log/keel/confined.log", 60, |l| {
-        l.contains("probes: done")
-    });
+    let confined = g.poll_shell("keelctl logs confined", 60, |l| l.contains("probes: done"));
     assert_eq!(
         lines_of(&confined, "mount:"),
         ["mount: EPERM"],
@@ -85,7 +86,7 @@ fn limits_and_confinement_hold() {
         "{confined}"
     );
 
-    let control = g.poll_shell("cat /var/log/keel/unconfined.log", 60, |l| {
+    let control = g.poll_shell("keelctl logs unconfined", 60, |l| {
         l.contains("probes: done")
     });
     assert_eq!(lines_of(&control, "mount:"), ["mount: EFAULT"], "{control}");
@@ -162,6 +163,47 @@ fn limits_and_confinement_hold() {
         .unwrap_or_else(|| panic!("hog was never given up on:\n{}", g.transcript));
     assert_eq!(hog["restarts"], 7, "{hog}");
     assert_eq!(g.status()["health"], "healthy");
+
+    // Logs are time-stamped, kept on /var too, and name unknown services.
+    let stamped = lines_of(&g.shell("keelctl logs prep"), "prep: done");
+    assert_eq!(stamped, ["prep: done"]);
+    let on_disk = g.shell("cat /var/log/keel/prep.log");
+    assert!(
+        on_disk
+            .lines()
+            .any(|l| l.ends_with(" prep: done") && l.starts_with("20")),
+        "{on_disk}"
+    );
+    let unknown = g.shell("keelctl logs nope 2>&1; echo rc=$?");
+    assert!(
+        unknown.contains("no service named \"nope\"") && unknown.contains("rc=1"),
+        "{unknown}"
+    );
+    let kernel = g.shell("keelctl logs kernel | head -3");
+    assert!(
+        kernel.lines().next().is_some_and(|l| l.starts_with('[')),
+        "{kernel}"
+    );
+
+    // Stop, start and restart by hand.
+    g.shell("keelctl stop web");
+    let stopped = g.poll_shell("keelctl list", 30, |l| l.contains("web stopped"));
+    assert!(stopped.contains("db running"), "{stopped}");
+    g.shell("keelctl start web");
+    g.poll_shell("keelctl list", 30, |l| l.contains("web running"));
+    let before = g.service("web")["pid"].as_i64().unwrap();
+    g.shell("keelctl restart web");
+    let after = (0..30)
+        .find_map(|_| {
+            let w = g.service("web");
+            if w["state"] == "running" && w["pid"].as_i64() != Some(before) {
+                return Some(w);
+            }
+            g.shell("sleep 1");
+            None
+        })
+        .unwrap_or_else(|| panic!("web did not restart:\n{}", g.transcript));
+    assert_eq!(after["restarts"], 0, "{after}");
 
     g.send("keelctl poweroff\n");
     assert!(g.wait_exit(COMMAND_TIMEOUT).success());

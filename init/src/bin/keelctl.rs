@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -19,12 +20,27 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Version, slot and every service's state.
+    /// Version, slot, health and every service's state.
     Status {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+    /// The services' names and states, one per line.
+    List,
+    /// A service's output (or `kernel` for kernel messages), time-stamped.
+    Logs {
+        name: String,
+        /// Keep printing new lines as they come.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Start a stopped, exited or failed service.
+    Start { name: String },
+    /// Stop a service; it stays stopped until started.
+    Stop { name: String },
+    /// Stop a service and start it again.
+    Restart { name: String },
     /// Stop every service and power off.
     Poweroff,
     /// Stop every service and reboot.
@@ -41,23 +57,74 @@ fn call(socket: &str, req: &Request) -> anyhow::Result<Response> {
     BufReader::new(&stream)
         .read_line(&mut answer)
         .context("reading keel-init's answer")?;
-    serde_json::from_str(&answer).with_context(|| format!("keel-init answered {answer:?}"))
+    let response: Response =
+        serde_json::from_str(&answer).with_context(|| format!("keel-init answered {answer:?}"))?;
+    if let Response::Error(e) = &response {
+        bail!("{e}");
+    }
+    Ok(response)
+}
+
+fn logs(socket: &str, name: &str, follow: bool) -> anyhow::Result<()> {
+    let mut since = 0;
+    loop {
+        match call(
+            socket,
+            &Request::Logs {
+                name: name.to_string(),
+                since,
+            },
+        )? {
+            Response::Logs { lines, next } => {
+                let mut out = std::io::stdout().lock();
+                for l in lines {
+                    writeln!(out, "{l}")?;
+                }
+                out.flush()?;
+                since = next;
+            }
+            other => bail!("unexpected answer {other:?}"),
+        }
+        if !follow {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let req = match cli.command {
-        Cmd::Status { .. } => Request::Status,
-        Cmd::Poweroff => Request::Poweroff,
-        Cmd::Reboot => Request::Reboot,
-    };
-    match (call(&cli.socket, &req)?, cli.command) {
-        (Response::Status(s), Cmd::Status { json: true }) => {
-            println!("{}", serde_json::to_string_pretty(&s)?)
+    let socket = cli.socket.as_str();
+    match cli.command {
+        Cmd::Status { json } => match call(socket, &Request::Status)? {
+            Response::Status(s) if json => println!("{}", serde_json::to_string_pretty(&s)?),
+            Response::Status(s) => print!("{}", render_status(&s)),
+            other => bail!("unexpected answer {other:?}"),
+        },
+        Cmd::List => match call(socket, &Request::Status)? {
+            Response::Status(s) => {
+                for svc in s.services {
+                    println!("{} {}", svc.name, svc.state);
+                }
+            }
+            other => bail!("unexpected answer {other:?}"),
+        },
+        Cmd::Logs { name, follow } => logs(socket, &name, follow)?,
+        Cmd::Start { name } => {
+            call(socket, &Request::Start { name })?;
         }
-        (Response::Status(s), _) => print!("{}", render_status(&s)),
-        (Response::Ok, _) => {}
-        (Response::Error(e), _) => bail!("keel-init: {e}"),
+        Cmd::Stop { name } => {
+            call(socket, &Request::Stop { name })?;
+        }
+        Cmd::Restart { name } => {
+            call(socket, &Request::Restart { name })?;
+        }
+        Cmd::Poweroff => {
+            call(socket, &Request::Poweroff)?;
+        }
+        Cmd::Reboot => {
+            call(socket, &Request::Reboot)?;
+        }
     }
     Ok(())
 }
