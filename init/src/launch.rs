@@ -95,7 +95,13 @@ pub fn plan(name: &str, def: &ContainerDef) -> Result<Plan, LaunchError> {
         name: name.to_string(),
         root: Path::new(CONTAINERS_DIR).join(name).join("rootfs"),
         argv: cstrings(&def.command, "command argument")?,
-        env: cstrings(&def.env, "env entry")?,
+        env: {
+            let mut env = def.env.clone();
+            if def.readiness.as_ref().is_some_and(|r| r.notify) {
+                env.push(format!("KEEL_NOTIFY_FD={NOTIFY_FD}"));
+            }
+            cstrings(&env, "env entry")?
+        },
         cwd: PathBuf::from(&def.cwd),
         hostname: (ns.uts == Share::Private).then(|| def.hostname_for(name).to_string()),
         flags,
@@ -163,7 +169,20 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// Start the container: returns its PID once it has exec'd its command, or
 /// the reason it could not.
-pub fn spawn(plan: &Plan, cgroup: &File, stdout: Option<&File>) -> Result<Pid, LaunchError> {
+/// Where a container's output goes and, for a notify readiness probe,
+/// where it reports ready.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Io<'a> {
+    /// stdout and stderr (none: inherited, or the console).
+    pub out: Option<&'a File>,
+    /// Becomes fd 3 ([`NOTIFY_FD`]) in the container.
+    pub notify: Option<&'a File>,
+}
+
+/// The fd on which a service with `readiness.notify` writes `READY=1`.
+pub const NOTIFY_FD: RawFd = 3;
+
+pub fn spawn(plan: &Plan, cgroup: &File, io: Io<'_>) -> Result<Pid, LaunchError> {
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| LaunchError::Setup(format!("pipe: {e}")))?;
     let mut args = CloneArgs {
@@ -187,7 +206,18 @@ pub fn spawn(plan: &Plan, cgroup: &File, stdout: Option<&File>) -> Result<Pid, L
     }
     if pid == 0 {
         drop(rd);
-        let err = child(plan, stdout.map(AsRawFd::as_raw_fd));
+        // Keep the error pipe clear of the fds the service gets.
+        let wr = match nix::fcntl::fcntl(wr.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(64))
+        {
+            // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
+            Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+            Err(_) => wr,
+        };
+        let err = child(
+            plan,
+            io.out.map(AsRawFd::as_raw_fd),
+            io.notify.map(AsRawFd::as_raw_fd),
+        );
         let mut w = File::from(wr);
         let _ = w.write_all(err.as_bytes());
         // SAFETY: _exit never returns and runs no destructors or atexit
@@ -209,8 +239,8 @@ pub fn spawn(plan: &Plan, cgroup: &File, stdout: Option<&File>) -> Result<Pid, L
 
 /// The child's side: never returns on success (exec), returns the error
 /// text otherwise.
-fn child(p: &Plan, stdout: Option<RawFd>) -> String {
-    match setup(p, stdout) {
+fn child(p: &Plan, stdout: Option<RawFd>, notify: Option<RawFd>) -> String {
+    match setup(p, stdout, notify) {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -222,7 +252,7 @@ fn step<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, Strin
     r.map_err(|e| format!("{what}: {e}"))
 }
 
-fn setup(p: &Plan, stdout: Option<RawFd>) -> Result<Never, String> {
+fn setup(p: &Plan, stdout: Option<RawFd>, notify: Option<RawFd>) -> Result<Never, String> {
     // keel-init blocks signals to read them from a signalfd; its children
     // must start with a clean slate.
     step(
@@ -453,6 +483,20 @@ fn setup(p: &Plan, stdout: Option<RawFd>) -> Result<Never, String> {
         }
     }
 
+    if let Some(fd) = notify {
+        if fd == NOTIFY_FD {
+            // dup2 onto itself would keep close-on-exec.
+            step(
+                "notify fd",
+                nix::fcntl::fcntl(
+                    fd,
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                ),
+            )?;
+        } else {
+            step("notify fd", nix::unistd::dup2(fd, NOTIFY_FD))?;
+        }
+    }
     step("confine", confine::apply(&p.confine))?;
     step(
         &format!("chdir {}", p.cwd.display()),

@@ -45,6 +45,8 @@ struct HostLauncher {
     logs: BTreeMap<String, LogSink>,
     /// Read ends of the pipes that carry services' stdout and stderr.
     pipes: BTreeMap<String, File>,
+    /// Read ends of notify-readiness pipes, and what came through so far.
+    notify: BTreeMap<String, (File, Vec<u8>)>,
 }
 
 impl HostLauncher {
@@ -116,9 +118,23 @@ impl Launcher for HostLauncher {
         )
         .map_err(|e| format!("pipe: {e}"))?;
         let write = File::from(write);
-        let pid = launch::spawn(&plan, &cgroup, (!def.console).then_some(&write))
-            .map_err(|e| e.to_string());
+        let notify = match def.readiness.as_ref().is_some_and(|r| r.notify) {
+            true => {
+                let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+                    .map_err(|e| format!("pipe: {e}"))?;
+                Some((File::from(r), File::from(w)))
+            }
+            false => None,
+        };
+        let io = launch::Io {
+            out: (!def.console).then_some(&write),
+            notify: notify.as_ref().map(|(_, w)| w),
+        };
+        let pid = launch::spawn(&plan, &cgroup, io).map_err(|e| e.to_string());
         drop(write);
+        if let Some((r, _)) = notify {
+            self.notify.insert(name.to_string(), (r, Vec::new()));
+        }
         self.drain_pipes();
         match &pid {
             Ok(pid) => {
@@ -143,8 +159,27 @@ impl Launcher for HostLauncher {
         launch::proc_facts(pid)
     }
 
-    fn probe(&mut self, _name: &str, pid: Pid, def: &ContainerDef) -> Probe {
+    fn probe(&mut self, name: &str, pid: Pid, def: &ContainerDef) -> Probe {
         match &def.readiness {
+            Some(r) if r.notify => {
+                let Some((pipe, seen)) = self.notify.get_mut(name) else {
+                    return Probe::NotYet("no notify pipe".into());
+                };
+                let mut buf = [0u8; 256];
+                while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                    seen.extend_from_slice(&buf[..n]);
+                    seen.truncate(4096);
+                }
+                if String::from_utf8_lossy(seen)
+                    .lines()
+                    .any(|l| l.trim() == "READY=1")
+                {
+                    self.notify.remove(name);
+                    Probe::Ready
+                } else {
+                    Probe::NotYet("no READY=1 on the notify fd yet".into())
+                }
+            }
             Some(r) => crate::probe::run(pid, def, r),
             None => Probe::Ready,
         }

@@ -32,6 +32,10 @@ pub struct Readiness {
     /// A path inside the container that must exist.
     #[serde(default)]
     pub file: Option<String>,
+    /// The service writes `READY=1` and a newline to the fd named by
+    /// `$KEEL_NOTIFY_FD` (3).
+    #[serde(default)]
+    pub notify: bool,
     /// How long the service has to become ready.
     #[serde(default = "thirty_seconds")]
     pub deadline_ms: u64,
@@ -64,9 +68,10 @@ pub enum GraphError {
 pub fn validate_readiness(r: &Readiness) -> Result<(), String> {
     let probes = usize::from(r.exec.is_some())
         + usize::from(r.tcp.is_some())
-        + usize::from(r.file.is_some());
+        + usize::from(r.file.is_some())
+        + usize::from(r.notify);
     if probes != 1 {
-        return Err("name exactly one of exec, tcp or file".into());
+        return Err("name exactly one of exec, tcp, file or notify".into());
     }
     if let Some(cmd) = &r.exec {
         if !cmd.first().is_some_and(|c| c.starts_with('/')) {
@@ -207,6 +212,8 @@ mod tests {
     fn readiness_needs_exactly_one_probe() {
         let r = |t: &str| toml::from_str::<Readiness>(t).unwrap();
         assert!(validate_readiness(&r("tcp = \"127.0.0.1:80\"")).is_ok());
+        assert!(validate_readiness(&r("notify = true")).is_ok());
+        assert!(validate_readiness(&r("notify = true\nfile = \"/x\"")).is_err());
         assert!(validate_readiness(&r("file = \"/run/ready\"\nexec = [\"/bin/true\"]")).is_err());
         assert!(validate_readiness(&r("deadline_ms = 5")).is_err());
         assert!(validate_readiness(&r("tcp = \"localhost\"")).is_err());

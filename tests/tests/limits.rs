@@ -139,6 +139,12 @@ fn limits_and_confinement_hold() {
         ms(&app, "ready_ms") >= ms(&app, "started_ms") + 500,
         "{app}"
     );
+    let notifier = svc("notifier");
+    assert_eq!(notifier["state"], "running", "{notifier}");
+    assert!(
+        ms(&notifier, "ready_ms") >= ms(&notifier, "started_ms") + 500,
+        "{notifier}"
+    );
     assert_eq!(late["state"], "failed", "{late}");
     assert!(
         late["last_error"]
