@@ -22,6 +22,12 @@ pub enum Request {
     Restart {
         name: String,
     },
+    /// Run `argv` inside a running service; the caller's stdin, stdout and
+    /// stderr travel with the request (SCM_RIGHTS).
+    Exec {
+        name: String,
+        argv: Vec<String>,
+    },
     Poweroff,
     Reboot,
 }
@@ -30,7 +36,14 @@ pub enum Request {
 #[serde(rename_all = "kebab-case")]
 pub enum Response {
     Status(Status),
-    Logs { lines: Vec<String>, next: u64 },
+    Logs {
+        lines: Vec<String>,
+        next: u64,
+    },
+    /// An `exec` ended with this status.
+    Exited {
+        code: i32,
+    },
     Ok,
     Error(String),
 }

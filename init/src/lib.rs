@@ -8,6 +8,7 @@ pub mod caps;
 pub mod cgroup;
 pub mod confine;
 pub mod dm;
+pub mod exec;
 pub mod launch;
 pub mod logs;
 pub mod pid1;

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -323,6 +323,12 @@ fn booted_slot() -> String {
         .map_or_else(|| "unknown".into(), |p| p.slot.to_string())
 }
 
+fn respond(stream: &UnixStream, response: &Response) {
+    let mut out = serde_json::to_string(response).unwrap_or_default();
+    out.push('\n');
+    let _ = (&*stream).write_all(out.as_bytes());
+}
+
 fn answer(r: Result<(), String>) -> Response {
     match r {
         Ok(()) => Response::Ok,
@@ -379,6 +385,8 @@ struct Init {
     slot: String,
     /// The health last announced on the console.
     said: Health,
+    /// `keelctl exec` sessions: the process to wait for, the caller to tell.
+    sessions: BTreeMap<Pid, UnixStream>,
 }
 
 impl Init {
@@ -394,6 +402,14 @@ impl Init {
     }
 
     fn exited(&mut self, pid: Pid, how: Exit) {
+        if let Some(stream) = self.sessions.remove(&pid) {
+            let code = match how {
+                Exit::Code(c) => c,
+                Exit::Signal(s) => 128 + s,
+            };
+            respond(&stream, &Response::Exited { code });
+            return;
+        }
         let name = self
             .sup
             .services
@@ -466,14 +482,29 @@ impl Init {
         let _ = stream.set_nonblocking(false);
         let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
         let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-        let mut line = String::new();
-        let mut reader = BufReader::new(&stream);
-        let (response, shutdown) = match reader
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())
-            .and_then(|_| {
-                serde_json::from_str::<Request>(&line).map_err(|e| format!("bad request: {e}"))
-            }) {
+        let received = crate::exec::receive(&stream);
+        let fds = received
+            .as_ref()
+            .map(|(_, fds)| fds.as_slice())
+            .unwrap_or(&[]);
+        let request = received
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|(line, _)| {
+                serde_json::from_str::<Request>(line.trim())
+                    .map_err(|e| format!("bad request: {e}"))
+            });
+        if let Ok(Request::Exec { name, argv }) = &request {
+            match self.exec(name, argv, fds) {
+                // Answered when the command ends (see `exited`).
+                Ok(pid) => {
+                    self.sessions.insert(pid, stream);
+                }
+                Err(e) => respond(&stream, &Response::Error(e)),
+            }
+            return None;
+        }
+        let (response, shutdown) = match request {
             Ok(Request::Status) => (Response::Status(self.status()), None),
             Ok(Request::Logs { name, since }) => (self.logs(&name, since), None),
             Ok(Request::Start { name }) => {
@@ -488,12 +519,30 @@ impl Init {
             ),
             Ok(Request::Poweroff) => (Response::Ok, Some(Shutdown::Poweroff)),
             Ok(Request::Reboot) => (Response::Ok, Some(Shutdown::Reboot)),
+            Ok(Request::Exec { .. }) => (Response::Error("exec is answered above".into()), None),
             Err(e) => (Response::Error(e), None),
         };
-        let mut out = serde_json::to_string(&response).unwrap_or_default();
-        out.push('\n');
-        let _ = (&stream).write_all(out.as_bytes());
+        respond(&stream, &response);
         shutdown
+    }
+
+    fn exec(
+        &mut self,
+        name: &str,
+        argv: &[String],
+        fds: &[std::os::fd::OwnedFd],
+    ) -> Result<Pid, String> {
+        let svc = self
+            .sup
+            .services
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| format!("no service named {name:?}"))?;
+        let pid = svc
+            .state
+            .pid()
+            .ok_or_else(|| format!("{name} is not running ({})", svc.state_label()))?;
+        crate::exec::start(name, pid, &svc.def, argv, fds)
     }
 
     fn logs(&mut self, name: &str, since: u64) -> Response {
@@ -613,6 +662,7 @@ pub fn run() -> ! {
         version: os_version(),
         slot: booted_slot(),
         said: Health::Starting,
+        sessions: BTreeMap::new(),
     };
     init.sup.tick(Instant::now());
     init.check_ready();

@@ -77,6 +77,12 @@ pub enum State {
     Stopped,
 }
 
+impl Service {
+    pub fn state_label(&self) -> &'static str {
+        self.state.label()
+    }
+}
+
 impl State {
     fn label(&self) -> &'static str {
         match self {

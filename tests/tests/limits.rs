@@ -191,6 +191,22 @@ fn limits_and_confinement_hold() {
         "{kernel}"
     );
 
+    // exec: a command inside a running service sees its namespaces (its
+    // own PID 1, hostname and read-only root), runs under its confinement
+    // and returns its exit status.
+    let inside = g.shell("keelctl exec db -- /bin/sh -c 'hostname; cat /proc/1/comm; grep CapEff /proc/self/status; touch /x; exit 7'; echo rc=$?");
+    assert!(inside.lines().any(|l| l.trim() == "db"), "{inside}");
+    assert!(inside.contains("CapEff:\t0000000000000000"), "{inside}");
+    assert!(inside.contains("Read-only file system"), "{inside}");
+    assert!(inside.contains("rc=7"), "{inside}");
+    let comm = g.shell("keelctl exec db -- /bin/cat /proc/1/comm");
+    assert!(comm.contains("sh") || comm.contains("httpd"), "{comm}");
+    let missing = g.shell("keelctl exec late -- /bin/true 2>&1; echo rc=$?");
+    assert!(
+        missing.contains("late is not running") && missing.contains("rc=1"),
+        "{missing}"
+    );
+
     // Stop, start and restart by hand.
     g.shell("keelctl stop web");
     let stopped = g.poll_shell("keelctl list", 30, |l| l.contains("web stopped"));

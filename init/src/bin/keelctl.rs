@@ -41,6 +41,13 @@ enum Cmd {
     Stop { name: String },
     /// Stop a service and start it again.
     Restart { name: String },
+    /// Run a command inside a running service's namespaces, with this
+    /// terminal; exits with the command's status.
+    Exec {
+        name: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Stop every service and power off.
     Poweroff,
     /// Stop every service and reboot.
@@ -63,6 +70,25 @@ fn call(socket: &str, req: &Request) -> anyhow::Result<Response> {
         bail!("{e}");
     }
     Ok(response)
+}
+
+fn exec(socket: &str, name: String, argv: Vec<String>) -> anyhow::Result<i32> {
+    let stream = UnixStream::connect(socket)
+        .with_context(|| format!("connecting to keel-init at {socket}"))?;
+    let mut line = serde_json::to_string(&Request::Exec { name, argv })?;
+    line.push('\n');
+    // Our stdin, stdout and stderr go with the request: the command runs
+    // on them directly.
+    keel_init::exec::send(&stream, line.as_bytes(), &[0, 1, 2]).context("sending the request")?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .context("reading keel-init's answer")?;
+    match serde_json::from_str(&answer).with_context(|| format!("keel-init answered {answer:?}"))? {
+        Response::Exited { code } => Ok(code),
+        Response::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer {other:?}"),
+    }
 }
 
 fn logs(socket: &str, name: &str, follow: bool) -> anyhow::Result<()> {
@@ -118,6 +144,10 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Restart { name } => {
             call(socket, &Request::Restart { name })?;
+        }
+        Cmd::Exec { name, command } => {
+            let code = exec(socket, name, command)?;
+            std::process::exit(code);
         }
         Cmd::Poweroff => {
             call(socket, &Request::Poweroff)?;

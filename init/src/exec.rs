@@ -1,0 +1,174 @@
+//! `keelctl exec NAME -- CMD`: run a command inside a running service's
+//! namespaces and cgroup, under the service's own confinement, with the
+//! caller's stdin, stdout and stderr (passed over the API socket with
+//! SCM_RIGHTS), for debugging a host that has no shell of its own.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::IoSliceMut;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use nix::sched::CloneFlags;
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::unistd::{ForkResult, Pid};
+
+use keel_spec::container::{ContainerDef, Share};
+
+use crate::confine::Confinement;
+
+/// Read one request line from `stream`, with any fds sent alongside it.
+pub fn receive(stream: &UnixStream) -> Result<(String, Vec<OwnedFd>), String> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut fds = Vec::new();
+    let mut got = 0;
+    loop {
+        let mut cmsg = nix::cmsg_space!([RawFd; 3]);
+        let mut iov = [IoSliceMut::new(&mut buf[got..])];
+        let msg = recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(|e| format!("reading the request: {e}"))?;
+        for c in msg.cmsgs().map_err(|e| e.to_string())? {
+            if let ControlMessageOwned::ScmRights(received) = c {
+                // SAFETY: the kernel just installed these fds in this
+                // process for us; nothing else owns them.
+                fds.extend(
+                    received
+                        .into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+        let n = msg.bytes;
+        if n == 0 {
+            break;
+        }
+        got += n;
+        if buf[..got].contains(&b'\n') || got == buf.len() {
+            break;
+        }
+    }
+    Ok((String::from_utf8_lossy(&buf[..got]).into_owned(), fds))
+}
+
+/// Send `line` with `fds` attached (keelctl's side).
+pub fn send(stream: &UnixStream, line: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+    let iov = [std::io::IoSlice::new(line)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let n = sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)?;
+    if n < line.len() {
+        use std::io::Write;
+        (&mut &*stream).write_all(&line[n..])?;
+    }
+    Ok(())
+}
+
+/// Start `argv` in the namespaces of the service whose process is `pid`.
+/// Returns the PID of the process keel-init must wait for; its exit status
+/// is the command's.
+pub fn start(
+    name: &str,
+    pid: Pid,
+    def: &ContainerDef,
+    argv: &[String],
+    stdio: &[OwnedFd],
+) -> Result<Pid, String> {
+    if stdio.len() != 3 {
+        return Err(format!(
+            "exec needs the caller's stdin, stdout and stderr; got {} fds",
+            stdio.len()
+        ));
+    }
+    let argv: Vec<CString> = argv
+        .iter()
+        .map(|a| CString::new(a.as_str()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| "NUL in command")?;
+    if argv.is_empty() {
+        return Err("no command given".into());
+    }
+    let env: Vec<CString> = def
+        .env
+        .iter()
+        .filter_map(|e| CString::new(e.as_str()).ok())
+        .collect();
+    let confine = Confinement::from_def(def)?;
+    let mut kinds = vec![
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+    ];
+    if def.namespaces.pid == Share::Private {
+        kinds.push(("pid", CloneFlags::CLONE_NEWPID));
+    }
+    kinds.push(("mnt", CloneFlags::CLONE_NEWNS));
+    let mut ns = Vec::new();
+    for (k, flag) in kinds {
+        let f = File::open(format!("/proc/{pid}/ns/{k}"))
+            .map_err(|e| format!("/proc/{pid}/ns/{k}: {e}"))?;
+        ns.push((f, flag));
+    }
+    let procs = Path::new("/sys/fs/cgroup/system")
+        .join(name)
+        .join("cgroup.procs");
+    // SAFETY: keel-init is single-threaded; the child only enters
+    // namespaces, forks once more, drops privileges and execs or exits.
+    match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Parent { child } => Ok(child),
+        ForkResult::Child => {
+            let _ = nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&nix::sys::signal::SigSet::empty()),
+                None,
+            );
+            // The service's limits apply to what runs in it.
+            let _ = std::fs::write(&procs, "0");
+            let entered = ns
+                .iter()
+                .all(|(f, flag)| nix::sched::setns(f.as_fd(), *flag).is_ok());
+            if !entered {
+                eprintln!("keel-init: exec: cannot enter the namespaces of {name}");
+                // SAFETY: leave the forked child without the parent's destructors.
+                unsafe { libc::_exit(126) }
+            }
+            // A new PID namespace applies to children only: fork once more
+            // and pass on the command's exit status.
+            // SAFETY: as above, a single-threaded child.
+            match unsafe { nix::unistd::fork() } {
+                Ok(ForkResult::Parent { child }) => {
+                    let code = match nix::sys::wait::waitpid(child, None) {
+                        Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => c,
+                        Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => 128 + s as i32,
+                        _ => 125,
+                    };
+                    // SAFETY: as above.
+                    unsafe { libc::_exit(code) }
+                }
+                Ok(ForkResult::Child) => {
+                    let _ = nix::unistd::setsid();
+                    for (i, fd) in stdio.iter().enumerate() {
+                        let _ = nix::unistd::dup2(fd.as_raw_fd(), i as RawFd);
+                    }
+                    let _ = nix::unistd::chdir(def.cwd.as_str());
+                    if let Err(e) = crate::confine::apply(&confine) {
+                        eprintln!("keel-init: exec in {name}: {e}");
+                        // SAFETY: as above.
+                        unsafe { libc::_exit(126) }
+                    }
+                    let e = nix::unistd::execve(&argv[0], &argv, &env).err();
+                    eprintln!("keel-init: exec {}: {e:?}", argv[0].to_string_lossy());
+                    // SAFETY: as above.
+                    unsafe { libc::_exit(127) }
+                }
+                // SAFETY: as above.
+                Err(_) => unsafe { libc::_exit(125) },
+            }
+        }
+    }
+}
