@@ -262,6 +262,12 @@ fn setup_cgroups() -> Result<(), String> {
         .map(|c| format!("+{c} "))
         .collect();
     let write = |p: String| std::fs::write(&p, enable.trim()).map_err(|e| format!("{p}: {e}"));
+    // keel-init leaves the top cgroup for a leaf of its own: a cgroup that
+    // hands controllers to its children may hold no processes itself
+    // (the top of a cgroup namespace is not exempt, only the real root).
+    let own = format!("{CGROUP_ROOT}/keel-init");
+    sys::mkdir_p(Path::new(&own), 0o755).map_err(|e| e.to_string())?;
+    std::fs::write(format!("{own}/cgroup.procs"), "0").map_err(|e| format!("{own}: {e}"))?;
     write(format!("{CGROUP_ROOT}/cgroup.subtree_control"))?;
     sys::mkdir_p(Path::new(SERVICES_CGROUP), 0o755).map_err(|e| e.to_string())?;
     write(format!("{SERVICES_CGROUP}/cgroup.subtree_control"))
