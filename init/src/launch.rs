@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 use keel_spec::container::{ContainerDef, Share};
 use keel_spec::CONTAINERS_DIR;
 
-use keel_spec::limits::WritableKind;
+use keel_spec::limits::{UserNamespace, WritableKind};
 
 use crate::confine::{self, Confinement};
 use crate::sys;
@@ -52,6 +52,12 @@ pub struct Plan {
     pub console: Option<String>,
     pub private_pid: bool,
     pub mounts: Vec<(PathBuf, PathBuf, bool)>,
+    /// uid_map and gid_map text, for a service in a user namespace.
+    pub user_maps: Option<(String, String)>,
+    /// sysfs (and the cgroup tree under it) can be mounted: not when a
+    /// user namespace shares the host's network namespace, which it does
+    /// not own.
+    pub mount_sys: bool,
 }
 
 /// The device the kernel console writes to: the last, primary, entry of
@@ -81,6 +87,14 @@ pub fn plan(name: &str, def: &ContainerDef) -> Result<Plan, LaunchError> {
     let ns = &def.namespaces;
     let mut flags = (libc::CLONE_NEWNS) as u64;
     for (share, flag) in [
+        (
+            if def.user_namespace.is_some() {
+                Share::Private
+            } else {
+                Share::Host
+            },
+            libc::CLONE_NEWUSER,
+        ),
         (ns.pid, libc::CLONE_NEWPID),
         (ns.pid, libc::CLONE_NEWCGROUP),
         (ns.net, libc::CLONE_NEWNET),
@@ -121,6 +135,13 @@ pub fn plan(name: &str, def: &ContainerDef) -> Result<Plan, LaunchError> {
             })
             .collect(),
         devices: def.devices.iter().map(PathBuf::from).collect(),
+        user_maps: def.user_namespace.as_ref().map(|u| {
+            (
+                UserNamespace::map_text(&u.uid_map),
+                UserNamespace::map_text(&u.gid_map),
+            )
+        }),
+        mount_sys: def.user_namespace.is_none() || ns.net == Share::Private,
         console: def.console.then(console_tty),
         private_pid: ns.pid == Share::Private,
         mounts: def
@@ -185,6 +206,9 @@ pub const NOTIFY_FD: RawFd = 3;
 pub fn spawn(plan: &Plan, cgroup: &File, io: Io<'_>) -> Result<Pid, LaunchError> {
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| LaunchError::Setup(format!("pipe: {e}")))?;
+    // A child in a user namespace waits until its id maps are written.
+    let (go_rd, go_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| LaunchError::Setup(format!("pipe: {e}")))?;
     let mut args = CloneArgs {
         flags: plan.flags | CLONE_INTO_CGROUP,
         exit_signal: libc::SIGCHLD as u64,
@@ -206,6 +230,13 @@ pub fn spawn(plan: &Plan, cgroup: &File, io: Io<'_>) -> Result<Pid, LaunchError>
     }
     if pid == 0 {
         drop(rd);
+        drop(go_wr);
+        if plan.user_maps.is_some() {
+            let mut byte = [0u8; 1];
+            let _ = File::from(go_rd).read(&mut byte);
+        } else {
+            drop(go_rd);
+        }
         // Keep the error pipe clear of the fds the service gets.
         let wr = match nix::fcntl::fcntl(wr.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(64))
         {
@@ -224,6 +255,20 @@ pub fn spawn(plan: &Plan, cgroup: &File, io: Io<'_>) -> Result<Pid, LaunchError>
         // handlers that belong to the parent.
         unsafe { libc::_exit(127) };
     }
+    drop(go_rd);
+    if let Some((uid_map, gid_map)) = &plan.user_maps {
+        let written = std::fs::write(format!("/proc/{pid}/uid_map"), uid_map)
+            .and_then(|()| std::fs::write(format!("/proc/{pid}/gid_map"), gid_map));
+        if let Err(e) = written {
+            let _ = nix::sys::signal::kill(
+                Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None);
+            return Err(LaunchError::Setup(format!("writing the id maps: {e}")));
+        }
+    }
+    let _ = File::from(go_wr).write_all(b"g");
     drop(wr);
     // The write end closes on a successful exec (O_CLOEXEC): EOF with no
     // message means the service is running its command.
@@ -253,6 +298,24 @@ fn step<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, Strin
 }
 
 fn setup(p: &Plan, stdout: Option<RawFd>, notify: Option<RawFd>) -> Result<Never, String> {
+    if p.user_maps.is_some() {
+        // Still host root by kernel id, which the new namespace does not
+        // map: become its root, so that files it creates have an owner.
+        let root_uid = nix::unistd::Uid::from_raw(0);
+        let root_gid = nix::unistd::Gid::from_raw(0);
+        step(
+            "setgroups in the user namespace",
+            nix::unistd::setgroups(&[]),
+        )?;
+        step(
+            "setresgid in the user namespace",
+            nix::unistd::setresgid(root_gid, root_gid, root_gid),
+        )?;
+        step(
+            "setresuid in the user namespace",
+            nix::unistd::setresuid(root_uid, root_uid, root_uid),
+        )?;
+    }
     // keel-init blocks signals to read them from a signalfd; its children
     // must start with a clean slate.
     step(
@@ -286,20 +349,22 @@ fn setup(p: &Plan, stdout: Option<RawFd>, notify: Option<RawFd>) -> Result<Never
     // namespace also has its own cgroup namespace, so its /sys/fs/cgroup
     // is its own cgroup; one that shares the host's PIDs sees the host's.
     let ro = nodev | MsFlags::MS_RDONLY;
-    step(
-        "mount /sys",
-        sys::mount(Some("sysfs"), &root.join("sys"), Some("sysfs"), ro, None),
-    )?;
-    step(
-        "mount /sys/fs/cgroup",
-        sys::mount(
-            Some("cgroup2"),
-            &root.join("sys/fs/cgroup"),
-            Some("cgroup2"),
-            ro,
-            None,
-        ),
-    )?;
+    if p.mount_sys {
+        step(
+            "mount /sys",
+            sys::mount(Some("sysfs"), &root.join("sys"), Some("sysfs"), ro, None),
+        )?;
+        step(
+            "mount /sys/fs/cgroup",
+            sys::mount(
+                Some("cgroup2"),
+                &root.join("sys/fs/cgroup"),
+                Some("cgroup2"),
+                ro,
+                None,
+            ),
+        )?;
+    }
     let dev = root.join("dev");
     step(
         "mount /dev",
@@ -446,7 +511,8 @@ fn setup(p: &Plan, stdout: Option<RawFd>, notify: Option<RawFd>) -> Result<Never
                 | MsFlags::MS_REMOUNT
                 | MsFlags::MS_RDONLY
                 | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV,
+                | MsFlags::MS_NODEV
+                | locked_flags(Path::new("/")),
             None,
         ),
     )?;
@@ -507,6 +573,32 @@ fn setup(p: &Plan, stdout: Option<RawFd>, notify: Option<RawFd>) -> Result<Never
         .err()
         .unwrap_or(nix::errno::Errno::UnknownErrno);
     Err(format!("exec {}: {e}", prog.to_string_lossy()))
+}
+
+/// The flags a remount must keep: in a user namespace the kernel refuses a
+/// remount that would clear the atime, exec, dev or suid flags the mount
+/// was given outside.
+fn locked_flags(path: &Path) -> MsFlags {
+    use nix::sys::statvfs::FsFlags;
+    let Ok(st) = nix::sys::statvfs::statvfs(path) else {
+        return MsFlags::empty();
+    };
+    let f = st.flags();
+    let mut out = MsFlags::empty();
+    for (have, want) in [
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+    ] {
+        if f.contains(have) {
+            out |= want;
+        }
+    }
+    // ST_RELATIME (4096) is not in every libc's flag set.
+    if f.bits() & 4096 != 0 {
+        out |= MsFlags::MS_RELATIME;
+    }
+    out
 }
 
 /// Facts about a running service read from /proc, for `keelctl status`.

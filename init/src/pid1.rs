@@ -105,6 +105,14 @@ impl Launcher for HostLauncher {
                 .join(name)
                 .join(w.path.trim_start_matches('/'));
             sys::mkdir_p(&host, 0o755).map_err(|e| e.to_string())?;
+            // Root inside a user namespace is someone else outside: the
+            // folder must belong to the service's mapped user.
+            if let Some(u) = &def.user_namespace {
+                let uid = u.outside_uid(def.user.uid).map(nix::unistd::Uid::from_raw);
+                let gid = u.outside_gid(def.user.gid).map(nix::unistd::Gid::from_raw);
+                nix::unistd::chown(&host, uid, gid)
+                    .map_err(|e| format!("chown {}: {e}", host.display()))?;
+            }
         }
         let plan = launch::plan(name, def).map_err(|e| e.to_string())?;
         // Output goes through a pipe so keel-init can stamp, keep and
@@ -607,6 +615,9 @@ impl Init {
 
 /// Run PID 1. Never returns.
 pub fn run() -> ! {
+    // Panics are reported on the console, where someone can see them;
+    // `run` catches them so PID 1 lives on.
+    std::panic::set_hook(Box::new(|info| log(format!("error: panic: {info}"))));
     // Ctrl-Alt-Del becomes SIGINT to PID 1 instead of an immediate reboot.
     warn(
         "disable Ctrl-Alt-Del",
@@ -674,49 +685,62 @@ pub fn run() -> ! {
     init.check_ready();
 
     loop {
-        let timeout = init
-            .sup
-            .next_deadline()
-            .map(|d| {
-                d.saturating_duration_since(Instant::now())
-                    .as_millis()
-                    .min(60_000) as i32
-            })
-            .unwrap_or(60_000);
-        {
-            let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
-            if let Some(l) = &listener {
-                fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
-            }
-            for pipe in init.sup.launcher.pipes.values() {
-                fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
-            }
-            let _ = poll(
-                &mut fds,
-                PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX),
-            );
+        // PID 1 must not die: a bug in one turn of the loop is reported
+        // and the next turn goes on.
+        let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            turn(&mut init, &sfd, listener.as_ref())
+        }));
+        if turn.is_err() {
+            log("error: internal error in the main loop (reported above); carrying on");
         }
-        init.sup.launcher.drain_pipes();
-        let mut shutdown = None;
-        while let Ok(Some(info)) = sfd.read_signal() {
-            match Signal::try_from(info.ssi_signo as i32) {
-                Ok(Signal::SIGTERM) => shutdown = Some(Shutdown::Poweroff),
-                Ok(Signal::SIGINT) => shutdown = Some(Shutdown::Reboot),
-                _ => {}
-            }
-        }
-        init.reap();
-        if let Some(l) = &listener {
-            while let Ok((stream, _)) = l.accept() {
-                if let Some(s) = init.serve(stream) {
-                    shutdown = Some(s);
-                }
-            }
-        }
-        if let Some(how) = shutdown {
-            init.shutdown(&sfd, how);
-        }
-        init.sup.tick(Instant::now());
-        init.check_ready();
     }
+}
+
+/// One turn of PID 1's loop: wait for a signal, an API call, service
+/// output or a deadline, then act on it.
+fn turn(init: &mut Init, sfd: &SignalFd, listener: Option<&UnixListener>) {
+    let timeout = init
+        .sup
+        .next_deadline()
+        .map(|d| {
+            d.saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(60_000) as i32
+        })
+        .unwrap_or(60_000);
+    {
+        let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        if let Some(l) = listener {
+            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+        }
+        for pipe in init.sup.launcher.pipes.values() {
+            fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
+        }
+        let _ = poll(
+            &mut fds,
+            PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX),
+        );
+    }
+    init.sup.launcher.drain_pipes();
+    let mut shutdown = None;
+    while let Ok(Some(info)) = sfd.read_signal() {
+        match Signal::try_from(info.ssi_signo as i32) {
+            Ok(Signal::SIGTERM) => shutdown = Some(Shutdown::Poweroff),
+            Ok(Signal::SIGINT) => shutdown = Some(Shutdown::Reboot),
+            _ => {}
+        }
+    }
+    init.reap();
+    if let Some(l) = listener {
+        while let Ok((stream, _)) = l.accept() {
+            if let Some(s) = init.serve(stream) {
+                shutdown = Some(s);
+            }
+        }
+    }
+    if let Some(how) = shutdown {
+        init.shutdown(sfd, how);
+    }
+    init.sup.tick(Instant::now());
+    init.check_ready();
 }

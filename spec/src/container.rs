@@ -8,7 +8,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::lifecycle::{validate_readiness, Kind, Readiness};
-use crate::limits::{rlimit_number, Identity, Resources, Rlimits, Seccomp, Writable, WritableKind};
+use crate::limits::{
+    rlimit_number, Identity, Resources, Rlimits, Seccomp, UserNamespace, Writable, WritableKind,
+};
 
 /// One system service, run by `keel-init` as a container.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -64,6 +66,10 @@ pub struct ContainerDef {
     pub capabilities: Vec<String>,
     #[serde(default)]
     pub namespaces: Namespaces,
+    /// Run in a user namespace with these id maps (needs a private PID
+    /// namespace), so that root inside is an unprivileged user outside.
+    #[serde(default)]
+    pub user_namespace: Option<UserNamespace>,
     /// What the image builder puts into this container's read-only root.
     pub rootfs: RootfsDef,
     /// Host paths bind-mounted into the container.
@@ -247,6 +253,27 @@ pub fn validate(name: &str, def: &ContainerDef) -> Result<(), ContainerError> {
     }
     if !def.cwd.starts_with('/') {
         return Err(ContainerError::BadCwd(def.cwd.clone()));
+    }
+    if let Some(u) = &def.user_namespace {
+        u.validate().map_err(|m| invalid("user_namespace", m))?;
+        if def.namespaces.pid == Share::Host {
+            return Err(invalid(
+                "user_namespace",
+                "needs a private PID namespace (namespaces.pid = \"private\")",
+            ));
+        }
+        if def.console {
+            return Err(invalid(
+                "user_namespace",
+                "a console service cannot run in a user namespace",
+            ));
+        }
+        if u.outside_uid(def.user.uid).is_none() || u.outside_gid(def.user.gid).is_none() {
+            return Err(invalid(
+                "user_namespace",
+                "the service's user.uid and user.gid must be mapped",
+            ));
+        }
     }
     if let Some(r) = &def.readiness {
         validate_readiness(r).map_err(|m| invalid("readiness", m))?;

@@ -237,9 +237,95 @@ mod tests {
     }
 
     #[test]
+    fn user_namespace_maps() {
+        let u: UserNamespace = toml::from_str(
+            "uid_map = [{ inside = 0, outside = 100000, count = 65536 }]\ngid_map = [{ inside = 0, outside = 100000, count = 65536 }]\n",
+        )
+        .unwrap();
+        u.validate().unwrap();
+        assert_eq!(u.outside_uid(0), Some(100_000));
+        assert_eq!(u.outside_uid(70_000), None);
+        assert_eq!(UserNamespace::map_text(&u.uid_map), "0 100000 65536\n");
+        let root: UserNamespace =
+            toml::from_str("uid_map = [{ inside = 0, outside = 0, count = 1 }]\ngid_map = [{ inside = 0, outside = 5, count = 1 }]\n").unwrap();
+        assert!(root.validate().unwrap_err().contains("host id 0"));
+    }
+
+    #[test]
     fn rlimit_numbers() {
         assert_eq!(rlimit_number("nofile"), Some(7));
         assert_eq!(rlimit_number("nproc"), Some(6));
         assert_eq!(rlimit_number("files"), None);
     }
+}
+
+/// A user namespace for an unprivileged service: ids inside the container
+/// map to an unprivileged range outside.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserNamespace {
+    pub uid_map: Vec<IdMap>,
+    pub gid_map: Vec<IdMap>,
+}
+
+/// `inside` .. `inside + count` in the container is `outside` .. on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdMap {
+    pub inside: u32,
+    pub outside: u32,
+    pub count: u32,
+}
+
+impl UserNamespace {
+    /// The host uid that uid `inside` maps to, if any.
+    pub fn outside_uid(&self, inside: u32) -> Option<u32> {
+        map_id(&self.uid_map, inside)
+    }
+
+    pub fn outside_gid(&self, inside: u32) -> Option<u32> {
+        map_id(&self.gid_map, inside)
+    }
+
+    /// The text for /proc/PID/uid_map or gid_map.
+    pub fn map_text(map: &[IdMap]) -> String {
+        map.iter()
+            .map(|m| format!("{} {} {}\n", m.inside, m.outside, m.count))
+            .collect()
+    }
+
+    /// Maps must be non-empty, at most 340 lines (the kernel's limit),
+    /// non-overlapping inside, and never map anything to host root.
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, map) in [("uid_map", &self.uid_map), ("gid_map", &self.gid_map)] {
+            if map.is_empty() || map.len() > 340 {
+                return Err(format!("{key} needs 1 to 340 ranges"));
+            }
+            for (i, m) in map.iter().enumerate() {
+                if m.count == 0
+                    || m.inside.checked_add(m.count).is_none()
+                    || m.outside.checked_add(m.count).is_none()
+                {
+                    return Err(format!("{key}: range {i} is empty or overflows"));
+                }
+                if m.outside == 0 {
+                    return Err(format!(
+                        "{key}: range {i} maps to host id 0, which defeats the namespace"
+                    ));
+                }
+                for o in &map[..i] {
+                    if m.inside < o.inside + o.count && o.inside < m.inside + m.count {
+                        return Err(format!("{key}: ranges overlap inside the container"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn map_id(map: &[IdMap], id: u32) -> Option<u32> {
+    map.iter()
+        .find(|m| id >= m.inside && id - m.inside < m.count)
+        .map(|m| m.outside + (id - m.inside))
 }
