@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 /// Debian packages a build and test machine needs.
 const APT_PACKAGES: &[&str] = &[
     "build-essential",
@@ -33,7 +35,7 @@ const APT_PACKAGES: &[&str] = &[
     "socat",
     "util-linux",
 ];
-const MUSL: &str = "x86_64-unknown-linux-musl";
+pub(crate) const MUSL: &str = "x86_64-unknown-linux-musl";
 /// The deb-src entry is derived from the machine's own apt sources.
 const DEB_SRC_FILE: &str = "/etc/apt/sources.list.d/keel-deb-src.sources";
 
@@ -52,6 +54,15 @@ enum Cmd {
     Image,
     /// Set up, build the default image, boot it, show `keelctl status`, power off.
     Demo,
+    /// Benchmarks; `init`: container start latency of keel-init's launcher
+    /// against crun and runc on the same rootfs.
+    Bench {
+        #[arg(value_parser = ["init"])]
+        what: String,
+        /// Starts per runtime.
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+    },
     /// fmt, clippy, unit, integration and QEMU end-to-end tests.
     Test {
         /// Extra arguments for the test runner (a filter, say).
@@ -59,14 +70,14 @@ enum Cmd {
     },
 }
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap_or(Path::new("."))
         .to_path_buf()
 }
 
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("xtask: {cmd:?}");
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {
@@ -172,7 +183,7 @@ fn deps() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
     c
@@ -332,5 +343,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Image => image().map(|d| eprintln!("xtask: {}", d.display())),
         Cmd::Demo => demo(),
         Cmd::Test { args } => test(&args),
+        Cmd::Bench { runs, .. } => bench::init(runs),
     }
 }

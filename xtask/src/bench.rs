@@ -1,0 +1,186 @@
+//! `cargo xtask bench init`: how long it takes to start `/bin/true` in a
+//! confined container (all namespaces, a cgroup, seccomp, no capabilities,
+//! no_new_privs, read-only root) with keel-init's launcher, crun and runc,
+//! on the same rootfs and machine, in one run. Medians and ratios, written
+//! to docs/bench-init.md. Timings are never asserted: this machine is
+//! shared and noisy, and only the ratios within one run mean anything.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+
+use keel_image_builder::cache::Cache;
+use keel_image_builder::recipe;
+
+use crate::{root, run, MUSL};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// A container root with busybox's `true`, built from the same cached
+/// busybox as the image.
+fn stage_rootfs(dir: &Path) -> anyhow::Result<()> {
+    let image = recipe::load_image(&root().join("recipes/host.toml"))?;
+    let pkg = recipe::load_package(&image.resolve(&format!(
+        "{}/busybox.toml",
+        image.recipe.userland.packages_dir
+    )))?;
+    let busybox = keel_image_builder::package::ensure(
+        &Cache::new(Cache::default_root()?),
+        "busybox",
+        &pkg,
+        2,
+    )?;
+    let _ = std::fs::remove_dir_all(dir);
+    for d in ["bin", "proc", "sys", "dev", "tmp", "run", "etc"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    let (_, src) = busybox
+        .files
+        .first()
+        .context("busybox package has no files")?;
+    std::fs::copy(src, dir.join("bin/busybox"))?;
+    std::os::unix::fs::symlink("busybox", dir.join("bin/true"))?;
+    Ok(())
+}
+
+/// The unified cgroup hierarchy's mount point.
+fn cgroup2() -> anyhow::Result<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    info.lines()
+        .find(|l| {
+            l.split(" - ")
+                .nth(1)
+                .is_some_and(|t| t.starts_with("cgroup2 "))
+        })
+        .and_then(|l| l.split_whitespace().nth(4))
+        .map(PathBuf::from)
+        .context("no cgroup2 hierarchy is mounted")
+}
+
+/// An OCI bundle for the same container: same namespaces, no capabilities,
+/// no_new_privs, read-only root, and keel's default seccomp deny list.
+fn oci_bundle(bundle: &Path, rootfs: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(bundle)?;
+    let _ = std::fs::remove_file(bundle.join("config.json"));
+    run(Command::new("crun").arg("spec").current_dir(bundle))?;
+    let path = bundle.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    c["process"]["args"] = serde_json::json!(["/bin/true"]);
+    c["process"]["terminal"] = false.into();
+    c["process"]["noNewPrivileges"] = true.into();
+    if let Some(caps) = c["process"]["capabilities"].as_object_mut() {
+        for v in caps.values_mut() {
+            *v = serde_json::json!([]);
+        }
+    }
+    c["root"] = serde_json::json!({ "path": rootfs, "readonly": true });
+    c["linux"]["seccomp"] = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{ "names": keel_spec::limits::DEFAULT_DENY, "action": "SCMP_ACT_ERRNO" }],
+    });
+    std::fs::write(&path, serde_json::to_string_pretty(&c)?)?;
+    Ok(())
+}
+
+/// Wall-clock milliseconds of `runs` starts with an OCI runtime CLI, or why
+/// it cannot run here.
+fn oci_runs(runtime: &str, bundle: &Path, runs: usize) -> Result<Vec<f64>, String> {
+    let mut out = Vec::new();
+    for i in 0..runs {
+        let start = Instant::now();
+        let o = Command::new(runtime)
+            .args(["run", "--bundle"])
+            .arg(bundle)
+            .arg(format!("keel-bench-{}-{i}", std::process::id()))
+            .output()
+            .map_err(|e| format!("{runtime}: {e}"))?;
+        if !o.status.success() {
+            let err = String::from_utf8_lossy(&o.stderr);
+            return Err(err.lines().next().unwrap_or("failed").to_string());
+        }
+        out.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(out)
+}
+
+pub fn init(runs: usize) -> anyhow::Result<()> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    for tool in ["crun", "runc"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            run(Command::new("apt-get")
+                .args(["install", "-y", "-q", "crun", "runc"])
+                .env("DEBIAN_FRONTEND", "noninteractive"))?;
+            break;
+        }
+    }
+    run(crate::cargo().args([
+        "build",
+        "--release",
+        "--target",
+        MUSL,
+        "-p",
+        "keel-init",
+        "--bin",
+        "keel-launch-bench",
+    ]))?;
+    let work = root().join("target/bench-init");
+    let rootfs = work.join("rootfs");
+    stage_rootfs(&rootfs)?;
+    let cg = cgroup2()?.join(format!("keel-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&cg)?;
+
+    let out = Command::new(root().join(format!("target/{MUSL}/release/keel-launch-bench")))
+        .arg(&rootfs)
+        .arg(&cg)
+        .arg(runs.to_string())
+        .output()?;
+    let _ = std::fs::remove_dir(&cg);
+    if !out.status.success() {
+        bail!(
+            "keel-launch-bench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let keel: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.parse::<f64>().ok())
+        .map(|us| us / 1000.0)
+        .collect();
+    let bundle = work.join("bundle");
+    oci_bundle(&bundle, &rootfs)?;
+    let keel_ms = median(keel);
+
+    let mut table = String::from(
+        "| runtime | median start of /bin/true (ms) | keel ÷ runtime |\n|---|---|---|\n",
+    );
+    table.push_str(&format!("| keel-init launcher | {keel_ms:.2} | 1.00 |\n"));
+    for rt in ["crun", "runc"] {
+        match oci_runs(rt, &bundle, runs) {
+            Ok(ms) => {
+                let m = median(ms);
+                table.push_str(&format!("| {rt} | {m:.2} | {:.3} |\n", keel_ms / m));
+            }
+            Err(e) => table.push_str(&format!("| {rt} | cannot run here: {e} | - |\n")),
+        }
+    }
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let report = format!(
+        "# Container start latency\n\n`cargo xtask bench init --runs {runs}`: start `/bin/true` in a container \
+         with new mount, PID, IPC, UTS and network namespaces, its own cgroup, keel's default seccomp deny list, \
+         no capabilities, no_new_privs and a read-only busybox root, then reap it. keel-init's launcher is timed \
+         in process (as keel-init starts services); crun and runc are timed as the commands a host runs. \
+         Medians of {runs} runs each, on kernel {}, in one run on one machine.\n\n{table}\n\
+         Target (issue 3): keel ≤ 0.5 × crun.\n",
+        kernel.trim()
+    );
+    print!("{report}");
+    std::fs::write(root().join("docs/bench-init.md"), &report)?;
+    Ok(())
+}
