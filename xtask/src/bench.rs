@@ -108,6 +108,103 @@ fn oci_runs(runtime: &str, bundle: &Path, runs: usize) -> Result<Vec<f64>, Strin
     Ok(out)
 }
 
+/// keel-init's resident memory as PID 1 of a fresh PID namespace on this
+/// machine, supervising `n` services, measured once every one is ready.
+fn init_rss(work: &Path, n: usize) -> anyhow::Result<u64> {
+    use keel_image_builder::rootfs::{self, StagedContainer};
+    let image = recipe::load_image(&root().join("recipes/host.toml"))?;
+    let pkg = recipe::load_package(&image.resolve(&format!(
+        "{}/busybox.toml",
+        image.recipe.userland.packages_dir
+    )))?;
+    let busybox = keel_image_builder::package::ensure(
+        &Cache::new(Cache::default_root()?),
+        "busybox",
+        &pkg,
+        2,
+    )?;
+    let text = "command = [\"/bin/sleep\", \"100000\"]\nstop_signal = \"SIGKILL\"\n[rootfs]\ncontents = [\"busybox\"]\n";
+    let containers: Vec<StagedContainer> = (0..n)
+        .map(|i| {
+            Ok(StagedContainer {
+                name: format!("svc{i}"),
+                def: keel_spec::container::ContainerDef::parse(text)?,
+                text: text.to_string(),
+            })
+        })
+        .collect::<Result<_, keel_spec::container::ContainerError>>()?;
+    let bins = root().join(format!("target/{MUSL}/release"));
+    let dir = work.join("init-root");
+    rootfs::stage(
+        &dir,
+        &rootfs::Inputs {
+            keel_init: &bins.join("keel-init"),
+            keelctl: &bins.join("keelctl"),
+            bin_dir: &bins,
+            packages: &[busybox],
+            containers: &containers,
+            os_release: "ID=keel\nVERSION_ID=bench\n",
+        },
+    )?;
+    let cg = cgroup2()?.join(format!("keel-bench-init-{}", std::process::id()));
+    std::fs::create_dir_all(&cg)?;
+    let script = format!(
+        "echo $$ > {cg}/cgroup.procs && exec unshare --mount --uts --ipc --net --pid --fork --cgroup --propagation private -- \
+         sh -c 'R={r}; mount --bind $R $R && mount -t proc proc $R/proc && mount --rbind /dev $R/dev && \
+         mount -t sysfs sysfs $R/sys && mount -t tmpfs tmpfs $R/var && cd $R && mount --move . / && exec chroot . /usr/bin/keel-init'",
+        cg = cg.display(),
+        r = dir.display()
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut out = child.stdout.take().context("stdout")?;
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    use std::io::Read;
+    while !seen.contains("keel: ready ") {
+        let k = out.read(&mut buf)?;
+        if k == 0 {
+            bail!("keel-init ended before it was ready:\n{seen}");
+        }
+        seen.push_str(&String::from_utf8_lossy(&buf[..k]));
+    }
+    let pid = child.id();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
+    let init: u32 = children
+        .split_whitespace()
+        .next()
+        .context("no keel-init")?
+        .parse()?;
+    let status = std::fs::read_to_string(format!("/proc/{init}/status"))?;
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")?;
+    // SAFETY: kill with a pid and a signal number has no memory preconditions.
+    unsafe { libc::kill(init as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    let mut dirs = vec![cg.clone()];
+    let mut i = 0;
+    while i < dirs.len() {
+        if let Ok(rd) = std::fs::read_dir(&dirs[i]) {
+            dirs.extend(
+                rd.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir()),
+            );
+        }
+        i += 1;
+    }
+    for d in dirs.iter().rev() {
+        let _ = std::fs::remove_dir(d);
+    }
+    Ok(rss_kib)
+}
+
 pub fn init(runs: usize) -> anyhow::Result<()> {
     if runs == 0 {
         bail!("--runs must be at least 1");
@@ -170,6 +267,12 @@ pub fn init(runs: usize) -> anyhow::Result<()> {
             Err(e) => table.push_str(&format!("| {rt} | cannot run here: {e} | - |\n")),
         }
     }
+    run(crate::cargo().args(["build", "--release", "--target", MUSL, "-p", "keel-init"]))?;
+    let rss = init_rss(&work, 10)?;
+    table.push_str(&format!(
+        "\n| keel-init as PID 1 | resident memory |\n|---|---|\n| supervising 10 services, all ready | {:.2} MiB (target ≤ 3 MiB) |\n",
+        rss as f64 / 1024.0
+    ));
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let report = format!(
         "# Container start latency\n\n`cargo xtask bench init --runs {runs}`: start `/bin/true` in a container \
