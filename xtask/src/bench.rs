@@ -79,6 +79,13 @@ fn oci_bundle(bundle: &Path, rootfs: &Path) -> anyhow::Result<()> {
         }
     }
     c["root"] = serde_json::json!({ "path": rootfs, "readonly": true });
+    // keel confines devices by giving a container only the device nodes it
+    // lists; it loads no cgroup BPF device program, so neither should the
+    // OCI runtimes (crun's also needs CAP_SYS_RESOURCE to raise
+    // RLIMIT_MEMLOCK, which some sandboxes withhold from root).
+    if let Some(linux) = c["linux"].as_object_mut() {
+        linux.remove("resources");
+    }
     c["linux"]["seccomp"] = serde_json::json!({
         "defaultAction": "SCMP_ACT_ALLOW",
         "syscalls": [{ "names": keel_spec::limits::DEFAULT_DENY, "action": "SCMP_ACT_ERRNO" }],
@@ -205,6 +212,29 @@ fn init_rss(work: &Path, n: usize) -> anyhow::Result<u64> {
     Ok(rss_kib)
 }
 
+/// Give this process a mount namespace whose /sys/fs/cgroup is the
+/// unified hierarchy alone, so that every runtime measured uses the same
+/// cgroup v2 tree even on a host that mounts v1 controllers beside it
+/// (crun refuses such "hybrid" hosts).
+fn unified_cgroup_view() -> anyhow::Result<()> {
+    // SAFETY: unshare with a flag; xtask has no other threads at this point.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        bail!("unshare(CLONE_NEWNS): {}", std::io::Error::last_os_error());
+    }
+    run(Command::new("mount").args(["--make-rprivate", "/"]))?;
+    let st = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let is_v2 = st.lines().any(|l| {
+        l.split_whitespace().nth(4) == Some("/sys/fs/cgroup")
+            && l.split(" - ")
+                .nth(1)
+                .is_some_and(|t| t.starts_with("cgroup2 "))
+    });
+    if !is_v2 {
+        run(Command::new("mount").args(["-t", "cgroup2", "none", "/sys/fs/cgroup"]))?;
+    }
+    Ok(())
+}
+
 pub fn init(runs: usize) -> anyhow::Result<()> {
     if runs == 0 {
         bail!("--runs must be at least 1");
@@ -227,6 +257,7 @@ pub fn init(runs: usize) -> anyhow::Result<()> {
         "--bin",
         "keel-launch-bench",
     ]))?;
+    unified_cgroup_view()?;
     let work = root().join("target/bench-init");
     let rootfs = work.join("rootfs");
     stage_rootfs(&rootfs)?;
@@ -279,6 +310,7 @@ pub fn init(runs: usize) -> anyhow::Result<()> {
          with new mount, PID, IPC, UTS and network namespaces, its own cgroup, keel's default seccomp deny list, \
          no capabilities, no_new_privs and a read-only busybox root, then reap it. keel-init's launcher is timed \
          in process (as keel-init starts services); crun and runc are timed as the commands a host runs. \
+         All three use the same cgroup v2 hierarchy, and none loads a BPF device program. \
          Medians of {runs} runs each, on kernel {}, in one run on one machine.\n\n{table}\n\
          Target (issue 3): keel ≤ 0.5 × crun.\n",
         kernel.trim()
