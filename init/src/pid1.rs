@@ -35,6 +35,10 @@ use crate::{log, sys};
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const SERVICES_CGROUP: &str = "/sys/fs/cgroup/system";
 const LOG_DIR: &str = "/var/log/keel";
+/// Stage 1 passes the boot time at which userland began to PID 1 in this
+/// environment variable.
+pub const INIT_START_ENV: &str = "KEEL_INIT_START_MS";
+
 /// Added to the services' stop timeouts before shutdown goes on regardless.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -451,8 +455,10 @@ impl Init {
         let ms = crate::boot_ms();
         match health {
             Health::Healthy if self.said == Health::Starting => log(format!(
-                "ready version={} slot={} services={ready}/{total} ms={ms}",
-                self.version, self.slot
+                "ready version={} slot={} services={ready}/{total} ms={ms} init_start_ms={}",
+                self.version,
+                self.slot,
+                std::env::var(INIT_START_ENV).unwrap_or_else(|_| "?".into())
             )),
             Health::Failed => {
                 let failed: Vec<String> = self

@@ -112,6 +112,8 @@ fn mount_var(newroot: &Path) -> Result<(), Stage1Error> {
 
 /// Run stage 1. Returns only on error; on success it execs PID 1.
 pub fn run() -> Result<(), Stage1Error> {
+    // When userland began, for the ready line (the boot benchmark reads it).
+    std::env::set_var(crate::pid1::INIT_START_ENV, crate::boot_ms().to_string());
     mount_api_filesystems()?;
     let cmdline = std::fs::read_to_string("/proc/cmdline")
         .map_err(|e| Stage1Error::Read("/proc/cmdline", e))?;

@@ -235,7 +235,7 @@ fn unified_cgroup_view() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn init(runs: usize) -> anyhow::Result<()> {
+pub fn init(runs: usize, boots: usize) -> anyhow::Result<()> {
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
@@ -304,6 +304,7 @@ pub fn init(runs: usize) -> anyhow::Result<()> {
         "\n| keel-init as PID 1 | resident memory |\n|---|---|\n| supervising 10 services, all ready | {:.2} MiB (target ≤ 3 MiB) |\n",
         rss as f64 / 1024.0
     ));
+    table.push_str(&boot(boots)?);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let report = format!(
         "# Container start latency\n\n`cargo xtask bench init --runs {runs}`: start `/bin/true` in a container \
@@ -318,4 +319,214 @@ pub fn init(runs: usize) -> anyhow::Result<()> {
     print!("{report}");
     std::fs::write(root().join("docs/bench-init.md"), &report)?;
     Ok(())
+}
+
+/// The floor: the same kernel with busybox init and nothing else, its
+/// inittab printing the uptime when it starts and when /proc, /sys, /dev
+/// and /run are mounted.
+fn floor_disk(dir: &Path) -> anyhow::Result<PathBuf> {
+    use keel_image_builder::initramfs::{write_cpio, Entry};
+    use keel_image_builder::{disk, esp, kernel, uki};
+    let image = recipe::load_image(&root().join("recipes/host.toml"))?;
+    let cache = Cache::new(Cache::default_root()?);
+    let k = kernel::ensure(&cache, &image, 2)?;
+    let pkg = recipe::load_package(&image.resolve(&format!(
+        "{}/busybox.toml",
+        image.recipe.userland.packages_dir
+    )))?;
+    let busybox = keel_image_builder::package::ensure(&cache, "busybox", &pkg, 2)?;
+    let (_, bb) = busybox
+        .files
+        .first()
+        .context("busybox package has no files")?;
+    let rc = "#!/bin/busybox sh\n\
+              read up _ < /proc/uptime 2>/dev/null || { /bin/busybox mount -t proc proc /proc; read up _ < /proc/uptime; }\n\
+              echo \"floor: start uptime=$up\"\n\
+              /bin/busybox mount -t sysfs sysfs /sys\n\
+              /bin/busybox mount -t devtmpfs devtmpfs /dev\n\
+              /bin/busybox mount -t tmpfs tmpfs /run\n\
+              read up _ < /proc/uptime\n\
+              echo \"floor: ready uptime=$up\"\n\
+              /bin/busybox poweroff -f\n";
+    let entries = vec![
+        Entry::Dir {
+            path: "dev".into(),
+            mode: 0o755,
+        },
+        Entry::CharDev {
+            path: "dev/console".into(),
+            mode: 0o600,
+            major: 5,
+            minor: 1,
+        },
+        Entry::Dir {
+            path: "proc".into(),
+            mode: 0o555,
+        },
+        Entry::Dir {
+            path: "sys".into(),
+            mode: 0o555,
+        },
+        Entry::Dir {
+            path: "run".into(),
+            mode: 0o755,
+        },
+        Entry::Dir {
+            path: "bin".into(),
+            mode: 0o755,
+        },
+        Entry::File {
+            path: "bin/busybox".into(),
+            mode: 0o755,
+            data: std::fs::read(bb)?,
+        },
+        Entry::File {
+            path: "init".into(),
+            mode: 0o755,
+            data: std::fs::read(bb)?,
+        },
+        Entry::Dir {
+            path: "etc".into(),
+            mode: 0o755,
+        },
+        Entry::File {
+            path: "etc/inittab".into(),
+            mode: 0o644,
+            data: b"::sysinit:/etc/rc\n".to_vec(),
+        },
+        Entry::File {
+            path: "etc/rc".into(),
+            mode: 0o755,
+            data: rc.as_bytes().to_vec(),
+        },
+    ];
+    let mut cpio = Vec::new();
+    write_cpio(&entries, &mut cpio)?;
+    let uki_bytes = uki::assemble(
+        &std::fs::read("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")?,
+        &uki::Payload {
+            osrel: b"ID=keel-floor\nVERSION_ID=0\n",
+            cmdline: image.recipe.kernel.cmdline.as_bytes(),
+            uname: k.release.as_bytes(),
+            linux: &std::fs::read(&k.bzimage)?,
+            initrd: &cpio,
+        },
+    )?;
+    let boot = std::fs::read("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")?;
+    let esp_img = esp::build(
+        64 << 20,
+        7,
+        &[
+            ("EFI/BOOT/BOOTX64.EFI".into(), boot),
+            ("loader/loader.conf".into(), b"timeout 0\n".to_vec()),
+            ("EFI/Linux/floor.efi".into(), uki_bytes),
+        ],
+    )?;
+    let path = dir.join("floor.img");
+    disk::write(
+        &path,
+        "keel floor",
+        &[disk::PartSpec {
+            role: keel_spec::disk::Role::Esp,
+            size_mib: 64,
+            content: disk::Content::Bytes(&esp_img),
+        }],
+    )?;
+    Ok(path)
+}
+
+/// Boot `disk` under TCG until `done` appears on the console; the console.
+fn boot_console(disk: &Path, done: &str) -> anyhow::Result<String> {
+    use keel_image_builder::qemu::{self, Accel, RunOptions};
+    use std::io::Read;
+    let vars = disk.with_extension("vars");
+    let _ = std::fs::remove_file(&vars);
+    let o = RunOptions {
+        disk: disk.to_path_buf(),
+        vars,
+        accel: Accel::Tcg,
+        memory_mib: 512,
+        cpus: 2,
+        no_reboot: true,
+        forwards: Vec::new(),
+    };
+    qemu::prepare(&o)?;
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(qemu::qemu_args(&o, false))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut out = child.stdout.take().context("stdout")?;
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + std::time::Duration::from_secs(300);
+    // Read until the whole line with `done` has arrived.
+    let complete = |s: &str| s.find(done).is_some_and(|i| s[i..].contains('\n'));
+    while !complete(&seen) && Instant::now() < deadline {
+        let n = out.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    if !seen.contains(done) {
+        bail!("no {done:?} on the console:\n{seen}");
+    }
+    Ok(seen)
+}
+
+fn field(line: &str, key: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Boot time in QEMU, from kernel start to PID 1 and to ready, of the
+/// default keel image against the busybox-init floor on the same kernel.
+pub fn boot(boots: usize) -> anyhow::Result<String> {
+    let disk = crate::image()?;
+    let work = root().join("target/bench-boot");
+    std::fs::create_dir_all(&work)?;
+    let floor = floor_disk(&work)?;
+    let (mut keel, mut fl) = (Vec::new(), Vec::new());
+    for _ in 0..boots {
+        let copy = work.join("keel.img");
+        run(Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&disk)
+            .arg(&copy))?;
+        let c = boot_console(&copy, "keel: ready ")?;
+        let line = c
+            .lines()
+            .find(|l| l.contains("keel: ready "))
+            .unwrap_or_default();
+        let ready = field(line, "ms=").context("ready line without ms=")?;
+        let start = field(line, "init_start_ms=").context("ready line without init_start_ms=")?;
+        keel.push((start, ready));
+        let c = boot_console(&floor, "floor: ready")?;
+        let up = |tag: &str| {
+            c.lines()
+                .find(|l| l.contains(tag))
+                .and_then(|l| field(l, "uptime="))
+                .map(|s| s * 1000.0)
+        };
+        fl.push((
+            up("floor: start").context("no floor start")?,
+            up("floor: ready").context("no floor ready")?,
+        ));
+    }
+    let med = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| median(v.iter().map(f).collect());
+    let (ks, kr) = (med(&keel, |p| p.0), med(&keel, |p| p.1));
+    let (fs, fr) = (med(&fl, |p| p.0), med(&fl, |p| p.1));
+    Ok(format!(
+        "\n| boot under TCG (ms since kernel start, median of {boots}) | PID 1 starts | ready | PID 1 → ready |\n|---|---|---|---|\n\
+         | keel (dm-verity root, switch root, 2 containers) | {ks:.0} | {kr:.0} | {:.0} |\n\
+         | busybox init floor (same kernel, initramfs only) | {fs:.0} | {fr:.0} | {:.0} |\n\
+         | keel ÷ floor | | {:.2} | |\n\nTarget (issue 3): keel ready ≤ 1.2 × the floor.\n",
+        kr - ks,
+        fr - fs,
+        kr / fr
+    ))
 }

@@ -62,6 +62,9 @@ enum Cmd {
         /// Starts per runtime.
         #[arg(long, default_value_t = 50)]
         runs: usize,
+        /// QEMU boots of each image for the boot-time comparison.
+        #[arg(long, default_value_t = 3)]
+        boots: usize,
     },
     /// fmt, clippy, unit, integration and QEMU end-to-end tests.
     Test {
@@ -190,7 +193,7 @@ pub(crate) fn cargo() -> Command {
 }
 
 /// Build the binaries and the default image; returns the disk's path.
-fn image() -> anyhow::Result<PathBuf> {
+pub(crate) fn image() -> anyhow::Result<PathBuf> {
     run(cargo().args([
         "build",
         "--release",
@@ -343,6 +346,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Image => image().map(|d| eprintln!("xtask: {}", d.display())),
         Cmd::Demo => demo(),
         Cmd::Test { args } => test(&args),
-        Cmd::Bench { runs, .. } => bench::init(runs),
+        Cmd::Bench { runs, boots, .. } => bench::init(runs, boots),
     }
 }
