@@ -127,6 +127,10 @@ pub fn load_containers(recipe: &Loaded<ImageRecipe>) -> Result<Vec<StagedContain
         };
         let def = ContainerDef::parse(&text).map_err(bad)?;
         container::validate(name, &def).map_err(bad)?;
+        keel_spec::seccomp::compile(&def.seccomp).map_err(|e| BuildError::Container {
+            path: path.clone(),
+            message: format!("`seccomp`: {e}"),
+        })?;
         out.push(StagedContainer {
             name: name.clone(),
             def,

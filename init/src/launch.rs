@@ -84,6 +84,20 @@ fn cstrings(items: &[String], what: &str) -> Result<Vec<CString>, LaunchError> {
 
 /// Work out the clone flags and everything else from a definition.
 pub fn plan(name: &str, def: &ContainerDef) -> Result<Plan, LaunchError> {
+    plan_with(
+        name,
+        def,
+        Confinement::from_def(def).map_err(LaunchError::Setup)?,
+    )
+}
+
+/// [`plan`] with the confinement already worked out (keel-init keeps it
+/// per service: compiling the seccomp filter is the costly part).
+pub fn plan_with(
+    name: &str,
+    def: &ContainerDef,
+    confine: Confinement,
+) -> Result<Plan, LaunchError> {
     let ns = &def.namespaces;
     let mut flags = (libc::CLONE_NEWNS) as u64;
     for (share, flag) in [
@@ -119,7 +133,7 @@ pub fn plan(name: &str, def: &ContainerDef) -> Result<Plan, LaunchError> {
         cwd: PathBuf::from(&def.cwd),
         hostname: (ns.uts == Share::Private).then(|| def.hostname_for(name).to_string()),
         flags,
-        confine: Confinement::from_def(def).map_err(LaunchError::Setup)?,
+        confine,
         writable: def
             .writable
             .iter()

@@ -33,6 +33,8 @@ use crate::supervisor::{Exit, Health, Launcher, Probe, Supervisor};
 use crate::{log, sys};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The controllers `[resources]` can set limits with.
+const USED_CONTROLLERS: [&str; 4] = ["cpu", "io", "memory", "pids"];
 const SERVICES_CGROUP: &str = "/sys/fs/cgroup/system";
 const LOG_DIR: &str = "/var/log/keel";
 /// Stage 1 passes the boot time at which userland began to PID 1 in this
@@ -51,6 +53,9 @@ struct HostLauncher {
     pipes: BTreeMap<String, File>,
     /// Read ends of notify-readiness pipes, and what came through so far.
     notify: BTreeMap<String, (File, Vec<u8>)>,
+    /// Each service's confinement, seccomp filter compiled, from its first
+    /// start on.
+    confinements: BTreeMap<String, crate::confine::Confinement>,
 }
 
 impl HostLauncher {
@@ -118,7 +123,15 @@ impl Launcher for HostLauncher {
                     .map_err(|e| format!("chown {}: {e}", host.display()))?;
             }
         }
-        let plan = launch::plan(name, def).map_err(|e| e.to_string())?;
+        let confine = match self.confinements.get(name) {
+            Some(c) => c.clone(),
+            None => {
+                let c = crate::confine::Confinement::from_def(def)?;
+                self.confinements.insert(name.to_string(), c.clone());
+                c
+            }
+        };
+        let plan = launch::plan_with(name, def, confine).map_err(|e| e.to_string())?;
         // Output goes through a pipe so keel-init can stamp, keep and
         // rotate it; a console service writes to the console instead.
         let (read, write) =
@@ -269,8 +282,10 @@ fn mount_runtime() {
 fn setup_cgroups() -> Result<(), String> {
     let read = |p: &str| std::fs::read_to_string(p).map_err(|e| format!("{p}: {e}"));
     let controllers = read(&format!("{CGROUP_ROOT}/cgroup.controllers"))?;
+    // Only the controllers service limits use: enabling one costs boot time.
     let enable: String = controllers
         .split_whitespace()
+        .filter(|c| USED_CONTROLLERS.contains(c))
         .map(|c| format!("+{c} "))
         .collect();
     let write = |p: String| std::fs::write(&p, enable.trim()).map_err(|e| format!("{p}: {e}"));

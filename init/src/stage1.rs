@@ -2,7 +2,6 @@
 //! over the root with the root hash from the (signed) command line, mount
 //! the root read-only and `/var`, then switch root and exec PID 1 proper.
 
-use std::ffi::CString;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -31,8 +30,6 @@ pub enum Stage1Error {
     NoPartition(String, Duration),
     #[error(transparent)]
     Dm(#[from] dm::DmError),
-    #[error("exec /sbin/init: {0}")]
-    Exec(nix::errno::Errno),
 }
 
 /// Whether this process is stage 1: PID 1 with the initramfs as its root.
@@ -110,7 +107,8 @@ fn mount_var(newroot: &Path) -> Result<(), Stage1Error> {
     Ok(())
 }
 
-/// Run stage 1. Returns only on error; on success it execs PID 1.
+/// Run stage 1. On success the new root is `/` and the caller goes on as
+/// PID 1.
 pub fn run() -> Result<(), Stage1Error> {
     // When userland began, for the ready line (the boot benchmark reads it).
     std::env::set_var(crate::pid1::INIT_START_ENV, crate::boot_ms().to_string());
@@ -167,9 +165,8 @@ pub fn run() -> Result<(), Stage1Error> {
         errno,
     })?;
 
-    let init = CString::new("/sbin/init").unwrap_or_default();
-    let errno = nix::unistd::execv(&init, &[&init])
-        .err()
-        .unwrap_or(nix::errno::Errno::UnknownErrno);
-    Err(Stage1Error::Exec(errno))
+    // PID 1 goes on in this same process: the binary is already in memory,
+    // and reading it again from the root would cost its dm-verity hashing
+    // (the initramfs and the root come from the same signed UKI build).
+    Ok(())
 }

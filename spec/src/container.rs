@@ -218,6 +218,9 @@ impl ContainerDef {
 }
 
 /// Checks that go beyond the shape of the file. `name` is the file stem.
+/// Whether the seccomp profile compiles is checked apart, by
+/// [`crate::seccomp::compile`], which is costly enough that keel-init does
+/// it once, when it first starts the service.
 pub fn validate(name: &str, def: &ContainerDef) -> Result<(), ContainerError> {
     let name_ok = !name.is_empty()
         && name.len() <= 32
@@ -315,7 +318,6 @@ fn validate_limits(def: &ContainerDef) -> Result<(), ContainerError> {
             ));
         }
     }
-    crate::seccomp::compile(&def.seccomp).map_err(|e| invalid("seccomp", e))?;
     for sc in def.seccomp.deny.iter().chain(&def.seccomp.allow) {
         if sc.is_empty()
             || !sc

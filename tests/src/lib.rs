@@ -66,6 +66,21 @@ pub fn copy_disk(from: &Path, to: &Path) {
     assert!(st.success(), "copying {} failed", from.display());
 }
 
+/// A line keel-init (`keel: …`) or the kernel (`[    1.234567] …`) wrote
+/// to the console.
+fn is_console_noise(line: &str) -> bool {
+    let printk = line
+        .strip_prefix('[')
+        .and_then(|rest| rest.split_once(']'))
+        .is_some_and(|(stamp, _)| {
+            !stamp.trim().is_empty()
+                && stamp
+                    .chars()
+                    .all(|c| c == ' ' || c == '.' || c.is_ascii_digit())
+        });
+    line.starts_with("keel: ") || printk
+}
+
 /// A keel guest booted with `keel run`, its serial console on pipes.
 #[derive(Debug)]
 pub struct Guest {
@@ -173,7 +188,14 @@ impl Guest {
 
     /// `keelctl status --json` at the admin prompt, parsed.
     pub fn status(&mut self) -> serde_json::Value {
-        let json = self.shell("keelctl status --json");
+        let raw = self.shell("keelctl status --json");
+        // keel-init and the kernel share the console: drop their lines,
+        // which can land between the lines of the JSON.
+        let json: String = raw
+            .lines()
+            .filter(|l| !is_console_noise(l))
+            .collect::<Vec<_>>()
+            .join("\n");
         let start = json
             .find('{')
             .unwrap_or_else(|| panic!("no JSON in:\n{json}"));

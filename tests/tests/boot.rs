@@ -40,12 +40,7 @@ fn boots_to_ready_runs_containers_and_powers_off() {
     g.prompt();
 
     // The API's view.
-    let json = g.shell("keelctl status --json");
-    let start = json
-        .find('{')
-        .unwrap_or_else(|| panic!("no JSON in:\n{json}"));
-    let status: serde_json::Value =
-        serde_json::from_str(&json[start..]).unwrap_or_else(|e| panic!("{e}:\n{json}"));
+    let status = g.status();
     assert_eq!(status["slot"], "a");
     assert_eq!(status["ready"], true);
     let services = status["services"].as_array().unwrap();
@@ -145,16 +140,7 @@ fn boots_to_ready_runs_containers_and_powers_off() {
     g.shell(&format!("kill -9 {web_pid}"));
     let mut restarted = None;
     for _ in 0..60 {
-        let json = g.shell("keelctl status --json");
-        let status: serde_json::Value =
-            serde_json::from_str(&json[json.find('{').unwrap()..]).unwrap();
-        let w = status["services"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == "web")
-            .unwrap()
-            .clone();
+        let w = g.service("web");
         if w["state"] == "running" && w["restarts"] == 1 && w["pid"].as_i64() != Some(web_pid) {
             restarted = Some(w);
             break;

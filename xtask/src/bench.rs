@@ -298,6 +298,7 @@ pub fn init(runs: usize, boots: usize) -> anyhow::Result<()> {
             Err(e) => table.push_str(&format!("| {rt} | cannot run here: {e} | - |\n")),
         }
     }
+    table.push_str("\nTarget (issue 3): keel ≤ 0.5 × crun.\n");
     run(crate::cargo().args(["build", "--release", "--target", MUSL, "-p", "keel-init"]))?;
     let rss = init_rss(&work, 10)?;
     table.push_str(&format!(
@@ -312,8 +313,7 @@ pub fn init(runs: usize, boots: usize) -> anyhow::Result<()> {
          no capabilities, no_new_privs and a read-only busybox root, then reap it. keel-init's launcher is timed \
          in process (as keel-init starts services); crun and runc are timed as the commands a host runs. \
          All three use the same cgroup v2 hierarchy, and none loads a BPF device program. \
-         Medians of {runs} runs each, on kernel {}, in one run on one machine.\n\n{table}\n\
-         Target (issue 3): keel ≤ 0.5 × crun.\n",
+         Medians of {runs} runs each, on kernel {}, in one run on one machine.\n\n{table}",
         kernel.trim()
     );
     print!("{report}");

@@ -2,8 +2,9 @@
 
 fn main() {
     if keel_init::stage1::is_stage1() {
-        if let Err(e) = keel_init::stage1::run() {
-            keel_init::log(format!("stage 1 failed: {e}"));
+        match keel_init::stage1::run() {
+            Ok(()) => keel_init::pid1::run(),
+            Err(e) => keel_init::log(format!("stage 1 failed: {e}")),
         }
         // Returning from PID 1 panics the kernel, which (panic= on the
         // command line) reboots: boot counting then falls back to the
