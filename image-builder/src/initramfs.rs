@@ -94,8 +94,11 @@ fn header(ino: u32, mode: u32, nlink: u32, size: u32, rdev: (u32, u32), namesize
 
 /// The keel initramfs around the `keel-init` binary, gzip-compressed with
 /// no name or timestamp in the gzip header.
-pub fn build(init_binary: Vec<u8>) -> io::Result<Vec<u8>> {
-    let entries = vec![
+/// What every initramfs needs before its init runs: the mount points for
+/// devtmpfs, proc and sysfs, and `/dev/console` so the kernel can give init
+/// a console.
+pub fn base_entries() -> Vec<Entry> {
+    vec![
         Entry::Dir {
             path: "dev".into(),
             mode: 0o755,
@@ -114,6 +117,12 @@ pub fn build(init_binary: Vec<u8>) -> io::Result<Vec<u8>> {
             path: "sys".into(),
             mode: 0o555,
         },
+    ]
+}
+
+pub fn build(init_binary: Vec<u8>) -> io::Result<Vec<u8>> {
+    let mut entries = base_entries();
+    entries.extend([
         Entry::Dir {
             path: "sysroot".into(),
             mode: 0o755,
@@ -123,7 +132,7 @@ pub fn build(init_binary: Vec<u8>) -> io::Result<Vec<u8>> {
             mode: 0o755,
             data: init_binary,
         },
-    ];
+    ]);
     let mut gz: GzEncoder<Vec<u8>> = GzBuilder::new()
         .mtime(0)
         .write(Vec::new(), Compression::best());

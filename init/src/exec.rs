@@ -75,6 +75,7 @@ pub fn start(
     name: &str,
     pid: Pid,
     def: &ContainerDef,
+    confine: &Confinement,
     argv: &[String],
     stdio: &[OwnedFd],
 ) -> Result<Pid, String> {
@@ -97,7 +98,6 @@ pub fn start(
         .iter()
         .filter_map(|e| CString::new(e.as_str()).ok())
         .collect();
-    let confine = Confinement::from_def(def)?;
     let mut kinds = vec![
         ("ipc", CloneFlags::CLONE_NEWIPC),
         ("uts", CloneFlags::CLONE_NEWUTS),
@@ -156,7 +156,7 @@ pub fn start(
                         let _ = nix::unistd::dup2(fd.as_raw_fd(), i as RawFd);
                     }
                     let _ = nix::unistd::chdir(def.cwd.as_str());
-                    if let Err(e) = crate::confine::apply(&confine) {
+                    if let Err(e) = crate::confine::apply(confine) {
                         eprintln!("keel-init: exec in {name}: {e}");
                         // SAFETY: as above.
                         unsafe { libc::_exit(126) }

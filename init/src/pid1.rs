@@ -37,10 +37,6 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const USED_CONTROLLERS: [&str; 4] = ["cpu", "io", "memory", "pids"];
 const SERVICES_CGROUP: &str = "/sys/fs/cgroup/system";
 const LOG_DIR: &str = "/var/log/keel";
-/// Stage 1 passes the boot time at which userland began to PID 1 in this
-/// environment variable.
-pub const INIT_START_ENV: &str = "KEEL_INIT_START_MS";
-
 /// Added to the services' stop timeouts before shutdown goes on regardless.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -58,11 +54,31 @@ struct HostLauncher {
     confinements: BTreeMap<String, crate::confine::Confinement>,
 }
 
+/// The log of service `name`, made on first use.
+fn sink_in<'a>(logs: &'a mut BTreeMap<String, LogSink>, name: &str) -> &'a mut LogSink {
+    logs.entry(name.to_string())
+        .or_insert_with(|| LogSink::new(Some(Path::new(LOG_DIR).join(format!("{name}.log")))))
+}
+
 impl HostLauncher {
+    /// Service `name`'s confinement, worked out (seccomp filter compiled)
+    /// once and reused by every start, probe and exec.
+    fn confinement(
+        &mut self,
+        name: &str,
+        def: &ContainerDef,
+    ) -> Result<&crate::confine::Confinement, String> {
+        if !self.confinements.contains_key(name) {
+            let c = crate::confine::Confinement::from_def(def)?;
+            self.confinements.insert(name.to_string(), c);
+        }
+        self.confinements
+            .get(name)
+            .ok_or_else(|| format!("no confinement for {name}"))
+    }
+
     fn sink(&mut self, name: &str) -> &mut LogSink {
-        self.logs
-            .entry(name.to_string())
-            .or_insert_with(|| LogSink::new(Some(Path::new(LOG_DIR).join(format!("{name}.log")))))
+        sink_in(&mut self.logs, name)
     }
 
     /// Move whatever services have written into their logs; close pipes
@@ -78,15 +94,7 @@ impl HostLauncher {
                         closed.push(name.clone());
                         break;
                     }
-                    Ok(n) => {
-                        let chunk = buf[..n].to_vec();
-                        self.logs
-                            .entry(name.clone())
-                            .or_insert_with(|| {
-                                LogSink::new(Some(Path::new(LOG_DIR).join(format!("{name}.log"))))
-                            })
-                            .ingest(&chunk, now);
-                    }
+                    Ok(n) => sink_in(&mut self.logs, name).ingest(&buf[..n], now),
                     Err(_) => break,
                 }
             }
@@ -123,14 +131,7 @@ impl Launcher for HostLauncher {
                     .map_err(|e| format!("chown {}: {e}", host.display()))?;
             }
         }
-        let confine = match self.confinements.get(name) {
-            Some(c) => c.clone(),
-            None => {
-                let c = crate::confine::Confinement::from_def(def)?;
-                self.confinements.insert(name.to_string(), c.clone());
-                c
-            }
-        };
+        let confine = self.confinement(name, def)?.clone();
         let plan = launch::plan_with(name, def, confine).map_err(|e| e.to_string())?;
         // Output goes through a pipe so keel-init can stamp, keep and
         // rotate it; a console service writes to the console instead.
@@ -205,7 +206,10 @@ impl Launcher for HostLauncher {
                     Probe::NotYet("no READY=1 on the notify fd yet".into())
                 }
             }
-            Some(r) => crate::probe::run(pid, def, r),
+            Some(r) => match self.confinement(name, def) {
+                Ok(c) => crate::probe::run(pid, def, r, c),
+                Err(e) => Probe::NotYet(e),
+            },
             None => Probe::Ready,
         }
     }
@@ -418,6 +422,8 @@ struct Init {
     slot: String,
     /// The health last announced on the console.
     said: Health,
+    /// When userland began (stage 1's start), if this process ran stage 1.
+    init_start_ms: Option<u64>,
     /// `keelctl exec` sessions: the process to wait for, the caller to tell.
     sessions: BTreeMap<Pid, UnixStream>,
 }
@@ -473,7 +479,8 @@ impl Init {
                 "ready version={} slot={} services={ready}/{total} ms={ms} init_start_ms={}",
                 self.version,
                 self.slot,
-                std::env::var(INIT_START_ENV).unwrap_or_else(|_| "?".into())
+                self.init_start_ms
+                    .map_or_else(|| "?".to_string(), |ms| ms.to_string())
             )),
             Health::Failed => {
                 let failed: Vec<String> = self
@@ -567,8 +574,8 @@ impl Init {
         argv: &[String],
         fds: &[std::os::fd::OwnedFd],
     ) -> Result<Pid, String> {
-        let svc = self
-            .sup
+        let sup = &mut self.sup;
+        let svc = sup
             .services
             .iter()
             .find(|s| s.name == name)
@@ -577,7 +584,8 @@ impl Init {
             .state
             .pid()
             .ok_or_else(|| format!("{name} is not running ({})", svc.state_label()))?;
-        crate::exec::start(name, pid, &svc.def, argv, fds)
+        let confine = sup.launcher.confinement(name, &svc.def)?;
+        crate::exec::start(name, pid, &svc.def, confine, argv, fds)
     }
 
     fn logs(&mut self, name: &str, since: u64) -> Response {
@@ -635,7 +643,8 @@ impl Init {
 }
 
 /// Run PID 1. Never returns.
-pub fn run() -> ! {
+/// `init_start_ms`: when stage 1 began, for the ready line.
+pub fn run(init_start_ms: Option<u64>) -> ! {
     // Panics are reported on the console, where someone can see them;
     // `run` catches them so PID 1 lives on.
     std::panic::set_hook(Box::new(|info| log(format!("error: panic: {info}"))));
@@ -700,6 +709,7 @@ pub fn run() -> ! {
         version: os_version(),
         slot: booted_slot(),
         said: Health::Starting,
+        init_start_ms,
         sessions: BTreeMap::new(),
     };
     init.sup.tick(Instant::now());

@@ -23,7 +23,7 @@ use crate::supervisor::Probe;
 /// A probe gets this long per attempt.
 const ATTEMPT: Duration = Duration::from_secs(2);
 
-pub fn run(pid: Pid, def: &ContainerDef, r: &Readiness) -> Probe {
+pub fn run(pid: Pid, def: &ContainerDef, r: &Readiness, confine: &Confinement) -> Probe {
     if let Some(f) = &r.file {
         let p = format!("/proc/{pid}/root/{}", f.trim_start_matches('/'));
         return if Path::new(&p).exists() {
@@ -36,7 +36,7 @@ pub fn run(pid: Pid, def: &ContainerDef, r: &Readiness) -> Probe {
         return tcp(pid, def, addr);
     }
     if let Some(cmd) = &r.exec {
-        return exec(pid, def, cmd);
+        return exec(pid, def, cmd, confine);
     }
     Probe::Ready
 }
@@ -75,7 +75,7 @@ fn tcp(pid: Pid, def: &ContainerDef, addr: &str) -> Probe {
         .unwrap_or_else(|_| Probe::NotYet("probe thread failed".into()))
 }
 
-fn exec(pid: Pid, def: &ContainerDef, cmd: &[String]) -> Probe {
+fn exec(pid: Pid, def: &ContainerDef, cmd: &[String], confine: &Confinement) -> Probe {
     let argv: Vec<CString> = match cmd.iter().map(|a| CString::new(a.as_str())).collect() {
         Ok(v) => v,
         Err(_) => return Probe::NotYet("probe command contains a NUL byte".into()),
@@ -85,10 +85,6 @@ fn exec(pid: Pid, def: &ContainerDef, cmd: &[String]) -> Probe {
         .iter()
         .filter_map(|e| CString::new(e.as_str()).ok())
         .collect();
-    let confine = match Confinement::from_def(def) {
-        Ok(c) => c,
-        Err(e) => return Probe::NotYet(e),
-    };
     // Open the namespaces before forking so the child only has to enter.
     let kinds = [
         ("ipc", CloneFlags::CLONE_NEWIPC),
@@ -118,7 +114,7 @@ fn exec(pid: Pid, def: &ContainerDef, cmd: &[String]) -> Probe {
                 .iter()
                 .all(|(f, flag)| nix::sched::setns(f.as_fd(), *flag).is_ok())
                 && nix::unistd::chdir("/").is_ok()
-                && crate::confine::apply(&confine).is_ok();
+                && crate::confine::apply(confine).is_ok();
             if ok {
                 if let Ok(null) = File::open("/dev/null") {
                     use std::os::fd::AsRawFd;

@@ -107,11 +107,10 @@ fn mount_var(newroot: &Path) -> Result<(), Stage1Error> {
     Ok(())
 }
 
-/// Run stage 1. On success the new root is `/` and the caller goes on as
-/// PID 1.
-pub fn run() -> Result<(), Stage1Error> {
-    // When userland began, for the ready line (the boot benchmark reads it).
-    std::env::set_var(crate::pid1::INIT_START_ENV, crate::boot_ms().to_string());
+/// Run stage 1. On success the new root is `/`, the caller goes on as
+/// PID 1, and the result is when (ms since boot) stage 1 began.
+pub fn run() -> Result<u64, Stage1Error> {
+    let started_ms = crate::boot_ms();
     mount_api_filesystems()?;
     let cmdline = std::fs::read_to_string("/proc/cmdline")
         .map_err(|e| Stage1Error::Read("/proc/cmdline", e))?;
@@ -168,5 +167,5 @@ pub fn run() -> Result<(), Stage1Error> {
     // PID 1 goes on in this same process: the binary is already in memory,
     // and reading it again from the root would cost its dm-verity hashing
     // (the initramfs and the root come from the same signed UKI build).
-    Ok(())
+    Ok(started_ms)
 }

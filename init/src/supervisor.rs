@@ -285,11 +285,18 @@ impl<L: Launcher> Supervisor<L> {
                     if self.services[i].def.kind == Kind::Oneshot || next_probe > now {
                         continue;
                     }
-                    let Some(r) = self.services[i].def.readiness.clone() else {
+                    let svc = &self.services[i];
+                    let Some((deadline_ms, interval_ms)) = svc
+                        .def
+                        .readiness
+                        .as_ref()
+                        .map(|r| (r.deadline_ms, r.interval_ms))
+                    else {
                         continue;
                     };
-                    let (name, def) = (self.services[i].name.clone(), self.services[i].def.clone());
-                    match self.launcher.probe(&name, pid, &def) {
+                    let answer = self.launcher.probe(&svc.name, pid, &svc.def);
+                    let name = svc.name.clone();
+                    match answer {
                         Probe::Ready => {
                             let svc = &mut self.services[i];
                             svc.state = State::Running { pid, since };
@@ -298,9 +305,9 @@ impl<L: Launcher> Supervisor<L> {
                         }
                         Probe::NotYet(why)
                             if now.saturating_duration_since(since)
-                                >= Duration::from_millis(r.deadline_ms) =>
+                                >= Duration::from_millis(deadline_ms) =>
                         {
-                            let msg = format!("not ready within {} ms: {why}", r.deadline_ms);
+                            let msg = format!("not ready within {} ms: {why}", deadline_ms);
                             crate::log(format!("{name}: {msg}"));
                             self.launcher.signal(pid, Signal::SIGKILL);
                             let svc = &mut self.services[i];
@@ -312,7 +319,7 @@ impl<L: Launcher> Supervisor<L> {
                             self.services[i].state = State::Starting {
                                 pid,
                                 since,
-                                next_probe: now + Duration::from_millis(r.interval_ms),
+                                next_probe: now + Duration::from_millis(interval_ms),
                             };
                         }
                     }
@@ -325,15 +332,33 @@ impl<L: Launcher> Supervisor<L> {
         for i in 0..self.services.len() {
             match self.services[i].state {
                 State::Backoff { until } if until <= now => self.start_one(i, now),
-                State::Stopping { pid, kill_at } if kill_at <= now => {
-                    self.launcher.signal(pid, Signal::SIGKILL);
-                    self.services[i].state = State::Stopping {
-                        pid,
-                        kill_at: now + Duration::from_secs(1),
-                    };
-                }
+                State::Stopping { kill_at, .. } if kill_at <= now => self.kill_overdue(i, now),
                 _ => {}
             }
+        }
+    }
+
+    /// Send service `i` its stop signal; SIGKILL follows at its timeout.
+    fn ask_to_stop(&mut self, i: usize, now: Instant) {
+        let svc = &mut self.services[i];
+        let Some(pid) = svc.state.pid() else { return };
+        self.launcher
+            .signal(pid, svc.def.stop_signal.parse().unwrap_or(Signal::SIGTERM));
+        svc.state = State::Stopping {
+            pid,
+            kill_at: now + Duration::from_millis(svc.def.stop_timeout_ms),
+        };
+    }
+
+    /// Service `i` outlived its stop timeout: SIGKILL, and look again a
+    /// little later in case even that is slow.
+    fn kill_overdue(&mut self, i: usize, now: Instant) {
+        if let Some(pid) = self.services[i].state.pid() {
+            self.launcher.signal(pid, Signal::SIGKILL);
+            self.services[i].state = State::Stopping {
+                pid,
+                kill_at: now + Duration::from_secs(1),
+            };
         }
     }
 
@@ -347,20 +372,12 @@ impl<L: Launcher> Supervisor<L> {
     /// Ask one service to stop (`keelctl stop`); it stays stopped.
     pub fn stop_service(&mut self, name: &str, now: Instant) -> Result<(), String> {
         let i = self.find(name)?;
-        let svc = &mut self.services[i];
-        match svc.state {
-            State::Starting { pid, .. } | State::Running { pid, .. } => {
-                let signal = svc.def.stop_signal.parse().unwrap_or(Signal::SIGTERM);
-                self.launcher.signal(pid, signal);
-                svc.state = State::Stopping {
-                    pid,
-                    kill_at: now + Duration::from_millis(svc.def.stop_timeout_ms),
-                };
-            }
+        match self.services[i].state {
+            State::Starting { .. } | State::Running { .. } => self.ask_to_stop(i, now),
             State::Stopping { .. } => {}
-            _ => svc.state = State::Stopped,
+            _ => self.services[i].state = State::Stopped,
         }
-        svc.start_after_stop = false;
+        self.services[i].start_after_stop = false;
         Ok(())
     }
 
@@ -513,7 +530,7 @@ impl<L: Launcher> Supervisor<L> {
         for i in (0..self.services.len()).rev() {
             let name = self.services[i].name.clone();
             match self.services[i].state {
-                State::Starting { pid, .. } | State::Running { pid, .. } => {
+                State::Starting { .. } | State::Running { .. } => {
                     let dependents_up = self.services.iter().any(|s| {
                         (s.def.after.contains(&name) || s.def.requires.contains(&name))
                             && s.state.pid().is_some()
@@ -521,20 +538,9 @@ impl<L: Launcher> Supervisor<L> {
                     if dependents_up {
                         continue;
                     }
-                    let def = &self.services[i].def;
-                    let signal = def.stop_signal.parse().unwrap_or(Signal::SIGTERM);
-                    let kill_at = now + Duration::from_millis(def.stop_timeout_ms);
-                    self.launcher.signal(pid, signal);
-                    self.services[i].state = State::Stopping { pid, kill_at };
+                    self.ask_to_stop(i, now);
                 }
-                State::Stopping { pid, kill_at } if kill_at <= now => {
-                    self.launcher.signal(pid, Signal::SIGKILL);
-                    // Check again a little later, in case SIGKILL is slow.
-                    self.services[i].state = State::Stopping {
-                        pid,
-                        kill_at: now + Duration::from_secs(1),
-                    };
-                }
+                State::Stopping { kill_at, .. } if kill_at <= now => self.kill_overdue(i, now),
                 _ => {}
             }
         }

@@ -4,6 +4,8 @@
 //! Everything here fails loudly: a missing artifact or tool is a test
 //! failure that says what to run, never a skip.
 
+pub mod host;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};

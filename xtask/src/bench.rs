@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 
 use keel_image_builder::cache::Cache;
 use keel_image_builder::recipe;
+use keel_tests::host::{cached_busybox, cgroup2_mount, HostInit};
 
 use crate::{root, run, MUSL};
 
@@ -24,17 +25,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// A container root with busybox's `true`, built from the same cached
 /// busybox as the image.
 fn stage_rootfs(dir: &Path) -> anyhow::Result<()> {
-    let image = recipe::load_image(&root().join("recipes/host.toml"))?;
-    let pkg = recipe::load_package(&image.resolve(&format!(
-        "{}/busybox.toml",
-        image.recipe.userland.packages_dir
-    )))?;
-    let busybox = keel_image_builder::package::ensure(
-        &Cache::new(Cache::default_root()?),
-        "busybox",
-        &pkg,
-        2,
-    )?;
+    let busybox = cached_busybox(&root()).map_err(anyhow::Error::msg)?;
     let _ = std::fs::remove_dir_all(dir);
     for d in ["bin", "proc", "sys", "dev", "tmp", "run", "etc"] {
         std::fs::create_dir_all(dir.join(d))?;
@@ -48,18 +39,8 @@ fn stage_rootfs(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The unified cgroup hierarchy's mount point.
 fn cgroup2() -> anyhow::Result<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-    info.lines()
-        .find(|l| {
-            l.split(" - ")
-                .nth(1)
-                .is_some_and(|t| t.starts_with("cgroup2 "))
-        })
-        .and_then(|l| l.split_whitespace().nth(4))
-        .map(PathBuf::from)
-        .context("no cgroup2 hierarchy is mounted")
+    cgroup2_mount().map_err(anyhow::Error::msg)
 }
 
 /// An OCI bundle for the same container: same namespaces, no capabilities,
@@ -119,17 +100,7 @@ fn oci_runs(runtime: &str, bundle: &Path, runs: usize) -> Result<Vec<f64>, Strin
 /// machine, supervising `n` services, measured once every one is ready.
 fn init_rss(work: &Path, n: usize) -> anyhow::Result<u64> {
     use keel_image_builder::rootfs::{self, StagedContainer};
-    let image = recipe::load_image(&root().join("recipes/host.toml"))?;
-    let pkg = recipe::load_package(&image.resolve(&format!(
-        "{}/busybox.toml",
-        image.recipe.userland.packages_dir
-    )))?;
-    let busybox = keel_image_builder::package::ensure(
-        &Cache::new(Cache::default_root()?),
-        "busybox",
-        &pkg,
-        2,
-    )?;
+    let busybox = cached_busybox(&root()).map_err(anyhow::Error::msg)?;
     let text = "command = [\"/bin/sleep\", \"100000\"]\nstop_signal = \"SIGKILL\"\n[rootfs]\ncontents = [\"busybox\"]\n";
     let containers: Vec<StagedContainer> = (0..n)
         .map(|i| {
@@ -153,63 +124,16 @@ fn init_rss(work: &Path, n: usize) -> anyhow::Result<u64> {
             os_release: "ID=keel\nVERSION_ID=bench\n",
         },
     )?;
-    let cg = cgroup2()?.join(format!("keel-bench-init-{}", std::process::id()));
-    std::fs::create_dir_all(&cg)?;
-    let script = format!(
-        "echo $$ > {cg}/cgroup.procs && exec unshare --mount --uts --ipc --net --pid --fork --cgroup --propagation private -- \
-         sh -c 'R={r}; mount --bind $R $R && mount -t proc proc $R/proc && mount --rbind /dev $R/dev && \
-         mount -t sysfs sysfs $R/sys && mount -t tmpfs tmpfs $R/var && cd $R && mount --move . / && exec chroot . /usr/bin/keel-init'",
-        cg = cg.display(),
-        r = dir.display()
-    );
-    let mut child = Command::new("sh")
-        .args(["-c", &script])
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    let mut out = child.stdout.take().context("stdout")?;
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    use std::io::Read;
-    while !seen.contains("keel: ready ") {
-        let k = out.read(&mut buf)?;
-        if k == 0 {
-            bail!("keel-init ended before it was ready:\n{seen}");
-        }
-        seen.push_str(&String::from_utf8_lossy(&buf[..k]));
-    }
-    let pid = child.id();
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
-    let init: u32 = children
-        .split_whitespace()
-        .next()
-        .context("no keel-init")?
-        .parse()?;
-    let status = std::fs::read_to_string(format!("/proc/{init}/status"))?;
-    let rss_kib: u64 = status
+    // Dropping the harness ends the namespace and removes its cgroup.
+    let host =
+        HostInit::start(&dir, std::time::Duration::from_secs(120)).map_err(anyhow::Error::msg)?;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", host.init_pid))?;
+    status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .context("no VmRSS")?;
-    // SAFETY: kill with a pid and a signal number has no memory preconditions.
-    unsafe { libc::kill(init as i32, libc::SIGKILL) };
-    let _ = child.wait();
-    let mut dirs = vec![cg.clone()];
-    let mut i = 0;
-    while i < dirs.len() {
-        if let Ok(rd) = std::fs::read_dir(&dirs[i]) {
-            dirs.extend(
-                rd.filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|p| p.is_dir()),
-            );
-        }
-        i += 1;
-    }
-    for d in dirs.iter().rev() {
-        let _ = std::fs::remove_dir(d);
-    }
-    Ok(rss_kib)
+        .context("no VmRSS")
 }
 
 /// Give this process a mount namespace whose /sys/fs/cgroup is the
@@ -325,16 +249,12 @@ pub fn init(runs: usize, boots: usize) -> anyhow::Result<()> {
 /// inittab printing the uptime when it starts and when /proc, /sys, /dev
 /// and /run are mounted.
 fn floor_disk(dir: &Path) -> anyhow::Result<PathBuf> {
-    use keel_image_builder::initramfs::{write_cpio, Entry};
+    use keel_image_builder::initramfs::{base_entries, write_cpio, Entry};
     use keel_image_builder::{disk, esp, kernel, uki};
     let image = recipe::load_image(&root().join("recipes/host.toml"))?;
     let cache = Cache::new(Cache::default_root()?);
     let k = kernel::ensure(&cache, &image, 2)?;
-    let pkg = recipe::load_package(&image.resolve(&format!(
-        "{}/busybox.toml",
-        image.recipe.userland.packages_dir
-    )))?;
-    let busybox = keel_image_builder::package::ensure(&cache, "busybox", &pkg, 2)?;
+    let busybox = cached_busybox(&root()).map_err(anyhow::Error::msg)?;
     let (_, bb) = busybox
         .files
         .first()
@@ -348,25 +268,8 @@ fn floor_disk(dir: &Path) -> anyhow::Result<PathBuf> {
               read up _ < /proc/uptime\n\
               echo \"floor: ready uptime=$up\"\n\
               /bin/busybox poweroff -f\n";
-    let entries = vec![
-        Entry::Dir {
-            path: "dev".into(),
-            mode: 0o755,
-        },
-        Entry::CharDev {
-            path: "dev/console".into(),
-            mode: 0o600,
-            major: 5,
-            minor: 1,
-        },
-        Entry::Dir {
-            path: "proc".into(),
-            mode: 0o555,
-        },
-        Entry::Dir {
-            path: "sys".into(),
-            mode: 0o555,
-        },
+    let mut entries = base_entries();
+    entries.extend([
         Entry::Dir {
             path: "run".into(),
             mode: 0o755,
@@ -399,7 +302,7 @@ fn floor_disk(dir: &Path) -> anyhow::Result<PathBuf> {
             mode: 0o755,
             data: rc.as_bytes().to_vec(),
         },
-    ];
+    ]);
     let mut cpio = Vec::new();
     write_cpio(&entries, &mut cpio)?;
     let uki_bytes = uki::assemble(

@@ -3,7 +3,7 @@
 fn main() {
     if keel_init::stage1::is_stage1() {
         match keel_init::stage1::run() {
-            Ok(()) => keel_init::pid1::run(),
+            Ok(started_ms) => keel_init::pid1::run(Some(started_ms)),
             Err(e) => keel_init::log(format!("stage 1 failed: {e}")),
         }
         // Returning from PID 1 panics the kernel, which (panic= on the
@@ -15,5 +15,5 @@ fn main() {
         eprintln!("keel-init must run as PID 1");
         std::process::exit(2);
     }
-    keel_init::pid1::run()
+    keel_init::pid1::run(None)
 }
