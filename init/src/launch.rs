@@ -217,7 +217,44 @@ pub struct Io<'a> {
 /// The fd on which a service with `readiness.notify` writes `READY=1`.
 pub const NOTIFY_FD: RawFd = 3;
 
+/// A container whose process exists and is setting itself up: it has not
+/// run its command yet. Several can set up at once, each on its own CPU.
+#[derive(Debug)]
+#[must_use = "a started container is only confirmed by wait_exec"]
+pub struct Spawned {
+    pid: Pid,
+    /// Closed by the child's exec (O_CLOEXEC); carries its error otherwise.
+    errors: File,
+}
+
+impl Spawned {
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Wait until the container runs its command, or report why it could
+    /// not (the child is reaped then).
+    pub fn wait_exec(self) -> Result<Pid, LaunchError> {
+        let mut msg = String::new();
+        let mut errors = self.errors;
+        let _ = errors.read_to_string(&mut msg);
+        if !msg.is_empty() {
+            let _ = nix::sys::wait::waitpid(self.pid, None);
+            return Err(LaunchError::Child(msg));
+        }
+        Ok(self.pid)
+    }
+}
+
+/// Start a container and wait until it runs its command.
 pub fn spawn(plan: &Plan, cgroup: &File, io: Io<'_>) -> Result<Pid, LaunchError> {
+    begin(plan, cgroup, io)?.wait_exec()
+}
+
+/// Create the container's process and let it set itself up; the caller
+/// confirms the exec with [`Spawned::wait_exec`]. The caller must be
+/// single-threaded: clone3 copies only the calling thread.
+pub fn begin(plan: &Plan, cgroup: &File, io: Io<'_>) -> Result<Spawned, LaunchError> {
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| LaunchError::Setup(format!("pipe: {e}")))?;
     // A child in a user namespace waits until its id maps are written.
@@ -283,17 +320,15 @@ pub fn spawn(plan: &Plan, cgroup: &File, io: Io<'_>) -> Result<Pid, LaunchError>
         }
     }
     let _ = File::from(go_wr).write_all(b"g");
+    // Dropped now, not at exec confirmation: a container begun next must
+    // not inherit this write end, or this one's EOF would wait for its exec.
     drop(wr);
     // The write end closes on a successful exec (O_CLOEXEC): EOF with no
     // message means the service is running its command.
-    let mut msg = String::new();
-    let _ = File::from(rd).read_to_string(&mut msg);
-    let pid = Pid::from_raw(pid as i32);
-    if !msg.is_empty() {
-        let _ = nix::sys::wait::waitpid(pid, None);
-        return Err(LaunchError::Child(msg));
-    }
-    Ok(pid)
+    Ok(Spawned {
+        pid: Pid::from_raw(pid as i32),
+        errors: File::from(rd),
+    })
 }
 
 /// The child's side: never returns on success (exec), returns the error

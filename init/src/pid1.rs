@@ -106,8 +106,17 @@ impl HostLauncher {
     }
 }
 
-impl Launcher for HostLauncher {
-    fn start(&mut self, name: &str, def: &ContainerDef) -> Result<Pid, String> {
+/// A service between clone and exec.
+struct Pending {
+    spawned: launch::Spawned,
+    /// Read end of its output pipe; None for a console service.
+    out: Option<File>,
+}
+
+impl HostLauncher {
+    /// Everything up to the container's clone: its cgroup, persistent
+    /// folders, confinement and pipes.
+    fn begin(&mut self, name: &str, def: &ContainerDef) -> Result<Pending, String> {
         let cg = Path::new(SERVICES_CGROUP).join(name);
         sys::mkdir_p(&cg, 0o755).map_err(|e| e.to_string())?;
         crate::cgroup::apply(&cg, &def.resources)?;
@@ -156,25 +165,51 @@ impl Launcher for HostLauncher {
             out: (!def.console).then_some(&write),
             notify: notify.as_ref().map(|(_, w)| w),
         };
-        let pid = launch::spawn(&plan, &cgroup, io).map_err(|e| e.to_string());
-        drop(write);
+        let spawned = launch::begin(&plan, &cgroup, io).map_err(|e| e.to_string())?;
         if let Some((r, _)) = notify {
             self.notify.insert(name.to_string(), (r, Vec::new()));
         }
-        self.drain_pipes();
-        match &pid {
-            Ok(pid) => {
-                self.sink(name)
-                    .note(&format!("started, pid {pid}"), SystemTime::now());
-                if !def.console {
-                    self.pipes.insert(name.to_string(), read);
-                }
+        Ok(Pending {
+            spawned,
+            out: (!def.console).then_some(read),
+        })
+    }
+
+    /// Wait for a begun service's exec and record the outcome in its log.
+    fn finish(&mut self, name: &str, begun: Result<Pending, String>) -> Result<Pid, String> {
+        let pid = begun.and_then(|p| {
+            let pid = p.spawned.wait_exec().map_err(|e| e.to_string())?;
+            if let Some(out) = p.out {
+                self.pipes.insert(name.to_string(), out);
             }
-            Err(e) => self
-                .sink(name)
-                .note(&format!("cannot start: {e}"), SystemTime::now()),
-        }
+            Ok(pid)
+        });
+        self.drain_pipes();
+        let note = match &pid {
+            Ok(pid) => format!("started, pid {pid}"),
+            Err(e) => format!("cannot start: {e}"),
+        };
+        self.sink(name).note(&note, SystemTime::now());
         pid
+    }
+}
+
+impl Launcher for HostLauncher {
+    fn start(&mut self, name: &str, def: &ContainerDef) -> Result<Pid, String> {
+        let begun = self.begin(name, def);
+        self.finish(name, begun)
+    }
+
+    /// Every container of the batch is cloned before any exec is awaited,
+    /// so their setups (mounts, pivot_root, first page-in of the command)
+    /// overlap instead of queueing.
+    fn start_all(&mut self, batch: &[(&str, &ContainerDef)]) -> Vec<Result<Pid, String>> {
+        let begun: Vec<_> = batch.iter().map(|(n, d)| self.begin(n, d)).collect();
+        batch
+            .iter()
+            .zip(begun)
+            .map(|((n, _), b)| self.finish(n, b))
+            .collect()
     }
 
     fn signal(&mut self, pid: Pid, signal: Signal) {
@@ -302,6 +337,28 @@ fn setup_cgroups() -> Result<(), String> {
     write(format!("{CGROUP_ROOT}/cgroup.subtree_control"))?;
     sys::mkdir_p(Path::new(SERVICES_CGROUP), 0o755).map_err(|e| e.to_string())?;
     write(format!("{SERVICES_CGROUP}/cgroup.subtree_control"))
+}
+
+/// The image's system containers in start order, with the confinement
+/// (compiled seccomp filter) of each that has a valid one.
+fn definitions() -> (
+    Vec<(String, ContainerDef)>,
+    BTreeMap<String, crate::confine::Confinement>,
+) {
+    let mut defs = load_definitions(Path::new(CONTAINERS_DIR));
+    // keel build refuses a bad graph, so this is for images made otherwise:
+    // the services caught in it never start, and the health gate says so.
+    match keel_spec::lifecycle::start_order(&defs) {
+        Ok(order) => defs.sort_by_key(|(n, _)| order.iter().position(|o| o == n)),
+        Err(e) => log(format!("error: {e}")),
+    }
+    // A definition whose confinement fails is left to its first start,
+    // which reports why.
+    let confinements = defs
+        .iter()
+        .filter_map(|(n, d)| Some((n.clone(), crate::confine::Confinement::from_def(d).ok()?)))
+        .collect();
+    (defs, confinements)
 }
 
 /// The system containers in the image, in name order. A definition that
@@ -653,11 +710,8 @@ pub fn run(init_start_ms: Option<u64>) -> ! {
         "disable Ctrl-Alt-Del",
         nix::sys::reboot::set_cad_enabled(false),
     );
-    mount_runtime();
-    warn("hostname", nix::unistd::sethostname("keel"));
-    warn("loopback", sys::loopback_up());
-    warn("cgroups", setup_cgroups());
-
+    // Signals are blocked before any thread exists, so that every thread
+    // inherits the mask and they all wait for the signalfd.
     let mut mask = SigSet::empty();
     for s in [
         Signal::SIGCHLD,
@@ -671,6 +725,15 @@ pub fn run(init_start_ms: Option<u64>) -> ! {
         mask.add(s);
     }
     warn("sigprocmask", mask.thread_block());
+    // Independent set-up steps run side by side: each is mostly waiting on
+    // the kernel (page-in through dm-verity, netlink, cgroup controllers).
+    // Both threads end before the first container is cloned.
+    let loopback = std::thread::spawn(sys::loopback_up);
+    let definitions = std::thread::spawn(definitions);
+    mount_runtime();
+    warn("hostname", nix::unistd::sethostname("keel"));
+    warn("cgroups", setup_cgroups());
+
     let sfd = match SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
         Ok(s) => s,
         Err(e) => {
@@ -692,20 +755,20 @@ pub fn run(init_start_ms: Option<u64>) -> ! {
         .map_err(|e| log(format!("warning: API socket {API_SOCKET}: {e}")))
         .ok();
 
-    let mut defs = load_definitions(Path::new(CONTAINERS_DIR));
-    // keel build refuses a bad graph, so this is for images made otherwise:
-    // the services caught in it never start, and the health gate says so.
-    match keel_spec::lifecycle::start_order(&defs) {
-        Ok(order) => defs.sort_by_key(|(n, _)| order.iter().position(|o| o == n)),
-        Err(e) => log(format!("error: {e}")),
-    }
+    warn(
+        "loopback",
+        loopback.join().unwrap_or_else(|_| Err("panicked".into())),
+    );
+    let (defs, confinements) = definitions.join().unwrap_or_else(|_| {
+        log("error: loading the container definitions panicked");
+        Default::default()
+    });
+    let launcher = HostLauncher {
+        confinements,
+        ..HostLauncher::default()
+    };
     let mut init = Init {
-        sup: Supervisor::new(
-            HostLauncher::default(),
-            defs,
-            Instant::now(),
-            crate::boot_ms(),
-        ),
+        sup: Supervisor::new(launcher, defs, Instant::now(), crate::boot_ms()),
         version: os_version(),
         slot: booted_slot(),
         said: Health::Starting,

@@ -30,6 +30,8 @@ pub enum Stage1Error {
     NoPartition(String, Duration),
     #[error(transparent)]
     Dm(#[from] dm::DmError),
+    #[error("the thread {0} panicked")]
+    Thread(&'static str),
 }
 
 /// Whether this process is stage 1: PID 1 with the initramfs as its root.
@@ -52,7 +54,7 @@ fn wait_for(label: &str) -> Result<BlockDev, Stage1Error> {
         if start.elapsed() > DEVICE_WAIT {
             return Err(Stage1Error::NoPartition(label.to_string(), DEVICE_WAIT));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -76,23 +78,32 @@ fn mount_api_filesystems() -> Result<(), Stage1Error> {
     Ok(())
 }
 
-/// Mount `/var` from the data partition; if that fails the host still
-/// boots, with a `/var` in memory, and says why.
-fn mount_var(newroot: &Path) -> Result<(), Stage1Error> {
+/// Where stage 1 mounts the data partition until the root is there to
+/// take it as `/var`.
+const DATA_STAGING: &str = "/data";
+
+/// Mount the data partition at [`DATA_STAGING`]. Runs beside the root's
+/// dm-verity setup: an ext4 mount (journal load) takes as long as that.
+fn mount_data() -> Result<(), Stage1Error> {
+    let d = wait_for(DATA_LABEL)?;
+    let node = Path::new("/dev/keel-data");
+    sys::mknod_block(node, (d.major, d.minor))?;
+    mkdir_p(Path::new(DATA_STAGING), 0o755)?;
+    sys::mount(
+        Some("/dev/keel-data"),
+        Path::new(DATA_STAGING),
+        Some("ext4"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None,
+    )?;
+    Ok(())
+}
+
+/// Put `/var` in place under the new root: the data partition if it
+/// mounted, else a `/var` in memory (the host still boots, and says why).
+fn mount_var(newroot: &Path, data: Result<(), Stage1Error>) -> Result<(), Stage1Error> {
     let var = newroot.join("var");
-    let data = wait_for(DATA_LABEL).and_then(|d| {
-        let node = Path::new("/dev/keel-data");
-        sys::mknod_block(node, (d.major, d.minor))?;
-        sys::mount(
-            Some("/dev/keel-data"),
-            &var,
-            Some("ext4"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            None,
-        )?;
-        Ok(())
-    });
-    if let Err(e) = data {
+    if let Err(e) = data.and_then(|()| Ok(sys::move_mount(Path::new(DATA_STAGING), &var)?)) {
         log(format!(
             "warning: persistent /var unavailable ({e}); using a temporary /var"
         ));
@@ -115,6 +126,7 @@ pub fn run() -> Result<u64, Stage1Error> {
     let cmdline = std::fs::read_to_string("/proc/cmdline")
         .map_err(|e| Stage1Error::Read("/proc/cmdline", e))?;
     let params = BootParams::parse(&cmdline)?;
+    let data = std::thread::spawn(mount_data);
     let root = wait_for(params.slot.root_label())?;
     let hash = wait_for(params.slot.verity_label())?;
     let dev = dm::create_verity(
@@ -134,7 +146,10 @@ pub fn run() -> Result<u64, Stage1Error> {
         MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
         None,
     )?;
-    mount_var(newroot)?;
+    let data = data
+        .join()
+        .unwrap_or(Err(Stage1Error::Thread("mounting /var")));
+    mount_var(newroot, data)?;
     log(format!(
         "stage 1: slot {} root {} verified by dm-verity, switching root at {} ms",
         params.slot,

@@ -24,6 +24,11 @@ pub enum Probe {
 pub trait Launcher {
     /// Start `name`; returns its PID once it runs its command.
     fn start(&mut self, name: &str, def: &ContainerDef) -> Result<Pid, String>;
+    /// Start several services that may start together; one result each, in
+    /// order. A launcher that can overlap their setup does so.
+    fn start_all(&mut self, batch: &[(&str, &ContainerDef)]) -> Vec<Result<Pid, String>> {
+        batch.iter().map(|(n, d)| self.start(n, d)).collect()
+    }
     fn signal(&mut self, pid: Pid, signal: Signal);
     fn facts(&self, pid: Pid) -> ProcFacts;
     /// Run the service's readiness probe once.
@@ -203,8 +208,24 @@ impl<L: Launcher> Supervisor<L> {
     }
 
     fn start_one(&mut self, i: usize, now: Instant) {
+        self.start_many(&[i], now);
+    }
+
+    /// Start services `which` together.
+    fn start_many(&mut self, which: &[usize], now: Instant) {
+        let batch: Vec<(&str, &ContainerDef)> = which
+            .iter()
+            .map(|&i| (self.services[i].name.as_str(), &self.services[i].def))
+            .collect();
+        let results = self.launcher.start_all(&batch);
+        for (&i, result) in which.iter().zip(results) {
+            self.started(i, result, now);
+        }
+    }
+
+    fn started(&mut self, i: usize, result: Result<Pid, String>, now: Instant) {
         let svc = &mut self.services[i];
-        match self.launcher.start(&svc.name, &svc.def) {
+        match result {
             Ok(pid) => {
                 svc.started = Some(now);
                 let needs_wait = svc.def.kind == Kind::Oneshot || svc.def.readiness.is_some();
@@ -242,6 +263,9 @@ impl<L: Launcher> Supervisor<L> {
         // Starting a service can let others start in the same tick.
         loop {
             let mut changed = false;
+            // Those whose dependencies are ready start together; those that
+            // wait on them are looked at again in the next pass.
+            let mut batch = Vec::new();
             for i in 0..self.services.len() {
                 if self.services[i].state != State::Waiting {
                     continue;
@@ -271,9 +295,12 @@ impl<L: Launcher> Supervisor<L> {
                         .is_some_and(|j| self.services[j].state.ready())
                 });
                 if ready {
-                    self.start_one(i, now);
-                    changed = true;
+                    batch.push(i);
                 }
+            }
+            if !batch.is_empty() {
+                self.start_many(&batch, now);
+                changed = true;
             }
             for i in 0..self.services.len() {
                 if let State::Starting {

@@ -6,6 +6,8 @@ struct Fake {
     next_pid: i32,
     fail: VecDeque<bool>,
     started: Vec<String>,
+    /// The services of each `start_all` call.
+    batches: Vec<Vec<String>>,
     signals: Vec<(Pid, Signal)>,
     /// Probe answers per service; `Ready` once the queue is empty.
     probes: BTreeMap<String, VecDeque<Probe>>,
@@ -19,6 +21,11 @@ impl Launcher for Fake {
         }
         self.next_pid += 1;
         Ok(Pid::from_raw(100 + self.next_pid))
+    }
+    fn start_all(&mut self, batch: &[(&str, &ContainerDef)]) -> Vec<Result<Pid, String>> {
+        self.batches
+            .push(batch.iter().map(|(n, _)| n.to_string()).collect());
+        batch.iter().map(|(n, d)| self.start(n, d)).collect()
     }
     fn signal(&mut self, pid: Pid, signal: Signal) {
         self.signals.push((pid, signal));
@@ -75,6 +82,28 @@ fn starts_everything_and_reports() {
     assert_eq!(st[0].ns_pid, Some(1));
     assert_eq!(st[0].pid_ns, "private");
     assert_eq!(st[0].started_ms, Some(1000));
+}
+
+#[test]
+fn independent_services_start_together_and_dependents_after() {
+    let t = Instant::now();
+    let mut s = sup(
+        &[
+            ("a", ""),
+            ("b", ""),
+            ("c", "after = [\"a\"]"),
+            ("d", "requires = [\"c\"]"),
+            ("e", ""),
+        ],
+        t,
+    );
+    s.tick(t);
+    let names = |b: &[&str]| b.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        s.launcher.batches,
+        vec![names(&["a", "b", "e"]), names(&["c"]), names(&["d"])]
+    );
+    assert_eq!(s.counts(), (5, 5));
 }
 
 #[test]

@@ -55,9 +55,10 @@ enum Cmd {
     /// Set up, build the default image, boot it, show `keelctl status`, power off.
     Demo,
     /// Benchmarks; `init`: container start latency of keel-init's launcher
-    /// against crun and runc on the same rootfs.
+    /// against crun and runc on the same rootfs, keel-init's memory and the
+    /// boot time; `boot`: only the boot time against the busybox-init floor.
     Bench {
-        #[arg(value_parser = ["init"])]
+        #[arg(value_parser = ["init", "boot"])]
         what: String,
         /// Starts per runtime.
         #[arg(long, default_value_t = 50)]
@@ -346,6 +347,12 @@ fn main() -> anyhow::Result<()> {
         Cmd::Image => image().map(|d| eprintln!("xtask: {}", d.display())),
         Cmd::Demo => demo(),
         Cmd::Test { args } => test(&args),
-        Cmd::Bench { runs, boots, .. } => bench::init(runs, boots),
+        Cmd::Bench { what, runs, boots } => match what.as_str() {
+            "boot" => {
+                print!("{}", bench::boot(boots)?);
+                Ok(())
+            }
+            _ => bench::init(runs, boots),
+        },
     }
 }
