@@ -48,6 +48,8 @@ pub enum BuildError {
     Disk(#[from] disk::DiskError),
     #[error(transparent)]
     Tool(#[from] tool::ToolError),
+    #[error(transparent)]
+    Bundle(#[from] crate::bundle::BundleError),
     #[error("root filesystem is {size} bytes; partitions.root_mib = {mib} is too small")]
     RootTooLarge { size: u64, mib: u64 },
 }
@@ -60,6 +62,9 @@ pub struct Options {
     /// Folder holding the musl builds of `keel-init` and `keelctl`.
     pub bin_dir: PathBuf,
     pub jobs: usize,
+    /// Sign an update bundle with this secret key (its public key is
+    /// trusted by the image too).
+    pub sign_key: Option<PathBuf>,
 }
 
 /// What a build produced, for the summary and for tests.
@@ -73,6 +78,7 @@ pub struct Report {
     pub root_hash: String,
     pub version: String,
     pub kernel_release: String,
+    pub bundle: Option<PathBuf>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
@@ -173,6 +179,52 @@ fn mkfs_ext4(path: &Path, mib: u64, uuid: &str) -> Result<(), BuildError> {
     Ok(())
 }
 
+/// Build time for what records one: `SOURCE_DATE_EPOCH` when set, so that
+/// a rebuild can reproduce it.
+fn source_date_epoch() -> u64 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        })
+}
+
+/// The image's trusted keys (the recipe's and the signing key's) and its
+/// update policy, as files of the root filesystem.
+fn host_files(
+    recipe: &Loaded<ImageRecipe>,
+    sign_key: Option<&ed25519_dalek::SigningKey>,
+) -> Result<Vec<(String, Vec<u8>)>, BuildError> {
+    let mut keys = Vec::new();
+    for k in &recipe.recipe.update.keys {
+        keys.push(crate::bundle::read_public(&recipe.resolve(k))?);
+    }
+    keys.extend(sign_key.map(|k| k.verifying_key()));
+    keys.sort_by_key(|k| k.to_bytes());
+    keys.dedup();
+    let dir = keel_spec::keys::TRUSTED_DIR.trim_start_matches('/');
+    let mut files: Vec<(String, Vec<u8>)> = keys
+        .iter()
+        .map(|k| {
+            (
+                format!("{dir}/{}.pub", keel_spec::signed::key_id(k.as_bytes())),
+                keel_spec::keys::render_public(k).into_bytes(),
+            )
+        })
+        .collect();
+    let policy = toml::to_string(&recipe.recipe.update.policy).unwrap_or_default();
+    files.push((
+        keel_spec::policy::POLICY_FILE
+            .trim_start_matches('/')
+            .into(),
+        policy.into_bytes(),
+    ));
+    Ok(files)
+}
+
 pub fn build(opts: &Options) -> Result<Report, BuildError> {
     let recipe = recipe::load_image(&opts.recipe)?;
     let r = &recipe.recipe;
@@ -202,6 +254,12 @@ pub fn build(opts: &Options) -> Result<Report, BuildError> {
     }
 
     let os_release = os_release(r);
+    let sign_key = opts
+        .sign_key
+        .as_deref()
+        .map(crate::bundle::read_secret)
+        .transpose()?;
+    let files = host_files(&recipe, sign_key.as_ref())?;
     let staging = work.join("rootfs");
     rootfs::stage(
         &staging,
@@ -212,6 +270,7 @@ pub fn build(opts: &Options) -> Result<Report, BuildError> {
             packages: &packages,
             containers: &containers,
             os_release: &os_release,
+            files: &files,
         },
     )?;
     let root = opts.out.join("root.erofs");
@@ -237,8 +296,10 @@ pub fn build(opts: &Options) -> Result<Report, BuildError> {
         *stable_guid(&seed, "verity").as_bytes(),
     )?;
 
+    // No slot: stage 1 finds the slot that holds this root hash's tree,
+    // so the same UKI boots from either slot.
     let boot_params = BootParams {
-        slot: Slot::A,
+        slot: None,
         verity: tree.params.clone(),
     };
     let cmdline = format!("{} {}", r.kernel.cmdline.trim(), boot_params.render())
@@ -325,6 +386,27 @@ pub fn build(opts: &Options) -> Result<Report, BuildError> {
     disk::write(&disk_path, &seed, &parts)?;
     fs::remove_dir_all(&work).map_err(io_err(&work))?;
 
+    let bundle = match &sign_key {
+        Some(key) => {
+            let path = opts.out.join(format!("keel-{}.bundle", r.image.version));
+            crate::bundle::write(
+                &crate::bundle::BundleInputs {
+                    variant: &r.image.name,
+                    version: &r.image.version,
+                    verity: &tree.params,
+                    root: &root,
+                    verity_tree: &verity_path,
+                    uki: &uki_path,
+                    created: source_date_epoch(),
+                },
+                key,
+                &path,
+            )?;
+            Some(path)
+        }
+        None => None,
+    };
+
     Ok(Report {
         disk: disk_path,
         uki: uki_path,
@@ -334,5 +416,6 @@ pub fn build(opts: &Options) -> Result<Report, BuildError> {
         root_hash: to_hex(&tree.params.root_hash),
         version: r.image.version.clone(),
         kernel_release: kernel.release,
+        bundle,
     })
 }

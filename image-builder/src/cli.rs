@@ -38,7 +38,17 @@ pub enum Cmd {
         /// Parallel jobs for kernel and package builds.
         #[arg(short, long)]
         jobs: Option<usize>,
+        /// Also write a signed update bundle, out/keel-VERSION.bundle, with
+        /// this secret key (from `keel keygen`); the image trusts its
+        /// public key.
+        #[arg(long)]
+        sign_key: Option<PathBuf>,
     },
+    /// Write a new ed25519 key pair: BASE.key (mode 0600) and BASE.pub.
+    Keygen { base: PathBuf },
+    /// Maintain a static update repository.
+    #[command(subcommand)]
+    Repo(RepoCmd),
     /// Boot a disk image in QEMU with UEFI firmware; serial console on stdio
     /// (Ctrl-A X quits).
     Run {
@@ -65,6 +75,34 @@ pub enum Cmd {
     Inspect { disk: PathBuf },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum RepoCmd {
+    /// Copy a bundle into the repository and publish a new signed index
+    /// naming it as the latest on its channel.
+    Add {
+        bundle: PathBuf,
+        #[arg(long)]
+        repo: PathBuf,
+        /// Secret key that signs the index (and signed the bundle).
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        /// Days until hosts refuse the index as expired.
+        #[arg(long, default_value_t = 30)]
+        valid_days: u64,
+        /// A public key hosts should trust from now on (key rotation).
+        #[arg(long)]
+        trust: Vec<PathBuf>,
+    },
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn parse_forward(s: &str) -> Result<(u16, u16), String> {
     let (g, h) = s.split_once(':').ok_or("expected GUEST:HOST")?;
     Ok((
@@ -81,6 +119,7 @@ pub fn main() -> anyhow::Result<()> {
             cache_dir,
             bin_dir,
             jobs,
+            sign_key,
         } => {
             let cache = Cache::new(match cache_dir {
                 Some(d) => d,
@@ -95,6 +134,7 @@ pub fn main() -> anyhow::Result<()> {
                 cache,
                 bin_dir,
                 jobs,
+                sign_key,
             })?;
             let size = |p: &PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
             println!("keel {} (kernel {})", report.version, report.kernel_release);
@@ -119,7 +159,48 @@ pub fn main() -> anyhow::Result<()> {
                 size(&report.disk),
                 report.disk.display()
             );
+            if let Some(b) = &report.bundle {
+                println!("  bundle    {:>10} bytes  {}", size(b), b.display());
+            }
             println!("  built in {:.1} s", started.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Cmd::Keygen { base } => {
+            let (secret, public) = crate::bundle::keygen(&base)?;
+            println!("secret key {} (keep it off the hosts)", secret.display());
+            println!("public key {}", public.display());
+            Ok(())
+        }
+        Cmd::Repo(RepoCmd::Add {
+            bundle,
+            repo,
+            key,
+            channel,
+            valid_days,
+            trust,
+        }) => {
+            let key = crate::bundle::read_secret(&key)?;
+            let trust = trust
+                .iter()
+                .map(|p| crate::bundle::read_public(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let index = crate::repo::add(&crate::repo::AddOptions {
+                bundle: &bundle,
+                repo: &repo,
+                key: &key,
+                channel: &channel,
+                valid_for_s: valid_days * 86400,
+                trust: &trust,
+                now: now(),
+            })?;
+            let entry = &index.channels[&channel];
+            println!(
+                "{}: index version {}, {channel} -> {} ({}), expires in {valid_days} days",
+                repo.display(),
+                index.index_version,
+                entry.version,
+                entry.bundle
+            );
             Ok(())
         }
         Cmd::Run {

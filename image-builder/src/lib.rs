@@ -4,6 +4,7 @@
 //! files, the GPT and FAT are written by library code, and nothing is mounted.
 
 pub mod build;
+pub mod bundle;
 pub mod cache;
 pub mod cli;
 pub mod disk;
@@ -13,6 +14,7 @@ pub mod kernel;
 pub mod package;
 pub mod qemu;
 pub mod recipe;
+pub mod repo;
 pub mod rootfs;
 pub mod tool;
 pub mod uki;

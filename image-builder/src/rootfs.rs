@@ -49,6 +49,9 @@ pub struct Inputs<'a> {
     pub packages: &'a [Package],
     pub containers: &'a [StagedContainer],
     pub os_release: &'a str,
+    /// More files of the host, (path below `/`, contents), mode 0644:
+    /// trusted keys, the update policy.
+    pub files: &'a [(String, Vec<u8>)],
 }
 
 /// Why an ELF file is not a static executable, if it is not.
@@ -173,6 +176,9 @@ pub fn stage(dir: &Path, inputs: &Inputs<'_>) -> Result<(), RootfsError> {
     s.link("sbin/init", "/usr/bin/keel-init")?;
     s.file("usr/lib/os-release", inputs.os_release.as_bytes(), 0o644)?;
     s.link("etc/os-release", "../usr/lib/os-release")?;
+    for (path, contents) in inputs.files {
+        s.file(path, contents, 0o644)?;
+    }
 
     for c in inputs.containers {
         s.file(
@@ -282,6 +288,7 @@ mod tests {
             packages: &[],
             containers: &containers,
             os_release: "ID=keel\n",
+            files: &[],
         };
         let err = stage(&dir.path().join("root"), &inputs).unwrap_err();
         assert!(matches!(err, RootfsError::NotStatic { .. }), "{err}");

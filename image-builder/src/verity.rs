@@ -205,6 +205,17 @@ mod tests {
     }
 
     #[test]
+    fn stage_1_recognises_the_top_block_of_its_tree_only() {
+        let t = compute(&data(300)[..], Path::new("t"), b"salt", [0; 16]).unwrap();
+        let at = keel_spec::cmdline::TOP_BLOCK_OFFSET as usize;
+        let top = &t.hash_image[at..at + BLOCK];
+        assert!(t.params.is_top_block(top));
+        let other = compute(&data(301)[..], Path::new("t"), b"salt", [0; 16]).unwrap();
+        assert!(!other.params.is_top_block(top));
+        assert!(!t.params.is_top_block(&[0; BLOCK]));
+    }
+
+    #[test]
     fn a_changed_byte_changes_the_root() {
         let mut d = data(130);
         let a = compute(&d[..], Path::new("t"), b"s", [0; 16]).unwrap();

@@ -410,13 +410,6 @@ fn os_version() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn booted_slot() -> String {
-    std::fs::read_to_string("/proc/cmdline")
-        .ok()
-        .and_then(|c| keel_spec::cmdline::BootParams::parse(&c).ok())
-        .map_or_else(|| "unknown".into(), |p| p.slot.to_string())
-}
-
 fn respond(stream: &UnixStream, response: &Response) {
     let mut out = serde_json::to_string(response).unwrap_or_default();
     out.push('\n');
@@ -700,8 +693,8 @@ impl Init {
 }
 
 /// Run PID 1. Never returns.
-/// `init_start_ms`: when stage 1 began, for the ready line.
-pub fn run(init_start_ms: Option<u64>) -> ! {
+/// `booted`: what stage 1 found, when keel-init started as stage 1.
+pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
     // Panics are reported on the console, where someone can see them;
     // `run` catches them so PID 1 lives on.
     std::panic::set_hook(Box::new(|info| log(format!("error: panic: {info}"))));
@@ -770,9 +763,9 @@ pub fn run(init_start_ms: Option<u64>) -> ! {
     let mut init = Init {
         sup: Supervisor::new(launcher, defs, Instant::now(), crate::boot_ms()),
         version: os_version(),
-        slot: booted_slot(),
+        slot: booted.map_or_else(|| "unknown".into(), |b| b.slot.to_string()),
         said: Health::Starting,
-        init_start_ms,
+        init_start_ms: booted.map(|b| b.started_ms),
         sessions: BTreeMap::new(),
     };
     init.sup.tick(Instant::now());

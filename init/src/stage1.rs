@@ -2,13 +2,14 @@
 //! over the root with the root hash from the (signed) command line, mount
 //! the root read-only and `/var`, then switch root and exec PID 1 proper.
 
-use std::path::Path;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::mount::MsFlags;
 
-use keel_spec::cmdline::BootParams;
-use keel_spec::disk::DATA_LABEL;
+use keel_spec::cmdline::{to_hex, BootParams, TOP_BLOCK_OFFSET};
+use keel_spec::disk::{Slot, DATA_LABEL, VERITY_BLOCK_SIZE};
 
 use crate::blockdev::{find_by_label, BlockDev};
 use crate::sys::{self, mkdir_p};
@@ -30,6 +31,8 @@ pub enum Stage1Error {
     NoPartition(String, Duration),
     #[error(transparent)]
     Dm(#[from] dm::DmError),
+    #[error("no slot holds the hash tree of root hash {0}")]
+    NoSlot(String),
     #[error("the thread {0} panicked")]
     Thread(&'static str),
 }
@@ -118,17 +121,50 @@ fn mount_var(newroot: &Path, data: Result<(), Stage1Error>) -> Result<(), Stage1
     Ok(())
 }
 
-/// Run stage 1. On success the new root is `/`, the caller goes on as
-/// PID 1, and the result is when (ms since boot) stage 1 began.
-pub fn run() -> Result<u64, Stage1Error> {
+/// The slot whose verity partition holds the tree of the command line's
+/// root hash, and that partition. A UKI names no slot (an update writes
+/// the same UKI to either), so its root hash decides.
+fn find_slot(params: &BootParams) -> Result<(Slot, BlockDev), Stage1Error> {
+    let candidates = match params.slot {
+        Some(forced) => vec![forced],
+        None => vec![Slot::A, Slot::B],
+    };
+    for slot in candidates {
+        let dev = wait_for(slot.verity_label())?;
+        let node = PathBuf::from(format!("/dev/keel-verity-{slot}"));
+        sys::mknod_block(&node, (dev.major, dev.minor))?;
+        let mut top = vec![0u8; VERITY_BLOCK_SIZE as usize];
+        let read =
+            std::fs::File::open(&node).and_then(|f| f.read_exact_at(&mut top, TOP_BLOCK_OFFSET));
+        let _ = std::fs::remove_file(&node);
+        match read {
+            Ok(()) if params.verity.is_top_block(&top) => return Ok((slot, dev)),
+            Ok(()) => {}
+            Err(e) => log(format!("warning: reading {}: {e}", dev.name)),
+        }
+    }
+    Err(Stage1Error::NoSlot(to_hex(&params.verity.root_hash)))
+}
+
+/// Run stage 1. On success the new root is `/` and the caller goes on as
+/// PID 1.
+/// What stage 1 hands to PID 1.
+#[derive(Debug, Clone, Copy)]
+pub struct Booted {
+    /// When stage 1 began, ms since boot.
+    pub started_ms: u64,
+    pub slot: Slot,
+}
+
+pub fn run() -> Result<Booted, Stage1Error> {
     let started_ms = crate::boot_ms();
     mount_api_filesystems()?;
     let cmdline = std::fs::read_to_string("/proc/cmdline")
         .map_err(|e| Stage1Error::Read("/proc/cmdline", e))?;
     let params = BootParams::parse(&cmdline)?;
     let data = std::thread::spawn(mount_data);
-    let root = wait_for(params.slot.root_label())?;
-    let hash = wait_for(params.slot.verity_label())?;
+    let (slot, hash) = find_slot(&params)?;
+    let root = wait_for(slot.root_label())?;
     let dev = dm::create_verity(
         "keel-root",
         (root.major, root.minor),
@@ -152,7 +188,7 @@ pub fn run() -> Result<u64, Stage1Error> {
     mount_var(newroot, data)?;
     log(format!(
         "stage 1: slot {} root {} verified by dm-verity, switching root at {} ms",
-        params.slot,
+        slot,
         root.name,
         crate::boot_ms()
     ));
@@ -182,5 +218,5 @@ pub fn run() -> Result<u64, Stage1Error> {
     // PID 1 goes on in this same process: the binary is already in memory,
     // and reading it again from the root would cost its dm-verity hashing
     // (the initramfs and the root come from the same signed UKI build).
-    Ok(started_ms)
+    Ok(Booted { started_ms, slot })
 }

@@ -1,5 +1,10 @@
-//! The kernel command line keys through which a UKI tells `keel-init` which
-//! slot it belongs to and how to verify that slot's root filesystem.
+//! The kernel command line keys through which a UKI tells `keel-init` how
+//! to verify its root filesystem.
+//!
+//! A UKI does not name its slot: the same signed UKI serves whichever slot
+//! an update writes it to. Stage 1 finds the slot whose hash tree has this
+//! root hash ([`VerityParams::is_top_block`]). `keel.slot=` may still force
+//! a slot, for debugging.
 //!
 //! The command line is inside the signed UKI, so these values are as
 //! trustworthy as the UKI itself: the root hash vouches for every block of
@@ -27,7 +32,8 @@ pub struct VerityParams {
 /// What `keel-init` needs from the command line to bring up a slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootParams {
-    pub slot: Slot,
+    /// A slot forced by hand; normally absent.
+    pub slot: Option<Slot>,
     pub verity: VerityParams,
 }
 
@@ -52,9 +58,12 @@ pub enum CmdlineError {
 impl BootParams {
     /// The `key=value` words to put on the command line.
     pub fn render(&self) -> String {
+        let slot = self
+            .slot
+            .map(|s| format!("{KEY_SLOT}={s} "))
+            .unwrap_or_default();
         format!(
-            "{KEY_SLOT}={} {KEY_ROOT_HASH}={} {KEY_SALT}={} {KEY_DATA_BLOCKS}={}",
-            self.slot,
+            "{slot}{KEY_ROOT_HASH}={} {KEY_SALT}={} {KEY_DATA_BLOCKS}={}",
             to_hex(&self.verity.root_hash),
             to_hex(&self.verity.salt),
             self.verity.data_blocks
@@ -73,7 +82,10 @@ impl BootParams {
                 .next_back()
                 .ok_or(CmdlineError::Missing(key))
         };
-        let slot = find(KEY_SLOT)?.parse()?;
+        let slot = match find(KEY_SLOT) {
+            Ok(s) => Some(s.parse()?),
+            Err(_) => None,
+        };
         let root_hex = find(KEY_ROOT_HASH)?;
         let root = from_hex(KEY_ROOT_HASH, root_hex)?;
         let root_hash: [u8; 32] = root.try_into().map_err(|_| CmdlineError::BadLength {
@@ -97,6 +109,23 @@ impl BootParams {
         })
     }
 }
+
+impl VerityParams {
+    /// Whether `block`, the first hash block after the superblock in a
+    /// verity partition (the top of the tree), hashes to this root hash:
+    /// then that partition holds this root's tree.
+    pub fn is_top_block(&self, block: &[u8]) -> bool {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(&self.salt);
+        h.update(block);
+        // A one-block root has no tree to find; keel images are larger.
+        self.data_blocks > 1 && h.finalize().as_slice() == self.root_hash
+    }
+}
+
+/// Byte offset of the top hash block in a verity partition.
+pub const TOP_BLOCK_OFFSET: u64 = crate::disk::VERITY_BLOCK_SIZE;
 
 pub fn to_hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
@@ -132,7 +161,7 @@ mod tests {
 
     fn sample() -> BootParams {
         BootParams {
-            slot: Slot::B,
+            slot: Some(Slot::B),
             verity: VerityParams {
                 data_blocks: 777,
                 salt: vec![0xab; 32],
@@ -151,8 +180,10 @@ mod tests {
     fn names_the_missing_or_bad_key() {
         assert_eq!(
             BootParams::parse("console=ttyS0"),
-            Err(CmdlineError::Missing(KEY_SLOT))
+            Err(CmdlineError::Missing(KEY_ROOT_HASH))
         );
+        let no_slot = sample().render().replace("keel.slot=b ", "");
+        assert_eq!(BootParams::parse(&no_slot).unwrap().slot, None);
         let bad = sample()
             .render()
             .replace("keel.roothash=5a", "keel.roothash=zz");

@@ -3,12 +3,17 @@
 //!
 //! Nothing in this crate does I/O beyond parsing strings handed to it.
 
+pub mod bundle;
 pub mod cmdline;
 pub mod container;
 pub mod disk;
+pub mod keys;
 pub mod lifecycle;
 pub mod limits;
+pub mod policy;
+pub mod repo;
 pub mod seccomp;
+pub mod signed;
 
 /// The version of keel itself, baked into every binary.
 pub const KEEL_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -60,6 +60,7 @@ fn stage_root(dir: &Path) {
             packages: &[busybox],
             containers: &containers,
             os_release: "ID=keel\nVERSION_ID=itest\n",
+            files: &[],
         },
     )
     .unwrap();

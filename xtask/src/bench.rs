@@ -122,6 +122,7 @@ fn init_rss(work: &Path, n: usize) -> anyhow::Result<u64> {
             packages: &[busybox],
             containers: &containers,
             os_release: "ID=keel\nVERSION_ID=bench\n",
+            files: &[],
         },
     )?;
     // Dropping the harness ends the namespace and removes its cgroup.

@@ -13,6 +13,20 @@ pub struct ImageRecipe {
     pub containers: Containers,
     #[serde(default)]
     pub partitions: Partitions,
+    #[serde(default)]
+    pub update: UpdateRecipe,
+}
+
+/// `[update]`: the keys an image trusts and its update policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRecipe {
+    /// Public key files (`keel keygen`), relative to the recipe. The key
+    /// that signs a build (`keel build --sign-key`) is trusted as well.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    #[serde(default)]
+    pub policy: keel_spec::policy::Policy,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -35,6 +35,16 @@ pub fn validate_image(r: &ImageRecipe) -> Result<(), Invalid> {
             format!("{v:?} must start with a digit and hold only letters, digits and '.'"),
         ));
     }
+    if let Err(e) = semver::Version::parse(v) {
+        // Updates compare versions: they must be MAJOR.MINOR.PATCH.
+        return Err(invalid(
+            "image.version",
+            format!("{v:?} is not MAJOR.MINOR.PATCH: {e}"),
+        ));
+    }
+    if let Err(e) = r.update.policy.validate() {
+        return Err(invalid("update.policy", e));
+    }
     if r.kernel.fragments.is_empty() {
         return Err(invalid(
             "kernel.fragments",
@@ -155,12 +165,18 @@ enable = ["admin"]
             validate_image(&recipe("v1", "")).unwrap_err().0,
             "image.version"
         );
+        assert_eq!(
+            validate_image(&recipe("1.2", "")).unwrap_err().0,
+            "image.version"
+        );
     }
 
     #[test]
     fn recipe_may_not_forge_keel_keys() {
         assert_eq!(
-            validate_image(&recipe("1", "keel.slot=b")).unwrap_err().0,
+            validate_image(&recipe("1.0.0", "keel.slot=b"))
+                .unwrap_err()
+                .0,
             "kernel.cmdline"
         );
     }

@@ -3,7 +3,7 @@
 fn main() {
     if keel_init::stage1::is_stage1() {
         match keel_init::stage1::run() {
-            Ok(started_ms) => keel_init::pid1::run(Some(started_ms)),
+            Ok(booted) => keel_init::pid1::run(Some(booted)),
             Err(e) => keel_init::log(format!("stage 1 failed: {e}")),
         }
         // Returning from PID 1 panics the kernel, which (panic= on the

@@ -1,0 +1,116 @@
+//! `keel repo add`: a static update repository, served by any HTTP server:
+//! `index.keel` (signed) and `bundles/`.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use sha2::{Digest, Sha256};
+
+use keel_spec::repo::{ChannelEntry, Index, INDEX_FILE};
+use keel_spec::signed::{Envelope, Kind};
+
+use crate::bundle::{read_head, BundleError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("{path}: {message}")]
+    Index { path: PathBuf, message: String },
+    #[error("{path}: not signed by this key ({message}); pass the key that signed it")]
+    WrongKey { path: PathBuf, message: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RepoError + '_ {
+    move |source| RepoError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Debug)]
+pub struct AddOptions<'a> {
+    pub bundle: &'a Path,
+    pub repo: &'a Path,
+    pub key: &'a SigningKey,
+    pub channel: &'a str,
+    /// Seconds from now until hosts refuse the index.
+    pub valid_for_s: u64,
+    /// Public keys to introduce to hosts (key rotation).
+    pub trust: &'a [VerifyingKey],
+    /// Seconds since the epoch.
+    pub now: u64,
+}
+
+/// Add a bundle to a repository and publish a new index; returns it.
+pub fn add(o: &AddOptions<'_>) -> Result<Index, RepoError> {
+    let (env, manifest) = read_head(o.bundle)?;
+    env.verify(&[o.key.verifying_key()])
+        .map_err(|e| RepoError::WrongKey {
+            path: o.bundle.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let index_path = o.repo.join(INDEX_FILE);
+    let mut index = match fs::read(&index_path) {
+        Ok(bytes) => {
+            let bad = |message: String| RepoError::Index {
+                path: index_path.clone(),
+                message,
+            };
+            let env = Envelope::parse(Kind::Index, &bytes).map_err(|e| bad(e.to_string()))?;
+            env.verify(&[o.key.verifying_key()])
+                .map_err(|e| RepoError::WrongKey {
+                    path: index_path.clone(),
+                    message: e.to_string(),
+                })?;
+            Index::parse(&env.body).map_err(|e| bad(e.to_string()))?
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Index {
+            format: keel_spec::repo::FORMAT,
+            index_version: 0,
+            expires: 0,
+            channels: Default::default(),
+            keys: Vec::new(),
+        },
+        Err(e) => return Err(io_err(&index_path)(e)),
+    };
+
+    let dir = o.repo.join("bundles");
+    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let name = format!("{}-{}.bundle", manifest.variant, manifest.version);
+    let dest = dir.join(&name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    fs::copy(o.bundle, &tmp).map_err(io_err(&tmp))?;
+    fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+    let bytes = fs::read(&dest).map_err(io_err(&dest))?;
+
+    index.index_version += 1;
+    index.expires = o.now + o.valid_for_s;
+    index.channels.insert(
+        o.channel.to_string(),
+        ChannelEntry {
+            version: manifest.version.clone(),
+            bundle: format!("bundles/{name}"),
+            size: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+        },
+    );
+    for k in o.trust {
+        let h = hex::encode(k.as_bytes());
+        if !index.keys.contains(&h) {
+            index.keys.push(h);
+        }
+    }
+    let body = serde_json::to_vec_pretty(&index).unwrap_or_default();
+    let env = Envelope::sign(Kind::Index, body, &[o.key]);
+    // Bundles first, index last: a host never sees an index that names a
+    // bundle not there yet.
+    let tmp = o.repo.join(format!(".{INDEX_FILE}.tmp"));
+    fs::write(&tmp, env.to_bytes()).map_err(io_err(&tmp))?;
+    fs::rename(&tmp, &index_path).map_err(io_err(&index_path))?;
+    Ok(index)
+}
