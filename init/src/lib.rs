@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod blockdev;
+pub mod bootgate;
 pub mod caps;
 pub mod cgroup;
 pub mod confine;

@@ -27,6 +27,7 @@ use keel_spec::limits::WritableKind;
 use keel_spec::{API_DIR, API_SOCKET, CONTAINERS_DIR};
 
 use crate::api::{Request, Response, Status};
+use crate::bootgate::Verdict;
 use crate::launch::{self, ProcFacts};
 use crate::logs::LogSink;
 use crate::supervisor::{Exit, Health, Launcher, Probe, Supervisor};
@@ -476,6 +477,11 @@ struct Init {
     init_start_ms: Option<u64>,
     /// `keelctl exec` sessions: the process to wait for, the caller to tell.
     sessions: BTreeMap<Pid, UnixStream>,
+    /// The running root hash, when booted from a slot: it names the boot
+    /// entry the health gate blesses or marks bad.
+    root_hash: Option<String>,
+    /// A shutdown decided outside a signal or an API call (the gate).
+    want_shutdown: Option<Shutdown>,
 }
 
 impl Init {
@@ -525,13 +531,16 @@ impl Init {
         let (ready, total) = self.sup.counts();
         let ms = crate::boot_ms();
         match health {
-            Health::Healthy if self.said == Health::Starting => log(format!(
-                "ready version={} slot={} services={ready}/{total} ms={ms} init_start_ms={}",
-                self.version,
-                self.slot,
-                self.init_start_ms
-                    .map_or_else(|| "?".to_string(), |ms| ms.to_string())
-            )),
+            Health::Healthy if self.said == Health::Starting => {
+                log(format!(
+                    "ready version={} slot={} services={ready}/{total} ms={ms} init_start_ms={}",
+                    self.version,
+                    self.slot,
+                    self.init_start_ms
+                        .map_or_else(|| "?".to_string(), |ms| ms.to_string())
+                ));
+                self.gate(true);
+            }
             Health::Failed => {
                 let failed: Vec<String> = self
                     .sup
@@ -546,10 +555,30 @@ impl Init {
                     self.slot,
                     failed.join(", ")
                 ));
+                self.gate(false);
             }
             _ => {}
         }
         self.said = health;
+    }
+
+    /// The boot health gate: keep the booted entry, or, if it is on trial
+    /// and unhealthy, give it no more tries and reboot into the other slot.
+    fn gate(&mut self, healthy: bool) {
+        let Some(hash) = &self.root_hash else { return };
+        match crate::bootgate::decide(healthy, hash) {
+            Ok(Verdict::Blessed { from, to }) => {
+                log(format!("boot entry {from} is healthy: blessed as {to}"))
+            }
+            Ok(Verdict::MarkedBad { from, to }) => {
+                log(format!(
+                    "boot entry {from} failed its health gate: marked {to}; rebooting into the other slot"
+                ));
+                self.want_shutdown = Some(Shutdown::Reboot);
+            }
+            Ok(Verdict::Settled(_)) => {}
+            Err(e) => log(format!("warning: boot health gate: {e}")),
+        }
     }
 
     fn status(&self) -> Status {
@@ -721,7 +750,15 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
     // Independent set-up steps run side by side: each is mostly waiting on
     // the kernel (page-in through dm-verity, netlink, cgroup controllers).
     // Both threads end before the first container is cloned.
-    let loopback = std::thread::spawn(sys::loopback_up);
+    let booted_from_slot = booted.is_some();
+    let loopback = std::thread::spawn(move || {
+        sys::loopback_up()?;
+        if booted_from_slot {
+            crate::bootgate::link_partitions()?;
+            crate::bootgate::mount_esp()?;
+        }
+        Ok::<(), String>(())
+    });
     let definitions = std::thread::spawn(definitions);
     mount_runtime();
     warn("hostname", nix::unistd::sethostname("keel"));
@@ -749,7 +786,7 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
         .ok();
 
     warn(
-        "loopback",
+        "loopback, partition links, ESP",
         loopback.join().unwrap_or_else(|_| Err("panicked".into())),
     );
     let (defs, confinements) = definitions.join().unwrap_or_else(|_| {
@@ -766,6 +803,12 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
         slot: booted.map_or_else(|| "unknown".into(), |b| b.slot.to_string()),
         said: Health::Starting,
         init_start_ms: booted.map(|b| b.started_ms),
+        root_hash: booted.and_then(|_| {
+            let c = std::fs::read_to_string("/proc/cmdline").ok()?;
+            let p = keel_spec::cmdline::BootParams::parse(&c).ok()?;
+            Some(keel_spec::cmdline::to_hex(&p.verity.root_hash))
+        }),
+        want_shutdown: None,
         sessions: BTreeMap::new(),
     };
     init.sup.tick(Instant::now());
@@ -830,4 +873,7 @@ fn turn(init: &mut Init, sfd: &SignalFd, listener: Option<&UnixListener>) {
     }
     init.sup.tick(Instant::now());
     init.check_ready();
+    if let Some(how) = init.want_shutdown.take() {
+        init.shutdown(sfd, how);
+    }
 }

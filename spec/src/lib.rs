@@ -3,6 +3,7 @@
 //!
 //! Nothing in this crate does I/O beyond parsing strings handed to it.
 
+pub mod bootentry;
 pub mod bundle;
 pub mod cmdline;
 pub mod container;
@@ -14,6 +15,7 @@ pub mod policy;
 pub mod repo;
 pub mod seccomp;
 pub mod signed;
+pub mod update_api;
 
 /// The version of keel itself, baked into every binary.
 pub const KEEL_VERSION: &str = env!("CARGO_PKG_VERSION");

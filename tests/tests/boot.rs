@@ -1,7 +1,8 @@
 //! Boot the default image through OVMF and systemd-boot in QEMU (TCG), and
 //! check what a person at the console would: keel-init is ready, every
 //! service is a container with its own PID namespace and a read-only root,
-//! the API answers, poweroff ends QEMU, and boot counting renamed the entry.
+//! the API answers, poweroff ends QEMU, and boot counting and the health
+//! gate renamed the entry.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -34,7 +35,7 @@ fn boots_to_ready_runs_containers_and_powers_off() {
     );
     let line = g.expect("\n", COMMAND_TIMEOUT);
     assert!(
-        line.contains("version=0.1.0") && line.contains("slot=a") && line.contains("services=2/2"),
+        line.contains("version=0.1.0") && line.contains("slot=a") && line.contains("services=3/3"),
         "{line}"
     );
     g.prompt();
@@ -44,7 +45,7 @@ fn boots_to_ready_runs_containers_and_powers_off() {
     assert_eq!(status["slot"], "a");
     assert_eq!(status["ready"], true);
     let services = status["services"].as_array().unwrap();
-    assert_eq!(services.len(), 2, "{status}");
+    assert_eq!(services.len(), 3, "{status}");
     for s in services {
         assert_eq!(s["state"], "running", "{s}");
         assert_eq!(s["root_readonly"], true, "{s}");
@@ -101,9 +102,9 @@ fn boots_to_ready_runs_containers_and_powers_off() {
         "{page}"
     );
 
-    // The human view lists both services.
+    // The human view lists every service.
     let table = g.shell("keelctl status");
-    for name in ["admin", "web"] {
+    for name in ["admin", "web", "update"] {
         assert!(
             table
                 .lines()
@@ -150,6 +151,20 @@ fn boots_to_ready_runs_containers_and_powers_off() {
     let w = restarted.unwrap_or_else(|| panic!("web was not restarted:\n{}", g.transcript));
     assert_eq!(w["ns_pid"], 1, "{w}");
 
+    // The health gate kept this boot: the entry lost its counter.
+    assert!(
+        g.transcript
+            .contains("boot entry keel-0.1.0+2-1.efi is healthy: blessed as keel-0.1.0.efi"),
+        "{}",
+        g.transcript
+    );
+    // The updater runs and knows what runs.
+    let upd = g.shell("keelctl update status");
+    assert!(
+        upd.contains("version 0.1.0 (slot a)") && upd.contains("state: idle"),
+        "{upd}"
+    );
+
     g.send("keelctl poweroff\n");
     let status = g.wait_exit(COMMAND_TIMEOUT);
     assert!(status.success(), "QEMU exited with {status}");
@@ -166,8 +181,8 @@ fn boots_to_ready_runs_containers_and_powers_off() {
     .unwrap();
     assert_eq!(
         after,
-        ["keel-0.1.0+2-1.efi"],
-        "systemd-boot's boot counting must have counted one try"
+        ["keel-0.1.0.efi"],
+        "systemd-boot counted one try (+2-1), then the health gate blessed the entry"
     );
 }
 

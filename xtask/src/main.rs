@@ -204,6 +204,8 @@ pub(crate) fn image() -> anyhow::Result<PathBuf> {
         "keel-init",
         "-p",
         "keel-probe",
+        "-p",
+        "keel-update",
     ]))?;
     run(cargo().args(["build", "--release", "-p", "keel-image-builder"]))?;
     let started = Instant::now();

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use keel_init::api::{render_status, Request, Response};
+use keel_spec::update_api::{UpdateRequest, UpdateResponse, UPDATE_SOCKET};
 
 #[derive(Debug, Parser)]
 #[command(name = "keelctl", version, about = "Control a keel host")]
@@ -48,10 +49,95 @@ enum Cmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Updates: status, check, apply a bundle file, roll back.
+    #[command(subcommand)]
+    Update(UpdateCmd),
     /// Stop every service and power off.
     Poweroff,
     /// Stop every service and reboot.
     Reboot,
+}
+
+#[derive(Debug, Subcommand)]
+enum UpdateCmd {
+    /// Running version and slot, the other slot, progress, last result.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the repository now and install a newer version.
+    Check,
+    /// Install a bundle file (air-gapped hosts).
+    Apply { bundle: std::path::PathBuf },
+    /// Boot the other slot next, if it holds an intact installation.
+    Rollback,
+}
+
+/// One request to keel-update, with `fds` alongside.
+fn update_call(req: &UpdateRequest, fds: &[i32]) -> anyhow::Result<UpdateResponse> {
+    let stream = UnixStream::connect(UPDATE_SOCKET)
+        .with_context(|| format!("connecting to keel-update at {UPDATE_SOCKET}"))?;
+    let mut line = serde_json::to_string(req)?;
+    line.push('\n');
+    keel_init::exec::send(&stream, line.as_bytes(), fds).context("sending the request")?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .context("reading keel-update's answer")?;
+    match serde_json::from_str(&answer)
+        .with_context(|| format!("keel-update answered {answer:?}"))?
+    {
+        UpdateResponse::Error(e) => bail!("{e}"),
+        r => Ok(r),
+    }
+}
+
+fn update(cmd: UpdateCmd) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let r = match cmd {
+        UpdateCmd::Status { json } => match update_call(&UpdateRequest::Status, &[])? {
+            UpdateResponse::Status(s) if json => {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+                return Ok(());
+            }
+            UpdateResponse::Status(s) => {
+                println!("version {} (slot {})", s.version, s.slot);
+                println!("other slot: {}", s.other.as_deref().unwrap_or("-"));
+                println!(
+                    "repository: {} channel {}",
+                    s.repository.as_deref().unwrap_or("(none)"),
+                    s.channel
+                );
+                print!("state: {}", s.state);
+                if let Some(p) = &s.progress {
+                    let pct = (p.bytes * 100).checked_div(p.total).unwrap_or(0);
+                    print!(
+                        " - {} {}/{} bytes ({pct}%), {} KiB/s",
+                        p.phase,
+                        p.bytes,
+                        p.total,
+                        p.rate_bytes_per_s / 1024
+                    );
+                }
+                println!();
+                println!("last result: {}", s.last_result.as_deref().unwrap_or("-"));
+                return Ok(());
+            }
+            other => other,
+        },
+        UpdateCmd::Check => update_call(&UpdateRequest::Check, &[])?,
+        UpdateCmd::Apply { bundle } => {
+            let f = std::fs::File::open(&bundle)
+                .with_context(|| format!("opening {}", bundle.display()))?;
+            update_call(&UpdateRequest::ApplyFd, &[f.as_raw_fd()])?
+        }
+        UpdateCmd::Rollback => update_call(&UpdateRequest::Rollback, &[])?,
+    };
+    match r {
+        UpdateResponse::Done(m) => println!("{m}"),
+        other => bail!("unexpected answer {other:?}"),
+    }
+    Ok(())
 }
 
 fn call(socket: &str, req: &Request) -> anyhow::Result<Response> {
@@ -149,6 +235,7 @@ fn main() -> anyhow::Result<()> {
             let code = exec(socket, name, command)?;
             std::process::exit(code);
         }
+        Cmd::Update(cmd) => update(cmd)?,
         Cmd::Poweroff => {
             call(socket, &Request::Poweroff)?;
         }

@@ -1,0 +1,120 @@
+//! The boot health gate's hands: the ESP mounted at `/efi`, partitions
+//! named under `/dev/disk/by-partlabel` (for the update container), and the
+//! renames that bless the booted entry or mark it bad (systemd-boot's boot
+//! counting: `keel-V+LEFT-DONE.efi` → `keel-V.efi` or `keel-V+0-DONE.efi`).
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+
+use keel_spec::bootentry::{pe_section, EntryName, ENTRIES_DIR, ESP_MOUNT};
+use keel_spec::cmdline::{to_hex, BootParams};
+use keel_spec::disk::ESP_LABEL;
+
+use crate::blockdev::{find_by_label, parse_uevent};
+use crate::sys;
+
+pub const BY_PARTLABEL: &str = "/dev/disk/by-partlabel";
+
+/// Link every named partition as `/dev/disk/by-partlabel/NAME`, as udev
+/// would, so that container definitions can name devices portably.
+pub fn link_partitions() -> Result<(), String> {
+    sys::mkdir_p(Path::new(BY_PARTLABEL), 0o755).map_err(|e| e.to_string())?;
+    let dir =
+        std::fs::read_dir("/sys/class/block").map_err(|e| format!("/sys/class/block: {e}"))?;
+    for e in dir.flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path().join("uevent")) else {
+            continue;
+        };
+        if let (Some(label), Some(dev)) = parse_uevent(&text) {
+            let link = Path::new(BY_PARTLABEL).join(&label);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(format!("../../{}", dev.name), &link)
+                .map_err(|err| format!("{}: {err}", link.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Mount the ESP read-write at `/efi`: the updater installs entries there
+/// and the health gate renames them.
+pub fn mount_esp() -> Result<(), String> {
+    let dev = find_by_label(Path::new("/sys/class/block"), ESP_LABEL)
+        .map_err(|e| format!("/sys/class/block: {e}"))?
+        .ok_or_else(|| format!("no partition labelled {ESP_LABEL}"))?;
+    sys::mount(
+        Some(&format!("/dev/{}", dev.name)),
+        Path::new(ESP_MOUNT),
+        Some("vfat"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("umask=0077"),
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn entries_dir() -> PathBuf {
+    Path::new(ESP_MOUNT).join(ENTRIES_DIR)
+}
+
+/// The booted entry: the one whose command line has the running root hash.
+fn booted_entry(dir: &Path, root_hash: &str) -> Result<Option<(String, EntryName)>, String> {
+    let list = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for e in list.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(name) = EntryName::parse(&file) else {
+            continue;
+        };
+        let Ok(bytes) = std::fs::read(e.path()) else {
+            continue;
+        };
+        let hash = pe_section(&bytes, ".cmdline")
+            .and_then(|c| std::str::from_utf8(c).ok())
+            .and_then(|c| BootParams::parse(c.trim_end_matches('\0')).ok())
+            .map(|p| to_hex(&p.verity.root_hash));
+        if hash.as_deref() == Some(root_hash) {
+            return Ok(Some((file, name)));
+        }
+    }
+    Ok(None)
+}
+
+fn rename(dir: &Path, from: &str, to: &EntryName) -> Result<(), String> {
+    let dest = dir.join(to.file_name());
+    std::fs::rename(dir.join(from), &dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+/// What the gate did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The entry was on trial; now it is kept.
+    Blessed { from: String, to: String },
+    /// The entry was on trial and failed: it goes last in the boot order.
+    MarkedBad { from: String, to: String },
+    /// The entry was not on trial (already blessed): nothing to do.
+    Settled(String),
+}
+
+/// Healthy: drop the booted entry's boot counter. Unhealthy: give it no
+/// tries left, if it was on trial. `root_hash` identifies it.
+pub fn decide(healthy: bool, root_hash: &str) -> Result<Verdict, String> {
+    decide_in(&entries_dir(), healthy, root_hash)
+}
+
+fn decide_in(dir: &Path, healthy: bool, root_hash: &str) -> Result<Verdict, String> {
+    let (file, name) = booted_entry(dir, root_hash)?
+        .ok_or_else(|| format!("no entry in {} has root hash {root_hash}", dir.display()))?;
+    if name.tries_left.is_none() {
+        return Ok(Verdict::Settled(file));
+    }
+    let to = if healthy { name.blessed() } else { name.bad() };
+    rename(dir, &file, &to)?;
+    let to = to.file_name();
+    Ok(if healthy {
+        Verdict::Blessed { from: file, to }
+    } else {
+        Verdict::MarkedBad { from: file, to }
+    })
+}

@@ -1,0 +1,122 @@
+//! Boot entries on the ESP: UKIs in `EFI/Linux` named after systemd-boot's
+//! boot counting scheme, `keel-VERSION[+LEFT[-DONE]].efi`, and what ties an
+//! entry to a slot: the root hash on its command line.
+
+/// Where UKIs live, below the ESP's mount point.
+pub const ENTRIES_DIR: &str = "EFI/Linux";
+/// Where keel mounts the ESP.
+pub const ESP_MOUNT: &str = "/efi";
+/// Tries a freshly installed entry gets.
+pub const TRIES: u32 = 3;
+
+/// A parsed entry file name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryName {
+    pub version: String,
+    /// Boot attempts left; None: blessed (or never counted).
+    pub tries_left: Option<u32>,
+    pub tries_done: u32,
+}
+
+impl EntryName {
+    pub fn parse(file: &str) -> Option<EntryName> {
+        let stem = file.strip_prefix("keel-")?.strip_suffix(".efi")?;
+        let (version, counter) = match stem.split_once('+') {
+            Some((v, c)) => (v, Some(c)),
+            None => (stem, None),
+        };
+        if version.is_empty() {
+            return None;
+        }
+        let (tries_left, tries_done) = match counter {
+            None => (None, 0),
+            Some(c) => match c.split_once('-') {
+                Some((l, d)) => (Some(l.parse().ok()?), d.parse().ok()?),
+                None => (Some(c.parse().ok()?), 0),
+            },
+        };
+        Some(EntryName {
+            version: version.to_string(),
+            tries_left,
+            tries_done,
+        })
+    }
+
+    pub fn file_name(&self) -> String {
+        match (self.tries_left, self.tries_done) {
+            (None, _) => format!("keel-{}.efi", self.version),
+            (Some(l), 0) => format!("keel-{}+{l}.efi", self.version),
+            (Some(l), d) => format!("keel-{}+{l}-{d}.efi", self.version),
+        }
+    }
+
+    /// The name once the health gate passed: no counter.
+    pub fn blessed(&self) -> EntryName {
+        EntryName {
+            tries_left: None,
+            tries_done: 0,
+            ..self.clone()
+        }
+    }
+
+    /// The name that makes systemd-boot try it last: no tries left.
+    pub fn bad(&self) -> EntryName {
+        EntryName {
+            tries_left: Some(0),
+            tries_done: self.tries_done + self.tries_left.unwrap_or(1),
+            ..self.clone()
+        }
+    }
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// The contents of PE section `name` in `image`.
+pub fn pe_section<'a>(image: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    if image.get(..2)? != b"MZ" {
+        return None;
+    }
+    let pe = u32_at(image, 0x3c)? as usize;
+    if image.get(pe..pe + 4)? != b"PE\0\0" {
+        return None;
+    }
+    let coff = pe + 4;
+    let count = u16_at(image, coff + 2)? as usize;
+    let table = coff + 20 + u16_at(image, coff + 16)? as usize;
+    (0..count).find_map(|i| {
+        let h = table + i * 40;
+        let raw = image.get(h..h + 8)?;
+        if raw.split(|&b| b == 0).next()? != name.as_bytes() {
+            return None;
+        }
+        let vsize = u32_at(image, h + 8)? as usize;
+        let rsize = u32_at(image, h + 16)? as usize;
+        let at = u32_at(image, h + 20)? as usize;
+        image.get(at..at + vsize.min(rsize))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_boot_counting() {
+        let n = EntryName::parse("keel-0.2.0+3.efi").unwrap();
+        assert_eq!((n.tries_left, n.tries_done), (Some(3), 0));
+        let n = EntryName::parse("keel-0.2.0+1-2.efi").unwrap();
+        assert_eq!(n.version, "0.2.0");
+        assert_eq!(n.file_name(), "keel-0.2.0+1-2.efi");
+        assert_eq!(n.blessed().file_name(), "keel-0.2.0.efi");
+        assert_eq!(n.bad().file_name(), "keel-0.2.0+0-3.efi");
+        assert_eq!(EntryName::parse("keel-0.1.0.efi").unwrap().tries_left, None);
+        assert!(EntryName::parse("other.efi").is_none());
+        assert!(EntryName::parse("keel-1+x.efi").is_none());
+    }
+}

@@ -1,0 +1,51 @@
+//! What `keelctl update` and `keel-update` say to each other over
+//! [`UPDATE_SOCKET`]: one JSON request line, one JSON response line. For
+//! `ApplyFd` the bundle's file descriptor travels with the request
+//! (SCM_RIGHTS), so the bundle may live in any container's filesystem.
+
+use serde::{Deserialize, Serialize};
+
+pub const UPDATE_SOCKET: &str = "/run/keel/update.sock";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum UpdateRequest {
+    Status,
+    /// Check the repository now, and install what is new.
+    Check,
+    /// Install the bundle whose fd comes with this message.
+    ApplyFd,
+    /// Make the other slot the one that boots next.
+    Rollback,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub phase: String,
+    pub bytes: u64,
+    pub total: u64,
+    pub rate_bytes_per_s: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    pub version: String,
+    pub slot: String,
+    /// The other slot's boot entry, if it has one.
+    pub other: Option<String>,
+    /// idle, checking, downloading, verifying, installing, installed.
+    pub state: String,
+    pub progress: Option<Progress>,
+    pub repository: Option<String>,
+    pub channel: String,
+    /// The outcome of the last check, install or update, in words.
+    pub last_result: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", content = "value", rename_all = "snake_case")]
+pub enum UpdateResponse {
+    Done(String),
+    Status(UpdateStatus),
+    Error(String),
+}

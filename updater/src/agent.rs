@@ -1,0 +1,334 @@
+//! The update agent: check the repository, apply a bundle, roll back. It
+//! keeps a status that `keelctl update status` reads while it works.
+
+use std::fs::{self, File};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ed25519_dalek::VerifyingKey;
+
+use keel_spec::bootentry::EntryName;
+use keel_spec::cmdline::{to_hex, BootParams};
+use keel_spec::disk::Slot;
+use keel_spec::policy::{Policy, RebootPolicy};
+use keel_spec::update_api::{Progress, UpdateStatus};
+
+use crate::entries::Entries;
+use crate::error::{io_err, UpdateError};
+use crate::install::{check_fits, check_policy, install, Disk, Running};
+use crate::slots::Partitions;
+use crate::state::{settle, Pending, Store};
+use crate::{fetch, verify};
+
+/// Where things are on a host; tests point these at temporary folders.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub partitions: PathBuf,
+    pub entries: PathBuf,
+    pub state: PathBuf,
+    pub keys: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct Agent {
+    pub disk: Disk,
+    pub store: Store,
+    pub keys_dir: PathBuf,
+    pub policy: Policy,
+    pub running: Running,
+    pub slot: Slot,
+    pub status: Arc<Mutex<UpdateStatus>>,
+    /// Serialises check, apply and rollback.
+    busy: Mutex<()>,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `KEY=value` of an os-release text.
+fn os_release_value(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .map(|v| v.trim_matches('"').to_string())
+}
+
+impl Agent {
+    pub fn new(
+        paths: &Paths,
+        policy: Policy,
+        cmdline: &str,
+        os_release: &str,
+    ) -> Result<Agent, UpdateError> {
+        let params = BootParams::parse(cmdline)
+            .map_err(|e| UpdateError::State(format!("/proc/cmdline: {e}")))?;
+        let field = |k: &str| {
+            os_release_value(os_release, k)
+                .ok_or_else(|| UpdateError::State(format!("os-release lacks {k}")))
+        };
+        let running = Running {
+            variant: field("IMAGE_ID")?,
+            version: field("VERSION_ID")?,
+            verity: params.verity,
+        };
+        let disk = Disk {
+            parts: Partitions {
+                dir: paths.partitions.clone(),
+            },
+            entries: Entries {
+                dir: paths.entries.clone(),
+            },
+        };
+        let slot = disk.parts.booted_slot(&running.verity)?;
+        let store = Store {
+            dir: paths.state.clone(),
+        };
+        let mut state = store.load()?;
+        if let Some(msg) = settle(&mut state, &running.version) {
+            eprintln!("keel-update: {msg}");
+            store.save(&state)?;
+        }
+        let status = UpdateStatus {
+            version: running.version.clone(),
+            slot: slot.to_string(),
+            state: "idle".into(),
+            repository: policy.repository.clone(),
+            channel: policy.channel.clone(),
+            last_result: state.last_result.clone(),
+            ..UpdateStatus::default()
+        };
+        Ok(Agent {
+            disk,
+            store,
+            keys_dir: paths.keys.clone(),
+            policy,
+            running,
+            slot,
+            status: Arc::new(Mutex::new(status)),
+            busy: Mutex::new(()),
+        })
+    }
+
+    /// The image's keys and those introduced by signed indexes.
+    fn trusted(&self) -> Result<Vec<VerifyingKey>, UpdateError> {
+        let mut keys = Vec::new();
+        if let Ok(dir) = fs::read_dir(&self.keys_dir) {
+            for e in dir.flatten() {
+                let text = fs::read_to_string(e.path()).map_err(io_err(&e.path()))?;
+                keys.push(
+                    keel_spec::keys::parse_public(&text).map_err(|err| {
+                        UpdateError::State(format!("{}: {err}", e.path().display()))
+                    })?,
+                );
+            }
+        }
+        for k in self.store.load()?.keys {
+            if let Ok(k) = keel_spec::keys::parse_public_hex(&k) {
+                keys.push(k);
+            }
+        }
+        Ok(keys)
+    }
+
+    fn set(&self, f: impl FnOnce(&mut UpdateStatus)) {
+        if let Ok(mut s) = self.status.lock() {
+            f(&mut s);
+        }
+    }
+
+    fn progress(&self, phase: &str, total: u64) -> impl FnMut(u64) + '_ {
+        let started = Instant::now();
+        let phase = phase.to_string();
+        self.set(|s| s.state = phase.clone());
+        move |bytes| {
+            let secs = started.elapsed().as_secs_f64().max(0.001);
+            self.set(|s| {
+                s.progress = Some(Progress {
+                    phase: phase.clone(),
+                    bytes,
+                    total,
+                    rate_bytes_per_s: (bytes as f64 / secs) as u64,
+                })
+            });
+        }
+    }
+
+    fn finish(&self, result: &Result<String, UpdateError>) {
+        let text = match result {
+            Ok(m) => m.clone(),
+            Err(e) => format!("refused: {e}"),
+        };
+        eprintln!("keel-update: {text}");
+        if let Ok(mut st) = self.store.load() {
+            st.last_result = Some(text.clone());
+            let _ = self.store.save(&st);
+        }
+        self.set(|s| {
+            s.last_result = Some(text);
+            if s.state != "installed" {
+                s.state = "idle".into();
+            }
+            s.progress = None;
+        });
+    }
+
+    /// Install the bundle in `file`. Nothing is written before the whole
+    /// bundle has been verified.
+    pub fn apply(&self, mut file: File) -> Result<String, UpdateError> {
+        let _busy = self.busy.lock();
+        let r = self.apply_locked(&mut file);
+        self.finish(&r);
+        r
+    }
+
+    fn apply_locked(&self, file: &mut File) -> Result<String, UpdateError> {
+        let head = verify::read_head(file, &self.trusted()?)?;
+        let m = &head.manifest;
+        check_policy(m, &self.running)?;
+        let target = self.slot.other();
+        check_fits(m, &self.disk, target)?;
+        let total = verify::payload_bytes(m);
+        verify::check_payloads(file, &head, &mut self.progress("verifying", total))?;
+        let mut state = self.store.load()?;
+        // Recorded before the first write: if power fails from here on,
+        // the next boot knows an update was under way.
+        state.pending = Some(Pending {
+            version: m.version.clone(),
+            from: self.running.version.clone(),
+        });
+        self.store.save(&state)?;
+        let written = install(
+            file,
+            &head,
+            &self.disk,
+            &self.running,
+            target,
+            &mut self.progress("installing", total),
+        );
+        let entry = match written {
+            Ok(e) => e,
+            Err(e) => {
+                state.pending = None;
+                self.store.save(&state)?;
+                return Err(e);
+            }
+        };
+        self.set(|s| {
+            s.state = "installed".into();
+            s.other = Some(entry.clone());
+        });
+        Ok(format!(
+            "installed {} into slot {target} as {entry} (signed by {}); {}",
+            m.version,
+            head.signed_by,
+            match self.policy.reboot {
+                RebootPolicy::Auto => "rebooting",
+                RebootPolicy::Manual => "reboot to use it",
+            }
+        ))
+    }
+
+    /// Check the repository and install what is newer.
+    pub fn check(&self) -> Result<String, UpdateError> {
+        let Some(base) = self.policy.repository.clone() else {
+            return Err(UpdateError::State(
+                "no repository configured (update.policy.repository)".into(),
+            ));
+        };
+        let r = {
+            let _busy = self.busy.lock();
+            self.set(|s| s.state = "checking".into());
+            self.check_locked(&base)
+        };
+        match r {
+            Ok(Some(path)) => {
+                let f = File::open(&path).map_err(io_err(&path))?;
+                let r = self.apply(f);
+                if r.is_ok() {
+                    let _ = fs::remove_file(&path);
+                }
+                r
+            }
+            Ok(None) => {
+                let r = Ok(format!("up to date: {}", self.running.version));
+                self.finish(&r);
+                r
+            }
+            Err(e) => {
+                let r = Err(e);
+                self.finish(&r);
+                r
+            }
+        }
+    }
+
+    /// The downloaded bundle to install, if the repository has a newer one.
+    fn check_locked(&self, base: &str) -> Result<Option<PathBuf>, UpdateError> {
+        let bytes = fetch::get_index(base)?;
+        let mut state = self.store.load()?;
+        let index = fetch::check_index(&bytes, &self.trusted()?, now(), state.last_index_version)?;
+        state.last_index_version = index.index_version;
+        for k in &index.keys {
+            if !state.keys.contains(k) {
+                state.keys.push(k.clone());
+            }
+        }
+        self.store.save(&state)?;
+        let Some(entry) = index.channels.get(&self.policy.channel) else {
+            return Err(UpdateError::Fetch(format!(
+                "the index has no channel {:?}",
+                self.policy.channel
+            )));
+        };
+        let newer = keel_spec::bundle::parse_version("version", &entry.version)?
+            > keel_spec::bundle::parse_version("version", &self.running.version)?;
+        if !newer {
+            return Ok(None);
+        }
+        let mut p = self.progress("downloading", entry.size);
+        let path = fetch::download(base, entry, &self.store.downloads(), &mut |b, _| p(b))?;
+        Ok(Some(path))
+    }
+
+    /// Make the other slot boot next, if it is intact.
+    pub fn rollback(&self) -> Result<String, UpdateError> {
+        let _busy = self.busy.lock();
+        let running_hash = to_hex(&self.running.verity.root_hash);
+        let entries = self.disk.entries.list()?;
+        let current = entries
+            .iter()
+            .find(|e| e.root_hash().as_deref() == Some(running_hash.as_str()))
+            .ok_or_else(|| UpdateError::State("the running entry is not on the ESP".into()))?;
+        let other = entries
+            .iter()
+            .find(|e| {
+                e.params.as_ref().is_some_and(|p| {
+                    p.verity.root_hash != self.running.verity.root_hash
+                        && self.disk.parts.slot_holds(self.slot.other(), &p.verity)
+                })
+            })
+            .ok_or_else(|| {
+                UpdateError::State(format!(
+                    "slot {} has no intact installation to go back to",
+                    self.slot.other()
+                ))
+            })?;
+        self.disk
+            .entries
+            .rename(&other.file, &other.name.blessed())?;
+        let demoted: EntryName = current.name.bad();
+        self.disk.entries.rename(&current.file, &demoted)?;
+        let r = Ok(format!(
+            "slot {} ({}) boots next; {} is now {}",
+            self.slot.other(),
+            other.name.version,
+            current.file,
+            demoted.file_name()
+        ));
+        self.finish(&r);
+        r
+    }
+}

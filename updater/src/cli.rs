@@ -1,0 +1,62 @@
+//! The `keel-update` command line.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use keel_spec::bootentry::{ENTRIES_DIR, ESP_MOUNT};
+use keel_spec::policy::{Policy, POLICY_FILE};
+
+use crate::agent::{Agent, Paths};
+use crate::slots::BY_PARTLABEL;
+
+#[derive(Debug, Parser)]
+#[command(name = "keel-update", version, about = "keel's A/B updater")]
+pub struct Cli {
+    /// Folder for what the updater keeps across reboots.
+    #[arg(long, default_value = "/var/lib/keel-update")]
+    state: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Serve `keelctl update` and check the repository periodically.
+    Daemon,
+    /// Install a bundle file now (what `keelctl update apply FILE` does).
+    Apply { bundle: PathBuf },
+}
+
+fn agent(state: PathBuf) -> anyhow::Result<Agent> {
+    let policy: Policy = match std::fs::read_to_string(POLICY_FILE) {
+        Ok(t) => toml::from_str(&t).with_context(|| POLICY_FILE.to_string())?,
+        Err(_) => Policy::default(),
+    };
+    policy
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{POLICY_FILE}: {e}"))?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").context("/proc/cmdline")?;
+    let os_release = std::fs::read_to_string("/etc/os-release").context("/etc/os-release")?;
+    let paths = Paths {
+        partitions: BY_PARTLABEL.into(),
+        entries: PathBuf::from(ESP_MOUNT).join(ENTRIES_DIR),
+        state,
+        keys: keel_spec::keys::TRUSTED_DIR.into(),
+    };
+    Ok(Agent::new(&paths, policy, &cmdline, &os_release)?)
+}
+
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let agent = agent(cli.state)?;
+    match cli.command {
+        Cmd::Daemon => crate::daemon::run(agent),
+        Cmd::Apply { bundle } => {
+            let f = std::fs::File::open(&bundle).with_context(|| bundle.display().to_string())?;
+            println!("{}", agent.apply(f)?);
+            Ok(())
+        }
+    }
+}

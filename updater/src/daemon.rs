@@ -1,0 +1,132 @@
+//! `keel-update daemon`: serves `keelctl update` on [`UPDATE_SOCKET`] and
+//! checks the repository on the policy's interval. Each connection gets a
+//! thread, so `status` answers while an apply runs.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_init::api::{Request, Response};
+use keel_spec::policy::RebootPolicy;
+use keel_spec::update_api::{UpdateRequest, UpdateResponse, UPDATE_SOCKET};
+use keel_spec::API_SOCKET;
+
+use crate::agent::Agent;
+use crate::error::UpdateError;
+
+/// Ask keel-init to reboot: it stops every service in order first.
+pub fn request_reboot() -> Result<(), String> {
+    let s = UnixStream::connect(API_SOCKET).map_err(|e| format!("{API_SOCKET}: {e}"))?;
+    let mut line = serde_json::to_string(&Request::Reboot).map_err(|e| e.to_string())?;
+    line.push('\n');
+    (&s).write_all(line.as_bytes())
+        .map_err(|e| format!("{API_SOCKET}: {e}"))?;
+    let mut answer = String::new();
+    BufReader::new(&s)
+        .read_line(&mut answer)
+        .map_err(|e| format!("{API_SOCKET}: {e}"))?;
+    match serde_json::from_str(&answer) {
+        Ok(Response::Ok) => Ok(()),
+        Ok(other) => Err(format!("keel-init answered {other:?}")),
+        Err(e) => Err(format!("keel-init answered {answer:?}: {e}")),
+    }
+}
+
+fn reply(stream: &UnixStream, r: &UpdateResponse) {
+    let mut line = serde_json::to_string(r).unwrap_or_default();
+    line.push('\n');
+    let _ = (&*stream).write_all(line.as_bytes());
+}
+
+fn answer(r: Result<String, UpdateError>) -> UpdateResponse {
+    match r {
+        Ok(m) => UpdateResponse::Done(m),
+        Err(e) => UpdateResponse::Error(e.to_string()),
+    }
+}
+
+/// After a successful install or rollback, reboot if the policy says so.
+fn maybe_reboot(agent: &Agent, changed: bool) {
+    if changed && agent.policy.reboot == RebootPolicy::Auto {
+        if let Err(e) = request_reboot() {
+            eprintln!("keel-update: cannot reboot: {e}");
+        }
+    }
+}
+
+fn serve(agent: &Agent, stream: UnixStream) {
+    let (line, fds) = match keel_init::exec::receive(&stream) {
+        Ok(x) => x,
+        Err(e) => return reply(&stream, &UpdateResponse::Error(e)),
+    };
+    let req: UpdateRequest = match serde_json::from_str(line.trim()) {
+        Ok(r) => r,
+        Err(e) => {
+            return reply(
+                &stream,
+                &UpdateResponse::Error(format!("bad request {line:?}: {e}")),
+            )
+        }
+    };
+    match req {
+        UpdateRequest::Status => {
+            let s = agent.status.lock().map(|s| s.clone()).unwrap_or_default();
+            reply(&stream, &UpdateResponse::Status(s));
+        }
+        UpdateRequest::Check => {
+            let r = agent.check();
+            let changed = r.as_ref().is_ok_and(|m| m.starts_with("installed"));
+            reply(&stream, &answer(r));
+            maybe_reboot(agent, changed);
+        }
+        UpdateRequest::ApplyFd => {
+            let Some(fd) = fds.into_iter().next() else {
+                return reply(
+                    &stream,
+                    &UpdateResponse::Error("apply_fd came without a file descriptor".into()),
+                );
+            };
+            let r = agent.apply(File::from(fd));
+            let changed = r.is_ok();
+            reply(&stream, &answer(r));
+            maybe_reboot(agent, changed);
+        }
+        UpdateRequest::Rollback => {
+            let r = agent.rollback();
+            let changed = r.is_ok();
+            reply(&stream, &answer(r));
+            maybe_reboot(agent, changed);
+        }
+    }
+}
+
+pub fn run(agent: Agent) -> anyhow::Result<()> {
+    let agent = Arc::new(agent);
+    let _ = std::fs::remove_file(UPDATE_SOCKET);
+    let listener = UnixListener::bind(UPDATE_SOCKET)?;
+    std::fs::set_permissions(UPDATE_SOCKET, std::fs::Permissions::from_mode(0o600))?;
+    eprintln!(
+        "keel-update: running {} from slot {}; repository {}",
+        agent.running.version,
+        agent.slot,
+        agent.policy.repository.as_deref().unwrap_or("(none)")
+    );
+    if agent.policy.repository.is_some() {
+        let a = Arc::clone(&agent);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(a.policy.check_interval_s));
+            let r = a.check();
+            let changed = r.as_ref().is_ok_and(|m| m.starts_with("installed"));
+            maybe_reboot(&a, changed);
+        });
+    }
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let a = Arc::clone(&agent);
+        std::thread::spawn(move || serve(&a, stream));
+    }
+    Ok(())
+}

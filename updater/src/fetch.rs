@@ -1,0 +1,182 @@
+//! The repository over HTTP(S): the signed index, checked for signature,
+//! expiry and replay; bundles downloaded to `/var` with resume (Range), so
+//! an interrupted download, even across a reboot, goes on where it was.
+
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::VerifyingKey;
+use sha2::{Digest, Sha256};
+
+use keel_spec::repo::{ChannelEntry, Index, INDEX_FILE};
+use keel_spec::signed::{Envelope, Kind};
+
+use crate::error::{io_err, UpdateError};
+
+fn client() -> Result<reqwest::blocking::Client, UpdateError> {
+    reqwest::blocking::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(None)
+        .build()
+        .map_err(|e| UpdateError::Fetch(e.to_string()))
+}
+
+pub fn url(base: &str, rel: &str) -> String {
+    format!("{}/{}", base.trim_end_matches('/'), rel)
+}
+
+/// Verify a fetched index: signature by a trusted key, not expired, not
+/// older than `last_seen`.
+pub fn check_index(
+    bytes: &[u8],
+    trusted: &[VerifyingKey],
+    now: u64,
+    last_seen: u64,
+) -> Result<Index, UpdateError> {
+    let env = Envelope::parse(Kind::Index, bytes)?;
+    env.verify(trusted)?;
+    let index = Index::parse(&env.body)?;
+    if index.expires <= now {
+        return Err(UpdateError::Expired {
+            expires: index.expires,
+            now,
+        });
+    }
+    if index.index_version < last_seen {
+        return Err(UpdateError::Replayed {
+            got: index.index_version,
+            seen: last_seen,
+        });
+    }
+    Ok(index)
+}
+
+pub fn get_index(base: &str) -> Result<Vec<u8>, UpdateError> {
+    let u = url(base, INDEX_FILE);
+    let r = client()?
+        .get(&u)
+        .send()
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| UpdateError::Fetch(format!("{u}: {e}")))?;
+    r.bytes()
+        .map(|b| b.to_vec())
+        .map_err(|e| UpdateError::Fetch(format!("{u}: {e}")))
+}
+
+/// Download the bundle `entry` names into `dir`, resuming a partial file;
+/// `progress(bytes, total)`. Returns the complete file, whose size and
+/// sha256 match the index.
+pub fn download(
+    base: &str,
+    entry: &ChannelEntry,
+    dir: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<PathBuf, UpdateError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let done = dir.join(format!("{}.bundle", entry.sha256));
+    if done.exists() {
+        return Ok(done);
+    }
+    // Anything else in the folder is an older download: drop it.
+    let part = dir.join(format!("{}.part", entry.sha256));
+    for e in fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
+        if e.path() != part {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+    let have = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    let u = url(base, &entry.bundle);
+    if have < entry.size {
+        let mut req = client()?.get(&u);
+        if have > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        }
+        let mut r = req
+            .send()
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| UpdateError::Fetch(format!("{u}: {e}")))?;
+        // A server that ignores Range sends everything again.
+        let resumed = r.status() == reqwest::StatusCode::PARTIAL_CONTENT;
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(resumed)
+            .write(true)
+            .truncate(!resumed)
+            .open(&part)
+            .map_err(io_err(&part))?;
+        let mut got = if resumed { have } else { 0 };
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = r
+                .read(&mut buf)
+                .map_err(|e| UpdateError::Fetch(format!("{u}: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            if got + n as u64 > entry.size {
+                return Err(UpdateError::Fetch(format!(
+                    "{u}: more than the {} bytes the index announces",
+                    entry.size
+                )));
+            }
+            f.write_all(&buf[..n]).map_err(io_err(&part))?;
+            got += n as u64;
+            progress(got, entry.size);
+        }
+        f.sync_all().map_err(io_err(&part))?;
+    }
+    let mut f = fs::File::open(&part).map_err(io_err(&part))?;
+    let mut h = Sha256::new();
+    let n = std::io::copy(&mut f, &mut h).map_err(io_err(&part))?;
+    if n != entry.size {
+        return Err(UpdateError::Fetch(format!(
+            "{u}: got {n} bytes, the index announces {}",
+            entry.size
+        )));
+    }
+    if hex::encode(h.finalize()) != entry.sha256 {
+        let _ = fs::remove_file(&part);
+        return Err(UpdateError::Fetch(format!(
+            "{u}: sha256 differs from the index; download discarded"
+        )));
+    }
+    fs::rename(&part, &done).map_err(io_err(&done))?;
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+    use std::collections::BTreeMap;
+
+    fn signed(version: u64, expires: u64, key: &SigningKey) -> Vec<u8> {
+        let i = Index {
+            format: 1,
+            index_version: version,
+            expires,
+            channels: BTreeMap::new(),
+            keys: vec![],
+        };
+        Envelope::sign(Kind::Index, serde_json::to_vec(&i).unwrap(), &[key]).to_bytes()
+    }
+
+    #[test]
+    fn index_refusals() {
+        let k = SigningKey::from_bytes(&[1; 32]);
+        let t = [k.verifying_key()];
+        assert!(check_index(&signed(5, 100, &k), &t, 50, 5).is_ok());
+        assert!(matches!(
+            check_index(&signed(5, 100, &k), &t, 100, 0),
+            Err(UpdateError::Expired { .. })
+        ));
+        assert!(matches!(
+            check_index(&signed(4, 100, &k), &t, 50, 5),
+            Err(UpdateError::Replayed { got: 4, seen: 5 })
+        ));
+        let other = SigningKey::from_bytes(&[2; 32]);
+        let e = check_index(&signed(5, 100, &other), &t, 50, 0).unwrap_err();
+        assert!(e.to_string().contains("unknown key"), "{e}");
+    }
+}

@@ -1,0 +1,194 @@
+//! Installing a verified bundle into the inactive slot. The order is what
+//! makes a power cut harmless at any moment:
+//!
+//! 1. every boot entry but the running one is removed, so nothing can boot
+//!    the slot while it is half written;
+//! 2. root and verity are written (each chunk checked against the signed
+//!    manifest before it is written), synced, dropped from the page cache
+//!    and read back from the device and checked again;
+//! 3. only then the UKI goes to the ESP as `keel-VERSION+3.efi`, written
+//!    under a temporary name, synced and renamed.
+//!
+//! Until step 3 completes the running slot is the only one that boots.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+
+use sha2::{Digest, Sha256};
+
+use keel_spec::bootentry::{EntryName, TRIES};
+use keel_spec::bundle::{parse_version, Manifest, PayloadName, CHUNK_SIZE};
+use keel_spec::cmdline::{to_hex, VerityParams};
+use keel_spec::disk::Slot;
+
+use crate::entries::Entries;
+use crate::error::{io_err, UpdateError};
+use crate::slots::{drop_cache, Partitions};
+use crate::verify::{stream_payload, Head};
+
+/// What is running now.
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub variant: String,
+    pub version: String,
+    pub verity: VerityParams,
+}
+
+/// The host's disk as the updater sees it.
+#[derive(Debug, Clone)]
+pub struct Disk {
+    pub parts: Partitions,
+    pub entries: Entries,
+}
+
+/// Whether `m` may replace what runs: variant, version order, min_version.
+pub fn check_policy(m: &Manifest, running: &Running) -> Result<(), UpdateError> {
+    if m.variant != running.variant {
+        return Err(UpdateError::Variant {
+            bundle: m.variant.clone(),
+            host: running.variant.clone(),
+        });
+    }
+    let new = parse_version("version", &m.version)?;
+    let cur = parse_version("running version", &running.version)?;
+    if new == cur {
+        return Err(UpdateError::SameVersion(m.version.clone()));
+    }
+    if new < cur && !m.allow_downgrade {
+        return Err(UpdateError::Downgrade {
+            bundle: m.version.clone(),
+            running: running.version.clone(),
+        });
+    }
+    if let Some(min) = &m.min_version {
+        if cur < parse_version("min_version", min)? {
+            return Err(UpdateError::TooOld {
+                bundle: m.version.clone(),
+                min: min.clone(),
+                running: running.version.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Refuse payloads larger than the target slot's partitions.
+pub fn check_fits(m: &Manifest, disk: &Disk, target: Slot) -> Result<(), UpdateError> {
+    for (name, label) in [
+        (PayloadName::Root, target.root_label()),
+        (PayloadName::Verity, target.verity_label()),
+    ] {
+        let p = m
+            .payload(name)
+            .ok_or_else(|| UpdateError::State(format!("no {} payload", name.as_str())))?;
+        let room = disk.parts.size(label)?;
+        if p.size > room {
+            return Err(UpdateError::TooLarge {
+                payload: name.as_str(),
+                size: p.size,
+                partition: label.to_string(),
+                room,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Read back the first `size` bytes of a partition and compare them chunk
+/// by chunk with the manifest.
+fn read_back(
+    path: &std::path::Path,
+    label: &str,
+    chunks: &[String],
+    size: u64,
+) -> Result<(), UpdateError> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    drop_cache(&f, path)?;
+    let mut buf = vec![0u8; CHUNK_SIZE as usize];
+    let mut done = 0u64;
+    for (i, expected) in chunks.iter().enumerate() {
+        let len = (size - done).min(CHUNK_SIZE) as usize;
+        f.read_exact(&mut buf[..len]).map_err(io_err(path))?;
+        if hex::encode(Sha256::digest(&buf[..len])) != *expected {
+            return Err(UpdateError::WriteCheck {
+                partition: label.to_string(),
+                offset: i as u64 * CHUNK_SIZE,
+            });
+        }
+        done += len as u64;
+    }
+    Ok(())
+}
+
+/// Install the bundle in `src` (its head verified) into slot `target`;
+/// returns the new entry's file name. `progress` gets bytes written.
+pub fn install(
+    src: &mut (impl Read + Seek),
+    head: &Head,
+    disk: &Disk,
+    running: &Running,
+    target: Slot,
+    progress: &mut dyn FnMut(u64),
+) -> Result<String, UpdateError> {
+    let m = &head.manifest;
+    check_fits(m, disk, target)?;
+    let running_hash = to_hex(&running.verity.root_hash);
+    let keep = disk
+        .entries
+        .find(&running_hash)?
+        .map(|e| e.file)
+        .ok_or_else(|| {
+            UpdateError::State(format!(
+                "no boot entry on the ESP carries the running root hash {running_hash}"
+            ))
+        })?;
+    disk.entries.remove_all_but(&keep)?;
+
+    let mut base = 0u64;
+    for (name, label) in [
+        (PayloadName::Root, target.root_label()),
+        (PayloadName::Verity, target.verity_label()),
+    ] {
+        let Some(p) = m.payload(name) else { continue };
+        let path = disk.parts.path(label);
+        let mut out = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        stream_payload(
+            src,
+            head,
+            p,
+            &mut |chunk| out.write_all(chunk).map_err(io_err(&path)),
+            &mut |n| progress(base + n),
+        )?;
+        out.sync_all().map_err(io_err(&path))?;
+        drop(out);
+        read_back(&path, label, &p.chunks, p.size)?;
+        base += p.size;
+    }
+
+    let uki = m
+        .payload(PayloadName::Uki)
+        .ok_or_else(|| UpdateError::State("no uki payload".into()))?;
+    let name = EntryName {
+        version: m.version.clone(),
+        tries_left: Some(TRIES),
+        tries_done: 0,
+    };
+    disk.entries.install(&name, &mut |f| {
+        stream_payload(
+            src,
+            head,
+            uki,
+            &mut |chunk| {
+                f.write_all(chunk).map_err(|e| UpdateError::Io {
+                    path: "UKI".into(),
+                    source: e,
+                })
+            },
+            &mut |n| progress(base + n),
+        )
+    })?;
+    Ok(name.file_name())
+}

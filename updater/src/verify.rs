@@ -1,0 +1,133 @@
+//! Reading a bundle: the signed manifest first (nothing else is read
+//! before its signature holds), then the payloads, hashed in chunks so
+//! that a mismatch names the offset where it is.
+
+use std::io::{Read, Seek, SeekFrom};
+
+use ed25519_dalek::VerifyingKey;
+use sha2::{Digest, Sha256};
+
+use keel_spec::bundle::{self, Manifest, Payload, CHUNK_SIZE};
+use keel_spec::signed::{self, Envelope, Kind};
+
+use crate::error::UpdateError;
+
+/// A bundle's verified manifest and where its payloads start.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub manifest: Manifest,
+    pub payload_start: u64,
+    /// Key id of the trusted key that signed it.
+    pub signed_by: String,
+}
+
+impl Head {
+    /// Offset of payload `p` in the bundle.
+    pub fn offset(&self, p: &Payload) -> u64 {
+        self.payload_start + p.offset
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+fn io(e: std::io::Error) -> UpdateError {
+    UpdateError::Io {
+        path: "bundle".into(),
+        source: e,
+    }
+}
+
+/// Read and verify the signed head of a bundle from the start of `r`.
+pub fn read_head(r: &mut impl Read, trusted: &[VerifyingKey]) -> Result<Head, UpdateError> {
+    let mut head = vec![0u8; signed::HEADER_LEN];
+    let n = read_full(r, &mut head).map_err(io)?;
+    head.truncate(n);
+    let h = signed::parse_header(Kind::Bundle, &head)?;
+    head.resize(h.total_len(), 0);
+    let n = read_full(r, &mut head[signed::HEADER_LEN..]).map_err(io)?;
+    head.truncate(signed::HEADER_LEN + n);
+    let env = Envelope::parse(Kind::Bundle, &head)?;
+    let key = env.verify(trusted)?;
+    let manifest = Manifest::parse(&env.body)?;
+    Ok(Head {
+        manifest,
+        payload_start: bundle::payload_start(h.total_len() as u64),
+        signed_by: signed::key_id(key.as_bytes()),
+    })
+}
+
+/// Stream payload `p` of the bundle in `r`, checking each chunk against the
+/// manifest before handing it to `sink`; `progress` gets the bytes done.
+pub fn stream_payload(
+    r: &mut (impl Read + Seek),
+    head: &Head,
+    p: &Payload,
+    sink: &mut dyn FnMut(&[u8]) -> Result<(), UpdateError>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), UpdateError> {
+    let name = p.name.as_str();
+    let start = head.offset(p);
+    r.seek(SeekFrom::Start(start)).map_err(io)?;
+    let mut buf = vec![0u8; CHUNK_SIZE as usize];
+    let mut whole = Sha256::new();
+    let mut done = 0u64;
+    for (i, expected) in p.chunks.iter().enumerate() {
+        let len = (p.size - done).min(CHUNK_SIZE) as usize;
+        let n = read_full(r, &mut buf[..len]).map_err(io)?;
+        if n < len {
+            return Err(UpdateError::Truncated {
+                payload: name,
+                expected: start + p.size,
+                got: start + done + n as u64,
+            });
+        }
+        let chunk = &buf[..len];
+        if hex::encode(Sha256::digest(chunk)) != *expected {
+            return Err(UpdateError::HashMismatch {
+                payload: name,
+                offset: start + (i as u64) * CHUNK_SIZE,
+            });
+        }
+        whole.update(chunk);
+        sink(chunk)?;
+        done += len as u64;
+        progress(done);
+    }
+    // The chunk list is signed, so this only fails for a manifest whose
+    // whole hash disagrees with its own chunks.
+    if hex::encode(whole.finalize()) != p.sha256 {
+        return Err(UpdateError::HashMismatch {
+            payload: name,
+            offset: start,
+        });
+    }
+    Ok(())
+}
+
+/// Check every payload of the bundle without writing anything.
+pub fn check_payloads(
+    r: &mut (impl Read + Seek),
+    head: &Head,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), UpdateError> {
+    let mut base = 0;
+    for p in &head.manifest.payloads {
+        stream_payload(r, head, p, &mut |_| Ok(()), &mut |n| progress(base + n))?;
+        base += p.size;
+    }
+    Ok(())
+}
+
+/// The payload bytes of a bundle, for progress totals.
+pub fn payload_bytes(m: &Manifest) -> u64 {
+    m.payloads.iter().map(|p| p.size).sum()
+}
