@@ -5,6 +5,7 @@
 //! failure that says what to run, never a skip.
 
 pub mod host;
+pub mod http;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -96,9 +97,24 @@ pub struct Guest {
 }
 
 impl Guest {
+    /// Boot `disk`; a reboot of the guest ends QEMU.
     pub fn boot(disk: &Path) -> Guest {
-        let mut child = Command::new(keel_bin())
-            .args(["run", "--accel", "tcg", "--no-reboot", "--memory", "512"])
+        Guest::boot_with(disk, false, &[])
+    }
+
+    /// Boot `disk`; with `reboots`, the guest may reboot (into whatever
+    /// systemd-boot picks); `forwards`: (port on 10.0.2.100, port on
+    /// 127.0.0.1).
+    pub fn boot_with(disk: &Path, reboots: bool, forwards: &[(u16, u16)]) -> Guest {
+        let mut cmd = Command::new(keel_bin());
+        cmd.args(["run", "--accel", "tcg", "--memory", "512"]);
+        if !reboots {
+            cmd.arg("--no-reboot");
+        }
+        for (guest, host) in forwards {
+            cmd.arg(format!("--forward={guest}:{host}"));
+        }
+        let mut child = cmd
             .arg(disk)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -178,7 +194,9 @@ impl Guest {
         self.send(&format!("{command}; echo KEEL-END''-OF-OUTPUT\n"));
         let out = self.expect("KEEL-END-OF-OUTPUT", COMMAND_TIMEOUT);
         self.expect("keel-admin# ", COMMAND_TIMEOUT);
-        // Drop the echoed command line, which ends with the split marker.
+        // Drop the echoed command line, which ends with the split marker,
+        // and keel-init's own lines, which share the console and can land
+        // in the middle of the output (services never print "keel: ").
         let echo_end = out.find("''-OF-OUTPUT").unwrap_or(0);
         out[echo_end..]
             .split_once('\n')
@@ -186,6 +204,9 @@ impl Guest {
             .unwrap_or_default()
             .replace("KEEL-END-OF-OUTPUT", "")
             .replace('\r', "")
+            .split_inclusive('\n')
+            .filter(|l| !l.starts_with("keel: "))
+            .collect()
     }
 
     /// `keelctl status --json` at the admin prompt, parsed.

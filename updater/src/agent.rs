@@ -86,11 +86,7 @@ impl Agent {
         let store = Store {
             dir: paths.state.clone(),
         };
-        let mut state = store.load()?;
-        if let Some(msg) = settle(&mut state, &running.version) {
-            eprintln!("keel-update: {msg}");
-            store.save(&state)?;
-        }
+        let state = store.load()?;
         let status = UpdateStatus {
             version: running.version.clone(),
             slot: slot.to_string(),
@@ -100,7 +96,7 @@ impl Agent {
             last_result: state.last_result.clone(),
             ..UpdateStatus::default()
         };
-        Ok(Agent {
+        let agent = Agent {
             disk,
             store,
             keys_dir: paths.keys.clone(),
@@ -109,7 +105,33 @@ impl Agent {
             slot,
             status: Arc::new(Mutex::new(status)),
             busy: Mutex::new(()),
-        })
+        };
+        // Not fatal: status requests settle again.
+        if let Err(e) = agent.settle() {
+            eprintln!("keel-update: {e}");
+        }
+        Ok(agent)
+    }
+
+    /// Record what became of a pending update, once that is known: the
+    /// host came back on the old version, or the new one was blessed.
+    pub fn settle(&self) -> Result<(), UpdateError> {
+        let mut state = self.store.load()?;
+        if state.pending.is_none() {
+            return Ok(());
+        }
+        let running_hash = to_hex(&self.running.verity.root_hash);
+        let blessed = self
+            .disk
+            .entries
+            .find(&running_hash)?
+            .is_some_and(|e| e.name.tries_left.is_none());
+        if let Some(msg) = settle(&mut state, &self.running.version, blessed) {
+            eprintln!("keel-update: {msg}");
+            self.store.save(&state)?;
+            self.set(|s| s.last_result = Some(msg));
+        }
+        Ok(())
     }
 
     /// The image's keys and those introduced by signed indexes.

@@ -50,10 +50,13 @@ fn agent(state: PathBuf) -> anyhow::Result<Agent> {
 
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let agent = agent(cli.state)?;
     match cli.command {
-        Cmd::Daemon => crate::daemon::run(agent),
+        Cmd::Daemon => {
+            let listener = crate::daemon::listen()?;
+            crate::daemon::run(agent(cli.state)?, listener)
+        }
         Cmd::Apply { bundle } => {
+            let agent = agent(cli.state)?;
             let f = std::fs::File::open(&bundle).with_context(|| bundle.display().to_string())?;
             println!("{}", agent.apply(f)?);
             Ok(())

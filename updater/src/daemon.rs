@@ -73,6 +73,9 @@ fn serve(agent: &Agent, stream: UnixStream) {
     };
     match req {
         UpdateRequest::Status => {
+            if let Err(e) = agent.settle() {
+                eprintln!("keel-update: {e}");
+            }
             let s = agent.status.lock().map(|s| s.clone()).unwrap_or_default();
             reply(&stream, &UpdateResponse::Status(s));
         }
@@ -103,11 +106,17 @@ fn serve(agent: &Agent, stream: UnixStream) {
     }
 }
 
-pub fn run(agent: Agent) -> anyhow::Result<()> {
-    let agent = Arc::new(agent);
+/// Bind the socket before the agent looks at the disk, so that early
+/// callers wait in the backlog instead of finding no socket.
+pub fn listen() -> anyhow::Result<UnixListener> {
     let _ = std::fs::remove_file(UPDATE_SOCKET);
     let listener = UnixListener::bind(UPDATE_SOCKET)?;
     std::fs::set_permissions(UPDATE_SOCKET, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub fn run(agent: Agent, listener: UnixListener) -> anyhow::Result<()> {
+    let agent = Arc::new(agent);
     eprintln!(
         "keel-update: running {} from slot {}; repository {}",
         agent.running.version,

@@ -46,7 +46,12 @@ impl Entries {
             let Some(name) = EntryName::parse(&file) else {
                 continue;
             };
-            let bytes = fs::read(e.path()).map_err(io_err(&e.path()))?;
+            // keel-init's health gate may rename an entry meanwhile.
+            let bytes = match fs::read(e.path()) {
+                Ok(b) => b,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(io_err(&e.path())(err)),
+            };
             out.push(Entry {
                 params: params_of(&bytes),
                 file,

@@ -75,8 +75,14 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), UpdateError> {
         .map_err(io_err(path))
 }
 
-/// After a boot: what became of a pending update.
-pub fn settle(state: &mut State, running_version: &str) -> Option<String> {
+/// After a boot: what became of a pending update. Running it is not
+/// enough: it has succeeded once the health gate blessed its entry
+/// (`blessed`); until then it stays pending.
+pub fn settle(state: &mut State, running_version: &str, blessed: bool) -> Option<String> {
+    let p = state.pending.as_ref()?;
+    if p.version == running_version && !blessed {
+        return None;
+    }
     let p = state.pending.take()?;
     let msg = if p.version == running_version {
         format!("updated from {} to {}", p.from, p.version)
@@ -111,10 +117,11 @@ mod tests {
         };
         store.save(&s).unwrap();
         assert_eq!(store.load().unwrap(), s);
-        let msg = settle(&mut s.clone(), "0.3.0").unwrap();
+        assert!(settle(&mut s.clone(), "0.3.0", false).is_none(), "on trial");
+        let msg = settle(&mut s.clone(), "0.3.0", true).unwrap();
         assert_eq!(msg, "updated from 0.2.0 to 0.3.0");
-        let msg = settle(&mut s, "0.2.0").unwrap();
+        let msg = settle(&mut s, "0.2.0", true).unwrap();
         assert!(msg.contains("update to 0.3.0 failed"), "{msg}");
-        assert!(settle(&mut s, "0.2.0").is_none());
+        assert!(settle(&mut s, "0.2.0", true).is_none());
     }
 }

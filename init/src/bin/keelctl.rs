@@ -75,8 +75,28 @@ enum UpdateCmd {
 
 /// One request to keel-update, with `fds` alongside.
 fn update_call(req: &UpdateRequest, fds: &[i32]) -> anyhow::Result<UpdateResponse> {
-    let stream = UnixStream::connect(UPDATE_SOCKET)
-        .with_context(|| format!("connecting to keel-update at {UPDATE_SOCKET}"))?;
+    // keel-update may still be starting (it is not part of the boot health
+    // gate, so a host is ready before it is): give it a few seconds.
+    let mut tries = 0;
+    let stream = loop {
+        match UnixStream::connect(UPDATE_SOCKET) {
+            Ok(s) => break s,
+            Err(e)
+                if tries < 20
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    ) =>
+            {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("connecting to keel-update at {UPDATE_SOCKET}"))
+            }
+        }
+    };
     let mut line = serde_json::to_string(req)?;
     line.push('\n');
     keel_init::exec::send(&stream, line.as_bytes(), fds).context("sending the request")?;
