@@ -78,9 +78,17 @@ fn booted_entry(dir: &Path, root_hash: &str) -> Result<Option<(String, EntryName
     Ok(None)
 }
 
+/// Rename an entry so that a power cut right after leaves either name,
+/// whole. On vfat the new directory entry gets the file's first cluster
+/// and size only when the file's inode is written back: syncing the
+/// folder alone would leave an empty `keel-V.efi` (the firmware then finds
+/// no loader at all), so the file is synced too.
 fn rename(dir: &Path, from: &str, to: &EntryName) -> Result<(), String> {
     let dest = dir.join(to.file_name());
     std::fs::rename(dir.join(from), &dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    std::fs::File::open(&dest)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| format!("{}: {e}", dest.display()))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| format!("{}: {e}", dir.display()))

@@ -703,8 +703,16 @@ impl Init {
             self.reap();
         }
         nix::unistd::sync();
-        if let Err(e) = sys::umount_detach(Path::new("/var")) {
-            log(format!("warning: {e}"));
+        // The ESP too, when keel-init mounted it: a clean unmount clears
+        // FAT's dirty bit.
+        let esp = self
+            .root_hash
+            .as_ref()
+            .map(|_| keel_spec::bootentry::ESP_MOUNT);
+        for m in esp.into_iter().chain(["/var"]) {
+            if let Err(e) = sys::umount_detach(Path::new(m)) {
+                log(format!("warning: {e}"));
+            }
         }
         nix::unistd::sync();
         log(format!("{how:?}"));

@@ -252,6 +252,13 @@ impl Guest {
     }
 
     /// Wait for QEMU to exit.
+    /// Cut the power: QEMU is killed, whatever the guest is doing. What
+    /// QEMU had written reaches the disk file; the guest's caches do not.
+    pub fn power_cut(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {

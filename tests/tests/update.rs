@@ -18,7 +18,7 @@ use keel_tests::{keel_bin, musl_bin_dir, workspace, Guest, BOOT_TIMEOUT, COMMAND
 
 /// A recipe like recipes/host.toml at `version`, following the test
 /// repository, with a static address and `extra` containers.
-fn recipe(dir: &Path, version: &str, extra: &[&str]) -> PathBuf {
+fn recipe(dir: &Path, version: &str, extra: &[&str], cmdline: &str) -> PathBuf {
     let ws = workspace();
     let ws = ws.display();
     let mut enable = vec!["admin", "web", "update", "net"];
@@ -33,7 +33,7 @@ source = "linux-source-6.1"
 base = "tinyconfig"
 fragments = ["{ws}/kernel-config/keel.config"]
 required = "{ws}/kernel-config/required.txt"
-cmdline = "console=ttyS0 panic=5 oops=panic loglevel=4"
+cmdline = "console=ttyS0 panic=5 oops=panic loglevel=4 {cmdline}"
 
 [userland]
 packages = ["busybox"]
@@ -61,10 +61,14 @@ reboot = "auto"
 
 /// `keel build --sign-key`; the output folder.
 fn build(dir: &Path, version: &str, extra: &[&str], key: &Path) -> PathBuf {
+    build_with(dir, version, extra, "", key)
+}
+
+fn build_with(dir: &Path, version: &str, extra: &[&str], cmdline: &str, key: &Path) -> PathBuf {
     let out = dir.join(format!("out-{version}"));
     let st = Command::new(keel_bin())
         .arg("build")
-        .arg(recipe(dir, version, extra))
+        .arg(recipe(dir, version, extra, cmdline))
         .arg("--out")
         .arg(&out)
         .arg("--bin-dir")
@@ -166,6 +170,9 @@ fn signed_updates_apply_roll_back_and_refuse() {
     let v1 = build(dir, "0.1.0", &[], &key_path);
     let v2 = build(dir, "0.2.0", &[], &key_path);
     let v3 = build(dir, "0.3.0", &["never-ready"], &key_path);
+    // No init in the initramfs by that name and no root= to fall back on:
+    // the kernel panics.
+    let v4 = build_with(dir, "0.4.0", &[], "rdinit=/no-such-init", &key_path);
     let disk_path = v1.join("disk.img");
     let v2_bundle = v2.join("keel-0.2.0.bundle");
 
@@ -276,10 +283,134 @@ fn signed_updates_apply_roll_back_and_refuse() {
         "{status}"
     );
 
+    // v4's kernel panics before any init runs (no initramfs init, no
+    // root): no health gate ever runs, boot counting uses up its three
+    // tries and the host is back on v2.
+    add(&repo_dir, &v4.join("keel-0.4.0.bundle"), &key);
+    g.send("keelctl update check\n");
+    g.expect("installed 0.4.0 into slot a", COMMAND_TIMEOUT);
+    for _ in 0..3 {
+        g.expect("Kernel panic", BOOT_TIMEOUT);
+    }
+    g.expect("keel: ready version=0.2.0 slot=b", BOOT_TIMEOUT);
+    g.prompt();
+    let status = g.poll_shell("keelctl update status", 20, |s| {
+        s.contains("last result: update")
+    });
+    assert!(status.contains("update to 0.4.0 failed"), "{status}");
+
     g.send("keelctl poweroff\n");
     let st = g.wait_exit(COMMAND_TIMEOUT);
     assert!(st.success(), "QEMU exited with {st}");
     let end = snapshot(&disk_path);
     assert_eq!(end.0[2..], after_v2.0[2..], "slot b (v2) must be intact");
-    assert_eq!(end.1, ["keel-0.2.0.efi", "keel-0.3.0+0-3.efi"]);
+    assert_eq!(end.1, ["keel-0.2.0.efi", "keel-0.4.0+0-3.efi"]);
+}
+
+/// A small xorshift generator: the test prints its seed, so a failing
+/// sequence of cuts can be replayed with KEEL_CUT_SEED.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+const PHASES: [&str; 3] = ["downloading", "verifying", "installing"];
+
+/// (phase index, fraction done) of a `keelctl update status` state line.
+fn progress_of(line: &str) -> Option<(usize, f64)> {
+    let rest = line.split("state: ").nth(1)?;
+    let phase = PHASES.iter().position(|p| rest.starts_with(p))?;
+    let frac = rest
+        .split_whitespace()
+        .find_map(|w| {
+            let (a, b) = w.split_once('/')?;
+            Some(a.parse::<f64>().ok()? / b.parse::<f64>().ok()?)
+        })
+        .unwrap_or(0.0);
+    Some((phase, frac))
+}
+
+/// Power cuts at random moments of an update (download, verification,
+/// writing): after each the host boots the running version, healthy; a
+/// last try completes the update.
+#[test]
+fn power_cuts_during_an_update_never_brick_the_host() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let (key_path, _) = bundle::keygen(&dir.join("release")).unwrap();
+    let key = bundle::read_secret(&key_path).unwrap();
+    let v1 = build(dir, "0.1.0", &[], &key_path);
+    let v2 = build(dir, "0.2.0", &[], &key_path);
+    let disk_path = v1.join("disk.img");
+    let repo_dir = dir.join("repo");
+    add(&repo_dir, &v2.join("keel-0.2.0.bundle"), &key);
+    let port = keel_tests::http::serve(&repo_dir);
+
+    let seed = std::env::var("KEEL_CUT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| now() ^ u64::from(std::process::id()) << 20 | 1);
+    eprintln!("power cut seed: {seed} (KEEL_CUT_SEED={seed} replays it)");
+    let mut rng = Rng(seed);
+    let cuts = 10;
+    for i in 0..cuts {
+        let mut g = Guest::boot_with(&disk_path, true, &[(80, port)]);
+        g.expect("keel: ready version=0.1.0 slot=a", BOOT_TIMEOUT);
+        g.prompt();
+        // Where to cut: a phase, and how far into it. Writing is cut in
+        // its first 60% only: later cuts could fall after the new entry is
+        // complete, when booting the new version is the right outcome.
+        let phase = (rng.next() % 3) as usize;
+        let limit = if phase == 2 { 0.6 } else { 1.0 };
+        let at = (rng.next() % 1000) as f64 / 1000.0 * limit;
+        eprintln!("cut {i}: {} at {:.0}%", PHASES[phase], at * 100.0);
+        g.send("keelctl update check >/dev/null 2>&1 & while :; do keelctl update status | grep '^state'; sleep 0.1; done\n");
+        let deadline = std::time::Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no progress:\n{}",
+                g.transcript
+            );
+            let line = g.expect("\n", COMMAND_TIMEOUT);
+            assert!(
+                !line.contains("state: installed"),
+                "cut came too late:\n{line}"
+            );
+            if let Some(p) = progress_of(&line) {
+                if p >= (phase, at) {
+                    break;
+                }
+            }
+        }
+        g.power_cut();
+        // The next boot is of the running slot, healthy.
+        let mut g = Guest::boot_with(&disk_path, true, &[(80, port)]);
+        g.expect("keel: ready version=0.1.0 slot=a", BOOT_TIMEOUT);
+        g.prompt();
+        g.send("keelctl poweroff\n");
+        g.wait_exit(COMMAND_TIMEOUT);
+        let (_, entries) = snapshot(&disk_path);
+        assert!(
+            entries.iter().all(|e| e.starts_with("keel-0.1.0")),
+            "after cut {i}: {entries:?}"
+        );
+    }
+
+    let mut g = Guest::boot_with(&disk_path, true, &[(80, port)]);
+    g.expect("keel: ready version=0.1.0 slot=a", BOOT_TIMEOUT);
+    g.prompt();
+    g.send("keelctl update check\n");
+    g.expect("installed 0.2.0 into slot b", COMMAND_TIMEOUT);
+    g.expect("keel: ready version=0.2.0 slot=b", BOOT_TIMEOUT);
+    g.expect("blessed as keel-0.2.0.efi", COMMAND_TIMEOUT);
+    g.prompt();
+    g.send("keelctl poweroff\n");
+    assert!(g.wait_exit(COMMAND_TIMEOUT).success());
 }

@@ -108,17 +108,26 @@ impl Entries {
             .and_then(|()| f.sync_all())
             .map_err(io_err(&tmp))?;
         drop(f);
-        let dest = self.dir.join(name.file_name());
-        fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
-        self.sync_dir()
+        self.rename_path(&tmp, &name.file_name())
     }
 
     pub fn rename(&self, from: &str, to: &EntryName) -> Result<(), UpdateError> {
         if from == to.file_name() {
             return Ok(());
         }
-        let dest = self.dir.join(to.file_name());
-        fs::rename(self.dir.join(from), &dest).map_err(io_err(&dest))?;
+        self.rename_path(&self.dir.join(from), &to.file_name())
+    }
+
+    /// On vfat a renamed file's new directory entry gets its first cluster
+    /// and size only when the file's inode is written back: the file is
+    /// synced after the rename, then the folder, or a power cut leaves an
+    /// empty entry and nothing to boot.
+    fn rename_path(&self, from: &std::path::Path, to: &str) -> Result<(), UpdateError> {
+        let dest = self.dir.join(to);
+        fs::rename(from, &dest).map_err(io_err(&dest))?;
+        File::open(&dest)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&dest))?;
         self.sync_dir()
     }
 }

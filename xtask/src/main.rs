@@ -33,6 +33,7 @@ const APT_PACKAGES: &[&str] = &[
     "ovmf",
     "qemu-system-x86",
     "socat",
+    "dosfstools",
     "util-linux",
 ];
 pub(crate) const MUSL: &str = "x86_64-unknown-linux-musl";
