@@ -398,6 +398,8 @@ pub fn build(opts: &Options) -> Result<Report, BuildError> {
                     verity_tree: &verity_path,
                     uki: &uki_path,
                     created: source_date_epoch(),
+                    min_version: r.update.min_version.as_deref(),
+                    allow_downgrade: r.update.allow_downgrade,
                 },
                 key,
                 &path,

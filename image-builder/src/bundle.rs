@@ -135,6 +135,8 @@ pub struct BundleInputs<'a> {
     pub uki: &'a Path,
     /// Seconds since the epoch.
     pub created: u64,
+    pub min_version: Option<&'a str>,
+    pub allow_downgrade: bool,
 }
 
 /// Write a signed bundle to `out`; returns its manifest.
@@ -168,8 +170,8 @@ pub fn write(
         variant: inputs.variant.into(),
         version: inputs.version.into(),
         created: inputs.created,
-        min_version: None,
-        allow_downgrade: false,
+        min_version: inputs.min_version.map(str::to_string),
+        allow_downgrade: inputs.allow_downgrade,
         verity: VerityInfo {
             root_hash: to_hex(&inputs.verity.root_hash),
             salt: to_hex(&inputs.verity.salt),
@@ -270,6 +272,8 @@ mod tests {
                 verity_tree: &tree,
                 uki: &uki,
                 created: 5,
+                min_version: None,
+                allow_downgrade: false,
             },
             &key,
             &out,

@@ -4,24 +4,35 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Serves `root` until the process ends; returns the port.
 pub fn serve(root: &Path) -> u16 {
+    serve_counting(root).0
+}
+
+/// Like [`serve`], and counts the body bytes sent (to see a resumed
+/// download fetch only the rest).
+pub fn serve_counting(root: &Path) -> (u16, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
     let port = listener.local_addr().expect("local addr").port();
     let root = root.to_path_buf();
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&sent);
     std::thread::spawn(move || {
         for s in listener.incoming().flatten() {
             let root = root.clone();
+            let counter = Arc::clone(&counter);
             std::thread::spawn(move || {
-                let _ = answer(&root, s);
+                let _ = answer(&root, s, &counter);
             });
         }
     });
-    port
+    (port, sent)
 }
 
-fn answer(root: &Path, mut s: TcpStream) -> std::io::Result<()> {
+fn answer(root: &Path, mut s: TcpStream, sent: &AtomicU64) -> std::io::Result<()> {
     let mut r = BufReader::new(s.try_clone()?);
     let mut line = String::new();
     r.read_line(&mut line)?;
@@ -59,5 +70,7 @@ fn answer(root: &Path, mut s: TcpStream) -> std::io::Result<()> {
         body.len().saturating_sub(1),
         body.len()
     )?;
-    s.write_all(&body[from..])
+    s.write_all(&body[from..])?;
+    sent.fetch_add((body.len() - from) as u64, Ordering::Relaxed);
+    Ok(())
 }

@@ -192,3 +192,66 @@ pub fn install(
     })?;
     Ok(name.file_name())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(version: &str) -> Manifest {
+        let h = "00".repeat(32);
+        Manifest {
+            format: 1,
+            os: "keel".into(),
+            variant: "keel".into(),
+            version: version.into(),
+            created: 0,
+            min_version: None,
+            allow_downgrade: false,
+            verity: keel_spec::bundle::VerityInfo {
+                root_hash: h,
+                salt: String::new(),
+                data_blocks: 2,
+            },
+            payloads: Vec::new(),
+        }
+    }
+
+    fn running(version: &str) -> Running {
+        Running {
+            variant: "keel".into(),
+            version: version.into(),
+            verity: VerityParams {
+                data_blocks: 2,
+                salt: Vec::new(),
+                root_hash: [0; 32],
+            },
+        }
+    }
+
+    #[test]
+    fn versions_variant_and_min_version() {
+        assert!(check_policy(&manifest("0.2.0"), &running("0.1.0")).is_ok());
+        let e = check_policy(&manifest("0.1.0"), &running("0.2.0")).unwrap_err();
+        assert!(matches!(e, UpdateError::Downgrade { .. }), "{e}");
+        let mut m = manifest("0.1.0");
+        m.allow_downgrade = true;
+        assert!(check_policy(&m, &running("0.2.0")).is_ok());
+        assert!(matches!(
+            check_policy(&manifest("0.2.0"), &running("0.2.0")),
+            Err(UpdateError::SameVersion(_))
+        ));
+        let mut m = manifest("0.3.0");
+        m.variant = "keel-edge".into();
+        assert_eq!(
+            check_policy(&m, &running("0.1.0")).unwrap_err().to_string(),
+            "wrong variant: the bundle is for \"keel-edge\", this host runs \"keel\""
+        );
+        let mut m = manifest("0.3.0");
+        m.min_version = Some("0.2.0".into());
+        assert_eq!(
+            check_policy(&m, &running("0.1.0")).unwrap_err().to_string(),
+            "0.3.0 may only replace 0.2.0 or newer; this host runs 0.1.0"
+        );
+        assert!(check_policy(&m, &running("0.2.5")).is_ok());
+    }
+}

@@ -67,6 +67,8 @@ fn make(dir: &Path, version: &str, key: &SigningKey, fill: u8) -> Version {
             verity_tree: &tree_p,
             uki: &uki_p,
             created: 1,
+            min_version: None,
+            allow_downgrade: false,
         },
         key,
         &out,

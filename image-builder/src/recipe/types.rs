@@ -25,6 +25,13 @@ pub struct UpdateRecipe {
     /// that signs a build (`keel build --sign-key`) is trusted as well.
     #[serde(default)]
     pub keys: Vec<String>,
+    /// Written into the bundle's signed manifest: the oldest version it
+    /// may replace.
+    #[serde(default)]
+    pub min_version: Option<String>,
+    /// Written into the manifest: hosts on a newer version may install it.
+    #[serde(default)]
+    pub allow_downgrade: bool,
     #[serde(default)]
     pub policy: keel_spec::policy::Policy,
 }

@@ -42,6 +42,14 @@ pub fn validate_image(r: &ImageRecipe) -> Result<(), Invalid> {
             format!("{v:?} is not MAJOR.MINOR.PATCH: {e}"),
         ));
     }
+    if let Some(min) = &r.update.min_version {
+        if let Err(e) = semver::Version::parse(min) {
+            return Err(invalid(
+                "update.min_version",
+                format!("{min:?} is not MAJOR.MINOR.PATCH: {e}"),
+            ));
+        }
+    }
     if let Err(e) = r.update.policy.validate() {
         return Err(invalid("update.policy", e));
     }
