@@ -151,6 +151,7 @@ pub fn install(
     ] {
         let Some(p) = m.payload(name) else { continue };
         let path = disk.parts.path(label);
+        let started = std::time::Instant::now();
         let mut out = OpenOptions::new()
             .write(true)
             .open(&path)
@@ -163,8 +164,17 @@ pub fn install(
             &mut |n| progress(base + n),
         )?;
         out.sync_all().map_err(io_err(&path))?;
+        let written = started.elapsed();
         drop(out);
         read_back(&path, label, &p.chunks, p.size)?;
+        // For operators and `cargo xtask bench update`.
+        eprintln!(
+            "keel-update: {}: {} bytes to {label}: written and synced in {:.3} s, read back and checked in {:.3} s",
+            name.as_str(),
+            p.size,
+            written.as_secs_f64(),
+            (started.elapsed() - written).as_secs_f64()
+        );
         base += p.size;
     }
 

@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_update;
 
 /// Debian packages a build and test machine needs.
 const APT_PACKAGES: &[&str] = &[
@@ -57,9 +58,10 @@ enum Cmd {
     Demo,
     /// Benchmarks; `init`: container start latency of keel-init's launcher
     /// against crun and runc on the same rootfs, keel-init's memory and the
-    /// boot time; `boot`: only the boot time against the busybox-init floor.
+    /// boot time; `boot`: only the boot time against the busybox-init floor;
+    /// `update`: slot write speed against dd, bundle size for a one-binary change.
     Bench {
-        #[arg(value_parser = ["init", "boot"])]
+        #[arg(value_parser = ["init", "boot", "update"])]
         what: String,
         /// Starts per runtime.
         #[arg(long, default_value_t = 50)]
@@ -355,6 +357,7 @@ fn main() -> anyhow::Result<()> {
                 print!("{}", bench::boot(boots)?);
                 Ok(())
             }
+            "update" => bench_update::update(),
             _ => bench::init(runs, boots),
         },
     }
