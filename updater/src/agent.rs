@@ -238,6 +238,17 @@ impl Agent {
                 return Err(e);
             }
         };
+        // systemd-boot tries the newest version first: an allowed
+        // downgrade boots only if the running entry has no tries left. It
+        // still boots, last, if the downgrade never comes up.
+        if keel_spec::bundle::parse_version("version", &m.version)?
+            < keel_spec::bundle::parse_version("version", &self.running.version)?
+        {
+            let running_hash = to_hex(&self.running.verity.root_hash);
+            if let Some(cur) = self.disk.entries.find(&running_hash)? {
+                self.disk.entries.rename(&cur.file, &cur.name.bad())?;
+            }
+        }
         self.set(|s| {
             s.state = "installed".into();
             s.other = Some(entry.clone());

@@ -28,6 +28,10 @@ struct Version {
 
 /// A root image, its tree, its UKI and its bundle, for `version`.
 fn make(dir: &Path, version: &str, key: &SigningKey, fill: u8) -> Version {
+    make_with(dir, version, key, fill, false)
+}
+
+fn make_with(dir: &Path, version: &str, key: &SigningKey, fill: u8, downgrade: bool) -> Version {
     let root: Vec<u8> = (0..3 * MIB + 8192)
         .map(|i| (i as u8).wrapping_mul(fill))
         .collect();
@@ -68,7 +72,7 @@ fn make(dir: &Path, version: &str, key: &SigningKey, fill: u8) -> Version {
             uki: &uki_p,
             created: 1,
             min_version: None,
-            allow_downgrade: false,
+            allow_downgrade: downgrade,
         },
         key,
         &out,
@@ -246,6 +250,24 @@ fn refusals_name_their_reason_and_change_nothing() {
     fs::write(&small, vec![0u8; 8 * MIB]).unwrap();
 
     assert_eq!(snapshot(&h), before, "a refusal changed the disk");
+}
+
+#[test]
+fn an_allowed_downgrade_boots_first_and_the_running_entry_last() {
+    let t = tempfile::tempdir().unwrap();
+    let key = SigningKey::from_bytes(&[5; 32]);
+    let h = host(t.path(), &key);
+    let a = agent(&h);
+    let old = make_with(&t.path().join("o"), "0.0.9", &key, 9, true);
+    let msg = a.apply(fs::File::open(&old.bundle).unwrap()).unwrap();
+    assert!(msg.starts_with("installed 0.0.9 into slot b"), "{msg}");
+    let mut entries: Vec<String> = fs::read_dir(&h.paths.entries)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    assert_eq!(entries, ["keel-0.0.9+3.efi", "keel-0.1.0+0-1.efi"]);
 }
 
 #[test]
