@@ -57,6 +57,16 @@ fn maybe_reboot(agent: &Agent, changed: bool) {
     }
 }
 
+/// Wait (a few seconds at most) until the caller has read the answer and
+/// hung up: a reboot right away would stop the caller's container before
+/// it shows the operator what happened.
+fn wait_for_hangup(stream: &UnixStream) {
+    use std::io::Read;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = [0u8; 64];
+    while matches!((&*stream).read(&mut buf), Ok(n) if n > 0) {}
+}
+
 fn serve(agent: &Agent, stream: UnixStream) {
     let (line, fds) = match keel_init::exec::receive(&stream) {
         Ok(x) => x,
@@ -83,6 +93,9 @@ fn serve(agent: &Agent, stream: UnixStream) {
             let r = agent.check();
             let changed = r.as_ref().is_ok_and(|m| m.starts_with("installed"));
             reply(&stream, &answer(r));
+            if changed {
+                wait_for_hangup(&stream);
+            }
             maybe_reboot(agent, changed);
         }
         UpdateRequest::ApplyFd => {
@@ -95,12 +108,18 @@ fn serve(agent: &Agent, stream: UnixStream) {
             let r = agent.apply(File::from(fd));
             let changed = r.is_ok();
             reply(&stream, &answer(r));
+            if changed {
+                wait_for_hangup(&stream);
+            }
             maybe_reboot(agent, changed);
         }
         UpdateRequest::Rollback => {
             let r = agent.rollback();
             let changed = r.is_ok();
             reply(&stream, &answer(r));
+            if changed {
+                wait_for_hangup(&stream);
+            }
             maybe_reboot(agent, changed);
         }
     }
