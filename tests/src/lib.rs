@@ -58,6 +58,55 @@ pub fn musl_bin_dir() -> PathBuf {
     )
 }
 
+/// Write `dir/keel-VERSION.toml`: the default image's kernel and userland
+/// at `version`, with the containers `enable` (from tests/containers and
+/// system-containers), `cmdline` added to the kernel's, and `update_policy`
+/// (TOML lines) as `[update.policy]`. For tests and benchmarks that build
+/// several versions of an image.
+pub fn image_recipe(
+    dir: &Path,
+    version: &str,
+    enable: &[&str],
+    cmdline: &str,
+    update_policy: &str,
+) -> PathBuf {
+    let ws = workspace();
+    let ws = ws.display();
+    let text = format!(
+        r#"[image]
+name = "keel"
+version = "{version}"
+
+[kernel]
+source = "linux-source-6.1"
+base = "tinyconfig"
+fragments = ["{ws}/kernel-config/keel.config"]
+required = "{ws}/kernel-config/required.txt"
+cmdline = "console=ttyS0 panic=5 oops=panic loglevel=4 {cmdline}"
+
+[userland]
+packages = ["busybox"]
+packages_dir = "{ws}/recipes/packages"
+
+[containers]
+dirs = ["{ws}/tests/containers", "{ws}/system-containers"]
+enable = {enable:?}
+
+[partitions]
+esp_mib = 64
+root_mib = 128
+verity_mib = 8
+data_mib = 64
+
+[update.policy]
+{update_policy}
+"#
+    );
+    let path = dir.join(format!("keel-{version}.toml"));
+    std::fs::write(&path, text).expect("writing a recipe");
+    path
+}
+
 /// Copy a disk image, keeping it sparse.
 pub fn copy_disk(from: &Path, to: &Path) {
     let st = Command::new("cp")

@@ -14,49 +14,20 @@ use sha2::{Digest, Sha256};
 use keel_image_builder::{bundle, disk, esp, repo};
 use keel_spec::repo::{Index, INDEX_FILE};
 use keel_spec::signed::{Envelope, Kind};
-use keel_tests::{keel_bin, musl_bin_dir, workspace, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
+use keel_tests::{keel_bin, musl_bin_dir, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
 
 /// A recipe like recipes/host.toml at `version`, following the test
 /// repository, with a static address and `extra` containers.
 fn recipe(dir: &Path, version: &str, extra: &[&str], cmdline: &str) -> PathBuf {
-    let ws = workspace();
-    let ws = ws.display();
     let mut enable = vec!["admin", "web", "update", "net"];
     enable.extend_from_slice(extra);
-    let text = format!(
-        r#"[image]
-name = "keel"
-version = "{version}"
-
-[kernel]
-source = "linux-source-6.1"
-base = "tinyconfig"
-fragments = ["{ws}/kernel-config/keel.config"]
-required = "{ws}/kernel-config/required.txt"
-cmdline = "console=ttyS0 panic=5 oops=panic loglevel=4 {cmdline}"
-
-[userland]
-packages = ["busybox"]
-packages_dir = "{ws}/recipes/packages"
-
-[containers]
-dirs = ["{ws}/tests/containers", "{ws}/system-containers"]
-enable = {enable:?}
-
-[partitions]
-esp_mib = 64
-root_mib = 128
-verity_mib = 8
-data_mib = 64
-
-[update.policy]
-repository = "http://10.0.2.100/"
-reboot = "auto"
-"#
-    );
-    let path = dir.join(format!("keel-{version}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
+    keel_tests::image_recipe(
+        dir,
+        version,
+        &enable,
+        cmdline,
+        "repository = \"http://10.0.2.100/\"\nreboot = \"auto\"",
+    )
 }
 
 /// `keel build --sign-key`; the output folder.

@@ -132,6 +132,17 @@ fn agent(h: &Host) -> Agent {
     .unwrap()
 }
 
+/// The boot entries on the ESP, sorted.
+fn entries(h: &Host) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(&h.paths.entries)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 /// Every file of the disk, for before/after comparisons.
 fn snapshot(h: &Host) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
@@ -172,13 +183,7 @@ fn installs_into_the_other_slot_and_makes_it_bootable_last() {
         &h.v1.root[..],
         "slot a untouched"
     );
-    let mut entries: Vec<String> = fs::read_dir(&h.paths.entries)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    entries.sort();
-    assert_eq!(entries, ["keel-0.1.0.efi", "keel-0.2.0+3.efi"]);
+    assert_eq!(entries(&h), ["keel-0.1.0.efi", "keel-0.2.0+3.efi"]);
     let st = a.status.lock().unwrap().clone();
     assert_eq!(st.state, "installed");
 }
@@ -261,13 +266,7 @@ fn an_allowed_downgrade_boots_first_and_the_running_entry_last() {
     let old = make_with(&t.path().join("o"), "0.0.9", &key, 9, true);
     let msg = a.apply(fs::File::open(&old.bundle).unwrap()).unwrap();
     assert!(msg.starts_with("installed 0.0.9 into slot b"), "{msg}");
-    let mut entries: Vec<String> = fs::read_dir(&h.paths.entries)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    entries.sort();
-    assert_eq!(entries, ["keel-0.0.9+3.efi", "keel-0.1.0+0-1.efi"]);
+    assert_eq!(entries(&h), ["keel-0.0.9+3.efi", "keel-0.1.0+0-1.efi"]);
 }
 
 #[test]
@@ -285,11 +284,5 @@ fn rollback_needs_an_intact_other_slot() {
     a.apply(fs::File::open(&v2.bundle).unwrap()).unwrap();
     let msg = a.rollback().unwrap();
     assert!(msg.starts_with("slot b (0.2.0) boots next"), "{msg}");
-    let mut entries: Vec<String> = fs::read_dir(&h.paths.entries)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    entries.sort();
-    assert_eq!(entries, ["keel-0.1.0+0-1.efi", "keel-0.2.0.efi"]);
+    assert_eq!(entries(&h), ["keel-0.1.0+0-1.efi", "keel-0.2.0.efi"]);
 }

@@ -14,41 +14,13 @@ use keel_tests::{Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
 use crate::{root, run, MUSL};
 
 fn recipe(dir: &Path, version: &str) -> anyhow::Result<PathBuf> {
-    let ws = root();
-    let ws = ws.display();
-    let text = format!(
-        r#"[image]
-name = "keel"
-version = "{version}"
-
-[kernel]
-source = "linux-source-6.1"
-base = "tinyconfig"
-fragments = ["{ws}/kernel-config/keel.config"]
-required = "{ws}/kernel-config/required.txt"
-cmdline = "console=ttyS0 panic=5 oops=panic loglevel=4"
-
-[userland]
-packages = ["busybox"]
-packages_dir = "{ws}/recipes/packages"
-
-[containers]
-dirs = ["{ws}/tests/containers", "{ws}/system-containers"]
-enable = ["admin", "update", "net", "blockdd"]
-
-[partitions]
-esp_mib = 64
-root_mib = 128
-verity_mib = 8
-data_mib = 64
-
-[update.policy]
-reboot = "manual"
-"#
-    );
-    let p = dir.join(format!("bench-{version}.toml"));
-    std::fs::write(&p, text)?;
-    Ok(p)
+    Ok(keel_tests::image_recipe(
+        dir,
+        version,
+        &["admin", "update", "net", "blockdd"],
+        "",
+        "reboot = \"manual\"",
+    ))
 }
 
 fn build(dir: &Path, version: &str, bin_dir: &Path, key: &Path) -> anyhow::Result<PathBuf> {
