@@ -157,6 +157,11 @@ fn update(cmd: UpdateCmd) -> anyhow::Result<()> {
         UpdateResponse::Done(m) => println!("{m}"),
         other => bail!("unexpected answer {other:?}"),
     }
+    // An install or a rollback may reboot the host as soon as we hang up:
+    // the answer must have left a terminal before that, or the hang-up of
+    // the console session throws it away.
+    let _ = std::io::stdout().flush();
+    let _ = nix::sys::termios::tcdrain(std::io::stdout());
     Ok(())
 }
 
