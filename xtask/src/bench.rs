@@ -438,7 +438,7 @@ pub fn boot(boots: usize) -> anyhow::Result<String> {
     let (lo, hi) = (ratios[0], ratios[ratios.len() - 1]);
     Ok(format!(
         "\n| boot under TCG (ms since kernel start, median of {boots}) | PID 1 starts | ready | PID 1 → ready |\n|---|---|---|---|\n\
-         | keel (dm-verity root, switch root, 2 containers) | {ks:.0} | {kr:.0} | {:.0} |\n\
+         | keel (dm-verity root, switch root, the default image: admin, web, update) | {ks:.0} | {kr:.0} | {:.0} |\n\
          | busybox init floor (same kernel, initramfs only) | {fs:.0} | {fr:.0} | {:.0} |\n\n\
          keel ready ÷ floor ready, each keel boot against the floor boot that follows it: \
          median {:.2} (range {lo:.2}–{hi:.2} over {boots} pairs).\n\n\
