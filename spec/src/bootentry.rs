@@ -77,29 +77,37 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// The contents of PE section `name` in `image`.
-pub fn pe_section<'a>(image: &'a [u8], name: &str) -> Option<&'a [u8]> {
-    if image.get(..2)? != b"MZ" {
+/// Where PE section `name` lies in the file, from the image's headers
+/// alone (`headers` need only reach the end of the section table, which
+/// for a UKI is within its first 4 KiB): a caller reads just that range
+/// instead of the whole multi-megabyte image.
+pub fn pe_section_range(headers: &[u8], name: &str) -> Option<std::ops::Range<usize>> {
+    if headers.get(..2)? != b"MZ" {
         return None;
     }
-    let pe = u32_at(image, 0x3c)? as usize;
-    if image.get(pe..pe + 4)? != b"PE\0\0" {
+    let pe = u32_at(headers, 0x3c)? as usize;
+    if headers.get(pe..pe + 4)? != b"PE\0\0" {
         return None;
     }
     let coff = pe + 4;
-    let count = u16_at(image, coff + 2)? as usize;
-    let table = coff + 20 + u16_at(image, coff + 16)? as usize;
+    let count = u16_at(headers, coff + 2)? as usize;
+    let table = coff + 20 + u16_at(headers, coff + 16)? as usize;
     (0..count).find_map(|i| {
         let h = table + i * 40;
-        let raw = image.get(h..h + 8)?;
+        let raw = headers.get(h..h + 8)?;
         if raw.split(|&b| b == 0).next()? != name.as_bytes() {
             return None;
         }
-        let vsize = u32_at(image, h + 8)? as usize;
-        let rsize = u32_at(image, h + 16)? as usize;
-        let at = u32_at(image, h + 20)? as usize;
-        image.get(at..at + vsize.min(rsize))
+        let vsize = u32_at(headers, h + 8)? as usize;
+        let rsize = u32_at(headers, h + 16)? as usize;
+        let at = u32_at(headers, h + 20)? as usize;
+        Some(at..at + vsize.min(rsize))
     })
+}
+
+/// The contents of PE section `name` in `image`.
+pub fn pe_section<'a>(image: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    image.get(pe_section_range(image, name)?)
 }
 
 #[cfg(test)]

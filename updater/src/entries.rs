@@ -6,7 +6,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::PathBuf;
 
-use keel_spec::bootentry::{pe_section, EntryName};
+use keel_spec::bootentry::EntryName;
 use keel_spec::cmdline::{to_hex, BootParams};
 
 use crate::error::{io_err, UpdateError};
@@ -31,11 +31,6 @@ impl Entry {
     }
 }
 
-fn params_of(uki: &[u8]) -> Option<BootParams> {
-    let cmdline = std::str::from_utf8(pe_section(uki, ".cmdline")?).ok()?;
-    BootParams::parse(cmdline.trim_end_matches('\0')).ok()
-}
-
 impl Entries {
     /// Every keel entry, in file name order.
     pub fn list(&self) -> Result<Vec<Entry>, UpdateError> {
@@ -47,13 +42,11 @@ impl Entries {
                 continue;
             };
             // keel-init's health gate may rename an entry meanwhile.
-            let bytes = match fs::read(e.path()) {
-                Ok(b) => b,
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(err) => return Err(io_err(&e.path())(err)),
-            };
+            if !e.path().exists() {
+                continue;
+            }
             out.push(Entry {
-                params: params_of(&bytes),
+                params: keel_init::bootgate::boot_params(&e.path()),
                 file,
                 name,
             });
