@@ -25,6 +25,8 @@ pub enum RootfsError {
     NotStatic { path: PathBuf, why: &'static str },
     #[error("container {container}: `rootfs.contents` names {item:?}, which is neither a userland package of the image nor a keel binary")]
     UnknownContent { container: String, item: String },
+    #[error("container {container}: `seccomp`: {message}")]
+    Seccomp { container: String, message: String },
     #[error(transparent)]
     Tool(#[from] ToolError),
 }
@@ -186,6 +188,20 @@ pub fn stage(dir: &Path, inputs: &Inputs<'_>) -> Result<(), RootfsError> {
             c.text.as_bytes(),
             0o644,
         )?;
+        // The filter compiled here saves keel-init compiling it at boot.
+        let filter = keel_spec::seccomp::compile(&c.def.seccomp).map_err(|message| {
+            RootfsError::Seccomp {
+                container: c.name.clone(),
+                message,
+            }
+        })?;
+        if let Some(prog) = filter {
+            s.file(
+                &format!("{CONTAINERS_DIR}/{}.seccomp", c.name),
+                &keel_spec::seccomp::encode(&c.def.seccomp, &prog),
+                0o644,
+            )?;
+        }
         let root = format!("{CONTAINERS_DIR}/{}/rootfs", c.name);
         for d in ["dev", "proc", "sys", "tmp", "run", "var", "root", "etc"] {
             s.dir(&format!("{root}/{d}"))?;

@@ -23,6 +23,12 @@ pub struct Confinement {
 
 impl Confinement {
     pub fn from_def(def: &ContainerDef) -> Result<Self, String> {
+        Self::from_def_with(def, None)
+    }
+
+    /// [`Confinement::from_def`], with the seccomp filter that `keel build`
+    /// compiled for the definition, if any; it is checked against `def`.
+    pub fn from_def_with(def: &ContainerDef, precompiled: Option<&[u8]>) -> Result<Self, String> {
         Ok(Confinement {
             uid: def.user.uid,
             gid: def.user.gid,
@@ -30,7 +36,7 @@ impl Confinement {
             caps: caps::mask(&def.capabilities).map_err(|e| e.to_string())?,
             last_cap: caps::last_cap(),
             no_new_privs: def.no_new_privs,
-            seccomp: keel_spec::seccomp::compile(&def.seccomp)?,
+            seccomp: keel_spec::seccomp::compile_or_load(&def.seccomp, precompiled)?,
             rlimits: def
                 .rlimits
                 .iter()

@@ -22,6 +22,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use keel_spec::bootentry::ESP_MOUNT;
 use keel_spec::container::{self, ContainerDef};
 use keel_spec::limits::WritableKind;
 use keel_spec::{API_DIR, API_SOCKET, CONTAINERS_DIR};
@@ -53,6 +54,21 @@ struct HostLauncher {
     /// Each service's confinement, seccomp filter compiled, from its first
     /// start on.
     confinements: BTreeMap<String, crate::confine::Confinement>,
+    /// The ESP is mounted at /efi on first need, not during boot: the
+    /// health gate needs it only once the verdict is in, and so do the
+    /// services that bind it, which are not usually boot-critical.
+    esp: Esp,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+enum Esp {
+    /// Not booted from a slot: no ESP to mount.
+    #[default]
+    None,
+    Unmounted,
+    Mounted,
+    /// Mounting failed; said once, not tried again.
+    Failed,
 }
 
 /// The log of service `name`, made on first use.
@@ -62,6 +78,19 @@ fn sink_in<'a>(logs: &'a mut BTreeMap<String, LogSink>, name: &str) -> &'a mut L
 }
 
 impl HostLauncher {
+    /// Mount the ESP if it is due and not mounted yet.
+    fn ensure_esp(&mut self) {
+        if self.esp == Esp::Unmounted {
+            self.esp = match crate::bootgate::mount_esp() {
+                Ok(()) => Esp::Mounted,
+                Err(e) => {
+                    log(format!("warning: ESP at {ESP_MOUNT}: {e}"));
+                    Esp::Failed
+                }
+            };
+        }
+    }
+
     /// Service `name`'s confinement, worked out (seccomp filter compiled)
     /// once and reused by every start, probe and exec.
     fn confinement(
@@ -118,6 +147,13 @@ impl HostLauncher {
     /// Everything up to the container's clone: its cgroup, persistent
     /// folders, confinement and pipes.
     fn begin(&mut self, name: &str, def: &ContainerDef) -> Result<Pending, String> {
+        if def
+            .mounts
+            .iter()
+            .any(|m| Path::new(&m.source).starts_with(ESP_MOUNT))
+        {
+            self.ensure_esp();
+        }
         let cg = Path::new(SERVICES_CGROUP).join(name);
         sys::mkdir_p(&cg, 0o755).map_err(|e| e.to_string())?;
         crate::cgroup::apply(&cg, &def.resources)?;
@@ -341,7 +377,7 @@ fn setup_cgroups() -> Result<(), String> {
 }
 
 /// The image's system containers in start order, with the confinement
-/// (compiled seccomp filter) of each that has a valid one.
+/// (seccomp filter, compiled by `keel build`) of each that has a valid one.
 fn definitions() -> (
     Vec<(String, ContainerDef)>,
     BTreeMap<String, crate::confine::Confinement>,
@@ -357,7 +393,11 @@ fn definitions() -> (
     // which reports why.
     let confinements = defs
         .iter()
-        .filter_map(|(n, d)| Some((n.clone(), crate::confine::Confinement::from_def(d).ok()?)))
+        .filter_map(|(n, d)| {
+            let precompiled = std::fs::read(format!("{CONTAINERS_DIR}/{n}.seccomp")).ok();
+            let c = crate::confine::Confinement::from_def_with(d, precompiled.as_deref());
+            Some((n.clone(), c.ok()?))
+        })
         .collect();
     (defs, confinements)
 }
@@ -559,13 +599,19 @@ impl Init {
             }
             _ => {}
         }
+        let first_verdict = self.said == Health::Starting;
         self.said = health;
+        if first_verdict {
+            // The services that waited for the verdict start now.
+            self.sup.tick(Instant::now());
+        }
     }
 
     /// The boot health gate: keep the booted entry, or, if it is on trial
     /// and unhealthy, give it no more tries and reboot into the other slot.
     fn gate(&mut self, healthy: bool) {
         let Some(hash) = &self.root_hash else { return };
+        self.sup.launcher.ensure_esp();
         match crate::bootgate::decide(healthy, hash) {
             Ok(Verdict::Blessed { from, to }) => {
                 log(format!("boot entry {from} is healthy: blessed as {to}"))
@@ -705,10 +751,7 @@ impl Init {
         nix::unistd::sync();
         // The ESP too, when keel-init mounted it: a clean unmount clears
         // FAT's dirty bit.
-        let esp = self
-            .root_hash
-            .as_ref()
-            .map(|_| keel_spec::bootentry::ESP_MOUNT);
+        let esp = (self.sup.launcher.esp == Esp::Mounted).then_some(ESP_MOUNT);
         for m in esp.into_iter().chain(["/var"]) {
             if let Err(e) = sys::umount_detach(Path::new(m)) {
                 log(format!("warning: {e}"));
@@ -763,7 +806,6 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
         sys::loopback_up()?;
         if booted_from_slot {
             crate::bootgate::link_partitions()?;
-            crate::bootgate::mount_esp()?;
         }
         Ok::<(), String>(())
     });
@@ -794,7 +836,7 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
         .ok();
 
     warn(
-        "loopback, partition links, ESP",
+        "loopback, partition links",
         loopback.join().unwrap_or_else(|_| Err("panicked".into())),
     );
     let (defs, confinements) = definitions.join().unwrap_or_else(|_| {
@@ -803,6 +845,11 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
     });
     let launcher = HostLauncher {
         confinements,
+        esp: if booted_from_slot {
+            Esp::Unmounted
+        } else {
+            Esp::None
+        },
         ..HostLauncher::default()
     };
     let mut init = Init {

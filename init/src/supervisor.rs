@@ -140,6 +140,11 @@ pub struct Service {
     pub ready: Option<Instant>,
     /// Start again once the current process has stopped (`restart`).
     pub start_after_stop: bool,
+    /// Required, or something a required service comes after: starts as
+    /// soon as its dependencies allow. Others wait until the boot's health
+    /// verdict, so they do not take CPU and I/O from the services that
+    /// decide it.
+    pub boot_critical: bool,
 }
 
 /// The host's health, as the updater's health gate sees it.
@@ -160,6 +165,25 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// After this many failures in a row the service is marked failed.
 pub const CRASH_LOOP_LIMIT: u32 = 8;
 
+/// Which of `defs` the boot's health verdict waits for: the required
+/// services and, transitively, everything they come after or require.
+fn boot_critical(defs: &[(String, ContainerDef)]) -> Vec<bool> {
+    let mut critical: Vec<bool> = defs.iter().map(|(_, d)| d.required).collect();
+    let mut todo: Vec<usize> = (0..defs.len()).filter(|&i| critical[i]).collect();
+    while let Some(i) = todo.pop() {
+        let def = &defs[i].1;
+        for dep in def.after.iter().chain(&def.requires) {
+            if let Some(j) = defs.iter().position(|(n, _)| n == dep) {
+                if !critical[j] {
+                    critical[j] = true;
+                    todo.push(j);
+                }
+            }
+        }
+    }
+    critical
+}
+
 pub fn backoff(failures_in_row: u32) -> Duration {
     let exp = failures_in_row.saturating_sub(1).min(16);
     (BACKOFF_BASE * 2u32.pow(exp)).min(BACKOFF_MAX)
@@ -170,6 +194,9 @@ pub struct Supervisor<L: Launcher> {
     pub services: Vec<Service>,
     pub launcher: L,
     shutting_down: bool,
+    /// The health gate has had its verdict (healthy or failed) once; from
+    /// then on every service starts when its dependencies allow.
+    verdict_reached: bool,
     /// `Instant` ↔ milliseconds since boot, for reporting.
     epoch: (Instant, u64),
 }
@@ -177,9 +204,11 @@ pub struct Supervisor<L: Launcher> {
 impl<L: Launcher> Supervisor<L> {
     /// `defs` in start order (see `keel_spec::lifecycle::start_order`).
     pub fn new(launcher: L, defs: Vec<(String, ContainerDef)>, now: Instant, boot_ms: u64) -> Self {
+        let critical = boot_critical(&defs);
         let services = defs
             .into_iter()
-            .map(|(name, def)| Service {
+            .zip(critical)
+            .map(|((name, def), boot_critical)| Service {
                 name,
                 def,
                 state: State::Waiting,
@@ -189,12 +218,14 @@ impl<L: Launcher> Supervisor<L> {
                 started: None,
                 ready: None,
                 start_after_stop: false,
+                boot_critical,
             })
             .collect();
         Supervisor {
             services,
             launcher,
             shutting_down: false,
+            verdict_reached: false,
             epoch: (now, boot_ms),
         }
     }
@@ -260,6 +291,12 @@ impl<L: Launcher> Supervisor<L> {
         if self.shutting_down {
             return;
         }
+        // A verdict reached during this tick is announced before the
+        // services that waited for it start, at the next tick.
+        if !self.verdict_reached && self.health() != Health::Starting {
+            self.verdict_reached = true;
+        }
+        let defer_others = !self.verdict_reached;
         // Starting a service can let others start in the same tick.
         loop {
             let mut changed = false;
@@ -267,7 +304,9 @@ impl<L: Launcher> Supervisor<L> {
             // wait on them are looked at again in the next pass.
             let mut batch = Vec::new();
             for i in 0..self.services.len() {
-                if self.services[i].state != State::Waiting {
+                if self.services[i].state != State::Waiting
+                    || (defer_others && !self.services[i].boot_critical)
+                {
                     continue;
                 }
                 let def = &self.services[i].def;

@@ -107,6 +107,68 @@ fn independent_services_start_together_and_dependents_after() {
 }
 
 #[test]
+fn services_outside_the_health_gate_start_after_its_verdict() {
+    let t = Instant::now();
+    let slow = "[readiness]\nfile = \"/run/up\"\ndeadline_ms = 5000\ninterval_ms = 100";
+    let mut s = sup(
+        &[
+            ("net", "required = false"),
+            ("app", &format!("after = [\"net\"]\n{slow}")),
+            ("extra", "required = false"),
+            ("late", "required = false\nafter = [\"app\"]"),
+        ],
+        t,
+    );
+    s.launcher
+        .probes
+        .insert("app".into(), [Probe::NotYet("no /run/up".into())].into());
+    s.tick(t);
+    let names = |b: &[&str]| b.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        s.launcher.batches,
+        vec![names(&["net"]), names(&["app"])],
+        "net is not required, but app comes after it; extra waits"
+    );
+    assert_eq!(s.health(), Health::Starting);
+    assert_eq!(s.services[2].state, State::Waiting);
+    s.tick(t + Duration::from_millis(100));
+    assert_eq!(s.health(), Health::Healthy);
+    assert_eq!(
+        s.launcher.batches.len(),
+        2,
+        "the verdict is announced first"
+    );
+    s.tick(t + Duration::from_millis(100));
+    assert_eq!(s.launcher.batches[2..], [names(&["extra", "late"])]);
+    // Later, a restart of a required service holds nothing back.
+    let app = pid_of(&s, 1);
+    s.on_exit(app, Exit::Code(1), t + Duration::from_secs(1));
+    s.stop_service("extra", t + Duration::from_secs(1)).unwrap();
+    s.on_exit(pid_of(&s, 2), Exit::Signal(15), t + Duration::from_secs(1));
+    s.start_service("extra", t + Duration::from_secs(1))
+        .unwrap();
+    assert!(s.services[2].state.pid().is_some());
+}
+
+#[test]
+fn a_failed_gate_still_starts_the_rest() {
+    let t = Instant::now();
+    let mut s = sup(
+        &[
+            ("setup", "kind = \"oneshot\"\nrestart = \"never\""),
+            ("extra", "required = false"),
+        ],
+        t,
+    );
+    s.tick(t);
+    assert_eq!(s.services[1].state, State::Waiting);
+    s.on_exit(pid_of(&s, 0), Exit::Code(2), t);
+    assert_eq!(s.health(), Health::Failed);
+    s.tick(t);
+    assert!(s.services[1].state.pid().is_some());
+}
+
+#[test]
 fn restarts_with_growing_backoff_then_gives_up() {
     let mut t = Instant::now();
     let mut s = sup(&[("a", "")], t);

@@ -145,7 +145,22 @@ fn limits_and_confinement_hold() {
         ms(&notifier, "ready_ms") >= ms(&notifier, "started_ms") + 500,
         "{notifier}"
     );
-    assert_eq!(late["state"], "failed", "{late}");
+    // late is not required: it starts once the health gate has its
+    // verdict, then misses its own deadline.
+    assert!(
+        ms(&late, "started_ms") >= ms(&app, "ready_ms"),
+        "late started before the required services were ready: {late} {app}"
+    );
+    let late = (0..30)
+        .find_map(|_| {
+            let l = g.service("late");
+            if l["state"] == "failed" {
+                return Some(l);
+            }
+            g.shell("sleep 1");
+            None
+        })
+        .unwrap_or_else(|| panic!("late never failed: {}", g.service("late")));
     assert!(
         late["last_error"]
             .as_str()
