@@ -1,8 +1,9 @@
 //! The update agent: check the repository, apply a bundle, roll back. It
 //! keeps a status that `keelctl update status` reads while it works.
 
-use std::fs::{self, File};
-use std::path::PathBuf;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -19,6 +20,7 @@ use crate::error::{io_err, UpdateError};
 use crate::install::{check_fits, check_policy, install, Disk, Running};
 use crate::slots::Partitions;
 use crate::state::{settle, Pending, Store};
+use crate::verify::{Head, Verified};
 use crate::{fetch, verify};
 
 /// Where things are on a host; tests point these at temporary folders.
@@ -197,23 +199,74 @@ impl Agent {
         });
     }
 
-    /// Install the bundle in `file`. Nothing is written before the whole
-    /// bundle has been verified.
-    pub fn apply(&self, mut file: File) -> Result<String, UpdateError> {
+    /// Install the bundle in `file`, which its owner may still change: it
+    /// is copied into the updater's storage while it is verified, and
+    /// installed from that copy. Nothing is written to a slot before the
+    /// whole bundle has been verified.
+    pub fn apply(&self, file: File) -> Result<String, UpdateError> {
         let _busy = self.busy.lock();
-        let r = self.apply_locked(&mut file);
+        let r = self.apply_foreign(file);
         self.finish(&r);
         r
     }
 
-    fn apply_locked(&self, file: &mut File) -> Result<String, UpdateError> {
+    fn apply_foreign(&self, mut file: File) -> Result<String, UpdateError> {
+        let head = self.admit(&mut file)?;
+        let dir = self.store.downloads();
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let total = verify::payload_bytes(&head.manifest);
+        let free = nix::sys::statvfs::statvfs(&dir)
+            .map(|v| v.blocks_available() * v.fragment_size())
+            .map_err(|e| io_err(&dir)(e.into()))?;
+        if free < total {
+            return Err(UpdateError::State(format!(
+                "{} has {free} bytes free; the bundle's copy needs {total}",
+                dir.display()
+            )));
+        }
+        // Unlinked at once, so that nothing is left behind (a power cut
+        // just here leaves a file that the next download clears).
+        let name = dir.join("apply.bundle");
+        let _ = fs::remove_file(&name);
+        let copy = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&name)
+            .map_err(io_err(&name))?;
+        fs::remove_file(&name).map_err(io_err(&name))?;
+        let mut bundle = verify::copy_checked(
+            &mut file,
+            head,
+            (copy, &dir),
+            &mut self.progress("verifying", total),
+        )?;
+        self.install_verified(&mut bundle)
+    }
+
+    /// Install a bundle the updater downloaded itself.
+    fn apply_own(&self, path: &Path) -> Result<String, UpdateError> {
+        let mut file = File::open(path).map_err(io_err(path))?;
+        let head = self.admit(&mut file)?;
+        let total = verify::payload_bytes(&head.manifest);
+        let mut bundle = verify::check_own(file, head, &mut self.progress("verifying", total))?;
+        self.install_verified(&mut bundle)
+    }
+
+    /// The bundle's signed head, if this host may install it.
+    fn admit(&self, file: &mut File) -> Result<Head, UpdateError> {
         let head = verify::read_head(file, &self.trusted()?)?;
+        check_policy(&head.manifest, &self.running)?;
+        check_fits(&head.manifest, &self.disk, self.slot.other())?;
+        Ok(head)
+    }
+
+    fn install_verified(&self, bundle: &mut Verified) -> Result<String, UpdateError> {
+        let head = bundle.head().clone();
         let m = &head.manifest;
-        check_policy(m, &self.running)?;
         let target = self.slot.other();
-        check_fits(m, &self.disk, target)?;
         let total = verify::payload_bytes(m);
-        verify::check_payloads(file, &head, &mut self.progress("verifying", total))?;
         let mut state = self.store.load()?;
         // Recorded before the first write: if power fails from here on,
         // the next boot knows an update was under way.
@@ -223,8 +276,7 @@ impl Agent {
         });
         self.store.save(&state)?;
         let written = install(
-            file,
-            &head,
+            bundle,
             &self.disk,
             &self.running,
             target,
@@ -271,31 +323,22 @@ impl Agent {
                 "no repository configured (update.policy.repository)".into(),
             ));
         };
-        let r = {
-            let _busy = self.busy.lock();
-            self.set(|s| s.state = "checking".into());
-            self.check_locked(&base)
-        };
-        match r {
-            Ok(Some(path)) => {
-                let f = File::open(&path).map_err(io_err(&path))?;
-                let r = self.apply(f);
-                if r.is_ok() {
-                    let _ = fs::remove_file(&path);
+        let _busy = self.busy.lock();
+        self.set(|s| s.state = "checking".into());
+        let r = self
+            .check_locked(&base)
+            .and_then(|download| match download {
+                Some(path) => {
+                    let r = self.apply_own(&path);
+                    if r.is_ok() {
+                        let _ = fs::remove_file(&path);
+                    }
+                    r
                 }
-                r
-            }
-            Ok(None) => {
-                let r = Ok(format!("up to date: {}", self.running.version));
-                self.finish(&r);
-                r
-            }
-            Err(e) => {
-                let r = Err(e);
-                self.finish(&r);
-                r
-            }
-        }
+                None => Ok(format!("up to date: {}", self.running.version)),
+            });
+        self.finish(&r);
+        r
     }
 
     /// The downloaded bundle to install, if the repository has a newer one.

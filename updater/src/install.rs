@@ -3,16 +3,17 @@
 //!
 //! 1. every boot entry but the running one is removed, so nothing can boot
 //!    the slot while it is half written;
-//! 2. root and verity are written (each chunk checked against the signed
-//!    manifest before it is written), synced, dropped from the page cache
-//!    and read back from the device and checked again;
+//! 2. root and verity are written from the verified bundle in the
+//!    updater's own storage (see [`Verified`]), synced, dropped from the
+//!    page cache, read back from the device and checked chunk by chunk
+//!    against the signed manifest;
 //! 3. only then the UKI goes to the ESP as `keel-VERSION+3.efi`, written
 //!    under a temporary name, synced and renamed.
 //!
 //! Until step 3 completes the running slot is the only one that boots.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Write};
 
 use sha2::{Digest, Sha256};
 
@@ -24,7 +25,7 @@ use keel_spec::disk::Slot;
 use crate::entries::Entries;
 use crate::error::{io_err, UpdateError};
 use crate::slots::{drop_cache, Partitions};
-use crate::verify::{stream_payload, Head};
+use crate::verify::Verified;
 
 /// What is running now.
 #[derive(Debug, Clone)]
@@ -120,18 +121,17 @@ fn read_back(
     Ok(())
 }
 
-/// Install the bundle in `src` (its head verified) into slot `target`;
-/// returns the new entry's file name. `progress` gets bytes written.
+/// Install `bundle` into slot `target`; returns the new entry's file name.
+/// `progress` gets bytes written.
 pub fn install(
-    src: &mut (impl Read + Seek),
-    head: &Head,
+    bundle: &mut Verified,
     disk: &Disk,
     running: &Running,
     target: Slot,
     progress: &mut dyn FnMut(u64),
 ) -> Result<String, UpdateError> {
-    let m = &head.manifest;
-    check_fits(m, disk, target)?;
+    let m = bundle.head().manifest.clone();
+    check_fits(&m, disk, target)?;
     let running_hash = to_hex(&running.verity.root_hash);
     let keep = disk
         .entries
@@ -156,9 +156,7 @@ pub fn install(
             .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        stream_payload(
-            src,
-            head,
+        bundle.copy_payload(
             p,
             &mut |chunk| out.write_all(chunk).map_err(io_err(&path)),
             &mut |n| progress(base + n),
@@ -187,9 +185,8 @@ pub fn install(
         tries_done: 0,
     };
     disk.entries.install(&name, &mut |f| {
-        stream_payload(
-            src,
-            head,
+        // The UKI is not read back: it is checked on its way instead.
+        bundle.stream_payload(
             uki,
             &mut |chunk| {
                 f.write_all(chunk).map_err(|e| UpdateError::Io {

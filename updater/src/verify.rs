@@ -2,7 +2,9 @@
 //! before its signature holds), then the payloads, hashed in chunks so
 //! that a mismatch names the offset where it is.
 
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 
 use ed25519_dalek::VerifyingKey;
 use sha2::{Digest, Sha256};
@@ -113,18 +115,98 @@ pub fn stream_payload(
     Ok(())
 }
 
-/// Check every payload of the bundle without writing anything.
-pub fn check_payloads(
-    r: &mut (impl Read + Seek),
-    head: &Head,
+/// A bundle whose payloads have all been checked against its signed
+/// manifest, in a file that only the updater writes. Only the functions of
+/// this module make one, so what is installed from it needs no second
+/// check on the way (the slot is still read back from the device).
+#[derive(Debug)]
+pub struct Verified {
+    file: File,
+    head: Head,
+}
+
+impl Verified {
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    /// Hand payload `p` to `sink` in chunks, unchecked: it was checked.
+    pub fn copy_payload(
+        &mut self,
+        p: &Payload,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), UpdateError>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), UpdateError> {
+        let start = self.head.offset(p);
+        let mut buf = vec![0u8; CHUNK_SIZE as usize];
+        let mut done = 0u64;
+        while done < p.size {
+            let len = (p.size - done).min(CHUNK_SIZE) as usize;
+            self.file
+                .read_exact_at(&mut buf[..len], start + done)
+                .map_err(io)?;
+            sink(&buf[..len])?;
+            done += len as u64;
+            progress(done);
+        }
+        Ok(())
+    }
+
+    /// Hand payload `p` to `sink`, checked once more as it goes.
+    pub fn stream_payload(
+        &mut self,
+        p: &Payload,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), UpdateError>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), UpdateError> {
+        stream_payload(&mut self.file, &self.head, p, sink, progress)
+    }
+}
+
+/// Check every payload of `file`, a bundle the updater itself stored (a
+/// download), without writing anything.
+pub fn check_own(
+    mut file: File,
+    head: Head,
     progress: &mut dyn FnMut(u64),
-) -> Result<(), UpdateError> {
+) -> Result<Verified, UpdateError> {
     let mut base = 0;
     for p in &head.manifest.payloads {
-        stream_payload(r, head, p, &mut |_| Ok(()), &mut |n| progress(base + n))?;
+        stream_payload(&mut file, &head, p, &mut |_| Ok(()), &mut |n| {
+            progress(base + n)
+        })?;
         base += p.size;
     }
-    Ok(())
+    Ok(Verified { file, head })
+}
+
+/// Check every payload of `src`, a bundle someone else may still be
+/// writing to, while copying them to `dst`, a file only the updater can
+/// reach; the payloads keep their offsets there.
+pub fn copy_checked(
+    src: &mut (impl Read + Seek),
+    head: Head,
+    (dst, dst_dir): (File, &std::path::Path),
+    progress: &mut dyn FnMut(u64),
+) -> Result<Verified, UpdateError> {
+    let mut base = 0;
+    for p in &head.manifest.payloads {
+        let mut at = head.offset(p);
+        stream_payload(
+            src,
+            &head,
+            p,
+            &mut |chunk| {
+                dst.write_all_at(chunk, at)
+                    .map_err(crate::error::io_err(dst_dir))?;
+                at += chunk.len() as u64;
+                Ok(())
+            },
+            &mut |n| progress(base + n),
+        )?;
+        base += p.size;
+    }
+    Ok(Verified { file: dst, head })
 }
 
 /// The payload bytes of a bundle, for progress totals.

@@ -186,6 +186,10 @@ fn installs_into_the_other_slot_and_makes_it_bootable_last() {
     assert_eq!(entries(&h), ["keel-0.1.0.efi", "keel-0.2.0+3.efi"]);
     let st = a.status.lock().unwrap().clone();
     assert_eq!(st.state, "installed");
+    let copies = fs::read_dir(h.paths.state.join("download"))
+        .unwrap()
+        .count();
+    assert_eq!(copies, 0, "the verified copy is gone with its last fd");
 }
 
 #[test]
