@@ -11,7 +11,7 @@ use keel_spec::disk::{uki_file_name, Role, Slot};
 
 use crate::cache::Cache;
 use crate::disk::{self, stable_guid, Content, PartSpec};
-use crate::recipe::{self, ImageRecipe, Loaded};
+use crate::recipe::{self, ImageRecipe, Loaded, OutputFormat};
 use crate::rootfs::{self, StagedContainer};
 use crate::tool;
 use crate::{esp, initramfs, kernel, package, uki, verity};
@@ -49,6 +49,8 @@ pub enum BuildError {
     #[error(transparent)]
     Tool(#[from] tool::ToolError),
     #[error(transparent)]
+    Output(#[from] crate::outputs::OutputError),
+    #[error(transparent)]
     Bundle(#[from] crate::bundle::BundleError),
     #[error("root filesystem is {size} bytes; partitions.root_mib = {mib} is too small")]
     RootTooLarge { size: u64, mib: u64 },
@@ -70,7 +72,10 @@ pub struct Options {
 /// What a build produced, for the summary and for tests.
 #[derive(Debug, Clone)]
 pub struct Report {
-    pub disk: PathBuf,
+    /// The raw disk, unless the recipe's outputs leave it out.
+    pub disk: Option<PathBuf>,
+    /// The other outputs the recipe asked for (qcow2, direct boot, manifest).
+    pub outputs: Vec<PathBuf>,
     pub uki: PathBuf,
     pub uki_name: String,
     pub root: PathBuf,
@@ -157,8 +162,9 @@ pub fn load_containers(recipe: &Loaded<ImageRecipe>) -> Result<Vec<StagedContain
 pub fn os_release(r: &ImageRecipe) -> String {
     let (name, v) = (&r.image.name, &r.image.version);
     format!(
-        "NAME=keel\nID=keel\nVERSION={v}\nVERSION_ID={v}\nPRETTY_NAME=\"keel {v}\"\nIMAGE_ID={name}\nIMAGE_VERSION={v}\nKEEL_VERSION={}\n",
-        keel_spec::KEEL_VERSION
+        "NAME=keel\nID=keel\nVERSION={v}\nVERSION_ID={v}\nPRETTY_NAME=\"keel {v}\"\nIMAGE_ID={name}\nIMAGE_VERSION={v}\nKEEL_VERSION={}\nKEEL_CONTAINERS=\"{}\"\n",
+        keel_spec::KEEL_VERSION,
+        r.containers.enable.join(" ")
     )
 }
 
@@ -171,7 +177,16 @@ fn mkfs_ext4(path: &Path, mib: u64, uuid: &str) -> Result<(), BuildError> {
     tool::run(
         Command::new("mkfs.ext4")
             .env("E2FSPROGS_FAKE_TIME", "1")
-            .args(["-q", "-F", "-L", keel_spec::disk::DATA_LABEL, "-U", uuid])
+            .args([
+                "-q",
+                "-F",
+                "-b",
+                "4096",
+                "-L",
+                keel_spec::disk::DATA_LABEL,
+                "-U",
+                uuid,
+            ])
             .arg("-E")
             .arg(format!("hash_seed={uuid},root_owner=0:0"))
             .arg(path),
@@ -223,6 +238,107 @@ fn host_files(
         policy.into_bytes(),
     ));
     Ok(files)
+}
+
+struct ManifestInputs<'a> {
+    recipe: &'a Loaded<ImageRecipe>,
+    kernel: &'a kernel::Kernel,
+    packages: &'a [package::Package],
+    containers: &'a [StagedContainer],
+    bin_dir: &'a Path,
+    root_hash: &'a str,
+    artifacts: Vec<&'a PathBuf>,
+}
+
+/// Every component of the image, with where it came from, and every file
+/// the build wrote, each with its sha256.
+fn manifest(i: &ManifestInputs<'_>) -> Result<crate::outputs::Manifest, BuildError> {
+    use crate::outputs::{debian_version, sha256, sha256_file, Component};
+    let r = &i.recipe.recipe;
+    let c = |name: &str, version: String, source: String, sha256: String| Component {
+        name: name.to_string(),
+        version,
+        source,
+        sha256,
+    };
+    let mut components = vec![c(
+        "kernel",
+        i.kernel.release.clone(),
+        format!(
+            "Debian {} {}",
+            r.kernel.source,
+            debian_version(&r.kernel.source)
+        ),
+        sha256_file(&i.kernel.bzimage)?,
+    )];
+    for p in i.packages {
+        let first = p.files.first().map(|(_, f)| f.clone()).unwrap_or_default();
+        components.push(c(
+            &p.name,
+            p.source
+                .split_once(' ')
+                .map_or(String::new(), |(_, v)| v.to_string()),
+            format!("Debian source package {}, built with musl-gcc", p.source),
+            sha256_file(&first)?,
+        ));
+    }
+    let efi = debian_version("systemd-boot-efi");
+    for (name, path) in [
+        ("systemd-boot", SYSTEMD_BOOT),
+        ("systemd-stub", SYSTEMD_STUB),
+    ] {
+        components.push(c(
+            name,
+            efi.clone(),
+            format!("Debian systemd-boot-efi {efi}"),
+            sha256_file(Path::new(path))?,
+        ));
+    }
+    let mut bins: Vec<String> = vec!["keel-init".into(), "keelctl".into()];
+    for cont in i.containers {
+        for item in &cont.def.rootfs.contents {
+            if i.bin_dir.join(item).is_file() && !bins.contains(item) {
+                bins.push(item.clone());
+            }
+        }
+    }
+    for b in bins {
+        components.push(c(
+            &b,
+            keel_spec::KEEL_VERSION.to_string(),
+            "keel".into(),
+            sha256_file(&i.bin_dir.join(&b))?,
+        ));
+    }
+    for cont in i.containers {
+        components.push(c(
+            &format!("container {}", cont.name),
+            r.image.version.clone(),
+            "container definition".into(),
+            sha256(cont.text.as_bytes()),
+        ));
+    }
+    let artifacts = i
+        .artifacts
+        .iter()
+        .map(|p| {
+            Ok(c(
+                &p.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                r.image.version.clone(),
+                "keel build".into(),
+                sha256_file(p)?,
+            ))
+        })
+        .collect::<Result<_, BuildError>>()?;
+    Ok(crate::outputs::Manifest {
+        image: r.image.name.clone(),
+        version: r.image.version.clone(),
+        root_hash: i.root_hash.to_string(),
+        components,
+        artifacts,
+    })
 }
 
 pub fn build(opts: &Options) -> Result<Report, BuildError> {
@@ -322,6 +438,11 @@ pub fn build(opts: &Options) -> Result<Report, BuildError> {
     let uki_name = uki_file_name(&r.image.version, Some(3));
     let uki_path = opts.out.join(uki_file_name(&r.image.version, None));
     fs::write(&uki_path, &uki_bytes).map_err(io_err(&uki_path))?;
+    let mut outputs = Vec::new();
+    if r.outputs.has(OutputFormat::Direct) {
+        crate::outputs::write_direct(&opts.out, &linux, &initrd, &cmdline)?;
+        outputs.push(opts.out.join(crate::outputs::DIRECT_KERNEL));
+    }
 
     let boot_bytes = fs::read(&boot).map_err(io_err(&boot))?;
     let loader_conf =
@@ -409,8 +530,42 @@ pub fn build(opts: &Options) -> Result<Report, BuildError> {
         None => None,
     };
 
+    if r.outputs.has(OutputFormat::Qcow2) {
+        let q = opts.out.join("disk.qcow2");
+        crate::outputs::qcow2(&disk_path, &q)?;
+        outputs.push(q);
+    }
+    if r.outputs.has(OutputFormat::Manifest) {
+        let m = manifest(&ManifestInputs {
+            recipe: &recipe,
+            kernel: &kernel,
+            packages: &packages,
+            containers: &containers,
+            bin_dir: &opts.bin_dir,
+            root_hash: &to_hex(&tree.params.root_hash),
+            artifacts: [&root, &verity_path, &uki_path, &disk_path]
+                .into_iter()
+                .chain(bundle.as_ref())
+                .chain(outputs.iter())
+                .collect(),
+        })?;
+        outputs.push(crate::outputs::write_manifest(&opts.out, &m)?);
+    }
+    // The raw disk and the UKI were needed on the way (for qcow2, the
+    // bundle, the manifest); what the recipe did not ask for goes now.
+    let disk = if r.outputs.has(OutputFormat::Raw) {
+        Some(disk_path)
+    } else {
+        fs::remove_file(&disk_path).map_err(io_err(&disk_path))?;
+        None
+    };
+    if !r.outputs.has(OutputFormat::Uki) {
+        fs::remove_file(&uki_path).map_err(io_err(&uki_path))?;
+    }
+
     Ok(Report {
-        disk: disk_path,
+        disk,
+        outputs,
         uki: uki_path,
         uki_name,
         root,

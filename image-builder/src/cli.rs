@@ -10,7 +10,6 @@ use clap::{Parser, Subcommand};
 use crate::build::{self, Options};
 use crate::cache::Cache;
 use crate::qemu::{self, Accel, RunOptions};
-use crate::{disk, esp};
 
 #[derive(Debug, Parser)]
 #[command(name = "keel", version, about = "Build, run and inspect keel images")]
@@ -43,6 +42,16 @@ pub enum Cmd {
         /// public key.
         #[arg(long)]
         sign_key: Option<PathBuf>,
+        /// Refuse to build if an input differs from the recipe's lock file
+        /// (RECIPE with .lock), which `keel lock` writes.
+        #[arg(long)]
+        locked: bool,
+    },
+    /// Record the exact version and sha256 of every input of a recipe in
+    /// its lock file (RECIPE with .lock), for `keel build --locked`.
+    Lock {
+        #[arg(default_value = "recipes/host.toml")]
+        recipe: PathBuf,
     },
     /// Write a new ed25519 key pair: BASE.key (mode 0600) and BASE.pub.
     Keygen { base: PathBuf },
@@ -70,9 +79,39 @@ pub enum Cmd {
         /// 127.0.0.1:HOST.
         #[arg(long = "forward", value_parser = parse_forward)]
         forwards: Vec<(u16, u16)>,
+        /// Boot the kernel and initramfs beside the disk (the recipe's
+        /// `direct` output) without firmware: faster, for iterating. The
+        /// disk still holds the root and /var.
+        #[arg(long)]
+        direct: bool,
     },
-    /// Print a disk image's partition table and boot entries.
-    Inspect { disk: PathBuf },
+    /// Show what a disk image, a flashed device or an update bundle holds:
+    /// partitions, slots and their versions, boot counters, verity root
+    /// hashes, kernel and command line, containers; for a bundle its
+    /// manifest and signatures.
+    Inspect {
+        path: PathBuf,
+        /// Public keys (from `keel keygen`) to check a bundle's signatures
+        /// against.
+        #[arg(long)]
+        trust: Vec<PathBuf>,
+        /// JSON instead of text, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a disk image to a block device or a file: partitions first,
+    /// the ESP and the partition table last, then synced and read back.
+    /// The data partition (/var) grows to the end of the target.
+    Flash {
+        image: PathBuf,
+        target: PathBuf,
+        /// Host config to put on the ESP as keel/host.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Overwrite a target that already holds a partition table.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,7 +159,12 @@ pub fn main() -> anyhow::Result<()> {
             bin_dir,
             jobs,
             sign_key,
+            locked,
         } => {
+            if locked {
+                let loaded = crate::recipe::load_image(&recipe)?;
+                crate::lock::check(&loaded)?;
+            }
             let cache = Cache::new(match cache_dir {
                 Some(d) => d,
                 None => Cache::default_root()?,
@@ -154,15 +198,22 @@ pub fn main() -> anyhow::Result<()> {
                 report.uki.display(),
                 report.uki_name
             );
-            println!(
-                "  disk      {:>10} bytes  {}",
-                size(&report.disk),
-                report.disk.display()
-            );
+            if let Some(d) = &report.disk {
+                println!("  disk      {:>10} bytes  {}", size(d), d.display());
+            }
             if let Some(b) = &report.bundle {
                 println!("  bundle    {:>10} bytes  {}", size(b), b.display());
             }
+            for o in &report.outputs {
+                println!("  also      {:>10} bytes  {}", size(o), o.display());
+            }
             println!("  built in {:.1} s", started.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Cmd::Lock { recipe } => {
+            let loaded = crate::recipe::load_image(&recipe)?;
+            let (path, inputs) = crate::lock::write(&loaded)?;
+            println!("{}: {} inputs locked", path.display(), inputs.len());
             Ok(())
         }
         Cmd::Keygen { base } => {
@@ -211,7 +262,13 @@ pub fn main() -> anyhow::Result<()> {
             vars,
             no_reboot,
             forwards,
+            direct,
         } => {
+            let direct = if direct {
+                Some(qemu::Direct::beside(&disk)?)
+            } else {
+                None
+            };
             let vars = vars.unwrap_or_else(|| {
                 let mut v = disk.clone().into_os_string();
                 v.push(".vars");
@@ -225,6 +282,7 @@ pub fn main() -> anyhow::Result<()> {
                 cpus,
                 no_reboot,
                 forwards,
+                direct,
             };
             let kvm = qemu::prepare(&o)?;
             let err = Command::new("qemu-system-x86_64")
@@ -232,23 +290,64 @@ pub fn main() -> anyhow::Result<()> {
                 .exec();
             bail!("starting qemu-system-x86_64 (apt-get install qemu-system-x86): {err}")
         }
-        Cmd::Inspect { disk } => {
-            let table = disk::read_table(&disk)?;
-            for (i, p) in table.iter().enumerate() {
+        Cmd::Flash {
+            image,
+            target,
+            config,
+            force,
+        } => {
+            let started = std::time::Instant::now();
+            let mut shown = 0u64;
+            let r = crate::flash::flash(
+                &crate::flash::Options {
+                    image: &image,
+                    target: &target,
+                    config: config.as_deref(),
+                    force,
+                },
+                &mut |done, total| {
+                    // A line per 10 %: readable in a log as on a terminal.
+                    let tenth = done * 10 / total.max(1);
+                    if tenth > shown {
+                        shown = tenth;
+                        eprintln!("keel flash: {} % ({done} of {total} bytes)", tenth * 10);
+                    }
+                },
+            )
+            .with_context(|| format!("flashing {} to {}", image.display(), target.display()))?;
+            println!(
+                "{}: {} bytes written, read back and verified in {:.1} s; /var partition {} MiB",
+                target.display(),
+                r.written,
+                started.elapsed().as_secs_f64(),
+                r.data_size >> 20
+            );
+            for (label, sha) in &r.partitions {
+                println!("  {label:<14} sha256 {sha}");
+            }
+            if let Some(c) = &config {
                 println!(
-                    "{:>2} {:<14} {:>10} MiB at {:>6} MiB  {}",
-                    i + 1,
-                    p.label,
-                    p.size >> 20,
-                    p.offset >> 20,
-                    p.type_guid
+                    "  host config {} on the ESP as {}",
+                    c.display(),
+                    crate::flash::HOST_CONFIG_ON_ESP
                 );
             }
-            let esp_bytes = disk::read_partition(&disk, keel_spec::disk::ESP_LABEL)?;
-            let entries = esp::list_dir(std::io::Cursor::new(esp_bytes), "EFI/Linux")
-                .with_context(|| format!("{}: reading the ESP", disk.display()))?;
-            for e in entries {
-                println!("   boot entry: EFI/Linux/{e}");
+            if let Some(why) = &r.reread_failed {
+                println!("  note: the kernel did not re-read the partition table ({why})");
+            }
+            Ok(())
+        }
+        Cmd::Inspect { path, trust, json } => {
+            let trusted = trust
+                .iter()
+                .map(|p| crate::bundle::read_public(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let report = crate::inspect::inspect(&path, &trusted)
+                .with_context(|| format!("inspecting {}", path.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", crate::inspect::render(&report));
             }
             Ok(())
         }

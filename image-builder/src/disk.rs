@@ -171,9 +171,60 @@ pub fn write(path: &Path, seed: &str, parts: &[PartSpec<'_>]) -> Result<Vec<Plac
         }
     }
 
-    let last_lba = total / SECTOR_SIZE - 1;
+    let mut parts_out = Vec::new();
+    for (p, at) in parts.iter().zip(&placed) {
+        let type_guid = Uuid::parse_str(p.role.type_guid()).map_err(|e| DiskError::Io {
+            path: path.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidData, e),
+        })?;
+        parts_out.push(LayoutPart {
+            label: p.role.label().to_string(),
+            type_guid,
+            part_guid: stable_guid(seed, p.role.label()),
+            offset: at.offset,
+            size: at.size,
+        });
+    }
+    write_table(
+        &f,
+        path,
+        &Layout {
+            disk_guid: stable_guid(seed, "disk"),
+            size: total,
+            parts: parts_out,
+        },
+    )?;
+    f.sync_all().map_err(io_err)?;
+    Ok(placed)
+}
+
+/// A GPT disk as keel writes it: every GUID, so that `keel flash` can write
+/// the same table onto a larger target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub disk_guid: Uuid,
+    /// Bytes of the whole disk.
+    pub size: u64,
+    /// In GPT entry order.
+    pub parts: Vec<LayoutPart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutPart {
+    pub label: String,
+    pub type_guid: Uuid,
+    pub part_guid: Uuid,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// Write a protective MBR and the primary and backup GPT of `layout` to
+/// `f` (of `layout.size` bytes at least; the backup goes at its end).
+pub fn write_table(f: &File, path: &Path, layout: &Layout) -> Result<(), DiskError> {
+    let mut dev = f;
+    let last_lba = layout.size / SECTOR_SIZE - 1;
     let mbr = gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(last_lba).unwrap_or(u32::MAX));
-    mbr.overwrite_lba0(&mut f)
+    mbr.overwrite_lba0(&mut dev)
         .map_err(|source| DiskError::Mbr {
             path: path.to_path_buf(),
             source,
@@ -186,34 +237,71 @@ pub fn write(path: &Path, seed: &str, parts: &[PartSpec<'_>]) -> Result<Vec<Plac
         .writable(true)
         .logical_block_size(LogicalBlockSize::Lb512)
         .change_partition_count(true)
-        .create_from_device(&mut f, Some(stable_guid(seed, "disk")))
+        .create_from_device(dev, Some(layout.disk_guid))
         .map_err(gpt_err)?;
     let mut table = BTreeMap::new();
-    for (i, (p, at)) in parts.iter().zip(&placed).enumerate() {
-        let guid = Uuid::parse_str(p.role.type_guid()).map_err(|e| DiskError::Io {
-            path: path.to_path_buf(),
-            source: io::Error::new(io::ErrorKind::InvalidData, e),
-        })?;
+    for (i, p) in layout.parts.iter().enumerate() {
         let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
         table.insert(
             n,
             Partition {
                 part_type_guid: Type {
-                    guid,
+                    guid: p.type_guid,
                     os: OperatingSystem::None,
                 },
-                part_guid: stable_guid(seed, p.role.label()),
-                first_lba: at.offset / SECTOR_SIZE,
-                last_lba: (at.offset + at.size) / SECTOR_SIZE - 1,
+                part_guid: p.part_guid,
+                first_lba: p.offset / SECTOR_SIZE,
+                last_lba: (p.offset + p.size) / SECTOR_SIZE - 1,
                 flags: 0,
-                name: p.role.label().to_string(),
+                name: p.label.clone(),
             },
         );
     }
     disk.update_partitions(table).map_err(gpt_err)?;
     disk.write().map_err(gpt_err)?;
-    f.sync_all().map_err(io_err)?;
-    Ok(placed)
+    Ok(())
+}
+
+/// The layout of the disk image at `path`.
+pub fn read_layout(path: &Path) -> Result<Layout, DiskError> {
+    let f = File::open(path).map_err(|source| DiskError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    read_layout_from(&f, path)
+}
+
+/// The layout of the disk open as `f` (`path` names it in errors).
+pub fn read_layout_from(f: &File, path: &Path) -> Result<Layout, DiskError> {
+    let io_err = |source| DiskError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut dev = f;
+    let size = dev.seek(SeekFrom::End(0)).map_err(io_err)?;
+    let disk = gpt::GptConfig::new()
+        .writable(false)
+        .logical_block_size(LogicalBlockSize::Lb512)
+        .open_from_device(dev)
+        .map_err(|source| DiskError::Gpt {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(Layout {
+        disk_guid: *disk.guid(),
+        size,
+        parts: disk
+            .partitions()
+            .values()
+            .map(|p| LayoutPart {
+                label: p.name.clone(),
+                type_guid: p.part_type_guid.guid,
+                part_guid: p.part_guid,
+                offset: p.first_lba * SECTOR_SIZE,
+                size: (p.last_lba + 1 - p.first_lba) * SECTOR_SIZE,
+            })
+            .collect(),
+    })
 }
 
 /// Read the partition table of a disk image.

@@ -61,7 +61,14 @@ pub fn build(size: u64, volume_id: u32, files: &[(String, Vec<u8>)]) -> Result<V
         .volume_id(volume_id)
         .volume_label(*b"ESP        ");
     fatfs::format_volume(&mut disk, fmt).map_err(|source| EspError::Format { size, source })?;
-    disk.set_position(0);
+    add_files(disk.into_inner(), files)
+}
+
+/// Add `files` to the FAT volume `image` (paths with `/`, directories
+/// created as needed, files replaced).
+pub fn add_files(image: Vec<u8>, files: &[(String, Vec<u8>)]) -> Result<Vec<u8>, EspError> {
+    let size = image.len() as u64;
+    let mut disk = Cursor::new(image);
     {
         let fs = FileSystem::new(&mut disk, options())
             .map_err(|source| EspError::Format { size, source })?;

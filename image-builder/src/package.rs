@@ -36,6 +36,9 @@ pub enum PackageError {
 #[derive(Debug, Clone)]
 pub struct Package {
     pub name: String,
+    /// The Debian source package and version it was built from
+    /// (`busybox 1:1.35.0-4`), for the image's manifest.
+    pub source: String,
     /// (path inside the image's `bin/`-relative tree, file in the cache)
     pub files: Vec<(String, PathBuf)>,
     /// Link paths (absolute inside a root) that point at the first file.
@@ -121,9 +124,21 @@ pub fn ensure(
     };
     Ok(Package {
         name: name.to_string(),
+        source: source_version(&sources).unwrap_or_else(|| r.source.clone()),
         files,
         links,
     })
+}
+
+/// "busybox 1.35.0-4+deb12u1", from the `.dsc` among a source package's
+/// files ("busybox_1.35.0-4+deb12u1.dsc SIZE SHA256:…").
+fn source_version(files: &[String]) -> Option<String> {
+    let dsc = files
+        .iter()
+        .filter_map(|l| l.split_whitespace().next())
+        .find(|f| f.ends_with(".dsc"))?;
+    let (name, version) = dsc.trim_end_matches(".dsc").split_once('_')?;
+    Some(format!("{name} {version}"))
 }
 
 fn set_options(config: &str, options: &std::collections::BTreeMap<String, String>) -> String {

@@ -25,6 +25,41 @@ pub struct RunOptions {
     pub no_reboot: bool,
     /// `guestfwd` rules: (guest port on 10.0.2.100, host port on 127.0.0.1).
     pub forwards: Vec<(u16, u16)>,
+    /// Boot this kernel and initramfs with QEMU's loader instead of the
+    /// firmware (`keel run --direct`); the disk still holds the root.
+    pub direct: Option<Direct>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Direct {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+}
+
+impl Direct {
+    /// The direct-boot files `keel build` wrote beside `disk`.
+    pub fn beside(disk: &Path) -> Result<Direct, RunError> {
+        let dir = disk.parent().unwrap_or(Path::new("."));
+        let file = |name: &str| {
+            let p = dir.join(name);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(RunError::NoDirect(p))
+            }
+        };
+        let cmdline_path = file(crate::outputs::DIRECT_CMDLINE)?;
+        let cmdline = std::fs::read_to_string(&cmdline_path).map_err(|source| RunError::Io {
+            path: cmdline_path,
+            source,
+        })?;
+        Ok(Direct {
+            kernel: file(crate::outputs::DIRECT_KERNEL)?,
+            initrd: file(crate::outputs::DIRECT_INITRD)?,
+            cmdline: cmdline.trim().to_string(),
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,8 +71,10 @@ pub enum RunError {
     },
     #[error("{0} is missing: apt-get install ovmf")]
     NoOvmf(PathBuf),
-    #[error("{0}: no such disk image (build one with `keel build`)")]
+    #[error("{0}: no such disk image or block device (build one with `keel build`)")]
     NoDisk(PathBuf),
+    #[error("{0} is missing: direct boot needs the recipe's `direct` output")]
+    NoDirect(PathBuf),
 }
 
 /// Whether `/dev/kvm` can run an ordinary guest here. The paravirtual KVM
@@ -74,11 +111,23 @@ pub fn qemu_args(o: &RunOptions, kvm: bool) -> Vec<String> {
         "-m".into(),
         o.memory_mib.to_string(),
     ]);
+    match &o.direct {
+        Some(d) => a.extend([
+            "-kernel".into(),
+            d.kernel.display().to_string(),
+            "-initrd".into(),
+            d.initrd.display().to_string(),
+            "-append".into(),
+            d.cmdline.clone(),
+        ]),
+        None => a.extend([
+            "-drive".into(),
+            format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+            "-drive".into(),
+            format!("if=pflash,format=raw,unit=1,file={}", o.vars.display()),
+        ]),
+    }
     a.extend([
-        "-drive".into(),
-        format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
-        "-drive".into(),
-        format!("if=pflash,format=raw,unit=1,file={}", o.vars.display()),
         "-drive".into(),
         format!("if=none,id=disk0,format=raw,file={}", o.disk.display()),
         "-device".into(),
@@ -110,19 +159,27 @@ pub fn qemu_args(o: &RunOptions, kvm: bool) -> Vec<String> {
 
 /// Check inputs and create the writable firmware variable store if needed.
 pub fn prepare(o: &RunOptions) -> Result<bool, RunError> {
-    if !o.disk.is_file() {
+    // A flashed block device boots as well as an image file.
+    let usable = std::fs::metadata(&o.disk).is_ok_and(|m| {
+        use std::os::unix::fs::FileTypeExt;
+        m.is_file() || m.file_type().is_block_device()
+    });
+    if !usable {
         return Err(RunError::NoDisk(o.disk.clone()));
     }
-    for f in [OVMF_CODE, OVMF_VARS] {
-        if !Path::new(f).is_file() {
-            return Err(RunError::NoOvmf(f.into()));
+    // Direct boot needs no firmware.
+    if o.direct.is_none() {
+        for f in [OVMF_CODE, OVMF_VARS] {
+            if !Path::new(f).is_file() {
+                return Err(RunError::NoOvmf(f.into()));
+            }
         }
-    }
-    if !o.vars.exists() {
-        std::fs::copy(OVMF_VARS, &o.vars).map_err(|source| RunError::Io {
-            path: o.vars.clone(),
-            source,
-        })?;
+        if !o.vars.exists() {
+            std::fs::copy(OVMF_VARS, &o.vars).map_err(|source| RunError::Io {
+                path: o.vars.clone(),
+                source,
+            })?;
+        }
     }
     Ok(match o.accel {
         Accel::Kvm => true,
@@ -144,7 +201,25 @@ mod tests {
             cpus: 2,
             no_reboot: true,
             forwards: vec![(80, 8080)],
+            direct: None,
         }
+    }
+
+    #[test]
+    fn direct_boot_skips_the_firmware() {
+        let mut o = opts();
+        o.direct = Some(Direct {
+            kernel: "out/vmlinuz".into(),
+            initrd: "out/initramfs.img".into(),
+            cmdline: "console=ttyS0 keel.roothash=ab".into(),
+        });
+        let a = qemu_args(&o, false);
+        assert!(!a.join(" ").contains("pflash"));
+        let at = a.iter().position(|x| x == "-append").unwrap();
+        assert_eq!(a[at + 1], "console=ttyS0 keel.roothash=ab");
+        assert!(a
+            .join(" ")
+            .contains("-kernel out/vmlinuz -initrd out/initramfs.img"));
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub fn package_for(program: &str) -> &'static str {
         "tar" | "xz" => "xz-utils",
         "apt-get" | "dpkg-source" => "dpkg-dev",
         "qemu-system-x86_64" => "qemu-system-x86",
+        "qemu-img" => "qemu-utils",
         _ => "see README",
     }
 }

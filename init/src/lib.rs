@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod confine;
 pub mod dm;
 pub mod exec;
+pub mod ext4;
 pub mod launch;
 pub mod logs;
 pub mod pid1;

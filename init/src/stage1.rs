@@ -99,6 +99,21 @@ fn mount_data() -> Result<(), Stage1Error> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         None,
     )?;
+    let size = std::fs::read_to_string(format!("/sys/class/block/{}/size", d.name))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(|sectors| sectors * 512);
+    if let Some(size) = size {
+        match crate::ext4::grow(node, size, Path::new(DATA_STAGING)) {
+            Ok(Some((from, to))) => log(format!(
+                "stage 1: /var grown to its partition, {} -> {} MiB",
+                from >> 20,
+                to >> 20
+            )),
+            Ok(None) => {}
+            Err(e) => log(format!("warning: /var keeps its size: {e}")),
+        }
+    }
     Ok(())
 }
 

@@ -163,8 +163,38 @@ impl Guest {
         for (guest, host) in forwards {
             cmd.arg(format!("--forward={guest}:{host}"));
         }
+        Guest::spawn(cmd.arg(disk))
+    }
+
+    /// Boot the kernel and initramfs beside `disk` without firmware
+    /// (`keel run --direct`).
+    pub fn boot_direct(disk: &Path) -> Guest {
+        let mut cmd = Command::new(keel_bin());
+        cmd.args([
+            "run",
+            "--accel",
+            "tcg",
+            "--memory",
+            "512",
+            "--no-reboot",
+            "--direct",
+        ])
+        .arg(disk);
+        Guest::spawn(&mut cmd)
+    }
+
+    /// Boot a block device; the firmware's variables go to `vars`.
+    pub fn boot_device(device: &Path, vars: &Path) -> Guest {
+        let mut cmd = Command::new(keel_bin());
+        cmd.args(["run", "--accel", "tcg", "--memory", "512", "--no-reboot"])
+            .arg("--vars")
+            .arg(vars)
+            .arg(device);
+        Guest::spawn(&mut cmd)
+    }
+
+    fn spawn(cmd: &mut Command) -> Guest {
         let mut child = cmd
-            .arg(disk)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

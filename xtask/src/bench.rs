@@ -353,6 +353,7 @@ fn boot_console(disk: &Path, done: &str) -> anyhow::Result<String> {
         cpus: 2,
         no_reboot: true,
         forwards: Vec::new(),
+        direct: None,
     };
     qemu::prepare(&o)?;
     let mut child = Command::new("qemu-system-x86_64")

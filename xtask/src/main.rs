@@ -33,6 +33,7 @@ const APT_PACKAGES: &[&str] = &[
     "systemd-boot-efi",
     "ovmf",
     "qemu-system-x86",
+    "qemu-utils",
     "socat",
     "dosfstools",
     "util-linux",

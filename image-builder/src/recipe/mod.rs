@@ -111,4 +111,31 @@ mod tests {
             "{msg}"
         );
     }
+
+    #[test]
+    fn outputs_name_known_formats() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.toml");
+        let base = "[image]\nname = \"keel\"\nversion = \"0.1.0\"\n\
+                    [kernel]\nsource = \"linux-source-6.1\"\nfragments = [\"k\"]\nrequired = \"r\"\n\
+                    [containers]\ndirs = [\"c\"]\nenable = [\"admin\"]\n";
+        std::fs::write(&path, base).unwrap();
+        let r = load_image(&path).unwrap();
+        assert!(
+            r.recipe.outputs.has(OutputFormat::Raw) && !r.recipe.outputs.has(OutputFormat::Qcow2)
+        );
+        std::fs::write(
+            &path,
+            format!("{base}[outputs]\nformats = [\"raw\", \"vhd\"]\n"),
+        )
+        .unwrap();
+        let msg = load_image(&path).unwrap_err().to_string();
+        assert!(
+            msg.contains("line 12") && msg.contains("vhd") && msg.contains("qcow2"),
+            "{msg}"
+        );
+        std::fs::write(&path, format!("{base}[outputs]\nformats = []\n")).unwrap();
+        let msg = load_image(&path).unwrap_err().to_string();
+        assert!(msg.contains("outputs.formats"), "{msg}");
+    }
 }

@@ -15,6 +15,54 @@ pub struct ImageRecipe {
     pub partitions: Partitions,
     #[serde(default)]
     pub update: UpdateRecipe,
+    #[serde(default)]
+    pub outputs: Outputs,
+}
+
+/// `[outputs]`: what `keel build` leaves in its output folder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outputs {
+    #[serde(default = "default_formats")]
+    pub formats: Vec<OutputFormat>,
+}
+
+impl Default for Outputs {
+    fn default() -> Self {
+        Outputs {
+            formats: default_formats(),
+        }
+    }
+}
+
+impl Outputs {
+    pub fn has(&self, f: OutputFormat) -> bool {
+        self.formats.contains(&f)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// `disk.img`: the GPT disk, sparse.
+    Raw,
+    /// `disk.qcow2`: the same disk, compressed (needs qemu-img).
+    Qcow2,
+    /// `keel-VERSION.efi`: the UKI alone.
+    Uki,
+    /// `vmlinuz`, `initramfs.img`, `cmdline.txt`: for `keel run --direct`.
+    Direct,
+    /// `manifest.json`: every component with its version, source and sha256.
+    Manifest,
+}
+
+fn default_formats() -> Vec<OutputFormat> {
+    vec![
+        OutputFormat::Raw,
+        OutputFormat::Uki,
+        OutputFormat::Direct,
+        OutputFormat::Manifest,
+    ]
 }
 
 /// `[update]`: the keys an image trusts and its update policy.

@@ -14,6 +14,12 @@ fn is_name(s: &str) -> bool {
 
 /// Checks beyond the shape of the file; the error names the key.
 pub fn validate_image(r: &ImageRecipe) -> Result<(), Invalid> {
+    if r.outputs.formats.is_empty() {
+        return Err(invalid(
+            "outputs.formats",
+            "names no output; \"raw\", \"qcow2\", \"uki\", \"direct\" and \"manifest\" are the choices",
+        ));
+    }
     if !is_name(&r.image.name) {
         return Err(invalid(
             "image.name",

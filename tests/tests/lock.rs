@@ -1,0 +1,81 @@
+//! `keel lock` records every input of a recipe; `keel build --locked`
+//! builds while they hold and refuses, naming the input, once one changed.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use keel_tests::{image_recipe, keel_bin, musl_bin_dir};
+
+fn keel(args: &[&Path]) -> Output {
+    Command::new(keel_bin()).args(args).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn the_lock_file_catches_a_changed_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = image_recipe(dir.path(), "0.5.0", &["admin"], "", "");
+    let build = |out: &str| {
+        keel(&[
+            Path::new("build"),
+            &recipe,
+            Path::new("--locked"),
+            Path::new("--out"),
+            &dir.path().join(out),
+            Path::new("--bin-dir"),
+            &musl_bin_dir(),
+        ])
+    };
+    let refused = build("out0");
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("run `keel lock"),
+        "{}",
+        text(&refused)
+    );
+
+    let lock = keel(&[Path::new("lock"), &recipe]);
+    assert!(lock.status.success(), "{}", text(&lock));
+    let locked = std::fs::read_to_string(recipe.with_extension("lock")).unwrap();
+    for name in [
+        "recipe keel-0.5.0.toml",
+        "kernel source linux-source-6.1",
+        "source package busybox",
+        "boot loader and stub",
+        "container admin",
+    ] {
+        assert!(
+            locked.contains(&format!("name = \"{name}\"")),
+            "{name}:\n{locked}"
+        );
+    }
+
+    let ok = build("out1");
+    assert!(ok.status.success(), "{}", text(&ok));
+
+    // An edit of the recipe is a changed input: refused, nothing built.
+    let mut r = std::fs::read_to_string(&recipe).unwrap();
+    r.push_str("# tuned\n");
+    std::fs::write(&recipe, r).unwrap();
+    let refused = build("out2");
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("recipe keel-0.5.0.toml: locked sha256"),
+        "{}",
+        text(&refused)
+    );
+    assert!(!dir.path().join("out2/disk.img").exists());
+
+    assert!(keel(&[Path::new("lock"), &recipe]).status.success());
+    let ok = build("out3");
+    assert!(ok.status.success(), "{}", text(&ok));
+}
