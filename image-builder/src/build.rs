@@ -136,7 +136,24 @@ pub fn load_containers(recipe: &Loaded<ImageRecipe>) -> Result<Vec<StagedContain
             path: path.clone(),
             message: e.to_string(),
         };
-        let def = ContainerDef::parse(&text).map_err(bad)?;
+        let mut def = ContainerDef::parse(&text).map_err(bad)?;
+        // An OCI image's config fills in what the definition leaves out;
+        // the image keeps the resolved text, so keel-init needs no OCI.
+        let mut text = text;
+        if let Some(rel) = def.rootfs.oci.clone() {
+            let src = path.parent().unwrap_or(Path::new(".")).join(&rel);
+            let image = crate::oci::open(&src).map_err(|e| BuildError::Container {
+                path: path.clone(),
+                message: format!("`rootfs.oci`: {e}"),
+            })?;
+            text =
+                crate::oci::resolve(&text, &image.config).map_err(|m| BuildError::Container {
+                    path: path.clone(),
+                    message: format!("`rootfs.oci` {rel}: {m}"),
+                })?;
+            def = ContainerDef::parse(&text).map_err(bad)?;
+            def.rootfs.oci = Some(src.display().to_string());
+        }
         container::validate(name, &def).map_err(bad)?;
         keel_spec::seccomp::compile(&def.seccomp).map_err(|e| BuildError::Container {
             path: path.clone(),

@@ -14,6 +14,7 @@ pub mod initramfs;
 pub mod inspect;
 pub mod kernel;
 pub mod lock;
+pub mod oci;
 pub mod outputs;
 pub mod package;
 pub mod qemu;

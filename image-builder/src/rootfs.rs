@@ -27,6 +27,11 @@ pub enum RootfsError {
     UnknownContent { container: String, item: String },
     #[error("container {container}: `seccomp`: {message}")]
     Seccomp { container: String, message: String },
+    #[error("container {container}: {source}")]
+    Oci {
+        container: String,
+        source: crate::oci::OciError,
+    },
     #[error(transparent)]
     Tool(#[from] ToolError),
 }
@@ -203,20 +208,35 @@ pub fn stage(dir: &Path, inputs: &Inputs<'_>) -> Result<(), RootfsError> {
             )?;
         }
         let root = format!("{CONTAINERS_DIR}/{}/rootfs", c.name);
-        for d in ["dev", "proc", "sys", "tmp", "run", "var", "root", "etc"] {
-            s.dir(&format!("{root}/{d}"))?;
+        let oci_root = c.def.rootfs.oci.as_deref().map(Path::new);
+        if let Some(src) = oci_root {
+            let oci_err = |source| RootfsError::Oci {
+                container: c.name.clone(),
+                source,
+            };
+            let image = crate::oci::open(src).map_err(oci_err)?;
+            crate::oci::unpack(&image, &s.root.join(root.trim_start_matches('/')))
+                .map_err(oci_err)?;
         }
-        s.file(
-            &format!("{root}/etc/passwd"),
-            b"root:x:0:0:root:/root:/bin/sh\n",
-            0o644,
-        )?;
-        s.file(&format!("{root}/etc/group"), b"root:x:0:\n", 0o644)?;
-        s.file(
-            &format!("{root}/etc/os-release"),
-            inputs.os_release.as_bytes(),
-            0o644,
-        )?;
+        // An image's own folders, users and os-release stay as they are.
+        let keep =
+            |rel: &str| oci_root.is_some() && s.root.join(rel.trim_start_matches('/')).exists();
+        for d in ["dev", "proc", "sys", "tmp", "run", "var", "root", "etc"] {
+            let rel = format!("{root}/{d}");
+            if !keep(&rel) {
+                s.dir(&rel)?;
+            }
+        }
+        for (f, text) in [
+            ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+            ("etc/group", "root:x:0:\n"),
+            ("etc/os-release", inputs.os_release),
+        ] {
+            let rel = format!("{root}/{f}");
+            if !keep(&rel) {
+                s.file(&rel, text.as_bytes(), 0o644)?;
+            }
+        }
         for m in &c.def.mounts {
             s.dir(&format!("{root}/{}", m.target.trim_start_matches('/')))?;
         }

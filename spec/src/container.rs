@@ -22,7 +22,9 @@ pub struct ContainerDef {
     /// A long-running service (default) or a run-to-completion oneshot.
     #[serde(default)]
     pub kind: Kind,
-    /// Program and arguments, resolved inside the container's root.
+    /// Program and arguments, resolved inside the container's root. With
+    /// `rootfs.oci`, the image's Entrypoint and Cmd when left out.
+    #[serde(default)]
     pub command: Vec<String>,
     /// Start only once these services are ready (oneshots: done).
     #[serde(default)]
@@ -166,7 +168,13 @@ impl Default for Namespaces {
 pub struct RootfsDef {
     /// Userland packages (`recipes/packages/<name>.toml`) or keel binaries
     /// (`keelctl`) installed into the root.
+    #[serde(default)]
     pub contents: Vec<String>,
+    /// An OCI image layout folder or a `docker save` archive, relative to
+    /// the definition's folder, whose layers make the root (`contents` go
+    /// on top).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

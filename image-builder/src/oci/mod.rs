@@ -1,0 +1,317 @@
+//! System container roots from OCI images: an OCI image layout folder or a
+//! `docker save` archive. Every blob is checked against its sha256 digest;
+//! layers are applied in order with their whiteouts; the image config's
+//! Entrypoint, Cmd, Env, WorkingDir and User become the defaults of the
+//! container definition (see [`resolve`]).
+
+mod unpack;
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+pub use unpack::unpack;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Format { path: PathBuf, message: String },
+    #[error("{path}: blob {digest} does not match its digest (sha256 {actual})")]
+    Digest {
+        path: PathBuf,
+        digest: String,
+        actual: String,
+    },
+    #[error("{path}: layer {layer}: {message}")]
+    Layer {
+        path: PathBuf,
+        layer: String,
+        message: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OciError + '_ {
+    move |source| OciError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What the image config says about running it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct RunConfig {
+    #[serde(rename = "Entrypoint", default)]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(rename = "Cmd", default)]
+    pub cmd: Option<Vec<String>>,
+    #[serde(rename = "Env", default)]
+    pub env: Option<Vec<String>>,
+    #[serde(rename = "WorkingDir", default)]
+    pub working_dir: Option<String>,
+    #[serde(rename = "User", default)]
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ConfigBlob {
+    #[serde(default)]
+    config: RunConfig,
+}
+
+#[derive(Debug, Deserialize)]
+struct Descriptor {
+    digest: String,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Platform {
+    architecture: String,
+    os: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Index {
+    manifests: Vec<Descriptor>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ImageManifest {
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+}
+
+/// `manifest.json` of a `docker save` archive: one entry per image.
+#[derive(Debug, Deserialize)]
+struct DockerEntry {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
+/// An image ready to unpack: its layer files in order and its config.
+#[derive(Debug)]
+pub struct Image {
+    pub source: PathBuf,
+    /// (name for messages, file)
+    pub layers: Vec<(String, PathBuf)>,
+    pub config: RunConfig,
+    /// A `docker save` archive is extracted here first.
+    _scratch: Option<tempfile::TempDir>,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, OciError> {
+    let text = fs::read(path).map_err(io_err(path))?;
+    serde_json::from_slice(&text).map_err(|e| OciError::Format {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// The file of blob `digest` in an OCI layout, checked against the digest.
+fn blob(layout: &Path, digest: &str) -> Result<PathBuf, OciError> {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| OciError::Format {
+            path: layout.to_path_buf(),
+            message: format!("digest {digest:?} is not sha256:<64 hex digits>"),
+        })?;
+    let path = layout.join("blobs/sha256").join(hex);
+    check_digest(&path, hex)?;
+    Ok(path)
+}
+
+fn check_digest(path: &Path, hex: &str) -> Result<(), OciError> {
+    let mut f = fs::File::open(path).map_err(io_err(path))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(io_err(path))?;
+    let actual = hex::encode(h.finalize());
+    if actual != hex {
+        return Err(OciError::Digest {
+            path: path.to_path_buf(),
+            digest: format!("sha256:{hex}"),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+fn open_layout(path: &Path) -> Result<(Vec<(String, PathBuf)>, RunConfig), OciError> {
+    let marker = path.join("oci-layout");
+    if !marker.is_file() {
+        return Err(OciError::Format {
+            path: path.to_path_buf(),
+            message: "no oci-layout file: not an OCI image layout".into(),
+        });
+    }
+    let index: Index = read_json(&path.join("index.json"))?;
+    // An index may list several platforms: take linux/amd64, or the only one.
+    let chosen = index
+        .manifests
+        .iter()
+        .find(|d| {
+            d.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+        })
+        .or(match index.manifests.as_slice() {
+            [only] => Some(only),
+            _ => None,
+        })
+        .ok_or_else(|| OciError::Format {
+            path: path.join("index.json"),
+            message: "no linux/amd64 image among its manifests".into(),
+        })?;
+    let manifest: ImageManifest = read_json(&blob(path, &chosen.digest)?)?;
+    let config: ConfigBlob = read_json(&blob(path, &manifest.config.digest)?)?;
+    let layers = manifest
+        .layers
+        .iter()
+        .map(|l| Ok((l.digest.clone(), blob(path, &l.digest)?)))
+        .collect::<Result<_, OciError>>()?;
+    Ok((layers, config.config))
+}
+
+/// Open the OCI image layout folder or `docker save` archive at `path`.
+pub fn open(path: &Path) -> Result<Image, OciError> {
+    let meta = fs::metadata(path).map_err(io_err(path))?;
+    if meta.is_dir() {
+        let (layers, config) = open_layout(path)?;
+        return Ok(Image {
+            source: path.to_path_buf(),
+            layers,
+            config,
+            _scratch: None,
+        });
+    }
+    // `docker save`: a tar of manifest.json, the config and the layers
+    // (and, from Docker 25 on, an OCI layout as well).
+    let scratch = tempfile::tempdir().map_err(io_err(path))?;
+    let f = fs::File::open(path).map_err(io_err(path))?;
+    let mut archive = tar::Archive::new(f);
+    for entry in archive.entries().map_err(io_err(path))? {
+        let mut e = entry.map_err(io_err(path))?;
+        if !e.header().entry_type().is_file() && !e.header().entry_type().is_dir() {
+            continue;
+        }
+        if !e.unpack_in(scratch.path()).map_err(io_err(path))? {
+            return Err(OciError::Format {
+                path: path.to_path_buf(),
+                message: "a member's path leaves the archive".into(),
+            });
+        }
+    }
+    let dir = scratch.path();
+    let (layers, config) = if dir.join("oci-layout").is_file() {
+        open_layout(dir)?
+    } else {
+        let entries: Vec<DockerEntry> = read_json(&dir.join("manifest.json"))?;
+        let [entry] = entries.as_slice() else {
+            return Err(OciError::Format {
+                path: path.to_path_buf(),
+                message: format!("holds {} images; save exactly one", entries.len()),
+            });
+        };
+        let inside = |rel: &str| {
+            let p = dir.join(rel);
+            // Docker names blobs by their digest: check those.
+            if let Some(hex) = rel.strip_prefix("blobs/sha256/") {
+                check_digest(&p, hex)?;
+            }
+            Ok::<_, OciError>(p)
+        };
+        let config: ConfigBlob = read_json(&inside(&entry.config)?)?;
+        let layers = entry
+            .layers
+            .iter()
+            .map(|l| Ok((l.clone(), inside(l)?)))
+            .collect::<Result<_, OciError>>()?;
+        (layers, config.config)
+    };
+    Ok(Image {
+        source: path.to_path_buf(),
+        layers,
+        config,
+        _scratch: Some(scratch),
+    })
+}
+
+/// Whether a layer file is gzip-compressed (else a plain tar).
+fn gzipped(path: &Path) -> Result<bool, OciError> {
+    let mut magic = [0u8; 2];
+    let n = fs::File::open(path)
+        .and_then(|mut f| f.read(&mut magic))
+        .map_err(io_err(path))?;
+    Ok(n == 2 && magic == [0x1f, 0x8b])
+}
+
+/// A definition's text with the image config's defaults added for the keys
+/// it does not set: `command` (Entrypoint then Cmd), `env`, `cwd`, and
+/// `[user]` (a numeric `uid[:gid]` User). Returns the text to store in the
+/// image, or why the image cannot run.
+pub fn resolve(text: &str, config: &RunConfig) -> Result<String, String> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+    let mut top = String::new();
+    let list = |v: &[String]| {
+        let items: Vec<String> = v
+            .iter()
+            .map(|s| toml::Value::String(s.clone()).to_string())
+            .collect();
+        format!("[{}]", items.join(", "))
+    };
+    if !table.contains_key("command") {
+        let command: Vec<String> = config
+            .entrypoint
+            .iter()
+            .flatten()
+            .chain(config.cmd.iter().flatten())
+            .cloned()
+            .collect();
+        if command.is_empty() {
+            return Err(
+                "neither `command` nor the image's Entrypoint or Cmd says what to run".into(),
+            );
+        }
+        top.push_str(&format!("command = {}\n", list(&command)));
+    }
+    if let (false, Some(env)) = (table.contains_key("env"), &config.env) {
+        top.push_str(&format!("env = {}\n", list(env)));
+    }
+    if let (false, Some(wd)) = (table.contains_key("cwd"), &config.working_dir) {
+        if !wd.is_empty() {
+            top.push_str(&format!("cwd = {}\n", toml::Value::String(wd.clone())));
+        }
+    }
+    let mut tail = String::new();
+    if let (false, Some(user)) = (table.contains_key("user"), &config.user) {
+        if !user.is_empty() {
+            let (u, g) = user.split_once(':').unwrap_or((user, user));
+            let (Ok(uid), Ok(gid)) = (u.parse::<u32>(), g.parse::<u32>()) else {
+                return Err(format!(
+                    "the image's User {user:?} is not numeric uid[:gid]; set [user] in the definition"
+                ));
+            };
+            tail = format!("\n[user]\nuid = {uid}\ngid = {gid}\n");
+        }
+    }
+    if top.is_empty() && tail.is_empty() {
+        return Ok(text.to_string());
+    }
+    Ok(format!(
+        "# Defaults from the OCI image config, added by keel build.\n{top}\n{text}{tail}"
+    ))
+}
+
+#[cfg(test)]
+mod tests;

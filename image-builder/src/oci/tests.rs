@@ -1,0 +1,264 @@
+use super::*;
+use std::io::Write;
+
+enum E<'a> {
+    Dir(&'a str),
+    File(&'a str, &'a [u8], u32),
+    Symlink(&'a str, &'a str),
+    Hardlink(&'a str, &'a str),
+}
+
+fn layer(entries: &[E<'_>], gzip: bool) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(0);
+        h.set_uid(1000);
+        h.set_gid(1000);
+        match e {
+            E::Dir(p) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                b.append_data(&mut h, p, &[][..]).unwrap();
+            }
+            E::File(p, data, mode) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(*mode);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, p, *data).unwrap();
+            }
+            E::Symlink(p, target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                h.set_size(0);
+                b.append_link(&mut h, p, target).unwrap();
+            }
+            E::Hardlink(p, target) => {
+                h.set_entry_type(tar::EntryType::Link);
+                h.set_mode(0o644);
+                h.set_size(0);
+                b.append_link(&mut h, p, target).unwrap();
+            }
+        }
+    }
+    let bytes = b.into_inner().unwrap();
+    if !gzip {
+        return bytes;
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+fn put_blob(dir: &Path, bytes: &[u8]) -> String {
+    let d = digest(bytes);
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    fs::write(blobs.join(&d[7..]), bytes).unwrap();
+    d
+}
+
+const CONFIG: &str = r#"{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/bin/hello"],"Cmd":["--greet","world"],"Env":["PATH=/bin","GREETING=hi"],"WorkingDir":"/data","User":"1000:1000"}}"#;
+
+/// Two layers: a base, then (gzipped) whiteouts of /old and of /data's
+/// lower contents, with /data/c added in the same layer.
+fn layers() -> [Vec<u8>; 2] {
+    [
+        layer(
+            &[
+                E::Dir("bin"),
+                E::File("bin/hello", b"#!/bin/sh\necho hello\n", 0o755),
+                E::Dir("etc"),
+                E::File("etc/passwd", b"app:x:1000:1000::/:/bin/sh\n", 0o644),
+                E::Dir("data"),
+                E::File("data/a", b"a", 0o644),
+                E::File("data/b", b"b", 0o600),
+                E::Dir("old"),
+                E::File("old/x", b"x", 0o644),
+                E::File("replaced", b"file first", 0o644),
+            ],
+            false,
+        ),
+        layer(
+            &[
+                E::File(".wh.old", b"", 0o644),
+                E::Dir("data"),
+                E::File("data/.wh..wh..opq", b"", 0o644),
+                E::File("data/c", b"c", 0o644),
+                E::Symlink("bin/hi", "hello"),
+                E::Hardlink("bin/hello2", "bin/hello"),
+                E::Dir("replaced"),
+                E::File("replaced/inner", b"dir now", 0o644),
+            ],
+            true,
+        ),
+    ]
+}
+
+fn layout(dir: &Path) {
+    let [l1, l2] = layers();
+    let (d1, d2) = (put_blob(dir, &l1), put_blob(dir, &l2));
+    let config = put_blob(dir, CONFIG.as_bytes());
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":1}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d1}","size":1}},{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d2}","size":1}}]}}"#
+    );
+    let m = put_blob(dir, manifest.as_bytes());
+    fs::write(
+        dir.join("index.json"),
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{m}","size":1,"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#
+        ),
+    )
+    .unwrap();
+    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+fn check_tree(root: &Path) {
+    assert_eq!(
+        fs::read(root.join("bin/hello")).unwrap(),
+        b"#!/bin/sh\necho hello\n"
+    );
+    assert_eq!(
+        fs::read_link(root.join("bin/hi")).unwrap(),
+        Path::new("hello")
+    );
+    assert_eq!(
+        fs::read(root.join("bin/hello2")).unwrap(),
+        b"#!/bin/sh\necho hello\n"
+    );
+    assert!(!root.join("old").exists(), "whiteout of /old");
+    let mut data: Vec<_> = fs::read_dir(root.join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    data.sort();
+    assert_eq!(data, ["c"], "opaque /data keeps only its own layer's files");
+    assert_eq!(fs::read(root.join("replaced/inner")).unwrap(), b"dir now");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(root.join("bin/hello"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755);
+}
+
+#[test]
+fn an_oci_layout_unpacks_with_whiteouts_and_gives_its_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let oci = dir.path().join("image");
+    layout(&oci);
+    let image = open(&oci).unwrap();
+    assert_eq!(image.layers.len(), 2);
+    assert_eq!(
+        image.config.entrypoint.as_deref(),
+        Some(&["/bin/hello".to_string()][..])
+    );
+    let root = dir.path().join("root");
+    unpack(&image, &root).unwrap();
+    check_tree(&root);
+}
+
+#[test]
+fn a_blob_that_does_not_match_its_digest_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    layout(dir.path());
+    let [l1, _] = layers();
+    let path = dir.path().join("blobs/sha256").join(&digest(&l1)[7..]);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[600] ^= 1;
+    fs::write(&path, bytes).unwrap();
+    let e = open(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("does not match its digest"), "{e}");
+}
+
+#[test]
+fn a_docker_save_archive_unpacks_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let [l1, l2] = layers();
+    let manifest =
+        r#"[{"Config":"cfg.json","RepoTags":["app:1"],"Layers":["l1/layer.tar","l2/layer.tar"]}]"#;
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        ("manifest.json", manifest.as_bytes()),
+        ("cfg.json", CONFIG.as_bytes()),
+        ("l1/layer.tar", &l1[..]),
+        ("l2/layer.tar", &l2[..]),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, name, data).unwrap();
+    }
+    let archive = dir.path().join("app.tar");
+    fs::write(&archive, b.into_inner().unwrap()).unwrap();
+    let image = open(&archive).unwrap();
+    assert_eq!(image.config.user.as_deref(), Some("1000:1000"));
+    let root = dir.path().join("root");
+    unpack(&image, &root).unwrap();
+    check_tree(&root);
+}
+
+#[test]
+fn a_layer_may_not_escape_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(1);
+        // append_data refuses "..", so the name is written by hand.
+        h.as_gnu_mut().unwrap().name[..9].copy_from_slice(b"../escape");
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        b.into_inner().unwrap()
+    };
+    let image = Image {
+        source: dir.path().join("bad"),
+        layers: vec![("bad".into(), {
+            let p = dir.path().join("bad.tar");
+            fs::write(&p, bad).unwrap();
+            p
+        })],
+        config: RunConfig::default(),
+        _scratch: None,
+    };
+    let e = unpack(&image, &dir.path().join("root"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("leaves the root"), "{e}");
+    assert!(!dir.path().join("escape").exists());
+}
+
+#[test]
+fn the_config_fills_what_the_definition_leaves_out() {
+    let config: ConfigBlob = serde_json::from_str(CONFIG).unwrap();
+    let c = config.config;
+    let text = "description = \"app\"\n[rootfs]\noci = \"app\"\n";
+    let out = resolve(text, &c).unwrap();
+    let def = keel_spec::container::ContainerDef::parse(&out).unwrap();
+    assert_eq!(def.command, ["/bin/hello", "--greet", "world"]);
+    assert_eq!(def.env, ["PATH=/bin", "GREETING=hi"]);
+    assert_eq!(def.cwd, "/data");
+    assert_eq!((def.user.uid, def.user.gid), (1000, 1000));
+    // What the definition says wins.
+    let own = "command = [\"/bin/sh\"]\ncwd = \"/\"\n[user]\nuid = 5\n[rootfs]\noci = \"app\"\n";
+    let def = keel_spec::container::ContainerDef::parse(&resolve(own, &c).unwrap()).unwrap();
+    assert_eq!(
+        (def.command[0].as_str(), def.cwd.as_str(), def.user.uid),
+        ("/bin/sh", "/", 5)
+    );
+    let named = RunConfig {
+        user: Some("app".into()),
+        ..c.clone()
+    };
+    assert!(resolve(text, &named).unwrap_err().contains("not numeric"));
+    assert!(resolve(text, &RunConfig::default())
+        .unwrap_err()
+        .contains("what to run"));
+}

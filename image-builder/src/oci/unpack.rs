@@ -1,0 +1,147 @@
+//! Applying layers: each is read twice, first for its whiteouts (which
+//! delete from the layers below), then for its entries, so an opaque
+//! directory keeps what its own layer puts in it.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use tar::EntryType;
+
+use super::{gzipped, io_err, Image, OciError};
+
+const WHITEOUT: &str = ".wh.";
+const OPAQUE: &str = ".wh..wh..opq";
+
+fn layer_reader(path: &Path) -> Result<Box<dyn Read>, OciError> {
+    let f = fs::File::open(path).map_err(io_err(path))?;
+    Ok(if gzipped(path)? {
+        Box::new(flate2::read::GzDecoder::new(f))
+    } else {
+        Box::new(f)
+    })
+}
+
+/// A member path made relative and free of `..`; None if it leaves the
+/// root.
+fn clean(p: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir | Component::RootDir => {}
+            Component::ParentDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Remove `p` whatever it is; a missing path is fine.
+fn remove(p: &Path) -> std::io::Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+        Ok(_) => fs::remove_file(p),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether some parent of `rel` under `root` is a symlink: writing through
+/// it could land outside the root.
+fn through_symlink(root: &Path, rel: &Path) -> bool {
+    let mut p = root.to_path_buf();
+    let parts: Vec<_> = rel.components().collect();
+    for c in &parts[..parts.len().saturating_sub(1)] {
+        p.push(c);
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Unpack `image`'s layers, in order, into `dest`. Ownership is not kept
+/// (the root filesystem is built with every file owned by root); device
+/// nodes are skipped (keel gives each container its own /dev).
+pub fn unpack(image: &Image, dest: &Path) -> Result<(), OciError> {
+    fs::create_dir_all(dest).map_err(io_err(dest))?;
+    for (name, path) in &image.layers {
+        let err = |message: String| OciError::Layer {
+            path: image.source.clone(),
+            layer: name.clone(),
+            message,
+        };
+        // Pass 1: whiteouts.
+        let mut a = tar::Archive::new(layer_reader(path)?);
+        for entry in a.entries().map_err(|e| err(e.to_string()))? {
+            let e = entry.map_err(|e| err(e.to_string()))?;
+            let p = e.path().map_err(|e| err(e.to_string()))?.into_owned();
+            let Some(file) = p.file_name().and_then(|f| f.to_str()) else {
+                continue;
+            };
+            let Some(rel) = clean(&p) else {
+                return Err(err(format!("{} leaves the root", p.display())));
+            };
+            let parent = dest.join(rel.parent().unwrap_or(Path::new("")));
+            if through_symlink(dest, &rel) {
+                return Err(err(format!("{} goes through a symlink", p.display())));
+            }
+            if file == OPAQUE {
+                if let Ok(rd) = fs::read_dir(&parent) {
+                    for c in rd.flatten() {
+                        remove(&c.path()).map_err(|e| err(e.to_string()))?;
+                    }
+                }
+            } else if let Some(gone) = file.strip_prefix(WHITEOUT) {
+                remove(&parent.join(gone)).map_err(|e| err(e.to_string()))?;
+            }
+        }
+        // Pass 2: everything else.
+        let mut a = tar::Archive::new(layer_reader(path)?);
+        a.set_preserve_permissions(true);
+        a.set_preserve_mtime(true);
+        a.set_overwrite(true);
+        a.set_unpack_xattrs(false);
+        for entry in a.entries().map_err(|e| err(e.to_string()))? {
+            let mut e = entry.map_err(|e| err(e.to_string()))?;
+            let p = e.path().map_err(|e| err(e.to_string()))?.into_owned();
+            if p.file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f.starts_with(WHITEOUT))
+            {
+                continue;
+            }
+            let kind = e.header().entry_type();
+            if !matches!(
+                kind,
+                EntryType::Regular
+                    | EntryType::Continuous
+                    | EntryType::Directory
+                    | EntryType::Symlink
+                    | EntryType::Link
+            ) {
+                continue;
+            }
+            let Some(rel) = clean(&p) else {
+                return Err(err(format!("{} leaves the root", p.display())));
+            };
+            if rel.as_os_str().is_empty() {
+                continue;
+            }
+            // A file may replace a folder of a lower layer and the other
+            // way round; a folder over a folder merges.
+            let target = dest.join(&rel);
+            let old_dir = fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir());
+            if old_dir != (kind == EntryType::Directory) {
+                remove(&target).map_err(|e| err(e.to_string()))?;
+            }
+            if !e
+                .unpack_in(dest)
+                .map_err(|e| err(format!("{}: {e}", p.display())))?
+            {
+                return Err(err(format!("{} leaves the root", p.display())));
+            }
+        }
+    }
+    Ok(())
+}
