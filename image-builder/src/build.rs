@@ -70,7 +70,7 @@ pub struct Options {
 }
 
 /// What a build produced, for the summary and for tests.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
     /// The raw disk, unless the recipe's outputs leave it out.
     pub disk: Option<PathBuf>,
@@ -359,6 +359,17 @@ fn manifest(i: &ManifestInputs<'_>) -> Result<crate::outputs::Manifest, BuildErr
 }
 
 pub fn build(opts: &Options) -> Result<Report, BuildError> {
+    build_with(opts, &mut |_| {})
+}
+
+/// [`build`], telling `progress` as each step ends (what it made and how
+/// long it took), for the command line's progress lines.
+pub fn build_with(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report, BuildError> {
+    let mut clock = std::time::Instant::now();
+    let mut step = |what: String| {
+        progress(&format!("{what} ({:.1} s)", clock.elapsed().as_secs_f64()));
+        clock = std::time::Instant::now();
+    };
     let recipe = recipe::load_image(&opts.recipe)?;
     let r = &recipe.recipe;
     let containers = load_containers(&recipe)?;
@@ -379,11 +390,13 @@ pub fn build(opts: &Options) -> Result<Report, BuildError> {
     fs::create_dir_all(&work).map_err(io_err(&work))?;
 
     let kernel = kernel::ensure(&opts.cache, &recipe, opts.jobs)?;
+    step(format!("kernel {}", kernel.release));
     let mut packages = Vec::new();
     for name in &r.userland.packages {
         let path = recipe.resolve(&format!("{}/{name}.toml", r.userland.packages_dir));
         let pkg = recipe::load_package(&path)?;
         packages.push(package::ensure(&opts.cache, name, &pkg, opts.jobs)?);
+        step(format!("package {name}"));
     }
 
     let os_release = os_release(r);
@@ -408,6 +421,7 @@ pub fn build(opts: &Options) -> Result<Report, BuildError> {
     )?;
     let root = opts.out.join("root.erofs");
     rootfs::mkfs_erofs(&staging, &root, &stable_guid(&seed, "rootfs").to_string())?;
+    step(format!("root filesystem {}", root.display()));
     let root_size = fs::metadata(&root).map_err(io_err(&root))?.len();
     if root_size > r.partitions.root_mib << 20 {
         return Err(BuildError::RootTooLarge {
@@ -522,6 +536,10 @@ pub fn build(opts: &Options) -> Result<Report, BuildError> {
         },
     ];
     disk::write(&disk_path, &seed, &parts)?;
+    step(format!(
+        "verity tree, UKI, ESP, /var and disk {}",
+        disk_path.display()
+    ));
     fs::remove_dir_all(&work).map_err(io_err(&work))?;
 
     let bundle = match &sign_key {
@@ -547,9 +565,13 @@ pub fn build(opts: &Options) -> Result<Report, BuildError> {
         None => None,
     };
 
+    if let Some(b) = &bundle {
+        step(format!("signed bundle {}", b.display()));
+    }
     if r.outputs.has(OutputFormat::Qcow2) {
         let q = opts.out.join("disk.qcow2");
         crate::outputs::qcow2(&disk_path, &q)?;
+        step(format!("qcow2 {}", q.display()));
         outputs.push(q);
     }
     if r.outputs.has(OutputFormat::Manifest) {

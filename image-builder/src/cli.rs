@@ -46,6 +46,13 @@ pub enum Cmd {
         /// (RECIPE with .lock), which `keel lock` writes.
         #[arg(long)]
         locked: bool,
+        /// No progress lines and no summary.
+        #[arg(long, short)]
+        quiet: bool,
+        /// Print what was built as JSON on stdout (progress stays on
+        /// stderr unless --quiet).
+        #[arg(long)]
+        json: bool,
     },
     /// Record the exact version and sha256 of every input of a recipe in
     /// its lock file (RECIPE with .lock), for `keel build --locked`.
@@ -160,6 +167,8 @@ pub fn main() -> anyhow::Result<()> {
             jobs,
             sign_key,
             locked,
+            quiet,
+            json,
         } => {
             if locked {
                 let loaded = crate::recipe::load_image(&recipe)?;
@@ -172,14 +181,28 @@ pub fn main() -> anyhow::Result<()> {
             let jobs =
                 jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let started = std::time::Instant::now();
-            let report = build::build(&Options {
-                recipe,
-                out,
-                cache,
-                bin_dir,
-                jobs,
-                sign_key,
-            })?;
+            let report = build::build_with(
+                &Options {
+                    recipe,
+                    out,
+                    cache,
+                    bin_dir,
+                    jobs,
+                    sign_key,
+                },
+                &mut |line| {
+                    if !quiet {
+                        eprintln!("keel build: {line}");
+                    }
+                },
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
+            if quiet {
+                return Ok(());
+            }
             let size = |p: &PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
             println!("keel {} (kernel {})", report.version, report.kernel_release);
             println!(
@@ -298,6 +321,17 @@ pub fn main() -> anyhow::Result<()> {
         } => {
             let started = std::time::Instant::now();
             let mut shown = 0u64;
+            // A bar on a terminal; a line per 10 % in a log.
+            let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+                let b = indicatif::ProgressBar::new(0);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "keel flash [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                b
+            });
             let r = crate::flash::flash(
                 &crate::flash::Options {
                     image: &image,
@@ -306,7 +340,11 @@ pub fn main() -> anyhow::Result<()> {
                     force,
                 },
                 &mut |done, total| {
-                    // A line per 10 %: readable in a log as on a terminal.
+                    if let Some(b) = &bar {
+                        b.set_length(total);
+                        b.set_position(done);
+                        return;
+                    }
                     let tenth = done * 10 / total.max(1);
                     if tenth > shown {
                         shown = tenth;
@@ -315,6 +353,9 @@ pub fn main() -> anyhow::Result<()> {
                 },
             )
             .with_context(|| format!("flashing {} to {}", image.display(), target.display()))?;
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
             println!(
                 "{}: {} bytes written, read back and verified in {:.1} s; /var partition {} MiB",
                 target.display(),

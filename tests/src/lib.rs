@@ -107,6 +107,24 @@ data_mib = 64
     path
 }
 
+/// `keel build RECIPE --out OUT --bin-dir <musl builds> [SIGN_KEY]`; panics
+/// if the build fails. Returns `out`.
+pub fn keel_build(recipe: &Path, out: &Path, sign_key: Option<&Path>) -> PathBuf {
+    let mut cmd = Command::new(keel_bin());
+    cmd.arg("build")
+        .arg(recipe)
+        .arg("--out")
+        .arg(out)
+        .arg("--bin-dir")
+        .arg(musl_bin_dir());
+    if let Some(k) = sign_key {
+        cmd.arg("--sign-key").arg(k);
+    }
+    let st = cmd.status().expect("running keel build");
+    assert!(st.success(), "keel build {} failed", recipe.display());
+    out.to_path_buf()
+}
+
 /// Copy a disk image, keeping it sparse.
 pub fn copy_disk(from: &Path, to: &Path) {
     let st = Command::new("cp")

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use keel_image_builder::bundle;
-use keel_tests::{disk_image, image_recipe, keel_bin, musl_bin_dir};
+use keel_tests::{disk_image, image_recipe, keel_bin, keel_build};
 
 fn inspect(args: &[&Path]) -> (bool, String) {
     let out = Command::new(keel_bin())
@@ -87,18 +87,11 @@ fn inspect_shows_slots_entries_and_bundle_signatures() {
     let (key, public) = bundle::keygen(&dir.path().join("release")).unwrap();
     let (_, stranger) = bundle::keygen(&dir.path().join("stranger")).unwrap();
     let out = dir.path().join("out");
-    let st = Command::new(keel_bin())
-        .arg("build")
-        .arg(image_recipe(dir.path(), "0.3.0", &["admin"], "", ""))
-        .arg("--out")
-        .arg(&out)
-        .arg("--bin-dir")
-        .arg(musl_bin_dir())
-        .arg("--sign-key")
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    keel_build(
+        &image_recipe(dir.path(), "0.3.0", &["admin"], "", ""),
+        &out,
+        Some(&key),
+    );
     let b = out.join("keel-0.3.0.bundle");
     let r = json(&[&b, Path::new("--trust"), &public]);
     assert_eq!(r["kind"], "bundle");

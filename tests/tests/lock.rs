@@ -78,4 +78,25 @@ fn the_lock_file_catches_a_changed_input() {
     assert!(keel(&[Path::new("lock"), &recipe]).status.success());
     let ok = build("out3");
     assert!(ok.status.success(), "{}", text(&ok));
+    // Progress lines go to stderr, one per step.
+    let err = String::from_utf8_lossy(&ok.stderr);
+    assert!(err.contains("keel build: kernel 6.1."), "{err}");
+
+    // For scripts: --json prints only the report; --quiet silences stderr.
+    let out = dir.path().join("out4");
+    let js = keel(&[
+        Path::new("build"),
+        &recipe,
+        Path::new("--json"),
+        Path::new("--quiet"),
+        Path::new("--out"),
+        &out,
+        Path::new("--bin-dir"),
+        &musl_bin_dir(),
+    ]);
+    assert!(js.status.success(), "{}", text(&js));
+    assert!(js.stderr.is_empty(), "{}", text(&js));
+    let report: serde_json::Value = serde_json::from_slice(&js.stdout).unwrap();
+    assert_eq!(report["version"], "0.5.0");
+    assert_eq!(report["disk"], out.join("disk.img").display().to_string());
 }

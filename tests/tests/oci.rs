@@ -7,14 +7,11 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
 use keel_tests::host::cached_busybox;
-use keel_tests::{
-    image_recipe, keel_bin, musl_bin_dir, workspace, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT,
-};
+use keel_tests::{image_recipe, keel_build, workspace, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
 
 fn blob(dir: &Path, bytes: &[u8]) -> String {
     let hex = hex::encode(Sha256::digest(bytes));
@@ -97,16 +94,7 @@ fn a_container_from_an_oci_image_runs_as_its_config_says() {
     );
     fs::write(&recipe, text).unwrap();
     let out = dir.path().join("out");
-    let st = Command::new(keel_bin())
-        .arg("build")
-        .arg(&recipe)
-        .arg("--out")
-        .arg(&out)
-        .arg("--bin-dir")
-        .arg(musl_bin_dir())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    keel_build(&recipe, &out, None);
 
     let mut g = Guest::boot(&out.join("disk.img"));
     g.expect("keel: ready version=0.6.0", BOOT_TIMEOUT);

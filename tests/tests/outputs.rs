@@ -8,7 +8,7 @@
 use std::process::Command;
 
 use keel_image_builder::outputs::{sha256_file, Manifest};
-use keel_tests::{image_recipe, keel_bin, musl_bin_dir, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
+use keel_tests::{image_recipe, keel_build, musl_bin_dir, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
 
 #[test]
 fn every_output_format_is_written_and_usable() {
@@ -20,16 +20,7 @@ fn every_output_format_is_written_and_usable() {
     );
     std::fs::write(&recipe, text).unwrap();
     let out = dir.path().join("out");
-    let st = Command::new(keel_bin())
-        .arg("build")
-        .arg(&recipe)
-        .arg("--out")
-        .arg(&out)
-        .arg("--bin-dir")
-        .arg(musl_bin_dir())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    keel_build(&recipe, &out, None);
     for f in [
         "disk.img",
         "disk.qcow2",

@@ -7,14 +7,13 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
 use keel_image_builder::{bundle, disk, esp, repo};
 use keel_spec::repo::{Index, INDEX_FILE};
 use keel_spec::signed::{Envelope, Kind};
-use keel_tests::{keel_bin, musl_bin_dir, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
+use keel_tests::{keel_build, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
 
 /// A recipe like recipes/host.toml at `version`, following the test
 /// repository, with a static address and `extra` containers.
@@ -37,19 +36,7 @@ fn build(dir: &Path, version: &str, extra: &[&str], key: &Path) -> PathBuf {
 
 fn build_with(dir: &Path, version: &str, extra: &[&str], cmdline: &str, key: &Path) -> PathBuf {
     let out = dir.join(format!("out-{version}"));
-    let st = Command::new(keel_bin())
-        .arg("build")
-        .arg(recipe(dir, version, extra, cmdline))
-        .arg("--out")
-        .arg(&out)
-        .arg("--bin-dir")
-        .arg(musl_bin_dir())
-        .arg("--sign-key")
-        .arg(key)
-        .status()
-        .unwrap();
-    assert!(st.success(), "keel build {version} failed");
-    out
+    keel_build(&recipe(dir, version, extra, cmdline), &out, Some(key))
 }
 
 fn now() -> u64 {
