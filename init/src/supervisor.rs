@@ -158,6 +158,11 @@ pub enum Health {
     Failed,
 }
 
+/// Services outside the health gate wait for its verdict at most this
+/// long, so that one that never comes (a required oneshot that hangs) does
+/// not keep the others, the updater among them, from ever starting.
+pub const DEFER_AT_MOST: Duration = Duration::from_secs(10);
+
 /// A run shorter than this counts towards the crash-loop limit.
 pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -296,7 +301,7 @@ impl<L: Launcher> Supervisor<L> {
         if !self.verdict_reached && self.health() != Health::Starting {
             self.verdict_reached = true;
         }
-        let defer_others = !self.verdict_reached;
+        let defer_others = !self.verdict_reached && now < self.epoch.0 + DEFER_AT_MOST;
         // Starting a service can let others start in the same tick.
         loop {
             let mut changed = false;
@@ -540,8 +545,15 @@ impl<L: Launcher> Supervisor<L> {
         true
     }
 
-    /// When the next restart, probe or stop deadline is due.
+    /// When the next restart, probe or stop deadline is due, or the end of
+    /// the wait for the health gate's verdict.
     pub fn next_deadline(&self) -> Option<Instant> {
+        let deferred = !self.verdict_reached
+            && self
+                .services
+                .iter()
+                .any(|s| !s.boot_critical && s.state == State::Waiting);
+        let defer_end = deferred.then_some(self.epoch.0 + DEFER_AT_MOST);
         self.services
             .iter()
             .filter_map(|s| match s.state {
@@ -554,6 +566,7 @@ impl<L: Launcher> Supervisor<L> {
                 State::Stopping { kill_at, .. } => Some(kill_at),
                 _ => None,
             })
+            .chain(defer_end)
             .min()
     }
 

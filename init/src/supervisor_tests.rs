@@ -151,6 +151,25 @@ fn services_outside_the_health_gate_start_after_its_verdict() {
 }
 
 #[test]
+fn a_verdict_that_never_comes_holds_the_rest_back_only_so_long() {
+    let t = Instant::now();
+    let mut s = sup(
+        &[
+            ("setup", "kind = \"oneshot\""),
+            ("update", "required = false"),
+        ],
+        t,
+    );
+    s.tick(t);
+    assert_eq!(s.services[1].state, State::Waiting);
+    assert_eq!(s.next_deadline(), Some(t + DEFER_AT_MOST));
+    s.tick(t + DEFER_AT_MOST);
+    assert_eq!(s.health(), Health::Starting, "setup still runs");
+    assert!(s.services[1].state.pid().is_some(), "update started anyway");
+    assert_eq!(s.next_deadline(), None);
+}
+
+#[test]
 fn a_failed_gate_still_starts_the_rest() {
     let t = Instant::now();
     let mut s = sup(

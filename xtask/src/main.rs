@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_build;
 mod bench_update;
 
 /// Debian packages a build and test machine needs.
@@ -60,10 +61,14 @@ enum Cmd {
     /// Benchmarks; `init`: container start latency of keel-init's launcher
     /// against crun and runc on the same rootfs, keel-init's memory and the
     /// boot time; `boot`: only the boot time against the busybox-init floor;
-    /// `update`: slot write speed against dd, bundle size for a one-binary change.
+    /// `update`: slot write speed against dd, bundle size for a one-binary change;
+    /// `build`: cold and no-change build times, image sizes.
     Bench {
-        #[arg(value_parser = ["init", "boot", "update"])]
+        #[arg(value_parser = ["init", "boot", "update", "build"])]
         what: String,
+        /// `build`: also time a build with an empty cache (compiles the kernel).
+        #[arg(long)]
+        with_kernel: bool,
         /// Starts per runtime.
         #[arg(long, default_value_t = 50)]
         runs: usize,
@@ -353,7 +358,13 @@ fn main() -> anyhow::Result<()> {
         Cmd::Image => image().map(|d| eprintln!("xtask: {}", d.display())),
         Cmd::Demo => demo(),
         Cmd::Test { args } => test(&args),
-        Cmd::Bench { what, runs, boots } => match what.as_str() {
+        Cmd::Bench {
+            what,
+            runs,
+            boots,
+            with_kernel,
+        } => match what.as_str() {
+            "build" => bench_build::build(with_kernel),
             "boot" => {
                 print!("{}", bench::boot(boots)?);
                 Ok(())
