@@ -140,6 +140,7 @@ pub fn load_containers(recipe: &Loaded<ImageRecipe>) -> Result<Vec<StagedContain
         // An OCI image's config fills in what the definition leaves out;
         // the image keeps the resolved text, so keel-init needs no OCI.
         let mut text = text;
+        let mut oci = None;
         if let Some(rel) = def.rootfs.oci.clone() {
             let src = path.parent().unwrap_or(Path::new(".")).join(&rel);
             let image = crate::oci::open(&src).map_err(|e| BuildError::Container {
@@ -152,7 +153,7 @@ pub fn load_containers(recipe: &Loaded<ImageRecipe>) -> Result<Vec<StagedContain
                     message: format!("`rootfs.oci` {rel}: {m}"),
                 })?;
             def = ContainerDef::parse(&text).map_err(bad)?;
-            def.rootfs.oci = Some(src.display().to_string());
+            oci = Some(std::sync::Arc::new(image));
         }
         container::validate(name, &def).map_err(bad)?;
         keel_spec::seccomp::compile(&def.seccomp).map_err(|e| BuildError::Container {
@@ -163,6 +164,7 @@ pub fn load_containers(recipe: &Loaded<ImageRecipe>) -> Result<Vec<StagedContain
             name: name.clone(),
             def,
             text,
+            oci,
         });
     }
     let pairs: Vec<(String, ContainerDef)> = out
@@ -284,7 +286,7 @@ fn manifest(i: &ManifestInputs<'_>) -> Result<crate::outputs::Manifest, BuildErr
         format!(
             "Debian {} {}",
             r.kernel.source,
-            debian_version(&r.kernel.source)
+            debian_version(&r.kernel.source).unwrap_or_else(|| "unknown".into())
         ),
         sha256_file(&i.kernel.bzimage)?,
     )];
@@ -299,7 +301,7 @@ fn manifest(i: &ManifestInputs<'_>) -> Result<crate::outputs::Manifest, BuildErr
             sha256_file(&first)?,
         ));
     }
-    let efi = debian_version("systemd-boot-efi");
+    let efi = debian_version("systemd-boot-efi").unwrap_or_else(|| "unknown".into());
     for (name, path) in [
         ("systemd-boot", SYSTEMD_BOOT),
         ("systemd-stub", SYSTEMD_STUB),

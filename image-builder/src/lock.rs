@@ -68,24 +68,15 @@ pub fn lock_path(recipe: &Path) -> PathBuf {
 }
 
 fn sha256_file(p: &Path) -> Result<String, LockError> {
-    let mut f = fs::File::open(p).map_err(io_err(p))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(io_err(p))?;
-    Ok(hex::encode(h.finalize()))
+    crate::outputs::sha256_file(p).map_err(|e| LockError::Input(e.to_string()))
 }
 
 fn dpkg_version(pkg: &str) -> Result<String, LockError> {
-    let out = Command::new("dpkg-query")
-        .args(["-W", "-f=${Version}", pkg])
-        .output()
-        .map_err(|e| LockError::Input(format!("dpkg-query: {e}")))?;
-    let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if !out.status.success() || v.is_empty() {
-        return Err(LockError::Input(format!(
+    crate::outputs::debian_version(pkg).ok_or_else(|| {
+        LockError::Input(format!(
             "Debian package {pkg} is not installed (apt-get install {pkg})"
-        )));
-    }
-    Ok(v)
+        ))
+    })
 }
 
 /// An installed Debian package: its version, and the sha256 of dpkg's
@@ -126,19 +117,11 @@ fn source_package(name: &str) -> Result<Input, LockError> {
         .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
         .filter(|l| !l.is_empty())
         .collect();
-    let dsc = files
-        .iter()
-        .filter_map(|l| l.split_whitespace().next())
-        .find(|f| f.ends_with(".dsc"))
-        .ok_or_else(|| {
-            LockError::Input(format!(
-                "no source package {name} (is there a deb-src entry? cargo xtask deps adds one)"
-            ))
-        })?;
-    let version = dsc
-        .trim_end_matches(".dsc")
-        .split_once('_')
-        .map_or(String::new(), |(_, v)| v.to_string());
+    let (_, version) = crate::package::dsc_version(&files).ok_or_else(|| {
+        LockError::Input(format!(
+            "no source package {name} (is there a deb-src entry? cargo xtask deps adds one)"
+        ))
+    })?;
     Ok(Input {
         name: format!("source package {name}"),
         version,

@@ -99,7 +99,7 @@ pub fn sha256(bytes: &[u8]) -> String {
 }
 
 /// The installed version of Debian package `pkg`, as dpkg knows it.
-pub fn debian_version(pkg: &str) -> String {
+pub fn debian_version(pkg: &str) -> Option<String> {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Version}", pkg])
         .output()
@@ -107,7 +107,6 @@ pub fn debian_version(pkg: &str) -> String {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "unknown".into())
 }
 
 pub fn write_manifest(out: &Path, m: &Manifest) -> Result<PathBuf, OutputError> {

@@ -124,21 +124,21 @@ pub fn ensure(
     };
     Ok(Package {
         name: name.to_string(),
-        source: source_version(&sources).unwrap_or_else(|| r.source.clone()),
+        source: dsc_version(&sources).map_or_else(|| r.source.clone(), |(n, v)| format!("{n} {v}")),
         files,
         links,
     })
 }
 
-/// "busybox 1.35.0-4+deb12u1", from the `.dsc` among a source package's
-/// files ("busybox_1.35.0-4+deb12u1.dsc SIZE SHA256:…").
-fn source_version(files: &[String]) -> Option<String> {
+/// ("busybox", "1.35.0-4+deb12u1"), from the `.dsc` among a source
+/// package's files ("busybox_1.35.0-4+deb12u1.dsc SIZE SHA256:…").
+pub fn dsc_version(files: &[String]) -> Option<(String, String)> {
     let dsc = files
         .iter()
         .filter_map(|l| l.split_whitespace().next())
         .find(|f| f.ends_with(".dsc"))?;
     let (name, version) = dsc.trim_end_matches(".dsc").split_once('_')?;
-    Some(format!("{name} {version}"))
+    Some((name.to_string(), version.to_string()))
 }
 
 fn set_options(config: &str, options: &std::collections::BTreeMap<String, String>) -> String {

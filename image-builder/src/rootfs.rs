@@ -43,6 +43,9 @@ pub struct StagedContainer {
     pub def: ContainerDef,
     /// The definition as written, copied verbatim into the image.
     pub text: String,
+    /// The OCI image of `rootfs.oci`, opened (and its blobs checked) once
+    /// when the definition was loaded.
+    pub oci: Option<std::sync::Arc<crate::oci::Image>>,
 }
 
 /// Everything that goes into a root filesystem.
@@ -208,19 +211,16 @@ pub fn stage(dir: &Path, inputs: &Inputs<'_>) -> Result<(), RootfsError> {
             )?;
         }
         let root = format!("{CONTAINERS_DIR}/{}/rootfs", c.name);
-        let oci_root = c.def.rootfs.oci.as_deref().map(Path::new);
-        if let Some(src) = oci_root {
-            let oci_err = |source| RootfsError::Oci {
-                container: c.name.clone(),
-                source,
-            };
-            let image = crate::oci::open(src).map_err(oci_err)?;
-            crate::oci::unpack(&image, &s.root.join(root.trim_start_matches('/')))
-                .map_err(oci_err)?;
+        if let Some(image) = &c.oci {
+            crate::oci::unpack(image, &s.root.join(root.trim_start_matches('/'))).map_err(
+                |source| RootfsError::Oci {
+                    container: c.name.clone(),
+                    source,
+                },
+            )?;
         }
         // An image's own folders, users and os-release stay as they are.
-        let keep =
-            |rel: &str| oci_root.is_some() && s.root.join(rel.trim_start_matches('/')).exists();
+        let keep = |rel: &str| c.oci.is_some() && s.root.join(rel.trim_start_matches('/')).exists();
         for d in ["dev", "proc", "sys", "tmp", "run", "var", "root", "etc"] {
             let rel = format!("{root}/{d}");
             if !keep(&rel) {
@@ -315,6 +315,7 @@ mod tests {
             name: "admin".into(),
             def,
             text: "x".into(),
+            oci: None,
         }];
         let me = std::env::current_exe().unwrap();
         let inputs = Inputs {

@@ -107,6 +107,15 @@ data_mib = 64
     path
 }
 
+/// A command's stdout then stderr, for assertions and failure messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// `keel build RECIPE --out OUT --bin-dir <musl builds> [SIGN_KEY]`; panics
 /// if the build fails. Returns `out`.
 pub fn keel_build(recipe: &Path, out: &Path, sign_key: Option<&Path>) -> PathBuf {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use keel_image_builder::{disk, esp};
-use keel_tests::{disk_image, keel_bin, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
+use keel_tests::{disk_image, keel_bin, output_text, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
 
 const GIB: u64 = 1 << 30;
 
@@ -54,14 +54,6 @@ fn keel_flash(args: &[&Path], force: bool) -> Output {
     cmd.output().unwrap()
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 #[test]
 fn flash_to_a_block_device_then_boot_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -97,9 +89,9 @@ fn flash_to_a_block_device_then_boot_it() {
     let busy = keel_flash(&[&image, &dev.0], true);
     assert!(!busy.status.success());
     assert!(
-        text(&busy).contains(&format!("{} is in use (mounted at", dev.0.display())),
+        output_text(&busy).contains(&format!("{} is in use (mounted at", dev.0.display())),
         "{}",
-        text(&busy)
+        output_text(&busy)
     );
     assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
     let head = |p: &Path| {
@@ -111,11 +103,11 @@ fn flash_to_a_block_device_then_boot_it() {
     assert_eq!(head(&backing)[510..512], [0, 0], "nothing written");
 
     let out = keel_flash(&[&image, &dev.0, Path::new("--config"), &config], false);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert!(
-        text(&out).contains("read back and verified"),
+        output_text(&out).contains("read back and verified"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 
     // The table says so: data reaches to 1 MiB before the device's end.
@@ -134,9 +126,9 @@ fn flash_to_a_block_device_then_boot_it() {
     let again = keel_flash(&[&image, &dev.0], false);
     assert!(!again.status.success());
     assert!(
-        text(&again).contains("already holds a partition table"),
+        output_text(&again).contains("already holds a partition table"),
         "{}",
-        text(&again)
+        output_text(&again)
     );
     assert_eq!(disk::read_layout(&dev.0).unwrap(), layout);
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use keel_image_builder::bundle;
-use keel_tests::{disk_image, image_recipe, keel_bin, keel_build};
+use keel_tests::{disk_image, image_recipe, keel_bin, keel_build, output_text};
 
 fn inspect(args: &[&Path]) -> (bool, String) {
     let out = Command::new(keel_bin())
@@ -16,14 +16,7 @@ fn inspect(args: &[&Path]) -> (bool, String) {
         .args(args)
         .output()
         .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    (out.status.success(), output_text(&out))
 }
 
 fn json(args: &[&Path]) -> serde_json::Value {

@@ -6,18 +6,10 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use keel_tests::{image_recipe, keel_bin, musl_bin_dir};
+use keel_tests::{image_recipe, keel_bin, musl_bin_dir, output_text};
 
 fn keel(args: &[&Path]) -> Output {
     Command::new(keel_bin()).args(args).output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]
@@ -38,13 +30,13 @@ fn the_lock_file_catches_a_changed_input() {
     let refused = build("out0");
     assert!(!refused.status.success());
     assert!(
-        text(&refused).contains("run `keel lock"),
+        output_text(&refused).contains("run `keel lock"),
         "{}",
-        text(&refused)
+        output_text(&refused)
     );
 
     let lock = keel(&[Path::new("lock"), &recipe]);
-    assert!(lock.status.success(), "{}", text(&lock));
+    assert!(lock.status.success(), "{}", output_text(&lock));
     let locked = std::fs::read_to_string(recipe.with_extension("lock")).unwrap();
     for name in [
         "recipe keel-0.5.0.toml",
@@ -60,7 +52,7 @@ fn the_lock_file_catches_a_changed_input() {
     }
 
     let ok = build("out1");
-    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(ok.status.success(), "{}", output_text(&ok));
 
     // An edit of the recipe is a changed input: refused, nothing built.
     let mut r = std::fs::read_to_string(&recipe).unwrap();
@@ -69,15 +61,15 @@ fn the_lock_file_catches_a_changed_input() {
     let refused = build("out2");
     assert!(!refused.status.success());
     assert!(
-        text(&refused).contains("recipe keel-0.5.0.toml: locked sha256"),
+        output_text(&refused).contains("recipe keel-0.5.0.toml: locked sha256"),
         "{}",
-        text(&refused)
+        output_text(&refused)
     );
     assert!(!dir.path().join("out2/disk.img").exists());
 
     assert!(keel(&[Path::new("lock"), &recipe]).status.success());
     let ok = build("out3");
-    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(ok.status.success(), "{}", output_text(&ok));
     // Progress lines go to stderr, one per step.
     let err = String::from_utf8_lossy(&ok.stderr);
     assert!(err.contains("keel build: kernel 6.1."), "{err}");
@@ -94,8 +86,8 @@ fn the_lock_file_catches_a_changed_input() {
         Path::new("--bin-dir"),
         &musl_bin_dir(),
     ]);
-    assert!(js.status.success(), "{}", text(&js));
-    assert!(js.stderr.is_empty(), "{}", text(&js));
+    assert!(js.status.success(), "{}", output_text(&js));
+    assert!(js.stderr.is_empty(), "{}", output_text(&js));
     let report: serde_json::Value = serde_json::from_slice(&js.stdout).unwrap();
     assert_eq!(report["version"], "0.5.0");
     assert_eq!(report["disk"], out.join("disk.img").display().to_string());

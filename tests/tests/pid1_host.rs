@@ -48,6 +48,7 @@ fn stage_root(dir: &Path) {
             name: n.to_string(),
             def: ContainerDef::parse(t).unwrap(),
             text: t.to_string(),
+            oci: None,
         })
         .collect();
     let bins = musl_bin_dir();

@@ -108,6 +108,7 @@ fn init_rss(work: &Path, n: usize) -> anyhow::Result<u64> {
                 name: format!("svc{i}"),
                 def: keel_spec::container::ContainerDef::parse(text)?,
                 text: text.to_string(),
+                oci: None,
             })
         })
         .collect::<Result<_, keel_spec::container::ContainerError>>()?;
