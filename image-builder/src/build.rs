@@ -11,6 +11,7 @@ use keel_spec::disk::{uki_file_name, Role, Slot};
 
 use crate::cache::Cache;
 use crate::disk::{self, stable_guid, Content, PartSpec};
+use crate::progress::Progress;
 use crate::recipe::{self, ImageRecipe, Loaded, OutputFormat};
 use crate::rootfs::{self, StagedContainer};
 use crate::tool;
@@ -52,6 +53,8 @@ pub enum BuildError {
     Output(#[from] crate::outputs::OutputError),
     #[error(transparent)]
     Bundle(#[from] crate::bundle::BundleError),
+    #[error("`host.config` {path} is not a valid host config:\n{message}")]
+    HostConfig { path: PathBuf, message: String },
     #[error("root filesystem is {size} bytes; partitions.root_mib = {mib} is too small")]
     RootTooLarge { size: u64, mib: u64 },
 }
@@ -147,11 +150,17 @@ pub fn load_containers(recipe: &Loaded<ImageRecipe>) -> Result<Vec<StagedContain
                 path: path.clone(),
                 message: format!("`rootfs.oci`: {e}"),
             })?;
-            text =
-                crate::oci::resolve(&text, &image.config).map_err(|m| BuildError::Container {
-                    path: path.clone(),
-                    message: format!("`rootfs.oci` {rel}: {m}"),
-                })?;
+            text = crate::oci::resolve(&text, &image.config, &mut |rel| {
+                image
+                    .file(rel)
+                    .ok()
+                    .flatten()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+            })
+            .map_err(|m| BuildError::Container {
+                path: path.clone(),
+                message: format!("`rootfs.oci` {rel}: {m}"),
+            })?;
             def = ContainerDef::parse(&text).map_err(bad)?;
             oci = Some(std::sync::Arc::new(image));
         }
@@ -256,7 +265,45 @@ fn host_files(
             .into(),
         policy.into_bytes(),
     ));
+    if let Some(config) = &recipe.recipe.host.config {
+        let path = recipe.resolve(config);
+        let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+        use keel_spec::hostconfig::{check, render, Context, Source};
+        let ctx = Context {
+            services: Some(recipe.recipe.containers.enable.clone()),
+        };
+        if let Err(d) = check(
+            Source {
+                name: &path,
+                text: &text,
+            },
+            &ctx,
+        ) {
+            return Err(BuildError::HostConfig {
+                path,
+                message: render(&d),
+            });
+        }
+        files.push((
+            keel_spec::host::DEFAULTS.trim_start_matches('/').into(),
+            text.into_bytes(),
+        ));
+    }
     Ok(files)
+}
+
+/// The recipe's `[files]`, with their sources found beside the recipe.
+fn extra_files(recipe: &Loaded<ImageRecipe>) -> Vec<rootfs::Extra> {
+    recipe
+        .recipe
+        .files
+        .iter()
+        .map(|(dst, f)| rootfs::Extra {
+            dst: dst.clone(),
+            src: recipe.resolve(&f.source),
+            mode: f.mode,
+        })
+        .collect()
 }
 
 struct ManifestInputs<'a> {
@@ -283,13 +330,17 @@ fn manifest(i: &ManifestInputs<'_>) -> Result<crate::outputs::Manifest, BuildErr
     let mut components = vec![c(
         "kernel",
         i.kernel.release.clone(),
-        format!(
-            "Debian {} {}",
-            r.kernel.source,
-            debian_version(&r.kernel.source).unwrap_or_else(|| "unknown".into())
-        ),
+        i.kernel.origin.clone(),
         sha256_file(&i.kernel.bzimage)?,
     )];
+    for (name, path) in &i.kernel.modules {
+        components.push(c(
+            &format!("kernel module {name}"),
+            i.kernel.release.clone(),
+            i.kernel.origin.clone(),
+            sha256_file(path)?,
+        ));
+    }
     for p in i.packages {
         let first = p.files.first().map(|(_, f)| f.clone()).unwrap_or_default();
         components.push(c(
@@ -361,17 +412,11 @@ fn manifest(i: &ManifestInputs<'_>) -> Result<crate::outputs::Manifest, BuildErr
 }
 
 pub fn build(opts: &Options) -> Result<Report, BuildError> {
-    build_with(opts, &mut |_| {})
+    build_with(opts, &mut crate::progress::Quiet)
 }
 
-/// [`build`], telling `progress` as each step ends (what it made and how
-/// long it took), for the command line's progress lines.
-pub fn build_with(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report, BuildError> {
-    let mut clock = std::time::Instant::now();
-    let mut step = |what: String| {
-        progress(&format!("{what} ({:.1} s)", clock.elapsed().as_secs_f64()));
-        clock = std::time::Instant::now();
-    };
+/// [`build`], telling `progress` as each step starts, moves and ends.
+pub fn build_with(opts: &Options, progress: &mut dyn Progress) -> Result<Report, BuildError> {
     let recipe = recipe::load_image(&opts.recipe)?;
     let r = &recipe.recipe;
     let containers = load_containers(&recipe)?;
@@ -391,14 +436,22 @@ pub fn build_with(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Repo
     let work = opts.out.join("work");
     fs::create_dir_all(&work).map_err(io_err(&work))?;
 
-    let kernel = kernel::ensure(&opts.cache, &recipe, opts.jobs)?;
-    step(format!("kernel {}", kernel.release));
+    progress.begin("kernel");
+    let kernel = kernel::ensure(&opts.cache, &recipe, opts.jobs, progress)?;
+    progress.end(&format!("kernel {}", kernel.release));
     let mut packages = Vec::new();
     for name in &r.userland.packages {
         let path = recipe.resolve(&format!("{}/{name}.toml", r.userland.packages_dir));
         let pkg = recipe::load_package(&path)?;
-        packages.push(package::ensure(&opts.cache, name, &pkg, opts.jobs)?);
-        step(format!("package {name}"));
+        progress.begin(&format!("package {name}"));
+        packages.push(package::ensure(
+            &opts.cache,
+            name,
+            &pkg,
+            opts.jobs,
+            progress,
+        )?);
+        progress.end(&format!("package {name}"));
     }
 
     let os_release = os_release(r);
@@ -408,6 +461,7 @@ pub fn build_with(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Repo
         .map(crate::bundle::read_secret)
         .transpose()?;
     let files = host_files(&recipe, sign_key.as_ref())?;
+    progress.begin("root filesystem");
     let staging = work.join("rootfs");
     rootfs::stage(
         &staging,
@@ -419,11 +473,12 @@ pub fn build_with(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Repo
             containers: &containers,
             os_release: &os_release,
             files: &files,
+            extra: &extra_files(&recipe),
         },
     )?;
     let root = opts.out.join("root.erofs");
     rootfs::mkfs_erofs(&staging, &root, &stable_guid(&seed, "rootfs").to_string())?;
-    step(format!("root filesystem {}", root.display()));
+    progress.end(&format!("root filesystem {}", root.display()));
     let root_size = fs::metadata(&root).map_err(io_err(&root))?.len();
     if root_size > r.partitions.root_mib << 20 {
         return Err(BuildError::RootTooLarge {
@@ -432,6 +487,7 @@ pub fn build_with(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Repo
         });
     }
 
+    progress.begin("verity tree, UKI, ESP, /var and disk");
     // The salt is derived from the root image itself: unique per image,
     // yet the same for the same inputs.
     let root_bytes = fs::read(&root).map_err(io_err(&root))?;
@@ -455,7 +511,11 @@ pub fn build_with(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Repo
         .trim()
         .to_string();
     let init_bytes = fs::read(&keel_init).map_err(io_err(&keel_init))?;
-    let initrd = initramfs::build(init_bytes).map_err(io_err(&keel_init))?;
+    let mut modules = Vec::new();
+    for (name, path) in &kernel.modules {
+        modules.push((name.clone(), fs::read(path).map_err(io_err(path))?));
+    }
+    let initrd = initramfs::build(init_bytes, modules).map_err(io_err(&keel_init))?;
     let stub_bytes = fs::read(&stub).map_err(io_err(&stub))?;
     let linux = fs::read(&kernel.bzimage).map_err(io_err(&kernel.bzimage))?;
     let uki_bytes = uki::assemble(
@@ -538,12 +598,15 @@ pub fn build_with(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Repo
         },
     ];
     disk::write(&disk_path, &seed, &parts)?;
-    step(format!(
+    progress.end(&format!(
         "verity tree, UKI, ESP, /var and disk {}",
         disk_path.display()
     ));
     fs::remove_dir_all(&work).map_err(io_err(&work))?;
 
+    if sign_key.is_some() {
+        progress.begin("signed bundle");
+    }
     let bundle = match &sign_key {
         Some(key) => {
             let path = opts.out.join(format!("keel-{}.bundle", r.image.version));
@@ -568,12 +631,13 @@ pub fn build_with(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Repo
     };
 
     if let Some(b) = &bundle {
-        step(format!("signed bundle {}", b.display()));
+        progress.end(&format!("signed bundle {}", b.display()));
     }
     if r.outputs.has(OutputFormat::Qcow2) {
         let q = opts.out.join("disk.qcow2");
-        crate::outputs::qcow2(&disk_path, &q)?;
-        step(format!("qcow2 {}", q.display()));
+        progress.begin("qcow2");
+        crate::outputs::qcow2(&disk_path, &q, progress)?;
+        progress.end(&format!("qcow2 {}", q.display()));
         outputs.push(q);
     }
     if r.outputs.has(OutputFormat::Manifest) {

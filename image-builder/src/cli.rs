@@ -1,7 +1,7 @@
 //! The `keel` command line.
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context};
@@ -60,6 +60,9 @@ pub enum Cmd {
         #[arg(default_value = "recipes/host.toml")]
         recipe: PathBuf,
     },
+    /// Host configs (host.toml).
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Write a new ed25519 key pair: BASE.key (mode 0600) and BASE.pub.
     Keygen { base: PathBuf },
     /// Maintain a static update repository.
@@ -86,6 +89,10 @@ pub enum Cmd {
         /// 127.0.0.1:HOST.
         #[arg(long = "forward", value_parser = parse_forward)]
         forwards: Vec<(u16, u16)>,
+        /// HOST:GUEST — 127.0.0.1:HOST on this machine reaches the guest's
+        /// port GUEST (`--publish 8080:80` for the web service).
+        #[arg(long = "publish", short = 'p', value_parser = parse_publish)]
+        publish: Vec<(u16, u16)>,
         /// Boot the kernel and initramfs beside the disk (the recipe's
         /// `direct` output) without firmware: faster, for iterating. The
         /// disk still holds the root and /var.
@@ -149,6 +156,56 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Report every problem of a host config as FILE:LINE:COLUMN: `key`:
+    /// what is wrong. With --recipe, the file is merged over the image's
+    /// default config and its services are checked against the image's.
+    Validate {
+        file: PathBuf,
+        #[arg(long)]
+        recipe: Option<PathBuf>,
+    },
+}
+
+/// `keel config validate`: the problems, or nothing.
+fn validate_config(file: &Path, recipe: Option<&Path>) -> anyhow::Result<Vec<String>> {
+    use keel_spec::hostconfig::{load, Context, Source};
+    let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
+    let mut ctx = Context::default();
+    let mut defaults = None;
+    if let Some(r) = recipe {
+        let loaded = crate::recipe::load_image(r)?;
+        ctx.services = Some(loaded.recipe.containers.enable.clone());
+        if let Some(c) = &loaded.recipe.host.config {
+            let path = loaded.resolve(c);
+            let text =
+                std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+            defaults = Some((path, text));
+        }
+    }
+    let result = load(
+        defaults.as_ref().map(|(name, text)| Source { name, text }),
+        Some(Source {
+            name: file,
+            text: &text,
+        }),
+        &ctx,
+    );
+    Ok(match result {
+        Ok(_) => Vec::new(),
+        Err(d) => d.iter().map(ToString::to_string).collect(),
+    })
+}
+
+fn parse_publish(s: &str) -> Result<(u16, u16), String> {
+    let (h, g) = s.split_once(':').ok_or("expected HOST:GUEST")?;
+    Ok((
+        h.parse().map_err(|_| format!("bad host port {h:?}"))?,
+        g.parse().map_err(|_| format!("bad guest port {g:?}"))?,
+    ))
+}
+
 fn parse_forward(s: &str) -> Result<(u16, u16), String> {
     let (g, h) = s.split_once(':').ok_or("expected GUEST:HOST")?;
     Ok((
@@ -181,6 +238,13 @@ pub fn main() -> anyhow::Result<()> {
             let jobs =
                 jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let started = std::time::Instant::now();
+            let mut progress: Box<dyn crate::progress::Progress> = if quiet {
+                Box::new(crate::progress::Quiet)
+            } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                Box::new(crate::progress::Bars::new("keel build"))
+            } else {
+                Box::new(crate::progress::Lines::new("keel build"))
+            };
             let report = build::build_with(
                 &Options {
                     recipe,
@@ -190,12 +254,9 @@ pub fn main() -> anyhow::Result<()> {
                     jobs,
                     sign_key,
                 },
-                &mut |line| {
-                    if !quiet {
-                        eprintln!("keel build: {line}");
-                    }
-                },
+                progress.as_mut(),
             )?;
+            drop(progress);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 return Ok(());
@@ -215,12 +276,14 @@ pub fn main() -> anyhow::Result<()> {
                 size(&report.verity),
                 report.root_hash
             );
-            println!(
-                "  UKI       {:>10} bytes  {} (on the ESP as {})",
-                size(&report.uki),
-                report.uki.display(),
-                report.uki_name
-            );
+            if report.uki.is_file() {
+                println!(
+                    "  UKI       {:>10} bytes  {} (on the ESP as {})",
+                    size(&report.uki),
+                    report.uki.display(),
+                    report.uki_name
+                );
+            }
             if let Some(d) = &report.disk {
                 println!("  disk      {:>10} bytes  {}", size(d), d.display());
             }
@@ -238,6 +301,23 @@ pub fn main() -> anyhow::Result<()> {
             let (path, inputs) = crate::lock::write(&loaded)?;
             println!("{}: {} inputs locked", path.display(), inputs.len());
             Ok(())
+        }
+        Cmd::Config(ConfigCmd::Validate { file, recipe }) => {
+            let problems = validate_config(&file, recipe.as_deref())?;
+            if problems.is_empty() {
+                println!("{}: valid", file.display());
+                return Ok(());
+            }
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            eprintln!(
+                "{}: {} problem{}",
+                file.display(),
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            );
+            std::process::exit(1);
         }
         Cmd::Keygen { base } => {
             let (secret, public) = crate::bundle::keygen(&base)?;
@@ -285,6 +365,7 @@ pub fn main() -> anyhow::Result<()> {
             vars,
             no_reboot,
             forwards,
+            publish,
             direct,
         } => {
             let direct = if direct {
@@ -305,6 +386,7 @@ pub fn main() -> anyhow::Result<()> {
                 cpus,
                 no_reboot,
                 forwards,
+                publish,
                 direct,
             };
             let kvm = qemu::prepare(&o)?;

@@ -120,8 +120,10 @@ pub fn base_entries() -> Vec<Entry> {
     ]
 }
 
-/// The keel initramfs around the `keel-init` binary.
-pub fn build(init_binary: Vec<u8>) -> io::Result<Vec<u8>> {
+/// The keel initramfs around the `keel-init` binary, with the kernel
+/// modules stage 1 loads (name and contents, in load order).
+pub fn build(init_binary: Vec<u8>, modules: Vec<(String, Vec<u8>)>) -> io::Result<Vec<u8>> {
+    use keel_spec::initramfs::{MODULES_DIR, MODULES_ORDER};
     let mut entries = base_entries();
     entries.extend([
         Entry::Dir {
@@ -134,6 +136,31 @@ pub fn build(init_binary: Vec<u8>) -> io::Result<Vec<u8>> {
             data: init_binary,
         },
     ]);
+    if !modules.is_empty() {
+        entries.push(Entry::Dir {
+            path: "lib".into(),
+            mode: 0o755,
+        });
+        entries.push(Entry::Dir {
+            path: MODULES_DIR.into(),
+            mode: 0o755,
+        });
+        let mut order = String::new();
+        for (name, data) in modules {
+            order.push_str(&name);
+            order.push('\n');
+            entries.push(Entry::File {
+                path: format!("{MODULES_DIR}/{name}.ko"),
+                mode: 0o644,
+                data,
+            });
+        }
+        entries.push(Entry::File {
+            path: MODULES_ORDER.into(),
+            mode: 0o644,
+            data: order.into_bytes(),
+        });
+    }
     let mut out = Vec::new();
     write_cpio(&entries, &mut out)?;
     Ok(out)
@@ -172,12 +199,33 @@ mod tests {
 
     #[test]
     fn build_is_reproducible_and_holds_init() {
-        let a = build(b"\x7fELF...".to_vec()).unwrap();
-        let b = build(b"\x7fELF...".to_vec()).unwrap();
+        let a = build(b"\x7fELF...".to_vec(), Vec::new()).unwrap();
+        let b = build(b"\x7fELF...".to_vec(), Vec::new()).unwrap();
         assert_eq!(a, b);
         assert!(a.starts_with(b"070701"), "an uncompressed newc archive");
         let text = String::from_utf8_lossy(&a);
         assert!(text.contains("init\0") && text.contains("\x7fELF..."));
         assert!(text.contains("dev/console\0"));
+        assert!(!text.contains("lib/modules"), "no modules, no folder");
+    }
+
+    #[test]
+    fn modules_go_in_with_their_load_order() {
+        let mods = vec![
+            ("virtio".to_string(), b"VIRTIO".to_vec()),
+            ("virtio_blk".to_string(), b"BLK".to_vec()),
+        ];
+        let a = build(b"init".to_vec(), mods).unwrap();
+        let text = String::from_utf8_lossy(&a);
+        for member in [
+            "lib/modules/virtio.ko\0",
+            "lib/modules/virtio_blk.ko\0",
+            "lib/modules/order\0",
+        ] {
+            assert!(text.contains(member), "{member}");
+        }
+        assert!(text.contains("virtio\nvirtio_blk\n"));
+        let order_at = text.find("lib/modules/order\0").unwrap();
+        assert!(text.find("lib/modules/virtio.ko").unwrap() < order_at);
     }
 }

@@ -17,6 +17,7 @@ pub mod lock;
 pub mod oci;
 pub mod outputs;
 pub mod package;
+pub mod progress;
 pub mod qemu;
 pub mod recipe;
 pub mod repo;

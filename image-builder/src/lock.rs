@@ -12,7 +12,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::recipe::{self, ImageRecipe, Loaded};
+use crate::recipe::{self, ImageRecipe, KernelFrom, Loaded};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -96,6 +96,33 @@ fn debian(name: &str, pkg: &str) -> Result<Input, LockError> {
     })
 }
 
+/// sha256 of a file, or of a folder: every file's path, mode and sha256,
+/// in name order.
+fn tree_sha256(path: &Path) -> Result<String, LockError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| LockError::Input(format!("{}: {e}", path.display())))?;
+    if !meta.is_dir() {
+        return sha256_file(path);
+    }
+    let mut names: Vec<_> = std::fs::read_dir(path)
+        .and_then(|d| d.map(|e| e.map(|e| e.file_name())).collect())
+        .map_err(|e| LockError::Input(format!("{}: {e}", path.display())))?;
+    names.sort();
+    let mut h = Sha256::new();
+    for n in names {
+        let p = path.join(&n);
+        let mode = std::fs::metadata(&p)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+            .unwrap_or(0);
+        h.update(format!(
+            "{} {mode:o} {}\n",
+            n.to_string_lossy(),
+            tree_sha256(&p)?
+        ));
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
 fn file(name: String, path: &Path) -> Result<Input, LockError> {
     Ok(Input {
         name,
@@ -141,12 +168,25 @@ pub fn collect(recipe: &Loaded<ImageRecipe>) -> Result<Vec<Input>, LockError> {
         &recipe.path,
     )?];
     let k = &r.kernel;
-    let tarball = PathBuf::from(format!("/usr/src/{}.tar.xz", k.source));
-    inputs.push(Input {
-        name: format!("kernel source {}", k.source),
-        version: dpkg_version(&k.source)?,
-        sha256: sha256_file(&tarball)?,
-    });
+    match k.from() {
+        KernelFrom::Source(source) => {
+            let tarball = PathBuf::from(format!("/usr/src/{source}.tar.xz"));
+            inputs.push(Input {
+                name: format!("kernel source {source}"),
+                version: dpkg_version(source)?,
+                sha256: sha256_file(&tarball)?,
+            });
+        }
+        KernelFrom::Package(package) => {
+            let (version, sha256) = crate::kernel::debian::lock_input(package)
+                .map_err(|e| LockError::Input(e.to_string()))?;
+            inputs.push(Input {
+                name: format!("kernel package {package}"),
+                version,
+                sha256,
+            });
+        }
+    }
     for f in k.fragments.iter().chain([&k.required]) {
         inputs.push(file(format!("kernel config {f}"), &recipe.resolve(f))?);
     }
@@ -171,6 +211,16 @@ pub fn collect(recipe: &Loaded<ImageRecipe>) -> Result<Vec<Input>, LockError> {
     }
     for key in &r.update.keys {
         inputs.push(file(format!("trusted key {key}"), &recipe.resolve(key))?);
+    }
+    if let Some(c) = &r.host.config {
+        inputs.push(file(format!("host config {c}"), &recipe.resolve(c))?);
+    }
+    for (dst, f) in &r.files {
+        inputs.push(Input {
+            name: format!("file /{dst}"),
+            version: f.mode.map_or_else(String::new, |m| format!("mode {m:o}")),
+            sha256: tree_sha256(&recipe.resolve(&f.source))?,
+        });
     }
     Ok(inputs)
 }

@@ -8,6 +8,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::progress::Progress;
 use crate::tool::{self, ToolError};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,16 +54,43 @@ pub fn write_direct(
     Ok(())
 }
 
-/// Convert the raw disk to a compressed qcow2 with `qemu-img`.
-pub fn qcow2(raw: &Path, out: &Path) -> Result<(), OutputError> {
+/// Convert the raw disk to a compressed qcow2 with `qemu-img`, relaying
+/// its progress.
+pub fn qcow2(raw: &Path, out: &Path, progress: &mut dyn Progress) -> Result<(), OutputError> {
     let _ = fs::remove_file(out);
-    tool::run(
+    tool::run_reading(
         Command::new("qemu-img")
-            .args(["convert", "-q", "-c", "-f", "raw", "-O", "qcow2"])
+            .args(["convert", "-p", "-c", "-f", "raw", "-O", "qcow2"])
             .arg(raw)
             .arg(out),
+        |stdout| relay_qemu_img_progress(stdout, progress),
     )?;
     Ok(())
+}
+
+/// `qemu-img -p` rewrites `    (12.50/100%)` on one line with `\r`: each
+/// becomes hundredths of a percent done.
+pub fn relay_qemu_img_progress(mut from: impl std::io::Read, progress: &mut dyn Progress) {
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 512];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(end) = pending.iter().position(|&b| b == b'\r' || b == b'\n') {
+            let item: Vec<u8> = pending.drain(..=end).collect();
+            let text = String::from_utf8_lossy(&item);
+            let pct = text
+                .trim()
+                .strip_prefix('(')
+                .and_then(|t| t.split_once('/'))
+                .and_then(|(p, _)| p.parse::<f64>().ok());
+            if let Some(p) = pct {
+                progress.advance((p * 100.0).round() as u64, 10_000);
+            }
+        }
+    }
 }
 
 /// One input or artifact of an image.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::cache::{Cache, CacheError, Key};
+use crate::progress::Progress;
 use crate::recipe::{Loaded, PackageRecipe};
 use crate::tool::{self, ToolError};
 
@@ -63,6 +64,7 @@ pub fn ensure(
     name: &str,
     recipe: &Loaded<PackageRecipe>,
     jobs: usize,
+    progress: &mut dyn Progress,
 ) -> Result<Package, PackageError> {
     let r = &recipe.recipe;
     let recipe_text = std::fs::read(&recipe.path).map_err(|source| PackageError::Io {
@@ -100,7 +102,7 @@ pub fn ensure(
         Some(d) => d,
         None => {
             let scratch = cache.scratch(kind, &key)?;
-            build(&scratch, r, jobs)?;
+            build(&scratch, r, jobs, progress)?;
             cache.commit(kind, &key, &scratch)?
         }
     };
@@ -161,7 +163,12 @@ fn set_options(config: &str, options: &std::collections::BTreeMap<String, String
     out.join("\n") + "\n"
 }
 
-fn build(scratch: &Path, r: &PackageRecipe, jobs: usize) -> Result<(), PackageError> {
+fn build(
+    scratch: &Path,
+    r: &PackageRecipe,
+    jobs: usize,
+    progress: &mut dyn Progress,
+) -> Result<(), PackageError> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| PackageError::Io { path, source }
@@ -169,12 +176,7 @@ fn build(scratch: &Path, r: &PackageRecipe, jobs: usize) -> Result<(), PackageEr
     let log = scratch.join("build.log");
     let dl = scratch.join("src");
     std::fs::create_dir_all(&dl).map_err(io_err(&dl))?;
-    eprintln!(
-        "keel: building {} with {} (log {})",
-        r.source,
-        r.cc,
-        log.display()
-    );
+    progress.log(&log);
     tool::run_logged(
         Command::new("apt-get").args(["source", "-q", &r.source]),
         &dl,

@@ -25,6 +25,9 @@ pub struct RunOptions {
     pub no_reboot: bool,
     /// `guestfwd` rules: (guest port on 10.0.2.100, host port on 127.0.0.1).
     pub forwards: Vec<(u16, u16)>,
+    /// `hostfwd` rules: (host port on 127.0.0.1, guest port): a service of
+    /// the guest reachable from this machine.
+    pub publish: Vec<(u16, u16)>,
     /// Boot this kernel and initramfs with QEMU's loader instead of the
     /// firmware (`keel run --direct`); the disk still holds the root.
     pub direct: Option<Direct>,
@@ -139,6 +142,10 @@ pub fn qemu_args(o: &RunOptions, kvm: bool) -> Vec<String> {
             ",guestfwd=tcp:10.0.2.100:{guest}-cmd:socat - TCP:127.0.0.1:{host}"
         ));
     }
+    // Loopback only: a published port is for this machine, not its network.
+    for (host, guest) in &o.publish {
+        net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+    }
     a.extend([
         "-netdev".into(),
         net,
@@ -201,6 +208,7 @@ mod tests {
             cpus: 2,
             no_reboot: true,
             forwards: vec![(80, 8080)],
+            publish: vec![(18080, 80)],
             direct: None,
         }
     }
@@ -225,7 +233,7 @@ mod tests {
     #[test]
     fn network_is_restricted_and_forwards_use_a_bridge_per_connection() {
         let a = qemu_args(&opts(), false).join(" ");
-        assert!(a.contains("-netdev user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:8080"), "{a}");
+        assert!(a.contains("-netdev user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:8080,hostfwd=tcp:127.0.0.1:18080-:80"), "{a}");
         assert!(a.contains("-accel tcg -cpu max"));
         assert!(a.contains("readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"));
         assert!(a.contains("file=out/disk.img "));

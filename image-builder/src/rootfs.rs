@@ -32,8 +32,26 @@ pub enum RootfsError {
         container: String,
         source: crate::oci::OciError,
     },
+    #[error("files.{dst}: {path}: {source}")]
+    Extra {
+        dst: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("files.{dst}: /{path} is keel's own; an image may add files, not replace them")]
+    Replaces { dst: String, path: String },
     #[error(transparent)]
     Tool(#[from] ToolError),
+}
+
+/// An entry of the recipe's `[files]`: a file or a folder to copy into the
+/// root, at `dst` (relative to `/`).
+#[derive(Debug, Clone)]
+pub struct Extra {
+    pub dst: String,
+    pub src: PathBuf,
+    /// Every copied file's mode; default 0644, 0755 where executable.
+    pub mode: Option<u32>,
 }
 
 /// A system container as the build sees it.
@@ -60,8 +78,10 @@ pub struct Inputs<'a> {
     pub containers: &'a [StagedContainer],
     pub os_release: &'a str,
     /// More files of the host, (path below `/`, contents), mode 0644:
-    /// trusted keys, the update policy.
+    /// trusted keys, the update policy, the default host config.
     pub files: &'a [(String, Vec<u8>)],
+    /// The recipe's own files, staged last: they may not replace keel's.
+    pub extra: &'a [Extra],
 }
 
 /// Why an ELF file is not a static executable, if it is not.
@@ -268,7 +288,51 @@ pub fn stage(dir: &Path, inputs: &Inputs<'_>) -> Result<(), RootfsError> {
             }
         }
     }
+    for e in inputs.extra {
+        s.extra(e)?;
+    }
     Ok(())
+}
+
+impl Stager {
+    /// Copy a `[files]` entry; a folder is copied whole, in name order.
+    fn extra(&self, e: &Extra) -> Result<(), RootfsError> {
+        let err = |path: &Path| {
+            let (dst, path) = (e.dst.clone(), path.to_path_buf());
+            move |source| RootfsError::Extra { dst, path, source }
+        };
+        let mut todo = vec![(e.src.clone(), e.dst.clone())];
+        while let Some((src, dst)) = todo.pop() {
+            let meta = fs::metadata(&src).map_err(err(&src))?;
+            if meta.is_dir() {
+                let mut names: Vec<_> = fs::read_dir(&src)
+                    .map_err(err(&src))?
+                    .map(|d| d.map(|d| d.file_name()))
+                    .collect::<Result<_, _>>()
+                    .map_err(err(&src))?;
+                names.sort();
+                for n in names.into_iter().rev() {
+                    let n = n.to_string_lossy().into_owned();
+                    todo.push((src.join(&n), format!("{dst}/{n}")));
+                }
+                continue;
+            }
+            if self.root.join(&dst).symlink_metadata().is_ok() {
+                return Err(RootfsError::Replaces {
+                    dst: e.dst.clone(),
+                    path: dst,
+                });
+            }
+            let data = fs::read(&src).map_err(err(&src))?;
+            let mode = e.mode.unwrap_or(if meta.permissions().mode() & 0o111 != 0 {
+                0o755
+            } else {
+                0o644
+            });
+            self.file(&dst, &data, mode)?;
+        }
+        Ok(())
+    }
 }
 
 /// Pack `dir` into an erofs image at `out`.
@@ -326,8 +390,64 @@ mod tests {
             containers: &containers,
             os_release: "ID=keel\n",
             files: &[],
+            extra: &[],
         };
         let err = stage(&dir.path().join("root"), &inputs).unwrap_err();
         assert!(matches!(err, RootfsError::NotStatic { .. }), "{err}");
+    }
+
+    #[test]
+    fn extra_files_are_copied_with_modes_and_never_replace_keel_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(src.join("conf.d/sub")).unwrap();
+        fs::write(src.join("motd"), "hello\n").unwrap();
+        fs::write(src.join("conf.d/a.conf"), "a\n").unwrap();
+        fs::write(src.join("conf.d/sub/run.sh"), "#!/bin/sh\n").unwrap();
+        fs::set_permissions(
+            src.join("conf.d/sub/run.sh"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let root = dir.path().join("root");
+        let s = Stager {
+            root: root.clone(),
+            stored: BTreeMap::new(),
+        };
+        s.dir("/").unwrap();
+        s.file("usr/lib/os-release", b"ID=keel\n", 0o644).unwrap();
+        let extra = |dst: &str, src: PathBuf, mode| Extra {
+            dst: dst.into(),
+            src,
+            mode,
+        };
+        s.extra(&extra("etc/motd", src.join("motd"), Some(0o600)))
+            .unwrap();
+        s.extra(&extra("etc/app", src.join("conf.d"), None))
+            .unwrap();
+        let mode = |p: &str| fs::metadata(root.join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            fs::read_to_string(root.join("etc/motd")).unwrap(),
+            "hello\n"
+        );
+        assert_eq!(mode("etc/motd"), 0o600);
+        assert_eq!(mode("etc/app/a.conf"), 0o644);
+        assert_eq!(mode("etc/app/sub/run.sh"), 0o755);
+
+        let err = s
+            .extra(&extra("usr/lib/os-release", src.join("motd"), None))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "files.usr/lib/os-release: /usr/lib/os-release is keel's own; an image may add files, not replace them"
+        );
+        let err = s
+            .extra(&extra("etc/x", src.join("nonesuch"), None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("files.etc/x: ") && err.contains("nonesuch"),
+            "{err}"
+        );
     }
 }

@@ -80,6 +80,45 @@ pub fn run(cmd: &mut Command) -> Result<Output, ToolError> {
     Ok(out)
 }
 
+/// Run `cmd`, handing its stdout to `read` as it comes (progress output);
+/// fail with the end of its stderr if the command fails.
+pub fn run_reading(
+    cmd: &mut Command,
+    read: impl FnOnce(&mut dyn io::Read),
+) -> Result<(), ToolError> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| ToolError::Missing {
+            hint: format!("apt-get install {}", package_for(&program)),
+            program,
+            source,
+        })?;
+    if let Some(mut out) = child.stdout.take() {
+        read(&mut out);
+        // Whatever `read` left unread must not block the child.
+        let _ = io::copy(&mut out, &mut io::sink());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|source| ToolError::Missing {
+            program: describe(cmd),
+            hint: "waiting for it failed".into(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(ToolError::Failed {
+            command: describe(cmd),
+            status: out.status.to_string(),
+            output: tail(&out.stderr, 40),
+        });
+    }
+    Ok(())
+}
+
 /// Run `cmd` in `dir` with its output going to `log` (long builds).
 pub fn run_logged(cmd: &mut Command, dir: &Path, log: &Path) -> Result<(), ToolError> {
     let program = cmd.get_program().to_string_lossy().into_owned();

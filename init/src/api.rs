@@ -28,6 +28,11 @@ pub enum Request {
         name: String,
         argv: Vec<String>,
     },
+    /// Check a host config file's text as this host would read it (over
+    /// the image's defaults, against the image's services).
+    ValidateConfig {
+        text: String,
+    },
     Poweroff,
     Reboot,
 }
@@ -44,12 +49,17 @@ pub enum Response {
     Exited {
         code: i32,
     },
+    /// A host config's problems, compiler style; none: it is valid.
+    Problems(Vec<String>),
     Ok,
     Error(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
+    /// The host's name (services have their own UTS namespaces).
+    #[serde(default)]
+    pub hostname: String,
     pub version: String,
     pub slot: String,
     pub uptime_ms: u64,
@@ -58,6 +68,9 @@ pub struct Status {
     /// "starting", "healthy" or "failed".
     pub health: String,
     pub services: Vec<ServiceStatus>,
+    /// The host config in use, and the problems of the ESP's file.
+    #[serde(default)]
+    pub config: Option<crate::config::ConfigState>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,7 +98,8 @@ pub struct ServiceStatus {
 /// `keelctl status` as a table.
 pub fn render_status(s: &Status) -> String {
     let mut out = format!(
-        "keel {}  slot {}  up {:.1} s  {}\n",
+        "{}: keel {}  slot {}  up {:.1} s  {}\n",
+        s.hostname,
         s.version,
         s.slot,
         s.uptime_ms as f64 / 1000.0,
@@ -122,6 +136,25 @@ pub fn render_status(s: &Status) -> String {
             out.push_str(&format!("{:<12} last error: {e}\n", ""));
         }
     }
+    if let Some(c) = &s.config {
+        let source = match c.source {
+            crate::config::ConfigSource::Esp => "the ESP's host.toml over the image's defaults",
+            crate::config::ConfigSource::LastGood => {
+                "the last good config (the ESP's host.toml has problems)"
+            }
+            crate::config::ConfigSource::Defaults => "the image's defaults",
+        };
+        out.push_str(&format!("config: {source}\n"));
+        if !c.disabled.is_empty() {
+            out.push_str(&format!(
+                "disabled by the config: {}\n",
+                c.disabled.join(", ")
+            ));
+        }
+        for e in &c.errors {
+            out.push_str(&format!("  {e}\n"));
+        }
+    }
     out
 }
 
@@ -153,6 +186,7 @@ mod tests {
     #[test]
     fn table_shows_each_service() {
         let s = Status {
+            hostname: "edge".into(),
             version: "0.1.0".into(),
             slot: "a".into(),
             uptime_ms: 1500,
@@ -173,9 +207,17 @@ mod tests {
                 started_ms: Some(900),
                 ready_ms: Some(950),
             }],
+            config: Some(crate::config::ConfigState {
+                source: crate::config::ConfigSource::LastGood,
+                errors: vec!["/efi/keel/host.toml:1:12: `hostname`: invalid type".into()],
+                disabled: vec!["db".into()],
+            }),
         };
         let t = render_status(&s);
-        assert!(t.contains("slot a"));
+        assert!(t.contains("config: the last good config (the ESP's host.toml has problems)"));
+        assert!(t.contains("disabled by the config: db"));
+        assert!(t.contains("  /efi/keel/host.toml:1:12: `hostname`"));
+        assert!(t.starts_with("edge: keel 0.1.0  slot a"), "{t}");
         let row = t.lines().find(|l| l.starts_with("web")).unwrap();
         let cols: Vec<_> = row.split_whitespace().collect();
         assert_eq!(

@@ -522,6 +522,10 @@ struct Init {
     root_hash: Option<String>,
     /// A shutdown decided outside a signal or an API call (the gate).
     want_shutdown: Option<Shutdown>,
+    /// Which host config the host runs on, and the ESP file's problems.
+    config: crate::config::ConfigState,
+    /// Every service of the image, for checking host configs.
+    services: Vec<String>,
 }
 
 impl Init {
@@ -630,6 +634,9 @@ impl Init {
     fn status(&self) -> Status {
         let health = self.sup.health();
         Status {
+            hostname: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             version: self.version.clone(),
             slot: self.slot.clone(),
             uptime_ms: crate::boot_ms(),
@@ -641,6 +648,7 @@ impl Init {
             }
             .into(),
             services: self.sup.status(),
+            config: Some(self.config.clone()),
         }
     }
 
@@ -682,6 +690,10 @@ impl Init {
             }
             Ok(Request::Restart { name }) => (
                 answer(self.sup.restart_service(&name, Instant::now())),
+                None,
+            ),
+            Ok(Request::ValidateConfig { text }) => (
+                Response::Problems(crate::config::problems(&text, &self.services)),
                 None,
             ),
             Ok(Request::Poweroff) => (Response::Ok, Some(Shutdown::Poweroff)),
@@ -809,9 +821,14 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
         }
         Ok::<(), String>(())
     });
-    let definitions = std::thread::spawn(definitions);
+    // The host config decides which services run and how, so it is read
+    // with the definitions (mounting the ESP on the way).
+    let definitions = std::thread::spawn(move || {
+        let (mut defs, confinements) = definitions();
+        let config = crate::config::at_boot(booted_from_slot, &mut defs);
+        (defs, confinements, config)
+    });
     mount_runtime();
-    warn("hostname", nix::unistd::sethostname("keel"));
     warn("cgroups", setup_cgroups());
 
     let sfd = match SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
@@ -839,17 +856,34 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
         "loopback, partition links",
         loopback.join().unwrap_or_else(|_| Err("panicked".into())),
     );
-    let (defs, confinements) = definitions.join().unwrap_or_else(|_| {
-        log("error: loading the container definitions panicked");
-        Default::default()
+    let (defs, confinements, config) = definitions.join().unwrap_or_else(|_| {
+        log("error: loading the container definitions and the host config panicked");
+        let empty = crate::config::AtBoot {
+            config: Default::default(),
+            state: crate::config::ConfigState {
+                source: crate::config::ConfigSource::Defaults,
+                errors: vec!["reading the host config panicked".into()],
+                disabled: Vec::new(),
+            },
+            esp: None,
+            services: Vec::new(),
+        };
+        (Vec::new(), BTreeMap::new(), empty)
     });
+    for w in crate::config::apply_host(&config.config, &mut crate::config::RealHost) {
+        log(format!("warning: host config: {w}"));
+    }
+    let esp = match &config.esp {
+        None => Esp::None,
+        Some(Ok(())) => Esp::Mounted,
+        Some(Err(e)) => {
+            log(format!("warning: ESP at {ESP_MOUNT}: {e}"));
+            Esp::Failed
+        }
+    };
     let launcher = HostLauncher {
         confinements,
-        esp: if booted_from_slot {
-            Esp::Unmounted
-        } else {
-            Esp::None
-        },
+        esp,
         ..HostLauncher::default()
     };
     let mut init = Init {
@@ -865,6 +899,8 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
         }),
         want_shutdown: None,
         sessions: BTreeMap::new(),
+        config: config.state,
+        services: config.services,
     };
     init.sup.tick(Instant::now());
     init.check_ready();

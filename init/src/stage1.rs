@@ -136,6 +136,28 @@ fn mount_var(newroot: &Path, data: Result<(), Stage1Error>) -> Result<(), Stage1
     Ok(())
 }
 
+/// Load the modules a prebuilt kernel needs for the disk, dm-verity and
+/// the filesystems. One that fails is reported, not fatal: if it mattered,
+/// the partition it would have shown is what stage 1 says is missing.
+fn load_modules() {
+    let start = crate::boot_ms();
+    match crate::kmod::load_listed(Path::new("/")) {
+        Ok(l) => {
+            for (name, why) in &l.failed {
+                log(format!("warning: kernel module {name} did not load: {why}"));
+            }
+            if l.loaded > 0 {
+                log(format!(
+                    "stage 1: {} kernel modules loaded in {} ms",
+                    l.loaded,
+                    crate::boot_ms() - start
+                ));
+            }
+        }
+        Err(e) => log(format!("warning: reading the module list: {e}")),
+    }
+}
+
 /// The slot whose verity partition holds the tree of the command line's
 /// root hash, and that partition. A UKI names no slot (an update writes
 /// the same UKI to either), so its root hash decides.
@@ -177,6 +199,7 @@ pub fn run() -> Result<Booted, Stage1Error> {
     let cmdline = std::fs::read_to_string("/proc/cmdline")
         .map_err(|e| Stage1Error::Read("/proc/cmdline", e))?;
     let params = BootParams::parse(&cmdline)?;
+    load_modules();
     let data = std::thread::spawn(mount_data);
     let (slot, hash) = find_slot(&params)?;
     let root = wait_for(slot.root_label())?;

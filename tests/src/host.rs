@@ -24,7 +24,14 @@ pub fn cached_busybox(workspace: &Path) -> Result<Package, String> {
     )))
     .map_err(|e| e.to_string())?;
     let cache = Cache::new(Cache::default_root().map_err(|e| e.to_string())?);
-    keel_image_builder::package::ensure(&cache, "busybox", &pkg, 2).map_err(|e| e.to_string())
+    keel_image_builder::package::ensure(
+        &cache,
+        "busybox",
+        &pkg,
+        2,
+        &mut keel_image_builder::progress::Quiet,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// The unified (v2) cgroup hierarchy's mount point here.

@@ -107,6 +107,14 @@ data_mib = 64
     path
 }
 
+/// A TCP port on 127.0.0.1 that nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0")
+}
+
 /// A command's stdout then stderr, for assertions and failure messages.
 pub fn output_text(o: &std::process::Output) -> String {
     format!(
@@ -189,6 +197,17 @@ impl Guest {
         }
         for (guest, host) in forwards {
             cmd.arg(format!("--forward={guest}:{host}"));
+        }
+        Guest::spawn(cmd.arg(disk))
+    }
+
+    /// Boot `disk` with `publish`: (port on this machine's 127.0.0.1,
+    /// port of the guest), like `keel run --publish`.
+    pub fn boot_publishing(disk: &Path, publish: &[(u16, u16)]) -> Guest {
+        let mut cmd = Command::new(keel_bin());
+        cmd.args(["run", "--accel", "tcg", "--memory", "512", "--no-reboot"]);
+        for (host, guest) in publish {
+            cmd.arg(format!("--publish={host}:{guest}"));
         }
         Guest::spawn(cmd.arg(disk))
     }

@@ -64,11 +64,7 @@ fn flash_to_a_block_device_then_boot_it() {
         .unwrap();
     let dev = Loop::attach(&backing, None);
     let config = dir.path().join("host.toml");
-    std::fs::write(
-        &config,
-        "# flashed by the test\n[network]\nhostname = \"edge-7\"\n",
-    )
-    .unwrap();
+    std::fs::write(&config, "# flashed by the test\nhostname = \"edge-7\"\n").unwrap();
     let image = disk_image();
 
     // A mounted device is refused, even with --force, and left alone.

@@ -62,6 +62,7 @@ fn stage_root(dir: &Path) {
             containers: &containers,
             os_release: "ID=keel\nVERSION_ID=itest\n",
             files: &[],
+            extra: &[],
         },
     )
     .unwrap();

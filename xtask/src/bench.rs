@@ -124,6 +124,7 @@ fn init_rss(work: &Path, n: usize) -> anyhow::Result<u64> {
             containers: &containers,
             os_release: "ID=keel\nVERSION_ID=bench\n",
             files: &[],
+            extra: &[],
         },
     )?;
     // Dropping the harness ends the namespace and removes its cgroup.
@@ -255,7 +256,7 @@ fn floor_disk(dir: &Path) -> anyhow::Result<PathBuf> {
     use keel_image_builder::{disk, esp, kernel, uki};
     let image = recipe::load_image(&root().join("recipes/host.toml"))?;
     let cache = Cache::new(Cache::default_root()?);
-    let k = kernel::ensure(&cache, &image, 2)?;
+    let k = kernel::ensure(&cache, &image, 2, &mut keel_image_builder::progress::Quiet)?;
     let busybox = cached_busybox(&root()).map_err(anyhow::Error::msg)?;
     let (_, bb) = busybox
         .files
@@ -354,6 +355,7 @@ fn boot_console(disk: &Path, done: &str) -> anyhow::Result<String> {
         cpus: 2,
         no_reboot: true,
         forwards: Vec::new(),
+        publish: Vec::new(),
         direct: None,
     };
     qemu::prepare(&o)?;

@@ -25,7 +25,7 @@ const MIB: u64 = 1 << 20;
 /// Bytes copied per write; progress is reported per chunk.
 const CHUNK: usize = 4 << 20;
 /// Where the ESP keeps the user's host config (DESIGN.md, "Disk layout").
-pub const HOST_CONFIG_ON_ESP: &str = "keel/host.toml";
+pub const HOST_CONFIG_ON_ESP: &str = keel_spec::host::ON_ESP;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlashError {
@@ -50,7 +50,7 @@ pub enum FlashError {
     },
     #[error("{path}: not a keel disk image: {why}")]
     NotKeel { path: PathBuf, why: String },
-    #[error("{path}: {message}")]
+    #[error("{path} is not a valid host config; nothing was written:\n{message}")]
     Config { path: PathBuf, message: String },
     #[error("{target}: read back differs from what was written: {what}")]
     Verify { target: PathBuf, what: String },
@@ -140,25 +140,23 @@ pub fn grown(layout: &Layout, size: u64) -> Result<Layout, FlashError> {
     Ok(l)
 }
 
-/// Check the host config's TOML syntax, naming the line and column of an
-/// error. What its keys mean is the host config's business (issue 6).
+/// Check the host config (every problem, each with its line and column)
+/// before anything is written. The image's services are not known here, so
+/// `services.<name>` is checked again on the host at boot.
 fn read_config(path: &Path) -> Result<Vec<u8>, FlashError> {
+    use keel_spec::hostconfig::{check, render, Context, Source};
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-    if let Err(e) = text.parse::<toml::Table>() {
-        let at = e
-            .span()
-            .map(|s| {
-                let before = &text[..s.start.min(text.len())];
-                let line = before.matches('\n').count() + 1;
-                let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                format!("line {line}, column {col}: ")
-            })
-            .unwrap_or_default();
-        return Err(FlashError::Config {
-            path: path.to_path_buf(),
-            message: format!("{at}{}", e.message()),
-        });
-    }
+    check(
+        Source {
+            name: path,
+            text: &text,
+        },
+        &Context::default(),
+    )
+    .map_err(|d| FlashError::Config {
+        path: path.to_path_buf(),
+        message: render(&d),
+    })?;
     Ok(text.into_bytes())
 }
 

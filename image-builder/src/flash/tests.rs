@@ -61,9 +61,18 @@ fn finds_tables_and_mounts() {
 fn a_bad_host_config_names_its_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("host.toml");
-    std::fs::write(&p, "[network]\nhostname = \"a\"\nmtu = = 3\n").unwrap();
+    std::fs::write(&p, "hostname = \"a\"\n[network]\nmtu = = 3\n").unwrap();
     let e = read_config(&p).unwrap_err().to_string();
-    assert!(e.contains("host.toml: line 3, column 7"), "{e}");
+    assert!(e.contains("host.toml:3:7: "), "{e}");
+    // What the keys mean is checked too, every problem at once.
+    std::fs::write(&p, "hostname = \"-a\"\n[update]\ncheck_interval = \"1s\"\n").unwrap();
+    let e = read_config(&p).unwrap_err().to_string();
+    assert!(
+        e.contains("nothing was written")
+            && e.contains("host.toml:1:1: `hostname`")
+            && e.contains("host.toml:3:1: `update.check_interval`"),
+        "{e}"
+    );
 }
 
 /// A small disk of the keel layout: an ESP with one file, recognisable
@@ -105,7 +114,7 @@ fn flashes_a_file_growing_data_and_adding_the_host_config() {
     let img = image(dir.path());
     let layout = disk::read_layout(&img).unwrap();
     let config = dir.path().join("host.toml");
-    std::fs::write(&config, "[network]\nhostname = \"edge-1\"\n").unwrap();
+    std::fs::write(&config, "hostname = \"edge-1\"\n").unwrap();
 
     // Someone made a 64 MiB file for the disk: /var gets the rest of it.
     let out = dir.path().join("target.img");
@@ -141,7 +150,7 @@ fn flashes_a_file_growing_data_and_adding_the_host_config() {
     b.read_exact_at(&mut e, esp.offset).unwrap();
     assert_eq!(
         esp::read_file(Cursor::new(e.clone()), HOST_CONFIG_ON_ESP).unwrap(),
-        b"[network]\nhostname = \"edge-1\"\n"
+        b"hostname = \"edge-1\"\n"
     );
     assert_eq!(
         esp::read_file(Cursor::new(e), "EFI/Linux/keel-1.0.0.efi").unwrap(),

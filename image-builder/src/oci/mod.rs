@@ -247,20 +247,91 @@ pub fn open(path: &Path) -> Result<Image, OciError> {
     })
 }
 
-/// Whether a layer file is gzip-compressed (else a plain tar).
-fn gzipped(path: &Path) -> Result<bool, OciError> {
-    let mut magic = [0u8; 2];
+/// How a layer file is compressed, from its first bytes (the media type
+/// says the same, but a docker save archive carries none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+fn compression(path: &Path) -> Result<Compression, OciError> {
+    let mut magic = [0u8; 4];
     let n = fs::File::open(path)
         .and_then(|mut f| f.read(&mut magic))
         .map_err(io_err(path))?;
-    Ok(n == 2 && magic == [0x1f, 0x8b])
+    Ok(match &magic[..n] {
+        [0x1f, 0x8b, ..] => Compression::Gzip,
+        [0x28, 0xb5, 0x2f, 0xfd] => Compression::Zstd,
+        _ => Compression::None,
+    })
+}
+
+/// The uid and gid of an image's User: `uid`, `uid:gid`, or names looked
+/// up in the image's own `/etc/passwd` and `/etc/group` (`read` gives a
+/// file of the image, if it has it). A user alone takes its passwd gid.
+pub fn lookup_user(
+    user: &str,
+    read: &mut dyn FnMut(&str) -> Option<String>,
+) -> Result<(u32, u32), String> {
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    // name → (id, primary gid) in a passwd or group file.
+    let find = |text: &Option<String>, name: &str| {
+        text.as_deref()?.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&name) && f.len() >= 3).then(|| {
+                (
+                    f[2].parse::<u32>().ok(),
+                    f.get(3).and_then(|g| g.parse::<u32>().ok()),
+                )
+            })
+        })
+    };
+    let (uid, passwd_gid) = match u.parse::<u32>() {
+        Ok(uid) => (uid, None),
+        Err(_) => {
+            let passwd = read("etc/passwd");
+            match find(&passwd, u) {
+                Some((Some(uid), gid)) => (uid, gid),
+                _ => {
+                    return Err(format!(
+                        "the image's User {user:?}: no user {u:?} in the image's /etc/passwd; set [user] in the definition"
+                    ))
+                }
+            }
+        }
+    };
+    let gid = match g {
+        None => passwd_gid.unwrap_or(uid),
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => match find(&read("etc/group"), g) {
+                Some((Some(gid), _)) => gid,
+                _ => {
+                    return Err(format!(
+                        "the image's User {user:?}: no group {g:?} in the image's /etc/group; set [user] in the definition"
+                    ))
+                }
+            },
+        },
+    };
+    Ok((uid, gid))
 }
 
 /// A definition's text with the image config's defaults added for the keys
 /// it does not set: `command` (Entrypoint then Cmd), `env`, `cwd`, and
-/// `[user]` (a numeric `uid[:gid]` User). Returns the text to store in the
-/// image, or why the image cannot run.
-pub fn resolve(text: &str, config: &RunConfig) -> Result<String, String> {
+/// `[user]` (the User, by number or by name in the image's own files,
+/// which `read` gives). Returns the text to store in the image, or why the
+/// image cannot run.
+pub fn resolve(
+    text: &str,
+    config: &RunConfig,
+    read: &mut dyn FnMut(&str) -> Option<String>,
+) -> Result<String, String> {
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
     let mut top = String::new();
     let list = |v: &[String]| {
@@ -296,12 +367,7 @@ pub fn resolve(text: &str, config: &RunConfig) -> Result<String, String> {
     let mut tail = String::new();
     if let (false, Some(user)) = (table.contains_key("user"), &config.user) {
         if !user.is_empty() {
-            let (u, g) = user.split_once(':').unwrap_or((user, user));
-            let (Ok(uid), Ok(gid)) = (u.parse::<u32>(), g.parse::<u32>()) else {
-                return Err(format!(
-                    "the image's User {user:?} is not numeric uid[:gid]; set [user] in the definition"
-                ));
-            };
+            let (uid, gid) = lookup_user(user, read)?;
             tail = format!("\n[user]\nuid = {uid}\ngid = {gid}\n");
         }
     }

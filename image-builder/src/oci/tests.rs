@@ -101,7 +101,10 @@ fn layers() -> [Vec<u8>; 2] {
 }
 
 fn layout(dir: &Path) {
-    let [l1, l2] = layers();
+    layout_of(dir, layers());
+}
+
+fn layout_of(dir: &Path, [l1, l2]: [Vec<u8>; 2]) {
     let (d1, d2) = (put_blob(dir, &l1), put_blob(dir, &l2));
     let config = put_blob(dir, CONFIG.as_bytes());
     let manifest = format!(
@@ -240,7 +243,8 @@ fn the_config_fills_what_the_definition_leaves_out() {
     let config: ConfigBlob = serde_json::from_str(CONFIG).unwrap();
     let c = config.config;
     let text = "description = \"app\"\n[rootfs]\noci = \"app\"\n";
-    let out = resolve(text, &c).unwrap();
+    let mut none = |_: &str| None;
+    let out = resolve(text, &c, &mut none).unwrap();
     let def = keel_spec::container::ContainerDef::parse(&out).unwrap();
     assert_eq!(def.command, ["/bin/hello", "--greet", "world"]);
     assert_eq!(def.env, ["PATH=/bin", "GREETING=hi"]);
@@ -248,7 +252,8 @@ fn the_config_fills_what_the_definition_leaves_out() {
     assert_eq!((def.user.uid, def.user.gid), (1000, 1000));
     // What the definition says wins.
     let own = "command = [\"/bin/sh\"]\ncwd = \"/\"\n[user]\nuid = 5\n[rootfs]\noci = \"app\"\n";
-    let def = keel_spec::container::ContainerDef::parse(&resolve(own, &c).unwrap()).unwrap();
+    let def =
+        keel_spec::container::ContainerDef::parse(&resolve(own, &c, &mut none).unwrap()).unwrap();
     assert_eq!(
         (def.command[0].as_str(), def.cwd.as_str(), def.user.uid),
         ("/bin/sh", "/", 5)
@@ -257,8 +262,75 @@ fn the_config_fills_what_the_definition_leaves_out() {
         user: Some("app".into()),
         ..c.clone()
     };
-    assert!(resolve(text, &named).unwrap_err().contains("not numeric"));
-    assert!(resolve(text, &RunConfig::default())
+    assert!(resolve(text, &named, &mut none)
+        .unwrap_err()
+        .contains("no user \"app\" in the image's /etc/passwd"));
+    assert!(resolve(text, &RunConfig::default(), &mut none)
         .unwrap_err()
         .contains("what to run"));
+}
+
+#[test]
+fn a_named_user_is_found_in_the_image_s_own_files() {
+    let passwd = "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/:/bin/sh\n";
+    let group = "root:x:0:\nstaff:x:50:\n";
+    let mut read = |rel: &str| match rel {
+        "etc/passwd" => Some(passwd.to_string()),
+        "etc/group" => Some(group.to_string()),
+        _ => None,
+    };
+    assert_eq!(lookup_user("app", &mut read), Ok((1000, 1001)));
+    assert_eq!(lookup_user("app:staff", &mut read), Ok((1000, 50)));
+    assert_eq!(lookup_user("7:staff", &mut read), Ok((7, 50)));
+    assert_eq!(lookup_user("7", &mut read), Ok((7, 7)));
+    assert_eq!(lookup_user("app:9", &mut read), Ok((1000, 9)));
+    assert!(lookup_user("app:wheel", &mut read)
+        .unwrap_err()
+        .contains("no group \"wheel\""));
+    assert!(lookup_user("nobody", &mut read)
+        .unwrap_err()
+        .contains("no user \"nobody\""));
+}
+
+#[test]
+fn image_files_are_read_through_whiteouts_and_opaque_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    layout(dir.path());
+    let image = open(dir.path()).unwrap();
+    assert_eq!(
+        image.file("etc/passwd").unwrap().as_deref(),
+        Some(&b"app:x:1000:1000::/:/bin/sh\n"[..])
+    );
+    assert_eq!(image.file("data/c").unwrap().as_deref(), Some(&b"c"[..]));
+    assert_eq!(image.file("old/x").unwrap(), None, "whited out above");
+    assert_eq!(
+        image.file("data/a").unwrap(),
+        None,
+        "its folder is opaque above"
+    );
+    assert_eq!(image.file("nonesuch").unwrap(), None);
+}
+
+#[test]
+fn zstd_layers_unpack_like_gzip_ones() {
+    use std::io::Read;
+    let [l1, l2] = layers();
+    let mut tar = Vec::new();
+    flate2::read::GzDecoder::new(&l2[..])
+        .read_to_end(&mut tar)
+        .unwrap();
+    // Two frames, as a streaming compressor may write them.
+    let (a, b) = tar.split_at(tar.len() / 2);
+    let mut zst = ruzstd::encoding::compress_to_vec(a, ruzstd::encoding::CompressionLevel::Fastest);
+    zst.extend(ruzstd::encoding::compress_to_vec(
+        b,
+        ruzstd::encoding::CompressionLevel::Fastest,
+    ));
+    assert_eq!(&zst[..4], [0x28, 0xb5, 0x2f, 0xfd]);
+    let dir = tempfile::tempdir().unwrap();
+    let oci = dir.path().join("image");
+    layout_of(&oci, [l1, zst]);
+    let root = dir.path().join("root");
+    unpack(&open(&oci).unwrap(), &root).unwrap();
+    check_tree(&root);
 }

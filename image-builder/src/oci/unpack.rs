@@ -8,18 +8,102 @@ use std::path::{Component, Path, PathBuf};
 
 use tar::EntryType;
 
-use super::{gzipped, io_err, Image, OciError};
+use super::{compression, io_err, Compression, Image, OciError};
 
 const WHITEOUT: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
 
-fn layer_reader(path: &Path) -> Result<Box<dyn Read>, OciError> {
-    let f = fs::File::open(path).map_err(io_err(path))?;
-    Ok(if gzipped(path)? {
-        Box::new(flate2::read::GzDecoder::new(f))
-    } else {
-        Box::new(f)
+pub(super) fn layer_reader(path: &Path) -> Result<Box<dyn Read>, OciError> {
+    let f = std::io::BufReader::new(fs::File::open(path).map_err(io_err(path))?);
+    Ok(match compression(path)? {
+        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(f)),
+        Compression::Zstd => Box::new(Zstd::new(f, path)?),
+        Compression::None => Box::new(f),
     })
+}
+
+/// A zstd stream of one or more frames (as `zstd` and containerd write
+/// layers), decoded frame after frame.
+struct Zstd<R: std::io::BufRead> {
+    frame: Option<ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>>,
+}
+
+impl<R: std::io::BufRead> Zstd<R> {
+    fn new(source: R, path: &Path) -> Result<Self, OciError> {
+        let frame =
+            ruzstd::decoding::StreamingDecoder::new(source).map_err(|e| OciError::Format {
+                path: path.to_path_buf(),
+                message: format!("zstd: {e}"),
+            })?;
+        Ok(Zstd { frame: Some(frame) })
+    }
+}
+
+impl<R: std::io::BufRead> Read for Zstd<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let Some(frame) = self.frame.as_mut() else {
+                return Ok(0);
+            };
+            let n = frame.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            // This frame is done; another may follow.
+            let Some(frame) = self.frame.take() else {
+                return Ok(0);
+            };
+            let mut source = frame.into_inner();
+            if source.fill_buf()?.is_empty() {
+                return Ok(0);
+            }
+            self.frame = Some(
+                ruzstd::decoding::StreamingDecoder::new(source)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
+            );
+        }
+    }
+}
+
+impl Image {
+    /// The contents of regular file `rel` (relative to `/`) as the layers
+    /// leave it: the topmost layer that has it, unless a layer above
+    /// whites it out or makes its folder opaque.
+    pub fn file(&self, rel: &str) -> Result<Option<Vec<u8>>, OciError> {
+        let want = PathBuf::from(rel);
+        // What hides it in a lower layer: a whiteout of it or of any folder
+        // above it, or any of those folders made opaque.
+        let mut hiders = Vec::new();
+        let mut at = PathBuf::new();
+        for c in want.components() {
+            let name = c.as_os_str().to_string_lossy();
+            hiders.push(at.join(format!("{WHITEOUT}{name}")));
+            at.push(c);
+            if at != want {
+                hiders.push(at.join(OPAQUE));
+            }
+        }
+        for (_, path) in self.layers.iter().rev() {
+            let mut archive = tar::Archive::new(layer_reader(path)?);
+            let mut hidden_below = false;
+            for entry in archive.entries().map_err(io_err(path))? {
+                let mut e = entry.map_err(io_err(path))?;
+                let Some(p) = e.path().ok().and_then(|p| clean(&p)) else {
+                    continue;
+                };
+                if p == want && e.header().entry_type() == EntryType::Regular {
+                    let mut data = Vec::new();
+                    e.read_to_end(&mut data).map_err(io_err(path))?;
+                    return Ok(Some(data));
+                }
+                hidden_below |= hiders.contains(&p);
+            }
+            if hidden_below {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// A member path made relative and free of `..`; None if it leaves the

@@ -17,6 +17,68 @@ pub struct ImageRecipe {
     pub update: UpdateRecipe,
     #[serde(default)]
     pub outputs: Outputs,
+    /// More files of the root filesystem: path in the image (relative to
+    /// `/`) → a file or folder beside the recipe.
+    #[serde(default)]
+    pub files: BTreeMap<String, ExtraFile>,
+    #[serde(default)]
+    pub host: HostRecipe,
+}
+
+/// `[host]`: the host config the image carries as its defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostRecipe {
+    /// A host config file, relative to the recipe; a host config on the
+    /// ESP overrides it key by key.
+    #[serde(default)]
+    pub config: Option<String>,
+}
+
+/// One entry of `[files]`: `"etc/motd" = "motd"`, or with a mode,
+/// `"usr/bin/hello" = { source = "hello.sh", mode = 0o755 }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraFile {
+    pub source: String,
+    /// Permission bits for the file (each file of a folder); default 0644,
+    /// or 0755 where the source is executable.
+    pub mode: Option<u32>,
+}
+
+impl<'de> Deserialize<'de> for ExtraFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            source: String,
+            #[serde(default)]
+            mode: Option<u32>,
+        }
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ExtraFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a source path, or a table with `source` and `mode`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ExtraFile, E> {
+                Ok(ExtraFile {
+                    source: v.to_string(),
+                    mode: None,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ExtraFile, A::Error> {
+                let f = Full::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(ExtraFile {
+                    source: f.source,
+                    mode: f.mode,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// `[outputs]`: what `keel build` leaves in its output folder.
@@ -91,25 +153,57 @@ pub struct ImageMeta {
     pub version: String,
 }
 
+/// `[kernel]`: built from source (`source`, `base`, `fragments`) or a
+/// prebuilt Debian package (`package`, `modules`); exactly one of the two.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KernelRecipe {
     /// Debian package whose `/usr/src/<source>.tar.xz` is the kernel source.
-    pub source: String,
-    /// The `make` target that gives the starting configuration.
-    #[serde(default = "tinyconfig")]
-    pub base: String,
-    /// Config fragments merged on top of `base`, relative to the recipe.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// A Debian kernel image package used as built
+    /// (`linux-image-cloud-amd64`, or a versioned `linux-image-*`).
+    #[serde(default)]
+    pub package: Option<String>,
+    /// The `make` target that gives the starting configuration (default
+    /// `tinyconfig`); only with `source`.
+    #[serde(default)]
+    pub base: Option<String>,
+    /// Config fragments merged on top of `base`, relative to the recipe;
+    /// only with `source`.
+    #[serde(default)]
     pub fragments: Vec<String>,
-    /// File listing the options the built `.config` must have.
+    /// Modules stage 1 loads, by name, before it looks for the disk; what
+    /// they depend on is added. Only with `package`.
+    #[serde(default)]
+    pub modules: Vec<String>,
+    /// File listing the options the kernel's `.config` must have.
     pub required: String,
     /// Kernel command line, before the keel keys.
     #[serde(default)]
     pub cmdline: String,
 }
 
-fn tinyconfig() -> String {
-    "tinyconfig".to_string()
+/// Where a validated recipe's kernel comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFrom<'a> {
+    Source(&'a str),
+    Package(&'a str),
+}
+
+impl KernelRecipe {
+    /// `package` if the recipe names one, else `source` (validation makes
+    /// sure exactly one is there).
+    pub fn from(&self) -> KernelFrom<'_> {
+        match (&self.package, &self.source) {
+            (Some(p), _) => KernelFrom::Package(p),
+            (None, s) => KernelFrom::Source(s.as_deref().unwrap_or_default()),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        self.base.as_deref().unwrap_or("tinyconfig")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

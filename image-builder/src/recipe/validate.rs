@@ -12,6 +12,75 @@ fn is_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
+fn validate_kernel(k: &super::KernelRecipe) -> Result<(), Invalid> {
+    match (&k.source, &k.package) {
+        (Some(_), Some(_)) => Err(invalid(
+            "kernel.package",
+            "name either `source` (build the kernel) or `package` (use Debian's build), not both",
+        )),
+        (None, None) => Err(invalid(
+            "kernel",
+            "name `source` (a kernel source package to build) or `package` (a prebuilt Debian kernel)",
+        )),
+        (Some(_), None) if k.fragments.is_empty() => Err(invalid(
+            "kernel.fragments",
+            "at least one fragment is required",
+        )),
+        (Some(_), None) if !k.modules.is_empty() => Err(invalid(
+            "kernel.modules",
+            "only a prebuilt kernel (`package`) loads modules; one built from `source` has everything built in",
+        )),
+        (None, Some(_)) if !k.fragments.is_empty() || k.base.is_some() => Err(invalid(
+            if k.base.is_some() { "kernel.base" } else { "kernel.fragments" },
+            "a prebuilt kernel (`package`) comes with its configuration; `base` and `fragments` need `source`",
+        )),
+        _ => match k.modules.iter().find(|m| !is_name(m)) {
+            Some(m) => Err(invalid("kernel.modules", format!("{m:?} is not a module name"))),
+            None => Ok(()),
+        },
+    }
+}
+
+/// Folders the host mounts over at run time: a file put there would never
+/// be seen.
+const MOUNTED_OVER: &[&str] = &["dev", "proc", "sys", "run", "tmp", "var", "efi"];
+
+fn validate_extra_file(dst: &str, f: &super::ExtraFile) -> Result<(), Invalid> {
+    let key = format!("files.{dst}");
+    let inside = |p: &str| {
+        !p.is_empty()
+            && !p.starts_with('/')
+            && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+    };
+    if !inside(dst) {
+        return Err(invalid(
+            &key,
+            "the path in the image must be relative to `/`, without `.`, `..` or empty parts",
+        ));
+    }
+    if let Some(top) = MOUNTED_OVER
+        .iter()
+        .find(|m| dst.split('/').next() == Some(**m))
+    {
+        return Err(invalid(
+            &key,
+            format!(
+                "/{top} is mounted over when the host runs; put the file elsewhere (/etc, /usr)"
+            ),
+        ));
+    }
+    if f.source.is_empty() {
+        return Err(invalid(&key, "`source` is empty"));
+    }
+    match f.mode {
+        Some(m) if m > 0o777 => Err(invalid(
+            &key,
+            format!("mode {m:#o} has bits beyond 0o777 (no setuid, setgid or sticky files)"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Checks beyond the shape of the file; the error names the key.
 pub fn validate_image(r: &ImageRecipe) -> Result<(), Invalid> {
     if r.outputs.formats.is_empty() {
@@ -59,12 +128,7 @@ pub fn validate_image(r: &ImageRecipe) -> Result<(), Invalid> {
     if let Err(e) = r.update.policy.validate() {
         return Err(invalid("update.policy", e));
     }
-    if r.kernel.fragments.is_empty() {
-        return Err(invalid(
-            "kernel.fragments",
-            "at least one fragment is required",
-        ));
-    }
+    validate_kernel(&r.kernel)?;
     if r.kernel
         .cmdline
         .split_ascii_whitespace()
@@ -94,6 +158,9 @@ pub fn validate_image(r: &ImageRecipe) -> Result<(), Invalid> {
                 format!("{p:?} is not a package name"),
             ));
         }
+    }
+    for (dst, f) in &r.files {
+        validate_extra_file(dst, f)?;
     }
     let parts = &r.partitions;
     for (key, mib, min) in [

@@ -52,10 +52,21 @@ enum Cmd {
     /// Updates: status, check, apply a bundle file, roll back.
     #[command(subcommand)]
     Update(UpdateCmd),
+    /// Host configs.
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Stop every service and power off.
     Poweroff,
     /// Stop every service and reboot.
     Reboot,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCmd {
+    /// Check a host config as this host would read it (over the image's
+    /// defaults, against its services): every problem, as
+    /// FILE:LINE:COLUMN: `key`: what is wrong. Exits 1 if there is any.
+    Validate { file: std::path::PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -261,6 +272,26 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(code);
         }
         Cmd::Update(cmd) => update(cmd)?,
+        Cmd::Config(ConfigCmd::Validate { file }) => {
+            let text =
+                std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
+            match call(socket, &Request::ValidateConfig { text })? {
+                Response::Problems(p) if p.is_empty() => println!("{}: valid", file.display()),
+                Response::Problems(p) => {
+                    let shown = file.display().to_string();
+                    for line in &p {
+                        // keel-init names the text "host.toml": name the file.
+                        let line = line
+                            .strip_prefix("host.toml")
+                            .map_or_else(|| line.clone(), |rest| format!("{shown}{rest}"));
+                        eprintln!("{line}");
+                    }
+                    eprintln!("{shown}: {} problem(s)", p.len());
+                    std::process::exit(1);
+                }
+                other => bail!("unexpected answer {other:?}"),
+            }
+        }
         Cmd::Poweroff => {
             call(socket, &Request::Poweroff)?;
         }

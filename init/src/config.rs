@@ -1,0 +1,384 @@
+//! The host config at boot: the image's defaults merged with the person's
+//! file on the ESP, checked against the image's services. A bad file never
+//! stops the host: it boots on the last good config (kept under `/var`),
+//! or on the image's defaults when there is none, and says why on the
+//! console and in `keelctl status`.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use keel_spec::container::ContainerDef;
+use keel_spec::hostconfig::{load, Context, HostConfig, Source};
+use keel_spec::limits::Size;
+
+/// Where the last config that passed every check is kept.
+pub const LAST_GOOD: &str = "/var/lib/keel/config/host.toml";
+
+/// Which config the host runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConfigSource {
+    /// The image's defaults with the ESP's file over them.
+    Esp,
+    /// The ESP's file has problems: the last good config.
+    LastGood,
+    /// The image's defaults alone (no file on the ESP, or nothing better).
+    Defaults,
+}
+
+/// What `keelctl status` shows of the config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigState {
+    pub source: ConfigSource,
+    /// The ESP file's problems, compiler style; empty when it is fine.
+    pub errors: Vec<String>,
+    /// Services the config disables.
+    pub disabled: Vec<String>,
+}
+
+/// The texts a decision is made from.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub defaults: Option<String>,
+    pub esp: Option<String>,
+    pub last_good: Option<String>,
+    pub services: Vec<String>,
+}
+
+/// Pick the config to run on, and say why.
+pub fn choose(i: &Inputs) -> (HostConfig, ConfigSource, Vec<String>) {
+    let ctx = Context {
+        services: Some(i.services.clone()),
+    };
+    let defaults = i.defaults.as_deref().map(|text| Source {
+        name: Path::new(keel_spec::host::DEFAULTS),
+        text,
+    });
+    let lines = |d: Vec<keel_spec::hostconfig::Diagnostic>| -> Vec<String> {
+        d.iter().map(ToString::to_string).collect()
+    };
+    let mut errors = Vec::new();
+    if let Some(text) = &i.esp {
+        let user = Source {
+            name: Path::new("/efi/keel/host.toml"),
+            text,
+        };
+        match load(defaults, Some(user), &ctx) {
+            Ok(c) => return (c, ConfigSource::Esp, errors),
+            Err(d) => errors = lines(d),
+        }
+        if let Some(text) = &i.last_good {
+            let good = Source {
+                name: Path::new(LAST_GOOD),
+                text,
+            };
+            if let Ok(c) = load(None, Some(good), &ctx) {
+                return (c, ConfigSource::LastGood, errors);
+            }
+        }
+    }
+    match load(defaults, None, &ctx) {
+        Ok(c) => (c, ConfigSource::Defaults, errors),
+        Err(d) => {
+            // An image whose own defaults are bad (keel build refuses
+            // those): run with none at all.
+            errors.extend(lines(d));
+            (HostConfig::default(), ConfigSource::Defaults, errors)
+        }
+    }
+}
+
+/// Host effects of a config, behind a trait so the logic is tested
+/// without root.
+pub trait Host {
+    fn set_hostname(&mut self, name: &str) -> Result<(), String>;
+    fn write_sysctl(&mut self, key: &str, value: &str) -> Result<(), String>;
+}
+
+/// The real host.
+#[derive(Debug, Default)]
+pub struct RealHost;
+
+impl Host for RealHost {
+    fn set_hostname(&mut self, name: &str) -> Result<(), String> {
+        nix::unistd::sethostname(name).map_err(|e| e.to_string())
+    }
+
+    fn write_sysctl(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&path, value).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// Apply what is host-wide: the host name (the image's name when the
+/// config sets none) and the sysctls. Returns what did not take.
+pub fn apply_host(c: &HostConfig, host: &mut dyn Host) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let name = c.hostname.as_deref().unwrap_or("keel");
+    if let Err(e) = host.set_hostname(name) {
+        warnings.push(format!("hostname {name}: {e}"));
+    }
+    for (k, v) in &c.sysctl {
+        if let Err(e) = host.write_sysctl(k, &v.render()) {
+            warnings.push(format!("sysctl {k}: {e}"));
+        }
+    }
+    warnings
+}
+
+/// Apply `services.<name>` to the image's definitions: disabled ones are
+/// left out (and returned), env and limits are overridden.
+pub fn apply_services(c: &HostConfig, defs: &mut Vec<(String, ContainerDef)>) -> Vec<String> {
+    let mut disabled = Vec::new();
+    defs.retain(|(name, _)| {
+        let off = c.services.get(name).and_then(|s| s.enabled) == Some(false);
+        if off {
+            disabled.push(name.clone());
+        }
+        !off
+    });
+    for (name, def) in defs.iter_mut() {
+        let Some(o) = c.services.get(name) else {
+            continue;
+        };
+        for (k, v) in &o.env {
+            def.env
+                .retain(|e| e.split_once('=').map(|(n, _)| n) != Some(k.as_str()));
+            def.env.push(format!("{k}={v}"));
+        }
+        let l = &o.limits;
+        if let Some(m) = l
+            .memory
+            .as_deref()
+            .and_then(|m| keel_spec::hostconfig::units::parse_size(m).ok())
+        {
+            def.resources.memory_max = Some(Size(m));
+        }
+        if let Some(cpus) = l.cpus {
+            def.resources.cpu_max_percent = Some((cpus * 100.0).round() as u32);
+        }
+        if let Some(p) = l.pids {
+            def.resources.pids_max = Some(p.into());
+        }
+    }
+    disabled
+}
+
+/// Keep `c` as the last good config.
+pub fn save_last_good(c: &HostConfig) -> Result<(), String> {
+    let text = toml::to_string(c).map_err(|e| e.to_string())?;
+    let path = Path::new(LAST_GOOD);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, format!("# The last host config that passed every check; keel-init boots on it when the ESP's is bad.\n{text}"))
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The problems of a host config's text as this host reads it: over the
+/// image's defaults, against the image's `services`.
+pub fn problems(text: &str, services: &[String]) -> Vec<String> {
+    let defaults = std::fs::read_to_string(keel_spec::host::DEFAULTS).ok();
+    let ctx = Context {
+        services: Some(services.to_vec()),
+    };
+    let defaults = defaults.as_deref().map(|text| Source {
+        name: Path::new(keel_spec::host::DEFAULTS),
+        text,
+    });
+    match load(
+        defaults,
+        Some(Source {
+            name: Path::new("host.toml"),
+            text,
+        }),
+        &ctx,
+    ) {
+        Ok(_) => Vec::new(),
+        Err(d) => d.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// What boot found: the config to run on and what to show of it.
+#[derive(Debug)]
+pub struct AtBoot {
+    pub config: HostConfig,
+    pub state: ConfigState,
+    /// Every service of the image, disabled ones included.
+    pub services: Vec<String>,
+    /// Whether the ESP got mounted to read the file (the health gate and
+    /// services binding /efi use that mount).
+    pub esp: Option<Result<(), String>>,
+}
+
+/// Read the host config at boot and apply its service settings to `defs`.
+/// `esp`: the host booted from a keel disk, which has an ESP to read.
+pub fn at_boot(esp: bool, defs: &mut Vec<(String, ContainerDef)>) -> AtBoot {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let esp_mount = esp.then(crate::bootgate::mount_esp);
+    let esp_text = match &esp_mount {
+        Some(Ok(())) => read(&format!(
+            "{}/{}",
+            keel_spec::bootentry::ESP_MOUNT,
+            keel_spec::host::ON_ESP
+        )),
+        _ => None,
+    };
+    let inputs = Inputs {
+        defaults: read(keel_spec::host::DEFAULTS),
+        esp: esp_text,
+        last_good: read(LAST_GOOD),
+        services: defs.iter().map(|(n, _)| n.clone()).collect(),
+    };
+    let (config, source, errors) = choose(&inputs);
+    for e in &errors {
+        crate::log(format!("error: host config: {e}"));
+    }
+    match source {
+        ConfigSource::LastGood => crate::log(format!(
+            "warning: the ESP's host config has {} problem(s); running on the last good config ({LAST_GOOD})",
+            errors.len()
+        )),
+        ConfigSource::Defaults if !errors.is_empty() => crate::log(format!(
+            "warning: the ESP's host config has {} problem(s); running on the image's defaults",
+            errors.len()
+        )),
+        _ => {
+            if let Err(e) = save_last_good(&config) {
+                crate::log(format!("warning: keeping the host config: {e}"));
+            }
+        }
+    }
+    if !config.network.interfaces.is_empty() {
+        let warnings = crate::netlink::Netlink::open()
+            .map(|netlink| crate::network::apply(&config, &mut crate::network::RealNet { netlink }))
+            .unwrap_or_else(|e| vec![e]);
+        for w in warnings {
+            crate::log(format!("warning: host config: {w}"));
+        }
+    }
+    let services = inputs.services;
+    let disabled = apply_services(&config, defs);
+    AtBoot {
+        services,
+        config,
+        state: ConfigState {
+            source,
+            errors,
+            disabled,
+        },
+        esp: esp_mount,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs(esp: Option<&str>, last_good: Option<&str>) -> Inputs {
+        Inputs {
+            defaults: Some(
+                "hostname = \"keel-default\"\n[sysctl]\n\"vm.swappiness\" = 60\n".into(),
+            ),
+            esp: esp.map(str::to_string),
+            last_good: last_good.map(str::to_string),
+            services: vec!["admin".into(), "web".into()],
+        }
+    }
+
+    #[test]
+    fn a_good_file_wins_key_by_key() {
+        let (c, src, errors) = choose(&inputs(Some("hostname = \"edge\"\n"), None));
+        assert_eq!((src, errors.len()), (ConfigSource::Esp, 0));
+        assert_eq!(c.hostname.as_deref(), Some("edge"));
+        assert_eq!(c.sysctl["vm.swappiness"].render(), "60");
+    }
+
+    #[test]
+    fn a_bad_file_falls_back_to_the_last_good_then_the_defaults() {
+        let bad = "hostname = 7\n[services.nginx]\nenabled = false\n";
+        let (c, src, errors) = choose(&inputs(Some(bad), Some("hostname = \"was-good\"\n")));
+        assert_eq!(src, ConfigSource::LastGood);
+        assert_eq!(c.hostname.as_deref(), Some("was-good"));
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with("/efi/keel/host.toml:1:12: `hostname`"),
+            "{errors:?}"
+        );
+        assert!(errors[1].contains("no service \"nginx\""), "{errors:?}");
+
+        let (c, src, errors) = choose(&inputs(Some(bad), None));
+        assert_eq!(src, ConfigSource::Defaults);
+        assert_eq!(c.hostname.as_deref(), Some("keel-default"));
+        assert_eq!(errors.len(), 2);
+
+        let (_, src, errors) = choose(&inputs(None, Some("hostname = \"old\"\n")));
+        assert_eq!(
+            (src, errors.len()),
+            (ConfigSource::Defaults, 0),
+            "no file: the defaults"
+        );
+    }
+
+    #[derive(Default)]
+    struct Fake {
+        calls: Vec<String>,
+    }
+
+    impl Host for Fake {
+        fn set_hostname(&mut self, name: &str) -> Result<(), String> {
+            self.calls.push(format!("hostname {name}"));
+            Ok(())
+        }
+        fn write_sysctl(&mut self, key: &str, value: &str) -> Result<(), String> {
+            if key.starts_with("no.") {
+                return Err("No such file or directory".into());
+            }
+            self.calls.push(format!("{key}={value}"));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn host_settings_are_applied_and_failures_reported() {
+        let c: HostConfig = toml::from_str(
+            "hostname = \"edge\"\n[sysctl]\n\"net.ipv4.ip_forward\" = true\n\"no.such\" = 1\n",
+        )
+        .unwrap();
+        let mut h = Fake::default();
+        let warnings = apply_host(&c, &mut h);
+        assert_eq!(h.calls, ["hostname edge", "net.ipv4.ip_forward=1"]);
+        assert_eq!(warnings, ["sysctl no.such: No such file or directory"]);
+        let mut h = Fake::default();
+        apply_host(&HostConfig::default(), &mut h);
+        assert_eq!(h.calls, ["hostname keel"]);
+    }
+
+    #[test]
+    fn services_are_disabled_or_overridden() {
+        let def = |env: &str| {
+            ContainerDef::parse(&format!(
+                "command = [\"/bin/x\"]\nenv = [{env}]\n[rootfs]\n"
+            ))
+            .unwrap()
+        };
+        let mut defs = vec![
+            ("admin".to_string(), def("\"A=1\", \"B=2\"")),
+            ("web".to_string(), def("")),
+        ];
+        let c: HostConfig = toml::from_str(
+            "[services.web]\nenabled = false\n[services.admin]\nenv = { B = \"3\" }\nlimits = { memory = \"64M\", cpus = 1.5, pids = 9 }\n",
+        )
+        .unwrap();
+        assert_eq!(apply_services(&c, &mut defs), ["web"]);
+        assert_eq!(defs.len(), 1);
+        let admin = &defs[0].1;
+        assert_eq!(admin.env, ["A=1", "B=3"]);
+        assert_eq!(admin.resources.memory_max, Some(Size(64 << 20)));
+        assert_eq!(admin.resources.cpu_max_percent, Some(150));
+        assert_eq!(admin.resources.pids_max, Some(9));
+    }
+}

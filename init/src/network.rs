@@ -1,0 +1,216 @@
+//! `[network]` of the host config, applied at boot: each configured
+//! interface (found by name or MAC) is brought up with its MTU, static
+//! addresses, default gateway and routes, through rtnetlink.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use keel_spec::hostconfig::units::{parse_cidr, parse_ip};
+use keel_spec::hostconfig::HostConfig;
+
+/// One network interface of the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Iface {
+    pub name: String,
+    /// Lower case, `52:54:00:12:34:56`.
+    pub mac: String,
+    pub index: u32,
+}
+
+/// The host's network, behind a trait so the logic is tested without root.
+pub trait Net {
+    fn interfaces(&self) -> Vec<Iface>;
+    fn link_up(&mut self, index: u32, mtu: Option<u32>) -> Result<(), String>;
+    fn add_address(&mut self, index: u32, addr: &IpAddr, prefix: u8) -> Result<(), String>;
+    fn add_route(
+        &mut self,
+        index: u32,
+        dst: &IpAddr,
+        prefix: u8,
+        via: Option<&IpAddr>,
+    ) -> Result<(), String>;
+}
+
+/// Apply the config's interfaces; returns what did not take. Values were
+/// validated before: one that does not parse here is skipped.
+pub fn apply(c: &HostConfig, net: &mut dyn Net) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let present = net.interfaces();
+    for (name, cfg) in &c.network.interfaces {
+        let found = present.iter().find(|i| match &cfg.mac {
+            Some(mac) => i.mac.eq_ignore_ascii_case(mac),
+            None => &i.name == name,
+        });
+        let Some(iface) = found else {
+            let by = cfg
+                .mac
+                .as_deref()
+                .map_or_else(|| format!("named {name}"), |m| format!("with MAC {m}"));
+            warnings.push(format!("network.interfaces.{name}: no interface {by}"));
+            continue;
+        };
+        let mut try_ = |r: Result<(), String>| {
+            if let Err(e) = r {
+                warnings.push(format!("network.interfaces.{name} ({}): {e}", iface.name));
+            }
+        };
+        try_(net.link_up(iface.index, cfg.mtu));
+        for a in &cfg.addresses {
+            if let Ok((addr, prefix)) = parse_cidr(a) {
+                try_(net.add_address(iface.index, &addr, prefix));
+            }
+        }
+        if let Some(gw) = cfg.gateway.as_deref().and_then(|g| parse_ip(g).ok()) {
+            let any: IpAddr = if gw.is_ipv4() {
+                IpAddr::from([0u8; 4])
+            } else {
+                IpAddr::from([0u8; 16])
+            };
+            try_(net.add_route(iface.index, &any, 0, Some(&gw)));
+        }
+        for r in &cfg.routes {
+            if let Ok((dst, prefix)) = parse_cidr(&r.to) {
+                let via = r.via.as_deref().and_then(|v| parse_ip(v).ok());
+                try_(net.add_route(iface.index, &dst, prefix, via.as_ref()));
+            }
+        }
+        if cfg.dhcp {
+            warnings.push(format!(
+                "network.interfaces.{name}: dhcp is not run yet by this version; the link is up without a DHCP address"
+            ));
+        }
+    }
+    warnings
+}
+
+/// The host's interfaces from sysfs, and rtnetlink to change them.
+#[derive(Debug)]
+pub struct RealNet {
+    pub netlink: crate::netlink::Netlink,
+}
+
+impl Net for RealNet {
+    fn interfaces(&self) -> Vec<Iface> {
+        let base = Path::new("/sys/class/net");
+        let Ok(dir) = std::fs::read_dir(base) else {
+            return Vec::new();
+        };
+        let read = |p: &Path| std::fs::read_to_string(p).map(|s| s.trim().to_string());
+        let mut out: Vec<Iface> = dir
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let index = read(&e.path().join("ifindex")).ok()?.parse().ok()?;
+                let mac = read(&e.path().join("address")).unwrap_or_default();
+                (name != "lo").then_some(Iface {
+                    name,
+                    mac: mac.to_ascii_lowercase(),
+                    index,
+                })
+            })
+            .collect();
+        out.sort_by_key(|i| i.index);
+        out
+    }
+
+    fn link_up(&mut self, index: u32, mtu: Option<u32>) -> Result<(), String> {
+        self.netlink.link_up(index, mtu)
+    }
+
+    fn add_address(&mut self, index: u32, addr: &IpAddr, prefix: u8) -> Result<(), String> {
+        self.netlink.add_address(index, addr, prefix)
+    }
+
+    fn add_route(
+        &mut self,
+        index: u32,
+        dst: &IpAddr,
+        prefix: u8,
+        via: Option<&IpAddr>,
+    ) -> Result<(), String> {
+        self.netlink.add_route(index, dst, prefix, via)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Fake {
+        calls: Vec<String>,
+    }
+
+    impl Net for Fake {
+        fn interfaces(&self) -> Vec<Iface> {
+            vec![
+                Iface {
+                    name: "eth0".into(),
+                    mac: "52:54:00:12:34:56".into(),
+                    index: 2,
+                },
+                Iface {
+                    name: "eth1".into(),
+                    mac: "52:54:00:ab:cd:ef".into(),
+                    index: 3,
+                },
+            ]
+        }
+        fn link_up(&mut self, index: u32, mtu: Option<u32>) -> Result<(), String> {
+            self.calls.push(format!("up {index} {mtu:?}"));
+            Ok(())
+        }
+        fn add_address(&mut self, index: u32, addr: &IpAddr, prefix: u8) -> Result<(), String> {
+            self.calls.push(format!("addr {index} {addr}/{prefix}"));
+            Ok(())
+        }
+        fn add_route(
+            &mut self,
+            index: u32,
+            dst: &IpAddr,
+            prefix: u8,
+            via: Option<&IpAddr>,
+        ) -> Result<(), String> {
+            self.calls
+                .push(format!("route {index} {dst}/{prefix} via {via:?}"));
+            Err("Network is unreachable".into())
+        }
+    }
+
+    #[test]
+    fn interfaces_are_found_by_name_or_mac_and_configured() {
+        let c: HostConfig = toml::from_str(
+            r#"
+[network.interfaces.eth0]
+addresses = ["10.0.2.15/24"]
+gateway = "10.0.2.2"
+mtu = 1400
+[network.interfaces.uplink]
+mac = "52:54:00:AB:CD:EF"
+addresses = ["fd00::5/64"]
+[network.interfaces.wlan0]
+addresses = ["192.0.2.1/24"]
+"#,
+        )
+        .unwrap();
+        let mut f = Fake::default();
+        let warnings = apply(&c, &mut f);
+        assert_eq!(
+            f.calls,
+            [
+                "up 2 Some(1400)",
+                "addr 2 10.0.2.15/24",
+                "route 2 0.0.0.0/0 via Some(10.0.2.2)",
+                "up 3 None",
+                "addr 3 fd00::5/64",
+            ]
+        );
+        assert_eq!(
+            warnings,
+            [
+                "network.interfaces.eth0 (eth0): Network is unreachable",
+                "network.interfaces.wlan0: no interface named wlan0",
+            ]
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! The declarative host config (`host.toml`): one file describes a host.
+//! The image carries defaults ([`crate::host::DEFAULTS`]); the person's
+//! file on the ESP ([`crate::host::ON_ESP`]) overrides them key by key.
+//!
+//! [`types`] is the shape (serde, no I/O), [`validate`] the checks of
+//! values and conflicts, [`load`] reading files with located errors.
+
+pub mod load;
+pub mod types;
+pub mod units;
+pub mod validate;
+
+pub use load::{check, load, render, Diagnostic, Source};
+pub use types::HostConfig;
+pub use validate::{Context, Problem};
+
+#[cfg(test)]
+mod tests;

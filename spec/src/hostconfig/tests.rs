@@ -1,0 +1,306 @@
+use std::path::Path;
+
+use super::*;
+
+fn src<'a>(name: &'a str, text: &'a str) -> Source<'a> {
+    Source {
+        name: Path::new(name),
+        text,
+    }
+}
+
+fn errors(text: &str) -> Vec<String> {
+    let ctx = Context {
+        services: Some(vec!["admin".into(), "web".into(), "update".into()]),
+    };
+    match check(src("host.toml", text), &ctx) {
+        Ok(c) => panic!("accepted: {c:?}"),
+        Err(d) => d.iter().map(ToString::to_string).collect(),
+    }
+}
+
+const FULL: &str = r#"
+hostname = "edge-1"
+timezone = "Europe/Berlin"
+
+[sysctl]
+"net.ipv4.ip_forward" = 1
+"vm.swappiness" = 10
+
+[network]
+dns = ["1.1.1.1"]
+
+[network.interfaces.eth0]
+addresses = ["10.0.0.5/24", "fd00::5/64"]
+gateway = "10.0.0.1"
+routes = [{ to = "192.168.0.0/16", via = "10.0.0.254" }]
+mtu = 1500
+
+[network.interfaces.uplink]
+mac = "52:54:00:12:34:56"
+dhcp = true
+
+[time]
+ntp = ["pool.ntp.org", "192.0.2.1"]
+
+[admin]
+console = true
+ssh = { enabled = true, authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE me@laptop"] }
+
+[services.web]
+enabled = false
+
+[services.update]
+env = { RUST_LOG = "debug" }
+limits = { memory = "64M", cpus = 0.5, pids = 32 }
+
+[containers.app]
+image = "/var/lib/keel/images/app"
+ports = ["8080:80", "53:53/udp"]
+volumes = ["/var/lib/app:/data", "/var/lib/app-config:/etc/app:ro"]
+restart = "on-failure"
+limits = { memory = "256M" }
+
+[vms.test]
+kernel = "/var/lib/keel/vms/vmlinux"
+rootfs = "/var/lib/keel/vms/root.ext4"
+vcpus = 2
+memory = "256M"
+network = "tap"
+
+[update]
+repository = "https://updates.example.com/keel"
+channel = "stable"
+check_interval = "6h"
+reboot = "window"
+window = "02:00-04:00"
+"#;
+
+#[test]
+fn a_full_config_is_accepted() {
+    let ctx = Context {
+        services: Some(vec!["admin".into(), "web".into(), "update".into()]),
+    };
+    let c = check(src("host.toml", FULL), &ctx).unwrap_or_else(|d| panic!("{}", render(&d)));
+    assert_eq!(c.hostname.as_deref(), Some("edge-1"));
+    assert_eq!(c.sysctl["net.ipv4.ip_forward"].render(), "1");
+    assert_eq!(c.services["web"].enabled, Some(false));
+    assert_eq!(c.containers["app"].restart, types::Restart::OnFailure);
+    assert_eq!(c.vms["test"].vcpus, 2);
+    assert!(c.admin.ssh.enabled && c.admin.enabled);
+}
+
+#[test]
+fn syntax_errors_are_placed() {
+    let e = errors("hostname = \"a\"\nnetwork = [\n");
+    assert_eq!(e.len(), 1);
+    assert!(e[0].starts_with("host.toml:3:1: "), "{e:?}");
+}
+
+#[test]
+fn unknown_keys_and_wrong_types_are_each_reported_in_place() {
+    let e = errors(
+        "hostname = \"a\"\ncolour = \"red\"\n\n[services.web]\nenabled = \"no\"\n\n\
+         [services.admin]\nrestart = 1\n\n[admin]\nconsole = 3\n",
+    );
+    assert_eq!(
+        e,
+        [
+            "host.toml:2:1: `colour`: unknown key; a host config has hostname, timezone, sysctl, network, time, admin, services, containers, vms, update",
+            "host.toml:5:11: `services.web`: invalid type: string \"no\", expected a boolean",
+            "host.toml:8:1: `services.admin`: unknown field `restart`, expected one of `enabled`, `env`, `limits`",
+            "host.toml:11:11: `admin`: invalid type: integer `3`, expected a boolean",
+        ]
+    );
+}
+
+#[test]
+fn bad_values_name_the_key_and_what_was_expected() {
+    let e = errors(
+        r#"hostname = "-edge"
+timezone = "Mars/../Base"
+
+[network.interfaces.eth0]
+addresses = ["10.0.0.5/33", "10.0.0.6"]
+gateway = "10.0.0.256"
+mtu = 20
+
+[services.update]
+limits = { memory = "64", cpus = 0.0 }
+
+[update]
+check_interval = "10s"
+trusted_keys = ["abc"]
+"#,
+    );
+    let want = [
+        "host.toml:1:1: `hostname`: \"-edge\" is not a host name: 1-63 letters, digits and '-', not at either end",
+        "host.toml:2:1: `timezone`: \"Mars/../Base\" is not a zone name like \"Europe/Berlin\" or \"UTC\"",
+        "host.toml:5:1: `network.interfaces.eth0.addresses`: prefix \"33\" in \"10.0.0.5/33\" is not 0..=32",
+        "host.toml:5:1: `network.interfaces.eth0.addresses`: \"10.0.0.6\" is not ADDRESS/PREFIX (10.0.0.5/24)",
+        "host.toml:6:1: `network.interfaces.eth0.gateway`: \"10.0.0.256\" is not an IP address",
+        "host.toml:7:1: `network.interfaces.eth0.mtu`: 20 is not 68..=65535",
+        "host.toml:10:12: `services.update.limits.memory`: \"64\" needs a unit (B, K, M, G, T, KiB.., KB..)",
+        "host.toml:10:27: `services.update.limits.cpus`: 0 is not a number of CPUs above 0",
+        "host.toml:14:1: `update.trusted_keys`: entry 1: not an ed25519 public key (64 hex digits, as `keel keygen` writes)",
+        "host.toml:13:1: `update.check_interval`: \"10s\" is below the minimum of 1m",
+    ];
+    assert_eq!(e, want);
+}
+
+#[test]
+fn conflicts_are_found_across_sections() {
+    let e = errors(
+        r#"[network.interfaces.eth0]
+addresses = ["10.0.0.5/24"]
+[network.interfaces.eth1]
+addresses = ["10.0.0.5/16"]
+
+[services.nginx]
+enabled = true
+
+[admin.ssh]
+enabled = true
+port = 2222
+authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE"]
+
+[containers.a]
+image = "/var/a"
+ports = ["8080:80", "2222:22"]
+[containers.b]
+image = "/opt/b"
+ports = ["8080:8080"]
+[containers.web]
+image = "/var/web"
+"#,
+    );
+    for want in [
+        "`network.interfaces.eth1.addresses`: 10.0.0.5 is also an address of interface \"eth0\"",
+        "host.toml:6:11: `services.nginx`: the image has no service \"nginx\"; it has admin, web, update",
+        "`containers.a.ports`: host port 2222/tcp is already published by admin.ssh",
+        "`containers.b.ports`: host port 8080/tcp is already published by containers.a",
+        "`containers.b.image`: \"/opt/b\" must be a path under /var",
+    ] {
+        assert!(e.iter().any(|l| l.contains(want)), "{want}\nnot in:\n{}", e.join("\n"));
+    }
+    // A container may share a service's name only if it is not overridden.
+    assert!(!e.iter().any(|l| l.contains("containers.web")), "{e:?}");
+}
+
+#[test]
+fn the_person_s_file_overrides_the_defaults_key_by_key() {
+    let defaults = "hostname = \"keel\"\n[sysctl]\n\"vm.swappiness\" = 60\n[update]\nchannel = \"stable\"\ncheck_interval = \"1h\"\n";
+    let user = "[sysctl]\n\"net.ipv4.ip_forward\" = 1\n[update]\nchannel = \"beta\"\n";
+    let c = load(
+        Some(src("/usr/lib/keel/host.toml", defaults)),
+        Some(src("/efi/keel/host.toml", user)),
+        &Context::default(),
+    )
+    .unwrap();
+    assert_eq!(c.hostname.as_deref(), Some("keel"));
+    assert_eq!(c.sysctl.len(), 2, "tables merge");
+    assert_eq!(c.update.channel.as_deref(), Some("beta"));
+    assert_eq!(c.update.check_interval.as_deref(), Some("1h"));
+
+    // A problem is placed in the file that set the value.
+    let bad_default = "[update]\ncheck_interval = \"5s\"\n";
+    let e = load(
+        Some(src("defaults.toml", bad_default)),
+        Some(src("user.toml", "hostname = \"h\"\n")),
+        &Context::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        render(&e),
+        "defaults.toml:2:1: `update.check_interval`: \"5s\" is below the minimum of 1m"
+    );
+    // Both files' shape problems are reported together.
+    let e = load(
+        Some(src("defaults.toml", "nope = 1\n")),
+        Some(src("user.toml", "hostname = 5\n")),
+        &Context::default(),
+    )
+    .unwrap_err();
+    assert_eq!(e.len(), 2, "{}", render(&e));
+}
+
+#[test]
+fn ssh_without_keys_and_a_window_without_window_reboot_are_refused() {
+    let e = errors("[admin.ssh]\nenabled = true\n[update]\nwindow = \"01:00-02:00\"\n");
+    assert_eq!(
+        e,
+        [
+            "host.toml:1:8: `admin.ssh.authorized_keys`: SSH is enabled but no key may log in; list at least one public key",
+            "host.toml:4:1: `update.window`: a window only matters with `reboot = \"window\"`",
+        ]
+    );
+}
+
+/// The fields a struct has, as serde says when it refuses an unknown one.
+fn fields_of<T: serde::de::DeserializeOwned>() -> Vec<String> {
+    let e = toml::from_str::<T>("zz_not_a_field = 1\n")
+        .map(|_| ())
+        .unwrap_err()
+        .message()
+        .to_string();
+    let list = e
+        .split("expected one of ")
+        .nth(1)
+        .or_else(|| e.split("expected ").nth(1))
+        .unwrap_or_else(|| panic!("{e}"));
+    list.replace(" or ", ",")
+        .split([',', '\n'])
+        .map(|f| {
+            f.trim()
+                .trim_start_matches("or ")
+                .trim_matches('`')
+                .to_string()
+        })
+        .filter(|f| !f.is_empty() && f.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .collect()
+}
+
+#[test]
+fn the_reference_names_every_key_and_its_example_is_valid() {
+    use types::*;
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/host-config.md"),
+    )
+    .unwrap();
+    let groups: Vec<(&str, Vec<String>)> = vec![
+        ("", fields_of::<HostConfig>()),
+        ("network.", fields_of::<Network>()),
+        ("network.interfaces.NAME.", fields_of::<Interface>()),
+        ("admin.", fields_of::<Admin>()),
+        ("admin.ssh.", fields_of::<Ssh>()),
+        ("time.", fields_of::<Time>()),
+        ("services.NAME.", fields_of::<ServiceOverride>()),
+        ("containers.NAME.", fields_of::<UserContainer>()),
+        ("limits.", fields_of::<Limits>()),
+        ("vms.NAME.", fields_of::<Vm>()),
+        ("update.", fields_of::<Update>()),
+    ];
+    let mut missing = Vec::new();
+    for (prefix, fields) in &groups {
+        assert!(!fields.is_empty(), "{prefix}");
+        for f in fields {
+            let key = format!("| `{prefix}{f}`");
+            let table = format!("| `{prefix}{f}.");
+            if !doc.contains(&key) && !doc.contains(&table) {
+                missing.push(format!("{prefix}{f}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "docs/host-config.md lacks {missing:?}");
+    assert_eq!(groups[0].1.len(), load::sections().len());
+
+    let example = doc
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .unwrap();
+    let ctx = Context {
+        services: Some(vec!["admin".into(), "web".into(), "update".into()]),
+    };
+    check(src("docs/host-config.md", example), &ctx).unwrap_or_else(|d| panic!("{}", render(&d)));
+}

@@ -1,0 +1,299 @@
+//! The host config's types: what each key holds. No I/O and no checks
+//! beyond the shape; `validate` checks values and conflicts.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `host.toml`: everything a person configures on a keel host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// The host's name (RFC 1123 label, at most 63 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// An IANA zone name (`Europe/Berlin`) or `UTC`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Kernel parameters: `"net.ipv4.ip_forward" = 1`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctl: BTreeMap<String, SysctlValue>,
+    #[serde(default)]
+    pub network: Network,
+    #[serde(default)]
+    pub time: Time,
+    #[serde(default)]
+    pub admin: Admin,
+    /// System containers of the image: enable, disable, override.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, ServiceOverride>,
+    /// The person's own workloads, run like system services.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub containers: BTreeMap<String, UserContainer>,
+    /// microVMs for keel-vmm.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vms: BTreeMap<String, Vm>,
+    #[serde(default)]
+    pub update: Update,
+}
+
+/// A sysctl value as written: TOML has no untyped scalars.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SysctlValue {
+    Int(i64),
+    Bool(bool),
+    Text(String),
+}
+
+impl SysctlValue {
+    /// What is written to `/proc/sys/...`.
+    pub fn render(&self) -> String {
+        match self {
+            SysctlValue::Int(i) => i.to_string(),
+            SysctlValue::Bool(b) => u8::from(*b).to_string(),
+            SysctlValue::Text(t) => t.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// By interface name (`eth0`), or any name with `mac` set.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub interfaces: BTreeMap<String, Interface>,
+    /// Resolvers for the whole host (besides what DHCP hands out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    /// Match the interface by MAC address instead of by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Get an IPv4 address by DHCP (the client runs as a system container).
+    #[serde(default)]
+    pub dhcp: bool,
+    /// Static addresses in CIDR form: `10.0.0.5/24`, `fd00::5/64`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// The default route's next hop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Destination in CIDR form (`0.0.0.0/0` for a default route).
+    pub to: String,
+    /// Next hop; none: the destination is on the link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Time {
+    /// NTP servers (host names or addresses); none: no time sync container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ntp: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Whether the admin container runs at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// A shell on the serial console.
+    #[serde(default = "yes")]
+    pub console: bool,
+    #[serde(default)]
+    pub ssh: Ssh,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            enabled: true,
+            console: true,
+            ssh: Ssh::default(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ssh {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "ssh_port")]
+    pub port: u16,
+    /// `authorized_keys` lines: `ssh-ed25519 AAAA... comment`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorized_keys: Vec<String>,
+}
+
+impl Default for Ssh {
+    fn default() -> Self {
+        Ssh {
+            enabled: false,
+            port: ssh_port(),
+            authorized_keys: Vec::new(),
+        }
+    }
+}
+
+fn ssh_port() -> u16 {
+    22
+}
+
+/// Resource limits, as a person writes them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Memory ceiling with a unit: `64M`, `1.5G`, `512MiB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// CPUs' worth of time: `0.5`, `2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// At most this many processes and threads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceOverride {
+    /// false: the image's service does not start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// `NAME=value` pairs added to (or replacing in) the service's own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserContainer {
+    /// An OCI image layout folder or `docker save` archive under `/var`.
+    pub image: String,
+    /// Overrides the image's Entrypoint and Cmd.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// `HOST:CONTAINER` TCP ports, `HOST:CONTAINER/udp` for UDP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+    /// `/var/...:/path/in/container[:ro]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub restart: Restart,
+    /// `uid[:gid]`; default: the image's User.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vm {
+    /// Guest kernel (bzImage or ELF vmlinux) under `/var`.
+    pub kernel: String,
+    /// Root disk image under `/var`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initramfs: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    #[serde(default = "one")]
+    pub vcpus: u32,
+    /// Guest memory with a unit: `128M`.
+    #[serde(default = "vm_memory")]
+    pub memory: String,
+    /// `none`, or `tap` for a tap device on the host.
+    #[serde(default)]
+    pub network: VmNetwork,
+    #[serde(default)]
+    pub restart: Restart,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn vm_memory() -> String {
+    "128M".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmNetwork {
+    #[default]
+    None,
+    Tap,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reboot {
+    /// As soon as an update is installed.
+    #[default]
+    Auto,
+    /// Inside `window` only.
+    Window,
+    /// Never by itself: `keelctl reboot`.
+    Manual,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Update {
+    /// Repository base URL (http or https).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// Public keys (hex, as `keel keygen` writes them) trusted besides the
+    /// image's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_keys: Vec<String>,
+    /// Duration with a unit: `30m`, `6h`, `1d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot: Option<Reboot>,
+    /// `HH:MM-HH:MM` (UTC) when `reboot = "window"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+}

@@ -1,0 +1,511 @@
+//! Checks of a host config's values and of how its parts fit together.
+//! Every problem is collected, each with the key it is about.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use super::types::{HostConfig, Interface, Limits, Reboot, UserContainer, Vm};
+use super::units::{parse_cidr, parse_duration, parse_ip, parse_port, parse_size, parse_window};
+
+/// One problem: the key path (`["services", "web", "limits", "memory"]`)
+/// and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: Vec<String>,
+    pub message: String,
+}
+
+/// The dotted form of a key path, quoting parts that need it
+/// (`sysctl."net.ipv4.ip_forward"`).
+pub fn dotted(path: &[String]) -> String {
+    path.iter()
+        .map(|p| {
+            if !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                p.clone()
+            } else {
+                format!("{p:?}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// What the host knows that the file cannot say.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// The image's system services; `None` on a workstation that does not
+    /// know the image (then `services.<name>` is not checked against it).
+    pub services: Option<Vec<String>>,
+}
+
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn bad(&mut self, path: &[&str], message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.iter().map(|s| s.to_string()).collect(),
+            message: message.into(),
+        });
+    }
+
+    fn check<T>(&mut self, path: &[&str], r: Result<T, String>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(m) => {
+                self.bad(path, m);
+                None
+            }
+        }
+    }
+}
+
+fn is_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_host_name(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_label)
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && !s.starts_with('.')
+}
+
+fn is_env_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// A path on the data partition, where the person's files live.
+fn under_var(s: &str) -> Result<(), String> {
+    if !s.starts_with("/var/") || s.split('/').any(|c| c == "..") {
+        return Err(format!(
+            "{s:?} must be a path under /var (the only place for your files)"
+        ));
+    }
+    Ok(())
+}
+
+/// Check everything; an empty list means the config can be applied.
+pub fn validate(c: &HostConfig, ctx: &Context) -> Vec<Problem> {
+    let mut k = Checker {
+        problems: Vec::new(),
+    };
+    if let Some(h) = &c.hostname {
+        if !is_label(h) {
+            k.bad(
+                &["hostname"],
+                format!(
+                    "{h:?} is not a host name: 1-63 letters, digits and '-', not at either end"
+                ),
+            );
+        }
+    }
+    if let Some(tz) = &c.timezone {
+        let ok = tz == "UTC"
+            || (tz.contains('/')
+                && tz.split('/').all(|p| {
+                    !p.is_empty()
+                        && p != ".."
+                        && p.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"_+-".contains(&b))
+                }));
+        if !ok {
+            k.bad(
+                &["timezone"],
+                format!("{tz:?} is not a zone name like \"Europe/Berlin\" or \"UTC\""),
+            );
+        }
+    }
+    for (key, v) in &c.sysctl {
+        let ok = !key.starts_with('.')
+            && !key.ends_with('.')
+            && !key.contains("..")
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !ok {
+            k.bad(
+                &["sysctl", key],
+                "not a sysctl name like \"net.ipv4.ip_forward\"",
+            );
+        }
+        if v.render().contains('\n') {
+            k.bad(&["sysctl", key], "the value must be one line");
+        }
+    }
+    network(&mut k, c);
+    for (i, s) in c.time.ntp.iter().enumerate() {
+        if parse_ip(s).is_err() && !is_host_name(s) {
+            k.bad(
+                &["time", "ntp"],
+                format!(
+                    "entry {}: {s:?} is neither an address nor a host name",
+                    i + 1
+                ),
+            );
+        }
+    }
+    let ssh = &c.admin.ssh;
+    if ssh.enabled && c.admin.enabled && ssh.authorized_keys.is_empty() {
+        k.bad(
+            &["admin", "ssh", "authorized_keys"],
+            "SSH is enabled but no key may log in; list at least one public key",
+        );
+    }
+    if ssh.port == 0 {
+        k.bad(&["admin", "ssh", "port"], "0 is not a port");
+    }
+    for (i, key) in ssh.authorized_keys.iter().enumerate() {
+        if let Err(m) = authorized_key(key) {
+            k.bad(
+                &["admin", "ssh", "authorized_keys"],
+                format!("entry {}: {m}", i + 1),
+            );
+        }
+    }
+    for (name, s) in &c.services {
+        if let Some(known) = &ctx.services {
+            if !known.contains(name) {
+                k.bad(
+                    &["services", name],
+                    format!(
+                        "the image has no service {name:?}; it has {}",
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+        for e in s.env.keys() {
+            if !is_env_name(e) {
+                k.bad(
+                    &["services", name, "env", e],
+                    "not an environment variable name",
+                );
+            }
+        }
+        limits(&mut k, &["services", name, "limits"], &s.limits);
+    }
+    // Host ports in use: (port, udp) → who.
+    let mut ports: BTreeMap<(u16, bool), String> = BTreeMap::new();
+    if c.admin.enabled && ssh.enabled {
+        ports.insert((ssh.port, false), "admin.ssh".into());
+    }
+    for (name, ct) in &c.containers {
+        container(&mut k, name, ct, c, &mut ports);
+    }
+    for (name, vm) in &c.vms {
+        self::vm(&mut k, name, vm);
+    }
+    update(&mut k, c);
+    k.problems
+}
+
+fn authorized_key(line: &str) -> Result<(), String> {
+    const TYPES: &[&str] = &[
+        "ssh-ed25519",
+        "ssh-rsa",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "sk-ssh-ed25519@openssh.com",
+        "sk-ecdsa-sha2-nistp256@openssh.com",
+    ];
+    let mut parts = line.split_whitespace();
+    let kind = parts.next().unwrap_or_default();
+    if !TYPES.contains(&kind) {
+        return Err(format!(
+            "{kind:?} is not an SSH public key type ({})",
+            TYPES.join(", ")
+        ));
+    }
+    let body = parts.next().unwrap_or_default();
+    let base64 = body
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
+    if body.len() < 16 || !base64 {
+        return Err(format!("the {kind} key's body is not base64"));
+    }
+    Ok(())
+}
+
+fn interface(k: &mut Checker, name: &str, i: &Interface, seen: &mut BTreeMap<IpAddr, String>) {
+    let at = ["network", "interfaces", name];
+    let name_ok = !name.is_empty()
+        && name.len() <= 15
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+    if i.mac.is_none() && !name_ok {
+        k.bad(
+            &at,
+            "not an interface name (at most 15 characters, no '/' or ':'); set `mac` to match by address",
+        );
+    }
+    if let Some(mac) = &i.mac {
+        let parts: Vec<&str> = mac.split(':').collect();
+        let ok = parts.len() == 6
+            && parts
+                .iter()
+                .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !ok {
+            k.bad(
+                &[at[0], at[1], name, "mac"],
+                format!("{mac:?} is not a MAC address like 52:54:00:12:34:56"),
+            );
+        }
+    }
+    for a in &i.addresses {
+        if let Some((ip, _)) = k.check(&[at[0], at[1], name, "addresses"], parse_cidr(a)) {
+            if let Some(other) = seen.insert(ip, name.to_string()) {
+                k.bad(
+                    &[at[0], at[1], name, "addresses"],
+                    format!("{ip} is also an address of interface {other:?}"),
+                );
+            }
+        }
+    }
+    if let Some(g) = &i.gateway {
+        if let Some(gw) = k.check(&[at[0], at[1], name, "gateway"], parse_ip(g)) {
+            if !i.dhcp
+                && !i
+                    .addresses
+                    .iter()
+                    .filter_map(|a| parse_cidr(a).ok())
+                    .any(|(a, _)| a.is_ipv4() == gw.is_ipv4())
+            {
+                k.bad(
+                    &[at[0], at[1], name, "gateway"],
+                    format!("{gw} cannot be reached: the interface has no address of its family"),
+                );
+            }
+        }
+    }
+    for r in &i.routes {
+        k.check(&[at[0], at[1], name, "routes"], parse_cidr(&r.to));
+        if let Some(v) = &r.via {
+            k.check(&[at[0], at[1], name, "routes"], parse_ip(v));
+        }
+    }
+    for d in &i.dns {
+        k.check(&[at[0], at[1], name, "dns"], parse_ip(d));
+    }
+    if let Some(m) = i.mtu {
+        if !(68..=65535).contains(&m) {
+            k.bad(
+                &[at[0], at[1], name, "mtu"],
+                format!("{m} is not 68..=65535"),
+            );
+        }
+    }
+    if !i.dhcp && i.addresses.is_empty() && (i.gateway.is_some() || !i.routes.is_empty()) {
+        k.bad(
+            &at,
+            "routes need an address: set `addresses` or `dhcp = true`",
+        );
+    }
+}
+
+fn network(k: &mut Checker, c: &HostConfig) {
+    let mut seen = BTreeMap::new();
+    let mut macs: BTreeMap<String, String> = BTreeMap::new();
+    for (name, i) in &c.network.interfaces {
+        interface(k, name, i, &mut seen);
+        if let Some(mac) = &i.mac {
+            if let Some(other) = macs.insert(mac.to_ascii_lowercase(), name.clone()) {
+                k.bad(
+                    &["network", "interfaces", name, "mac"],
+                    format!("{mac} already matches interface {other:?}"),
+                );
+            }
+        }
+    }
+    for d in &c.network.dns {
+        k.check(&["network", "dns"], parse_ip(d));
+    }
+}
+
+fn limits(k: &mut Checker, at: &[&str], l: &Limits) {
+    let key = |last: &'static str| {
+        let mut p = at.to_vec();
+        p.push(last);
+        p
+    };
+    if let Some(m) = &l.memory {
+        if let Some(bytes) = k.check(&key("memory"), parse_size(m)) {
+            if bytes < 1 << 20 {
+                k.bad(&key("memory"), format!("{m:?} is below the minimum of 1M"));
+            }
+        }
+    }
+    if let Some(c) = l.cpus {
+        if !(c > 0.0 && c <= 1024.0) {
+            k.bad(&key("cpus"), format!("{c} is not a number of CPUs above 0"));
+        }
+    }
+    if l.pids == Some(0) {
+        k.bad(&key("pids"), "0 processes leaves nothing to run");
+    }
+}
+
+fn container(
+    k: &mut Checker,
+    name: &str,
+    ct: &UserContainer,
+    c: &HostConfig,
+    ports: &mut BTreeMap<(u16, bool), String>,
+) {
+    let at = |last: &'static str| vec!["containers", name, last];
+    if !is_name(name) {
+        k.bad(
+            &["containers", name],
+            "a container name is letters, digits, '-', '_' and '.'",
+        );
+    }
+    if c.services.contains_key(name) {
+        k.bad(
+            &["containers", name],
+            format!("{name:?} is also a system service; give the container another name"),
+        );
+    }
+    k.check(&at("image"), under_var(&ct.image));
+    if ct.command.iter().any(String::is_empty) {
+        k.bad(&at("command"), "an empty argument");
+    }
+    for e in ct.env.keys() {
+        if !is_env_name(e) {
+            k.bad(
+                &["containers", name, "env", e],
+                "not an environment variable name",
+            );
+        }
+    }
+    for p in &ct.ports {
+        if let Some((host, _, udp)) = k.check(&at("ports"), parse_port(p)) {
+            let who = format!("containers.{name}");
+            if let Some(other) = ports.insert((host, udp), who) {
+                k.bad(
+                    &at("ports"),
+                    format!(
+                        "host port {host}/{} is already published by {other}",
+                        if udp { "udp" } else { "tcp" }
+                    ),
+                );
+            }
+        }
+    }
+    for v in &ct.volumes {
+        let parts: Vec<&str> = v.split(':').collect();
+        let r = match parts.as_slice() {
+            [src, dst] | [src, dst, "ro" | "rw"] => under_var(src).and_then(|()| {
+                if dst.starts_with('/') && !dst.split('/').any(|c| c == "..") {
+                    Ok(())
+                } else {
+                    Err(format!("{dst:?} must be an absolute path in the container"))
+                }
+            }),
+            _ => Err(format!("{v:?} is not /var/SOURCE:/TARGET[:ro|:rw]")),
+        };
+        k.check(&at("volumes"), r);
+    }
+    limits(k, &["containers", name, "limits"], &ct.limits);
+    if let Some(u) = &ct.user {
+        let ok = match u.split_once(':') {
+            Some((a, b)) => a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok(),
+            None => u.parse::<u32>().is_ok(),
+        };
+        if !ok {
+            k.bad(&at("user"), format!("{u:?} is not uid or uid:gid"));
+        }
+    }
+}
+
+fn vm(k: &mut Checker, name: &str, vm: &Vm) {
+    let at = |last: &'static str| vec!["vms", name, last];
+    if !is_name(name) {
+        k.bad(
+            &["vms", name],
+            "a VM name is letters, digits, '-', '_' and '.'",
+        );
+    }
+    k.check(&at("kernel"), under_var(&vm.kernel));
+    for (key, p) in [("rootfs", &vm.rootfs), ("initramfs", &vm.initramfs)] {
+        if let Some(p) = p {
+            k.check(&at(key), under_var(p));
+        }
+    }
+    if !(1..=64).contains(&vm.vcpus) {
+        k.bad(&at("vcpus"), format!("{} is not 1..=64", vm.vcpus));
+    }
+    if let Some(bytes) = k.check(&at("memory"), parse_size(&vm.memory)) {
+        if bytes < 16 << 20 {
+            k.bad(
+                &at("memory"),
+                format!("{:?} is below the minimum of 16M", vm.memory),
+            );
+        }
+    }
+}
+
+fn update(k: &mut Checker, c: &HostConfig) {
+    let u = &c.update;
+    if let Some(r) = &u.repository {
+        if !(r.starts_with("http://") || r.starts_with("https://")) || r.len() < 10 {
+            k.bad(
+                &["update", "repository"],
+                format!("{r:?} is not an http:// or https:// URL"),
+            );
+        }
+    }
+    if u.channel.as_deref() == Some("") {
+        k.bad(&["update", "channel"], "the channel is empty");
+    }
+    for (i, key) in u.trusted_keys.iter().enumerate() {
+        if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            k.bad(
+                &["update", "trusted_keys"],
+                format!(
+                    "entry {}: not an ed25519 public key (64 hex digits, as `keel keygen` writes)",
+                    i + 1
+                ),
+            );
+        }
+    }
+    if let Some(d) = &u.check_interval {
+        if let Some(s) = k.check(&["update", "check_interval"], parse_duration(d)) {
+            if s < 60 {
+                k.bad(
+                    &["update", "check_interval"],
+                    format!("{d:?} is below the minimum of 1m"),
+                );
+            }
+        }
+    }
+    match (&u.reboot, &u.window) {
+        (Some(Reboot::Window), None) => k.bad(
+            &["update", "reboot"],
+            "\"window\" needs `update.window = \"HH:MM-HH:MM\"`",
+        ),
+        (Some(Reboot::Window), Some(w)) => {
+            k.check(&["update", "window"], parse_window(w));
+        }
+        (_, Some(_)) => k.bad(
+            &["update", "window"],
+            "a window only matters with `reboot = \"window\"`",
+        ),
+        _ => {}
+    }
+}

@@ -1,0 +1,149 @@
+//! The host config at boot: a file on the ESP sets the host name, a
+//! sysctl and a static address (the web service then answers through
+//! `keel run --publish`), disables one service and overrides another's
+//! environment; a broken file later leaves the host up on the last good
+//! config, with the problems on the console and in `keelctl status`.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use keel_image_builder::{disk, esp};
+use keel_tests::{copy_disk, disk_image, free_port, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
+
+/// GET / from 127.0.0.1:`port`, retried for a minute; the whole response.
+fn http_get(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut last = String::new();
+    for _ in 0..60 {
+        let got = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+            s.write_all(b"GET /os-release HTTP/1.0\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        });
+        match got {
+            Ok(page) if page.contains("ID=keel") => return page,
+            Ok(page) => last = page,
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    panic!("no answer on 127.0.0.1:{port}: {last}");
+}
+
+/// Put `text` on the disk's ESP as keel/host.toml, as `keel flash
+/// --config` would, but without its checks (to write a broken file).
+fn put_config(disk_path: &Path, text: &str) {
+    let esp_part = disk::read_table(disk_path)
+        .unwrap()
+        .into_iter()
+        .find(|p| p.label == "esp")
+        .unwrap();
+    let bytes = disk::read_partition(disk_path, "esp").unwrap();
+    let bytes = esp::add_files(
+        bytes,
+        &[("keel/host.toml".into(), text.as_bytes().to_vec())],
+    )
+    .unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(disk_path)
+        .unwrap();
+    f.write_all_at(&bytes, esp_part.offset).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn services(status: &serde_json::Value) -> Vec<String> {
+    status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_esp_config_applies_and_a_broken_one_keeps_the_last_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk_path = dir.path().join("disk.img");
+    copy_disk(&disk_image(), &disk_path);
+    put_config(
+        &disk_path,
+        "hostname = \"edge-7\"\n\n[sysctl]\n\"vm.swappiness\" = 17\n\n\
+         [network.interfaces.eth0]\naddresses = [\"10.0.2.15/24\"]\ngateway = \"10.0.2.2\"\n\n\
+         [services.update]\nenabled = false\n\n\
+         [services.web]\nenv = { KEEL_TEST_MARK = \"overridden\" }\n",
+    );
+
+    let port = free_port();
+    let mut g = Guest::boot_publishing(&disk_path, &[(port, 80)]);
+    g.expect("keel: ready ", BOOT_TIMEOUT);
+    g.prompt();
+    assert_eq!(g.status()["hostname"], "edge-7");
+    // The static address makes the guest reachable: the web service
+    // answers through QEMU's forward.
+    let page = http_get(port);
+    assert!(
+        page.contains("200 OK") && page.contains("ID=keel"),
+        "{page}"
+    );
+    assert_eq!(g.shell("cat /proc/sys/vm/swappiness").trim(), "17");
+    let status = g.status();
+    assert_eq!(status["config"]["source"], "esp", "{status}");
+    assert_eq!(status["config"]["disabled"], serde_json::json!(["update"]));
+    assert!(
+        !services(&status).contains(&"update".to_string()),
+        "{status}"
+    );
+    // What runs in the web service gets the overridden environment.
+    let env = g.shell("keelctl exec web -- /usr/bin/env");
+    assert!(env.contains("KEEL_TEST_MARK=overridden"), "{env}");
+    let text = g.shell("keelctl status");
+    assert!(text.contains("disabled by the config: update"), "{text}");
+    g.send("keelctl poweroff\n");
+    assert!(g.wait_exit(COMMAND_TIMEOUT).success());
+
+    // A broken file: the host comes up on the last good config and says why.
+    put_config(
+        &disk_path,
+        "hostname = 5\n[services.nginx]\nenabled = false\n",
+    );
+    let mut g = Guest::boot(&disk_path);
+    let before = g.expect("keel: ready ", BOOT_TIMEOUT);
+    assert!(
+        before.contains("error: host config: /efi/keel/host.toml:1:12: `hostname`: invalid type: integer `5`, expected a string")
+            && before.contains("`services.nginx`: the image has no service \"nginx\"")
+            && before.contains("running on the last good config"),
+        "{before}"
+    );
+    g.prompt();
+    let status = g.status();
+    assert_eq!(status["hostname"], "edge-7", "{status}");
+    assert_eq!(status["config"]["source"], "last-good", "{status}");
+    assert_eq!(
+        status["config"]["errors"].as_array().unwrap().len(),
+        2,
+        "{status}"
+    );
+    assert!(
+        !services(&status).contains(&"update".to_string()),
+        "{status}"
+    );
+    assert_eq!(status["health"], "healthy", "{status}");
+    // keelctl checks a file as this host would read it.
+    let out = g.shell(
+        "printf 'hostname = \"ok\"\\n[services.update]\\nenabled = true\\n[services.nope]\\nenabled = false\\n' > /tmp/h.toml; \
+         keelctl config validate /tmp/h.toml; echo rc=$?",
+    );
+    assert!(
+        out.contains("/tmp/h.toml:4:11: `services.nope`: the image has no service \"nope\"")
+            && !out.contains("`services.update`")
+            && out.contains("rc=1"),
+        "{out}"
+    );
+    g.send("keelctl poweroff\n");
+    assert!(g.wait_exit(COMMAND_TIMEOUT).success());
+}
