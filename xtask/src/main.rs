@@ -76,7 +76,13 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         boots: usize,
     },
-    /// fmt, clippy, unit, integration and QEMU end-to-end tests.
+    /// Fuzz the host config parser (cargo fuzz, nightly) for a while.
+    Fuzz {
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
+    /// fmt, clippy, unit, integration and QEMU end-to-end tests, and a
+    /// short fuzzing run.
     Test {
         /// Extra arguments for the test runner (a filter, say).
         args: Vec<String>,
@@ -193,7 +199,52 @@ fn deps() -> anyhow::Result<()> {
     {
         run(Command::new("rustup").args(["target", "add", MUSL]))?;
     }
+    fuzz_deps()
+}
+
+/// cargo-fuzz needs a nightly toolchain (sanitizer flags) and the
+/// cargo-fuzz command itself.
+fn fuzz_deps() -> anyhow::Result<()> {
+    let toolchains = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()?;
+    if !String::from_utf8_lossy(&toolchains.stdout)
+        .lines()
+        .any(|l| l.starts_with("nightly"))
+    {
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))
+        .context("the fuzz target needs a nightly toolchain")?;
+    }
+    let have = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
+    }
     Ok(())
+}
+
+/// Run the host config parser's fuzz target for `seconds`, starting from
+/// the committed seeds; what it finds new stays in target/, a crash fails.
+fn fuzz(seconds: u64) -> anyhow::Result<()> {
+    let scratch = root().join("target/fuzz-corpus/hostconfig");
+    std::fs::create_dir_all(&scratch)?;
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args(["+nightly", "fuzz", "run", "hostconfig"])
+        .arg(&scratch)
+        .arg(root().join("fuzz/corpus/hostconfig"))
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}")))
 }
 
 pub(crate) fn cargo() -> Command {
@@ -349,7 +400,12 @@ fn test(args: &[String]) -> anyhow::Result<()> {
             "KEEL_MUSL_BIN_DIR",
             root().join(format!("target/{MUSL}/release")),
         );
-    run(&mut cmd)
+    let tests = run(&mut cmd);
+    // A filtered run is someone iterating on a few tests: no fuzzing.
+    if args.is_empty() {
+        fuzz(30)?;
+    }
+    tests
 }
 
 fn main() -> anyhow::Result<()> {
@@ -358,6 +414,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Image => image().map(|d| eprintln!("xtask: {}", d.display())),
         Cmd::Demo => demo(),
         Cmd::Test { args } => test(&args),
+        Cmd::Fuzz { seconds } => fuzz(seconds),
         Cmd::Bench {
             what,
             runs,

@@ -9,6 +9,9 @@ fn main() {
         // Returning from PID 1 panics the kernel, which (panic= on the
         // command line) reboots: boot counting then falls back to the
         // other slot. That is the right outcome for an unbootable slot.
+        // The console gets the reason whole first: the panic's printk
+        // would otherwise cut into what the serial line has not sent yet.
+        let _ = nix::sys::termios::tcdrain(std::io::stdout());
         std::process::exit(1);
     }
     if nix::unistd::getpid().as_raw() != 1 {
