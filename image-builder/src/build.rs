@@ -169,11 +169,19 @@ pub fn load_containers(recipe: &Loaded<ImageRecipe>) -> Result<Vec<StagedContain
             path: path.clone(),
             message: format!("`seccomp`: {e}"),
         })?;
+        let beside = path.parent().unwrap_or(Path::new("."));
+        let files = def
+            .rootfs
+            .files
+            .iter()
+            .map(|(dst, src)| (dst.clone(), beside.join(src)))
+            .collect();
         out.push(StagedContainer {
             name: name.clone(),
             def,
             text,
             oci,
+            files,
         });
     }
     let pairs: Vec<(String, ContainerDef)> = out

@@ -64,6 +64,8 @@ pub struct StagedContainer {
     /// The OCI image of `rootfs.oci`, opened (and its blobs checked) once
     /// when the definition was loaded.
     pub oci: Option<std::sync::Arc<crate::oci::Image>>,
+    /// `rootfs.files`, their sources found beside the definition.
+    pub files: Vec<(String, PathBuf)>,
 }
 
 /// Everything that goes into a root filesystem.
@@ -287,6 +289,21 @@ pub fn stage(dir: &Path, inputs: &Inputs<'_>) -> Result<(), RootfsError> {
                 }
             }
         }
+        for (dst, src) in &c.files {
+            s.extra(&Extra {
+                dst: format!("{}/{dst}", root.trim_start_matches('/')),
+                src: src.clone(),
+                mode: None,
+            })
+            .map_err(|e| match e {
+                RootfsError::Extra { path, source, .. } => RootfsError::Extra {
+                    dst: format!("container {}: rootfs.files.{dst}", c.name),
+                    path,
+                    source,
+                },
+                other => other,
+            })?;
+        }
     }
     for e in inputs.extra {
         s.extra(e)?;
@@ -380,6 +397,7 @@ mod tests {
             def,
             text: "x".into(),
             oci: None,
+            files: Vec::new(),
         }];
         let me = std::env::current_exe().unwrap();
         let inputs = Inputs {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use keel_spec::container::ContainerDef;
 use keel_spec::hostconfig::{load, Context, HostConfig, Source};
 use keel_spec::limits::Size;
+use keel_spec::policy::{Policy, RebootPolicy};
 
 /// Where the last config that passed every check is kept.
 pub const LAST_GOOD: &str = "/var/lib/keel/config/host.toml";
@@ -127,9 +128,18 @@ pub fn apply_host(c: &HostConfig, host: &mut dyn Host) -> Vec<String> {
     warnings
 }
 
+/// The image's DHCP client: a template for one service per interface.
+pub const DHCP_TEMPLATE: &str = "dhcp";
+
 /// Apply `services.<name>` to the image's definitions: disabled ones are
-/// left out (and returned), env and limits are overridden.
-pub fn apply_services(c: &HostConfig, defs: &mut Vec<(String, ContainerDef)>) -> Vec<String> {
+/// left out (and returned), env and limits are overridden. Then the DHCP
+/// template becomes one `dhcp-<interface>` service per interface in
+/// `dhcp` (none: it does not run at all).
+pub fn apply_services(
+    c: &HostConfig,
+    defs: &mut Vec<(String, ContainerDef)>,
+    dhcp: &[String],
+) -> Vec<String> {
     let mut disabled = Vec::new();
     defs.retain(|(name, _)| {
         let off = c.services.get(name).and_then(|s| s.enabled) == Some(false);
@@ -162,7 +172,76 @@ pub fn apply_services(c: &HostConfig, defs: &mut Vec<(String, ContainerDef)>) ->
             def.resources.pids_max = Some(p.into());
         }
     }
+    if let Some(at) = defs.iter().position(|(n, _)| n == DHCP_TEMPLATE) {
+        let (_, template) = defs.remove(at);
+        for ifname in dhcp {
+            let mut d = template.clone();
+            for arg in &mut d.command {
+                *arg = arg.replace("{interface}", ifname);
+            }
+            d.description = format!("{} on {ifname}", d.description);
+            d.root_of = Some(DHCP_TEMPLATE.to_string());
+            // Service names are a-z, 0-9 and '-'; interface names are freer.
+            let suffix: String = ifname
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_lowercase()
+                    } else {
+                        '-'
+                    }
+                })
+                .collect();
+            defs.push((format!("{DHCP_TEMPLATE}-{suffix}"), d));
+        }
+    }
     disabled
+}
+
+/// The update policy in force: the image's (`image`, the text of
+/// [`keel_spec::policy::POLICY_FILE`]) with the config's `[update]` over it.
+pub fn update_policy(image: Option<&str>, c: &HostConfig) -> Policy {
+    use keel_spec::hostconfig::types::Reboot;
+    let mut p: Policy = image
+        .and_then(|t| toml::from_str(t).ok())
+        .unwrap_or_default();
+    let u = &c.update;
+    if let Some(r) = &u.repository {
+        p.repository = Some(r.clone());
+    }
+    if let Some(ch) = &u.channel {
+        p.channel = ch.clone();
+    }
+    if let Some(s) = u
+        .check_interval
+        .as_deref()
+        .and_then(|d| keel_spec::hostconfig::units::parse_duration(d).ok())
+    {
+        p.check_interval_s = s;
+    }
+    if let Some(r) = u.reboot {
+        p.reboot = match r {
+            Reboot::Auto => RebootPolicy::Auto,
+            Reboot::Manual => RebootPolicy::Manual,
+            Reboot::Window => RebootPolicy::Window,
+        };
+    }
+    if u.window.is_some() {
+        p.window = u.window.clone();
+    }
+    p.trusted_keys.extend(u.trusted_keys.iter().cloned());
+    p
+}
+
+/// Write the policy in force where keel-update reads it first.
+pub fn write_update_policy(c: &HostConfig) -> Result<(), String> {
+    use keel_spec::policy::{HOST_POLICY_FILE, POLICY_FILE};
+    let image = std::fs::read_to_string(POLICY_FILE).ok();
+    let p = update_policy(image.as_deref(), c);
+    let text = toml::to_string(&p).map_err(|e| e.to_string())?;
+    let tmp = format!("{HOST_POLICY_FILE}.tmp");
+    std::fs::write(&tmp, text).map_err(|e| format!("{tmp}: {e}"))?;
+    std::fs::rename(&tmp, HOST_POLICY_FILE).map_err(|e| format!("{HOST_POLICY_FILE}: {e}"))
 }
 
 /// Keep `c` as the last good config.
@@ -252,16 +331,27 @@ pub fn at_boot(esp: bool, defs: &mut Vec<(String, ContainerDef)>) -> AtBoot {
             }
         }
     }
+    let mut dhcp = Vec::new();
     if !config.network.interfaces.is_empty() {
-        let warnings = crate::netlink::Netlink::open()
+        let applied = crate::netlink::Netlink::open()
             .map(|netlink| crate::network::apply(&config, &mut crate::network::RealNet { netlink }))
-            .unwrap_or_else(|e| vec![e]);
-        for w in warnings {
+            .unwrap_or_else(|e| crate::network::Applied {
+                warnings: vec![e],
+                dhcp: Vec::new(),
+            });
+        for w in applied.warnings {
             crate::log(format!("warning: host config: {w}"));
         }
+        dhcp = applied.dhcp;
     }
     let services = inputs.services;
-    let disabled = apply_services(&config, defs);
+    if !dhcp.is_empty() && !services.iter().any(|s| s == DHCP_TEMPLATE) {
+        crate::log(format!(
+            "warning: host config: DHCP on {} wanted, but the image has no {DHCP_TEMPLATE} service",
+            dhcp.join(", ")
+        ));
+    }
+    let disabled = apply_services(&config, defs, &dhcp);
     AtBoot {
         services,
         config,
@@ -373,12 +463,56 @@ mod tests {
             "[services.web]\nenabled = false\n[services.admin]\nenv = { B = \"3\" }\nlimits = { memory = \"64M\", cpus = 1.5, pids = 9 }\n",
         )
         .unwrap();
-        assert_eq!(apply_services(&c, &mut defs), ["web"]);
+        assert_eq!(apply_services(&c, &mut defs, &[]), ["web"]);
         assert_eq!(defs.len(), 1);
         let admin = &defs[0].1;
         assert_eq!(admin.env, ["A=1", "B=3"]);
         assert_eq!(admin.resources.memory_max, Some(Size(64 << 20)));
         assert_eq!(admin.resources.cpu_max_percent, Some(150));
         assert_eq!(admin.resources.pids_max, Some(9));
+    }
+
+    #[test]
+    fn update_settings_go_over_the_image_policy() {
+        let image = "repository = \"http://a/\"\nchannel = \"stable\"\ncheck_interval_s = 3600\n";
+        let c: HostConfig = toml::from_str(
+            "[update]\nchannel = \"edge\"\ncheck_interval = \"30m\"\nreboot = \"window\"\nwindow = \"02:00-03:00\"\n\
+             trusted_keys = [\"3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29\"]\n",
+        )
+        .unwrap();
+        let p = update_policy(Some(image), &c);
+        assert_eq!(
+            p.repository.as_deref(),
+            Some("http://a/"),
+            "kept from the image"
+        );
+        assert_eq!((p.channel.as_str(), p.check_interval_s), ("edge", 1800));
+        assert_eq!(p.reboot, RebootPolicy::Window);
+        assert_eq!(p.trusted_keys.len(), 1);
+        assert!(p.validate().is_ok());
+        assert_eq!(
+            update_policy(None, &HostConfig::default()),
+            Policy::default()
+        );
+    }
+
+    #[test]
+    fn the_dhcp_template_becomes_one_service_per_interface() {
+        let template = ContainerDef::parse(
+            "command = [\"/sbin/udhcpc\", \"-i\", \"{interface}\"]\n[rootfs]\n",
+        )
+        .unwrap();
+        let c = HostConfig::default();
+        let mut defs = vec![("dhcp".to_string(), template.clone())];
+        apply_services(&c, &mut defs, &["eth0".into(), "enp0s3.100".into()]);
+        let names: Vec<&str> = defs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["dhcp-eth0", "dhcp-enp0s3-100"]);
+        assert_eq!(defs[1].1.command, ["/sbin/udhcpc", "-i", "enp0s3.100"]);
+        let mut defs = vec![("dhcp".to_string(), template)];
+        apply_services(&c, &mut defs, &[]);
+        assert!(
+            defs.is_empty(),
+            "no DHCP interface: the template does not run"
+        );
     }
 }

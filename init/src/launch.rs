@@ -121,7 +121,9 @@ pub fn plan_with(
     }
     Ok(Plan {
         name: name.to_string(),
-        root: Path::new(CONTAINERS_DIR).join(name).join("rootfs"),
+        root: Path::new(CONTAINERS_DIR)
+            .join(def.root_of.as_deref().unwrap_or(name))
+            .join("rootfs"),
         argv: cstrings(&def.command, "command argument")?,
         env: {
             let mut env = def.env.clone();

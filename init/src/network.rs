@@ -31,10 +31,20 @@ pub trait Net {
     ) -> Result<(), String>;
 }
 
-/// Apply the config's interfaces; returns what did not take. Values were
-/// validated before: one that does not parse here is skipped.
-pub fn apply(c: &HostConfig, net: &mut dyn Net) -> Vec<String> {
+/// What applying `[network]` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// What did not take.
+    pub warnings: Vec<String>,
+    /// The real names of the interfaces that want DHCP.
+    pub dhcp: Vec<String>,
+}
+
+/// Apply the config's interfaces. Values were validated before: one that
+/// does not parse here is skipped.
+pub fn apply(c: &HostConfig, net: &mut dyn Net) -> Applied {
     let mut warnings = Vec::new();
+    let mut dhcp = Vec::new();
     let present = net.interfaces();
     for (name, cfg) in &c.network.interfaces {
         let found = present.iter().find(|i| match &cfg.mac {
@@ -75,12 +85,10 @@ pub fn apply(c: &HostConfig, net: &mut dyn Net) -> Vec<String> {
             }
         }
         if cfg.dhcp {
-            warnings.push(format!(
-                "network.interfaces.{name}: dhcp is not run yet by this version; the link is up without a DHCP address"
-            ));
+            dhcp.push(iface.name.clone());
         }
     }
-    warnings
+    Applied { warnings, dhcp }
 }
 
 /// The host's interfaces from sysfs, and rtnetlink to change them.
@@ -188,13 +196,15 @@ mtu = 1400
 [network.interfaces.uplink]
 mac = "52:54:00:AB:CD:EF"
 addresses = ["fd00::5/64"]
+dhcp = true
 [network.interfaces.wlan0]
 addresses = ["192.0.2.1/24"]
 "#,
         )
         .unwrap();
         let mut f = Fake::default();
-        let warnings = apply(&c, &mut f);
+        let Applied { warnings, dhcp } = apply(&c, &mut f);
+        assert_eq!(dhcp, ["eth1"], "found by MAC, named as the host names it");
         assert_eq!(
             f.calls,
             [

@@ -873,6 +873,11 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
     for w in crate::config::apply_host(&config.config, &mut crate::config::RealHost) {
         log(format!("warning: host config: {w}"));
     }
+    // /run is mounted by now: keel-update finds its policy there.
+    warn(
+        "update policy",
+        crate::config::write_update_policy(&config.config),
+    );
     let esp = match &config.esp {
         None => Esp::None,
         Some(Ok(())) => Esp::Mounted,

@@ -52,6 +52,10 @@ pub struct ContainerDef {
     pub console: bool,
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// Run from the root of this other service (keel-init's copies of a
+    /// template, such as dhcp-eth0 of dhcp); never read from a file.
+    #[serde(skip)]
+    pub root_of: Option<String>,
     /// The signal that asks the service to stop; SIGKILL follows if it is
     /// still running after the stop timeout. A service that is PID 1 of its
     /// namespace only receives signals it has a handler for.
@@ -175,6 +179,10 @@ pub struct RootfsDef {
     /// on top).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oci: Option<String>,
+    /// Files copied into the root: path in the container → file beside
+    /// the definition (a DHCP client's script, say).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub files: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -251,6 +259,17 @@ pub fn validate(name: &str, def: &ContainerDef) -> Result<(), ContainerError> {
     }
     for cap in &def.capabilities {
         capability_number(cap).ok_or_else(|| ContainerError::UnknownCapability(cap.clone()))?;
+    }
+    let inside = |p: &str| {
+        !p.is_empty() && !p.starts_with('/') && p.split('/').all(|c| !c.is_empty() && c != "..")
+    };
+    for (dst, src) in &def.rootfs.files {
+        if !inside(dst) || !inside(src) {
+            return Err(ContainerError::Invalid {
+                key: format!("rootfs.files.{dst}"),
+                message: "both paths must be relative and stay inside their folder".into(),
+            });
+        }
     }
     for m in &def.mounts {
         for p in [&m.source, &m.target] {

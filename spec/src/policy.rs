@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 
 /// Where an image keeps its update policy.
 pub const POLICY_FILE: &str = "/etc/keel/update.toml";
+/// The policy in force on a host: the image's with the host config's
+/// `[update]` over it, written by keel-init at boot. keel-update reads it
+/// first.
+pub const HOST_POLICY_FILE: &str = "/run/keel/update.toml";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -15,6 +19,8 @@ pub enum RebootPolicy {
     Auto,
     /// Wait for `keelctl reboot`.
     Manual,
+    /// Reboot when `window` (UTC) comes.
+    Window,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +37,12 @@ pub struct Policy {
     pub check_interval_s: u64,
     #[serde(default)]
     pub reboot: RebootPolicy,
+    /// `HH:MM-HH:MM` (UTC) for `reboot = "window"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// Public keys (hex) trusted besides the image's key files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_keys: Vec<String>,
 }
 
 fn stable() -> String {
@@ -48,6 +60,8 @@ impl Default for Policy {
             channel: stable(),
             check_interval_s: hour(),
             reboot: RebootPolicy::Auto,
+            window: None,
+            trusted_keys: Vec::new(),
         }
     }
 }
@@ -71,7 +85,39 @@ impl Policy {
         if self.channel.is_empty() {
             return Err("channel is empty".into());
         }
+        match (&self.reboot, &self.window) {
+            (RebootPolicy::Window, None) => return Err("reboot = \"window\" needs a window".into()),
+            (_, Some(w)) => {
+                crate::hostconfig::units::parse_window(w)?;
+            }
+            _ => {}
+        }
         Ok(())
+    }
+
+    /// Seconds from `now` (seconds since the epoch) until a reboot may
+    /// happen: 0 unless the policy has a window and `now` is outside it.
+    pub fn wait_for_window(&self, now: u64) -> u64 {
+        let Some((start, end)) = self
+            .window
+            .as_deref()
+            .and_then(|w| crate::hostconfig::units::parse_window(w).ok())
+        else {
+            return 0;
+        };
+        let day = 24 * 3600;
+        let t = now % day;
+        let (start, end) = (u64::from(start) * 60, u64::from(end) * 60);
+        let inside = if start < end {
+            (start..end).contains(&t)
+        } else {
+            t >= start || t < end
+        };
+        if inside {
+            0
+        } else {
+            (start + day - t) % day
+        }
     }
 }
 
@@ -88,5 +134,21 @@ mod tests {
         let p: Policy = toml::from_str("repository = \"ftp://x\"").unwrap();
         assert!(p.validate().unwrap_err().contains("http://"));
         assert!(toml::from_str::<Policy>("colour = 1").is_err());
+        let p: Policy = toml::from_str("reboot = \"window\"").unwrap();
+        assert!(p.validate().unwrap_err().contains("needs a window"));
+    }
+
+    #[test]
+    fn a_window_says_how_long_to_wait() {
+        let p: Policy = toml::from_str("reboot = \"window\"\nwindow = \"02:00-04:00\"").unwrap();
+        let at = |h: u64, m: u64| 20_000 * 86_400 + h * 3600 + m * 60;
+        assert_eq!(p.wait_for_window(at(3, 0)), 0);
+        assert_eq!(p.wait_for_window(at(1, 30)), 1800);
+        assert_eq!(p.wait_for_window(at(4, 0)), 22 * 3600);
+        let night: Policy =
+            toml::from_str("reboot = \"window\"\nwindow = \"23:00-01:00\"").unwrap();
+        assert_eq!(night.wait_for_window(at(0, 30)), 0);
+        assert_eq!(night.wait_for_window(at(22, 0)), 3600);
+        assert_eq!(Policy::default().wait_for_window(at(12, 0)), 0);
     }
 }

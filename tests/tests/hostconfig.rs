@@ -2,7 +2,8 @@
 //! sysctl and a static address (the web service then answers through
 //! `keel run --publish`), disables one service and overrides another's
 //! environment; a broken file later leaves the host up on the last good
-//! config, with the problems on the console and in `keelctl status`.
+//! config, with the problems on the console and in `keelctl status`; and
+//! `dhcp = true` runs the DHCP client container, which gets QEMU's lease.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -143,6 +144,34 @@ fn the_esp_config_applies_and_a_broken_one_keeps_the_last_good() {
             && !out.contains("`services.update`")
             && out.contains("rc=1"),
         "{out}"
+    );
+    g.send("keelctl poweroff\n");
+    assert!(g.wait_exit(COMMAND_TIMEOUT).success());
+
+    // DHCP: the client container gets QEMU's lease for eth0, and the web
+    // service answers again.
+    put_config(
+        &disk_path,
+        "[network.interfaces.eth0]\ndhcp = true\n\n[update]\nchannel = \"edge\"\ncheck_interval = \"2h\"\n",
+    );
+    let port = free_port();
+    let mut g = Guest::boot_publishing(&disk_path, &[(port, 80)]);
+    g.expect("keel: ready ", BOOT_TIMEOUT);
+    g.prompt();
+    let page = http_get(port);
+    assert!(page.contains("ID=keel"), "{page}");
+    let dhcp = g.service("dhcp-eth0");
+    assert_eq!(dhcp["state"], "running", "{dhcp}");
+    let log = g.shell("cat /var/log/keel/dhcp-eth0.log");
+    // QEMU's restricted user network leases an address but offers no
+    // router or resolver.
+    assert!(log.contains("keel-dhcp: eth0 has 10.0.2.15/24"), "{log}");
+    assert_eq!(g.status()["config"]["source"], "esp");
+    // The updater's policy is the image's with [update] over it.
+    let policy = g.shell("cat /run/keel/update.toml");
+    assert!(
+        policy.contains("channel = \"edge\"") && policy.contains("check_interval_s = 7200"),
+        "{policy}"
     );
     g.send("keelctl poweroff\n");
     assert!(g.wait_exit(COMMAND_TIMEOUT).success());

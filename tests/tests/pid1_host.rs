@@ -49,6 +49,7 @@ fn stage_root(dir: &Path) {
             def: ContainerDef::parse(t).unwrap(),
             text: t.to_string(),
             oci: None,
+            files: Vec::new(),
         })
         .collect();
     let bins = musl_bin_dir();

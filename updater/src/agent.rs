@@ -136,7 +136,8 @@ impl Agent {
         Ok(())
     }
 
-    /// The image's keys and those introduced by signed indexes.
+    /// The image's keys, the host config's and those introduced by signed
+    /// indexes.
     fn trusted(&self) -> Result<Vec<VerifyingKey>, UpdateError> {
         let mut keys = Vec::new();
         if let Ok(dir) = fs::read_dir(&self.keys_dir) {
@@ -149,8 +150,15 @@ impl Agent {
                 );
             }
         }
-        for k in self.store.load()?.keys {
-            if let Ok(k) = keel_spec::keys::parse_public_hex(&k) {
+        // The host config's keys (validated before they got here), then
+        // those introduced by signed indexes.
+        for k in self
+            .policy
+            .trusted_keys
+            .iter()
+            .chain(&self.store.load()?.keys)
+        {
+            if let Ok(k) = keel_spec::keys::parse_public_hex(k) {
                 keys.push(k);
             }
         }
@@ -310,8 +318,12 @@ impl Agent {
             m.version,
             head.signed_by,
             match self.policy.reboot {
-                RebootPolicy::Auto => "rebooting",
-                RebootPolicy::Manual => "reboot to use it",
+                RebootPolicy::Auto => "rebooting".to_string(),
+                RebootPolicy::Manual => "reboot to use it".to_string(),
+                RebootPolicy::Window => format!(
+                    "rebooting in the window {}",
+                    self.policy.window.as_deref().unwrap_or("?")
+                ),
             }
         ))
     }

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use keel_spec::bootentry::{ENTRIES_DIR, ESP_MOUNT};
-use keel_spec::policy::{Policy, POLICY_FILE};
+use keel_spec::policy::{Policy, HOST_POLICY_FILE, POLICY_FILE};
 
 use crate::agent::{Agent, Paths};
 use crate::slots::BY_PARTLABEL;
@@ -30,13 +30,24 @@ enum Cmd {
 }
 
 fn agent(state: PathBuf) -> anyhow::Result<Agent> {
-    let policy: Policy = match std::fs::read_to_string(POLICY_FILE) {
-        Ok(t) => toml::from_str(&t).with_context(|| POLICY_FILE.to_string())?,
-        Err(_) => Policy::default(),
+    // The host's policy (the image's with the host config over it) when
+    // keel-init wrote one, else the image's own.
+    let (file, policy): (&str, Policy) = match std::fs::read_to_string(HOST_POLICY_FILE) {
+        Ok(t) => (
+            HOST_POLICY_FILE,
+            toml::from_str(&t).with_context(|| HOST_POLICY_FILE.to_string())?,
+        ),
+        Err(_) => match std::fs::read_to_string(POLICY_FILE) {
+            Ok(t) => (
+                POLICY_FILE,
+                toml::from_str(&t).with_context(|| POLICY_FILE.to_string())?,
+            ),
+            Err(_) => (POLICY_FILE, Policy::default()),
+        },
     };
     policy
         .validate()
-        .map_err(|e| anyhow::anyhow!("{POLICY_FILE}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").context("/proc/cmdline")?;
     let os_release = std::fs::read_to_string("/etc/os-release").context("/etc/os-release")?;
     let paths = Paths {

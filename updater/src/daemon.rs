@@ -50,11 +50,27 @@ fn answer(r: Result<String, UpdateError>) -> UpdateResponse {
 
 /// After a successful install or rollback, reboot if the policy says so.
 fn maybe_reboot(agent: &Agent, changed: bool) {
-    if changed && agent.policy.reboot == RebootPolicy::Auto {
+    let wait = match agent.policy.reboot {
+        _ if !changed => return,
+        RebootPolicy::Manual => return,
+        RebootPolicy::Auto => 0,
+        RebootPolicy::Window => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            agent.policy.wait_for_window(now)
+        }
+    };
+    if wait > 0 {
+        eprintln!("keel-update: rebooting into the new version in {wait} s, when the window opens");
+    }
+    // Waiting happens on its own thread, so checks and calls go on.
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(wait));
         if let Err(e) = request_reboot() {
             eprintln!("keel-update: cannot reboot: {e}");
         }
-    }
+    });
 }
 
 /// Wait (a few seconds at most) until the caller has read the answer and

@@ -109,6 +109,7 @@ fn init_rss(work: &Path, n: usize) -> anyhow::Result<u64> {
                 def: keel_spec::container::ContainerDef::parse(text)?,
                 text: text.to_string(),
                 oci: None,
+                files: Vec::new(),
             })
         })
         .collect::<Result<_, keel_spec::container::ContainerError>>()?;
