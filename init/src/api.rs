@@ -31,6 +31,9 @@ pub enum Request {
     /// Check a host config file's text as this host would read it (over
     /// the image's defaults, against the image's services).
     ValidateConfig {
+        /// What to call the file in the problems (its path on the caller's
+        /// side).
+        name: String,
         text: String,
     },
     Poweroff,

@@ -16,6 +16,11 @@ use keel_spec::policy::{Policy, RebootPolicy};
 /// Where the last config that passed every check is kept.
 pub const LAST_GOOD: &str = "/var/lib/keel/config/host.toml";
 
+/// The person's host config as keel-init reads it: on the mounted ESP.
+fn esp_file() -> std::path::PathBuf {
+    Path::new(keel_spec::bootentry::ESP_MOUNT).join(keel_spec::host::ON_ESP)
+}
+
 /// Which config the host runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -61,10 +66,8 @@ pub fn choose(i: &Inputs) -> (HostConfig, ConfigSource, Vec<String>) {
     };
     let mut errors = Vec::new();
     if let Some(text) = &i.esp {
-        let user = Source {
-            name: Path::new("/efi/keel/host.toml"),
-            text,
-        };
+        let name = esp_file();
+        let user = Source { name: &name, text };
         match load(defaults, Some(user), &ctx) {
             Ok(c) => return (c, ConfigSource::Esp, errors),
             Err(d) => errors = lines(d),
@@ -257,9 +260,10 @@ pub fn save_last_good(c: &HostConfig) -> Result<(), String> {
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// The problems of a host config's text as this host reads it: over the
-/// image's defaults, against the image's `services`.
-pub fn problems(text: &str, services: &[String]) -> Vec<String> {
+/// The problems of a host config's text (called `name` in them) as this
+/// host reads it: over the image's defaults, against the image's
+/// `services`.
+pub fn problems(name: &str, text: &str, services: &[String]) -> Vec<String> {
     let defaults = std::fs::read_to_string(keel_spec::host::DEFAULTS).ok();
     let ctx = Context {
         services: Some(services.to_vec()),
@@ -271,7 +275,7 @@ pub fn problems(text: &str, services: &[String]) -> Vec<String> {
     match load(
         defaults,
         Some(Source {
-            name: Path::new("host.toml"),
+            name: Path::new(name),
             text,
         }),
         &ctx,
@@ -299,11 +303,7 @@ pub fn at_boot(esp: bool, defs: &mut Vec<(String, ContainerDef)>) -> AtBoot {
     let read = |p: &str| std::fs::read_to_string(p).ok();
     let esp_mount = esp.then(crate::bootgate::mount_esp);
     let esp_text = match &esp_mount {
-        Some(Ok(())) => read(&format!(
-            "{}/{}",
-            keel_spec::bootentry::ESP_MOUNT,
-            keel_spec::host::ON_ESP
-        )),
+        Some(Ok(())) => std::fs::read_to_string(esp_file()).ok(),
         _ => None,
     };
     let inputs = Inputs {
@@ -334,7 +334,7 @@ pub fn at_boot(esp: bool, defs: &mut Vec<(String, ContainerDef)>) -> AtBoot {
     let mut dhcp = Vec::new();
     if !config.network.interfaces.is_empty() {
         let applied = crate::netlink::Netlink::open()
-            .map(|netlink| crate::network::apply(&config, &mut crate::network::RealNet { netlink }))
+            .map(|mut netlink| crate::network::apply(&config, &mut netlink))
             .unwrap_or_else(|e| crate::network::Applied {
                 warnings: vec![e],
                 dhcp: Vec::new(),

@@ -194,12 +194,20 @@ impl Netlink {
             }
         }
     }
+}
 
-    pub fn link_up(&mut self, index: u32, mtu: Option<u32>) -> Result<(), String> {
+/// The host's own network: interfaces from sysfs, changes through this
+/// socket.
+impl crate::network::Net for Netlink {
+    fn interfaces(&self) -> Vec<crate::network::Iface> {
+        crate::network::sysfs_interfaces()
+    }
+
+    fn link_up(&mut self, index: u32, mtu: Option<u32>) -> Result<(), String> {
         self.request(RTM_NEWLINK, 0, &link_up(index, mtu), "bringing the link up")
     }
 
-    pub fn add_address(&mut self, index: u32, addr: &IpAddr, prefix: u8) -> Result<(), String> {
+    fn add_address(&mut self, index: u32, addr: &IpAddr, prefix: u8) -> Result<(), String> {
         self.request(
             RTM_NEWADDR,
             NLM_F_CREATE | NLM_F_REPLACE,
@@ -208,7 +216,7 @@ impl Netlink {
         )
     }
 
-    pub fn add_route(
+    fn add_route(
         &mut self,
         index: u32,
         dst: &IpAddr,

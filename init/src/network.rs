@@ -1,6 +1,7 @@
 //! `[network]` of the host config, applied at boot: each configured
 //! interface (found by name or MAC) is brought up with its MTU, static
-//! addresses, default gateway and routes, through rtnetlink.
+//! addresses, default gateway and routes, through rtnetlink
+//! ([`crate::netlink::Netlink`] is the real [`Net`]).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -91,53 +92,28 @@ pub fn apply(c: &HostConfig, net: &mut dyn Net) -> Applied {
     Applied { warnings, dhcp }
 }
 
-/// The host's interfaces from sysfs, and rtnetlink to change them.
-#[derive(Debug)]
-pub struct RealNet {
-    pub netlink: crate::netlink::Netlink,
-}
-
-impl Net for RealNet {
-    fn interfaces(&self) -> Vec<Iface> {
-        let base = Path::new("/sys/class/net");
-        let Ok(dir) = std::fs::read_dir(base) else {
-            return Vec::new();
-        };
-        let read = |p: &Path| std::fs::read_to_string(p).map(|s| s.trim().to_string());
-        let mut out: Vec<Iface> = dir
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let index = read(&e.path().join("ifindex")).ok()?.parse().ok()?;
-                let mac = read(&e.path().join("address")).unwrap_or_default();
-                (name != "lo").then_some(Iface {
-                    name,
-                    mac: mac.to_ascii_lowercase(),
-                    index,
-                })
+/// The host's interfaces but loopback, from sysfs, in index order.
+pub fn sysfs_interfaces() -> Vec<Iface> {
+    let base = Path::new("/sys/class/net");
+    let Ok(dir) = std::fs::read_dir(base) else {
+        return Vec::new();
+    };
+    let read = |p: &Path| std::fs::read_to_string(p).map(|s| s.trim().to_string());
+    let mut out: Vec<Iface> = dir
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let index = read(&e.path().join("ifindex")).ok()?.parse().ok()?;
+            let mac = read(&e.path().join("address")).unwrap_or_default();
+            (name != "lo").then_some(Iface {
+                name,
+                mac: mac.to_ascii_lowercase(),
+                index,
             })
-            .collect();
-        out.sort_by_key(|i| i.index);
-        out
-    }
-
-    fn link_up(&mut self, index: u32, mtu: Option<u32>) -> Result<(), String> {
-        self.netlink.link_up(index, mtu)
-    }
-
-    fn add_address(&mut self, index: u32, addr: &IpAddr, prefix: u8) -> Result<(), String> {
-        self.netlink.add_address(index, addr, prefix)
-    }
-
-    fn add_route(
-        &mut self,
-        index: u32,
-        dst: &IpAddr,
-        prefix: u8,
-        via: Option<&IpAddr>,
-    ) -> Result<(), String> {
-        self.netlink.add_route(index, dst, prefix, via)
-    }
+        })
+        .collect();
+    out.sort_by_key(|i| i.index);
+    out
 }
 
 #[cfg(test)]

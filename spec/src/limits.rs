@@ -61,17 +61,11 @@ impl TryFrom<SizeRepr> for Size {
 /// "64M" → 67108864.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let (digits, shift) = match t.char_indices().last() {
-        Some((i, 'K' | 'k')) => (&t[..i], 10),
-        Some((i, 'M' | 'm')) => (&t[..i], 20),
-        Some((i, 'G' | 'g')) => (&t[..i], 30),
-        _ => (t, 0),
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(1u64 << shift))
-        .ok_or_else(|| format!("{text:?} is not a size (bytes, or a number with K, M or G)"))
+    // A bare number is bytes here; with a unit it reads as the host config
+    // reads sizes.
+    t.parse::<u64>()
+        .or_else(|_| crate::hostconfig::units::parse_size(t))
+        .map_err(|_| format!("{text:?} is not a size (bytes, or a number with K, M or G)"))
 }
 
 /// Resource limits by name (`nofile`, `nproc`, …); soft and hard alike.

@@ -41,12 +41,12 @@ fn put_config(disk_path: &Path, text: &str) {
     let esp_part = disk::read_table(disk_path)
         .unwrap()
         .into_iter()
-        .find(|p| p.label == "esp")
+        .find(|p| p.label == keel_spec::disk::ESP_LABEL)
         .unwrap();
-    let bytes = disk::read_partition(disk_path, "esp").unwrap();
+    let bytes = disk::read_partition(disk_path, keel_spec::disk::ESP_LABEL).unwrap();
     let bytes = esp::add_files(
         bytes,
-        &[("keel/host.toml".into(), text.as_bytes().to_vec())],
+        &[(keel_spec::host::ON_ESP.into(), text.as_bytes().to_vec())],
     )
     .unwrap();
     let f = std::fs::OpenOptions::new()

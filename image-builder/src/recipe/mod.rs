@@ -42,21 +42,11 @@ impl<T> Loaded<T> {
     }
 }
 
-/// The line (from 1) where dotted `key` is set in `text`.
+/// The line (from 1) where dotted `key` is set in `text`, or where the
+/// deepest part of it is.
 pub fn line_of(text: &str, key: &str) -> Option<usize> {
-    let doc = toml_edit::ImDocument::parse(text).ok()?;
-    let mut table: &dyn toml_edit::TableLike = doc.as_table();
-    let mut span = None;
-    let mut parts = key.split('.').peekable();
-    while let Some(part) = parts.next() {
-        let (k, item) = table.get_key_value(part)?;
-        span = k.span().or_else(|| item.span());
-        if parts.peek().is_some() {
-            table = item.as_table_like()?;
-        }
-    }
-    let start = span?.start;
-    Some(text.get(..start)?.matches('\n').count() + 1)
+    let path: Vec<String> = key.split('.').map(str::to_string).collect();
+    keel_spec::hostconfig::load::locate(text, &path).map(|(_, line, _)| line)
 }
 
 /// Parse `path` as `T` and run `validate` on it; errors name the file, the

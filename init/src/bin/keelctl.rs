@@ -275,18 +275,20 @@ fn main() -> anyhow::Result<()> {
         Cmd::Config(ConfigCmd::Validate { file }) => {
             let text =
                 std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
-            match call(socket, &Request::ValidateConfig { text })? {
-                Response::Problems(p) if p.is_empty() => println!("{}: valid", file.display()),
+            let name = file.display().to_string();
+            match call(
+                socket,
+                &Request::ValidateConfig {
+                    name: name.clone(),
+                    text,
+                },
+            )? {
+                Response::Problems(p) if p.is_empty() => println!("{name}: valid"),
                 Response::Problems(p) => {
-                    let shown = file.display().to_string();
                     for line in &p {
-                        // keel-init names the text "host.toml": name the file.
-                        let line = line
-                            .strip_prefix("host.toml")
-                            .map_or_else(|| line.clone(), |rest| format!("{shown}{rest}"));
                         eprintln!("{line}");
                     }
-                    eprintln!("{shown}: {} problem(s)", p.len());
+                    eprintln!("{name}: {} problem(s)", p.len());
                     std::process::exit(1);
                 }
                 other => bail!("unexpected answer {other:?}"),

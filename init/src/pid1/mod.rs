@@ -445,8 +445,8 @@ impl Init {
                 answer(self.sup.restart_service(&name, Instant::now())),
                 None,
             ),
-            Ok(Request::ValidateConfig { text }) => (
-                Response::Problems(crate::config::problems(&text, &self.services)),
+            Ok(Request::ValidateConfig { name, text }) => (
+                Response::Problems(crate::config::problems(&name, &text, &self.services)),
                 None,
             ),
             Ok(Request::Poweroff) => (Response::Ok, Some(Shutdown::Poweroff)),

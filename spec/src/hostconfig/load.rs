@@ -208,8 +208,10 @@ pub fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
-/// Where `path` is set in `text`: the deepest part of it the file has.
-fn locate(text: &str, path: &[String]) -> Option<(usize, usize, usize)> {
+/// Where `path` is set in the TOML `text`: (how many parts of the path
+/// the file has, line, column) of the deepest of them. Image recipes use
+/// it too, to place their errors.
+pub fn locate(text: &str, path: &[String]) -> Option<(usize, usize, usize)> {
     let doc = ImDocument::parse(text).ok()?;
     let mut table: &dyn toml_edit::TableLike = doc.as_table();
     let mut found = None;
