@@ -36,6 +36,17 @@ pub enum Request {
         name: String,
         text: String,
     },
+    /// Check a host config, then run on it: only what it changes restarts.
+    /// With `try_s`, it is reverted after that many seconds unless
+    /// confirmed; without, it is kept on the ESP for the next boots.
+    ApplyConfig {
+        name: String,
+        text: String,
+        #[serde(default)]
+        try_s: Option<u64>,
+    },
+    /// Keep the config on trial.
+    ConfirmConfig,
     Poweroff,
     Reboot,
 }
@@ -54,6 +65,11 @@ pub enum Response {
     },
     /// A host config's problems, compiler style; none: it is valid.
     Problems(Vec<String>),
+    /// What applying a host config changed, and what did not take.
+    Applied {
+        changes: Vec<String>,
+        warnings: Vec<String>,
+    },
     Ok,
     Error(String),
 }
@@ -146,8 +162,16 @@ pub fn render_status(s: &Status) -> String {
                 "the last good config (the ESP's host.toml has problems)"
             }
             crate::config::ConfigSource::Defaults => "the image's defaults",
+            crate::config::ConfigSource::Trial => "on trial (keelctl config confirm keeps it)",
         };
         out.push_str(&format!("config: {source}\n"));
+        if let Some(until) = c.trial_until_ms {
+            let left = until.saturating_sub(s.uptime_ms) / 1000;
+            out.push_str(&format!("  reverts to the previous config in {left} s\n"));
+        }
+        for w in &c.warnings {
+            out.push_str(&format!("  warning: {w}\n"));
+        }
         if !c.disabled.is_empty() {
             out.push_str(&format!(
                 "disabled by the config: {}\n",
@@ -214,11 +238,14 @@ mod tests {
                 source: crate::config::ConfigSource::LastGood,
                 errors: vec!["/efi/keel/host.toml:1:12: `hostname`: invalid type".into()],
                 disabled: vec!["db".into()],
+                warnings: vec!["containers.app: no such file".into()],
+                trial_until_ms: None,
             }),
         };
         let t = render_status(&s);
         assert!(t.contains("config: the last good config (the ESP's host.toml has problems)"));
         assert!(t.contains("disabled by the config: db"));
+        assert!(t.contains("  warning: containers.app: no such file"));
         assert!(t.contains("  /efi/keel/host.toml:1:12: `hostname`"));
         assert!(t.starts_with("edge: keel 0.1.0  slot a"), "{t}");
         let row = t.lines().find(|l| l.starts_with("web")).unwrap();

@@ -31,6 +31,8 @@ pub enum ConfigSource {
     LastGood,
     /// The image's defaults alone (no file on the ESP, or nothing better).
     Defaults,
+    /// Applied by `keelctl config apply --try`: reverted unless confirmed.
+    Trial,
 }
 
 /// What `keelctl status` shows of the config.
@@ -41,6 +43,13 @@ pub struct ConfigState {
     pub errors: Vec<String>,
     /// Services the config disables.
     pub disabled: Vec<String>,
+    /// What the config asks for that could not be done (an image that
+    /// does not unpack, an address the kernel refused).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// A trial config's deadline, in milliseconds since boot.
+    #[serde(default)]
+    pub trial_until_ms: Option<u64>,
 }
 
 /// The texts a decision is made from.
@@ -247,6 +256,25 @@ pub fn write_update_policy(c: &HostConfig) -> Result<(), String> {
     std::fs::rename(&tmp, HOST_POLICY_FILE).map_err(|e| format!("{HOST_POLICY_FILE}: {e}"))
 }
 
+/// Make `text` the person's config on the ESP (mounted), so that the host
+/// boots on it: written beside, synced, renamed over.
+pub fn write_esp(text: &str) -> Result<(), String> {
+    let path = esp_file();
+    let tmp = path.with_extension("toml.new");
+    let write = || -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        nix::unistd::sync();
+        Ok(())
+    };
+    write().map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Keep `c` as the last good config.
 pub fn save_last_good(c: &HostConfig) -> Result<(), String> {
     let text = toml::to_string(c).map_err(|e| e.to_string())?;
@@ -260,10 +288,9 @@ pub fn save_last_good(c: &HostConfig) -> Result<(), String> {
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// The problems of a host config's text (called `name` in them) as this
-/// host reads it: over the image's defaults, against the image's
-/// `services`.
-pub fn problems(name: &str, text: &str, services: &[String]) -> Vec<String> {
+/// A host config's text (called `name` in problems) as this host reads it:
+/// over the image's defaults, against the image's `services`.
+pub fn read(name: &str, text: &str, services: &[String]) -> Result<HostConfig, Vec<String>> {
     let defaults = std::fs::read_to_string(keel_spec::host::DEFAULTS).ok();
     let ctx = Context {
         services: Some(services.to_vec()),
@@ -272,17 +299,15 @@ pub fn problems(name: &str, text: &str, services: &[String]) -> Vec<String> {
         name: Path::new(keel_spec::host::DEFAULTS),
         text,
     });
-    match load(
+    load(
         defaults,
         Some(Source {
             name: Path::new(name),
             text,
         }),
         &ctx,
-    ) {
-        Ok(_) => Vec::new(),
-        Err(d) => d.iter().map(ToString::to_string).collect(),
-    }
+    )
+    .map_err(|d| d.iter().map(ToString::to_string).collect())
 }
 
 /// What boot found: the config to run on and what to show of it.
@@ -295,6 +320,8 @@ pub struct AtBoot {
     /// Whether the ESP got mounted to read the file (the health gate and
     /// services binding /efi use that mount).
     pub esp: Option<Result<(), String>>,
+    /// Interfaces that get their address by DHCP.
+    pub dhcp: Vec<String>,
 }
 
 /// Read the host config at boot and apply its service settings to `defs`.
@@ -331,26 +358,8 @@ pub fn at_boot(esp: bool, defs: &mut Vec<(String, ContainerDef)>) -> AtBoot {
             }
         }
     }
-    let mut dhcp = Vec::new();
-    if !config.network.interfaces.is_empty() {
-        let applied = crate::netlink::Netlink::open()
-            .map(|mut netlink| crate::network::apply(&config, &mut netlink))
-            .unwrap_or_else(|e| crate::network::Applied {
-                warnings: vec![e],
-                dhcp: Vec::new(),
-            });
-        for w in applied.warnings {
-            crate::log(format!("warning: host config: {w}"));
-        }
-        dhcp = applied.dhcp;
-    }
     let services = inputs.services;
-    if !dhcp.is_empty() && !services.iter().any(|s| s == DHCP_TEMPLATE) {
-        crate::log(format!(
-            "warning: host config: DHCP on {} wanted, but the image has no {DHCP_TEMPLATE} service",
-            dhcp.join(", ")
-        ));
-    }
+    let (dhcp, warnings) = apply_network(&config, &services);
     let disabled = apply_services(&config, defs, &dhcp);
     AtBoot {
         services,
@@ -359,9 +368,38 @@ pub fn at_boot(esp: bool, defs: &mut Vec<(String, ContainerDef)>) -> AtBoot {
             source,
             errors,
             disabled,
+            warnings,
+            trial_until_ms: None,
         },
         esp: esp_mount,
+        dhcp,
     }
+}
+
+/// Apply the config's interfaces over netlink (addresses and routes are
+/// added or replaced, never removed). Returns the interfaces to run DHCP
+/// on and what did not take, each said on the console.
+pub fn apply_network(config: &HostConfig, services: &[String]) -> (Vec<String>, Vec<String>) {
+    if config.network.interfaces.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    let applied = crate::netlink::Netlink::open()
+        .map(|mut netlink| crate::network::apply(config, &mut netlink))
+        .unwrap_or_else(|e| crate::network::Applied {
+            warnings: vec![e],
+            dhcp: Vec::new(),
+        });
+    let mut warnings = applied.warnings;
+    if !applied.dhcp.is_empty() && !services.iter().any(|s| s == DHCP_TEMPLATE) {
+        warnings.push(format!(
+            "DHCP on {} wanted, but the image has no {DHCP_TEMPLATE} service",
+            applied.dhcp.join(", ")
+        ));
+    }
+    for w in &warnings {
+        crate::log(format!("warning: host config: {w}"));
+    }
+    (applied.dhcp, warnings)
 }
 
 #[cfg(test)]

@@ -121,9 +121,12 @@ pub fn plan_with(
     }
     Ok(Plan {
         name: name.to_string(),
-        root: Path::new(CONTAINERS_DIR)
-            .join(def.root_of.as_deref().unwrap_or(name))
-            .join("rootfs"),
+        root: match &def.root_dir {
+            Some(dir) => PathBuf::from(dir),
+            None => Path::new(CONTAINERS_DIR)
+                .join(def.root_of.as_deref().unwrap_or(name))
+                .join("rootfs"),
+        },
         argv: cstrings(&def.command, "command argument")?,
         env: {
             let mut env = def.env.clone();

@@ -18,10 +18,12 @@ pub mod logs;
 pub mod netlink;
 pub mod network;
 pub mod pid1;
+pub mod portproxy;
 pub mod probe;
 pub mod stage1;
 pub mod supervisor;
 pub mod sys;
+pub mod workloads;
 
 /// Print one line on the console, prefixed so it stands out from kernel
 /// messages and service output.

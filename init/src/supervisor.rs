@@ -33,6 +33,9 @@ pub trait Launcher {
     fn facts(&self, pid: Pid) -> ProcFacts;
     /// Run the service's readiness probe once.
     fn probe(&mut self, name: &str, pid: Pid, def: &ContainerDef) -> Probe;
+    /// Service `name`'s definition changed or it left the table: drop what
+    /// was worked out from the old one.
+    fn forget(&mut self, _name: &str) {}
 }
 
 /// How a process ended.
@@ -145,6 +148,17 @@ pub struct Service {
     /// verdict, so they do not take CPU and I/O from the services that
     /// decide it.
     pub boot_critical: bool,
+    /// Leaves the table once it has stopped (its config entry went away).
+    pub retiring: bool,
+}
+
+/// What [`Supervisor::upsert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Added,
+    /// A new definition: restarted with it if it ran.
+    Replaced,
+    Unchanged,
 }
 
 /// The host's health, as the updater's health gate sees it.
@@ -224,6 +238,7 @@ impl<L: Launcher> Supervisor<L> {
                 ready: None,
                 start_after_stop: false,
                 boot_critical,
+                retiring: false,
             })
             .collect();
         Supervisor {
@@ -291,11 +306,81 @@ impl<L: Launcher> Supervisor<L> {
         }
     }
 
+    /// Add service `name`, or give it definition `def`: a service that
+    /// runs with another definition restarts with this one. Services are
+    /// added after the image's, so they start once their dependencies
+    /// allow; nothing else is touched.
+    pub fn upsert(&mut self, name: &str, def: ContainerDef, now: Instant) -> Change {
+        let Some(i) = self.index(name) else {
+            self.services.push(Service {
+                name: name.to_string(),
+                boot_critical: def.required,
+                def,
+                state: State::Waiting,
+                restarts: 0,
+                failures_in_row: 0,
+                last_error: None,
+                started: None,
+                ready: None,
+                start_after_stop: false,
+                retiring: false,
+            });
+            self.tick(now);
+            return Change::Added;
+        };
+        let svc = &mut self.services[i];
+        let was_retiring = std::mem::take(&mut svc.retiring);
+        if svc.def == def {
+            if was_retiring && matches!(svc.state, State::Stopping { .. }) {
+                svc.start_after_stop = true;
+            }
+            return Change::Unchanged;
+        }
+        self.launcher.forget(name);
+        let running = matches!(
+            self.services[i].state,
+            State::Starting { .. } | State::Running { .. } | State::Stopping { .. }
+        );
+        if running {
+            // Stopped the way the old definition says, started the new way.
+            if self.services[i].state.pid().is_some()
+                && !matches!(self.services[i].state, State::Stopping { .. })
+            {
+                self.ask_to_stop(i, now);
+            }
+            self.services[i].start_after_stop = true;
+        } else {
+            self.services[i].state = State::Waiting;
+        }
+        let svc = &mut self.services[i];
+        svc.def = def;
+        svc.failures_in_row = 0;
+        svc.last_error = None;
+        self.tick(now);
+        Change::Replaced
+    }
+
+    /// Stop service `name` for good: it leaves the table once stopped.
+    pub fn retire(&mut self, name: &str, now: Instant) -> Result<(), String> {
+        self.stop_service(name, now)?;
+        let i = self.find(name)?;
+        self.services[i].retiring = true;
+        self.launcher.forget(name);
+        self.drop_retired();
+        Ok(())
+    }
+
+    fn drop_retired(&mut self) {
+        self.services
+            .retain(|s| !(s.retiring && s.state.pid().is_none()));
+    }
+
     /// Start what may start, probe what is starting, restart what is due.
     pub fn tick(&mut self, now: Instant) {
         if self.shutting_down {
             return;
         }
+        self.drop_retired();
         // A verdict reached during this tick is announced before the
         // services that waited for it start, at the next tick.
         if !self.verdict_reached && self.health() != Health::Starting {

@@ -445,3 +445,47 @@ fn stop_start_and_restart_by_hand() {
         "restarts by hand are not failures"
     );
 }
+
+#[test]
+fn upsert_adds_restarts_changed_and_leaves_unchanged_alone() {
+    let t = Instant::now();
+    let mut s = sup(&[("a", ""), ("b", "")], t);
+    s.tick(t);
+    let (a, b) = (pid_of(&s, 0), pid_of(&s, 1));
+    assert_eq!(s.upsert("a", def(""), t), Change::Unchanged);
+    assert_eq!(s.upsert("c", def("after = [\"a\"]"), t), Change::Added);
+    assert_eq!(s.services[2].state.label(), "running", "started at once");
+    assert_eq!(s.upsert("b", def("env = [\"X=1\"]"), t), Change::Replaced);
+    assert_eq!(s.launcher.signals, [(b, Signal::SIGTERM)]);
+    assert!(s.on_exit(b, Exit::Signal(15), t));
+    s.tick(t);
+    assert_ne!(pid_of(&s, 1), b, "started again");
+    assert_eq!(s.services[1].def.env, ["X=1"]);
+    assert_eq!(pid_of(&s, 0), a, "untouched");
+    assert_eq!(
+        s.services[1].restarts, 0,
+        "a restart asked for is not a crash"
+    );
+}
+
+#[test]
+fn a_retired_service_stops_then_leaves_the_table() {
+    let t = Instant::now();
+    let mut s = sup(&[("a", ""), ("b", "")], t);
+    s.tick(t);
+    let b = pid_of(&s, 1);
+    s.retire("b", t).unwrap();
+    assert_eq!(s.services.len(), 2, "still stopping");
+    assert!(s.on_exit(b, Exit::Signal(15), t));
+    s.tick(t);
+    let names: Vec<&str> = s.services.iter().map(|x| x.name.as_str()).collect();
+    assert_eq!(names, ["a"]);
+    // Not running at all: gone at once; coming back: added anew.
+    s.stop_service("a", t).unwrap();
+    let a = pid_of(&s, 0);
+    s.on_exit(a, Exit::Signal(15), t);
+    s.retire("a", t).unwrap();
+    assert!(s.services.is_empty());
+    assert_eq!(s.upsert("a", def(""), t), Change::Added);
+    assert!(s.retire("zz", t).is_err());
+}

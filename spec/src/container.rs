@@ -56,6 +56,10 @@ pub struct ContainerDef {
     /// template, such as dhcp-eth0 of dhcp); never read from a file.
     #[serde(skip)]
     pub root_of: Option<String>,
+    /// Run from this folder instead (a user container's unpacked image
+    /// under /var); never read from a file.
+    #[serde(skip)]
+    pub root_dir: Option<String>,
     /// The signal that asks the service to stop; SIGKILL follows if it is
     /// still running after the stop timeout. A service that is PID 1 of its
     /// namespace only receives signals it has a handler for.

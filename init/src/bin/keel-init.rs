@@ -14,6 +14,14 @@ fn main() {
         let _ = nix::sys::termios::tcdrain(std::io::stdout());
         std::process::exit(1);
     }
+    // Helpers PID 1 starts for work it must not do itself.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("port-proxy") => keel_init::portproxy::helper_main(&args[1..]),
+        Some("prepare-container") if args.len() == 2 => keel_init::workloads::helper_main(&args[1]),
+        Some("prune-roots") => keel_init::workloads::prune_main(&args[1..]),
+        _ => {}
+    }
     if nix::unistd::getpid().as_raw() != 1 {
         eprintln!("keel-init must run as PID 1");
         std::process::exit(2);

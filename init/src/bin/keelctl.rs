@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -67,6 +68,18 @@ enum ConfigCmd {
     /// defaults, against its services): every problem, as
     /// FILE:LINE:COLUMN: `key`: what is wrong. Exits 1 if there is any.
     Validate { file: std::path::PathBuf },
+    /// Check a host config, then run on it: services and containers whose
+    /// settings changed restart, the others are left alone. Kept for the
+    /// next boots, unless --try is given.
+    Apply {
+        file: std::path::PathBuf,
+        /// Go back to the previous config after this long (`90s`, `5m`)
+        /// unless `keelctl config confirm` comes first.
+        #[arg(long = "try", value_name = "DURATION")]
+        try_for: Option<String>,
+    },
+    /// Keep the config on trial (from `apply --try`).
+    Confirm,
 }
 
 #[derive(Debug, Subcommand)]
@@ -176,6 +189,36 @@ fn update(cmd: UpdateCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Print what applying a config did; its problems end keelctl with 1.
+fn applied(file: &Path, answer: Response) -> anyhow::Result<()> {
+    match answer {
+        Response::Applied { changes, warnings } => {
+            if changes.is_empty() {
+                println!("{}: applied, nothing changed", file.display());
+            }
+            for c in changes {
+                println!("{c}");
+            }
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            Ok(())
+        }
+        Response::Problems(p) => {
+            for line in &p {
+                eprintln!("{line}");
+            }
+            eprintln!(
+                "{}: {} problem(s); nothing was changed",
+                file.display(),
+                p.len()
+            );
+            std::process::exit(1);
+        }
+        other => bail!("unexpected answer {other:?}"),
+    }
+}
+
 fn call(socket: &str, req: &Request) -> anyhow::Result<Response> {
     let mut stream = UnixStream::connect(socket)
         .with_context(|| format!("connecting to keel-init at {socket}"))?;
@@ -272,6 +315,22 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(code);
         }
         Cmd::Update(cmd) => update(cmd)?,
+        Cmd::Config(ConfigCmd::Apply { file, try_for }) => {
+            let try_s = try_for
+                .map(|d| {
+                    keel_spec::hostconfig::units::parse_duration(&d)
+                        .map_err(|e| anyhow::anyhow!("--try {d:?}: {e}"))
+                })
+                .transpose()?;
+            let text =
+                std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
+            let name = file.display().to_string();
+            let answer = call(socket, &Request::ApplyConfig { name, text, try_s })?;
+            applied(&file, answer)?;
+        }
+        Cmd::Config(ConfigCmd::Confirm) => {
+            applied(Path::new("config"), call(socket, &Request::ConfirmConfig)?)?
+        }
         Cmd::Config(ConfigCmd::Validate { file }) => {
             let text =
                 std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;

@@ -279,4 +279,8 @@ impl Launcher for HostLauncher {
             None => Probe::Ready,
         }
     }
+
+    fn forget(&mut self, name: &str) {
+        self.confinements.remove(name);
+    }
 }

@@ -36,8 +36,10 @@ const LOG_DIR: &str = "/var/log/keel";
 /// Added to the services' stop timeouts before shutdown goes on regardless.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+mod apply;
 mod host;
 
+use apply::Configured;
 use host::{Esp, HostLauncher};
 
 fn warn(what: &str, r: Result<(), impl std::fmt::Display>) {
@@ -275,10 +277,8 @@ struct Init {
     root_hash: Option<String>,
     /// A shutdown decided outside a signal or an API call (the gate).
     want_shutdown: Option<Shutdown>,
-    /// Which host config the host runs on, and the ESP file's problems.
-    config: crate::config::ConfigState,
-    /// Every service of the image, for checking host configs.
-    services: Vec<String>,
+    /// The host config in force, and what it runs besides the image.
+    cfg: Configured,
 }
 
 impl Init {
@@ -401,7 +401,7 @@ impl Init {
             }
             .into(),
             services: self.sup.status(),
-            config: Some(self.config.clone()),
+            config: Some(self.cfg.state.clone()),
         }
     }
 
@@ -446,9 +446,17 @@ impl Init {
                 None,
             ),
             Ok(Request::ValidateConfig { name, text }) => (
-                Response::Problems(crate::config::problems(&name, &text, &self.services)),
+                Response::Problems(
+                    crate::config::read(&name, &text, &self.cfg.services)
+                        .err()
+                        .unwrap_or_default(),
+                ),
                 None,
             ),
+            Ok(Request::ApplyConfig { name, text, try_s }) => {
+                (self.apply_config(&name, &text, try_s), None)
+            }
+            Ok(Request::ConfirmConfig) => (self.confirm_config(), None),
             Ok(Request::Poweroff) => (Response::Ok, Some(Shutdown::Poweroff)),
             Ok(Request::Reboot) => (Response::Ok, Some(Shutdown::Reboot)),
             Ok(Request::Exec { .. }) => (Response::Error("exec is answered above".into()), None),
@@ -578,8 +586,9 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
     // with the definitions (mounting the ESP on the way).
     let definitions = std::thread::spawn(move || {
         let (mut defs, confinements) = definitions();
+        let image_defs = defs.clone();
         let config = crate::config::at_boot(booted_from_slot, &mut defs);
-        (defs, confinements, config)
+        (defs, confinements, (image_defs, config))
     });
     mount_runtime();
     warn("cgroups", setup_cgroups());
@@ -609,7 +618,7 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
         "loopback, partition links",
         loopback.join().unwrap_or_else(|_| Err("panicked".into())),
     );
-    let (defs, confinements, config) = definitions.join().unwrap_or_else(|_| {
+    let (defs, confinements, (image_defs, config)) = definitions.join().unwrap_or_else(|_| {
         log("error: loading the container definitions and the host config panicked");
         let empty = crate::config::AtBoot {
             config: Default::default(),
@@ -617,11 +626,14 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
                 source: crate::config::ConfigSource::Defaults,
                 errors: vec!["reading the host config panicked".into()],
                 disabled: Vec::new(),
+                warnings: Vec::new(),
+                trial_until_ms: None,
             },
             esp: None,
             services: Vec::new(),
+            dhcp: Vec::new(),
         };
-        (Vec::new(), BTreeMap::new(), empty)
+        (Vec::new(), BTreeMap::new(), (Vec::new(), empty))
     });
     for w in crate::config::apply_host(&config.config, &mut crate::config::RealHost) {
         log(format!("warning: host config: {w}"));
@@ -655,11 +667,12 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
         }),
         want_shutdown: None,
         sessions: BTreeMap::new(),
-        config: config.state,
-        services: config.services,
+        cfg: Configured::new(image_defs, config),
     };
     init.sup.tick(Instant::now());
     init.check_ready();
+    let containers: Vec<_> = init.cfg.config.containers.clone().into_iter().collect();
+    init.prepare(containers);
 
     loop {
         // PID 1 must not die: a bug in one turn of the loop is reported
@@ -679,6 +692,9 @@ fn turn(init: &mut Init, sfd: &SignalFd, listener: Option<&UnixListener>) {
     let timeout = init
         .sup
         .next_deadline()
+        .into_iter()
+        .chain(init.trial_deadline())
+        .min()
         .map(|d| {
             d.saturating_duration_since(Instant::now())
                 .as_millis()
@@ -692,6 +708,9 @@ fn turn(init: &mut Init, sfd: &SignalFd, listener: Option<&UnixListener>) {
         }
         for pipe in init.sup.launcher.pipes.values() {
             fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
+        }
+        for pipe in init.preparing_fds() {
+            fds.push(PollFd::new(pipe, PollFlags::POLLIN));
         }
         let _ = poll(
             &mut fds,
@@ -718,7 +737,10 @@ fn turn(init: &mut Init, sfd: &SignalFd, listener: Option<&UnixListener>) {
     if let Some(how) = shutdown {
         init.shutdown(sfd, how);
     }
+    init.workloads_ready();
+    init.check_trial();
     init.sup.tick(Instant::now());
+    init.sync_forwarders();
     init.check_ready();
     if let Some(how) = init.want_shutdown.take() {
         init.shutdown(sfd, how);

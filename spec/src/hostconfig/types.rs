@@ -209,7 +209,12 @@ pub struct UserContainer {
     pub command: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
-    /// `HOST:CONTAINER` TCP ports, `HOST:CONTAINER/udp` for UDP.
+    /// `private`: its own network namespace, with loopback only and the
+    /// published `ports` forwarded to it; `host`: the host's network.
+    #[serde(default)]
+    pub network: ContainerNetwork,
+    /// `HOST:CONTAINER` TCP ports, `HOST:CONTAINER/udp` for UDP, forwarded
+    /// from the host's addresses to the container's loopback.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
     /// `/var/...:/path/in/container[:ro]`.
@@ -222,6 +227,14 @@ pub struct UserContainer {
     /// `uid[:gid]`; default: the image's User.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerNetwork {
+    #[default]
+    Private,
+    Host,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

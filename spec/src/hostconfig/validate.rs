@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use super::types::{HostConfig, Interface, Limits, Reboot, UserContainer, Vm};
+use super::types::{ContainerNetwork, HostConfig, Interface, Limits, Reboot, UserContainer, Vm};
 use super::units::{parse_cidr, parse_duration, parse_ip, parse_port, parse_size, parse_window};
 
 /// One problem: the key path (`["services", "web", "limits", "memory"]`)
@@ -205,7 +205,7 @@ pub fn validate(c: &HostConfig, ctx: &Context) -> Vec<Problem> {
         ports.insert((ssh.port, false), "admin.ssh".into());
     }
     for (name, ct) in &c.containers {
-        container(&mut k, name, ct, c, &mut ports);
+        container(&mut k, name, ct, c, ctx, &mut ports);
     }
     for (name, vm) in &c.vms {
         self::vm(&mut k, name, vm);
@@ -366,16 +366,27 @@ fn container(
     name: &str,
     ct: &UserContainer,
     c: &HostConfig,
+    ctx: &Context,
     ports: &mut BTreeMap<(u16, bool), String>,
 ) {
     let at = |last: &'static str| vec!["containers", name, last];
-    if !is_name(name) {
+    // It runs as a service of that name (`keelctl logs NAME`).
+    let service_name = name.len() <= 32
+        && !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !service_name {
         k.bad(
             &["containers", name],
-            "a container name is letters, digits, '-', '_' and '.'",
+            "a container name is 1-32 lowercase letters, digits and '-'",
         );
     }
-    if c.services.contains_key(name) {
+    let image_service = ctx
+        .services
+        .as_ref()
+        .is_some_and(|known| known.iter().any(|s| s == name));
+    if c.services.contains_key(name) || image_service {
         k.bad(
             &["containers", name],
             format!("{name:?} is also a system service; give the container another name"),
@@ -392,6 +403,12 @@ fn container(
                 "not an environment variable name",
             );
         }
+    }
+    if ct.network == ContainerNetwork::Host && !ct.ports.is_empty() {
+        k.bad(
+            &at("ports"),
+            "a container on the host's network listens on the host's ports itself; publish ports with network = \"private\"",
+        );
     }
     for p in &ct.ports {
         if let Some((host, _, udp)) = k.check(&at("ports"), parse_port(p)) {

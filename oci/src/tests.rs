@@ -157,6 +157,7 @@ fn an_oci_layout_unpacks_with_whiteouts_and_gives_its_config() {
     layout(&oci);
     let image = open(&oci).unwrap();
     assert_eq!(image.layers.len(), 2);
+    assert_eq!(format!("sha256:{}", image.id), digest(CONFIG.as_bytes()));
     assert_eq!(
         image.config.entrypoint.as_deref(),
         Some(&["/bin/hello".to_string()][..])
@@ -201,6 +202,7 @@ fn a_docker_save_archive_unpacks_the_same() {
     fs::write(&archive, b.into_inner().unwrap()).unwrap();
     let image = open(&archive).unwrap();
     assert_eq!(image.config.user.as_deref(), Some("1000:1000"));
+    assert_eq!(format!("sha256:{}", image.id), digest(CONFIG.as_bytes()));
     let root = dir.path().join("root");
     unpack(&image, &root).unwrap();
     check_tree(&root);
@@ -223,6 +225,7 @@ fn a_layer_may_not_escape_the_root() {
     };
     let image = Image {
         source: dir.path().join("bad"),
+        id: String::new(),
         layers: vec![("bad".into(), {
             let p = dir.path().join("bad.tar");
             fs::write(&p, bad).unwrap();
@@ -236,38 +239,6 @@ fn a_layer_may_not_escape_the_root() {
         .to_string();
     assert!(e.contains("leaves the root"), "{e}");
     assert!(!dir.path().join("escape").exists());
-}
-
-#[test]
-fn the_config_fills_what_the_definition_leaves_out() {
-    let config: ConfigBlob = serde_json::from_str(CONFIG).unwrap();
-    let c = config.config;
-    let text = "description = \"app\"\n[rootfs]\noci = \"app\"\n";
-    let mut none = |_: &str| None;
-    let out = resolve(text, &c, &mut none).unwrap();
-    let def = keel_spec::container::ContainerDef::parse(&out).unwrap();
-    assert_eq!(def.command, ["/bin/hello", "--greet", "world"]);
-    assert_eq!(def.env, ["PATH=/bin", "GREETING=hi"]);
-    assert_eq!(def.cwd, "/data");
-    assert_eq!((def.user.uid, def.user.gid), (1000, 1000));
-    // What the definition says wins.
-    let own = "command = [\"/bin/sh\"]\ncwd = \"/\"\n[user]\nuid = 5\n[rootfs]\noci = \"app\"\n";
-    let def =
-        keel_spec::container::ContainerDef::parse(&resolve(own, &c, &mut none).unwrap()).unwrap();
-    assert_eq!(
-        (def.command[0].as_str(), def.cwd.as_str(), def.user.uid),
-        ("/bin/sh", "/", 5)
-    );
-    let named = RunConfig {
-        user: Some("app".into()),
-        ..c.clone()
-    };
-    assert!(resolve(text, &named, &mut none)
-        .unwrap_err()
-        .contains("no user \"app\" in the image's /etc/passwd"));
-    assert!(resolve(text, &RunConfig::default(), &mut none)
-        .unwrap_err()
-        .contains("what to run"));
 }
 
 #[test]
@@ -332,5 +303,15 @@ fn zstd_layers_unpack_like_gzip_ones() {
     layout_of(&oci, [l1, zst]);
     let root = dir.path().join("root");
     unpack(&open(&oci).unwrap(), &root).unwrap();
+    check_tree(&root);
+}
+
+#[test]
+fn owners_are_kept_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let oci = dir.path().join("image");
+    layout(&oci);
+    let root = dir.path().join("root");
+    unpack_keeping_owners(&open(&oci).unwrap(), &root).unwrap();
     check_tree(&root);
 }

@@ -144,10 +144,32 @@ fn through_symlink(root: &Path, rel: &Path) -> bool {
     false
 }
 
+/// An error with what caused it: tar's own messages leave out the
+/// system's reason.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut at = e.source();
+    while let Some(cause) = at {
+        out.push_str(&format!(": {cause}"));
+        at = cause.source();
+    }
+    out
+}
+
 /// Unpack `image`'s layers, in order, into `dest`. Ownership is not kept
 /// (the root filesystem is built with every file owned by root); device
 /// nodes are skipped (keel gives each container its own /dev).
 pub fn unpack(image: &Image, dest: &Path) -> Result<(), OciError> {
+    unpack_with(image, dest, false)
+}
+
+/// [`unpack`], giving files the owners the layers record (needs root): for
+/// roots that are used as they are rather than packed into an image.
+pub fn unpack_keeping_owners(image: &Image, dest: &Path) -> Result<(), OciError> {
+    unpack_with(image, dest, true)
+}
+
+fn unpack_with(image: &Image, dest: &Path, owners: bool) -> Result<(), OciError> {
     fs::create_dir_all(dest).map_err(io_err(dest))?;
     for (name, path) in &image.layers {
         let err = |message: String| OciError::Layer {
@@ -184,6 +206,7 @@ pub fn unpack(image: &Image, dest: &Path) -> Result<(), OciError> {
         let mut a = tar::Archive::new(layer_reader(path)?);
         a.set_preserve_permissions(true);
         a.set_preserve_mtime(true);
+        a.set_preserve_ownerships(owners);
         a.set_overwrite(true);
         a.set_unpack_xattrs(false);
         for entry in a.entries().map_err(|e| err(e.to_string()))? {
@@ -221,7 +244,7 @@ pub fn unpack(image: &Image, dest: &Path) -> Result<(), OciError> {
             }
             if !e
                 .unpack_in(dest)
-                .map_err(|e| err(format!("{}: {e}", p.display())))?
+                .map_err(|e| err(format!("{}: {}", p.display(), with_causes(&e))))?
             {
                 return Err(err(format!("{} leaves the root", p.display())));
             }

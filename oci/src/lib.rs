@@ -10,10 +10,10 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use unpack::unpack;
+pub use unpack::{unpack, unpack_keeping_owners};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
@@ -46,7 +46,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OciError + '_ {
 }
 
 /// What the image config says about running it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct RunConfig {
     #[serde(rename = "Entrypoint", default)]
     pub entrypoint: Option<Vec<String>>,
@@ -61,9 +61,9 @@ pub struct RunConfig {
 }
 
 #[derive(Debug, Deserialize)]
-struct ConfigBlob {
+pub struct ConfigBlob {
     #[serde(default)]
-    config: RunConfig,
+    pub config: RunConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,6 +103,8 @@ struct DockerEntry {
 #[derive(Debug)]
 pub struct Image {
     pub source: PathBuf,
+    /// The image ID: the sha256 (hex) of its config blob, as Docker has it.
+    pub id: String,
     /// (name for messages, file)
     pub layers: Vec<(String, PathBuf)>,
     pub config: RunConfig,
@@ -132,11 +134,15 @@ fn blob(layout: &Path, digest: &str) -> Result<PathBuf, OciError> {
     Ok(path)
 }
 
-fn check_digest(path: &Path, hex: &str) -> Result<(), OciError> {
+fn sha256_of(path: &Path) -> Result<String, OciError> {
     let mut f = fs::File::open(path).map_err(io_err(path))?;
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h).map_err(io_err(path))?;
-    let actual = hex::encode(h.finalize());
+    Ok(hex::encode(h.finalize()))
+}
+
+fn check_digest(path: &Path, hex: &str) -> Result<(), OciError> {
+    let actual = sha256_of(path)?;
     if actual != hex {
         return Err(OciError::Digest {
             path: path.to_path_buf(),
@@ -147,7 +153,10 @@ fn check_digest(path: &Path, hex: &str) -> Result<(), OciError> {
     Ok(())
 }
 
-fn open_layout(path: &Path) -> Result<(Vec<(String, PathBuf)>, RunConfig), OciError> {
+/// An image's layers (name for messages, file), run config and ID.
+type Opened = (Vec<(String, PathBuf)>, RunConfig, String);
+
+fn open_layout(path: &Path) -> Result<Opened, OciError> {
     let marker = path.join("oci-layout");
     if !marker.is_file() {
         return Err(OciError::Format {
@@ -174,22 +183,35 @@ fn open_layout(path: &Path) -> Result<(Vec<(String, PathBuf)>, RunConfig), OciEr
             message: "no linux/amd64 image among its manifests".into(),
         })?;
     let manifest: ImageManifest = read_json(&blob(path, &chosen.digest)?)?;
-    let config: ConfigBlob = read_json(&blob(path, &manifest.config.digest)?)?;
+    let config_file = blob(path, &manifest.config.digest)?;
+    let config: ConfigBlob = read_json(&config_file)?;
     let layers = manifest
         .layers
         .iter()
         .map(|l| Ok((l.digest.clone(), blob(path, &l.digest)?)))
         .collect::<Result<_, OciError>>()?;
-    Ok((layers, config.config))
+    let id = manifest
+        .config
+        .digest
+        .trim_start_matches("sha256:")
+        .to_string();
+    Ok((layers, config.config, id))
 }
 
 /// Open the OCI image layout folder or `docker save` archive at `path`.
 pub fn open(path: &Path) -> Result<Image, OciError> {
+    open_in(path, &std::env::temp_dir())
+}
+
+/// [`open`], extracting a `docker save` archive under `scratch` (keel-init
+/// keeps that on disk rather than in a RAM-backed /tmp).
+pub fn open_in(path: &Path, scratch: &Path) -> Result<Image, OciError> {
     let meta = fs::metadata(path).map_err(io_err(path))?;
     if meta.is_dir() {
-        let (layers, config) = open_layout(path)?;
+        let (layers, config, id) = open_layout(path)?;
         return Ok(Image {
             source: path.to_path_buf(),
+            id,
             layers,
             config,
             _scratch: None,
@@ -197,7 +219,7 @@ pub fn open(path: &Path) -> Result<Image, OciError> {
     }
     // `docker save`: a tar of manifest.json, the config and the layers
     // (and, from Docker 25 on, an OCI layout as well).
-    let scratch = tempfile::tempdir().map_err(io_err(path))?;
+    let scratch = tempfile::tempdir_in(scratch).map_err(io_err(scratch))?;
     let f = fs::File::open(path).map_err(io_err(path))?;
     let mut archive = tar::Archive::new(f);
     for entry in archive.entries().map_err(io_err(path))? {
@@ -213,7 +235,7 @@ pub fn open(path: &Path) -> Result<Image, OciError> {
         }
     }
     let dir = scratch.path();
-    let (layers, config) = if dir.join("oci-layout").is_file() {
+    let (layers, config, id) = if dir.join("oci-layout").is_file() {
         open_layout(dir)?
     } else {
         let entries: Vec<DockerEntry> = read_json(&dir.join("manifest.json"))?;
@@ -231,16 +253,18 @@ pub fn open(path: &Path) -> Result<Image, OciError> {
             }
             Ok::<_, OciError>(p)
         };
-        let config: ConfigBlob = read_json(&inside(&entry.config)?)?;
+        let config_file = inside(&entry.config)?;
+        let config: ConfigBlob = read_json(&config_file)?;
         let layers = entry
             .layers
             .iter()
             .map(|l| Ok((l.clone(), inside(l)?)))
             .collect::<Result<_, OciError>>()?;
-        (layers, config.config)
+        (layers, config.config, sha256_of(&config_file)?)
     };
     Ok(Image {
         source: path.to_path_buf(),
+        id,
         layers,
         config,
         _scratch: Some(scratch),
@@ -320,63 +344,6 @@ pub fn lookup_user(
         },
     };
     Ok((uid, gid))
-}
-
-/// A definition's text with the image config's defaults added for the keys
-/// it does not set: `command` (Entrypoint then Cmd), `env`, `cwd`, and
-/// `[user]` (the User, by number or by name in the image's own files,
-/// which `read` gives). Returns the text to store in the image, or why the
-/// image cannot run.
-pub fn resolve(
-    text: &str,
-    config: &RunConfig,
-    read: &mut dyn FnMut(&str) -> Option<String>,
-) -> Result<String, String> {
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
-    let mut top = String::new();
-    let list = |v: &[String]| {
-        let items: Vec<String> = v
-            .iter()
-            .map(|s| toml::Value::String(s.clone()).to_string())
-            .collect();
-        format!("[{}]", items.join(", "))
-    };
-    if !table.contains_key("command") {
-        let command: Vec<String> = config
-            .entrypoint
-            .iter()
-            .flatten()
-            .chain(config.cmd.iter().flatten())
-            .cloned()
-            .collect();
-        if command.is_empty() {
-            return Err(
-                "neither `command` nor the image's Entrypoint or Cmd says what to run".into(),
-            );
-        }
-        top.push_str(&format!("command = {}\n", list(&command)));
-    }
-    if let (false, Some(env)) = (table.contains_key("env"), &config.env) {
-        top.push_str(&format!("env = {}\n", list(env)));
-    }
-    if let (false, Some(wd)) = (table.contains_key("cwd"), &config.working_dir) {
-        if !wd.is_empty() {
-            top.push_str(&format!("cwd = {}\n", toml::Value::String(wd.clone())));
-        }
-    }
-    let mut tail = String::new();
-    if let (false, Some(user)) = (table.contains_key("user"), &config.user) {
-        if !user.is_empty() {
-            let (uid, gid) = lookup_user(user, read)?;
-            tail = format!("\n[user]\nuid = {uid}\ngid = {gid}\n");
-        }
-    }
-    if top.is_empty() && tail.is_empty() {
-        return Ok(text.to_string());
-    }
-    Ok(format!(
-        "# Defaults from the OCI image config, added by keel build.\n{top}\n{text}{tail}"
-    ))
 }
 
 #[cfg(test)]

@@ -1,0 +1,446 @@
+//! A host config on a running host: the person's containers (unpacked by
+//! helper processes, added as they are ready, their ports forwarded by
+//! one helper per running container) and `keelctl config apply [--try]` /
+//! `confirm`, which restart only what a new config changes and revert a
+//! trial that is not confirmed in time. The helpers are processes, not
+//! threads: PID 1 clones containers and must stay single-threaded.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::process::{ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use keel_spec::container::ContainerDef;
+use keel_spec::hostconfig::types::UserContainer;
+use keel_spec::hostconfig::HostConfig;
+
+use crate::api::Response;
+use crate::config::{self, ConfigSource, ConfigState};
+use crate::log;
+use crate::supervisor::Change;
+use crate::workloads::{self, Port, Unpacked};
+
+use super::Init;
+
+/// keel-init itself, for its helper processes.
+const SELF: &str = "/proc/self/exe";
+
+/// A container whose image a helper is unpacking.
+#[derive(Debug)]
+pub(super) struct Preparing {
+    /// The entry it is prepared from (a result for an entry since changed
+    /// is dropped).
+    uc: UserContainer,
+    out: ChildStdout,
+    got: Vec<u8>,
+}
+
+/// The port forwarder of a running container.
+#[derive(Debug)]
+pub(super) struct Forwarder {
+    container: Pid,
+    helper: Pid,
+}
+
+/// The host config side of PID 1's state.
+#[derive(Debug)]
+pub(super) struct Configured {
+    /// The image's service definitions before any host config.
+    pub image_defs: Vec<(String, ContainerDef)>,
+    /// The config in force.
+    pub config: HostConfig,
+    pub state: ConfigState,
+    /// Every service of the image, for checking host configs.
+    pub services: Vec<String>,
+    /// Interfaces with a DHCP client.
+    pub dhcp: Vec<String>,
+    pub preparing: BTreeMap<String, Preparing>,
+    /// The ports each container publishes.
+    pub ports: BTreeMap<String, Vec<Port>>,
+    pub forwarders: BTreeMap<String, Forwarder>,
+    /// Remove unused unpacked roots once the boot's containers are ready.
+    pub prune_pending: bool,
+    pub trial: Option<Trial>,
+}
+
+/// A config applied with `--try`.
+#[derive(Debug)]
+pub(super) struct Trial {
+    pub until: Instant,
+    /// What to go back to.
+    pub previous: HostConfig,
+    pub previous_state: ConfigState,
+    /// The tried file's text, written to the ESP once confirmed.
+    pub text: String,
+}
+
+impl Configured {
+    pub(super) fn new(
+        image_defs: Vec<(String, ContainerDef)>,
+        at_boot: config::AtBoot,
+    ) -> Configured {
+        Configured {
+            image_defs,
+            config: at_boot.config,
+            state: at_boot.state,
+            services: at_boot.services,
+            dhcp: at_boot.dhcp,
+            preparing: BTreeMap::new(),
+            ports: BTreeMap::new(),
+            forwarders: BTreeMap::new(),
+            prune_pending: true,
+            trial: None,
+        }
+    }
+}
+
+impl Init {
+    /// Start unpacking the images of `which`, each in a helper process.
+    pub(super) fn prepare(&mut self, which: Vec<(String, UserContainer)>) {
+        for (name, uc) in which {
+            let spawned = Command::new(SELF)
+                .args(["prepare-container", &uc.image])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn();
+            let out = spawned.map_err(|e| e.to_string()).and_then(|mut child| {
+                let out = child.stdout.take().ok_or("no pipe")?;
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&out);
+                let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)
+                    .map_err(|e| e.to_string())?;
+                let flags =
+                    nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+                nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags))
+                    .map_err(|e| e.to_string())?;
+                // Reaped by PID 1's loop like any other child.
+                drop(child);
+                Ok(out)
+            });
+            match out {
+                Ok(out) => {
+                    self.cfg.preparing.insert(
+                        name,
+                        Preparing {
+                            uc,
+                            out,
+                            got: Vec::new(),
+                        },
+                    );
+                }
+                Err(e) => self.warn(format!("containers.{name}: starting its preparation: {e}")),
+            }
+        }
+    }
+
+    fn warn(&mut self, w: String) {
+        log(format!("error: {w}"));
+        self.cfg.state.warnings.push(w);
+    }
+
+    /// The pipes of the helpers still unpacking, for PID 1's poll.
+    pub(super) fn preparing_fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.cfg.preparing.values().map(|p| p.out.as_fd()).collect()
+    }
+
+    /// Add the containers whose images are unpacked.
+    pub(super) fn workloads_ready(&mut self) {
+        let now = Instant::now();
+        let mut done = Vec::new();
+        for (name, p) in self.cfg.preparing.iter_mut() {
+            let mut buf = [0u8; 4096];
+            loop {
+                match p.out.read(&mut buf) {
+                    Ok(0) => {
+                        done.push(name.clone());
+                        break;
+                    }
+                    Ok(n) => p.got.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        done.push(name.clone());
+                        break;
+                    }
+                }
+            }
+        }
+        for name in done {
+            let Some(p) = self.cfg.preparing.remove(&name) else {
+                continue;
+            };
+            if self.cfg.config.containers.get(&name) != Some(&p.uc) {
+                continue;
+            }
+            let unpacked = serde_json::from_slice::<Result<Unpacked, String>>(&p.got)
+                .unwrap_or_else(|_| {
+                    Err("the preparing helper ended without a result (see the console)".into())
+                });
+            let w = match unpacked.and_then(|u| workloads::finish(&name, &p.uc, &u)) {
+                Ok(w) => w,
+                Err(e) => {
+                    self.warn(format!("containers.{name}: {e}"));
+                    continue;
+                }
+            };
+            match self.sup.upsert(&name, w.def, now) {
+                Change::Added => log(format!("{name}: container added")),
+                Change::Replaced => log(format!("{name}: container changed, restarting")),
+                Change::Unchanged => {}
+            }
+            self.cfg.ports.insert(name, w.ports);
+        }
+        if self.cfg.prune_pending && self.cfg.preparing.is_empty() {
+            self.cfg.prune_pending = false;
+            let keep: Vec<String> = self
+                .sup
+                .services
+                .iter()
+                .filter_map(|s| s.def.root_dir.clone())
+                .collect();
+            if let Err(e) = Command::new(SELF).arg("prune-roots").args(keep).spawn() {
+                log(format!("warning: pruning unpacked roots: {e}"));
+            }
+        }
+    }
+
+    /// One port forwarder per running container that publishes ports,
+    /// following it across restarts.
+    pub(super) fn sync_forwarders(&mut self) {
+        let running: BTreeMap<String, Pid> = self
+            .sup
+            .services
+            .iter()
+            .filter(|s| self.cfg.ports.get(&s.name).is_some_and(|p| !p.is_empty()))
+            .filter(|s| !matches!(s.state, crate::supervisor::State::Stopping { .. }))
+            .filter_map(|s| Some((s.name.clone(), s.state.pid()?)))
+            .collect();
+        let stale: Vec<String> = self
+            .cfg
+            .forwarders
+            .iter()
+            .filter(|(n, f)| running.get(*n) != Some(&f.container))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in stale {
+            if let Some(f) = self.cfg.forwarders.remove(&name) {
+                let _ = nix::sys::signal::kill(f.helper, Signal::SIGTERM);
+            }
+        }
+        for (name, pid) in running {
+            if self.cfg.forwarders.contains_key(&name) {
+                continue;
+            }
+            let ports: Vec<String> = self.cfg.ports[&name]
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}:{}{}",
+                        p.host,
+                        p.container,
+                        if p.udp { "/udp" } else { "" }
+                    )
+                })
+                .collect();
+            match Command::new(SELF)
+                .arg("port-proxy")
+                .arg(pid.to_string())
+                .args(&ports)
+                .stdin(Stdio::null())
+                .spawn()
+            {
+                Ok(child) => {
+                    let helper = Pid::from_raw(child.id() as i32);
+                    self.cfg.forwarders.insert(
+                        name,
+                        Forwarder {
+                            container: pid,
+                            helper,
+                        },
+                    );
+                }
+                Err(e) => self.warn(format!(
+                    "containers.{name}: forwarding {}: {e}",
+                    ports.join(", ")
+                )),
+            }
+        }
+    }
+
+    /// Run on config `new`: host settings again, the network if it
+    /// changed, every service and container whose definition changed
+    /// restarted, the ones gone stopped. Returns what changed and what
+    /// did not take.
+    fn run_on(&mut self, new: HostConfig, source: ConfigSource) -> (Vec<String>, Vec<String>) {
+        let now = Instant::now();
+        let old = std::mem::replace(&mut self.cfg.config, new);
+        let new = &self.cfg.config;
+        let mut changes = Vec::new();
+        let mut warnings = config::apply_host(new, &mut config::RealHost);
+        if new.hostname != old.hostname {
+            changes.push("hostname".to_string());
+        }
+        if new.sysctl != old.sysctl {
+            changes.push("sysctl".into());
+        }
+        if new.network != old.network {
+            let (dhcp, w) = config::apply_network(new, &self.cfg.services);
+            self.cfg.dhcp = dhcp;
+            warnings.extend(w);
+            changes
+                .push("network (addresses and routes no longer listed stay until reboot)".into());
+        }
+        if new.update != old.update {
+            if let Err(e) = config::write_update_policy(new) {
+                warnings.push(format!("update policy: {e}"));
+            }
+            changes.push("update policy".into());
+        }
+        let mut defs = self.cfg.image_defs.clone();
+        let disabled = config::apply_services(new, &mut defs, &self.cfg.dhcp);
+        // System services: the image's, as this config has them.
+        let users: Vec<String> = old.containers.keys().cloned().collect();
+        let wanted: Vec<&str> = defs.iter().map(|(n, _)| n.as_str()).collect();
+        let gone: Vec<String> = self
+            .sup
+            .services
+            .iter()
+            .map(|s| s.name.clone())
+            .filter(|n| !wanted.contains(&n.as_str()) && !users.contains(n))
+            .collect();
+        for name in gone {
+            if self.sup.retire(&name, now).is_ok() {
+                changes.push(format!("stopped {name}"));
+            }
+        }
+        for (name, def) in defs {
+            match self.sup.upsert(&name, def, now) {
+                Change::Added => changes.push(format!("started {name}")),
+                Change::Replaced => changes.push(format!("restarted {name}")),
+                Change::Unchanged => {}
+            }
+        }
+        // The person's containers: new or changed ones are prepared anew.
+        let mut prepare_these = Vec::new();
+        for (name, uc) in &new.containers {
+            if old.containers.get(name) != Some(uc) {
+                prepare_these.push((name.clone(), uc.clone()));
+                changes.push(format!("preparing container {name}"));
+            }
+        }
+        for name in old.containers.keys() {
+            if !new.containers.contains_key(name) {
+                self.cfg.ports.remove(name);
+                self.cfg.preparing.remove(name);
+                if self.sup.retire(name, now).is_ok() {
+                    changes.push(format!("stopped container {name}"));
+                }
+            }
+        }
+        self.prepare(prepare_these);
+        self.cfg.state = ConfigState {
+            source,
+            errors: Vec::new(),
+            disabled,
+            warnings: warnings.clone(),
+            trial_until_ms: None,
+        };
+        self.sync_forwarders();
+        (changes, warnings)
+    }
+
+    /// `keelctl config apply`: check the file as at boot, then run on it.
+    pub(super) fn apply_config(&mut self, name: &str, text: &str, try_s: Option<u64>) -> Response {
+        let new = match config::read(name, text, &self.cfg.services) {
+            Ok(c) => c,
+            Err(problems) => return Response::Problems(problems),
+        };
+        // A trial replaced by another keeps the config from before both.
+        let previous = match self.cfg.trial.take() {
+            Some(t) => (t.previous, t.previous_state),
+            None => (self.cfg.config.clone(), self.cfg.state.clone()),
+        };
+        let source = if try_s.is_some() {
+            ConfigSource::Trial
+        } else {
+            ConfigSource::Esp
+        };
+        let (mut changes, mut warnings) = self.run_on(new, source);
+        match try_s {
+            Some(s) => {
+                let until = Instant::now() + Duration::from_secs(s);
+                self.cfg.state.trial_until_ms = Some(crate::boot_ms() + s * 1000);
+                self.cfg.trial = Some(Trial {
+                    until,
+                    previous: previous.0,
+                    previous_state: previous.1,
+                    text: text.to_string(),
+                });
+                changes.push(format!(
+                    "on trial for {s} s: `keelctl config confirm` keeps it"
+                ));
+            }
+            None => warnings.extend(self.keep(text)),
+        }
+        log(format!("host config applied: {}", changes.join("; ")));
+        Response::Applied { changes, warnings }
+    }
+
+    /// Make the config in force the one the host boots on.
+    fn keep(&mut self, text: &str) -> Option<String> {
+        if let Err(e) = config::save_last_good(&self.cfg.config) {
+            log(format!("warning: keeping the host config: {e}"));
+        }
+        self.sup.launcher.ensure_esp();
+        if self.sup.launcher.esp != super::host::Esp::Mounted {
+            let w = "no ESP mounted: the config lasts until the next boot".to_string();
+            log(format!("warning: {w}"));
+            return Some(w);
+        }
+        config::write_esp(text)
+            .err()
+            .inspect(|e| log(format!("error: {e}")))
+    }
+
+    /// `keelctl config confirm`.
+    pub(super) fn confirm_config(&mut self) -> Response {
+        let Some(trial) = self.cfg.trial.take() else {
+            return Response::Error("no config is on trial".into());
+        };
+        self.cfg.state.source = ConfigSource::Esp;
+        self.cfg.state.trial_until_ms = None;
+        let warnings: Vec<String> = self.keep(&trial.text).into_iter().collect();
+        log("host config confirmed");
+        Response::Applied {
+            changes: vec!["confirmed: the host boots on it".into()],
+            warnings,
+        }
+    }
+
+    /// When a trial ends, if one is running.
+    pub(super) fn trial_deadline(&self) -> Option<Instant> {
+        self.cfg.trial.as_ref().map(|t| t.until)
+    }
+
+    /// Go back to the config from before the trial once it has run out.
+    pub(super) fn check_trial(&mut self) {
+        let now = Instant::now();
+        if self.cfg.trial.as_ref().is_none_or(|t| now < t.until) {
+            return;
+        }
+        let Some(trial) = self.cfg.trial.take() else {
+            return;
+        };
+        log("host config trial not confirmed in time: going back to the previous config");
+        let (changes, _) = self.run_on(trial.previous, trial.previous_state.source);
+        let mut state = trial.previous_state;
+        state
+            .warnings
+            .push("a trial config was not confirmed and was reverted".into());
+        self.cfg.state = state;
+        log(format!("host config reverted: {}", changes.join("; ")));
+    }
+}

@@ -1,0 +1,342 @@
+//! The person's own container from the host config: an OCI image layout
+//! copied onto the data partition, run by keel-init with its own network
+//! namespace, a published port reached from outside the VM, a volume and
+//! a read-only root. Then `keelctl config apply` restarts only what a new
+//! file changes, and `--try` goes back by itself unless confirmed.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use keel_image_builder::{disk, esp};
+use keel_tests::host::cached_busybox;
+use keel_tests::{
+    copy_disk, disk_image, free_port, workspace, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT,
+};
+
+fn blob(dir: &Path, bytes: &[u8]) -> String {
+    let hex = hex::encode(Sha256::digest(bytes));
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    fs::write(blobs.join(&hex), bytes).unwrap();
+    format!("sha256:{hex}")
+}
+
+/// A gzipped layer of (path, contents, mode, symlink target).
+fn layer(entries: &[(&str, &[u8], u32, Option<&str>)]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    for (path, data, mode, link) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(*mode);
+        h.set_mtime(1_700_000_000);
+        // Owners are kept: the page belongs to uid 1000, as in the layer.
+        let owner = if path.starts_with("www/") { 1000 } else { 0 };
+        h.set_uid(owner);
+        h.set_gid(owner);
+        match link {
+            Some(target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                b.append_link(&mut h, path, target).unwrap();
+            }
+            None => {
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, path, *data).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+/// An OCI layout of busybox whose entrypoint records its environment in
+/// /data and serves /www over HTTP on port 8080 of its own loopback.
+fn app_layout(dir: &Path) {
+    let busybox = cached_busybox(&workspace()).unwrap();
+    let bb = fs::read(&busybox.files[0].1).unwrap();
+    let mut entries: Vec<(&str, &[u8], u32, Option<&str>)> =
+        vec![("bin/busybox", &bb, 0o755, None)];
+    for applet in ["sh", "httpd", "cat", "touch", "ls"] {
+        let path: &'static str = Box::leak(format!("bin/{applet}").into_boxed_str());
+        entries.push((path, b"", 0o777, Some("busybox")));
+    }
+    entries.extend([
+        (
+            "www/index.html",
+            &b"served from a user container\n"[..],
+            0o644,
+            None,
+        ),
+        (
+            "app/run.sh",
+            b"echo \"$GREETING\" > /data/greeting\nexec httpd -f -p 127.0.0.1:8080 -h /www\n",
+            0o755,
+            None,
+        ),
+    ]);
+    let l1 = blob(dir, &layer(&entries));
+    let config = blob(
+        dir,
+        br#"{"architecture":"amd64","os":"linux","config":{"Entrypoint":["sh"],"Cmd":["/app/run.sh"],"Env":["PATH=/bin","GREETING=from the image"]}}"#,
+    );
+    let manifest = blob(
+        dir,
+        format!(r#"{{"schemaVersion":2,"config":{{"digest":"{config}","size":1}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{l1}","size":1}}]}}"#).as_bytes(),
+    );
+    fs::write(
+        dir.join("index.json"),
+        format!(r#"{{"schemaVersion":2,"manifests":[{{"digest":"{manifest}","size":1}}]}}"#),
+    )
+    .unwrap();
+    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+/// A loop device over part of a file, mounted; undone when dropped.
+struct Mounted {
+    dev: PathBuf,
+    at: tempfile::TempDir,
+}
+
+impl Mounted {
+    fn partition(disk_path: &Path, label: &str) -> Mounted {
+        let p = disk::read_table(disk_path)
+            .unwrap()
+            .into_iter()
+            .find(|p| p.label == label)
+            .unwrap();
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(format!("--offset={}", p.offset))
+            .arg(format!("--sizelimit={}", p.size))
+            .arg(disk_path)
+            .output()
+            .expect("losetup (util-linux)");
+        assert!(
+            out.status.success(),
+            "losetup failed (this test needs root and loop devices; CI runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let at = tempfile::tempdir().unwrap();
+        let m = Mounted { dev, at };
+        let st = Command::new("mount")
+            .arg(&m.dev)
+            .arg(m.at.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount {}", m.dev.display());
+        m
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.at.path()).status();
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Put `text` on the disk's ESP as keel/host.toml.
+fn put_config(disk_path: &Path, text: &str) {
+    let part = disk::read_table(disk_path)
+        .unwrap()
+        .into_iter()
+        .find(|p| p.label == keel_spec::disk::ESP_LABEL)
+        .unwrap();
+    let bytes = disk::read_partition(disk_path, keel_spec::disk::ESP_LABEL).unwrap();
+    let bytes = esp::add_files(
+        bytes,
+        &[(keel_spec::host::ON_ESP.into(), text.as_bytes().to_vec())],
+    )
+    .unwrap();
+    let f = fs::OpenOptions::new().write(true).open(disk_path).unwrap();
+    f.write_all_at(&bytes, part.offset).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn esp_config(disk_path: &Path) -> String {
+    let bytes = disk::read_partition(disk_path, keel_spec::disk::ESP_LABEL).unwrap();
+    let text = esp::read_file(std::io::Cursor::new(bytes), keel_spec::host::ON_ESP).unwrap();
+    String::from_utf8(text).unwrap()
+}
+
+/// GET / from 127.0.0.1:`port`, retried for a minute.
+fn http_get(port: u16, want: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut last = String::new();
+    for _ in 0..60 {
+        let got = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        });
+        match got {
+            Ok(page) if page.contains(want) => return Ok(page),
+            Ok(page) => last = page,
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    Err(format!("no {want:?} on 127.0.0.1:{port}: {last}"))
+}
+
+fn pid(g: &mut Guest, name: &str) -> i64 {
+    let s = g.service(name);
+    s["pid"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{name} not running: {s}"))
+}
+
+const BASE: &str = "[network.interfaces.eth0]\naddresses = [\"10.0.2.15/24\"]\n\n";
+
+fn app(greeting: &str) -> String {
+    format!(
+        "[containers.app]\nimage = \"/var/lib/images/app\"\nenv = {{ GREETING = \"{greeting}\" }}\n\
+         ports = [\"9090:8080\"]\nvolumes = [\"/var/lib/app:/data\"]\nlimits = {{ memory = \"64M\" }}\n"
+    )
+}
+
+/// A file written in the guest with printf, TOML quotes kept.
+fn write_in_guest(g: &mut Guest, path: &str, text: &str) {
+    let escaped = text
+        .replace('\\', "\\\\")
+        .replace('\'', "'\\''")
+        .replace('\n', "\\n");
+    g.shell(&format!("printf '{escaped}' > {path}"));
+}
+
+#[test]
+fn a_user_container_runs_from_var_and_config_apply_restarts_only_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk_path = dir.path().join("disk.img");
+    copy_disk(&disk_image(), &disk_path);
+    let layout = dir.path().join("app");
+    app_layout(&layout);
+    {
+        let var = Mounted::partition(&disk_path, keel_spec::disk::DATA_LABEL);
+        let images = var.at.path().join("lib/images");
+        fs::create_dir_all(&images).unwrap();
+        copy_tree(&layout, &images);
+    }
+    put_config(&disk_path, &format!("{BASE}{}", app("from host.toml")));
+
+    let port = free_port();
+    let mut g = Guest::boot_publishing(&disk_path, &[(port, 9090)]);
+    g.expect("keel: ready ", BOOT_TIMEOUT);
+    g.prompt();
+    // Through QEMU's forward, keel-init's port 9090, into the container's
+    // own loopback.
+    let page = http_get(port, "served from a user container").unwrap_or_else(|e| {
+        let why = g.shell("keelctl status; keelctl logs app; keelctl logs kernel | tail -5");
+        panic!("{e}\n{}\n{why}", g.transcript)
+    });
+    assert!(page.contains("200 OK"), "{page}");
+    let app_status = g.service("app");
+    assert_eq!(app_status["state"], "running", "{app_status}");
+    assert_eq!(app_status["root_readonly"], true, "{app_status}");
+    // The admin container sees /var/log only: look through the volume.
+    let greeting = g.shell("keelctl exec app -- /bin/cat /data/greeting");
+    assert_eq!(greeting.trim(), "from host.toml", "env over the image's");
+    let inside = g.shell(
+        "keelctl exec app -- /bin/touch /x; echo rc=$?; keelctl exec app -- /bin/touch /tmp/x && echo tmp-ok; \
+         keelctl exec app -- /bin/cat /proc/net/dev; keelctl exec app -- /bin/ls -ln /www",
+    );
+    assert!(
+        inside.contains("rc=1") && inside.contains("tmp-ok"),
+        "{inside}"
+    );
+    assert!(
+        inside.contains("lo:") && !inside.contains("eth0"),
+        "its own network namespace: {inside}"
+    );
+    assert!(inside.contains("1000     1000"), "owner kept: {inside}");
+
+    // Apply a file that changes the container only: the others keep their
+    // processes.
+    let (web, admin, app_pid) = (pid(&mut g, "web"), pid(&mut g, "admin"), pid(&mut g, "app"));
+    write_in_guest(
+        &mut g,
+        "/tmp/new.toml",
+        &format!("{BASE}{}", app("applied")),
+    );
+    let out = g.shell("keelctl config apply /tmp/new.toml; echo rc=$?");
+    assert!(
+        out.contains("preparing container app") && out.contains("rc=0"),
+        "{out}"
+    );
+    g.poll_shell("keelctl exec app -- /bin/cat /data/greeting", 60, |t| {
+        t.contains("applied")
+    });
+    assert_eq!(pid(&mut g, "web"), web);
+    assert_eq!(pid(&mut g, "admin"), admin);
+    assert_ne!(pid(&mut g, "app"), app_pid);
+    http_get(port, "served from a user container").unwrap();
+
+    // A bad file changes nothing.
+    write_in_guest(
+        &mut g,
+        "/tmp/bad.toml",
+        "[containers.app]\nimage = \"/opt/x\"\n",
+    );
+    let out = g.shell("keelctl config apply /tmp/bad.toml; echo rc=$?");
+    assert!(
+        out.contains("/tmp/bad.toml:2:1: `containers.app.image`")
+            && out.contains("nothing was changed")
+            && out.contains("rc=1"),
+        "{out}"
+    );
+
+    // On trial: the web service is disabled, then back by itself.
+    write_in_guest(
+        &mut g,
+        "/tmp/try.toml",
+        &format!("{BASE}{}[services.web]\nenabled = false\n", app("applied")),
+    );
+    let app_pid = pid(&mut g, "app");
+    let out = g.shell("keelctl config apply --try 20s /tmp/try.toml; echo rc=$?");
+    assert!(out.contains("stopped web") && out.contains("rc=0"), "{out}");
+    assert_eq!(pid(&mut g, "app"), app_pid, "unchanged by the trial");
+    let status = g.status();
+    assert_eq!(status["config"]["source"], "trial", "{status}");
+    assert!(
+        !status["services"].to_string().contains("\"web\""),
+        "{status}"
+    );
+    g.expect("host config reverted", COMMAND_TIMEOUT);
+    g.prompt();
+    let status = g.poll_shell("keelctl status", 30, |s| s.contains("web "));
+    assert!(
+        status.contains("was not confirmed and was reverted"),
+        "{status}"
+    );
+
+    // Confirmed: kept on the ESP for the next boots.
+    let out = g
+        .shell("keelctl config apply --try 5m /tmp/try.toml && keelctl config confirm; echo rc=$?");
+    assert!(out.contains("confirmed") && out.contains("rc=0"), "{out}");
+    assert_eq!(g.status()["config"]["source"], "esp");
+    g.send("keelctl poweroff\n");
+    assert!(g.wait_exit(COMMAND_TIMEOUT).success());
+    let kept = esp_config(&disk_path);
+    assert!(
+        kept.contains("enabled = false") && kept.contains("applied"),
+        "{kept}"
+    );
+}
