@@ -53,6 +53,8 @@ pub enum BuildError {
     Output(#[from] crate::outputs::OutputError),
     #[error(transparent)]
     Bundle(#[from] crate::bundle::BundleError),
+    #[error(transparent)]
+    Zones(#[from] crate::zones::ZoneError),
     #[error("`host.config` {path} is not a valid host config:\n{message}")]
     HostConfig { path: PathBuf, message: String },
     #[error("root filesystem is {size} bytes; partitions.root_mib = {mib} is too small")]
@@ -273,12 +275,19 @@ fn host_files(
             .into(),
         policy.into_bytes(),
     ));
+    // keel-init gives every container the chosen zone's rule as TZ.
+    let zones = crate::zones::table(std::path::Path::new(crate::zones::ZONEINFO))?;
+    files.push((
+        keel_spec::tz::ZONES.trim_start_matches('/').into(),
+        keel_spec::tz::render(&zones).into_bytes(),
+    ));
     if let Some(config) = &recipe.recipe.host.config {
         let path = recipe.resolve(config);
         let text = fs::read_to_string(&path).map_err(io_err(&path))?;
         use keel_spec::hostconfig::{check, render, Context, Source};
         let ctx = Context {
             services: Some(recipe.recipe.containers.enable.clone()),
+            zones: Some(zones.keys().cloned().collect()),
         };
         if let Err(d) = check(
             Source {

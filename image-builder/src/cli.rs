@@ -172,7 +172,14 @@ pub enum ConfigCmd {
 fn validate_config(file: &Path, recipe: Option<&Path>) -> anyhow::Result<Vec<String>> {
     use keel_spec::hostconfig::{load, Context, Source};
     let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
-    let mut ctx = Context::default();
+    // The zones an image built here would know; without tzdata, names are
+    // checked for shape only.
+    let mut ctx = Context {
+        services: None,
+        zones: crate::zones::table(Path::new(crate::zones::ZONEINFO))
+            .ok()
+            .map(|t| t.into_keys().collect()),
+    };
     let mut defaults = None;
     if let Some(r) = recipe {
         let loaded = crate::recipe::load_image(r)?;

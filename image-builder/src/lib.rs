@@ -25,3 +25,4 @@ pub mod rootfs;
 pub mod tool;
 pub mod uki;
 pub mod verity;
+pub mod zones;

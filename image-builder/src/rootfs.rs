@@ -208,6 +208,7 @@ pub fn stage(dir: &Path, inputs: &Inputs<'_>) -> Result<(), RootfsError> {
     s.link("sbin/init", "/usr/bin/keel-init")?;
     s.file("usr/lib/os-release", inputs.os_release.as_bytes(), 0o644)?;
     s.link("etc/os-release", "../usr/lib/os-release")?;
+    s.link("etc/resolv.conf", keel_spec::host::RESOLV_CONF)?;
     for (path, contents) in inputs.files {
         s.file(path, contents, 0o644)?;
     }
@@ -258,6 +259,12 @@ pub fn stage(dir: &Path, inputs: &Inputs<'_>) -> Result<(), RootfsError> {
             if !keep(&rel) {
                 s.file(&rel, text.as_bytes(), 0o644)?;
             }
+        }
+        // The host's resolvers, for a container that binds /run/keel/dns
+        // (keel-init writes it from the host config or a DHCP lease).
+        let resolv = format!("{root}/etc/resolv.conf");
+        if !keep(&resolv) {
+            s.link(&resolv, keel_spec::host::RESOLV_CONF)?;
         }
         for m in &c.def.mounts {
             s.dir(&format!("{root}/{}", m.target.trim_start_matches('/')))?;

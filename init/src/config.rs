@@ -59,12 +59,15 @@ pub struct Inputs {
     pub esp: Option<String>,
     pub last_good: Option<String>,
     pub services: Vec<String>,
+    /// The image's zone table.
+    pub zones: Option<Vec<String>>,
 }
 
 /// Pick the config to run on, and say why.
 pub fn choose(i: &Inputs) -> (HostConfig, ConfigSource, Vec<String>) {
     let ctx = Context {
         services: Some(i.services.clone()),
+        zones: i.zones.clone(),
     };
     let defaults = i.defaults.as_deref().map(|text| Source {
         name: Path::new(keel_spec::host::DEFAULTS),
@@ -140,6 +143,94 @@ pub fn apply_host(c: &HostConfig, host: &mut dyn Host) -> Vec<String> {
     warnings
 }
 
+/// The image's zone table, if it has one.
+pub fn zone_table() -> Option<std::collections::BTreeMap<String, String>> {
+    std::fs::read_to_string(keel_spec::tz::ZONES)
+        .ok()
+        .map(|t| keel_spec::tz::parse(&t))
+}
+
+/// The `TZ` every container gets: the config's zone's rule (`UTC0` when
+/// it names none).
+pub fn tz_rule(c: &HostConfig) -> String {
+    let zone = c.timezone.as_deref().unwrap_or("UTC");
+    zone_table()
+        .and_then(|mut t| t.remove(zone))
+        .unwrap_or_else(|| "UTC0".to_string())
+}
+
+/// Give `def` the host's time zone, unless it sets its own `TZ`.
+pub fn set_tz(def: &mut ContainerDef, rule: &str) {
+    if !def.env.iter().any(|e| e.starts_with("TZ=")) {
+        def.env.push(format!("TZ={rule}"));
+    }
+}
+
+/// The image's admin shell service.
+pub const ADMIN: &str = "admin";
+
+/// What the config asks of the admin container that this image cannot do.
+pub fn admin_warnings(c: &HostConfig, services: &[String]) -> Vec<String> {
+    let mut w = Vec::new();
+    if c.admin.enabled && c.admin.ssh.enabled {
+        w.push(
+            "admin.ssh: this image has no SSH server; the admin shell is on the console only"
+                .to_string(),
+        );
+    }
+    if c.admin.enabled && c.admin.console && !services.iter().any(|s| s == ADMIN) {
+        w.push(format!("admin: the image has no {ADMIN} service"));
+    }
+    w
+}
+
+/// The resolvers the config names: `network.dns`, then each interface's.
+pub fn dns_servers(c: &HostConfig) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let all = c
+        .network
+        .dns
+        .iter()
+        .chain(c.network.interfaces.values().flat_map(|i| i.dns.iter()));
+    for d in all {
+        if !out.contains(d) {
+            out.push(d.clone());
+        }
+    }
+    out
+}
+
+/// Write the host's resolv.conf when the config names resolvers (and
+/// mark them as the host's, so a DHCP lease's do not replace them); else
+/// leave it to the DHCP client, with an empty file until a lease comes.
+/// Written in place: containers may bind the file itself.
+pub fn write_dns(c: &HostConfig) -> Result<(), String> {
+    use keel_spec::host::{DNS_DIR, DNS_STATIC_MARK, RESOLV_CONF};
+    let err = |p: &'static str| move |e: std::io::Error| format!("{p}: {e}");
+    std::fs::create_dir_all(DNS_DIR).map_err(err(DNS_DIR))?;
+    let servers = dns_servers(c);
+    if servers.is_empty() {
+        let _ = std::fs::remove_file(DNS_STATIC_MARK);
+        if !Path::new(RESOLV_CONF).exists() {
+            std::fs::write(RESOLV_CONF, "").map_err(err(RESOLV_CONF))?;
+        }
+        return Ok(());
+    }
+    let text: String = servers
+        .iter()
+        .map(|s| format!("nameserver {s}\n"))
+        .collect();
+    std::fs::write(
+        RESOLV_CONF,
+        format!("# From the host config (network.dns).\n{text}"),
+    )
+    .map_err(err(RESOLV_CONF))?;
+    std::fs::write(DNS_STATIC_MARK, "").map_err(err(DNS_STATIC_MARK))
+}
+
+/// The image's time sync: a template run with the config's NTP servers.
+pub const NTP_TEMPLATE: &str = "ntp";
+
 /// The image's DHCP client: a template for one service per interface.
 pub const DHCP_TEMPLATE: &str = "dhcp";
 
@@ -153,8 +244,12 @@ pub fn apply_services(
     dhcp: &[String],
 ) -> Vec<String> {
     let mut disabled = Vec::new();
+    // The admin container is the console's shell: it runs when the config
+    // wants the admin on the console.
+    let admin_off = !c.admin.enabled || !c.admin.console;
     defs.retain(|(name, _)| {
-        let off = c.services.get(name).and_then(|s| s.enabled) == Some(false);
+        let off = c.services.get(name).and_then(|s| s.enabled) == Some(false)
+            || (name == ADMIN && admin_off);
         if off {
             disabled.push(name.clone());
         }
@@ -182,6 +277,27 @@ pub fn apply_services(
         }
         if let Some(p) = l.pids {
             def.resources.pids_max = Some(p.into());
+        }
+    }
+    if let Some(at) = defs.iter().position(|(n, _)| n == NTP_TEMPLATE) {
+        if c.time.ntp.is_empty() {
+            defs.remove(at);
+        } else {
+            let def = &mut defs[at].1;
+            def.command = std::mem::take(&mut def.command)
+                .into_iter()
+                .flat_map(|arg| {
+                    if arg == "{servers}" {
+                        c.time
+                            .ntp
+                            .iter()
+                            .flat_map(|s| ["-p".to_string(), s.clone()])
+                            .collect()
+                    } else {
+                        vec![arg]
+                    }
+                })
+                .collect();
         }
     }
     if let Some(at) = defs.iter().position(|(n, _)| n == DHCP_TEMPLATE) {
@@ -294,6 +410,7 @@ pub fn read(name: &str, text: &str, services: &[String]) -> Result<HostConfig, V
     let defaults = std::fs::read_to_string(keel_spec::host::DEFAULTS).ok();
     let ctx = Context {
         services: Some(services.to_vec()),
+        zones: zone_table().map(|t| t.into_keys().collect()),
     };
     let defaults = defaults.as_deref().map(|text| Source {
         name: Path::new(keel_spec::host::DEFAULTS),
@@ -338,6 +455,7 @@ pub fn at_boot(esp: bool, defs: &mut Vec<(String, ContainerDef)>) -> AtBoot {
         esp: esp_text,
         last_good: read(LAST_GOOD),
         services: defs.iter().map(|(n, _)| n.clone()).collect(),
+        zones: zone_table().map(|t| t.into_keys().collect()),
     };
     let (config, source, errors) = choose(&inputs);
     for e in &errors {
@@ -359,8 +477,16 @@ pub fn at_boot(esp: bool, defs: &mut Vec<(String, ContainerDef)>) -> AtBoot {
         }
     }
     let services = inputs.services;
-    let (dhcp, warnings) = apply_network(&config, &services);
+    let (dhcp, mut warnings) = apply_network(&config, &services);
+    for w in admin_warnings(&config, &services) {
+        crate::log(format!("warning: host config: {w}"));
+        warnings.push(w);
+    }
     let disabled = apply_services(&config, defs, &dhcp);
+    let tz = tz_rule(&config);
+    for (_, d) in defs.iter_mut() {
+        set_tz(d, &tz);
+    }
     AtBoot {
         services,
         config,
@@ -414,6 +540,7 @@ mod tests {
             esp: esp.map(str::to_string),
             last_good: last_good.map(str::to_string),
             services: vec!["admin".into(), "web".into()],
+            zones: None,
         }
     }
 
@@ -508,6 +635,59 @@ mod tests {
         assert_eq!(admin.resources.memory_max, Some(Size(64 << 20)));
         assert_eq!(admin.resources.cpu_max_percent, Some(150));
         assert_eq!(admin.resources.pids_max, Some(9));
+    }
+
+    #[test]
+    fn time_sync_runs_with_the_configured_servers_only() {
+        let template = ContainerDef::parse(
+            "command = [\"/usr/sbin/ntpd\", \"-n\", \"{servers}\"]\n[rootfs]\n",
+        )
+        .unwrap();
+        let c: HostConfig =
+            toml::from_str("[time]\nntp = [\"0.pool.ntp.org\", \"10.0.0.1\"]\n").unwrap();
+        let mut defs = vec![("ntp".to_string(), template.clone())];
+        apply_services(&c, &mut defs, &[]);
+        assert_eq!(
+            defs[0].1.command,
+            [
+                "/usr/sbin/ntpd",
+                "-n",
+                "-p",
+                "0.pool.ntp.org",
+                "-p",
+                "10.0.0.1"
+            ]
+        );
+        let mut defs = vec![("ntp".to_string(), template)];
+        apply_services(&HostConfig::default(), &mut defs, &[]);
+        assert!(defs.is_empty(), "no servers: no time sync");
+    }
+
+    #[test]
+    fn the_admin_container_follows_the_admin_settings() {
+        let def = ContainerDef::parse("command = [\"/bin/sh\"]\n[rootfs]\n").unwrap();
+        let run = |text: &str| {
+            let c: HostConfig = toml::from_str(text).unwrap();
+            let mut defs = vec![("admin".to_string(), def.clone())];
+            apply_services(&c, &mut defs, &[]);
+            (defs.len(), admin_warnings(&c, &["admin".into()]))
+        };
+        assert_eq!(run(""), (1, vec![]));
+        assert_eq!(run("[admin]\nenabled = false\n").0, 0);
+        assert_eq!(run("[admin]\nconsole = false\n").0, 0);
+        let (n, w) = run("[admin.ssh]\nenabled = true\nauthorized_keys = [\"ssh-ed25519 AAAA\"]\n");
+        assert_eq!(n, 1);
+        assert!(w[0].contains("no SSH server"), "{w:?}");
+    }
+
+    #[test]
+    fn resolvers_come_from_the_host_and_its_interfaces_once_each() {
+        let c: HostConfig = toml::from_str(
+            "[network]\ndns = [\"1.1.1.1\"]\n[network.interfaces.eth0]\ndhcp = true\ndns = [\"9.9.9.9\", \"1.1.1.1\"]\n",
+        )
+        .unwrap();
+        assert_eq!(dns_servers(&c), ["1.1.1.1", "9.9.9.9"]);
+        assert!(dns_servers(&HostConfig::default()).is_empty());
     }
 
     #[test]

@@ -259,9 +259,25 @@ pub fn finish(name: &str, uc: &UserContainer, u: &Unpacked) -> Result<Workload, 
         std::fs::create_dir_all(&source).map_err(|e| format!("{}: {e}", source.display()))?;
         make_dir_in(root, &m.target).map_err(|e| format!("volume {}: {e}", m.target))?;
     }
+    let mut def = definition(name, uc, &u.config, root)?;
+    if uc.network == ContainerNetwork::Host {
+        // The host's resolvers, as Docker gives a container.
+        let resolv = root.join("etc/resolv.conf");
+        let file = match std::fs::symlink_metadata(&resolv) {
+            Ok(m) => m.is_file(),
+            Err(_) => make_dir_in(root, "/etc").is_ok() && std::fs::write(&resolv, "").is_ok(),
+        };
+        if file {
+            def.mounts.push(BindMount {
+                source: keel_spec::host::RESOLV_CONF.to_string(),
+                target: "/etc/resolv.conf".to_string(),
+                readonly: true,
+            });
+        }
+    }
     Ok(Workload {
         name: name.to_string(),
-        def: definition(name, uc, &u.config, root)?,
+        def,
         ports: ports(uc),
     })
 }

@@ -73,7 +73,8 @@ fn the_esp_config_applies_and_a_broken_one_keeps_the_last_good() {
     copy_disk(&disk_image(), &disk_path);
     put_config(
         &disk_path,
-        "hostname = \"edge-7\"\n\n[sysctl]\n\"vm.swappiness\" = 17\n\n\
+        "hostname = \"edge-7\"\ntimezone = \"Europe/Berlin\"\n\n[sysctl]\n\"vm.swappiness\" = 17\n\n\
+         [time]\nntp = [\"10.0.2.2\"]\n\n[network]\ndns = [\"10.0.2.3\"]\n\n\
          [network.interfaces.eth0]\naddresses = [\"10.0.2.15/24\"]\ngateway = \"10.0.2.2\"\n\n\
          [services.update]\nenabled = false\n\n\
          [services.web]\nenv = { KEEL_TEST_MARK = \"overridden\" }\n",
@@ -102,6 +103,18 @@ fn the_esp_config_applies_and_a_broken_one_keeps_the_last_good() {
     // What runs in the web service gets the overridden environment.
     let env = g.shell("keelctl exec web -- /usr/bin/env");
     assert!(env.contains("KEEL_TEST_MARK=overridden"), "{env}");
+    // The zone's rule reaches every container as TZ.
+    assert!(env.contains("TZ=CET-1CEST,M3.5.0,M10.5.0/3"), "{env}");
+    // The host's resolvers, through the containers' /etc/resolv.conf.
+    let resolv = g.shell("cat /etc/resolv.conf");
+    assert!(resolv.contains("nameserver 10.0.2.3"), "{resolv}");
+    // Time sync runs with the listed server (QEMU's restricted network
+    // answers no NTP, so the clock itself is not checked).
+    let ntp = g.service("ntp");
+    assert_eq!(ntp["state"], "running", "{ntp}");
+    assert_eq!(ntp["capabilities"], serde_json::json!(["CAP_SYS_TIME"]), "{ntp}");
+    let log = g.poll_shell("cat /var/log/keel/ntp.log", 30, |l| l.contains("10.0.2.2"));
+    assert!(log.contains("10.0.2.2"), "{log}");
     let text = g.shell("keelctl status");
     assert!(text.contains("disabled by the config: update"), "{text}");
     g.send("keelctl poweroff\n");

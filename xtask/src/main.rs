@@ -38,6 +38,7 @@ const APT_PACKAGES: &[&str] = &[
     "socat",
     "dosfstools",
     "util-linux",
+    "tzdata",
 ];
 pub(crate) const MUSL: &str = "x86_64-unknown-linux-musl";
 /// The deb-src entry is derived from the machine's own apt sources.

@@ -179,13 +179,14 @@ impl Init {
                 .unwrap_or_else(|_| {
                     Err("the preparing helper ended without a result (see the console)".into())
                 });
-            let w = match unpacked.and_then(|u| workloads::finish(&name, &p.uc, &u)) {
+            let mut w = match unpacked.and_then(|u| workloads::finish(&name, &p.uc, &u)) {
                 Ok(w) => w,
                 Err(e) => {
                     self.warn(format!("containers.{name}: {e}"));
                     continue;
                 }
             };
+            config::set_tz(&mut w.def, &config::tz_rule(&self.cfg.config));
             match self.sup.upsert(&name, w.def, now) {
                 Change::Added => log(format!("{name}: container added")),
                 Change::Replaced => log(format!("{name}: container changed, restarting")),
@@ -290,6 +291,9 @@ impl Init {
             let (dhcp, w) = config::apply_network(new, &self.cfg.services);
             self.cfg.dhcp = dhcp;
             warnings.extend(w);
+            if let Err(e) = config::write_dns(new) {
+                warnings.push(format!("resolv.conf: {e}"));
+            }
             changes
                 .push("network (addresses and routes no longer listed stay until reboot)".into());
         }
@@ -299,8 +303,13 @@ impl Init {
             }
             changes.push("update policy".into());
         }
+        warnings.extend(config::admin_warnings(new, &self.cfg.services));
         let mut defs = self.cfg.image_defs.clone();
         let disabled = config::apply_services(new, &mut defs, &self.cfg.dhcp);
+        let tz = config::tz_rule(new);
+        for (_, d) in defs.iter_mut() {
+            config::set_tz(d, &tz);
+        }
         // System services: the image's, as this config has them.
         let users: Vec<String> = old.containers.keys().cloned().collect();
         let wanted: Vec<&str> = defs.iter().map(|(n, _)| n.as_str()).collect();

@@ -638,11 +638,13 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
     for w in crate::config::apply_host(&config.config, &mut crate::config::RealHost) {
         log(format!("warning: host config: {w}"));
     }
-    // /run is mounted by now: keel-update finds its policy there.
+    // /run is mounted by now: keel-update finds its policy there, and
+    // every container that binds /run/keel/dns the host's resolvers.
     warn(
         "update policy",
         crate::config::write_update_policy(&config.config),
     );
+    warn("resolv.conf", crate::config::write_dns(&config.config));
     let esp = match &config.esp {
         None => Esp::None,
         Some(Ok(())) => Esp::Mounted,

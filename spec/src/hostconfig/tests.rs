@@ -12,6 +12,7 @@ fn src<'a>(name: &'a str, text: &'a str) -> Source<'a> {
 fn errors(text: &str) -> Vec<String> {
     let ctx = Context {
         services: Some(vec!["admin".into(), "web".into(), "update".into()]),
+        zones: None,
     };
     match check(src("host.toml", text), &ctx) {
         Ok(c) => panic!("accepted: {c:?}"),
@@ -80,6 +81,7 @@ window = "02:00-04:00"
 fn a_full_config_is_accepted() {
     let ctx = Context {
         services: Some(vec!["admin".into(), "web".into(), "update".into()]),
+        zones: Some(vec!["Europe/Berlin".into()]),
     };
     let c = check(src("host.toml", FULL), &ctx).unwrap_or_else(|d| panic!("{}", render(&d)));
     assert_eq!(c.hostname.as_deref(), Some("edge-1"));
@@ -309,6 +311,21 @@ fn the_reference_names_every_key_and_its_example_is_valid() {
         .unwrap();
     let ctx = Context {
         services: Some(vec!["admin".into(), "web".into(), "update".into()]),
+        zones: None,
     };
     check(src("docs/host-config.md", example), &ctx).unwrap_or_else(|d| panic!("{}", render(&d)));
+}
+
+#[test]
+fn a_zone_the_image_does_not_know_is_an_error() {
+    let ctx = Context {
+        services: None,
+        zones: Some(vec!["Europe/Berlin".into()]),
+    };
+    let e = check(src("host.toml", "timezone = \"Europe/Berlinn\"\n"), &ctx).unwrap_err();
+    assert_eq!(
+        render(&e).trim(),
+        "host.toml:1:1: `timezone`: no time zone \"Europe/Berlinn\" in the zone database"
+    );
+    assert!(check(src("host.toml", "timezone = \"UTC\"\n"), &ctx).is_ok());
 }

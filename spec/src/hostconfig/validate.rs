@@ -39,6 +39,9 @@ pub struct Context {
     /// The image's system services; `None` on a workstation that does not
     /// know the image (then `services.<name>` is not checked against it).
     pub services: Option<Vec<String>>,
+    /// The zones the image knows (its zone table); `None`: names are
+    /// checked for shape only.
+    pub zones: Option<Vec<String>>,
 }
 
 struct Checker {
@@ -128,6 +131,13 @@ pub fn validate(c: &HostConfig, ctx: &Context) -> Vec<Problem> {
                 &["timezone"],
                 format!("{tz:?} is not a zone name like \"Europe/Berlin\" or \"UTC\""),
             );
+        } else if let Some(zones) = &ctx.zones {
+            if tz != "UTC" && !zones.iter().any(|z| z == tz) {
+                k.bad(
+                    &["timezone"],
+                    format!("no time zone {tz:?} in the zone database"),
+                );
+            }
         }
     }
     for (key, v) in &c.sysctl {
