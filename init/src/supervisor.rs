@@ -152,6 +152,24 @@ pub struct Service {
     pub retiring: bool,
 }
 
+impl Service {
+    fn new(name: String, def: ContainerDef, boot_critical: bool) -> Service {
+        Service {
+            name,
+            def,
+            state: State::Waiting,
+            restarts: 0,
+            failures_in_row: 0,
+            last_error: None,
+            started: None,
+            ready: None,
+            start_after_stop: false,
+            boot_critical,
+            retiring: false,
+        }
+    }
+}
+
 /// What [`Supervisor::upsert`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -227,19 +245,7 @@ impl<L: Launcher> Supervisor<L> {
         let services = defs
             .into_iter()
             .zip(critical)
-            .map(|((name, def), boot_critical)| Service {
-                name,
-                def,
-                state: State::Waiting,
-                restarts: 0,
-                failures_in_row: 0,
-                last_error: None,
-                started: None,
-                ready: None,
-                start_after_stop: false,
-                boot_critical,
-                retiring: false,
-            })
+            .map(|((name, def), boot_critical)| Service::new(name, def, boot_critical))
             .collect();
         Supervisor {
             services,
@@ -312,19 +318,9 @@ impl<L: Launcher> Supervisor<L> {
     /// allow; nothing else is touched.
     pub fn upsert(&mut self, name: &str, def: ContainerDef, now: Instant) -> Change {
         let Some(i) = self.index(name) else {
-            self.services.push(Service {
-                name: name.to_string(),
-                boot_critical: def.required,
-                def,
-                state: State::Waiting,
-                restarts: 0,
-                failures_in_row: 0,
-                last_error: None,
-                started: None,
-                ready: None,
-                start_after_stop: false,
-                retiring: false,
-            });
+            let critical = def.required;
+            self.services
+                .push(Service::new(name.to_string(), def, critical));
             self.tick(now);
             return Change::Added;
         };

@@ -7,54 +7,12 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::os::unix::fs::FileExt;
-use std::path::Path;
-
-use keel_image_builder::{disk, esp};
+use keel_tests::fixtures::{self, put_config};
 use keel_tests::{copy_disk, disk_image, free_port, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
 
-/// GET / from 127.0.0.1:`port`, retried for a minute; the whole response.
+/// The web service's os-release page through the forward on `port`.
 fn http_get(port: u16) -> String {
-    use std::io::{Read, Write};
-    let mut last = String::new();
-    for _ in 0..60 {
-        let got = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
-            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-            s.write_all(b"GET /os-release HTTP/1.0\r\n\r\n")?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok(out)
-        });
-        match got {
-            Ok(page) if page.contains("ID=keel") => return page,
-            Ok(page) => last = page,
-            Err(e) => last = e.to_string(),
-        }
-        std::thread::sleep(std::time::Duration::from_secs(1));
-    }
-    panic!("no answer on 127.0.0.1:{port}: {last}");
-}
-
-/// Put `text` on the disk's ESP as keel/host.toml, as `keel flash
-/// --config` would, but without its checks (to write a broken file).
-fn put_config(disk_path: &Path, text: &str) {
-    let esp_part = disk::read_table(disk_path)
-        .unwrap()
-        .into_iter()
-        .find(|p| p.label == keel_spec::disk::ESP_LABEL)
-        .unwrap();
-    let bytes = disk::read_partition(disk_path, keel_spec::disk::ESP_LABEL).unwrap();
-    let bytes = esp::add_files(
-        bytes,
-        &[(keel_spec::host::ON_ESP.into(), text.as_bytes().to_vec())],
-    )
-    .unwrap();
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(disk_path)
-        .unwrap();
-    f.write_all_at(&bytes, esp_part.offset).unwrap();
-    f.sync_all().unwrap();
+    fixtures::http_get(port, "/os-release", "ID=keel").unwrap()
 }
 
 fn services(status: &serde_json::Value) -> Vec<String> {
@@ -112,7 +70,11 @@ fn the_esp_config_applies_and_a_broken_one_keeps_the_last_good() {
     // answers no NTP, so the clock itself is not checked).
     let ntp = g.service("ntp");
     assert_eq!(ntp["state"], "running", "{ntp}");
-    assert_eq!(ntp["capabilities"], serde_json::json!(["CAP_SYS_TIME"]), "{ntp}");
+    assert_eq!(
+        ntp["capabilities"],
+        serde_json::json!(["CAP_SYS_TIME"]),
+        "{ntp}"
+    );
     let log = g.poll_shell("cat /var/log/keel/ntp.log", 30, |l| l.contains("10.0.2.2"));
     assert!(log.contains("10.0.2.2"), "{log}");
     let text = g.shell("keelctl status");

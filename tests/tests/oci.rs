@@ -6,40 +6,10 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::fs;
-use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
+use keel_tests::fixtures::{layer, oci_blob as blob, Entry};
 use keel_tests::host::cached_busybox;
 use keel_tests::{image_recipe, keel_build, workspace, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
-
-fn blob(dir: &Path, bytes: &[u8]) -> String {
-    let hex = hex::encode(Sha256::digest(bytes));
-    let blobs = dir.join("blobs/sha256");
-    fs::create_dir_all(&blobs).unwrap();
-    fs::write(blobs.join(&hex), bytes).unwrap();
-    format!("sha256:{hex}")
-}
-
-fn tar_of(entries: &[(&str, &[u8], u32, Option<&str>)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data, mode, link) in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(*mode);
-        match link {
-            Some(target) => {
-                h.set_entry_type(tar::EntryType::Symlink);
-                h.set_size(0);
-                b.append_link(&mut h, path, target).unwrap();
-            }
-            None => {
-                h.set_size(data.len() as u64);
-                b.append_data(&mut h, path, *data).unwrap();
-            }
-        }
-    }
-    b.into_inner().unwrap()
-}
 
 #[test]
 fn a_container_from_an_oci_image_runs_as_its_config_says() {
@@ -47,19 +17,18 @@ fn a_container_from_an_oci_image_runs_as_its_config_says() {
     let busybox = cached_busybox(&workspace()).unwrap();
     let bb = fs::read(&busybox.files[0].1).unwrap();
     let layout = dir.path().join("containers/app-image");
-    let base = tar_of(&[
-        ("bin/busybox", &bb, 0o755, None),
-        ("bin/sh", b"", 0o777, Some("busybox")),
-        ("bin/sleep", b"", 0o777, Some("busybox")),
-        ("app/stale.txt", b"from the base layer", 0o644, None),
+    let base = layer(&[
+        Entry::file("bin/busybox", &bb, 0o755),
+        Entry::link("bin/sh", "busybox"),
+        Entry::link("bin/sleep", "busybox"),
+        Entry::file("app/stale.txt", b"from the base layer", 0o644),
     ]);
-    let app = tar_of(&[
-        ("app/.wh.stale.txt", b"", 0o644, None),
-        (
+    let app = layer(&[
+        Entry::file("app/.wh.stale.txt", b"", 0o644),
+        Entry::file(
             "app/run.sh",
             b"echo \"oci: $GREETING from $(pwd)\"\n[ -e /app/stale.txt ] && echo 'oci: whiteout ignored'\nexec sleep 100000\n",
             0o755,
-            None,
         ),
     ]);
     let (l1, l2) = (blob(&layout, &base), blob(&layout, &app));

@@ -7,84 +7,51 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::fs;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sha2::{Digest, Sha256};
-
-use keel_image_builder::{disk, esp};
+use keel_image_builder::disk;
+use keel_tests::fixtures::{esp_text, http_get, layer, oci_blob, put_config, Entry};
 use keel_tests::host::cached_busybox;
 use keel_tests::{
     copy_disk, disk_image, free_port, workspace, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT,
 };
-
-fn blob(dir: &Path, bytes: &[u8]) -> String {
-    let hex = hex::encode(Sha256::digest(bytes));
-    let blobs = dir.join("blobs/sha256");
-    fs::create_dir_all(&blobs).unwrap();
-    fs::write(blobs.join(&hex), bytes).unwrap();
-    format!("sha256:{hex}")
-}
-
-/// A gzipped layer of (path, contents, mode, symlink target).
-fn layer(entries: &[(&str, &[u8], u32, Option<&str>)]) -> Vec<u8> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut b = tar::Builder::new(gz);
-    for (path, data, mode, link) in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(*mode);
-        h.set_mtime(1_700_000_000);
-        // Owners are kept: the page belongs to uid 1000, as in the layer.
-        let owner = if path.starts_with("www/") { 1000 } else { 0 };
-        h.set_uid(owner);
-        h.set_gid(owner);
-        match link {
-            Some(target) => {
-                h.set_entry_type(tar::EntryType::Symlink);
-                h.set_size(0);
-                b.append_link(&mut h, path, target).unwrap();
-            }
-            None => {
-                h.set_size(data.len() as u64);
-                b.append_data(&mut h, path, *data).unwrap();
-            }
-        }
-    }
-    b.into_inner().unwrap().finish().unwrap()
-}
 
 /// An OCI layout of busybox whose entrypoint records its environment in
 /// /data and serves /www over HTTP on port 8080 of its own loopback.
 fn app_layout(dir: &Path) {
     let busybox = cached_busybox(&workspace()).unwrap();
     let bb = fs::read(&busybox.files[0].1).unwrap();
-    let mut entries: Vec<(&str, &[u8], u32, Option<&str>)> =
-        vec![("bin/busybox", &bb, 0o755, None)];
-    for applet in ["sh", "httpd", "cat", "touch", "ls"] {
-        let path: &'static str = Box::leak(format!("bin/{applet}").into_boxed_str());
-        entries.push((path, b"", 0o777, Some("busybox")));
-    }
+    let applets: Vec<String> = ["sh", "httpd", "cat", "touch", "ls"]
+        .iter()
+        .map(|a| format!("bin/{a}"))
+        .collect();
+    let mut entries = vec![Entry::file("bin/busybox", &bb, 0o755)];
+    entries.extend(applets.iter().map(|a| Entry::link(a, "busybox")));
     entries.extend([
-        (
-            "www/index.html",
-            &b"served from a user container\n"[..],
-            0o644,
-            None,
-        ),
-        (
+        // Owners are kept: the page belongs to uid 1000, as in the layer.
+        Entry {
+            owner: 1000,
+            ..Entry::file("www/index.html", b"served from a user container\n", 0o644)
+        },
+        Entry::file(
             "app/run.sh",
             b"echo \"$GREETING\" > /data/greeting\nexec httpd -f -p 127.0.0.1:8080 -h /www\n",
             0o755,
-            None,
         ),
     ]);
-    let l1 = blob(dir, &layer(&entries));
-    let config = blob(
+    let gz = {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&layer(&entries)).unwrap();
+        e.finish().unwrap()
+    };
+    let l1 = oci_blob(dir, &gz);
+    let config = oci_blob(
         dir,
         br#"{"architecture":"amd64","os":"linux","config":{"Entrypoint":["sh"],"Cmd":["/app/run.sh"],"Env":["PATH=/bin","GREETING=from the image"]}}"#,
     );
-    let manifest = blob(
+    let manifest = oci_blob(
         dir,
         format!(r#"{{"schemaVersion":2,"config":{{"digest":"{config}","size":1}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{l1}","size":1}}]}}"#).as_bytes(),
     );
@@ -151,52 +118,6 @@ fn copy_tree(from: &Path, to: &Path) {
     assert!(st.success());
 }
 
-/// Put `text` on the disk's ESP as keel/host.toml.
-fn put_config(disk_path: &Path, text: &str) {
-    let part = disk::read_table(disk_path)
-        .unwrap()
-        .into_iter()
-        .find(|p| p.label == keel_spec::disk::ESP_LABEL)
-        .unwrap();
-    let bytes = disk::read_partition(disk_path, keel_spec::disk::ESP_LABEL).unwrap();
-    let bytes = esp::add_files(
-        bytes,
-        &[(keel_spec::host::ON_ESP.into(), text.as_bytes().to_vec())],
-    )
-    .unwrap();
-    let f = fs::OpenOptions::new().write(true).open(disk_path).unwrap();
-    f.write_all_at(&bytes, part.offset).unwrap();
-    f.sync_all().unwrap();
-}
-
-fn esp_config(disk_path: &Path) -> String {
-    let bytes = disk::read_partition(disk_path, keel_spec::disk::ESP_LABEL).unwrap();
-    let text = esp::read_file(std::io::Cursor::new(bytes), keel_spec::host::ON_ESP).unwrap();
-    String::from_utf8(text).unwrap()
-}
-
-/// GET / from 127.0.0.1:`port`, retried for a minute.
-fn http_get(port: u16, want: &str) -> Result<String, String> {
-    use std::io::{Read, Write};
-    let mut last = String::new();
-    for _ in 0..60 {
-        let got = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
-            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok(out)
-        });
-        match got {
-            Ok(page) if page.contains(want) => return Ok(page),
-            Ok(page) => last = page,
-            Err(e) => last = e.to_string(),
-        }
-        std::thread::sleep(std::time::Duration::from_secs(1));
-    }
-    Err(format!("no {want:?} on 127.0.0.1:{port}: {last}"))
-}
-
 fn pid(g: &mut Guest, name: &str) -> i64 {
     let s = g.service(name);
     s["pid"]
@@ -243,7 +164,7 @@ fn a_user_container_runs_from_var_and_config_apply_restarts_only_what_changed() 
     g.prompt();
     // Through QEMU's forward, keel-init's port 9090, into the container's
     // own loopback.
-    let page = http_get(port, "served from a user container").unwrap_or_else(|e| {
+    let page = http_get(port, "/", "served from a user container").unwrap_or_else(|e| {
         let why = g.shell("keelctl status; keelctl logs app; keelctl logs kernel | tail -5");
         panic!("{e}\n{}\n{why}", g.transcript)
     });
@@ -287,7 +208,7 @@ fn a_user_container_runs_from_var_and_config_apply_restarts_only_what_changed() 
     assert_eq!(pid(&mut g, "web"), web);
     assert_eq!(pid(&mut g, "admin"), admin);
     assert_ne!(pid(&mut g, "app"), app_pid);
-    http_get(port, "served from a user container").unwrap();
+    http_get(port, "/", "served from a user container").unwrap();
 
     // A bad file changes nothing.
     write_in_guest(
@@ -334,7 +255,7 @@ fn a_user_container_runs_from_var_and_config_apply_restarts_only_what_changed() 
     assert_eq!(g.status()["config"]["source"], "esp");
     g.send("keelctl poweroff\n");
     assert!(g.wait_exit(COMMAND_TIMEOUT).success());
-    let kept = esp_config(&disk_path);
+    let kept = esp_text(&disk_path, keel_spec::host::ON_ESP);
     assert!(
         kept.contains("enabled = false") && kept.contains("applied"),
         "{kept}"

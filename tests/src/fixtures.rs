@@ -1,0 +1,135 @@
+//! Inputs several end-to-end tests make: host configs on a disk's ESP,
+//! OCI image blobs and layers, and HTTP requests to a guest's forwarded
+//! ports.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use keel_image_builder::{disk, esp};
+
+/// Put `text` on the disk's ESP as keel/host.toml, as `keel flash
+/// --config` would, but without its checks (to write a broken file).
+pub fn put_config(disk_path: &Path, text: &str) {
+    let part = disk::read_table(disk_path)
+        .expect("reading the disk's partition table")
+        .into_iter()
+        .find(|p| p.label == keel_spec::disk::ESP_LABEL)
+        .expect("the disk has an ESP");
+    let bytes =
+        disk::read_partition(disk_path, keel_spec::disk::ESP_LABEL).expect("reading the ESP");
+    let bytes = esp::add_files(
+        bytes,
+        &[(keel_spec::host::ON_ESP.into(), text.as_bytes().to_vec())],
+    )
+    .expect("adding the host config to the ESP");
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(disk_path)
+        .expect("opening the disk");
+    f.write_all_at(&bytes, part.offset)
+        .expect("writing the ESP");
+    f.sync_all().expect("syncing the disk");
+}
+
+/// The text of file `path` on the disk's ESP.
+pub fn esp_text(disk_path: &Path, path: &str) -> String {
+    let bytes =
+        disk::read_partition(disk_path, keel_spec::disk::ESP_LABEL).expect("reading the ESP");
+    let text =
+        esp::read_file(std::io::Cursor::new(bytes), path).expect("reading a file of the ESP");
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+/// GET `path` from 127.0.0.1:`port` until the response contains `want`,
+/// for a minute at most; the whole response, or the last thing seen.
+pub fn http_get(port: u16, path: &str, want: &str) -> Result<String, String> {
+    let mut last = String::new();
+    for _ in 0..60 {
+        let got = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+            s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        });
+        match got {
+            Ok(page) if page.contains(want) => return Ok(page),
+            Ok(page) => last = page,
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    Err(format!("no {want:?} from 127.0.0.1:{port}{path}: {last}"))
+}
+
+/// Store `bytes` as a blob of the OCI layout at `dir`; its digest.
+pub fn oci_blob(dir: &Path, bytes: &[u8]) -> String {
+    let hex = hex::encode(Sha256::digest(bytes));
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).expect("making blobs/sha256");
+    fs::write(blobs.join(&hex), bytes).expect("writing a blob");
+    format!("sha256:{hex}")
+}
+
+/// A file of a layer: path, contents, mode, owner, symlink target.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    pub path: &'a str,
+    pub data: &'a [u8],
+    pub mode: u32,
+    pub owner: u32,
+    pub link: Option<&'a str>,
+}
+
+impl<'a> Entry<'a> {
+    pub fn file(path: &'a str, data: &'a [u8], mode: u32) -> Entry<'a> {
+        Entry {
+            path,
+            data,
+            mode,
+            owner: 0,
+            link: None,
+        }
+    }
+
+    pub fn link(path: &'a str, target: &'a str) -> Entry<'a> {
+        Entry {
+            path,
+            data: b"",
+            mode: 0o777,
+            owner: 0,
+            link: Some(target),
+        }
+    }
+}
+
+/// An image layer (tar) of `entries`, with owners and times set as image
+/// tools write them.
+pub fn layer(entries: &[Entry<'_>]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(e.mode);
+        h.set_mtime(1_700_000_000);
+        h.set_uid(e.owner.into());
+        h.set_gid(e.owner.into());
+        match e.link {
+            Some(target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                b.append_link(&mut h, e.path, target)
+                    .expect("adding a link");
+            }
+            None => {
+                h.set_size(e.data.len() as u64);
+                b.append_data(&mut h, e.path, e.data)
+                    .expect("adding a file");
+            }
+        }
+    }
+    b.into_inner().expect("finishing a layer")
+}
