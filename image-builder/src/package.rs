@@ -1,13 +1,13 @@
 //! Userland packages: programs built from Debian source packages with
-//! musl-gcc (busybox), cached by a hash of the recipe, the source package's
-//! checksums and the toolchain.
+//! musl-gcc (busybox, dropbear), cached by a hash of the recipe, the source
+//! package's checksums and the toolchain.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::cache::{Cache, CacheError, Key};
 use crate::progress::Progress;
-use crate::recipe::{Loaded, PackageRecipe};
+use crate::recipe::{BuildKind, Loaded, PackageRecipe};
 use crate::tool::{self, ToolError};
 
 const BUILD_VERSION: &str = "package-build-1";
@@ -208,11 +208,33 @@ fn build(
             .env("SOURCE_DATE_EPOCH", "0");
         Ok(tool::run_logged(&mut cmd, &tree, &log)?)
     };
-    make(&[&r.defconfig])?;
-    let config_path = tree.join(".config");
-    let config = std::fs::read_to_string(&config_path).map_err(io_err(&config_path))?;
-    std::fs::write(&config_path, set_options(&config, &r.config)).map_err(io_err(&config_path))?;
-    make(&["oldconfig"])?;
+    for (rel, text) in &r.tree_files {
+        let path = tree.join(rel);
+        std::fs::write(&path, text).map_err(io_err(&path))?;
+    }
+    match (r.build, &r.defconfig) {
+        (BuildKind::Kconfig, Some(defconfig)) => {
+            make(&[defconfig])?;
+            let config_path = tree.join(".config");
+            let config = std::fs::read_to_string(&config_path).map_err(io_err(&config_path))?;
+            std::fs::write(&config_path, set_options(&config, &r.config))
+                .map_err(io_err(&config_path))?;
+            make(&["oldconfig"])?;
+        }
+        (BuildKind::Kconfig, None) => {
+            return Err(PackageError::NoTree(format!(
+                "{}: a kconfig build needs `defconfig`",
+                r.source
+            )))
+        }
+        (BuildKind::Configure, _) => {
+            let mut cmd = Command::new("./configure");
+            cmd.args(&r.configure)
+                .env("CC", cc.trim_start_matches("CC="))
+                .env("SOURCE_DATE_EPOCH", "0");
+            tool::run_logged(&mut cmd, &tree, &log)?;
+        }
+    }
     let mut args = vec![format!("-j{jobs}")];
     args.extend(r.make.iter().cloned());
     make(&args.iter().map(String::as_str).collect::<Vec<_>>())?;

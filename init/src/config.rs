@@ -169,14 +169,19 @@ pub fn set_tz(def: &mut ContainerDef, rule: &str) {
 /// The image's admin shell service.
 pub const ADMIN: &str = "admin";
 
+/// The image's SSH server: a template run on the config's port.
+pub const SSH_TEMPLATE: &str = "ssh";
+
+/// Where keel-init puts `admin.ssh.authorized_keys` for the ssh service.
+pub const SSH_KEYS_DIR: &str = "/run/keel/ssh";
+
 /// What the config asks of the admin container that this image cannot do.
 pub fn admin_warnings(c: &HostConfig, services: &[String]) -> Vec<String> {
     let mut w = Vec::new();
-    if c.admin.enabled && c.admin.ssh.enabled {
-        w.push(
-            "admin.ssh: this image has no SSH server; the admin shell is on the console only"
-                .to_string(),
-        );
+    if c.admin.enabled && c.admin.ssh.enabled && !services.iter().any(|s| s == SSH_TEMPLATE) {
+        w.push(format!(
+            "admin.ssh: the image has no {SSH_TEMPLATE} service (an SSH server); the admin shell is on the console only"
+        ));
     }
     if c.admin.enabled && c.admin.console && !services.iter().any(|s| s == ADMIN) {
         w.push(format!("admin: the image has no {ADMIN} service"));
@@ -198,6 +203,28 @@ pub fn dns_servers(c: &HostConfig) -> Vec<String> {
         }
     }
     out
+}
+
+/// Write `admin.ssh.authorized_keys` where the ssh service reads them
+/// (its root's ~/.ssh): a folder only root may enter, as sshd wants it.
+pub fn write_ssh_keys(c: &HostConfig) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Path::new(SSH_KEYS_DIR);
+    let err = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| err(dir, e))?;
+    let file = dir.join("authorized_keys");
+    let keys: String = c
+        .admin
+        .ssh
+        .authorized_keys
+        .iter()
+        .map(|k| format!("{}\n", k.trim()))
+        .collect();
+    std::fs::write(&file, keys).map_err(|e| err(&file, e))?;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| err(&file, e))
 }
 
 /// Write the host's resolv.conf when the config names resolvers (and
@@ -277,6 +304,16 @@ pub fn apply_services(
         }
         if let Some(p) = l.pids {
             def.resources.pids_max = Some(p.into());
+        }
+    }
+    if let Some(at) = defs.iter().position(|(n, _)| n == SSH_TEMPLATE) {
+        if c.admin.enabled && c.admin.ssh.enabled {
+            let port = c.admin.ssh.port.to_string();
+            for arg in &mut defs[at].1.command {
+                *arg = arg.replace("{port}", &port);
+            }
+        } else {
+            defs.remove(at);
         }
     }
     if let Some(at) = defs.iter().position(|(n, _)| n == NTP_TEMPLATE) {
@@ -638,6 +675,30 @@ mod tests {
     }
 
     #[test]
+    fn the_ssh_service_runs_on_the_configured_port_only_when_enabled() {
+        let template = ContainerDef::parse(
+            "command = [\"/usr/sbin/dropbear\", \"-p\", \"{port}\"]\n[rootfs]\n",
+        )
+        .unwrap();
+        let on: HostConfig = toml::from_str(
+            "[admin.ssh]\nenabled = true\nport = 2222\nauthorized_keys = [\"ssh-ed25519 AAAA\"]\n",
+        )
+        .unwrap();
+        let mut defs = vec![("ssh".to_string(), template.clone())];
+        apply_services(&on, &mut defs, &[]);
+        assert_eq!(defs[0].1.command, ["/usr/sbin/dropbear", "-p", "2222"]);
+        assert!(admin_warnings(&on, &["ssh".into(), "admin".into()]).is_empty());
+        let mut off = on.clone();
+        off.admin.enabled = false;
+        let mut defs = vec![("ssh".to_string(), template.clone())];
+        apply_services(&off, &mut defs, &[]);
+        assert!(defs.is_empty(), "the admin is off altogether");
+        let mut defs = vec![("ssh".to_string(), template)];
+        apply_services(&HostConfig::default(), &mut defs, &[]);
+        assert!(defs.is_empty(), "SSH is off by default");
+    }
+
+    #[test]
     fn time_sync_runs_with_the_configured_servers_only() {
         let template = ContainerDef::parse(
             "command = [\"/usr/sbin/ntpd\", \"-n\", \"{servers}\"]\n[rootfs]\n",
@@ -677,7 +738,7 @@ mod tests {
         assert_eq!(run("[admin]\nconsole = false\n").0, 0);
         let (n, w) = run("[admin.ssh]\nenabled = true\nauthorized_keys = [\"ssh-ed25519 AAAA\"]\n");
         assert_eq!(n, 1);
-        assert!(w[0].contains("no SSH server"), "{w:?}");
+        assert!(w[0].contains("no ssh service"), "{w:?}");
     }
 
     #[test]

@@ -7,12 +7,48 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+use std::path::Path;
+use std::process::Command;
+
 use keel_tests::fixtures::{self, put_config};
 use keel_tests::{copy_disk, disk_image, free_port, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
 
 /// The web service's os-release page through the forward on `port`.
 fn http_get(port: u16) -> String {
     fixtures::http_get(port, "/os-release", "ID=keel").unwrap()
+}
+
+/// Run `command` over SSH as root on 127.0.0.1:`port` with `key`, retried
+/// for a minute (the server makes its host keys on first start).
+fn ssh(key: &Path, port: u16, command: &str) -> Result<String, String> {
+    let mut last = String::new();
+    for _ in 0..30 {
+        let out = Command::new("ssh")
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=20",
+                "-p",
+                &port.to_string(),
+                "-i",
+            ])
+            .arg(key)
+            .arg("root@127.0.0.1")
+            .arg(command)
+            .output()
+            .map_err(|e| format!("ssh: {e}"))?;
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        last = keel_tests::output_text(&out);
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    Err(format!("ssh to port {port} failed: {last}"))
 }
 
 fn services(status: &serde_json::Value) -> Vec<String> {
@@ -29,17 +65,29 @@ fn the_esp_config_applies_and_a_broken_one_keeps_the_last_good() {
     let dir = tempfile::tempdir().unwrap();
     let disk_path = dir.path().join("disk.img");
     copy_disk(&disk_image(), &disk_path);
+    let key = dir.path().join("id_ed25519");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen (openssh-client; cargo xtask deps installs it)");
+    assert!(made.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     put_config(
         &disk_path,
-        "hostname = \"edge-7\"\ntimezone = \"Europe/Berlin\"\n\n[sysctl]\n\"vm.swappiness\" = 17\n\n\
-         [time]\nntp = [\"10.0.2.2\"]\n\n[network]\ndns = [\"10.0.2.3\"]\n\n\
-         [network.interfaces.eth0]\naddresses = [\"10.0.2.15/24\"]\ngateway = \"10.0.2.2\"\n\n\
-         [services.update]\nenabled = false\n\n\
-         [services.web]\nenv = { KEEL_TEST_MARK = \"overridden\" }\n",
+        &format!(
+            "hostname = \"edge-7\"\ntimezone = \"Europe/Berlin\"\n\n[sysctl]\n\"vm.swappiness\" = 17\n\n\
+             [time]\nntp = [\"10.0.2.2\"]\n\n[network]\ndns = [\"10.0.2.3\"]\n\n\
+             [network.interfaces.eth0]\naddresses = [\"10.0.2.15/24\"]\ngateway = \"10.0.2.2\"\n\n\
+             [admin.ssh]\nenabled = true\nauthorized_keys = [\"{}\"]\n\n\
+             [services.update]\nenabled = false\n\n\
+             [services.web]\nenv = {{ KEEL_TEST_MARK = \"overridden\" }}\n",
+            public.trim()
+        ),
     );
 
-    let port = free_port();
-    let mut g = Guest::boot_publishing(&disk_path, &[(port, 80)]);
+    let (port, ssh_port) = (free_port(), free_port());
+    let mut g = Guest::boot_publishing(&disk_path, &[(port, 80), (ssh_port, 22)]);
     g.expect("keel: ready ", BOOT_TIMEOUT);
     g.prompt();
     assert_eq!(g.status()["hostname"], "edge-7");
@@ -79,6 +127,14 @@ fn the_esp_config_applies_and_a_broken_one_keeps_the_last_good() {
     assert!(log.contains("10.0.2.2"), "{log}");
     let text = g.shell("keelctl status");
     assert!(text.contains("disabled by the config: update"), "{text}");
+    // The admin shell over SSH, with the listed key: a real OpenSSH client
+    // logs in to dropbear through QEMU's forward and runs keelctl.
+    let over_ssh = ssh(&key, ssh_port, "keelctl status --json; echo TZ=$TZ")
+        .unwrap_or_else(|e| panic!("{e}\n{}", g.shell("keelctl logs ssh")));
+    assert!(over_ssh.contains("\"hostname\": \"edge-7\""), "{over_ssh}");
+    assert!(over_ssh.contains("TZ=CET-1CEST"), "{over_ssh}");
+    let ssh_status = g.service("ssh");
+    assert_eq!(ssh_status["state"], "running", "{ssh_status}");
     g.send("keelctl poweroff\n");
     assert!(g.wait_exit(COMMAND_TIMEOUT).success());
 

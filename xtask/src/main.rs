@@ -39,6 +39,7 @@ const APT_PACKAGES: &[&str] = &[
     "dosfstools",
     "util-linux",
     "tzdata",
+    "openssh-client",
 ];
 pub(crate) const MUSL: &str = "x86_64-unknown-linux-musl";
 /// The deb-src entry is derived from the machine's own apt sources.

@@ -279,7 +279,8 @@ impl Default for Partitions {
 }
 
 /// `recipes/packages/<name>.toml`: a userland program built from a Debian
-/// source package with musl-gcc, Kbuild style (busybox).
+/// source package with musl-gcc, Kbuild style (busybox) or with a
+/// configure script (dropbear).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PackageRecipe {
@@ -288,8 +289,18 @@ pub struct PackageRecipe {
     /// C compiler for the target.
     #[serde(default = "musl_gcc")]
     pub cc: String,
-    /// `make` target giving the starting configuration.
-    pub defconfig: String,
+    #[serde(default)]
+    pub build: BuildKind,
+    /// kconfig: the `make` target giving the starting configuration.
+    #[serde(default)]
+    pub defconfig: Option<String>,
+    /// configure: the arguments of `./configure`.
+    #[serde(default)]
+    pub configure: Vec<String>,
+    /// Files written into the source tree before configuring (a build
+    /// options header): path in the tree → contents.
+    #[serde(default)]
+    pub tree_files: BTreeMap<String, String>,
     /// Options set on top of it (`CONFIG_STATIC = "y"`, `"n"` unsets).
     #[serde(default)]
     pub config: BTreeMap<String, String>,
@@ -301,6 +312,17 @@ pub struct PackageRecipe {
     /// (busybox.links); each becomes a link to the first of `files`.
     #[serde(default)]
     pub links_file: Option<String>,
+}
+
+/// How a package's source tree is configured before `make`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildKind {
+    /// `make DEFCONFIG`, options set in .config, `make oldconfig`.
+    #[default]
+    Kconfig,
+    /// `./configure ARGS` with CC set.
+    Configure,
 }
 
 fn musl_gcc() -> String {

@@ -189,6 +189,26 @@ pub fn validate_package(r: &PackageRecipe) -> Result<(), Invalid> {
     if r.files.is_empty() {
         return Err(invalid("files", "a package must install at least one file"));
     }
+    match r.build {
+        super::types::BuildKind::Kconfig if r.defconfig.is_none() => {
+            return Err(invalid("defconfig", "a kconfig build needs its defconfig target"))
+        }
+        super::types::BuildKind::Configure if r.defconfig.is_some() || !r.config.is_empty() => {
+            return Err(invalid(
+                "defconfig",
+                "defconfig and config are for kconfig builds; a configure build takes `configure` arguments",
+            ))
+        }
+        _ => {}
+    }
+    for path in r.tree_files.keys() {
+        if path.starts_with('/') || path.split('/').any(|c| c == "..") {
+            return Err(invalid(
+                &format!("tree_files.{path}"),
+                "paths must be relative and stay inside the tree",
+            ));
+        }
+    }
     for (k, v) in &r.config {
         if !k.starts_with("CONFIG_") {
             return Err(invalid(

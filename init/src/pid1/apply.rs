@@ -304,6 +304,11 @@ impl Init {
             changes.push("update policy".into());
         }
         warnings.extend(config::admin_warnings(new, &self.cfg.services));
+        if new.admin != old.admin {
+            if let Err(e) = config::write_ssh_keys(new) {
+                warnings.push(format!("SSH keys: {e}"));
+            }
+        }
         let mut defs = self.cfg.image_defs.clone();
         let disabled = config::apply_services(new, &mut defs, &self.cfg.dhcp);
         let tz = config::tz_rule(new);

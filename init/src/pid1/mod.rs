@@ -645,6 +645,7 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
         crate::config::write_update_policy(&config.config),
     );
     warn("resolv.conf", crate::config::write_dns(&config.config));
+    warn("SSH keys", crate::config::write_ssh_keys(&config.config));
     let esp = match &config.esp {
         None => Esp::None,
         Some(Ok(())) => Esp::Mounted,
