@@ -14,6 +14,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     };
     let ctx = Context {
         services: Some(vec!["admin".into(), "web".into()]),
+        zones: Some(vec!["Europe/Berlin".into()]),
     };
     let src = Source {
         name: Path::new("fuzz.toml"),
