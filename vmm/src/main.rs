@@ -1,9 +1,5 @@
-//! Placeholder: the KVM microVM monitor arrives with the keel-vmm issue.
+//! keel-vmm: a KVM microVM monitor. See `cli`.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "keel-vmm {}: not implemented yet",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::ExitCode::FAILURE
+fn main() -> anyhow::Result<()> {
+    keel_vmm::cli::run()
 }

@@ -268,6 +268,8 @@ pub(crate) fn image() -> anyhow::Result<PathBuf> {
         "keel-probe",
         "-p",
         "keel-update",
+        "-p",
+        "keel-vmm",
     ]))?;
     run(cargo().args(["build", "--release", "-p", "keel-image-builder"]))?;
     let started = Instant::now();

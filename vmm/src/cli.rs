@@ -1,0 +1,60 @@
+//! `keel-vmm`: one microVM from command-line flags.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::config::{SerialOut, VmConfig};
+
+/// Boot a Linux kernel in a KVM microVM. The VMM ends when the guest
+/// reboots (exit status 0), shuts down (2) or fails (3).
+#[derive(Debug, Parser)]
+#[command(name = "keel-vmm", version)]
+pub struct Cli {
+    /// bzImage or ELF vmlinux.
+    #[arg(long)]
+    pub kernel: PathBuf,
+    #[arg(long)]
+    pub initramfs: Option<PathBuf>,
+    /// The i8042 options spare the guest probing for a mouse and a
+    /// controller self-test the VMM does not emulate.
+    #[arg(
+        long,
+        default_value = "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
+    )]
+    pub cmdline: String,
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    #[arg(long = "memory", default_value_t = 128)]
+    pub memory_mib: u32,
+    /// `stdout`, `null` or a file to append to.
+    #[arg(long, default_value = "stdout")]
+    pub serial: String,
+}
+
+impl Cli {
+    pub fn config(&self) -> VmConfig {
+        VmConfig {
+            kernel: self.kernel.clone(),
+            initramfs: self.initramfs.clone(),
+            cmdline: self.cmdline.clone(),
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            serial: match self.serial.as_str() {
+                "stdout" => SerialOut::Stdout,
+                "null" => SerialOut::Null,
+                path => SerialOut::File(PathBuf::from(path)),
+            },
+        }
+    }
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let exit = crate::vm::run(&cli.config())?;
+    if let crate::vm::Exit::Failed(why) = &exit {
+        eprintln!("keel-vmm: {why}");
+    }
+    std::process::exit(exit.code())
+}
