@@ -5,7 +5,8 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
@@ -132,4 +133,50 @@ pub fn layer(entries: &[Entry<'_>]) -> Vec<u8> {
         }
     }
     b.into_inner().expect("finishing a layer")
+}
+
+/// A loop device over part of a file, mounted; undone when dropped.
+#[derive(Debug)]
+pub struct Mounted {
+    dev: PathBuf,
+    pub at: tempfile::TempDir,
+}
+
+impl Mounted {
+    pub fn partition(disk_path: &Path, label: &str) -> Mounted {
+        let p = disk::read_table(disk_path)
+            .expect("reading the disk")
+            .into_iter()
+            .find(|p| p.label == label)
+            .expect("the disk has that partition");
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(format!("--offset={}", p.offset))
+            .arg(format!("--sizelimit={}", p.size))
+            .arg(disk_path)
+            .output()
+            .expect("losetup (util-linux)");
+        assert!(
+            out.status.success(),
+            "losetup failed (this test needs root and loop devices; CI runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let at = tempfile::tempdir().expect("making a mount point");
+        let m = Mounted { dev, at };
+        let st = Command::new("mount")
+            .arg(&m.dev)
+            .arg(m.at.path())
+            .status()
+            .expect("running mount");
+        assert!(st.success(), "mount {}", m.dev.display());
+        m
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.at.path()).status();
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
 }

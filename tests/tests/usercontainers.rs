@@ -7,11 +7,10 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use keel_image_builder::disk;
-use keel_tests::fixtures::{esp_text, http_get, layer, oci_blob, put_config, Entry};
+use keel_tests::fixtures::{esp_text, http_get, layer, oci_blob, put_config, Entry, Mounted};
 use keel_tests::host::cached_busybox;
 use keel_tests::{
     copy_disk, disk_image, free_port, workspace, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT,
@@ -61,51 +60,6 @@ fn app_layout(dir: &Path) {
     )
     .unwrap();
     fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-}
-
-/// A loop device over part of a file, mounted; undone when dropped.
-struct Mounted {
-    dev: PathBuf,
-    at: tempfile::TempDir,
-}
-
-impl Mounted {
-    fn partition(disk_path: &Path, label: &str) -> Mounted {
-        let p = disk::read_table(disk_path)
-            .unwrap()
-            .into_iter()
-            .find(|p| p.label == label)
-            .unwrap();
-        let out = Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(format!("--offset={}", p.offset))
-            .arg(format!("--sizelimit={}", p.size))
-            .arg(disk_path)
-            .output()
-            .expect("losetup (util-linux)");
-        assert!(
-            out.status.success(),
-            "losetup failed (this test needs root and loop devices; CI runs as root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        let at = tempfile::tempdir().unwrap();
-        let m = Mounted { dev, at };
-        let st = Command::new("mount")
-            .arg(&m.dev)
-            .arg(m.at.path())
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount {}", m.dev.display());
-        m
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.at.path()).status();
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
-    }
 }
 
 fn copy_tree(from: &Path, to: &Path) {

@@ -11,7 +11,8 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use keel_tests::{disk_image, image_recipe, keel_build, workspace, Guest, BOOT_TIMEOUT};
+use keel_tests::fixtures::{put_config, Mounted};
+use keel_tests::{copy_disk, disk_image, image_recipe, keel_build, workspace, Guest, BOOT_TIMEOUT};
 
 /// A newc cpio archive of `files` (name, contents, mode).
 fn cpio(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
@@ -119,6 +120,47 @@ files = { "guest/vmlinuz" = "guest-vmlinuz", "guest/initramfs.cpio" = "guest-ini
     }
     let st = g.service("vmmtest");
     assert_eq!(st["state"], "done", "{st}");
+    g.send("keelctl poweroff\n");
+    g.wait_exit(keel_tests::COMMAND_TIMEOUT);
+}
+
+/// The host config's `vms` section: the default image runs the VM as the
+/// service vm-guest from files on /var.
+#[test]
+fn a_vm_of_the_host_config_runs_as_a_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk_path = dir.path().join("disk.img");
+    copy_disk(&disk_image(), &disk_path);
+    let init = guest_init(dir.path());
+    {
+        let var = Mounted::partition(&disk_path, keel_spec::disk::DATA_LABEL);
+        let vms = var.at.path().join("lib/vms");
+        fs::create_dir_all(&vms).unwrap();
+        fs::copy(disk_image().with_file_name("vmlinuz"), vms.join("vmlinuz")).unwrap();
+        fs::write(
+            vms.join("initramfs.cpio"),
+            cpio(&[("init", &init, 0o100_755)]),
+        )
+        .unwrap();
+    }
+    put_config(
+        &disk_path,
+        "[vms.guest]\nkernel = \"/var/lib/vms/vmlinuz\"\ninitramfs = \"/var/lib/vms/initramfs.cpio\"\n\
+         memory = \"64M\"\nrestart = \"never\"\n",
+    );
+    let mut g = Guest::boot(&disk_path);
+    g.expect("keel: ready ", BOOT_TIMEOUT);
+    g.prompt();
+    let log = g.poll_shell("keelctl logs vm-guest", 90, |l| l.contains("[keel] exited"));
+    for want in [
+        "keel-vmm-guest: init running",
+        "keel-vmm: guest init reached",
+        "[keel] exited (Code(0))",
+    ] {
+        assert!(log.contains(want), "{want:?} not in vm-guest's log:\n{log}");
+    }
+    let st = g.service("vm-guest");
+    assert_eq!(st["capabilities"], serde_json::json!([]), "{st}");
     g.send("keelctl poweroff\n");
     g.wait_exit(keel_tests::COMMAND_TIMEOUT);
 }

@@ -7,6 +7,7 @@
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
+#include <termios.h>
 #include <unistd.h>
 
 #define BOOT_TIMER 0xd0000000UL
@@ -17,6 +18,10 @@ int main(void) {
     if (mount("devtmpfs", "/dev", "devtmpfs", 0, NULL) != 0)
         perror("keel-vmm-guest: mount /dev");
     printf("keel-vmm-guest: init running\n");
+    /* Out through the serial port before the boot-timer line keel-vmm
+     * prints (both reach the same log). */
+    fflush(stdout);
+    tcdrain(1);
     int fd = open("/dev/mem", O_RDWR | O_SYNC);
     if (fd < 0) {
         perror("keel-vmm-guest: /dev/mem");
@@ -31,6 +36,9 @@ int main(void) {
         }
     }
     fflush(stdout);
+    /* The console's output is still in the tty layer: let it reach the
+     * serial port before the machine goes. */
+    tcdrain(1);
     sync();
     reboot(RB_AUTOBOOT);
     return 1;

@@ -311,6 +311,7 @@ impl Init {
         }
         let mut defs = self.cfg.image_defs.clone();
         let disabled = config::apply_services(new, &mut defs, &self.cfg.dhcp);
+        warnings.extend(config::apply_vms(new, &mut defs));
         let tz = config::tz_rule(new);
         for (_, d) in defs.iter_mut() {
             config::set_tz(d, &tz);

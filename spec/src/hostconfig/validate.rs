@@ -78,12 +78,12 @@ fn is_host_name(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_label)
 }
 
-fn is_name(s: &str) -> bool {
+/// A name that runs as a service (or, with a prefix, a part of one).
+fn is_service_name(s: &str, max: usize) -> bool {
     !s.is_empty()
-        && s.len() <= 64
+        && s.len() <= max
         && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        && !s.starts_with('.')
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn is_env_name(s: &str) -> bool {
@@ -381,12 +381,7 @@ fn container(
 ) {
     let at = |last: &'static str| vec!["containers", name, last];
     // It runs as a service of that name (`keelctl logs NAME`).
-    let service_name = name.len() <= 32
-        && !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !service_name {
+    if !is_service_name(name, 32) {
         k.bad(
             &["containers", name],
             "a container name is 1-32 lowercase letters, digits and '-'",
@@ -462,10 +457,11 @@ fn container(
 
 fn vm(k: &mut Checker, name: &str, vm: &Vm) {
     let at = |last: &'static str| vec!["vms", name, last];
-    if !is_name(name) {
+    // It runs as the service vm-<name>.
+    if !is_service_name(name, 29) {
         k.bad(
             &["vms", name],
-            "a VM name is letters, digits, '-', '_' and '.'",
+            "a VM name is 1-29 lowercase letters, digits and '-'",
         );
     }
     k.check(&at("kernel"), under_var(&vm.kernel));
@@ -474,14 +470,19 @@ fn vm(k: &mut Checker, name: &str, vm: &Vm) {
             k.check(&at(key), under_var(p));
         }
     }
-    if !(1..=64).contains(&vm.vcpus) {
-        k.bad(&at("vcpus"), format!("{} is not 1..=64", vm.vcpus));
+    if !(1..=32).contains(&vm.vcpus) {
+        k.bad(&at("vcpus"), format!("{} is not 1..=32", vm.vcpus));
     }
     if let Some(bytes) = k.check(&at("memory"), parse_size(&vm.memory)) {
-        if bytes < 16 << 20 {
+        if bytes < 32 << 20 {
             k.bad(
                 &at("memory"),
-                format!("{:?} is below the minimum of 16M", vm.memory),
+                format!("{:?} is below the minimum of 32M", vm.memory),
+            );
+        } else if bytes > 3 << 30 {
+            k.bad(
+                &at("memory"),
+                format!("{:?} is above the maximum of 3G", vm.memory),
             );
         }
     }
