@@ -77,7 +77,13 @@ pub fn update() -> anyhow::Result<()> {
     let v1 = build(&work, "0.1.0", &bins, &key)?;
     let bins2 = work.join("bin2");
     std::fs::create_dir_all(&bins2)?;
-    for b in ["keel-init", "keelctl", "keel-update", "keel-probe", "keel-vmm"] {
+    for b in [
+        "keel-init",
+        "keelctl",
+        "keel-update",
+        "keel-probe",
+        "keel-vmm",
+    ] {
         std::fs::copy(bins.join(b), bins2.join(b))?;
     }
     let mut keelctl = std::fs::read(bins2.join("keelctl"))?;
