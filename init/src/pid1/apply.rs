@@ -194,8 +194,17 @@ impl Init {
             }
             self.cfg.ports.insert(name, w.ports);
         }
-        if self.cfg.prune_pending && self.cfg.preparing.is_empty() {
+        // Once the boot's containers are ready and the boot's verdict is
+        // in: a helper started earlier competes with the services the
+        // verdict waits for. Nothing to prune without unpacked roots.
+        if self.cfg.prune_pending
+            && self.cfg.preparing.is_empty()
+            && self.said != crate::supervisor::Health::Starting
+        {
             self.cfg.prune_pending = false;
+            if !std::path::Path::new(workloads::ROOTS_DIR).exists() {
+                return;
+            }
             let keep: Vec<String> = self
                 .sup
                 .services
