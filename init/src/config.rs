@@ -255,6 +255,27 @@ pub fn write_dns(c: &HostConfig) -> Result<(), String> {
     std::fs::write(DNS_STATIC_MARK, "").map_err(err(DNS_STATIC_MARK))
 }
 
+/// A host config's `limits` (validated: sizes parse) over a definition's
+/// resources.
+pub fn apply_limits(
+    l: &keel_spec::hostconfig::types::Limits,
+    r: &mut keel_spec::limits::Resources,
+) {
+    if let Some(m) = l
+        .memory
+        .as_deref()
+        .and_then(|m| keel_spec::hostconfig::units::parse_size(m).ok())
+    {
+        r.memory_max = Some(Size(m));
+    }
+    if let Some(cpus) = l.cpus {
+        r.cpu_max_percent = Some((cpus * 100.0).round() as u32);
+    }
+    if let Some(p) = l.pids {
+        r.pids_max = Some(p.into());
+    }
+}
+
 /// The image's time sync: a template run with the config's NTP servers.
 pub const NTP_TEMPLATE: &str = "ntp";
 
@@ -290,8 +311,8 @@ fn vm_service(
     template: &ContainerDef,
     vm: &keel_spec::hostconfig::types::Vm,
 ) -> Result<ContainerDef, String> {
-    use keel_spec::container::{BindMount, RestartPolicy};
-    use keel_spec::hostconfig::types::{Restart, VmNetwork};
+    use keel_spec::container::BindMount;
+    use keel_spec::hostconfig::types::VmNetwork;
     if vm.rootfs.is_some() {
         return Err(
             "`rootfs` needs a virtio block device, which keel-vmm does not have yet".into(),
@@ -337,11 +358,7 @@ fn vm_service(
         mib.to_string(),
     ]);
     d.command.extend(args);
-    d.restart = match vm.restart {
-        Restart::Always => RestartPolicy::Always,
-        Restart::OnFailure => RestartPolicy::OnFailure,
-        Restart::Never => RestartPolicy::Never,
-    };
+    d.restart = vm.restart.into();
     Ok(d)
 }
 
@@ -378,20 +395,7 @@ pub fn apply_services(
                 .retain(|e| e.split_once('=').map(|(n, _)| n) != Some(k.as_str()));
             def.env.push(format!("{k}={v}"));
         }
-        let l = &o.limits;
-        if let Some(m) = l
-            .memory
-            .as_deref()
-            .and_then(|m| keel_spec::hostconfig::units::parse_size(m).ok())
-        {
-            def.resources.memory_max = Some(Size(m));
-        }
-        if let Some(cpus) = l.cpus {
-            def.resources.cpu_max_percent = Some((cpus * 100.0).round() as u32);
-        }
-        if let Some(p) = l.pids {
-            def.resources.pids_max = Some(p.into());
-        }
+        apply_limits(&o.limits, &mut def.resources);
     }
     if let Some(at) = defs.iter().position(|(n, _)| n == SSH_TEMPLATE) {
         if c.admin.enabled && c.admin.ssh.enabled {

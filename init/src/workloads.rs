@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use keel_oci::RunConfig;
-use keel_spec::container::{self, BindMount, ContainerDef, RestartPolicy, Share};
-use keel_spec::hostconfig::types::{ContainerNetwork, Restart, UserContainer};
-use keel_spec::limits::{Size, Writable, WritableKind};
+use keel_spec::container::{self, BindMount, ContainerDef, Share};
+use keel_spec::hostconfig::types::{ContainerNetwork, UserContainer};
+use keel_spec::limits::{Writable, WritableKind};
 use serde::{Deserialize, Serialize};
 
 /// Unpacked image roots, by image ID: a cache, rebuilt from the images.
@@ -109,11 +109,7 @@ pub fn definition(
         def.user.uid = uid;
         def.user.gid = gid;
     }
-    def.restart = match uc.restart {
-        Restart::Always => RestartPolicy::Always,
-        Restart::OnFailure => RestartPolicy::OnFailure,
-        Restart::Never => RestartPolicy::Never,
-    };
+    def.restart = uc.restart.into();
     def.namespaces.net = match uc.network {
         ContainerNetwork::Private => Share::Private,
         ContainerNetwork::Host => Share::Host,
@@ -139,16 +135,7 @@ pub fn definition(
             size: None,
         })
         .collect();
-    let l = &uc.limits;
-    if let Some(m) = l.memory.as_deref() {
-        def.resources.memory_max = Some(Size(keel_spec::hostconfig::units::parse_size(m)?));
-    }
-    if let Some(cpus) = l.cpus {
-        def.resources.cpu_max_percent = Some((cpus * 100.0).round() as u32);
-    }
-    if let Some(p) = l.pids {
-        def.resources.pids_max = Some(p.into());
-    }
+    crate::config::apply_limits(&uc.limits, &mut def.resources);
     def.root_dir = Some(root.to_string_lossy().into_owned());
     container::validate(name, &def).map_err(|e| e.to_string())?;
     Ok(def)
@@ -334,6 +321,8 @@ pub fn prune(keep: &[&Path]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keel_spec::container::RestartPolicy;
+    use keel_spec::limits::Size;
 
     fn uc(extra: &str) -> UserContainer {
         toml::from_str(&format!("image = \"/var/lib/images/app\"\n{extra}")).unwrap()

@@ -199,6 +199,16 @@ pub enum Restart {
     Never,
 }
 
+impl From<Restart> for crate::container::RestartPolicy {
+    fn from(r: Restart) -> Self {
+        match r {
+            Restart::Always => Self::Always,
+            Restart::OnFailure => Self::OnFailure,
+            Restart::Never => Self::Never,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserContainer {
