@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::config::{SerialOut, VmConfig};
+use crate::config::{DiskConfig, NetConfig, SerialOut, VmConfig};
 
 /// Boot a Linux kernel in a KVM microVM. The VMM ends when the guest
 /// reboots (exit status 0), shuts down (2) or fails (3).
@@ -28,9 +28,22 @@ pub struct Cli {
     /// Guest memory in MiB.
     #[arg(long = "memory", default_value_t = 128)]
     pub memory_mib: u32,
-    /// `stdout`, `null` or a file to append to.
+    /// `stdout` (input from stdin), `null`, `socket:PATH` (a Unix
+    /// socket to attach to, for output and input) or a file to append
+    /// to.
     #[arg(long, default_value = "stdout")]
     pub serial: String,
+    /// A virtio disk backed by a file or block device: `PATH` or
+    /// `PATH,ro`. Repeat for more; the first is the guest's /dev/vda.
+    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    pub disks: Vec<String>,
+    /// A virtio network device on this host tap interface.
+    #[arg(long)]
+    pub tap: Option<String>,
+    /// The guest's MAC address (default: one derived from the tap's
+    /// name).
+    #[arg(long, requires = "tap")]
+    pub mac: Option<String>,
 }
 
 impl Cli {
@@ -44,8 +57,29 @@ impl Cli {
             serial: match self.serial.as_str() {
                 "stdout" => SerialOut::Stdout,
                 "null" => SerialOut::Null,
-                path => SerialOut::File(PathBuf::from(path)),
+                s => match s.strip_prefix("socket:") {
+                    Some(path) => SerialOut::Socket(PathBuf::from(path)),
+                    None => SerialOut::File(PathBuf::from(s)),
+                },
             },
+            disks: self
+                .disks
+                .iter()
+                .map(|d| match d.strip_suffix(",ro") {
+                    Some(path) => DiskConfig {
+                        path: PathBuf::from(path),
+                        read_only: true,
+                    },
+                    None => DiskConfig {
+                        path: PathBuf::from(d),
+                        read_only: false,
+                    },
+                })
+                .collect(),
+            net: self.tap.as_ref().map(|tap| NetConfig {
+                tap: tap.clone(),
+                mac: self.mac.clone(),
+            }),
         }
     }
 }

@@ -21,16 +21,48 @@ pub struct VmConfig {
     pub memory_mib: u32,
     #[serde(default)]
     pub serial: SerialOut,
+    /// virtio block devices, in order: the first is the guest's
+    /// /dev/vda.
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// A virtio network device on a tap.
+    #[serde(default)]
+    pub net: Option<NetConfig>,
 }
 
-/// Where the guest's serial console goes.
+/// A disk backed by a file or block device on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// The host's tap interface.
+    pub tap: String,
+    /// The guest's MAC address (aa:bb:cc:dd:ee:ff); by default one
+    /// derived from the tap's name.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// Where the guest's serial console goes (and, for a terminal or a
+/// socket, where its input comes from).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SerialOut {
+    /// Output to stdout, input from stdin.
     #[default]
     Stdout,
     /// Appended to this file.
     File(PathBuf),
+    /// A Unix socket the VMM listens on: one client at a time gets the
+    /// output and types the input.
+    Socket(PathBuf),
     /// Nowhere.
     Null,
 }

@@ -126,6 +126,21 @@ impl Devices {
         Action::None
     }
 
+    /// The time since the VMM started.
+    pub fn since_start(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Room in the serial port's receive FIFO.
+    pub fn input_room(&self) -> usize {
+        self.serial.fifo_capacity()
+    }
+
+    /// Bytes typed at the console, as far as the FIFO takes them.
+    pub fn input(&mut self, bytes: &[u8]) -> usize {
+        self.serial.enqueue_raw_bytes(bytes).unwrap_or(0)
+    }
+
     /// Flush the serial output (at exit).
     pub fn flush(&mut self) {
         let _ = self.serial.writer_mut().flush();
@@ -176,6 +191,16 @@ mod tests {
         // Enabling the transmit interrupt raises IRQ 4.
         d.pio_write(COM1 + 1, &[0x02]);
         assert_eq!(irq.read().unwrap(), 1);
+        // Input: received-data interrupt on, a byte in, IRQ raised, and
+        // the guest reads it from the receive buffer.
+        d.pio_write(COM1 + 1, &[0x01]);
+        let room = d.input_room();
+        assert_eq!(d.input(b"x"), 1);
+        assert_eq!(d.input_room(), room - 1);
+        assert!(irq.read().unwrap() >= 1);
+        let mut rbr = [0u8];
+        d.pio_read(COM1, &mut rbr);
+        assert_eq!(rbr, *b"x");
     }
 
     #[test]

@@ -22,6 +22,28 @@ pub const MMIO_GAP_START: u64 = 0xd000_0000;
 /// here once it runs.
 pub const BOOT_TIMER: u64 = MMIO_GAP_START;
 pub const BOOT_TIMER_MAGIC: u8 = 123;
+/// virtio-mmio devices: one 4 KiB window each from here, after the
+/// boot timer's page.
+pub const VIRTIO_BASE: u64 = MMIO_GAP_START + 0x1000;
+/// Their IOAPIC pins, one each: lines no legacy device of a PC claims
+/// here (COM1 is 4; the RTC's 8 and the PS/2 mouse's 12 are left out in
+/// case a guest driver takes them).
+pub const VIRTIO_IRQS: [u32; 16] = [5, 6, 7, 9, 10, 11, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23];
+
+/// Device `i`'s window and interrupt line.
+pub fn virtio_slot(i: usize) -> (u64, u32) {
+    (
+        VIRTIO_BASE + i as u64 * crate::virtio::mmio::WINDOW,
+        VIRTIO_IRQS[i],
+    )
+}
+
+/// The kernel command line's description of device `i`, which is how a
+/// guest finds virtio-mmio devices without ACPI or a device tree.
+pub fn virtio_cmdline(i: usize) -> String {
+    let (base, irq) = virtio_slot(i);
+    format!("virtio_mmio.device=4K@{base:#x}:{irq}")
+}
 
 /// e820 entry types.
 pub const E820_RAM: u32 = 1;
@@ -58,6 +80,18 @@ mod tests {
         // Never into the MMIO gap.
         let big = e820(4 << 30);
         assert_eq!(big[1].0 + big[1].1, MMIO_GAP_START);
+    }
+
+    #[test]
+    fn virtio_devices_follow_the_boot_timer() {
+        assert_eq!(virtio_slot(0), (0xd000_1000, 5));
+        assert_eq!(virtio_slot(2), (0xd000_3000, 7));
+        assert_eq!(virtio_slot(3), (0xd000_4000, 9), "not the RTC's 8");
+        assert!(
+            crate::validate::MAX_DISKS < VIRTIO_IRQS.len(),
+            "disks and a net"
+        );
+        assert_eq!(virtio_cmdline(1), "virtio_mmio.device=4K@0xd0002000:6");
     }
 
     #[test]

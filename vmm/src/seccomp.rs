@@ -1,8 +1,9 @@
 //! One seccomp filter per thread kind, installed once setup is done: a
 //! vCPU thread may run the guest (KVM_RUN only) and talk to the devices;
-//! the VMM thread only waits for the end and reports it. Anything else
-//! kills the process: an escape from the guest into the VMM gets no new
-//! system calls.
+//! the VMM thread serves the devices (epoll, file I/O for disks, the
+//! console socket) and reports the end. Anything else kills the process:
+//! an escape from the guest into the VMM gets no new system calls (no
+//! open, no exec, no new sockets).
 
 use std::collections::BTreeMap;
 
@@ -27,6 +28,22 @@ pub enum SeccompError {
 
 /// KVM_RUN: _IO(0xAE, 0x80).
 const KVM_RUN: u64 = 0xae80;
+/// What std's set_nonblocking uses, for an accepted console client.
+const FIONBIO: u64 = 0x5421;
+
+/// The VMM thread's own: the event loop, disk I/O, the console socket.
+const VMM: &[i64] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_fdatasync,
+    libc::SYS_fsync,
+    libc::SYS_accept4,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+];
 
 /// What every thread needs: memory, locks, output, signals on the way
 /// out (a panic's abort), and ending.
@@ -59,14 +76,19 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     let err = |e: &dyn std::fmt::Display| SeccompError::Build(kind, e.to_string());
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         COMMON.iter().map(|s| (*s, Vec::new())).collect();
-    if kind == ThreadKind::Vcpu {
-        let cond = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, KVM_RUN)
-            .map_err(|e| err(&e))?;
-        rules.insert(
-            libc::SYS_ioctl,
-            vec![SeccompRule::new(vec![cond]).map_err(|e| err(&e))?],
-        );
-    }
+    let ioctl = match kind {
+        ThreadKind::Vcpu => KVM_RUN,
+        ThreadKind::Vmm => {
+            rules.extend(VMM.iter().map(|s| (*s, Vec::new())));
+            FIONBIO
+        }
+    };
+    let cond = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, ioctl)
+        .map_err(|e| err(&e))?;
+    rules.insert(
+        libc::SYS_ioctl,
+        vec![SeccompRule::new(vec![cond]).map_err(|e| err(&e))?],
+    );
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::KillProcess,
@@ -88,10 +110,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn both_filters_compile_and_only_vcpus_may_ioctl() {
+    fn both_filters_compile_and_the_vmm_thread_has_more() {
         let vmm = program(ThreadKind::Vmm).unwrap();
         let vcpu = program(ThreadKind::Vcpu).unwrap();
-        assert!(vcpu.len() > vmm.len(), "the KVM_RUN rule");
+        assert!(vmm.len() > vcpu.len(), "epoll, disk I/O, the socket");
     }
 
     #[test]

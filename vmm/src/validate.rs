@@ -10,6 +10,8 @@ pub const MAX_MEMORY_MIB: u32 = 3072;
 pub const MAX_VCPUS: u8 = 32;
 /// The kernel reads at most this much of the command line (x86).
 pub const MAX_CMDLINE: usize = 2048;
+/// Each virtio device takes an IOAPIC pin; eight disks leave plenty.
+pub const MAX_DISKS: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -23,6 +25,12 @@ pub enum ConfigError {
     CmdlineTooLong(usize),
     #[error("cmdline: contains a NUL byte")]
     CmdlineNul,
+    #[error("disks: {0} disks is more than the {MAX_DISKS} keel-vmm gives a guest")]
+    TooManyDisks(usize),
+    #[error("net.tap: {0:?} is not an interface name (1 to 15 bytes, no '/', ':' or blanks)")]
+    TapName(String),
+    #[error("net.mac: {0:?} is not a unicast MAC address like 02:00:00:00:00:01")]
+    Mac(String),
 }
 
 pub fn validate(c: &VmConfig) -> Result<(), ConfigError> {
@@ -41,7 +49,46 @@ pub fn validate(c: &VmConfig) -> Result<(), ConfigError> {
     if c.cmdline.contains('\0') {
         return Err(ConfigError::CmdlineNul);
     }
+    if c.disks.len() > MAX_DISKS {
+        return Err(ConfigError::TooManyDisks(c.disks.len()));
+    }
+    if let Some(net) = &c.net {
+        if !is_interface_name(&net.tap) {
+            return Err(ConfigError::TapName(net.tap.clone()));
+        }
+        if let Some(mac) = &net.mac {
+            parse_mac(mac)?;
+        }
+    }
     Ok(())
+}
+
+/// What Linux accepts as an interface name (dev_valid_name).
+pub fn is_interface_name(name: &str) -> bool {
+    (1..crate::virtio::net::IFNAMSIZ).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+}
+
+/// `aa:bb:cc:dd:ee:ff`, unicast (the first byte's low bit clear).
+pub fn parse_mac(text: &str) -> Result<[u8; 6], ConfigError> {
+    let bad = || ConfigError::Mac(text.to_string());
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for b in &mut mac {
+        let p = parts.next().ok_or_else(bad)?;
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() || mac[0] & 1 != 0 {
+        return Err(bad());
+    }
+    Ok(mac)
 }
 
 #[cfg(test)]
@@ -73,5 +120,31 @@ mod tests {
             Err(ConfigError::CmdlineTooLong(3000))
         );
         assert!(toml::from_str::<VmConfig>("kernel = \"/k\"\ncolour = 1").is_err());
+    }
+
+    #[test]
+    fn devices_are_checked() {
+        let disks = (0..9)
+            .map(|i| format!("[[disks]]\npath = \"/d{i}\"\n"))
+            .collect::<String>();
+        assert_eq!(validate(&config(&disks)), Err(ConfigError::TooManyDisks(9)));
+        let c = config("[[disks]]\npath = \"/d\"\nread_only = true");
+        assert!(c.disks[0].read_only);
+        assert_eq!(validate(&c), Ok(()));
+        for tap in ["", "a/b", "sixteen-letters!", "a b"] {
+            let c = config(&format!("[net]\ntap = \"{tap}\""));
+            assert_eq!(validate(&c), Err(ConfigError::TapName(tap.into())));
+        }
+        assert_eq!(validate(&config("[net]\ntap = \"tap0\"")), Ok(()));
+        assert_eq!(parse_mac("02:6b:00:00:00:0a"), Ok([2, 0x6b, 0, 0, 0, 10]));
+        for bad in [
+            "01:00:00:00:00:00",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "zz:00:00:00:00:00",
+            "2:00:00:00:00:000",
+        ] {
+            assert_eq!(parse_mac(bad), Err(ConfigError::Mac(bad.into())), "{bad}");
+        }
     }
 }

@@ -9,14 +9,21 @@ use std::time::Instant;
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootError};
 use crate::config::{SerialOut, VmConfig};
+use crate::console::{self, ConsoleError, SocketOut};
 use crate::devices::{Action, Devices, COM1_IRQ};
-use crate::validate::{validate, ConfigError};
+use crate::io::{Input, VirtioSlot};
+use crate::layout;
+use crate::validate::{parse_mac, validate, ConfigError, MAX_CMDLINE};
+use crate::virtio::block::{Block, BlockError};
+use crate::virtio::mmio::{MmioTransport, NOTIFY, WINDOW};
+use crate::virtio::net::{mac_for, Net, NetError, Tap};
+use crate::virtio::{Interrupt, VirtioDevice};
 
 /// KVM's TSS lives in three pages just below the 4 GiB boundary's BIOS.
 const TSS_ADDRESS: usize = 0xfffb_d000;
@@ -36,11 +43,14 @@ pub enum VmError {
     Memory { mib: u32, message: String },
     #[error(transparent)]
     Boot(#[from] BootError),
-    #[error("serial output {path}: {source}")]
-    Serial {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
+    #[error(transparent)]
+    Disk(#[from] BlockError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("cmdline: with the virtio devices' parameters it is longer than the {MAX_CMDLINE} bytes the kernel reads")]
+    CmdlineTooLong,
     #[error("{0}")]
     Setup(String),
 }
@@ -75,6 +85,18 @@ pub fn run(config: &VmConfig) -> Result<Exit, VmError> {
     let started = Instant::now();
     validate(config)?;
     boot::check_files(&config.kernel, config.initramfs.as_deref())?;
+    // Everything the VM's devices use is opened before KVM is touched, so
+    // a wrong path fails fast and names itself.
+    let virtio = open_virtio(config)?;
+    let mut cmdline = config.cmdline.clone();
+    for i in 0..virtio.len() {
+        cmdline.push(' ');
+        cmdline.push_str(&layout::virtio_cmdline(i));
+    }
+    if cmdline.len() >= MAX_CMDLINE {
+        return Err(VmError::CmdlineTooLong);
+    }
+    let (out, input) = serial_ends(&config.serial)?;
     let kvm = Kvm::new().map_err(VmError::NoKvm)?;
     let vm = kvm.create_vm().map_err(kvm_err("creating the VM"))?;
     vm.set_tss_address(TSS_ADDRESS)
@@ -111,27 +133,14 @@ pub fn run(config: &VmConfig) -> Result<Exit, VmError> {
         mem_size,
         &config.kernel,
         config.initramfs.as_deref(),
-        &config.cmdline,
+        &cmdline,
         config.vcpus,
     )?;
 
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Setup(e.to_string()))?;
     vm.register_irqfd(&serial_irq, COM1_IRQ)
         .map_err(kvm_err("wiring the serial interrupt"))?;
-    let out: crate::devices::SerialOut = match &config.serial {
-        SerialOut::Stdout => Box::new(std::io::stdout()),
-        SerialOut::Null => Box::new(std::io::sink()),
-        SerialOut::File(path) => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| VmError::Serial {
-                    path: path.clone(),
-                    source,
-                })?,
-        ),
-    };
+    let slots = wire_virtio(&vm, &mem, virtio)?;
     let devices = Arc::new(Mutex::new(
         Devices::new(serial_irq, out, started).map_err(|e| VmError::Setup(e.to_string()))?,
     ));
@@ -140,18 +149,28 @@ pub fn run(config: &VmConfig) -> Result<Exit, VmError> {
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("reading the supported CPUID"))?;
     let (tx, rx) = mpsc::channel();
+    let ended =
+        Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Setup(e.to_string()))?);
+    let bus = Arc::new(Bus {
+        legacy: devices.clone(),
+        virtio: slots
+            .iter()
+            .map(|s| (s.base, s.transport.clone()))
+            .collect(),
+    });
     let mut threads = Vec::new();
     for id in 0..config.vcpus {
         let vcpu = setup_vcpu(&vm, id, &cpuid, entry)?;
-        let (devices, tx) = (devices.clone(), tx.clone());
+        let (bus, tx, ended) = (bus.clone(), tx.clone(), ended.clone());
         let t = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
                 let exit = match crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
-                    Ok(()) => run_vcpu(vcpu, &devices),
+                    Ok(()) => run_vcpu(vcpu, &bus, id == 0),
                     Err(e) => Exit::Failed(e.to_string()),
                 };
                 let _ = tx.send(exit);
+                let _ = ended.write(1);
             })
             .map_err(|e| VmError::Setup(format!("vCPU thread: {e}")))?;
         threads.push(t);
@@ -159,6 +178,9 @@ pub fn run(config: &VmConfig) -> Result<Exit, VmError> {
     drop(tx);
     crate::seccomp::apply(crate::seccomp::ThreadKind::Vmm)
         .map_err(|e| VmError::Setup(e.to_string()))?;
+    if let Err(e) = crate::io::run(&ended, &slots, &devices, input) {
+        return Ok(Exit::Failed(format!("serving the devices: {e}")));
+    }
     let exit = rx
         .recv()
         .unwrap_or_else(|_| Exit::Failed("every vCPU thread ended".into()));
@@ -167,8 +189,90 @@ pub fn run(config: &VmConfig) -> Result<Exit, VmError> {
     }
     // The other vCPUs may still be in KVM_RUN: their memory and VM stay
     // mapped until the process exits, right after this returns.
-    std::mem::forget((vm, mem, threads));
+    std::mem::forget((vm, mem, threads, slots));
     Ok(exit)
+}
+
+/// What a vCPU's MMIO and port accesses reach: the legacy devices
+/// behind one lock, each virtio device behind its own.
+struct Bus {
+    legacy: Arc<Mutex<Devices>>,
+    virtio: Vec<(u64, Arc<Mutex<MmioTransport>>)>,
+}
+
+impl Bus {
+    fn virtio(&self, addr: u64) -> Option<(u64, &Mutex<MmioTransport>)> {
+        self.virtio
+            .iter()
+            .find(|(base, _)| (*base..base + WINDOW).contains(&addr))
+            .map(|(base, t)| (addr - base, &**t))
+    }
+}
+
+/// Open every disk and the tap, in the order the guest will see them.
+fn open_virtio(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmError> {
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for (i, disk) in config.disks.iter().enumerate() {
+        let id = format!("keel-vd{}", (b'a' + i as u8) as char);
+        devices.push(Box::new(Block::open(&disk.path, disk.read_only, &id)?));
+    }
+    if let Some(net) = &config.net {
+        let mac = match &net.mac {
+            Some(m) => parse_mac(m)?,
+            None => mac_for(&net.tap),
+        };
+        devices.push(Box::new(Net::new(Box::new(Tap::open(&net.tap)?), mac)));
+    }
+    Ok(devices)
+}
+
+/// Give each device its window, an irqfd on its line and an ioeventfd
+/// per queue, so notifications never stop a vCPU in user space.
+fn wire_virtio(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    devices: Vec<Box<dyn VirtioDevice>>,
+) -> Result<Vec<VirtioSlot>, VmError> {
+    let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Setup(e.to_string()));
+    let mut slots = Vec::new();
+    for (i, device) in devices.into_iter().enumerate() {
+        let (base, irq) = layout::virtio_slot(i);
+        let irqfd = evt()?;
+        vm.register_irqfd(&irqfd, irq)
+            .map_err(kvm_err("wiring a virtio interrupt"))?;
+        let event_fd = device.event_fd();
+        let transport = MmioTransport::new(device, mem.clone(), Interrupt::new(irqfd));
+        let mut notify = Vec::new();
+        for q in 0..transport.queue_count() {
+            let e = evt()?;
+            vm.register_ioevent(&e, &IoEventAddress::Mmio(base + NOTIFY), q as u32)
+                .map_err(kvm_err("wiring a virtio queue notification"))?;
+            notify.push(e);
+        }
+        slots.push(VirtioSlot {
+            base,
+            irq,
+            transport: Arc::new(Mutex::new(transport)),
+            notify,
+            event_fd,
+        });
+    }
+    Ok(slots)
+}
+
+/// The serial port's output and where its input comes from.
+fn serial_ends(serial: &SerialOut) -> Result<(crate::devices::SerialOut, Input), VmError> {
+    Ok(match serial {
+        SerialOut::Stdout => (Box::new(std::io::stdout()), Input::Stdin),
+        SerialOut::Null => (Box::new(std::io::sink()), Input::None),
+        SerialOut::File(path) => (Box::new(console::append(path)?), Input::None),
+        SerialOut::Socket(path) => {
+            let listener = console::listen(path)?;
+            let out = SocketOut::default();
+            let client = out.0.clone();
+            (Box::new(out), Input::Socket { listener, client })
+        }
+    })
 }
 
 fn setup_vcpu(
@@ -226,23 +330,53 @@ fn set_lvt(regs: &mut [std::os::raw::c_char; 1024], offset: usize, mode: u32) {
     }
 }
 
-fn run_vcpu(mut vcpu: VcpuFd, devices: &Mutex<Devices>) -> Exit {
-    let with = |f: &mut dyn FnMut(&mut Devices) -> Action| match devices.lock() {
+fn run_vcpu(mut vcpu: VcpuFd, bus: &Bus, mut report: bool) -> Exit {
+    let with = |f: &mut dyn FnMut(&mut Devices) -> Action| match bus.legacy.lock() {
         Ok(mut d) => f(&mut d),
         Err(_) => Action::None,
     };
     loop {
+        if report {
+            // The time to the first KVM_RUN: everything the VMM does
+            // before the guest runs.
+            let t = bus
+                .legacy
+                .lock()
+                .map(|d| d.since_start())
+                .unwrap_or_default();
+            eprintln!(
+                "keel-vmm: first vCPU entry {} us after the VMM started",
+                t.as_micros()
+            );
+            report = false;
+        }
         let action = match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => with(&mut |d| {
                 d.pio_read(port, data);
                 Action::None
             }),
             Ok(VcpuExit::IoOut(port, data)) => with(&mut |d| d.pio_write(port, data)),
-            Ok(VcpuExit::MmioRead(addr, data)) => with(&mut |d| {
-                d.mmio_read(addr, data);
-                Action::None
-            }),
-            Ok(VcpuExit::MmioWrite(addr, data)) => with(&mut |d| d.mmio_write(addr, data)),
+            Ok(VcpuExit::MmioRead(addr, data)) => match bus.virtio(addr) {
+                Some((offset, t)) => {
+                    if let Ok(mut t) = t.lock() {
+                        t.read(offset, data);
+                    }
+                    Action::None
+                }
+                None => with(&mut |d| {
+                    d.mmio_read(addr, data);
+                    Action::None
+                }),
+            },
+            Ok(VcpuExit::MmioWrite(addr, data)) => match bus.virtio(addr) {
+                Some((offset, t)) => {
+                    if let Ok(mut t) = t.lock() {
+                        t.write(offset, data);
+                    }
+                    Action::None
+                }
+                None => with(&mut |d| d.mmio_write(addr, data)),
+            },
             Ok(VcpuExit::Hlt) | Ok(VcpuExit::Intr) => Action::None,
             Ok(VcpuExit::Shutdown) => return Exit::Shutdown,
             Ok(VcpuExit::FailEntry(reason, cpu)) => {
