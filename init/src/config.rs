@@ -279,89 +279,6 @@ pub fn apply_limits(
 /// The image's time sync: a template run with the config's NTP servers.
 pub const NTP_TEMPLATE: &str = "ntp";
 
-/// The image's microVM runner: a template for one service per VM.
-pub const VMM_TEMPLATE: &str = "vmm";
-
-/// Turn the `vmm` template in `defs` into one `vm-<name>` service per VM
-/// of the config (none: the template does not run). Returns why a VM does
-/// not run.
-pub fn apply_vms(c: &HostConfig, defs: &mut Vec<(String, ContainerDef)>) -> Vec<String> {
-    let Some(at) = defs.iter().position(|(n, _)| n == VMM_TEMPLATE) else {
-        return if c.vms.is_empty() {
-            Vec::new()
-        } else {
-            vec![format!(
-                "vms: the image has no {VMM_TEMPLATE} service (keel-vmm)"
-            )]
-        };
-    };
-    let (_, template) = defs.remove(at);
-    let mut warnings = Vec::new();
-    for (name, vm) in &c.vms {
-        match vm_service(&template, vm) {
-            Ok(d) => defs.push((format!("vm-{name}"), d)),
-            Err(e) => warnings.push(format!("vms.{name}: {e}; it does not start")),
-        }
-    }
-    warnings
-}
-
-/// VM `vm` as a copy of the `vmm` template.
-fn vm_service(
-    template: &ContainerDef,
-    vm: &keel_spec::hostconfig::types::Vm,
-) -> Result<ContainerDef, String> {
-    use keel_spec::container::BindMount;
-    use keel_spec::hostconfig::types::VmNetwork;
-    if vm.rootfs.is_some() {
-        return Err(
-            "`rootfs` needs a virtio block device, which keel-vmm does not have yet".into(),
-        );
-    }
-    if vm.network == VmNetwork::Tap {
-        return Err(
-            "`network = \"tap\"` needs a virtio net device, which keel-vmm does not have yet"
-                .into(),
-        );
-    }
-    let mut d = template.clone();
-    d.root_of = Some(VMM_TEMPLATE.to_string());
-    d.description = format!("microVM booting {}", vm.kernel);
-    // Each file's folder, read-only, under /run/vm/<role>: /run is every
-    // container's own tmpfs, so the mount point needs no folder in the
-    // template's read-only root.
-    let mut bind = |role: &str, path: &str| -> Result<String, String> {
-        let p = Path::new(path);
-        let (Some(dir), Some(file)) = (p.parent(), p.file_name()) else {
-            return Err(format!("{path:?} is not a file path"));
-        };
-        let target = format!("/run/vm/{role}");
-        d.mounts.push(BindMount {
-            source: dir.to_string_lossy().into_owned(),
-            target: target.clone(),
-            readonly: true,
-        });
-        Ok(format!("{target}/{}", file.to_string_lossy()))
-    };
-    let mut args = vec!["--kernel".to_string(), bind("kernel", &vm.kernel)?];
-    if let Some(i) = &vm.initramfs {
-        args.extend(["--initramfs".to_string(), bind("initramfs", i)?]);
-    }
-    if let Some(c) = &vm.cmdline {
-        args.extend(["--cmdline".to_string(), c.clone()]);
-    }
-    let mib = keel_spec::hostconfig::units::parse_size(&vm.memory)? >> 20;
-    args.extend([
-        "--vcpus".to_string(),
-        vm.vcpus.to_string(),
-        "--memory".to_string(),
-        mib.to_string(),
-    ]);
-    d.command.extend(args);
-    d.restart = vm.restart.into();
-    Ok(d)
-}
-
 /// The image's DHCP client: a template for one service per interface.
 pub const DHCP_TEMPLATE: &str = "dhcp";
 
@@ -605,13 +522,16 @@ pub fn at_boot(esp: bool, defs: &mut Vec<(String, ContainerDef)>) -> AtBoot {
         }
     }
     let services = inputs.services;
+    // Taps first, so that the network config can address them.
+    let vm_warnings = crate::vms::prepare(&config, &mut crate::vms::RealVmHost);
     let (dhcp, mut warnings) = apply_network(&config, &services);
+    warnings.extend(vm_warnings);
     for w in admin_warnings(&config, &services) {
         crate::log(format!("warning: host config: {w}"));
         warnings.push(w);
     }
     let disabled = apply_services(&config, defs, &dhcp);
-    for w in apply_vms(&config, defs) {
+    for w in crate::vms::apply(&config, defs) {
         crate::log(format!("warning: host config: {w}"));
         warnings.push(w);
     }
@@ -791,61 +711,6 @@ mod tests {
         let mut defs = vec![("ssh".to_string(), template)];
         apply_services(&HostConfig::default(), &mut defs, &[]);
         assert!(defs.is_empty(), "SSH is off by default");
-    }
-
-    #[test]
-    fn each_vm_becomes_a_keel_vmm_service() {
-        let template = ContainerDef::parse(
-            "command = [\"/usr/bin/keel-vmm\"]\ndevices = [\"/dev/kvm\"]\n[rootfs]\n",
-        )
-        .unwrap();
-        let c: HostConfig = toml::from_str(
-            "[vms.web]\nkernel = \"/var/lib/vms/vmlinuz\"\ninitramfs = \"/var/lib/vms/init/initrd.cpio\"\n\
-             cmdline = \"console=ttyS0\"\nvcpus = 2\nmemory = \"256M\"\nrestart = \"never\"\n\
-             [vms.db]\nkernel = \"/var/lib/vms/vmlinuz\"\nrootfs = \"/var/lib/vms/db.ext4\"\n",
-        )
-        .unwrap();
-        let mut defs = vec![("vmm".to_string(), template)];
-        let warnings = apply_vms(&c, &mut defs);
-        assert_eq!(warnings.len(), 1);
-        assert!(
-            warnings[0].starts_with("vms.db: `rootfs` needs a virtio block device"),
-            "{warnings:?}"
-        );
-        let (name, d) = &defs[0];
-        assert_eq!(name, "vm-web");
-        assert_eq!(
-            d.command,
-            [
-                "/usr/bin/keel-vmm",
-                "--kernel",
-                "/run/vm/kernel/vmlinuz",
-                "--initramfs",
-                "/run/vm/initramfs/initrd.cpio",
-                "--cmdline",
-                "console=ttyS0",
-                "--vcpus",
-                "2",
-                "--memory",
-                "256"
-            ]
-        );
-        let mounts: Vec<(&str, &str, bool)> = d
-            .mounts
-            .iter()
-            .map(|m| (m.source.as_str(), m.target.as_str(), m.readonly))
-            .collect();
-        assert_eq!(
-            mounts,
-            [
-                ("/var/lib/vms", "/run/vm/kernel", true),
-                ("/var/lib/vms/init", "/run/vm/initramfs", true)
-            ]
-        );
-        assert_eq!(d.restart, keel_spec::container::RestartPolicy::Never);
-        assert_eq!(d.root_of.as_deref(), Some("vmm"));
-        let mut defs = vec![];
-        assert!(apply_vms(&c, &mut defs)[0].contains("no vmm service"));
     }
 
     #[test]

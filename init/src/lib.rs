@@ -23,6 +23,7 @@ pub mod probe;
 pub mod stage1;
 pub mod supervisor;
 pub mod sys;
+pub mod vms;
 pub mod workloads;
 
 /// Print one line on the console, prefixed so it stands out from kernel

@@ -14,3 +14,16 @@ pub const RESOLV_CONF: &str = "/run/keel/dns/resolv.conf";
 /// Present when the host config names resolvers: a DHCP lease's then do
 /// not replace them.
 pub const DNS_STATIC_MARK: &str = "/run/keel/dns/static";
+
+/// keel-vmm's user and group: a VM's monitor never runs as root.
+pub const VMM_UID: u32 = 36;
+/// The group that may open /dev/kvm; VM disks are given to it too.
+pub const KVM_GID: u32 = 36;
+/// The longest VM name with a tap: the tap is `vm-NAME` and interface
+/// names are at most 15 bytes.
+pub const VM_TAP_NAME_MAX: usize = 12;
+
+/// The host's tap interface of VM `name` (`network = "tap"`).
+pub fn vm_tap(name: &str) -> String {
+    format!("vm-{name}")
+}

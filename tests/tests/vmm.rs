@@ -125,36 +125,61 @@ files = { "guest/vmlinuz" = "guest-vmlinuz", "guest/initramfs.cpio" = "guest-ini
 }
 
 /// The host config's `vms` section: the default image runs the VM as the
-/// service vm-guest from files on /var.
+/// service vm-guest from files on /var, as keel-vmm's user, with a root
+/// disk and a tap the host config addresses. The guest reads the line the
+/// test put on its disk, writes its own and flushes, and gets an answer
+/// from the host over the tap.
 #[test]
 fn a_vm_of_the_host_config_runs_as_a_service() {
     let dir = tempfile::tempdir().unwrap();
     let disk_path = dir.path().join("disk.img");
     copy_disk(&disk_image(), &disk_path);
     let init = guest_init(dir.path());
+    let token = format!("keel-vmm test disk {}", std::process::id());
     {
         let var = Mounted::partition(&disk_path, keel_spec::disk::DATA_LABEL);
         let vms = var.at.path().join("lib/vms");
-        fs::create_dir_all(&vms).unwrap();
+        fs::create_dir_all(vms.join("disks")).unwrap();
         fs::copy(disk_image().with_file_name("vmlinuz"), vms.join("vmlinuz")).unwrap();
         fs::write(
             vms.join("initramfs.cpio"),
             cpio(&[("init", &init, 0o100_755)]),
         )
         .unwrap();
+        let mut root = format!("{token}\n").into_bytes();
+        root.resize(1 << 20, 0);
+        fs::write(vms.join("disks/guest.img"), root).unwrap();
     }
     put_config(
         &disk_path,
-        "[vms.guest]\nkernel = \"/var/lib/vms/vmlinuz\"\ninitramfs = \"/var/lib/vms/initramfs.cpio\"\n\
+        "[network.interfaces.vm-guest]\naddresses = [\"10.99.0.1/24\"]\n\
+         [vms.guest]\nkernel = \"/var/lib/vms/vmlinuz\"\ninitramfs = \"/var/lib/vms/initramfs.cpio\"\n\
+         rootfs = \"/var/lib/vms/disks/guest.img\"\nnetwork = \"tap\"\n\
          memory = \"64M\"\nrestart = \"never\"\n",
     );
     let mut g = Guest::boot(&disk_path);
     g.expect("keel: ready ", BOOT_TIMEOUT);
     g.prompt();
-    let log = g.poll_shell("keelctl logs vm-guest", 90, |l| l.contains("[keel] exited"));
+    // While the guest boots (tens of seconds under nested emulation):
+    // the monitor is not root.
+    let uid = g.poll_shell(
+        "for p in /proc/[0-9]*; do grep -qx keel-vmm $p/comm 2>/dev/null && grep -E '^(Uid|Gid)' $p/status; done",
+        60,
+        |l| l.contains("Uid:"),
+    );
+    assert!(
+        uid.contains("Uid:\t36\t36\t36\t36") && uid.contains("Gid:\t36\t36\t36\t36"),
+        "keel-vmm's ids:\n{uid}"
+    );
+    let log = g.poll_shell("keelctl logs vm-guest", 120, |l| {
+        l.contains("[keel] exited")
+    });
     for want in [
         "keel-vmm-guest: init running",
         "keel-vmm: guest init reached",
+        &format!("keel-vmm-guest: disk says: {token}"),
+        "keel-vmm-guest: disk written and flushed",
+        "keel-vmm-guest: net: the host answered (port unreachable)",
         "[keel] exited (Code(0))",
     ] {
         assert!(log.contains(want), "{want:?} not in vm-guest's log:\n{log}");
@@ -163,4 +188,9 @@ fn a_vm_of_the_host_config_runs_as_a_service() {
     assert_eq!(st["capabilities"], serde_json::json!([]), "{st}");
     g.send("keelctl poweroff\n");
     g.wait_exit(keel_tests::COMMAND_TIMEOUT);
+
+    let var = Mounted::partition(&disk_path, keel_spec::disk::DATA_LABEL);
+    let root = fs::read(var.at.path().join("lib/vms/disks/guest.img")).unwrap();
+    assert_eq!(&root[4096..4096 + 21], b"written by the guest\n");
+    assert!(root.starts_with(token.as_bytes()), "the test's line kept");
 }

@@ -33,10 +33,11 @@ pub struct Cli {
     /// to.
     #[arg(long, default_value = "stdout")]
     pub serial: String,
-    /// A virtio disk backed by a file or block device: `PATH` or
-    /// `PATH,ro`. Repeat for more; the first is the guest's /dev/vda.
-    #[arg(long = "disk", value_name = "PATH[,ro]")]
-    pub disks: Vec<String>,
+    /// A virtio disk backed by a file or block device: `PATH`, then
+    /// `,ro` for read-only and `,root` to boot from it (root=/dev/vdX on
+    /// the command line). Repeat for more; the first is /dev/vda.
+    #[arg(long = "disk", value_name = "PATH[,ro][,root]", value_parser = parse_disk)]
+    pub disks: Vec<DiskConfig>,
     /// A virtio network device on this host tap interface.
     #[arg(long)]
     pub tap: Option<String>,
@@ -62,26 +63,39 @@ impl Cli {
                     None => SerialOut::File(PathBuf::from(s)),
                 },
             },
-            disks: self
-                .disks
-                .iter()
-                .map(|d| match d.strip_suffix(",ro") {
-                    Some(path) => DiskConfig {
-                        path: PathBuf::from(path),
-                        read_only: true,
-                    },
-                    None => DiskConfig {
-                        path: PathBuf::from(d),
-                        read_only: false,
-                    },
-                })
-                .collect(),
+            disks: self.disks.clone(),
             net: self.tap.as_ref().map(|tap| NetConfig {
                 tap: tap.clone(),
                 mac: self.mac.clone(),
             }),
         }
     }
+}
+
+/// `PATH[,ro][,root]`: options come last, so a path may hold commas.
+fn parse_disk(arg: &str) -> Result<DiskConfig, String> {
+    let mut disk = DiskConfig {
+        path: PathBuf::new(),
+        read_only: false,
+        root: false,
+    };
+    let mut rest = arg;
+    loop {
+        if let Some(r) = rest.strip_suffix(",ro") {
+            disk.read_only = true;
+            rest = r;
+        } else if let Some(r) = rest.strip_suffix(",root") {
+            disk.root = true;
+            rest = r;
+        } else {
+            break;
+        }
+    }
+    if rest.is_empty() {
+        return Err(format!("{arg:?}: no path before the options"));
+    }
+    disk.path = PathBuf::from(rest);
+    Ok(disk)
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -91,4 +105,19 @@ pub fn run() -> anyhow::Result<()> {
         eprintln!("keel-vmm: {why}");
     }
     std::process::exit(exit.code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_options_follow_the_path() {
+        let d = parse_disk("/var/a,b.img,root,ro").unwrap();
+        assert_eq!(d.path, PathBuf::from("/var/a,b.img"));
+        assert!(d.read_only && d.root);
+        let d = parse_disk("disk.img").unwrap();
+        assert!(!d.read_only && !d.root);
+        assert!(parse_disk(",ro").is_err());
+    }
 }

@@ -37,6 +37,10 @@ pub struct DiskConfig {
     pub path: PathBuf,
     #[serde(default)]
     pub read_only: bool,
+    /// The guest's root filesystem: `root=/dev/vdX` (with `ro` or
+    /// `rw`) goes on the kernel command line.
+    #[serde(default)]
+    pub root: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

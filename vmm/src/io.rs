@@ -50,41 +50,75 @@ fn token_queue(dev: usize, q: usize) -> u64 {
     QUEUE | (dev as u64) << 16 | q as u64
 }
 
-/// Run until `exit` is signalled.
-pub fn run(
-    exit: &EventFd,
+/// The VMM thread's epoll set, made before the seccomp filter goes on
+/// (epoll_create1 is not in it).
+#[derive(Debug)]
+pub struct EventLoop {
+    epoll: Epoll,
+    input: Input,
+    /// The input fd in the epoll set, if any; taken out while the FIFO
+    /// is full so level-triggered readiness does not spin.
+    input_fd: Option<(RawFd, u64)>,
+}
+
+impl EventLoop {
+    /// Watch `exit`, every slot's queues and own source, and `input`.
+    pub fn new(exit: &EventFd, slots: &[VirtioSlot], input: Input) -> std::io::Result<EventLoop> {
+        let epoll = Epoll::new()?;
+        let add = |fd: RawFd, token: u64, set: EventSet| {
+            epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(set, token))
+        };
+        add(exit.as_raw_fd(), EXIT, EventSet::IN)?;
+        for (d, slot) in slots.iter().enumerate() {
+            for (q, evt) in slot.notify.iter().enumerate() {
+                add(evt.as_raw_fd(), token_queue(d, q), EventSet::IN)?;
+            }
+            if let Some(fd) = slot.event_fd {
+                add(
+                    fd,
+                    DEVICE | d as u64,
+                    EventSet::IN | EventSet::EDGE_TRIGGERED,
+                )?;
+            }
+        }
+        let input_fd = match &input {
+            // A file or /dev/null cannot be polled: then there is no input.
+            Input::Stdin => add(0, STDIN, EventSet::IN).ok().map(|()| (0, STDIN)),
+            Input::Socket { listener, .. } => {
+                add(listener.as_raw_fd(), LISTEN, EventSet::IN)?;
+                None
+            }
+            Input::None => None,
+        };
+        Ok(EventLoop {
+            epoll,
+            input,
+            input_fd,
+        })
+    }
+
+    /// Serve the devices until a vCPU signals the end.
+    pub fn run(self, slots: &[VirtioSlot], legacy: &Mutex<Devices>) -> std::io::Result<()> {
+        let EventLoop {
+            epoll,
+            input,
+            mut input_fd,
+        } = self;
+        let add = |fd: RawFd, token: u64, set: EventSet| {
+            epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(set, token))
+        };
+        run(&epoll, &add, &mut input_fd, &input, slots, legacy)
+    }
+}
+
+fn run(
+    epoll: &Epoll,
+    add: &dyn Fn(RawFd, u64, EventSet) -> std::io::Result<()>,
+    input_fd: &mut Option<(RawFd, u64)>,
+    input: &Input,
     slots: &[VirtioSlot],
     legacy: &Mutex<Devices>,
-    input: Input,
 ) -> std::io::Result<()> {
-    let epoll = Epoll::new()?;
-    let add = |fd: RawFd, token: u64, set: EventSet| {
-        epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(set, token))
-    };
-    add(exit.as_raw_fd(), EXIT, EventSet::IN)?;
-    for (d, slot) in slots.iter().enumerate() {
-        for (q, evt) in slot.notify.iter().enumerate() {
-            add(evt.as_raw_fd(), token_queue(d, q), EventSet::IN)?;
-        }
-        if let Some(fd) = slot.event_fd {
-            add(
-                fd,
-                DEVICE | d as u64,
-                EventSet::IN | EventSet::EDGE_TRIGGERED,
-            )?;
-        }
-    }
-    // The input fd in the epoll set, if any; taken out while the FIFO is
-    // full so level-triggered readiness does not spin.
-    let mut input_fd: Option<(RawFd, u64)> = match &input {
-        // A file or /dev/null cannot be polled: then there is no input.
-        Input::Stdin => add(0, STDIN, EventSet::IN).ok().map(|()| (0, STDIN)),
-        Input::Socket { listener, .. } => {
-            add(listener.as_raw_fd(), LISTEN, EventSet::IN)?;
-            None
-        }
-        Input::None => None,
-    };
     let mut paused = false;
     let mut events = vec![EpollEvent::default(); 32];
     loop {
@@ -95,7 +129,7 @@ pub fn run(
             Err(e) => return Err(e),
         };
         if paused && legacy.lock().is_ok_and(|d| d.input_room() > 0) {
-            if let Some((fd, token)) = input_fd {
+            if let Some((fd, token)) = *input_fd {
                 add(fd, token, EventSet::IN)?;
             }
             paused = false;
@@ -104,23 +138,23 @@ pub fn run(
             match ev.data() {
                 EXIT => return Ok(()),
                 t @ (STDIN | CLIENT) => {
-                    if !console_input(t, &input, legacy, &mut paused) {
+                    if !console_input(t, input, legacy, &mut paused) {
                         if let Some((fd, _)) = input_fd.take() {
                             let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
                         }
-                        if let Input::Socket { client, .. } = &input {
+                        if let Input::Socket { client, .. } = input {
                             if let Ok(mut c) = client.lock() {
                                 *c = None;
                             }
                         }
                     } else if paused {
-                        if let Some((fd, _)) = input_fd {
+                        if let Some((fd, _)) = *input_fd {
                             epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default())?;
                         }
                     }
                 }
                 LISTEN => {
-                    if let Input::Socket { listener, client } = &input {
+                    if let Input::Socket { listener, client } = input {
                         if let Ok((conn, _)) = listener.accept() {
                             conn.set_nonblocking(true)?;
                             let fd = conn.as_raw_fd();
@@ -132,7 +166,7 @@ pub fn run(
                             }
                             paused = false;
                             add(fd, CLIENT, EventSet::IN)?;
-                            input_fd = Some((fd, CLIENT));
+                            *input_fd = Some((fd, CLIENT));
                         }
                     }
                 }

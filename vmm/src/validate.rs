@@ -27,6 +27,8 @@ pub enum ConfigError {
     CmdlineNul,
     #[error("disks: {0} disks is more than the {MAX_DISKS} keel-vmm gives a guest")]
     TooManyDisks(usize),
+    #[error("disks: only one disk can be the root")]
+    TwoRoots,
     #[error("net.tap: {0:?} is not an interface name (1 to 15 bytes, no '/', ':' or blanks)")]
     TapName(String),
     #[error("net.mac: {0:?} is not a unicast MAC address like 02:00:00:00:00:01")]
@@ -51,6 +53,9 @@ pub fn validate(c: &VmConfig) -> Result<(), ConfigError> {
     }
     if c.disks.len() > MAX_DISKS {
         return Err(ConfigError::TooManyDisks(c.disks.len()));
+    }
+    if c.disks.iter().filter(|d| d.root).count() > 1 {
+        return Err(ConfigError::TwoRoots);
     }
     if let Some(net) = &c.net {
         if !is_interface_name(&net.tap) {
@@ -131,6 +136,8 @@ mod tests {
         let c = config("[[disks]]\npath = \"/d\"\nread_only = true");
         assert!(c.disks[0].read_only);
         assert_eq!(validate(&c), Ok(()));
+        let two = "[[disks]]\npath = \"/a\"\nroot = true\n[[disks]]\npath = \"/b\"\nroot = true";
+        assert_eq!(validate(&config(two)), Err(ConfigError::TwoRoots));
         for tap in ["", "a/b", "sixteen-letters!", "a b"] {
             let c = config(&format!("[net]\ntap = \"{tap}\""));
             assert_eq!(validate(&c), Err(ConfigError::TapName(tap.into())));

@@ -88,11 +88,7 @@ pub fn run(config: &VmConfig) -> Result<Exit, VmError> {
     // Everything the VM's devices use is opened before KVM is touched, so
     // a wrong path fails fast and names itself.
     let virtio = open_virtio(config)?;
-    let mut cmdline = config.cmdline.clone();
-    for i in 0..virtio.len() {
-        cmdline.push(' ');
-        cmdline.push_str(&layout::virtio_cmdline(i));
-    }
+    let cmdline = full_cmdline(config, virtio.len());
     if cmdline.len() >= MAX_CMDLINE {
         return Err(VmError::CmdlineTooLong);
     }
@@ -176,9 +172,11 @@ pub fn run(config: &VmConfig) -> Result<Exit, VmError> {
         threads.push(t);
     }
     drop(tx);
+    let events = crate::io::EventLoop::new(&ended, &slots, input)
+        .map_err(|e| VmError::Setup(format!("the VMM's epoll: {e}")))?;
     crate::seccomp::apply(crate::seccomp::ThreadKind::Vmm)
         .map_err(|e| VmError::Setup(e.to_string()))?;
-    if let Err(e) = crate::io::run(&ended, &slots, &devices, input) {
+    if let Err(e) = events.run(&slots, &devices) {
         return Ok(Exit::Failed(format!("serving the devices: {e}")));
     }
     let exit = rx
@@ -207,6 +205,22 @@ impl Bus {
             .find(|(base, _)| (*base..base + WINDOW).contains(&addr))
             .map(|(base, t)| (addr - base, &**t))
     }
+}
+
+/// The command line the guest gets: the configured one, where each
+/// virtio device is, and the root disk if there is one.
+fn full_cmdline(config: &VmConfig, devices: usize) -> String {
+    let mut line = config.cmdline.clone();
+    for i in 0..devices {
+        line.push(' ');
+        line.push_str(&layout::virtio_cmdline(i));
+    }
+    if let Some((i, d)) = config.disks.iter().enumerate().find(|(_, d)| d.root) {
+        // Disks come first, in order: disk i is /dev/vd<a+i>.
+        let mode = if d.read_only { "ro" } else { "rw" };
+        line.push_str(&format!(" root=/dev/vd{} {mode}", (b'a' + i as u8) as char));
+    }
+    line
 }
 
 /// Open every disk and the tap, in the order the guest will see them.

@@ -296,15 +296,21 @@ impl Init {
         if new.sysctl != old.sysctl {
             changes.push("sysctl".into());
         }
-        if new.network != old.network {
+        if new.vms != old.vms {
+            warnings.extend(crate::vms::prepare(new, &mut crate::vms::RealVmHost));
+        }
+        if new.network != old.network || new.vms != old.vms {
             let (dhcp, w) = config::apply_network(new, &self.cfg.services);
             self.cfg.dhcp = dhcp;
             warnings.extend(w);
             if let Err(e) = config::write_dns(new) {
                 warnings.push(format!("resolv.conf: {e}"));
             }
-            changes
-                .push("network (addresses and routes no longer listed stay until reboot)".into());
+            if new.network != old.network {
+                changes.push(
+                    "network (addresses and routes no longer listed stay until reboot)".into(),
+                );
+            }
         }
         if new.update != old.update {
             if let Err(e) = config::write_update_policy(new) {
@@ -320,7 +326,7 @@ impl Init {
         }
         let mut defs = self.cfg.image_defs.clone();
         let disabled = config::apply_services(new, &mut defs, &self.cfg.dhcp);
-        warnings.extend(config::apply_vms(new, &mut defs));
+        warnings.extend(crate::vms::apply(new, &mut defs));
         let tz = config::tz_rule(new);
         for (_, d) in defs.iter_mut() {
             config::set_tz(d, &tz);

@@ -180,6 +180,10 @@ image = "/var/shop"
 image = "/var/edge"
 network = "host"
 ports = ["9000:9000"]
+
+[vms.thirteen-long]
+kernel = "/var/lib/vms/vmlinuz"
+network = "tap"
 "#,
     );
     for want in [
@@ -192,6 +196,7 @@ ports = ["9000:9000"]
         "host.toml:20:13: `containers.web`: \"web\" is also a system service; give the container another name",
         "`containers.Shop_1`: a container name is 1-32 lowercase letters, digits and '-'",
         "`containers.edge.ports`: a container on the host's network listens on the host's ports itself",
+        "`vms.thirteen-long.network`: a VM with a tap has a name of at most 12 characters: its tap is vm-thirteen-long",
     ] {
         assert!(e.iter().any(|l| l.contains(want)), "{want}\nnot in:\n{}", e.join("\n"));
     }

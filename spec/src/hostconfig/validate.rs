@@ -464,6 +464,15 @@ fn vm(k: &mut Checker, name: &str, vm: &Vm) {
             "a VM name is 1-29 lowercase letters, digits and '-'",
         );
     }
+    if vm.network == super::types::VmNetwork::Tap && name.len() > crate::host::VM_TAP_NAME_MAX {
+        k.bad(
+            &at("network"),
+            format!(
+                "a VM with a tap has a name of at most {} characters: its tap is vm-{name}, and interface names are at most 15",
+                crate::host::VM_TAP_NAME_MAX
+            ),
+        );
+    }
     k.check(&at("kernel"), under_var(&vm.kernel));
     for (key, p) in [("rootfs", &vm.rootfs), ("initramfs", &vm.initramfs)] {
         if let Some(p) = p {
