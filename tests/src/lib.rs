@@ -7,6 +7,7 @@
 pub mod fixtures;
 pub mod host;
 pub mod http;
+pub mod vmm_guest;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

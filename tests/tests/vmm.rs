@@ -8,92 +8,25 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::fs;
-use std::path::Path;
-use std::process::Command;
 
 use keel_tests::fixtures::{put_config, Mounted};
-use keel_tests::{copy_disk, disk_image, image_recipe, keel_build, workspace, Guest, BOOT_TIMEOUT};
-
-/// A newc cpio archive of `files` (name, contents, mode).
-fn cpio(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut entry = |name: &str, data: &[u8], mode: u32| {
-        let name_len = name.len() + 1;
-        out.extend(
-            format!(
-                "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-                1, mode, 0, 0, 1, 0, data.len(), 0, 0, 0, 0, name_len, 0
-            )
-            .as_bytes(),
-        );
-        out.extend(name.as_bytes());
-        out.push(0);
-        while out.len() % 4 != 0 {
-            out.push(0);
-        }
-        out.extend(data);
-        while out.len() % 4 != 0 {
-            out.push(0);
-        }
-    };
-    for (name, data, mode) in files {
-        entry(name, data, *mode);
-    }
-    entry("TRAILER!!!", b"", 0);
-    out
-}
-
-/// The guest's init, static against musl.
-fn guest_init(dir: &Path) -> Vec<u8> {
-    let out = dir.join("init");
-    let st = Command::new("musl-gcc")
-        .args(["-static", "-Os", "-o"])
-        .arg(&out)
-        .arg(workspace().join("tests/vmm-guest/init.c"))
-        .status()
-        .expect("musl-gcc (musl-tools; cargo xtask deps installs it)");
-    assert!(st.success(), "compiling the guest init");
-    fs::read(out).unwrap()
-}
+use keel_tests::vmm_guest::{guest_initramfs, image_with_vmm_service};
+use keel_tests::{copy_disk, disk_image, Guest, BOOT_TIMEOUT};
 
 #[test]
 fn keel_vmm_boots_a_guest_inside_a_keel_host() {
     let dir = tempfile::tempdir().unwrap();
-    let containers = dir.path().join("containers");
-    fs::create_dir_all(&containers).unwrap();
-    // The guest kernel: the default image's own (its direct-boot output).
-    let kernel = disk_image().with_file_name("vmlinuz");
-    fs::copy(&kernel, containers.join("guest-vmlinuz"))
-        .unwrap_or_else(|e| panic!("{}: {e} (cargo xtask image makes it)", kernel.display()));
-    let init = guest_init(dir.path());
-    fs::write(
-        containers.join("guest-initramfs.cpio"),
-        cpio(&[("init", &init, 0o100_755)]),
-    )
-    .unwrap();
-    fs::write(
-        containers.join("vmmtest.toml"),
+    let disk = image_with_vmm_service(
+        dir.path(),
+        "vmmtest",
         r#"description = "keel-vmm test guest"
 kind = "oneshot"
 required = false
 command = ["/usr/bin/keel-vmm", "--kernel", "/guest/vmlinuz", "--initramfs", "/guest/initramfs.cpio", "--memory", "64", "--vcpus", "2"]
 devices = ["/dev/kvm"]
-
-[rootfs]
-contents = ["keel-vmm"]
-files = { "guest/vmlinuz" = "guest-vmlinuz", "guest/initramfs.cpio" = "guest-initramfs.cpio" }
 "#,
-    )
-    .unwrap();
-    let recipe = image_recipe(dir.path(), "0.1.0", &["admin", "vmmtest"], "", "");
-    let text = fs::read_to_string(&recipe).unwrap().replace(
-        "dirs = [",
-        &format!("dirs = [\"{}\", ", containers.display()),
     );
-    fs::write(&recipe, text).unwrap();
-    let out = keel_build(&recipe, &dir.path().join("out"), None);
-
-    let mut g = Guest::boot(&out.join("disk.img"));
+    let mut g = Guest::boot(&disk);
     g.expect("keel: ready ", BOOT_TIMEOUT);
     g.expect("vmmtest: exited", BOOT_TIMEOUT);
     g.prompt();
@@ -134,18 +67,13 @@ fn a_vm_of_the_host_config_runs_as_a_service() {
     let dir = tempfile::tempdir().unwrap();
     let disk_path = dir.path().join("disk.img");
     copy_disk(&disk_image(), &disk_path);
-    let init = guest_init(dir.path());
     let token = format!("keel-vmm test disk {}", std::process::id());
     {
         let var = Mounted::partition(&disk_path, keel_spec::disk::DATA_LABEL);
         let vms = var.at.path().join("lib/vms");
         fs::create_dir_all(vms.join("disks")).unwrap();
         fs::copy(disk_image().with_file_name("vmlinuz"), vms.join("vmlinuz")).unwrap();
-        fs::write(
-            vms.join("initramfs.cpio"),
-            cpio(&[("init", &init, 0o100_755)]),
-        )
-        .unwrap();
+        fs::write(vms.join("initramfs.cpio"), guest_initramfs(dir.path())).unwrap();
         let mut root = format!("{token}\n").into_bytes();
         root.resize(1 << 20, 0);
         fs::write(vms.join("disks/guest.img"), root).unwrap();

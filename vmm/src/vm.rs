@@ -93,18 +93,6 @@ pub fn run(config: &VmConfig) -> Result<Exit, VmError> {
         return Err(VmError::CmdlineTooLong);
     }
     let (out, input) = serial_ends(&config.serial)?;
-    let kvm = Kvm::new().map_err(VmError::NoKvm)?;
-    let vm = kvm.create_vm().map_err(kvm_err("creating the VM"))?;
-    vm.set_tss_address(TSS_ADDRESS)
-        .map_err(kvm_err("setting the TSS address"))?;
-    vm.create_irq_chip()
-        .map_err(kvm_err("creating the interrupt controllers"))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm.create_pit2(pit).map_err(kvm_err("creating the PIT"))?;
-
     let mem_size = u64::from(config.memory_mib) << 20;
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size as usize)]).map_err(
         |e| VmError::Memory {
@@ -112,26 +100,26 @@ pub fn run(config: &VmConfig) -> Result<Exit, VmError> {
             message: e.to_string(),
         },
     )?;
-    for (slot, region) in mem.iter().enumerate() {
-        let r = kvm_userspace_memory_region {
-            slot: slot as u32,
-            guest_phys_addr: region.start_addr().0,
-            memory_size: region.len(),
-            userspace_addr: region.as_ptr() as u64,
-            flags: 0,
-        };
-        // SAFETY: the region is a live mapping owned by `mem`, which
-        // outlives the VM: both live until the process exits.
-        unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("adding guest memory"))?;
-    }
-    let entry = boot::load(
-        &mem,
-        mem_size,
-        &config.kernel,
-        config.initramfs.as_deref(),
-        &cmdline,
-        config.vcpus,
-    )?;
+    // The kernel goes into guest memory while KVM sets the VM up: on
+    // the way to the first vCPU entry these are the two longest steps.
+    let (kvm, vm, entry) = std::thread::scope(|s| {
+        let loader = s.spawn(|| {
+            boot::load(
+                &mem,
+                mem_size,
+                &config.kernel,
+                config.initramfs.as_deref(),
+                &cmdline,
+                config.vcpus,
+            )
+        });
+        let made = create_vm(&mem);
+        let entry = loader
+            .join()
+            .map_err(|_| VmError::Setup("the kernel loader panicked".into()))?;
+        let (kvm, vm) = made?;
+        Ok::<_, VmError>((kvm, vm, entry?))
+    })?;
 
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Setup(e.to_string()))?;
     vm.register_irqfd(&serial_irq, COM1_IRQ)
@@ -189,6 +177,34 @@ pub fn run(config: &VmConfig) -> Result<Exit, VmError> {
     // mapped until the process exits, right after this returns.
     std::mem::forget((vm, mem, threads, slots));
     Ok(exit)
+}
+
+/// The VM with its interrupt controllers, PIT and `mem` as its RAM.
+fn create_vm(mem: &GuestMemoryMmap) -> Result<(Kvm, VmFd), VmError> {
+    let kvm = Kvm::new().map_err(VmError::NoKvm)?;
+    let vm = kvm.create_vm().map_err(kvm_err("creating the VM"))?;
+    vm.set_tss_address(TSS_ADDRESS)
+        .map_err(kvm_err("setting the TSS address"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("creating the interrupt controllers"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_err("creating the PIT"))?;
+    for (slot, region) in mem.iter().enumerate() {
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which
+        // outlives the VM: both live until the process exits.
+        unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("adding guest memory"))?;
+    }
+    Ok((kvm, vm))
 }
 
 /// What a vCPU's MMIO and port accesses reach: the legacy devices

@@ -46,3 +46,48 @@ fn bad_input_is_refused_with_its_reason() {
         "{err}"
     );
 }
+
+#[test]
+fn bad_devices_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("vmlinuz");
+    std::fs::write(&kernel, "not a kernel").unwrap();
+    let k = kernel.to_str().unwrap();
+    let missing = dir.path().join("root.ext4");
+    let (code, err) = vmm(&["--kernel", k, "--disk", missing.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!(
+            "disk {}: No such file or directory",
+            missing.display()
+        )),
+        "{err}"
+    );
+    let folder = format!("{},ro", dir.path().display());
+    let (code, err) = vmm(&["--kernel", k, "--disk", &folder]);
+    assert_ne!(code, 0);
+    assert!(err.contains("is a folder, not a file"), "{err}");
+    let (code, err) = vmm(&["--kernel", k, "--tap", "much-too-long-name"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("net.tap: \"much-too-long-name\" is not an interface name"),
+        "{err}"
+    );
+    let (code, err) = vmm(&["--kernel", k, "--tap", "tap0", "--mac", "01:00:00:00:00:01"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("is not a unicast MAC address"), "{err}");
+    let (code, err) = vmm(&["--kernel", k, "--mac", "02:00:00:00:00:01"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--tap"), "a MAC needs a tap: {err}");
+    let (code, err) = vmm(&[
+        "--kernel",
+        k,
+        "--serial",
+        &format!(
+            "socket:{}",
+            dir.path().join("no/such/dir/console").display()
+        ),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("serial socket"), "{err}");
+}

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_build;
 mod bench_update;
+mod bench_vmm;
 
 /// Debian packages a build and test machine needs.
 const APT_PACKAGES: &[&str] = &[
@@ -64,9 +65,11 @@ enum Cmd {
     /// against crun and runc on the same rootfs, keel-init's memory and the
     /// boot time; `boot`: only the boot time against the busybox-init floor;
     /// `update`: slot write speed against dd, bundle size for a one-binary change;
-    /// `build`: cold and no-change build times, image sizes.
+    /// `build`: cold and no-change build times, image sizes;
+    /// `vmm`: keel-vmm against QEMU microvm (start, memory) and its
+    /// start-to-guest-init time, nested.
     Bench {
-        #[arg(value_parser = ["init", "boot", "update", "build"])]
+        #[arg(value_parser = ["init", "boot", "update", "build", "vmm"])]
         what: String,
         /// `build`: also time a build with an empty cache (compiles the kernel).
         #[arg(long)]
@@ -431,6 +434,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             "update" => bench_update::update(),
+            "vmm" => bench_vmm::vmm(runs, boots),
             _ => bench::init(runs, boots),
         },
     }
