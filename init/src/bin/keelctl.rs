@@ -97,8 +97,10 @@ enum UpdateCmd {
     Rollback,
 }
 
-/// One request to keel-update, with `fds` alongside.
-fn update_call(req: &UpdateRequest, fds: &[i32]) -> anyhow::Result<UpdateResponse> {
+/// One request to keel-update, with `fds` alongside. The connection comes
+/// back with the answer: keel-update reboots after an install once we
+/// hang up, so it stays open until the answer is on the terminal.
+fn update_call(req: &UpdateRequest, fds: &[i32]) -> anyhow::Result<(UpdateResponse, UnixStream)> {
     // keel-update may still be starting (it is not part of the boot health
     // gate, so a host is ready before it is): give it a few seconds.
     let mut tries = 0;
@@ -132,43 +134,46 @@ fn update_call(req: &UpdateRequest, fds: &[i32]) -> anyhow::Result<UpdateRespons
         .with_context(|| format!("keel-update answered {answer:?}"))?
     {
         UpdateResponse::Error(e) => bail!("{e}"),
-        r => Ok(r),
+        r => Ok((r, stream)),
     }
 }
 
 fn update(cmd: UpdateCmd) -> anyhow::Result<()> {
     use std::os::fd::AsRawFd;
-    let r = match cmd {
-        UpdateCmd::Status { json } => match update_call(&UpdateRequest::Status, &[])? {
-            UpdateResponse::Status(s) if json => {
-                println!("{}", serde_json::to_string_pretty(&s)?);
-                return Ok(());
-            }
-            UpdateResponse::Status(s) => {
-                println!("version {} (slot {})", s.version, s.slot);
-                println!("other slot: {}", s.other.as_deref().unwrap_or("-"));
-                println!(
-                    "repository: {} channel {}",
-                    s.repository.as_deref().unwrap_or("(none)"),
-                    s.channel
-                );
-                print!("state: {}", s.state);
-                if let Some(p) = &s.progress {
-                    let pct = (p.bytes * 100).checked_div(p.total).unwrap_or(0);
-                    print!(
-                        " - {} {}/{} bytes ({pct}%), {} KiB/s",
-                        p.phase,
-                        p.bytes,
-                        p.total,
-                        p.rate_bytes_per_s / 1024
-                    );
+    let (r, connection) = match cmd {
+        UpdateCmd::Status { json } => {
+            let (r, c) = update_call(&UpdateRequest::Status, &[])?;
+            match r {
+                UpdateResponse::Status(s) if json => {
+                    println!("{}", serde_json::to_string_pretty(&s)?);
+                    return Ok(());
                 }
-                println!();
-                println!("last result: {}", s.last_result.as_deref().unwrap_or("-"));
-                return Ok(());
+                UpdateResponse::Status(s) => {
+                    println!("version {} (slot {})", s.version, s.slot);
+                    println!("other slot: {}", s.other.as_deref().unwrap_or("-"));
+                    println!(
+                        "repository: {} channel {}",
+                        s.repository.as_deref().unwrap_or("(none)"),
+                        s.channel
+                    );
+                    print!("state: {}", s.state);
+                    if let Some(p) = &s.progress {
+                        let pct = (p.bytes * 100).checked_div(p.total).unwrap_or(0);
+                        print!(
+                            " - {} {}/{} bytes ({pct}%), {} KiB/s",
+                            p.phase,
+                            p.bytes,
+                            p.total,
+                            p.rate_bytes_per_s / 1024
+                        );
+                    }
+                    println!();
+                    println!("last result: {}", s.last_result.as_deref().unwrap_or("-"));
+                    return Ok(());
+                }
+                other => (other, c),
             }
-            other => other,
-        },
+        }
         UpdateCmd::Check => update_call(&UpdateRequest::Check, &[])?,
         UpdateCmd::Apply { bundle } => {
             let f = std::fs::File::open(&bundle)
@@ -186,6 +191,7 @@ fn update(cmd: UpdateCmd) -> anyhow::Result<()> {
     // the console session throws it away.
     let _ = std::io::stdout().flush();
     let _ = nix::sys::termios::tcdrain(std::io::stdout());
+    drop(connection);
     Ok(())
 }
 
