@@ -59,9 +59,9 @@ devices = ["/dev/kvm"]
 
 /// The host config's `vms` section: the default image runs the VM as the
 /// service vm-guest from files on /var, as keel-vmm's user, with a root
-/// disk and a tap the host config addresses. The guest reads the line the
-/// test put on its disk, writes its own and flushes, and gets an answer
-/// from the host over the tap.
+/// disk and a tap the host config addresses. The guest mounts its disk
+/// (ext4), reads the file the test put there, writes its own and
+/// unmounts, and gets an answer from the host over the tap.
 #[test]
 fn a_vm_of_the_host_config_runs_as_a_service() {
     let dir = tempfile::tempdir().unwrap();
@@ -74,9 +74,18 @@ fn a_vm_of_the_host_config_runs_as_a_service() {
         fs::create_dir_all(vms.join("disks")).unwrap();
         fs::copy(disk_image().with_file_name("vmlinuz"), vms.join("vmlinuz")).unwrap();
         fs::write(vms.join("initramfs.cpio"), guest_initramfs(dir.path())).unwrap();
-        let mut root = format!("{token}\n").into_bytes();
-        root.resize(1 << 20, 0);
-        fs::write(vms.join("disks/guest.img"), root).unwrap();
+        // The guest's root: an ext4 file system holding the test's line.
+        let files = dir.path().join("guest-root");
+        fs::create_dir_all(&files).unwrap();
+        fs::write(files.join("hello.txt"), format!("{token}\n")).unwrap();
+        let st = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&files)
+            .arg(vms.join("disks/guest.img"))
+            .arg("8M")
+            .status()
+            .expect("mkfs.ext4 (e2fsprogs)");
+        assert!(st.success());
     }
     put_config(
         &disk_path,
@@ -118,7 +127,29 @@ fn a_vm_of_the_host_config_runs_as_a_service() {
     g.wait_exit(keel_tests::COMMAND_TIMEOUT);
 
     let var = Mounted::partition(&disk_path, keel_spec::disk::DATA_LABEL);
-    let root = fs::read(var.at.path().join("lib/vms/disks/guest.img")).unwrap();
-    assert_eq!(&root[4096..4096 + 21], b"written by the guest\n");
-    assert!(root.starts_with(token.as_bytes()), "the test's line kept");
+    let root = var.at.path().join("lib/vms/disks/guest.img");
+    let cat = |file: &str| {
+        let out = std::process::Command::new("debugfs")
+            .args(["-R", &format!("cat /{file}")])
+            .arg(&root)
+            .output()
+            .expect("debugfs (e2fsprogs)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(cat("written.txt"), "written by the guest\n");
+    assert_eq!(
+        cat("hello.txt"),
+        format!("{token}\n"),
+        "the test's file kept"
+    );
+    let fsck = std::process::Command::new("e2fsck")
+        .args(["-f", "-n"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "the guest left a clean file system: {}",
+        keel_tests::output_text(&fsck)
+    );
 }

@@ -1,8 +1,8 @@
 /* The init of the guest the keel-vmm end-to-end tests boot: it says it
  * runs, writes keel-vmm's boot-timer through /dev/mem, then, when it has
- * them, reads and writes its virtio disk and makes a round trip over its
- * virtio network device, and reboots, which ends the VMM through its
- * i8042. */
+ * them, reads and writes a file on its virtio disk (ext4) and makes a
+ * round trip over its virtio network device, and reboots, which ends the
+ * VMM through its i8042. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -23,28 +23,39 @@
 #define BOOT_TIMER 0xd0000000UL
 #define BOOT_TIMER_MAGIC 123
 
-/* The test wrote a line at the start of the disk; the guest writes its
- * own at 4 KiB and flushes, which the test reads back on the host. */
+/* The test made the disk an ext4 file system with hello.txt on it: the
+ * guest reads that, writes written.txt, and unmounts, which flushes; the
+ * test reads written.txt on the host afterwards. */
 static void disk(void) {
-    int fd = open("/dev/vda", O_RDWR);
-    if (fd < 0) {
-        if (errno != ENOENT)
-            perror("keel-vmm-guest: /dev/vda");
+    if (access("/dev/vda", F_OK) != 0)
+        return;
+    mkdir("/mnt", 0755);
+    if (mount("/dev/vda", "/mnt", "ext4", 0, NULL) != 0) {
+        perror("keel-vmm-guest: mount /dev/vda");
         return;
     }
-    char buf[512] = {0};
-    if (pread(fd, buf, sizeof buf - 1, 0) < 0)
-        perror("keel-vmm-guest: read /dev/vda");
+    char buf[256] = {0};
+    int fd = open("/mnt/hello.txt", O_RDONLY);
+    if (fd < 0 || read(fd, buf, sizeof buf - 1) < 0)
+        perror("keel-vmm-guest: /mnt/hello.txt");
+    if (fd >= 0)
+        close(fd);
     char *nl = strchr(buf, '\n');
     if (nl)
         *nl = 0;
     printf("keel-vmm-guest: disk says: %s\n", buf);
     const char line[] = "written by the guest\n";
-    if (pwrite(fd, line, sizeof line - 1, 4096) != sizeof line - 1 || fsync(fd) != 0)
-        perror("keel-vmm-guest: write /dev/vda");
-    else
-        printf("keel-vmm-guest: disk written and flushed\n");
+    fd = open("/mnt/written.txt", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0 || write(fd, line, sizeof line - 1) != sizeof line - 1 || fsync(fd) != 0) {
+        perror("keel-vmm-guest: /mnt/written.txt");
+        return;
+    }
     close(fd);
+    if (umount("/mnt") != 0) {
+        perror("keel-vmm-guest: umount /mnt");
+        return;
+    }
+    printf("keel-vmm-guest: disk written and flushed\n");
 }
 
 static int set_addr(int s, unsigned long req, const char *ip) {
