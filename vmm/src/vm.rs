@@ -183,15 +183,6 @@ pub fn run(config: &VmConfig) -> Result<Exit, VmError> {
 fn create_vm(mem: &GuestMemoryMmap) -> Result<(Kvm, VmFd), VmError> {
     let kvm = Kvm::new().map_err(VmError::NoKvm)?;
     let vm = kvm.create_vm().map_err(kvm_err("creating the VM"))?;
-    vm.set_tss_address(TSS_ADDRESS)
-        .map_err(kvm_err("setting the TSS address"))?;
-    vm.create_irq_chip()
-        .map_err(kvm_err("creating the interrupt controllers"))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm.create_pit2(pit).map_err(kvm_err("creating the PIT"))?;
     for (slot, region) in mem.iter().enumerate() {
         let r = kvm_userspace_memory_region {
             slot: slot as u32,
@@ -204,6 +195,15 @@ fn create_vm(mem: &GuestMemoryMmap) -> Result<(Kvm, VmFd), VmError> {
         // outlives the VM: both live until the process exits.
         unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("adding guest memory"))?;
     }
+    vm.set_tss_address(TSS_ADDRESS)
+        .map_err(kvm_err("setting the TSS address"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("creating the interrupt controllers"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_err("creating the PIT"))?;
     Ok((kvm, vm))
 }
 
