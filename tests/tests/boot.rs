@@ -174,6 +174,12 @@ fn boots_to_ready_runs_containers_and_powers_off() {
         "no clean shutdown:\n{}",
         g.transcript
     );
+    // The updater ends on SIGTERM, not after the stop timeout's SIGKILL.
+    assert!(
+        g.transcript.contains("keel: update: exited (Code(0))"),
+        "keel-update did not stop on SIGTERM:\n{}",
+        g.transcript
+    );
 
     let after = esp::list_dir(
         Cursor::new(disk::read_partition(&disk_path, "esp").unwrap()),

@@ -63,6 +63,7 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Daemon => {
+            crate::daemon::exit_on_sigterm()?;
             let listener = crate::daemon::listen()?;
             crate::daemon::run(agent(cli.state)?, listener)
         }

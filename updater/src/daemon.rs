@@ -141,6 +141,28 @@ fn serve(agent: &Agent, stream: UnixStream) {
     }
 }
 
+/// End at once on SIGTERM. As PID 1 of its container the daemon would
+/// never see a SIGTERM it has no handler for, so keel-init waited out
+/// the whole stop timeout (5 s) at every reboot, the one after an
+/// install included. An install cut short is a power cut without the
+/// cut: the other slot's entry is written last, so nothing half-written
+/// is ever booted, and the next check starts over.
+pub fn exit_on_sigterm() -> anyhow::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    extern "C" fn on_term(_: libc::c_int) {
+        // SAFETY: _exit is async-signal-safe and touches no shared state.
+        unsafe { libc::_exit(0) }
+    }
+    let action = SigAction::new(
+        SigHandler::Handler(on_term),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only calls _exit, which is async-signal-safe.
+    unsafe { sigaction(Signal::SIGTERM, &action) }?;
+    Ok(())
+}
+
 /// Bind the socket before the agent looks at the disk, so that early
 /// callers wait in the backlog instead of finding no socket.
 pub fn listen() -> anyhow::Result<UnixListener> {
