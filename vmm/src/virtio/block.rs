@@ -231,6 +231,9 @@ impl VirtioDevice for Block {
         queues: &mut [Queue],
         mem: &GuestMemoryMmap,
     ) -> bool {
+        // `None` comes at DRIVER_OK, on a vCPU thread, whose seccomp
+        // filter has no disk I/O: nothing to do then, as Linux's driver
+        // queues requests only once the device is live and notifies.
         let Some(queue) = index.and_then(|i| queues.get_mut(i)) else {
             return false;
         };
