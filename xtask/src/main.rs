@@ -41,6 +41,7 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     "tzdata",
     "openssh-client",
+    "strace",
 ];
 pub(crate) const MUSL: &str = "x86_64-unknown-linux-musl";
 /// The deb-src entry is derived from the machine's own apt sources.
