@@ -554,8 +554,22 @@ pub fn at_boot(esp: bool, defs: &mut Vec<(String, ContainerDef)>) -> AtBoot {
     }
 }
 
+/// Remove the addresses and routes `old` set and `new` no longer lists
+/// (config apply on a running host). Returns what did not take, each said
+/// on the console.
+pub fn withdraw_network(old: &HostConfig, new: &HostConfig) -> Vec<String> {
+    let warnings = match crate::netlink::Netlink::open() {
+        Ok(mut netlink) => crate::network::withdraw(old, new, &mut netlink),
+        Err(e) => vec![e],
+    };
+    for w in &warnings {
+        crate::log(format!("warning: host config: {w}"));
+    }
+    warnings
+}
+
 /// Apply the config's interfaces over netlink (addresses and routes are
-/// added or replaced, never removed). Returns the interfaces to run DHCP
+/// added or replaced; [`withdraw_network`] removes). Returns the interfaces to run DHCP
 /// on and what did not take, each said on the console.
 pub fn apply_network(config: &HostConfig, services: &[String]) -> (Vec<String>, Vec<String>) {
     if config.network.interfaces.is_empty() {

@@ -10,6 +10,8 @@ const NLMSG_ERROR: u16 = 2;
 const RTM_NEWLINK: u16 = 16;
 const RTM_NEWADDR: u16 = 20;
 const RTM_NEWROUTE: u16 = 24;
+const RTM_DELADDR: u16 = 21;
+const RTM_DELROUTE: u16 = 25;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_REPLACE: u16 = 0x100;
@@ -162,6 +164,20 @@ impl Netlink {
     }
 
     fn request(&mut self, kind: u16, flags: u16, body: &[u8], what: &str) -> Result<(), String> {
+        self.send(kind, flags, body)
+            .map_err(|e| format!("{what}: {e}"))
+    }
+
+    /// A removal: what is already gone (`gone`, the kernel's errno for
+    /// that) is done.
+    fn remove(&mut self, kind: u16, body: &[u8], gone: i32, what: &str) -> Result<(), String> {
+        match self.send(kind, 0, body) {
+            Err(e) if e.raw_os_error() == Some(gone) => Ok(()),
+            r => r.map_err(|e| format!("{what}: {e}")),
+        }
+    }
+
+    fn send(&mut self, kind: u16, flags: u16, body: &[u8]) -> std::io::Result<()> {
         self.seq += 1;
         let msg = message(kind, flags, self.seq, body);
         // SAFETY: msg is a live buffer of msg.len() bytes; a NULL address
@@ -177,7 +193,7 @@ impl Netlink {
             )
         };
         if sent < 0 {
-            return Err(format!("{what}: {}", std::io::Error::last_os_error()));
+            return Err(std::io::Error::last_os_error());
         }
         let mut buf = [0u8; 4096];
         loop {
@@ -185,11 +201,11 @@ impl Netlink {
             let n =
                 unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
-                return Err(format!("{what}: {}", std::io::Error::last_os_error()));
+                return Err(std::io::Error::last_os_error());
             }
             match ack_errno(&buf[..n as usize], self.seq) {
                 Some(0) => return Ok(()),
-                Some(e) => return Err(format!("{what}: {}", std::io::Error::from_raw_os_error(e))),
+                Some(e) => return Err(std::io::Error::from_raw_os_error(e)),
                 None => continue,
             }
         }
@@ -228,6 +244,30 @@ impl crate::network::Net for Netlink {
             NLM_F_CREATE | NLM_F_REPLACE,
             &route(index, dst, prefix, via),
             &format!("adding the route to {dst}/{prefix}"),
+        )
+    }
+
+    fn del_address(&mut self, index: u32, addr: &IpAddr, prefix: u8) -> Result<(), String> {
+        self.remove(
+            RTM_DELADDR,
+            &address(index, addr, prefix),
+            libc::EADDRNOTAVAIL,
+            &format!("removing {addr}/{prefix}"),
+        )
+    }
+
+    fn del_route(
+        &mut self,
+        index: u32,
+        dst: &IpAddr,
+        prefix: u8,
+        via: Option<&IpAddr>,
+    ) -> Result<(), String> {
+        self.remove(
+            RTM_DELROUTE,
+            &route(index, dst, prefix, via),
+            libc::ESRCH,
+            &format!("removing the route to {dst}/{prefix}"),
         )
     }
 }

@@ -1,7 +1,9 @@
 //! `[network]` of the host config, applied at boot: each configured
 //! interface (found by name or MAC) is brought up with its MTU, static
 //! addresses, default gateway and routes, through rtnetlink
-//! ([`crate::netlink::Netlink`] is the real [`Net`]).
+//! ([`crate::netlink::Netlink`] is the real [`Net`]). A config applied on
+//! a running host also withdraws what the previous one set and the new
+//! one no longer lists.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -30,6 +32,105 @@ pub trait Net {
         prefix: u8,
         via: Option<&IpAddr>,
     ) -> Result<(), String>;
+    /// Remove an address; one already gone is no error.
+    fn del_address(&mut self, index: u32, addr: &IpAddr, prefix: u8) -> Result<(), String>;
+    /// Remove a route; one already gone is no error.
+    fn del_route(
+        &mut self,
+        index: u32,
+        dst: &IpAddr,
+        prefix: u8,
+        via: Option<&IpAddr>,
+    ) -> Result<(), String>;
+}
+
+/// An address or route a config sets on an interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Setting {
+    Address(u32, IpAddr, u8),
+    Route(u32, IpAddr, u8, Option<IpAddr>),
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Setting::Address(_, a, p) => write!(f, "address {a}/{p}"),
+            Setting::Route(_, d, p, None) => write!(f, "route to {d}/{p}"),
+            Setting::Route(_, d, p, Some(v)) => write!(f, "route to {d}/{p} via {v}"),
+        }
+    }
+}
+
+/// What `c` sets on the interfaces `present`, in order.
+fn settings(c: &HostConfig, present: &[Iface]) -> Vec<Setting> {
+    c.network
+        .interfaces
+        .iter()
+        .filter_map(|(name, cfg)| find(present, name, cfg).map(|i| iface_settings(i.index, cfg)))
+        .flatten()
+        .collect()
+}
+
+/// The addresses and routes `cfg` sets on interface `i` (values that do
+/// not parse were refused by validation and are skipped).
+fn iface_settings(i: u32, cfg: &keel_spec::hostconfig::types::Interface) -> Vec<Setting> {
+    let mut out = Vec::new();
+    for a in &cfg.addresses {
+        if let Ok((addr, prefix)) = parse_cidr(a) {
+            out.push(Setting::Address(i, addr, prefix));
+        }
+    }
+    if let Some(gw) = cfg.gateway.as_deref().and_then(|g| parse_ip(g).ok()) {
+        let any: IpAddr = if gw.is_ipv4() {
+            IpAddr::from([0u8; 4])
+        } else {
+            IpAddr::from([0u8; 16])
+        };
+        out.push(Setting::Route(i, any, 0, Some(gw)));
+    }
+    for r in &cfg.routes {
+        if let Ok((dst, prefix)) = parse_cidr(&r.to) {
+            let via = r.via.as_deref().and_then(|v| parse_ip(v).ok());
+            out.push(Setting::Route(i, dst, prefix, via));
+        }
+    }
+    out
+}
+
+fn find<'a>(
+    present: &'a [Iface],
+    name: &str,
+    cfg: &keel_spec::hostconfig::types::Interface,
+) -> Option<&'a Iface> {
+    present.iter().find(|i| match &cfg.mac {
+        Some(mac) => i.mac.eq_ignore_ascii_case(mac),
+        None => i.name == name,
+    })
+}
+
+/// Remove what `old` set and `new` does not: routes first, then
+/// addresses (DHCP leases and what others added are never touched).
+/// Returns what could not be removed.
+pub fn withdraw(old: &HostConfig, new: &HostConfig, net: &mut dyn Net) -> Vec<String> {
+    let present = net.interfaces();
+    let keep = settings(new, &present);
+    let mut gone: Vec<Setting> = settings(old, &present)
+        .into_iter()
+        .filter(|s| !keep.contains(s))
+        .collect();
+    // Routes before the addresses they may go through.
+    gone.sort_by_key(|s| matches!(s, Setting::Address(..)));
+    let mut warnings = Vec::new();
+    for s in gone {
+        let r = match &s {
+            Setting::Route(i, dst, prefix, via) => net.del_route(*i, dst, *prefix, via.as_ref()),
+            Setting::Address(i, addr, prefix) => net.del_address(*i, addr, *prefix),
+        };
+        if let Err(e) = r {
+            warnings.push(format!("network: removing {s:?}: {e}"));
+        }
+    }
+    warnings
 }
 
 /// What applying `[network]` did.
@@ -48,11 +149,7 @@ pub fn apply(c: &HostConfig, net: &mut dyn Net) -> Applied {
     let mut dhcp = Vec::new();
     let present = net.interfaces();
     for (name, cfg) in &c.network.interfaces {
-        let found = present.iter().find(|i| match &cfg.mac {
-            Some(mac) => i.mac.eq_ignore_ascii_case(mac),
-            None => &i.name == name,
-        });
-        let Some(iface) = found else {
+        let Some(iface) = find(&present, name, cfg) else {
             let by = cfg
                 .mac
                 .as_deref()
@@ -66,24 +163,13 @@ pub fn apply(c: &HostConfig, net: &mut dyn Net) -> Applied {
             }
         };
         try_(net.link_up(iface.index, cfg.mtu));
-        for a in &cfg.addresses {
-            if let Ok((addr, prefix)) = parse_cidr(a) {
-                try_(net.add_address(iface.index, &addr, prefix));
-            }
-        }
-        if let Some(gw) = cfg.gateway.as_deref().and_then(|g| parse_ip(g).ok()) {
-            let any: IpAddr = if gw.is_ipv4() {
-                IpAddr::from([0u8; 4])
-            } else {
-                IpAddr::from([0u8; 16])
-            };
-            try_(net.add_route(iface.index, &any, 0, Some(&gw)));
-        }
-        for r in &cfg.routes {
-            if let Ok((dst, prefix)) = parse_cidr(&r.to) {
-                let via = r.via.as_deref().and_then(|v| parse_ip(v).ok());
-                try_(net.add_route(iface.index, &dst, prefix, via.as_ref()));
-            }
+        for setting in iface_settings(iface.index, cfg) {
+            try_(match &setting {
+                Setting::Address(i, addr, prefix) => net.add_address(*i, addr, *prefix),
+                Setting::Route(i, dst, prefix, via) => {
+                    net.add_route(*i, dst, *prefix, via.as_ref())
+                }
+            });
         }
         if cfg.dhcp {
             dhcp.push(iface.name.clone());
@@ -159,6 +245,63 @@ mod tests {
                 .push(format!("route {index} {dst}/{prefix} via {via:?}"));
             Err("Network is unreachable".into())
         }
+        fn del_address(&mut self, index: u32, addr: &IpAddr, prefix: u8) -> Result<(), String> {
+            self.calls.push(format!("del addr {index} {addr}/{prefix}"));
+            Ok(())
+        }
+        fn del_route(
+            &mut self,
+            index: u32,
+            dst: &IpAddr,
+            prefix: u8,
+            via: Option<&IpAddr>,
+        ) -> Result<(), String> {
+            self.calls
+                .push(format!("del route {index} {dst}/{prefix} via {via:?}"));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn what_the_old_config_set_and_the_new_one_does_not_is_withdrawn() {
+        let old: HostConfig = toml::from_str(
+            r#"
+[network.interfaces.eth0]
+addresses = ["10.0.2.15/24", "10.0.3.1/24"]
+gateway = "10.0.2.2"
+routes = [{ to = "192.0.2.0/24", via = "10.0.3.9" }]
+[network.interfaces.uplink]
+mac = "52:54:00:ab:cd:ef"
+addresses = ["fd00::5/64"]
+[network.interfaces.wlan0]
+addresses = ["192.0.2.1/24"]
+"#,
+        )
+        .unwrap();
+        let new: HostConfig = toml::from_str(
+            r#"
+[network.interfaces.eth0]
+addresses = ["10.0.2.15/24"]
+gateway = "10.0.2.1"
+dhcp = true
+"#,
+        )
+        .unwrap();
+        let mut f = Fake::default();
+        assert!(withdraw(&old, &new, &mut f).is_empty());
+        assert_eq!(
+            f.calls,
+            [
+                "del route 2 0.0.0.0/0 via Some(10.0.2.2)",
+                "del route 2 192.0.2.0/24 via Some(10.0.3.9)",
+                "del addr 2 10.0.3.1/24",
+                "del addr 3 fd00::5/64",
+            ],
+            "routes first; kept address untouched; a missing interface skipped"
+        );
+        let mut f = Fake::default();
+        assert!(withdraw(&new, &new, &mut f).is_empty());
+        assert!(f.calls.is_empty(), "the same config withdraws nothing");
     }
 
     #[test]

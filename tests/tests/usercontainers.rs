@@ -80,6 +80,13 @@ fn pid(g: &mut Guest, name: &str) -> i64 {
 }
 
 const BASE: &str = "[network.interfaces.eth0]\naddresses = [\"10.0.2.15/24\"]\n\n";
+/// BASE with a second address, which a later config without it removes.
+const EXTRA: &str =
+    "[network.interfaces.eth0]\naddresses = [\"10.0.2.15/24\", \"10.0.9.1/24\"]\n\n";
+
+fn has_extra_address(g: &mut Guest) -> bool {
+    g.shell("ip -4 addr show dev eth0").contains("10.0.9.1/24")
+}
 
 fn app(greeting: &str) -> String {
     format!(
@@ -149,7 +156,7 @@ fn a_user_container_runs_from_var_and_config_apply_restarts_only_what_changed() 
     write_in_guest(
         &mut g,
         "/tmp/new.toml",
-        &format!("{BASE}{}", app("applied")),
+        &format!("{EXTRA}{}", app("applied")),
     );
     let out = g.shell("keelctl config apply /tmp/new.toml; echo rc=$?");
     assert!(
@@ -163,6 +170,7 @@ fn a_user_container_runs_from_var_and_config_apply_restarts_only_what_changed() 
     assert_eq!(pid(&mut g, "admin"), admin);
     assert_ne!(pid(&mut g, "app"), app_pid);
     http_get(port, "/", "served from a user container").unwrap();
+    assert!(has_extra_address(&mut g), "the new config's address");
 
     // A bad file changes nothing.
     write_in_guest(
@@ -188,6 +196,10 @@ fn a_user_container_runs_from_var_and_config_apply_restarts_only_what_changed() 
     let out = g.shell("keelctl config apply --try 20s /tmp/try.toml; echo rc=$?");
     assert!(out.contains("stopped web") && out.contains("rc=0"), "{out}");
     assert_eq!(pid(&mut g, "app"), app_pid, "unchanged by the trial");
+    assert!(
+        !has_extra_address(&mut g),
+        "an address the trial's config no longer lists is removed"
+    );
     let status = g.status();
     assert_eq!(status["config"]["source"], "trial", "{status}");
     assert!(
@@ -201,12 +213,14 @@ fn a_user_container_runs_from_var_and_config_apply_restarts_only_what_changed() 
         status.contains("was not confirmed and was reverted"),
         "{status}"
     );
+    assert!(has_extra_address(&mut g), "back with the reverted config");
 
     // Confirmed: kept on the ESP for the next boots.
     let out = g
         .shell("keelctl config apply --try 5m /tmp/try.toml && keelctl config confirm; echo rc=$?");
     assert!(out.contains("confirmed") && out.contains("rc=0"), "{out}");
     assert_eq!(g.status()["config"]["source"], "esp");
+    assert!(!has_extra_address(&mut g));
     g.send("keelctl poweroff\n");
     assert!(g.wait_exit(COMMAND_TIMEOUT).success());
     let kept = esp_text(&disk_path, keel_spec::host::ON_ESP);

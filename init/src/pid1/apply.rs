@@ -300,6 +300,9 @@ impl Init {
             warnings.extend(crate::vms::prepare(new, &mut crate::vms::RealVmHost));
         }
         if new.network != old.network || new.vms != old.vms {
+            if new.network != old.network {
+                warnings.extend(config::withdraw_network(&old, new));
+            }
             let (dhcp, w) = config::apply_network(new, &self.cfg.services);
             self.cfg.dhcp = dhcp;
             warnings.extend(w);
@@ -307,9 +310,7 @@ impl Init {
                 warnings.push(format!("resolv.conf: {e}"));
             }
             if new.network != old.network {
-                changes.push(
-                    "network (addresses and routes no longer listed stay until reboot)".into(),
-                );
+                changes.push("network".into());
             }
         }
         if new.update != old.update {
