@@ -1,9 +1,10 @@
 //! The lock file beside a recipe (`host.toml` → `host.lock`): the exact
 //! version and sha256 of every input an image is made from, outside keel's
 //! own binaries: the recipe, the kernel source package, config fragments,
-//! userland source packages and their recipes, systemd-boot, the toolchain,
-//! container definitions and trusted keys. `keel lock` writes it; `keel
-//! build --locked` refuses to build when an input differs from it.
+//! userland source packages and their recipes, systemd-boot, the zone
+//! database (tzdata), the toolchain, container definitions and trusted
+//! keys. `keel lock` writes it; `keel build --locked` refuses to build
+//! when an input differs from it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -197,6 +198,8 @@ pub fn collect(recipe: &Loaded<ImageRecipe>) -> Result<Vec<Input>, LockError> {
         inputs.push(source_package(&pkg.recipe.source)?);
     }
     inputs.push(debian("boot loader and stub", "systemd-boot-efi")?);
+    // The image's zone table is made from the build machine's zoneinfo.
+    inputs.push(debian("zone database", "tzdata")?);
     for pkg in ["gcc", "musl-tools", "erofs-utils", "e2fsprogs"] {
         inputs.push(debian(&format!("tool {pkg}"), pkg)?);
     }

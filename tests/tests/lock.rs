@@ -43,6 +43,7 @@ fn the_lock_file_catches_a_changed_input() {
         "kernel source linux-source-6.1",
         "source package busybox",
         "boot loader and stub",
+        "zone database",
         "container admin",
     ] {
         assert!(
