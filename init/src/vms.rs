@@ -144,19 +144,6 @@ fn service(template: &ContainerDef, name: &str, vm: &Vm) -> Result<ContainerDef,
 #[derive(Debug, Default)]
 pub struct RealVmHost;
 
-const TUNSETIFF: libc::Ioctl = 0x4004_54ca as libc::Ioctl;
-const TUNSETPERSIST: libc::Ioctl = 0x4004_54cb as libc::Ioctl;
-const TUNSETOWNER: libc::Ioctl = 0x4004_54cc as libc::Ioctl;
-const TUNSETGROUP: libc::Ioctl = 0x4004_54ce as libc::Ioctl;
-
-/// `struct ifreq` as TUNSETIFF reads it.
-#[repr(C)]
-struct IfReq {
-    name: [u8; 16],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
-
 impl VmHost for RealVmHost {
     fn set_device(&mut self, path: &Path, gid: u32, mode: u32) -> Result<(), String> {
         use std::os::unix::fs::PermissionsExt;
@@ -173,13 +160,12 @@ impl VmHost for RealVmHost {
             .open(TUN)
             .map_err(|e| format!("{TUN}: {e}"))?;
         let fd = tun.as_raw_fd();
-        let mut req = IfReq {
-            name: [0; 16],
-            flags: 0x0002 | 0x1000, // IFF_TAP | IFF_NO_PI
-            _pad: [0; 22],
-        };
-        let n = name.len().min(15);
-        req.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+        // SAFETY: ifreq is plain C data for which all zeros is valid.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes().take(15)) {
+            *dst = src as libc::c_char;
+        }
+        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
         let ioctl = |what: &str, rc: libc::c_int| {
             if rc < 0 {
                 Err(format!("{what}: {}", std::io::Error::last_os_error()))
@@ -189,18 +175,20 @@ impl VmHost for RealVmHost {
         };
         // SAFETY: TUNSETIFF reads and writes an ifreq, which `req` is; fd
         // is ours and open.
-        ioctl("TUNSETIFF", unsafe { libc::ioctl(fd, TUNSETIFF, &mut req) })?;
+        ioctl("TUNSETIFF", unsafe {
+            libc::ioctl(fd, libc::TUNSETIFF, &mut req)
+        })?;
         // SAFETY: these take plain integers by value on an attached fd.
         ioctl("TUNSETOWNER", unsafe {
-            libc::ioctl(fd, TUNSETOWNER, libc::c_ulong::from(uid))
+            libc::ioctl(fd, libc::TUNSETOWNER, libc::c_ulong::from(uid))
         })?;
         // SAFETY: as above.
         ioctl("TUNSETGROUP", unsafe {
-            libc::ioctl(fd, TUNSETGROUP, libc::c_ulong::from(gid))
+            libc::ioctl(fd, libc::TUNSETGROUP, libc::c_ulong::from(gid))
         })?;
         // SAFETY: as above.
         ioctl("TUNSETPERSIST", unsafe {
-            libc::ioctl(fd, TUNSETPERSIST, 1 as libc::c_ulong)
+            libc::ioctl(fd, libc::TUNSETPERSIST, 1 as libc::c_ulong)
         })?;
         drop(tun);
         let cname = std::ffi::CString::new(name).map_err(|e| e.to_string())?;

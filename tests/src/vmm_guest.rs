@@ -8,35 +8,6 @@ use std::process::Command;
 
 use crate::{disk_image, image_recipe, keel_build, workspace};
 
-/// A newc cpio archive of `files` (name, contents, mode).
-pub fn cpio(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut entry = |name: &str, data: &[u8], mode: u32| {
-        let name_len = name.len() + 1;
-        out.extend(
-            format!(
-                "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-                1, mode, 0, 0, 1, 0, data.len(), 0, 0, 0, 0, name_len, 0
-            )
-            .as_bytes(),
-        );
-        out.extend(name.as_bytes());
-        out.push(0);
-        while out.len() % 4 != 0 {
-            out.push(0);
-        }
-        out.extend(data);
-        while out.len() % 4 != 0 {
-            out.push(0);
-        }
-    };
-    for (name, data, mode) in files {
-        entry(name, data, *mode);
-    }
-    entry("TRAILER!!!", b"", 0);
-    out
-}
-
 /// The guest's init, static against musl, built in `dir`.
 pub fn guest_init(dir: &Path) -> Vec<u8> {
     let out = dir.join("init");
@@ -52,7 +23,15 @@ pub fn guest_init(dir: &Path) -> Vec<u8> {
 
 /// The guest's initramfs: just its init.
 pub fn guest_initramfs(dir: &Path) -> Vec<u8> {
-    cpio(&[("init", &guest_init(dir), 0o100_755)])
+    use keel_image_builder::initramfs::{write_cpio, Entry};
+    let init = Entry::File {
+        path: "init".into(),
+        mode: 0o755,
+        data: guest_init(dir),
+    };
+    let mut out = Vec::new();
+    write_cpio(&[init], &mut out).expect("writing a cpio archive in memory");
+    out
 }
 
 /// Build, in `dir`, an image with the admin shell and a service `name`

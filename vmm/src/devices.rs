@@ -126,11 +126,6 @@ impl Devices {
         Action::None
     }
 
-    /// The time since the VMM started.
-    pub fn since_start(&self) -> Duration {
-        self.started.elapsed()
-    }
-
     /// Room in the serial port's receive FIFO.
     pub fn input_room(&self) -> usize {
         self.serial.fifo_capacity()

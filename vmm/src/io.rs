@@ -61,31 +61,32 @@ pub struct EventLoop {
     input_fd: Option<(RawFd, u64)>,
 }
 
+/// Watch `fd` for `set`, reported as `token`.
+fn add(epoll: &Epoll, fd: RawFd, token: u64, set: EventSet) -> std::io::Result<()> {
+    epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(set, token))
+}
+
 impl EventLoop {
     /// Watch `exit`, every slot's queues and own source, and `input`.
     pub fn new(exit: &EventFd, slots: &[VirtioSlot], input: Input) -> std::io::Result<EventLoop> {
         let epoll = Epoll::new()?;
-        let add = |fd: RawFd, token: u64, set: EventSet| {
-            epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(set, token))
-        };
-        add(exit.as_raw_fd(), EXIT, EventSet::IN)?;
+        add(&epoll, exit.as_raw_fd(), EXIT, EventSet::IN)?;
         for (d, slot) in slots.iter().enumerate() {
             for (q, evt) in slot.notify.iter().enumerate() {
-                add(evt.as_raw_fd(), token_queue(d, q), EventSet::IN)?;
+                add(&epoll, evt.as_raw_fd(), token_queue(d, q), EventSet::IN)?;
             }
             if let Some(fd) = slot.event_fd {
-                add(
-                    fd,
-                    DEVICE | d as u64,
-                    EventSet::IN | EventSet::EDGE_TRIGGERED,
-                )?;
+                let set = EventSet::IN | EventSet::EDGE_TRIGGERED;
+                add(&epoll, fd, DEVICE | d as u64, set)?;
             }
         }
         let input_fd = match &input {
             // A file or /dev/null cannot be polled: then there is no input.
-            Input::Stdin => add(0, STDIN, EventSet::IN).ok().map(|()| (0, STDIN)),
+            Input::Stdin => add(&epoll, 0, STDIN, EventSet::IN)
+                .ok()
+                .map(|()| (0, STDIN)),
             Input::Socket { listener, .. } => {
-                add(listener.as_raw_fd(), LISTEN, EventSet::IN)?;
+                add(&epoll, listener.as_raw_fd(), LISTEN, EventSet::IN)?;
                 None
             }
             Input::None => None,
@@ -98,96 +99,84 @@ impl EventLoop {
     }
 
     /// Serve the devices until a vCPU signals the end.
-    pub fn run(self, slots: &[VirtioSlot], legacy: &Mutex<Devices>) -> std::io::Result<()> {
-        let EventLoop {
-            epoll,
-            input,
-            mut input_fd,
-        } = self;
-        let add = |fd: RawFd, token: u64, set: EventSet| {
-            epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(set, token))
-        };
-        run(&epoll, &add, &mut input_fd, &input, slots, legacy)
+    pub fn run(mut self, slots: &[VirtioSlot], legacy: &Mutex<Devices>) -> std::io::Result<()> {
+        let mut paused = false;
+        let mut events = vec![EpollEvent::default(); 32];
+        loop {
+            let timeout = if paused { PAUSE_MS } else { -1 };
+            let n = match self.epoll.wait(timeout, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if paused && legacy.lock().is_ok_and(|d| d.input_room() > 0) {
+                if let Some((fd, token)) = self.input_fd {
+                    add(&self.epoll, fd, token, EventSet::IN)?;
+                }
+                paused = false;
+            }
+            for ev in &events[..n] {
+                match ev.data() {
+                    EXIT => return Ok(()),
+                    t @ (STDIN | CLIENT) => {
+                        let open = console_input(t, &self.input, legacy, &mut paused);
+                        if !open || paused {
+                            if let Some((fd, _)) = self.input_fd {
+                                let _ = self.epoll.ctl(
+                                    ControlOperation::Delete,
+                                    fd,
+                                    EpollEvent::default(),
+                                );
+                            }
+                        }
+                        if !open {
+                            self.input_fd = None;
+                            if let Input::Socket { client, .. } = &self.input {
+                                if let Ok(mut c) = client.lock() {
+                                    *c = None;
+                                }
+                            }
+                        }
+                    }
+                    LISTEN => self.accept(&mut paused)?,
+                    t if t & DEVICE != 0 && t & QUEUE == 0 => {
+                        if let Some(slot) = slots.get((t & 0xffff) as usize) {
+                            if let Ok(mut tr) = slot.transport.lock() {
+                                tr.process(None);
+                            }
+                        }
+                    }
+                    t => {
+                        let (d, q) = (((t >> 16) & 0xffff) as usize, (t & 0xffff) as usize);
+                        if let Some(slot) = slots.get(d) {
+                            let _ = slot.notify[q].read();
+                            if let Ok(mut tr) = slot.transport.lock() {
+                                tr.process(Some(q));
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
-}
 
-fn run(
-    epoll: &Epoll,
-    add: &dyn Fn(RawFd, u64, EventSet) -> std::io::Result<()>,
-    input_fd: &mut Option<(RawFd, u64)>,
-    input: &Input,
-    slots: &[VirtioSlot],
-    legacy: &Mutex<Devices>,
-) -> std::io::Result<()> {
-    let mut paused = false;
-    let mut events = vec![EpollEvent::default(); 32];
-    loop {
-        let timeout = if paused { PAUSE_MS } else { -1 };
-        let n = match epoll.wait(timeout, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+    /// A console client connected: it replaces the previous one, whose
+    /// connection closes (and leaves the epoll set with it).
+    fn accept(&mut self, paused: &mut bool) -> std::io::Result<()> {
+        let Input::Socket { listener, client } = &self.input else {
+            return Ok(());
         };
-        if paused && legacy.lock().is_ok_and(|d| d.input_room() > 0) {
-            if let Some((fd, token)) = *input_fd {
-                add(fd, token, EventSet::IN)?;
+        if let Ok((conn, _)) = listener.accept() {
+            conn.set_nonblocking(true)?;
+            let fd = conn.as_raw_fd();
+            if let Ok(mut c) = client.lock() {
+                *c = Some(conn);
             }
-            paused = false;
+            *paused = false;
+            add(&self.epoll, fd, CLIENT, EventSet::IN)?;
+            self.input_fd = Some((fd, CLIENT));
         }
-        for ev in &events[..n] {
-            match ev.data() {
-                EXIT => return Ok(()),
-                t @ (STDIN | CLIENT) => {
-                    if !console_input(t, input, legacy, &mut paused) {
-                        if let Some((fd, _)) = input_fd.take() {
-                            let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
-                        }
-                        if let Input::Socket { client, .. } = input {
-                            if let Ok(mut c) = client.lock() {
-                                *c = None;
-                            }
-                        }
-                    } else if paused {
-                        if let Some((fd, _)) = *input_fd {
-                            epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default())?;
-                        }
-                    }
-                }
-                LISTEN => {
-                    if let Input::Socket { listener, client } = input {
-                        if let Ok((conn, _)) = listener.accept() {
-                            conn.set_nonblocking(true)?;
-                            let fd = conn.as_raw_fd();
-                            // The previous client, if any, is closed by
-                            // the replacement, which also takes it out
-                            // of the epoll set.
-                            if let Ok(mut c) = client.lock() {
-                                *c = Some(conn);
-                            }
-                            paused = false;
-                            add(fd, CLIENT, EventSet::IN)?;
-                            *input_fd = Some((fd, CLIENT));
-                        }
-                    }
-                }
-                t if t & DEVICE != 0 && t & QUEUE == 0 => {
-                    if let Some(slot) = slots.get((t & 0xffff) as usize) {
-                        if let Ok(mut tr) = slot.transport.lock() {
-                            tr.process(None);
-                        }
-                    }
-                }
-                t => {
-                    let (d, q) = (((t >> 16) & 0xffff) as usize, (t & 0xffff) as usize);
-                    if let Some(slot) = slots.get(d) {
-                        let _ = slot.notify[q].read();
-                        if let Ok(mut tr) = slot.transport.lock() {
-                            tr.process(Some(q));
-                        }
-                    }
-                }
-            }
-        }
+        Ok(())
     }
 }
 

@@ -100,8 +100,9 @@ pub fn run(config: &VmConfig) -> Result<Exit, VmError> {
             message: e.to_string(),
         },
     )?;
-    // The kernel goes into guest memory while KVM sets the VM up: on
-    // the way to the first vCPU entry these are the two longest steps.
+    // The kernel goes into guest memory while KVM sets the VM up: the
+    // two do not depend on each other, and both stand before the first
+    // vCPU entry.
     let (kvm, vm, entry) = std::thread::scope(|s| {
         let loader = s.spawn(|| {
             boot::load(
@@ -150,7 +151,7 @@ pub fn run(config: &VmConfig) -> Result<Exit, VmError> {
             .name(format!("vcpu{id}"))
             .spawn(move || {
                 let exit = match crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
-                    Ok(()) => run_vcpu(vcpu, &bus, id == 0),
+                    Ok(()) => run_vcpu(vcpu, &bus, (id == 0).then_some(started)),
                     Err(e) => Exit::Failed(e.to_string()),
                 };
                 let _ = tx.send(exit);
@@ -360,26 +361,20 @@ fn set_lvt(regs: &mut [std::os::raw::c_char; 1024], offset: usize, mode: u32) {
     }
 }
 
-fn run_vcpu(mut vcpu: VcpuFd, bus: &Bus, mut report: bool) -> Exit {
+/// Run one vCPU until the VM ends; the boot vCPU (`started`: when the
+/// VMM started) first says how long the way to the guest took.
+fn run_vcpu(mut vcpu: VcpuFd, bus: &Bus, started: Option<Instant>) -> Exit {
     let with = |f: &mut dyn FnMut(&mut Devices) -> Action| match bus.legacy.lock() {
         Ok(mut d) => f(&mut d),
         Err(_) => Action::None,
     };
+    if let Some(t) = started {
+        eprintln!(
+            "keel-vmm: first vCPU entry {} us after the VMM started",
+            t.elapsed().as_micros()
+        );
+    }
     loop {
-        if report {
-            // The time to the first KVM_RUN: everything the VMM does
-            // before the guest runs.
-            let t = bus
-                .legacy
-                .lock()
-                .map(|d| d.since_start())
-                .unwrap_or_default();
-            eprintln!(
-                "keel-vmm: first vCPU entry {} us after the VMM started",
-                t.as_micros()
-            );
-            report = false;
-        }
         let action = match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => with(&mut |d| {
                 d.pio_read(port, data);

@@ -132,8 +132,13 @@ fn first_kvm_run(cmd: Command, work: &Path) -> anyhow::Result<(f64, f64)> {
     // and timeout end after it. Killing strace instead could leave the
     // monitor running, detached.
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    if let Some(pid) = monitor_exec(&text, &prog).and_then(|l| l.split_whitespace().next()) {
-        let _ = Command::new("kill").args(["-KILL", pid]).status();
+    if let Some(pid) = monitor_exec(&text, &prog)
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|p| p.parse::<libc::pid_t>().ok())
+    {
+        // SAFETY: kill(2) with a pid strace reported for our own child's
+        // child and a plain signal number.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     let _ = child.wait();
     result

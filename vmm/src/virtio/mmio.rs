@@ -215,9 +215,4 @@ impl MmioTransport {
         self.interrupt.ack(u32::MAX);
         self.device.reset();
     }
-
-    /// The driver's accepted features (tests and devices' statistics).
-    pub fn driver_features(&self) -> u64 {
-        self.driver_features
-    }
 }

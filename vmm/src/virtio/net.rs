@@ -53,17 +53,18 @@ pub trait NetBackend: Send {
 #[derive(Debug)]
 pub struct Tap(File);
 
-/// `struct ifreq` as TUNSETIFF reads it.
-#[repr(C)]
-struct IfReq {
-    name: [u8; IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
+/// TUNSETIFF's request for the tap `name` (at most 15 bytes, checked
+/// before): plain Ethernet frames, no packet-info header.
+fn tap_request(name: &str) -> libc::ifreq {
+    // SAFETY: ifreq is plain C data (bytes, integers, pointers in a
+    // union) for which all zeros is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes().take(IFNAMSIZ - 1)) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    req
 }
-
-const TUNSETIFF: libc::Ioctl = 0x4004_54ca as libc::Ioctl;
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
 
 impl Tap {
     /// Attach to tap `name`. Without CAP_NET_ADMIN the tap must already
@@ -75,15 +76,10 @@ impl Tap {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
             .map_err(NetError::Tun)?;
-        let mut req = IfReq {
-            name: [0; IFNAMSIZ],
-            flags: IFF_TAP | IFF_NO_PI,
-            _pad: [0; 22],
-        };
-        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        let mut req = tap_request(name);
         // SAFETY: TUNSETIFF reads an ifreq, which `req` is, and the fd is
         // ours; the kernel keeps no pointer to it.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
         if rc < 0 {
             let source = std::io::Error::last_os_error();
             let hint = if source.raw_os_error() == Some(libc::EPERM) {
