@@ -4,6 +4,7 @@
 //! Entrypoint, Cmd, Env, WorkingDir and User become the defaults of the
 //! container definition (see [`resolve`]).
 
+mod inroot;
 mod unpack;
 
 use std::fs;
@@ -13,7 +14,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use unpack::{unpack, unpack_keeping_owners};
+pub use inroot::Owners;
+pub use unpack::{unpack, unpack_as, unpack_keeping_owners};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {

@@ -308,10 +308,295 @@ fn zstd_layers_unpack_like_gzip_ones() {
 
 #[test]
 fn owners_are_kept_when_asked() {
+    use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
     let oci = dir.path().join("image");
     layout(&oci);
     let root = dir.path().join("root");
     unpack_keeping_owners(&open(&oci).unwrap(), &root).unwrap();
     check_tree(&root);
+    // The layers record 1000:1000 for every entry.
+    for rel in ["bin", "bin/hello", "bin/hello2", "data/c"] {
+        let m = fs::metadata(root.join(rel)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (1000, 1000), "{rel}");
+    }
+    let link = fs::symlink_metadata(root.join("bin/hi")).unwrap();
+    assert_eq!((link.uid(), link.gid()), (1000, 1000), "the symlink itself");
+}
+
+#[test]
+fn owners_move_into_a_user_namespace_range() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let oci = dir.path().join("image");
+    layout(&oci);
+    let image = open(&oci).unwrap();
+    let root = dir.path().join("root");
+    let owners = Owners::Shifted {
+        base: 200_000,
+        size: 65_536,
+    };
+    unpack_as(&image, &root, owners).unwrap();
+    check_tree(&root);
+    let m = fs::metadata(root.join("bin/hello")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (201_000, 201_000));
+    // 1000 has no owner outside a range of 1000 ids.
+    let small = Owners::Shifted {
+        base: 200_000,
+        size: 1000,
+    };
+    let e = unpack_as(&image, &dir.path().join("small"), small)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("uid 1000 is outside the container's 1000 ids"),
+        "{e}"
+    );
+}
+
+/// A one-layer image of `entries` (the layer tar written as given).
+fn image_of(dir: &Path, layers: Vec<Vec<u8>>) -> Image {
+    Image {
+        source: dir.join("hostile"),
+        id: String::new(),
+        layers: layers
+            .into_iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                let p = dir.join(format!("layer{i}.tar"));
+                fs::write(&p, bytes).unwrap();
+                (format!("layer{i}"), p)
+            })
+            .collect(),
+        config: RunConfig::default(),
+        _scratch: None,
+    }
+}
+
+/// A folder beside the destination with files that no layer may touch,
+/// and a way to check that they did not change.
+struct Outside {
+    dir: PathBuf,
+}
+
+impl Outside {
+    fn new(parent: &Path) -> Self {
+        let dir = parent.join("outside");
+        fs::create_dir_all(dir.join("victim")).unwrap();
+        fs::write(dir.join("victim/keep"), b"precious").unwrap();
+        fs::write(dir.join("secret"), b"host secret").unwrap();
+        Outside { dir }
+    }
+
+    fn unchanged(&self) {
+        assert_eq!(fs::read(self.dir.join("victim/keep")).unwrap(), b"precious");
+        assert_eq!(fs::read(self.dir.join("secret")).unwrap(), b"host secret");
+        let mut names: Vec<_> = fs::read_dir(&self.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["secret", "victim"]);
+        let victim: Vec<_> = fs::read_dir(self.dir.join("victim")).unwrap().collect();
+        assert_eq!(victim.len(), 1, "nothing added to the folder outside");
+    }
+}
+
+/// Unpack `layers` into `root/` beside an [`Outside`]; the result, with
+/// the outside checked unchanged either way.
+fn hostile(layers: Vec<Vec<u8>>) -> (tempfile::TempDir, Result<(), OciError>) {
+    hostile_with(|_| layers)
+}
+
+/// [`hostile`], the layers made knowing the outside folder's host path.
+fn hostile_with(
+    layers: impl FnOnce(&Path) -> Vec<Vec<u8>>,
+) -> (tempfile::TempDir, Result<(), OciError>) {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = Outside::new(dir.path());
+    let image = image_of(dir.path(), layers(&outside.dir));
+    let result = unpack(&image, &dir.path().join("root"));
+    outside.unchanged();
+    (dir, result)
+}
+
+#[test]
+fn a_file_through_an_earlier_symlink_stays_inside() {
+    // The case: x -> the outside folder, then x/victim as a file.
+    let (dir, result) = hostile(vec![layer(
+        &[
+            E::Dir("outside"),
+            E::Symlink("x", "../outside"),
+            E::Symlink("abs", "/outside"),
+            E::File("x/victim", b"evil", 0o644),
+            E::File("abs/victim", b"evil", 0o644),
+            E::File("x/secret", b"evil", 0o644),
+        ],
+        false,
+    )]);
+    // In the root, ../outside and /outside both name /outside inside it.
+    result.unwrap();
+    let root = dir.path().join("root");
+    assert_eq!(fs::read(root.join("outside/victim")).unwrap(), b"evil");
+    assert_eq!(fs::read(root.join("outside/secret")).unwrap(), b"evil");
+}
+
+#[test]
+fn a_folder_through_an_earlier_symlink_stays_inside() {
+    let (dir, result) = hostile(vec![layer(
+        &[
+            E::Dir("outside"),
+            E::Dir("outside/victim"),
+            E::Symlink("x", "/outside/victim"),
+            E::Dir("x/sub"),
+            E::File("x/sub/new", b"evil", 0o644),
+        ],
+        false,
+    )]);
+    result.unwrap();
+    let root = dir.path().join("root");
+    assert_eq!(
+        fs::read(root.join("outside/victim/sub/new")).unwrap(),
+        b"evil"
+    );
+}
+
+#[test]
+fn a_symlink_from_a_lower_layer_is_not_followed_out() {
+    let (_dir, result) = hostile(vec![
+        layer(&[E::Symlink("x", "../../../outside")], false),
+        layer(
+            &[
+                E::File("x/victim", b"evil", 0o644),
+                E::Symlink("x/secret", "/etc/shadow"),
+            ],
+            false,
+        ),
+    ]);
+    // Inside the root, x dangles: refused, naming it.
+    let e = result.unwrap_err().to_string();
+    assert!(e.contains("making the folder /x"), "{e}");
+}
+
+#[test]
+fn a_symlink_to_the_host_path_of_a_folder_outside_is_resolved_inside() {
+    let (dir, result) = hostile_with(|outside| {
+        let abs = outside.to_str().unwrap().to_string();
+        vec![layer(
+            &[
+                E::Symlink("x", &abs),
+                E::Symlink("y", &format!("{abs}/secret")),
+                E::File("y", b"replaced the link, not its target", 0o644),
+                E::File("x/victim", b"evil", 0o644),
+            ],
+            false,
+        )]
+    });
+    // The host path does not exist inside the root.
+    let e = result.unwrap_err().to_string();
+    assert!(e.contains("/x"), "{e}");
+    assert_eq!(
+        fs::read(dir.path().join("root/y")).unwrap(),
+        b"replaced the link, not its target"
+    );
+}
+
+#[test]
+fn a_hard_link_cannot_reach_a_file_outside() {
+    for target in ["../outside/secret", "/outside/secret"] {
+        let (_dir, result) = hostile(vec![layer(
+            &[
+                E::Hardlink("stolen", target),
+                E::File("stolen", b"overwritten", 0o644),
+            ],
+            false,
+        )]);
+        let e = result.unwrap_err().to_string();
+        assert!(
+            e.contains("leaves the root") || e.contains("linking /stolen"),
+            "{target}: {e}"
+        );
+    }
+    // Through a symlink in the root: resolved inside, where there is no
+    // such file.
+    let (_dir, result) = hostile(vec![layer(
+        &[
+            E::Symlink("up", "../outside"),
+            E::Hardlink("stolen", "up/secret"),
+        ],
+        false,
+    )]);
+    let e = result.unwrap_err().to_string();
+    assert!(e.contains("linking /stolen to /up/secret"), "{e}");
+}
+
+#[test]
+fn whiteouts_through_a_symlink_stay_inside() {
+    let (_dir, result) = hostile(vec![
+        layer(
+            &[
+                E::Symlink("x", "../outside"),
+                E::Symlink("v", "/outside/victim"),
+            ],
+            false,
+        ),
+        layer(
+            &[
+                E::File("x/.wh.victim", b"", 0o644),
+                E::File("x/.wh.secret", b"", 0o644),
+                E::File("v/.wh..wh..opq", b"", 0o644),
+                E::File(".wh.x/victim", b"", 0o644),
+            ],
+            false,
+        ),
+    ]);
+    result.unwrap();
+}
+
+/// A layer whose only entry is named `name`, written into the header by
+/// hand (tar's builder refuses `..`).
+fn raw_entry(name: &[u8], kind: tar::EntryType, link: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    let body: &[u8] = if kind == tar::EntryType::Regular {
+        b"evil"
+    } else {
+        b""
+    };
+    h.set_size(body.len() as u64);
+    let gnu = h.as_gnu_mut().unwrap();
+    gnu.name[..name.len()].copy_from_slice(name);
+    gnu.linkname[..link.len()].copy_from_slice(link);
+    h.set_cksum();
+    b.append(&h, body).unwrap();
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn dot_dot_in_names_is_refused() {
+    use tar::EntryType::{Directory, Link, Regular, Symlink};
+    for (name, kind, link) in [
+        (&b"../outside/victim/keep"[..], Regular, &b""[..]),
+        (b"a/../../outside/secret", Regular, b""),
+        (b"/../outside/secret", Regular, b""),
+        (b"../outside/new", Directory, b""),
+        (b"../outside/ln", Symlink, b"/etc"),
+        (b"../outside/hl", Link, b"x"),
+        (b"ok", Link, b"../outside/secret"),
+        (b"../outside/.wh.secret", Regular, b""),
+        (b"../outside/victim/.wh..wh..opq", Regular, b""),
+    ] {
+        let (_dir, result) = hostile(vec![raw_entry(name, kind, link)]);
+        let e = result.unwrap_err().to_string();
+        assert!(
+            e.contains("leaves the root"),
+            "{}: {e}",
+            String::from_utf8_lossy(name)
+        );
+    }
 }

@@ -8,6 +8,7 @@ use std::path::{Component, Path, PathBuf};
 
 use tar::EntryType;
 
+use super::inroot::{Meta, Owners, Tree};
 use super::{compression, io_err, Compression, Image, OciError};
 
 const WHITEOUT: &str = ".wh.";
@@ -120,30 +121,6 @@ fn clean(p: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
-/// Remove `p` whatever it is; a missing path is fine.
-fn remove(p: &Path) -> std::io::Result<()> {
-    match fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
-        Ok(_) => fs::remove_file(p),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Whether some parent of `rel` under `root` is a symlink: writing through
-/// it could land outside the root.
-fn through_symlink(root: &Path, rel: &Path) -> bool {
-    let mut p = root.to_path_buf();
-    let parts: Vec<_> = rel.components().collect();
-    for c in &parts[..parts.len().saturating_sub(1)] {
-        p.push(c);
-        if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
-            return true;
-        }
-    }
-    false
-}
-
 /// An error with what caused it: tar's own messages leave out the
 /// system's reason.
 fn with_causes(e: &dyn std::error::Error) -> String {
@@ -158,59 +135,56 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 
 /// Unpack `image`'s layers, in order, into `dest`. Ownership is not kept
 /// (the root filesystem is built with every file owned by root); device
-/// nodes are skipped (keel gives each container its own /dev).
+/// nodes and fifos are skipped (keel gives each container its own /dev).
 pub fn unpack(image: &Image, dest: &Path) -> Result<(), OciError> {
-    unpack_with(image, dest, false)
+    unpack_as(image, dest, Owners::Unpacker)
 }
 
 /// [`unpack`], giving files the owners the layers record (needs root): for
 /// roots that are used as they are rather than packed into an image.
 pub fn unpack_keeping_owners(image: &Image, dest: &Path) -> Result<(), OciError> {
-    unpack_with(image, dest, true)
+    unpack_as(image, dest, Owners::AsRecorded)
 }
 
-fn unpack_with(image: &Image, dest: &Path, owners: bool) -> Result<(), OciError> {
+/// [`unpack`] with the owners `owners` says. Nothing is written outside
+/// `dest`, whatever the layers hold (see [`crate::inroot`]).
+pub fn unpack_as(image: &Image, dest: &Path, owners: Owners) -> Result<(), OciError> {
     fs::create_dir_all(dest).map_err(io_err(dest))?;
+    let mut tree = Tree::open(dest, owners).map_err(|message| OciError::Format {
+        path: dest.to_path_buf(),
+        message,
+    })?;
     for (name, path) in &image.layers {
         let err = |message: String| OciError::Layer {
             path: image.source.clone(),
             layer: name.clone(),
             message,
         };
-        // Pass 1: whiteouts.
+        // Pass 1: whiteouts, which delete from the layers below.
         let mut a = tar::Archive::new(layer_reader(path)?);
         for entry in a.entries().map_err(|e| err(e.to_string()))? {
-            let e = entry.map_err(|e| err(e.to_string()))?;
+            let e = entry.map_err(|e| err(with_causes(&e)))?;
             let p = e.path().map_err(|e| err(e.to_string()))?.into_owned();
             let Some(file) = p.file_name().and_then(|f| f.to_str()) else {
                 continue;
             };
-            let Some(rel) = clean(&p) else {
-                return Err(err(format!("{} leaves the root", p.display())));
-            };
-            let parent = dest.join(rel.parent().unwrap_or(Path::new("")));
-            if through_symlink(dest, &rel) {
-                return Err(err(format!("{} goes through a symlink", p.display())));
+            if !file.starts_with(WHITEOUT) {
+                continue;
             }
+            let rel = clean(&p).ok_or_else(|| err(format!("{} leaves the root", p.display())))?;
+            let parent = rel.parent().unwrap_or(Path::new(""));
             if file == OPAQUE {
-                if let Ok(rd) = fs::read_dir(&parent) {
-                    for c in rd.flatten() {
-                        remove(&c.path()).map_err(|e| err(e.to_string()))?;
-                    }
-                }
+                tree.clear(parent).map_err(&err)?;
             } else if let Some(gone) = file.strip_prefix(WHITEOUT) {
-                remove(&parent.join(gone)).map_err(|e| err(e.to_string()))?;
+                if !gone.is_empty() && !gone.starts_with(WHITEOUT) {
+                    tree.remove(&parent.join(gone)).map_err(&err)?;
+                }
             }
         }
         // Pass 2: everything else.
         let mut a = tar::Archive::new(layer_reader(path)?);
-        a.set_preserve_permissions(true);
-        a.set_preserve_mtime(true);
-        a.set_preserve_ownerships(owners);
-        a.set_overwrite(true);
-        a.set_unpack_xattrs(false);
         for entry in a.entries().map_err(|e| err(e.to_string()))? {
-            let mut e = entry.map_err(|e| err(e.to_string()))?;
+            let mut e = entry.map_err(|e| err(with_causes(&e)))?;
             let p = e.path().map_err(|e| err(e.to_string()))?.into_owned();
             if p.file_name()
                 .and_then(|f| f.to_str())
@@ -218,37 +192,40 @@ fn unpack_with(image: &Image, dest: &Path, owners: bool) -> Result<(), OciError>
             {
                 continue;
             }
-            let kind = e.header().entry_type();
-            if !matches!(
-                kind,
-                EntryType::Regular
-                    | EntryType::Continuous
-                    | EntryType::Directory
-                    | EntryType::Symlink
-                    | EntryType::Link
-            ) {
-                continue;
-            }
-            let Some(rel) = clean(&p) else {
-                return Err(err(format!("{} leaves the root", p.display())));
-            };
+            let rel = clean(&p).ok_or_else(|| err(format!("{} leaves the root", p.display())))?;
             if rel.as_os_str().is_empty() {
                 continue;
             }
-            // A file may replace a folder of a lower layer and the other
-            // way round; a folder over a folder merges.
-            let target = dest.join(&rel);
-            let old_dir = fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir());
-            if old_dir != (kind == EntryType::Directory) {
-                remove(&target).map_err(|e| err(e.to_string()))?;
+            let meta = Meta::of(e.header()).map_err(|m| err(format!("{}: {m}", p.display())))?;
+            let kind = e.header().entry_type();
+            let link = || -> Result<PathBuf, OciError> {
+                e.link_name()
+                    .map_err(|x| err(format!("{}: link name: {x}", p.display())))?
+                    .map(|l| l.into_owned())
+                    .ok_or_else(|| err(format!("{}: a link without a target", p.display())))
+            };
+            match kind {
+                EntryType::Directory => tree.dir(&rel, meta),
+                EntryType::Regular | EntryType::Continuous => tree.file(&rel, meta, &mut e),
+                EntryType::Symlink => tree.symlink(&rel, &link()?, meta),
+                EntryType::Link => {
+                    let target = link()?;
+                    let target = clean(&target).ok_or_else(|| {
+                        err(format!(
+                            "{}: link target {} leaves the root",
+                            p.display(),
+                            target.display()
+                        ))
+                    })?;
+                    tree.hardlink(&rel, &target)
+                }
+                _ => continue,
             }
-            if !e
-                .unpack_in(dest)
-                .map_err(|e| err(format!("{}: {}", p.display(), with_causes(&e))))?
-            {
-                return Err(err(format!("{} leaves the root", p.display())));
-            }
+            .map_err(&err)?;
         }
     }
-    Ok(())
+    tree.finish().map_err(|message| OciError::Format {
+        path: dest.to_path_buf(),
+        message,
+    })
 }
