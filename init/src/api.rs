@@ -41,6 +41,7 @@ pub enum Request {
     /// confirmed; without, it is kept on the ESP for the next boots.
     ApplyConfig {
         name: String,
+        /// At most [`MAX_TRIAL_S`].
         text: String,
         #[serde(default)]
         try_s: Option<u64>,
@@ -50,6 +51,11 @@ pub enum Request {
     Poweroff,
     Reboot,
 }
+
+/// The longest `config apply --try`: a day. A trial is a safety net for
+/// a change that could cut the host off; one longer than that is a
+/// mistake, and an unbounded one would overflow the clock.
+pub const MAX_TRIAL_S: u64 = 86_400;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

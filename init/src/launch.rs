@@ -58,6 +58,9 @@ pub struct Plan {
     /// user namespace shares the host's network namespace, which it does
     /// not own.
     pub mount_sys: bool,
+    /// Kernel files hidden and made read-only ([`crate::masks`]).
+    pub masked: Vec<&'static str>,
+    pub readonly: Vec<&'static str>,
 }
 
 /// The device the kernel console writes to: the last, primary, entry of
@@ -161,6 +164,8 @@ pub fn plan_with(
             )
         }),
         mount_sys: def.user_namespace.is_none() || ns.net == Share::Private,
+        masked: def.system_paths.masked().collect(),
+        readonly: def.system_paths.readonly().collect(),
         console: def.console.then(console_tty),
         private_pid: ns.pid == Share::Private,
         mounts: def
@@ -419,6 +424,7 @@ fn setup(p: &Plan, stdout: Option<RawFd>, notify: Option<RawFd>) -> Result<Never
             ),
         )?;
     }
+    crate::masks::apply(root, &p.masked, &p.readonly)?;
     let dev = root.join("dev");
     step(
         "mount /dev",

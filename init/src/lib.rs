@@ -15,6 +15,7 @@ pub mod ext4;
 pub mod kmod;
 pub mod launch;
 pub mod logs;
+pub mod masks;
 pub mod netlink;
 pub mod network;
 pub mod pid1;

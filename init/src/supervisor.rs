@@ -195,6 +195,13 @@ pub enum Health {
 /// not keep the others, the updater among them, from ever starting.
 pub const DEFER_AT_MOST: Duration = Duration::from_secs(10);
 
+/// The boot's health gate closes this long after keel-init starts, plus
+/// the readiness deadlines of the services it waits for: a required
+/// service that is still not ready then (a oneshot that never exits, one
+/// whose probe has no deadline) fails the boot like one that crashed, so
+/// boot counting falls back instead of the host waiting forever.
+pub const HEALTH_GATE: Duration = Duration::from_secs(120);
+
 /// A run shorter than this counts towards the crash-loop limit.
 pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -221,6 +228,20 @@ fn boot_critical(defs: &[(String, ContainerDef)]) -> Vec<bool> {
     critical
 }
 
+/// How long the health gate stays open: [`HEALTH_GATE`] and the readiness
+/// deadlines of the boot-critical services (a chain of them may take each
+/// in turn). Definitions bound each deadline to a day, so this cannot
+/// overflow.
+fn gate_length(defs: &[(String, ContainerDef)], critical: &[bool]) -> Duration {
+    let waits: u64 = defs
+        .iter()
+        .zip(critical)
+        .filter(|(_, c)| **c)
+        .filter_map(|((_, d), _)| d.readiness.as_ref().map(|r| r.deadline_ms))
+        .fold(0, u64::saturating_add);
+    HEALTH_GATE.saturating_add(Duration::from_millis(waits))
+}
+
 pub fn backoff(failures_in_row: u32) -> Duration {
     let exp = failures_in_row.saturating_sub(1).min(16);
     (BACKOFF_BASE * 2u32.pow(exp)).min(BACKOFF_MAX)
@@ -234,6 +255,10 @@ pub struct Supervisor<L: Launcher> {
     /// The health gate has had its verdict (healthy or failed) once; from
     /// then on every service starts when its dependencies allow.
     verdict_reached: bool,
+    /// When the health gate closes ([`HEALTH_GATE`]).
+    gate_closes: Instant,
+    /// It closed with required services not ready: the boot failed.
+    gate_expired: bool,
     /// `Instant` ↔ milliseconds since boot, for reporting.
     epoch: (Instant, u64),
 }
@@ -242,6 +267,7 @@ impl<L: Launcher> Supervisor<L> {
     /// `defs` in start order (see `keel_spec::lifecycle::start_order`).
     pub fn new(launcher: L, defs: Vec<(String, ContainerDef)>, now: Instant, boot_ms: u64) -> Self {
         let critical = boot_critical(&defs);
+        let gate_closes = now + gate_length(&defs, &critical);
         let services = defs
             .into_iter()
             .zip(critical)
@@ -252,6 +278,8 @@ impl<L: Launcher> Supervisor<L> {
             launcher,
             shutting_down: false,
             verdict_reached: false,
+            gate_closes,
+            gate_expired: false,
             epoch: (now, boot_ms),
         }
     }
@@ -377,6 +405,9 @@ impl<L: Launcher> Supervisor<L> {
             return;
         }
         self.drop_retired();
+        if !self.verdict_reached && now >= self.gate_closes && self.health() == Health::Starting {
+            self.close_gate();
+        }
         // A verdict reached during this tick is announced before the
         // services that waited for it start, at the next tick.
         if !self.verdict_reached && self.health() != Health::Starting {
@@ -626,6 +657,23 @@ impl<L: Launcher> Supervisor<L> {
         true
     }
 
+    /// The health gate closed before every required service was ready:
+    /// those that were not say so, and the boot has failed.
+    fn close_gate(&mut self) {
+        let after = self.gate_closes.saturating_duration_since(self.epoch.0);
+        for svc in self.services.iter_mut().filter(|s| s.def.required) {
+            if !svc.state.ready() && !svc.state.broken() {
+                let msg = format!(
+                    "not ready when the boot's health gate closed, {} s after keel-init started",
+                    after.as_secs()
+                );
+                crate::log(format!("{}: {msg}", svc.name));
+                svc.last_error = Some(msg);
+            }
+        }
+        self.gate_expired = true;
+    }
+
     /// When the next restart, probe or stop deadline is due, or the end of
     /// the wait for the health gate's verdict.
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -648,6 +696,7 @@ impl<L: Launcher> Supervisor<L> {
                 _ => None,
             })
             .chain(defer_end)
+            .chain((!self.verdict_reached).then_some(self.gate_closes))
             .min()
     }
 
@@ -661,11 +710,13 @@ impl<L: Launcher> Supervisor<L> {
 
     pub fn health(&self) -> Health {
         let required = || self.services.iter().filter(|s| s.def.required);
+        let all_ready = required().all(|s| s.state.ready());
         if required().any(|s| {
             s.state.broken() || (s.def.kind == Kind::Service && matches!(s.state, State::Exited(_)))
-        }) {
+        }) || (self.gate_expired && !all_ready)
+        {
             Health::Failed
-        } else if required().all(|s| s.state.ready()) {
+        } else if all_ready {
             Health::Healthy
         } else {
             Health::Starting

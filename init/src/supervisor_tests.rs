@@ -166,7 +166,8 @@ fn a_verdict_that_never_comes_holds_the_rest_back_only_so_long() {
     s.tick(t + DEFER_AT_MOST);
     assert_eq!(s.health(), Health::Starting, "setup still runs");
     assert!(s.services[1].state.pid().is_some(), "update started anyway");
-    assert_eq!(s.next_deadline(), None);
+    // What is left is the gate's closing, which fails the boot.
+    assert_eq!(s.next_deadline(), Some(t + HEALTH_GATE));
 }
 
 #[test]
@@ -488,4 +489,39 @@ fn a_retired_service_stops_then_leaves_the_table() {
     assert!(s.services.is_empty());
     assert_eq!(s.upsert("a", def(""), t), Change::Added);
     assert!(s.retire("zz", t).is_err());
+}
+
+#[test]
+fn a_required_oneshot_that_never_exits_fails_the_boot_when_the_gate_closes() {
+    let t = Instant::now();
+    let probe = "[readiness]\nfile = \"/run/up\"\ndeadline_ms = 5000\ninterval_ms = 1000";
+    let mut s = sup(
+        &[
+            ("hang", "kind = \"oneshot\""),
+            ("web", probe),
+            ("extra", "required = false"),
+        ],
+        t,
+    );
+    s.tick(t);
+    assert_eq!(s.health(), Health::Starting, "the oneshot is still running");
+    // The gate: HEALTH_GATE plus web's readiness deadline.
+    let closes = t + HEALTH_GATE + Duration::from_millis(5000);
+    assert_eq!(s.next_deadline().map(|d| d <= closes), Some(true));
+    s.tick(closes - Duration::from_millis(1));
+    assert_eq!(s.health(), Health::Starting);
+    s.tick(closes);
+    assert_eq!(s.health(), Health::Failed);
+    let hang = &s.services[0];
+    assert!(
+        hang.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("health gate closed, 125 s after")),
+        "{:?}",
+        hang.last_error
+    );
+    assert_eq!(s.services[1].last_error, None, "web was ready");
+    // The verdict is in: the others start.
+    s.tick(closes + Duration::from_millis(1));
+    assert!(s.launcher.started.contains(&"extra".to_string()));
 }

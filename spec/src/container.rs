@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::syspaths::SystemPaths;
 use crate::lifecycle::{validate_readiness, Kind, Readiness};
 use crate::limits::{
     rlimit_number, Identity, Resources, Rlimits, Seccomp, UserNamespace, Writable, WritableKind,
@@ -104,6 +105,14 @@ pub struct ContainerDef {
     /// -1000 (never OOM-killed) to 1000 (first to go).
     #[serde(default)]
     pub oom_score_adj: Option<i32>,
+    /// Exceptions to the kernel files every container has hidden or
+    /// read-only ([`crate::syspaths`]).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub system_paths: SystemPaths,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 fn five_seconds() -> u64 {
@@ -309,6 +318,9 @@ pub fn validate(name: &str, def: &ContainerDef) -> Result<(), ContainerError> {
             ));
         }
     }
+    def.system_paths
+        .validate()
+        .map_err(|m| invalid("system_paths", m))?;
     if let Some(r) = &def.readiness {
         validate_readiness(r).map_err(|m| invalid("readiness", m))?;
     }
@@ -330,6 +342,16 @@ fn clean_absolute(p: &str) -> bool {
 }
 
 fn validate_limits(def: &ContainerDef) -> Result<(), ContainerError> {
+    if def.stop_timeout_ms > crate::lifecycle::MAX_WAIT_MS {
+        return Err(invalid(
+            "stop_timeout_ms",
+            format!(
+                "{} is more than a day ({})",
+                def.stop_timeout_ms,
+                crate::lifecycle::MAX_WAIT_MS
+            ),
+        ));
+    }
     for w in &def.writable {
         if !clean_absolute(&w.path) || w.path == "/" {
             return Err(invalid(
@@ -492,6 +514,26 @@ target = "/run/keel"
         assert!(d.mounts[0].readonly);
         assert_eq!(d.hostname_for("admin"), "admin");
         validate("admin", &d).unwrap();
+    }
+
+    #[test]
+    fn waits_and_system_path_exceptions_are_checked() {
+        let long = ContainerDef::parse(&format!("stop_timeout_ms = 9000000000000000000\n{ADMIN}"))
+            .unwrap();
+        let e = validate("admin", &long).unwrap_err().to_string();
+        assert!(e.starts_with("`stop_timeout_ms`: 9000000000000000000 is more"), "{e}");
+        let unmask = ContainerDef::parse(&format!(
+            "{ADMIN}[system_paths]\nunmasked = [\"/proc/kcore\"]\n"
+        ))
+        .unwrap();
+        validate("admin", &unmask).unwrap();
+        assert!(!unmask.system_paths.masked().any(|p| p == "/proc/kcore"));
+        let typo = ContainerDef::parse(&format!(
+            "{ADMIN}[system_paths]\nwritable = [\"/proc/sys/kernel\"]\n"
+        ))
+        .unwrap();
+        let e = validate("admin", &typo).unwrap_err().to_string();
+        assert!(e.starts_with("`system_paths`: writable: \"/proc/sys/kernel\""), "{e}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod policy;
 pub mod repo;
 pub mod seccomp;
 pub mod signed;
+pub mod syspaths;
 pub mod tz;
 pub mod update_api;
 

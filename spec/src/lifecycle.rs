@@ -65,6 +65,10 @@ pub enum GraphError {
 }
 
 /// Validate a readiness block: exactly one probe, sane timings.
+/// The longest any wait of a definition may be (a readiness deadline, a
+/// stop timeout): a day. keel-init adds these to its clock.
+pub const MAX_WAIT_MS: u64 = 86_400_000;
+
 pub fn validate_readiness(r: &Readiness) -> Result<(), String> {
     let probes = usize::from(r.exec.is_some())
         + usize::from(r.tcp.is_some())
@@ -92,6 +96,12 @@ pub fn validate_readiness(r: &Readiness) -> Result<(), String> {
     }
     if r.deadline_ms == 0 || r.interval_ms == 0 || r.interval_ms > r.deadline_ms {
         return Err("need 0 < interval_ms <= deadline_ms".into());
+    }
+    if r.deadline_ms > MAX_WAIT_MS {
+        return Err(format!(
+            "deadline_ms {} is more than a day ({MAX_WAIT_MS})",
+            r.deadline_ms
+        ));
     }
     Ok(())
 }
@@ -220,5 +230,9 @@ mod tests {
         assert!(
             validate_readiness(&r("file = \"/x\"\ninterval_ms = 100\ndeadline_ms = 50")).is_err()
         );
+        // Added to keel-init's clock: bounded.
+        let e = validate_readiness(&r("notify = true\ndeadline_ms = 9000000000000000000"))
+            .unwrap_err();
+        assert!(e.contains("more than a day"), "{e}");
     }
 }

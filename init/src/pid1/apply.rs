@@ -78,6 +78,18 @@ pub(super) struct Trial {
     pub text: String,
 }
 
+/// When a trial of `s` seconds that starts `now` ends, or why it cannot.
+pub(super) fn trial_end(now: Instant, s: u64) -> Result<Instant, String> {
+    if !(1..=crate::api::MAX_TRIAL_S).contains(&s) {
+        return Err(format!(
+            "--try {s}s: a trial lasts from 1 s to {} s",
+            crate::api::MAX_TRIAL_S
+        ));
+    }
+    now.checked_add(Duration::from_secs(s))
+        .ok_or_else(|| format!("--try {s}s: past the end of this clock"))
+}
+
 impl Configured {
     pub(super) fn new(
         image_defs: Vec<(String, ContainerDef)>,
@@ -385,6 +397,12 @@ impl Init {
 
     /// `keelctl config apply`: check the file as at boot, then run on it.
     pub(super) fn apply_config(&mut self, name: &str, text: &str, try_s: Option<u64>) -> Response {
+        // Checked before anything changes: the config must not be applied
+        // by a request that is then refused.
+        let until = match try_s.map(|s| trial_end(Instant::now(), s)).transpose() {
+            Ok(u) => u,
+            Err(e) => return Response::Error(e),
+        };
         let new = match config::read(name, text, &self.cfg.services) {
             Ok(c) => c,
             Err(problems) => return Response::Problems(problems),
@@ -402,8 +420,10 @@ impl Init {
         let (mut changes, mut warnings) = self.run_on(new, source);
         match try_s {
             Some(s) => {
-                let until = Instant::now() + Duration::from_secs(s);
-                self.cfg.state.trial_until_ms = Some(crate::boot_ms() + s * 1000);
+                let until = until.unwrap_or_else(Instant::now);
+                // s <= MAX_TRIAL_S: neither overflows.
+                self.cfg.state.trial_until_ms =
+                    Some(crate::boot_ms().saturating_add(s.saturating_mul(1000)));
                 self.cfg.trial = Some(Trial {
                     until,
                     previous: previous.0,
@@ -473,5 +493,25 @@ impl Init {
             .push("a trial config was not confirmed and was reverted".into());
         self.cfg.state = state;
         log(format!("host config reverted: {}", changes.join("; ")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trial_is_bounded_before_anything_is_applied() {
+        let now = Instant::now();
+        assert_eq!(
+            trial_end(now, 60).unwrap(),
+            now + Duration::from_secs(60)
+        );
+        assert!(trial_end(now, crate::api::MAX_TRIAL_S).is_ok());
+        // The request, which used to overflow Instant + Duration.
+        let e = trial_end(now, 18_000_000_000_000_000_000).unwrap_err();
+        assert!(e.starts_with("--try 18000000000000000000s: a trial lasts"), "{e}");
+        assert!(trial_end(now, 0).is_err());
+        assert!(trial_end(now, crate::api::MAX_TRIAL_S + 1).is_err());
     }
 }

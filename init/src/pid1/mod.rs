@@ -25,7 +25,7 @@ use keel_spec::{API_DIR, API_SOCKET, CONTAINERS_DIR};
 
 use crate::api::{Request, Response, Status};
 use crate::bootgate::Verdict;
-use crate::supervisor::{Exit, Health, Supervisor};
+use crate::supervisor::{Exit, Health, State, Supervisor};
 use crate::{log, sys};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -343,7 +343,11 @@ impl Init {
                     .sup
                     .services
                     .iter()
-                    .filter(|s| s.def.required && s.last_error.is_some() && s.state.pid().is_none())
+                    .filter(|s| {
+                        s.def.required
+                            && s.last_error.is_some()
+                            && !matches!(s.state, State::Running { .. } | State::Done)
+                    })
                     .map(|s| format!("{} ({})", s.name, s.last_error.clone().unwrap_or_default()))
                     .collect();
                 log(format!(
