@@ -250,9 +250,16 @@ pub fn stage(dir: &Path, inputs: &Inputs<'_>) -> Result<(), RootfsError> {
                 s.dir(&rel)?;
             }
         }
+        // The admin user names the admin shell's id for `id` and `ps`.
+        let passwd = format!(
+            "root:x:0:0:root:/root:/bin/sh\nadmin:x:{}:{}:keel admin:/root:/bin/sh\n",
+            keel_spec::ADMIN_UID,
+            keel_spec::ADMIN_GID
+        );
+        let group = format!("root:x:0:\nadmin:x:{}:\n", keel_spec::ADMIN_GID);
         for (f, text) in [
-            ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
-            ("etc/group", "root:x:0:\n"),
+            ("etc/passwd", passwd.as_str()),
+            ("etc/group", group.as_str()),
             ("etc/os-release", inputs.os_release),
         ] {
             let rel = format!("{root}/{f}");

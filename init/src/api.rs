@@ -1,5 +1,6 @@
 //! The local API between keel-init and keelctl: one JSON request line and
-//! one JSON response line per connection on a root-only Unix socket.
+//! one JSON response line per connection on a Unix socket that root and
+//! the admin group ([`keel_spec::ADMIN_GID`]) may use.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +22,11 @@ pub enum Request {
     },
     Restart {
         name: String,
+    },
+    /// Send a signal (by name, `SIGKILL`) to a service's main process.
+    Kill {
+        name: String,
+        signal: String,
     },
     /// Run `argv` inside a running service; the caller's stdin, stdout and
     /// stderr travel with the request (SCM_RIGHTS).

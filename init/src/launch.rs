@@ -520,7 +520,7 @@ fn setup(p: &Plan, stdout: Option<RawFd>, notify: Option<RawFd>) -> Result<Never
         }
         step(
             &format!("bind {}", src.display()),
-            sys::bind(src, &target, *ro),
+            bind_host_folder(src, &target, *ro),
         )?;
     }
     for (rel, how) in &p.writable {
@@ -548,7 +548,7 @@ fn setup(p: &Plan, stdout: Option<RawFd>, notify: Option<RawFd>) -> Result<Never
             Writable::Persistent(host) => {
                 step(
                     &format!("bind /{}", rel.display()),
-                    sys::bind(host, &target, false),
+                    bind_host_folder(host, &target, false),
                 )?;
             }
         }
@@ -633,6 +633,23 @@ fn setup(p: &Plan, stdout: Option<RawFd>, notify: Option<RawFd>) -> Result<Never
         .err()
         .unwrap_or(nix::errno::Errno::UnknownErrno);
     Err(format!("exec {}: {e}", prog.to_string_lossy()))
+}
+
+/// Bind a host folder (a volume, a persistent writable path, an API
+/// folder) into the container: never with device files or set-id programs
+/// that work, so that a device node made there (user containers keep
+/// CAP_MKNOD, as Docker gives it) cannot open a host disk.
+fn bind_host_folder(src: &Path, target: &Path, readonly: bool) -> sys::Result<()> {
+    sys::bind(src, target, false)?;
+    let mut flags = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | locked_flags(target);
+    if readonly {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    sys::mount(None, target, None, flags, None)
 }
 
 /// The flags a remount must keep: in a user namespace the kernel refuses a

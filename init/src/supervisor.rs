@@ -202,6 +202,13 @@ pub const DEFER_AT_MOST: Duration = Duration::from_secs(10);
 /// boot counting falls back instead of the host waiting forever.
 pub const HEALTH_GATE: Duration = Duration::from_secs(120);
 
+/// Signals `keelctl kill` may send: the stop signals, and those that ask
+/// a service to reload or pause.
+pub const KILL_SIGNALS: [&str; 10] = [
+    "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGKILL", "SIGSTOP",
+    "SIGCONT", "SIGWINCH",
+];
+
 /// A run shorter than this counts towards the crash-loop limit.
 pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -561,6 +568,29 @@ impl<L: Launcher> Supervisor<L> {
             _ => self.services[i].state = State::Stopped,
         }
         self.services[i].start_after_stop = false;
+        Ok(())
+    }
+
+    /// Send `signal` (one of [`KILL_SIGNALS`]) to a running service's main
+    /// process (`keelctl kill`); it ends or restarts as its policy says,
+    /// like a process that died by itself.
+    pub fn kill_service(&mut self, name: &str, signal: &str) -> Result<(), String> {
+        let sig = KILL_SIGNALS
+            .contains(&signal)
+            .then(|| signal.parse::<Signal>().ok())
+            .flatten()
+            .ok_or_else(|| {
+                format!(
+                    "signal {signal:?} is not one of {}",
+                    KILL_SIGNALS.join(", ")
+                )
+            })?;
+        let i = self.find(name)?;
+        let pid = self.services[i]
+            .state
+            .pid()
+            .ok_or_else(|| format!("{name} is not running"))?;
+        self.launcher.signal(pid, sig);
         Ok(())
     }
 

@@ -7,11 +7,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::syspaths::SystemPaths;
 use crate::lifecycle::{validate_readiness, Kind, Readiness};
 use crate::limits::{
     rlimit_number, Identity, Resources, Rlimits, Seccomp, UserNamespace, Writable, WritableKind,
 };
+use crate::syspaths::SystemPaths;
 
 /// One system service, run by `keel-init` as a container.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -517,11 +517,26 @@ target = "/run/keel"
     }
 
     #[test]
+    fn the_admin_shell_runs_as_the_admin_user() {
+        let admin =
+            ContainerDef::parse(include_str!("../../system-containers/admin.toml")).unwrap();
+        assert_eq!(
+            (admin.user.uid, admin.user.gid),
+            (crate::ADMIN_UID, crate::ADMIN_GID)
+        );
+        assert!(admin.capabilities.is_empty());
+        validate("admin", &admin).unwrap();
+    }
+
+    #[test]
     fn waits_and_system_path_exceptions_are_checked() {
         let long = ContainerDef::parse(&format!("stop_timeout_ms = 9000000000000000000\n{ADMIN}"))
             .unwrap();
         let e = validate("admin", &long).unwrap_err().to_string();
-        assert!(e.starts_with("`stop_timeout_ms`: 9000000000000000000 is more"), "{e}");
+        assert!(
+            e.starts_with("`stop_timeout_ms`: 9000000000000000000 is more"),
+            "{e}"
+        );
         let unmask = ContainerDef::parse(&format!(
             "{ADMIN}[system_paths]\nunmasked = [\"/proc/kcore\"]\n"
         ))
@@ -533,7 +548,10 @@ target = "/run/keel"
         ))
         .unwrap();
         let e = validate("admin", &typo).unwrap_err().to_string();
-        assert!(e.starts_with("`system_paths`: writable: \"/proc/sys/kernel\""), "{e}");
+        assert!(
+            e.starts_with("`system_paths`: writable: \"/proc/sys/kernel\""),
+            "{e}"
+        );
     }
 
     #[test]

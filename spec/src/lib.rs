@@ -31,6 +31,14 @@ pub const CONTAINERS_DIR: &str = "/usr/lib/keel/containers";
 /// Where `keel-init` serves its API.
 pub const API_SOCKET: &str = "/run/keel/api.sock";
 
+/// The admin shell's user and group (`system-containers/admin.toml`): not
+/// root, so that from the host's PID namespace it can see every process
+/// but signal, trace or read the memory and environment of none of them.
+/// The group may use the API socket, through which keel-init does what an
+/// operator asks.
+pub const ADMIN_UID: u32 = 37;
+pub const ADMIN_GID: u32 = 37;
+
 /// Directory holding the API socket; bind-mounted into containers that may
 /// talk to `keel-init`.
 pub const API_DIR: &str = "/run/keel";

@@ -231,8 +231,8 @@ mod tests {
             validate_readiness(&r("file = \"/x\"\ninterval_ms = 100\ndeadline_ms = 50")).is_err()
         );
         // Added to keel-init's clock: bounded.
-        let e = validate_readiness(&r("notify = true\ndeadline_ms = 9000000000000000000"))
-            .unwrap_err();
+        let e =
+            validate_readiness(&r("notify = true\ndeadline_ms = 9000000000000000000")).unwrap_err();
         assert!(e.contains("more than a day"), "{e}");
     }
 }

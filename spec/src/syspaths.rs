@@ -102,7 +102,10 @@ mod tests {
             ..Default::default()
         };
         let e = typo.validate().unwrap_err();
-        assert!(e.starts_with("writable: \"/proc/sys/\" is not one of"), "{e}");
+        assert!(
+            e.starts_with("writable: \"/proc/sys/\" is not one of"),
+            "{e}"
+        );
         let wrong_list = SystemPaths {
             unmasked: vec!["/proc/sys".into()],
             ..Default::default()

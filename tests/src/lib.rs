@@ -4,6 +4,7 @@
 //! Everything here fails loudly: a missing artifact or tool is a test
 //! failure that says what to run, never a skip.
 
+pub mod escape;
 pub mod fixtures;
 pub mod host;
 pub mod http;

@@ -138,8 +138,13 @@ fn boots_to_ready_runs_containers_and_powers_off() {
     let cgroup = g.shell(&format!("cat /proc/{web_pid}/cgroup"));
     assert!(cgroup.contains("0::/system/web"), "{cgroup}");
 
-    // A service that dies is restarted by keel-init.
-    g.shell(&format!("kill -9 {web_pid}"));
+    // The admin shell sees every process but can touch none of them.
+    keel_tests::escape::admin_cannot_escape(&mut g);
+
+    // A service that dies is restarted by keel-init (killed through the
+    // API: the admin shell itself may not signal it).
+    let killed = g.shell("keelctl kill web; echo rc=$?");
+    assert!(killed.contains("rc=0"), "{killed}");
     let mut restarted = None;
     for _ in 0..60 {
         let w = g.service("web");

@@ -102,6 +102,8 @@ fn the_debian_kernel_image_boots_with_its_modules() {
     let status = g.status();
     let services = status["services"].as_array().unwrap();
     assert!(services.iter().all(|s| s["state"] == "running"), "{status}");
+    // The escape suite's admin rows, on a kernel with modules and kexec.
+    keel_tests::escape::admin_cannot_escape(&mut g);
     g.send("keelctl poweroff\n");
     let exit = g.wait_exit(COMMAND_TIMEOUT);
     assert!(exit.success(), "{exit:?}");

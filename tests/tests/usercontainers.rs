@@ -192,6 +192,19 @@ fn a_user_container_runs_from_var_and_config_apply_restarts_only_what_changed() 
         "/tmp/try.toml",
         &format!("{BASE}{}[services.web]\nenabled = false\n", app("applied")),
     );
+    // A trial longer than the clock can hold is refused before anything
+    // changes (it used to be applied, then panic PID 1).
+    let before = g.status();
+    let out =
+        g.shell("keelctl config apply --try 18000000000000000000s /tmp/try.toml 2>&1; echo rc=$?");
+    assert!(
+        out.contains("--try 18000000000000000000s: a trial lasts from 1 s to 86400 s")
+            && out.contains("rc=1"),
+        "{out}"
+    );
+    let after = g.status();
+    assert_eq!(after["config"], before["config"], "{after}");
+    assert!(after["services"].to_string().contains("\"web\""), "{after}");
     let app_pid = pid(&mut g, "app");
     let out = g.shell("keelctl config apply --try 20s /tmp/try.toml; echo rc=$?");
     assert!(out.contains("stopped web") && out.contains("rc=0"), "{out}");

@@ -66,6 +66,26 @@ fn the_console_socket_is_served_under_seccomp() {
             Err(e) => panic!("{}: {e}", socket.display()),
         }
     };
+    // Every thread (the VMM thread that serves the socket, each vCPU) is
+    // under a filter of its own: checked, not assumed from being alive.
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .map(|t| t.unwrap().path())
+        .collect();
+    assert!(tasks.len() >= 2, "a VMM thread and a vCPU: {tasks:?}");
+    for task in &tasks {
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        assert!(
+            status.lines().any(|l| l == "Seccomp:\t2"),
+            "{}: not in seccomp filter mode:\n{status}",
+            task.display()
+        );
+        assert!(
+            status.lines().any(|l| l == "Seccomp_filters:\t1"),
+            "{}: one filter:\n{status}",
+            task.display()
+        );
+    }
     first.write_all(b"typed at the console\n").unwrap();
     std::thread::sleep(Duration::from_millis(300));
     alive(&mut child, "after console input");

@@ -168,7 +168,12 @@ pub fn exit_on_sigterm() -> anyhow::Result<()> {
 pub fn listen() -> anyhow::Result<UnixListener> {
     let _ = std::fs::remove_file(UPDATE_SOCKET);
     let listener = UnixListener::bind(UPDATE_SOCKET)?;
-    std::fs::set_permissions(UPDATE_SOCKET, std::fs::Permissions::from_mode(0o600))?;
+    // Root's and the admin group's, as keel-init's API socket: the admin
+    // shell runs as the admin user. keel-update is a member of that group
+    // (update.toml), which lets it give the socket to the group without
+    // CAP_CHOWN.
+    std::fs::set_permissions(UPDATE_SOCKET, std::fs::Permissions::from_mode(0o660))?;
+    std::os::unix::fs::chown(UPDATE_SOCKET, None, Some(keel_spec::ADMIN_GID))?;
     Ok(listener)
 }
 

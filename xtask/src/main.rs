@@ -119,15 +119,31 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Packages built from one source that must come in one version: a
+/// machine may have a newer qemu-utils than the archive's qemu-system-x86,
+/// and apt would remove it to install qemu-system-x86. When one of a group
+/// is missing the whole group is installed, at the archive's version.
+const TOGETHER: &[&[&str]] = &[&["qemu-system-x86", "qemu-utils"]];
+
 fn missing_packages() -> Vec<&'static str> {
-    APT_PACKAGES
+    let mut missing: Vec<&'static str> = APT_PACKAGES
         .iter()
         .copied()
         .filter(|p| {
             let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
             !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
         })
-        .collect()
+        .collect();
+    for group in TOGETHER {
+        if group.iter().any(|p| missing.contains(p)) {
+            for p in *group {
+                if !missing.contains(p) {
+                    missing.push(p);
+                }
+            }
+        }
+    }
+    missing
 }
 
 /// A deb-src twin of every `deb` entry in the machine's deb822 sources, so
@@ -191,7 +207,13 @@ fn deps() -> anyhow::Result<()> {
         run(Command::new("apt-get").args(["update", "-q"]))?;
         if !missing.is_empty() {
             run(Command::new("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "--allow-downgrades",
+                ])
                 .args(&missing)
                 .env("DEBIAN_FRONTEND", "noninteractive"))?;
         }
@@ -377,6 +399,17 @@ fn demo() -> anyhow::Result<()> {
 }
 
 fn test(args: &[String]) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let result = test_steps(args);
+    eprintln!(
+        "xtask: the suite took {:.0} s ({})",
+        started.elapsed().as_secs_f64(),
+        if result.is_ok() { "passed" } else { "failed" }
+    );
+    result
+}
+
+fn test_steps(args: &[String]) -> anyhow::Result<()> {
     deps()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([

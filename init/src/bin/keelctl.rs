@@ -43,6 +43,15 @@ enum Cmd {
     Stop { name: String },
     /// Stop a service and start it again.
     Restart { name: String },
+    /// Send a signal to a service's main process (as if it had died by
+    /// itself: it restarts as its policy says).
+    Kill {
+        /// SIGTERM, SIGKILL, SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2,
+        /// SIGSTOP, SIGCONT or SIGWINCH.
+        #[arg(short, long, default_value = "SIGKILL")]
+        signal: String,
+        name: String,
+    },
     /// Run a command inside a running service's namespaces, with this
     /// terminal; exits with the command's status.
     Exec {
@@ -312,6 +321,9 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Stop { name } => {
             call(socket, &Request::Stop { name })?;
+        }
+        Cmd::Kill { signal, name } => {
+            call(socket, &Request::Kill { name, signal })?;
         }
         Cmd::Restart { name } => {
             call(socket, &Request::Restart { name })?;

@@ -503,14 +503,14 @@ mod tests {
     #[test]
     fn a_trial_is_bounded_before_anything_is_applied() {
         let now = Instant::now();
-        assert_eq!(
-            trial_end(now, 60).unwrap(),
-            now + Duration::from_secs(60)
-        );
+        assert_eq!(trial_end(now, 60).unwrap(), now + Duration::from_secs(60));
         assert!(trial_end(now, crate::api::MAX_TRIAL_S).is_ok());
         // The request, which used to overflow Instant + Duration.
         let e = trial_end(now, 18_000_000_000_000_000_000).unwrap_err();
-        assert!(e.starts_with("--try 18000000000000000000s: a trial lasts"), "{e}");
+        assert!(
+            e.starts_with("--try 18000000000000000000s: a trial lasts"),
+            "{e}"
+        );
         assert!(trial_end(now, 0).is_err());
         assert!(trial_end(now, crate::api::MAX_TRIAL_S + 1).is_err());
     }

@@ -103,9 +103,21 @@ fn mount_runtime() {
             Some("mode=1777"),
         ),
     );
-    for (d, mode) in [(API_DIR, 0o700), (LOG_DIR, 0o755), ("/var/lib/keel", 0o755)] {
+    for (d, mode) in [(API_DIR, 0o750), (LOG_DIR, 0o755), ("/var/lib/keel", 0o755)] {
         warn(d, sys::mkdir_p(Path::new(d), mode));
     }
+    // Root and the admin group reach the API.
+    warn(API_DIR, api_group(Path::new(API_DIR)));
+}
+
+/// Owned by root and the admin group ([`keel_spec::ADMIN_GID`]).
+fn api_group(path: &Path) -> Result<(), String> {
+    nix::unistd::chown(
+        path,
+        Some(nix::unistd::Uid::from_raw(0)),
+        Some(nix::unistd::Gid::from_raw(keel_spec::ADMIN_GID)),
+    )
+    .map_err(|e| format!("chown {}: {e}", path.display()))
 }
 
 /// Give every controller to the services' subtree, so each service's
@@ -449,6 +461,9 @@ impl Init {
                 answer(self.sup.restart_service(&name, Instant::now())),
                 None,
             ),
+            Ok(Request::Kill { name, signal }) => {
+                (answer(self.sup.kill_service(&name, &signal)), None)
+            }
             Ok(Request::ValidateConfig { name, text }) => (
                 Response::Problems(
                     crate::config::read(&name, &text, &self.cfg.services)
@@ -611,7 +626,8 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
     let _ = std::fs::remove_file(API_SOCKET);
     let listener = UnixListener::bind(API_SOCKET)
         .and_then(|l| {
-            std::fs::set_permissions(API_SOCKET, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::set_permissions(API_SOCKET, std::fs::Permissions::from_mode(0o660))?;
+            api_group(Path::new(API_SOCKET)).map_err(std::io::Error::other)?;
             l.set_nonblocking(true)?;
             Ok(l)
         })

@@ -6,11 +6,15 @@
 //! (EFAULT for mount's NULL target, ENOSYS for kexec_load on a kernel
 //! without kexec).
 //!
+//! `keel-probe escape ...`: the escape suite's tries (see `escape.rs`).
+//!
 //! `keel-probe forkbomb`: every process forks without end; only the cgroup's
 //! pids.max stops it. A refused fork is retried after a pause so that the
 //! bomb holds its processes without burning a CPU.
 
 use std::process::ExitCode;
+
+mod escape;
 
 fn number(name: &str) -> Option<libc::c_long> {
     Some(match name {
@@ -62,6 +66,10 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args == ["forkbomb"] {
         forkbomb();
+    }
+    if args.first().is_some_and(|a| a == "escape") {
+        escape::run(&args[1..]);
+        return ExitCode::SUCCESS;
     }
     let [cmd, name] = args.as_slice() else {
         eprintln!("usage: keel-probe syscall NAME");

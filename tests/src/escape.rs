@@ -1,0 +1,128 @@
+//! The escape suite: what docs/containers.md's table "What a container
+//! cannot do" says, tried in a booted guest. From the admin shell the
+//! tries are the busybox commands an operator at the prompt would type;
+//! from a confined service, `keel-probe escape` makes the calls directly.
+//! Every try must fail for a permission reason, and the host's values are
+//! read back afterwards.
+
+use crate::Guest;
+
+/// Run `command` at the admin prompt; it must fail (non-zero status) with
+/// one of `reasons` in its output.
+fn refused(g: &mut Guest, row: &str, command: &str, reasons: &[&str]) {
+    let out = g.shell(&format!("{command} 2>&1; echo rc=$?"));
+    let rc_ok = out.lines().any(|l| l.starts_with("rc=") && l != "rc=0");
+    let why = reasons.iter().any(|r| out.contains(r));
+    assert!(
+        rc_ok && why,
+        "{row}: `{command}` was not refused for one of {reasons:?}:\n{out}"
+    );
+}
+
+const EPERM: &str = "Operation not permitted";
+const EACCES: &str = "Permission denied";
+const EROFS: &str = "Read-only file system";
+
+/// From the admin shell (the host's PID namespace, its own uid, no
+/// capabilities, the default seccomp profile): every row refused, and the
+/// sysctls it tried still have their values.
+pub fn admin_cannot_escape(g: &mut Guest) {
+    let aslr = g.shell("cat /proc/sys/kernel/randomize_va_space");
+    let overcommit = g.shell("cat /proc/sys/vm/overcommit_ratio");
+    let id = g.shell("id -u; id -g");
+    assert_eq!(
+        id.split_whitespace().collect::<Vec<_>>(),
+        ["37", "37"],
+        "the admin shell runs as the admin user: {id}"
+    );
+    refused(
+        g,
+        "sysctl write",
+        "echo 0 > /proc/sys/kernel/randomize_va_space",
+        &[EROFS],
+    );
+    refused(
+        g,
+        "sysctl write",
+        "echo 37 > /proc/sys/vm/overcommit_ratio",
+        &[EROFS],
+    );
+    refused(g, "sysrq", "echo h > /proc/sysrq-trigger", &[EROFS]);
+    // kcore is root's only (0400): that the admin user cannot read it says
+    // nothing, so the mask itself is checked.
+    let kcore =
+        g.shell("head -c 64 /proc/kcore | wc -c; grep -c ' /proc/kcore ' /proc/self/mountinfo");
+    assert_eq!(
+        kcore.split_whitespace().collect::<Vec<_>>(),
+        ["0", "1"],
+        "/proc/kcore must be masked: {kcore}"
+    );
+    refused(
+        g,
+        "raw block device",
+        "head -c 1 /dev/vda",
+        &["No such file", EACCES],
+    );
+    refused(g, "mknod", "mknod /tmp/vda b 254 0", &[EPERM]);
+    refused(
+        g,
+        "mount",
+        "mount -t tmpfs none /tmp",
+        &[EPERM, "permission denied"],
+    );
+    // A module file that is not one: were init_module allowed, the kernel
+    // would answer "Exec format error" instead.
+    refused(
+        g,
+        "init_module",
+        "echo x > /tmp/m.ko && insmod /tmp/m.ko",
+        &[EPERM],
+    );
+    refused(g, "unshare a user namespace", "unshare -U true", &[EPERM]);
+    let pids: Vec<i64> = ["web", "update"]
+        .iter()
+        .map(|s| {
+            g.service(s)["pid"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("{s} has no pid"))
+        })
+        .collect();
+    for pid in std::iter::once(1).chain(pids) {
+        refused(g, "signal", &format!("kill -0 {pid}"), &[EPERM]);
+        refused(g, "signal", &format!("kill -TERM {pid}"), &[EPERM]);
+        refused(g, "environ", &format!("cat /proc/{pid}/environ"), &[EACCES]);
+        refused(g, "mem", &format!("head -c 1 /proc/{pid}/mem"), &[EACCES]);
+        refused(g, "root", &format!("ls /proc/{pid}/root/"), &[EACCES]);
+    }
+    refused(
+        g,
+        "another service's cgroup",
+        "echo 1 > /sys/fs/cgroup/system/web/pids.max",
+        &[EROFS],
+    );
+    refused(
+        g,
+        "another service's cgroup",
+        "echo 0 > /sys/fs/cgroup/system/web/cgroup.procs",
+        &[EROFS],
+    );
+    // The host kept its values.
+    assert_eq!(
+        g.shell("cat /proc/sys/kernel/randomize_va_space"),
+        aslr,
+        "ASLR"
+    );
+    assert_eq!(g.shell("cat /proc/sys/vm/overcommit_ratio"), overcommit);
+    assert_eq!(aslr.trim(), "2", "ASLR on: {aslr}");
+    let web = g.service("web");
+    assert_eq!(web["state"], "running", "{web}");
+}
+
+/// The lines of `keel-probe escape` output that are not refusals.
+pub fn not_refused(probe_output: &str) -> Vec<String> {
+    probe_output
+        .lines()
+        .filter(|l| l.contains(": ALLOWED") || l.contains("bad argument"))
+        .map(str::to_string)
+        .collect()
+}
