@@ -114,6 +114,21 @@ pub struct Image {
     _scratch: Option<tempfile::TempDir>,
 }
 
+impl Image {
+    /// An image of these layer files (not checked against any digest) and
+    /// no config: for unpacking layers that come from elsewhere, and for
+    /// fuzzing the unpacker.
+    pub fn from_layers(source: PathBuf, layers: Vec<(String, PathBuf)>) -> Image {
+        Image {
+            source,
+            id: String::new(),
+            layers,
+            config: RunConfig::default(),
+            _scratch: None,
+        }
+    }
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, OciError> {
     let text = fs::read(path).map_err(io_err(path))?;
     serde_json::from_slice(&text).map_err(|e| OciError::Format {

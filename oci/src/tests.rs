@@ -356,10 +356,9 @@ fn owners_move_into_a_user_namespace_range() {
 
 /// A one-layer image of `entries` (the layer tar written as given).
 fn image_of(dir: &Path, layers: Vec<Vec<u8>>) -> Image {
-    Image {
-        source: dir.join("hostile"),
-        id: String::new(),
-        layers: layers
+    Image::from_layers(
+        dir.join("hostile"),
+        layers
             .into_iter()
             .enumerate()
             .map(|(i, bytes)| {
@@ -368,9 +367,7 @@ fn image_of(dir: &Path, layers: Vec<Vec<u8>>) -> Image {
                 (format!("layer{i}"), p)
             })
             .collect(),
-        config: RunConfig::default(),
-        _scratch: None,
-    }
+    )
 }
 
 /// A folder beside the destination with files that no layer may touch,

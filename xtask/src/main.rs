@@ -82,7 +82,8 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         boots: usize,
     },
-    /// Fuzz the host config parser (cargo fuzz, nightly) for a while.
+    /// Fuzz every parser of hostile input (cargo fuzz, nightly), the time
+    /// split between the targets.
     Fuzz {
         #[arg(long, default_value_t = 300)]
         seconds: u64,
@@ -261,18 +262,31 @@ fn fuzz_deps() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Run the host config parser's fuzz target for `seconds`, starting from
-/// the committed seeds; what it finds new stays in target/, a crash fails.
+/// The fuzz targets (fuzz/fuzz_targets), each a parser of input keel
+/// treats as hostile.
+const FUZZ_TARGETS: [&str; 4] = ["hostconfig", "signed", "api", "oci_layer"];
+
+/// Run every fuzz target, `seconds` split between them, each starting
+/// from its committed seeds; what they find new stays in target/, a crash
+/// fails.
 fn fuzz(seconds: u64) -> anyhow::Result<()> {
-    let scratch = root().join("target/fuzz-corpus/hostconfig");
-    std::fs::create_dir_all(&scratch)?;
+    let each = (seconds / FUZZ_TARGETS.len() as u64).max(1);
+    // One build of all targets, so that the time goes to fuzzing.
     run(Command::new("cargo")
         .current_dir(root())
-        .args(["+nightly", "fuzz", "run", "hostconfig"])
-        .arg(&scratch)
-        .arg(root().join("fuzz/corpus/hostconfig"))
-        .arg("--")
-        .arg(format!("-max_total_time={seconds}")))
+        .args(["+nightly", "fuzz", "build"]))?;
+    for target in FUZZ_TARGETS {
+        let scratch = root().join("target/fuzz-corpus").join(target);
+        std::fs::create_dir_all(&scratch)?;
+        run(Command::new("cargo")
+            .current_dir(root())
+            .args(["+nightly", "fuzz", "run", target])
+            .arg(&scratch)
+            .arg(root().join("fuzz/corpus").join(target))
+            .arg("--")
+            .arg(format!("-max_total_time={each}")))?;
+    }
+    Ok(())
 }
 
 pub(crate) fn cargo() -> Command {
@@ -444,7 +458,7 @@ fn test_steps(args: &[String]) -> anyhow::Result<()> {
     let tests = run(&mut cmd);
     // A filtered run is someone iterating on a few tests: no fuzzing.
     if args.is_empty() {
-        fuzz(30)?;
+        fuzz(60)?;
     }
     tests
 }
