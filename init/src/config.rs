@@ -206,14 +206,19 @@ pub fn dns_servers(c: &HostConfig) -> Vec<String> {
 }
 
 /// Write `admin.ssh.authorized_keys` where the ssh service reads them
-/// (its root's ~/.ssh): a folder only root may enter, as sshd wants it.
+/// (the admin user's ~/.ssh): root's, readable by the admin group only
+/// and writable by nobody else, as dropbear wants it.
 pub fn write_ssh_keys(c: &HostConfig) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let dir = Path::new(SSH_KEYS_DIR);
     let err = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    let admin = |p: &Path| {
+        std::os::unix::fs::chown(p, Some(0), Some(keel_spec::ADMIN_GID)).map_err(|e| err(p, e))
+    };
     std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
         .map_err(|e| err(dir, e))?;
+    admin(dir)?;
     let file = dir.join("authorized_keys");
     let keys: String = c
         .admin
@@ -223,8 +228,9 @@ pub fn write_ssh_keys(c: &HostConfig) -> Result<(), String> {
         .map(|k| format!("{}\n", k.trim()))
         .collect();
     std::fs::write(&file, keys).map_err(|e| err(&file, e))?;
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| err(&file, e))
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640))
+        .map_err(|e| err(&file, e))?;
+    admin(&file)
 }
 
 /// Write the host's resolv.conf when the config names resolvers (and

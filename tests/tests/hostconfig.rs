@@ -38,7 +38,7 @@ fn ssh(key: &Path, port: u16, command: &str) -> Result<String, String> {
                 "-i",
             ])
             .arg(key)
-            .arg("root@127.0.0.1")
+            .arg("admin@127.0.0.1")
             .arg(command)
             .output()
             .map_err(|e| format!("ssh: {e}"))?;
@@ -129,10 +129,20 @@ fn the_esp_config_applies_and_a_broken_one_keeps_the_last_good() {
     assert!(text.contains("disabled by the config: update"), "{text}");
     // The admin shell over SSH, with the listed key: a real OpenSSH client
     // logs in to dropbear through QEMU's forward and runs keelctl.
-    let over_ssh = ssh(&key, ssh_port, "keelctl status --json; echo TZ=$TZ")
-        .unwrap_or_else(|e| panic!("{e}\n{}", g.shell("keelctl logs ssh")));
+    let over_ssh = ssh(
+        &key,
+        ssh_port,
+        "keelctl status --json; echo TZ=$TZ; echo uid=$(id -u); kill -0 1; echo kill-rc=$?",
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", g.shell("keelctl logs ssh")));
     assert!(over_ssh.contains("\"hostname\": \"edge-7\""), "{over_ssh}");
     assert!(over_ssh.contains("TZ=CET-1CEST"), "{over_ssh}");
+    // A session is the admin user's, as the console's shell is: it may not
+    // signal PID 1.
+    assert!(
+        over_ssh.contains("uid=37") && over_ssh.contains("kill-rc=1"),
+        "{over_ssh}"
+    );
     let ssh_status = g.service("ssh");
     assert_eq!(ssh_status["state"], "running", "{ssh_status}");
     g.send("keelctl poweroff\n");

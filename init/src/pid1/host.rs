@@ -164,9 +164,15 @@ impl HostLauncher {
             sys::mkdir_p(&host, 0o755).map_err(|e| e.to_string())?;
             // Root inside a user namespace is someone else outside: the
             // folder must belong to the service's mapped user.
-            if let Some(u) = &def.user_namespace {
-                let uid = u.outside_uid(def.user.uid).map(nix::unistd::Uid::from_raw);
-                let gid = u.outside_gid(def.user.gid).map(nix::unistd::Gid::from_raw);
+            // So is a service that runs as a user of its own.
+            let owner = match &def.user_namespace {
+                Some(u) => (u.outside_uid(def.user.uid), u.outside_gid(def.user.gid)),
+                None if def.user.uid != 0 => (Some(def.user.uid), Some(def.user.gid)),
+                None => (None, None),
+            };
+            if owner != (None, None) {
+                let uid = owner.0.map(nix::unistd::Uid::from_raw);
+                let gid = owner.1.map(nix::unistd::Gid::from_raw);
                 nix::unistd::chown(&host, uid, gid)
                     .map_err(|e| format!("chown {}: {e}", host.display()))?;
             }
