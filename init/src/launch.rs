@@ -533,7 +533,12 @@ fn setup(p: &Plan, stdout: Option<RawFd>, notify: Option<RawFd>) -> Result<Never
         }
         match how {
             Writable::Tmpfs(size) => {
-                let opts = size.map_or("mode=0755".to_string(), |s| format!("mode=0755,size={s}"));
+                // The service's own: one that runs as a user of its own
+                // (the admin shell) writes its scratch space too.
+                let mut opts = format!("mode=0755,uid={},gid={}", p.confine.uid, p.confine.gid);
+                if let Some(s) = size {
+                    opts.push_str(&format!(",size={s}"));
+                }
                 step(
                     &format!("tmpfs /{}", rel.display()),
                     sys::mount(
