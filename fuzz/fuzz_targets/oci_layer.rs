@@ -7,16 +7,26 @@
 
 use std::path::{Path, PathBuf};
 
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
+/// Names, contents, modes, owners and times of everything under `dir`.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, u32, u32, u32, i64, Vec<u8>)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(dir).unwrap();
+    let mut out = vec![(
+        dir.to_path_buf(),
+        m.mode(),
+        m.uid(),
+        m.gid(),
+        m.mtime(),
+        Vec::new(),
+    )];
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let p = e.path();
         let m = std::fs::symlink_metadata(&p).unwrap();
         if m.is_dir() {
-            out.push((p.clone(), Vec::new()));
             out.extend(snapshot(&p));
         } else {
-            out.push((p.clone(), std::fs::read(&p).unwrap_or_default()));
+            let data = std::fs::read(&p).unwrap_or_default();
+            out.push((p, m.mode(), m.uid(), m.gid(), m.mtime(), data));
         }
     }
     out.sort();

@@ -40,6 +40,8 @@ pub enum RootfsError {
     },
     #[error("files.{dst}: /{path} is keel's own; an image may add files, not replace them")]
     Replaces { dst: String, path: String },
+    #[error("{path}: the image's own symlink is on the way; keel writes nothing through one")]
+    ThroughSymlink { path: PathBuf },
     #[error(transparent)]
     Tool(#[from] ToolError),
 }
@@ -137,8 +139,29 @@ impl Stager {
         }
     }
 
+    /// `rel` under the root, refusing a path that goes through a symlink
+    /// or `..` (the last part too when `last` is set): an OCI image's
+    /// layers can hold links to anywhere on the build machine, and keel
+    /// writes into those roots after them. Nothing else writes into the
+    /// staging folder meanwhile, so the check holds for the write.
+    fn inside(&self, rel: &str, last: bool) -> Result<PathBuf, RootfsError> {
+        let rel = Path::new(rel.trim_start_matches('/'));
+        let parts: Vec<_> = rel.components().collect();
+        let mut p = self.root.clone();
+        for (i, c) in parts.iter().enumerate() {
+            p.push(c);
+            let through = !matches!(c, std::path::Component::Normal(_))
+                || (fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink())
+                    && (last || i + 1 < parts.len()));
+            if through {
+                return Err(RootfsError::ThroughSymlink { path: p });
+            }
+        }
+        Ok(p)
+    }
+
     fn dir(&self, rel: &str) -> Result<PathBuf, RootfsError> {
-        let p = self.root.join(rel.trim_start_matches('/'));
+        let p = self.inside(rel, true)?;
         fs::create_dir_all(&p).map_err(Self::io(&p))?;
         fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).map_err(Self::io(&p))?;
         Ok(p)
@@ -155,6 +178,7 @@ impl Stager {
 
     fn file(&self, rel: &str, data: &[u8], mode: u32) -> Result<(), RootfsError> {
         let p = self.parent_of(rel)?;
+        self.inside(rel, true)?;
         fs::write(&p, data).map_err(Self::io(&p))?;
         fs::set_permissions(&p, fs::Permissions::from_mode(mode)).map_err(Self::io(&p))?;
         Ok(())
@@ -162,6 +186,7 @@ impl Stager {
 
     fn executable(&mut self, rel: &str, src: &Path) -> Result<(), RootfsError> {
         let p = self.parent_of(rel)?;
+        self.inside(rel, true)?;
         if let Some(first) = self.stored.get(src) {
             fs::hard_link(first, &p).map_err(Self::io(&p))?;
             return Ok(());
@@ -387,6 +412,35 @@ pub fn mkfs_erofs(dir: &Path, out: &Path, uuid: &str) -> Result<(), RootfsError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nothing_is_written_through_an_image_s_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(outside.join("bin")).unwrap();
+        fs::write(outside.join("bin/x"), b"host file").unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir_all(root.join("c")).unwrap();
+        // As an OCI layer may leave them: a folder and a file that link out.
+        std::os::unix::fs::symlink(&outside, root.join("c/usr")).unwrap();
+        std::os::unix::fs::symlink(outside.join("bin/x"), root.join("c/passwd")).unwrap();
+        let mut s = Stager {
+            root: root.clone(),
+            stored: BTreeMap::new(),
+        };
+        let me = std::env::current_exe().unwrap();
+        for e in [
+            s.executable("c/usr/bin/x", &me).unwrap_err(),
+            s.file("c/passwd", b"evil", 0o644).unwrap_err(),
+            s.dir("c/usr/lib").unwrap_err(),
+            s.file("c/../outside/bin/x", b"evil", 0o644).unwrap_err(),
+        ] {
+            assert!(matches!(e, RootfsError::ThroughSymlink { .. }), "{e}");
+        }
+        assert_eq!(fs::read(outside.join("bin/x")).unwrap(), b"host file");
+        assert_eq!(fs::read_dir(outside.join("bin")).unwrap().count(), 1);
+        assert!(!outside.join("lib").exists());
+    }
 
     #[test]
     fn the_test_binary_is_checked_as_elf() {

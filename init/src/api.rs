@@ -58,10 +58,10 @@ pub enum Request {
     Reboot,
 }
 
-/// The longest `config apply --try`: a day. A trial is a safety net for
+/// The longest `config apply --try`: a day, the longest wait anywhere. A trial is a safety net for
 /// a change that could cut the host off; one longer than that is a
 /// mistake, and an unbounded one would overflow the clock.
-pub const MAX_TRIAL_S: u64 = 86_400;
+pub const MAX_TRIAL_S: u64 = keel_spec::lifecycle::MAX_WAIT_MS / 1000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

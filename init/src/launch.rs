@@ -651,7 +651,11 @@ fn bind_host_folder(src: &Path, target: &Path, readonly: bool) -> sys::Result<()
         | MsFlags::MS_NOSUID
         | MsFlags::MS_NODEV
         | locked_flags(target);
-    if readonly {
+    // A remount without MS_RDONLY would make a bind of a read-only mount
+    // writable.
+    let source_ro = nix::sys::statvfs::statvfs(target)
+        .is_ok_and(|st| st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
+    if readonly || source_ro {
         flags |= MsFlags::MS_RDONLY;
     }
     sys::mount(None, target, None, flags, None)

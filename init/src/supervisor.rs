@@ -415,6 +415,16 @@ impl<L: Launcher> Supervisor<L> {
         if !self.verdict_reached && now >= self.gate_closes && self.health() == Health::Starting {
             self.close_gate();
         }
+        // The boot's verdict is taken; from here health is what runs.
+        if self.gate_expired
+            && self
+                .services
+                .iter()
+                .filter(|s| s.def.required)
+                .all(|s| s.state.ready())
+        {
+            self.gate_expired = false;
+        }
         // A verdict reached during this tick is announced before the
         // services that waited for it start, at the next tick.
         if !self.verdict_reached && self.health() != Health::Starting {

@@ -126,7 +126,13 @@ impl Tree {
     /// Empty the folder `rel` (an opaque whiteout); nothing if it is not a
     /// folder.
     pub fn clear(&self, rel: &Path) -> Result<(), String> {
-        let handle = match self.root.resolve(rel) {
+        // An opaque whiteout at the top of a layer empties the root.
+        let at = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        let handle = match self.root.resolve(at) {
             Ok(h) => h,
             Err(e) if is_errno(&e, libc::ENOENT) || is_errno(&e, libc::ENOTDIR) => return Ok(()),
             Err(e) => return Err(msg("opening", rel, e)),

@@ -371,9 +371,39 @@ fn image_of(dir: &Path, layers: Vec<Vec<u8>>) -> Image {
 }
 
 /// A folder beside the destination with files that no layer may touch,
-/// and a way to check that they did not change.
+/// and a way to check that they did not change: names, contents, modes,
+/// owners and times.
 struct Outside {
     dir: PathBuf,
+    before: Vec<Snap>,
+}
+
+type Snap = (PathBuf, u32, u32, u32, i64, Vec<u8>);
+
+fn snapshot(dir: &Path) -> Vec<Snap> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let m = fs::symlink_metadata(dir).unwrap();
+    out.push((
+        dir.to_path_buf(),
+        m.mode(),
+        m.uid(),
+        m.gid(),
+        m.mtime(),
+        Vec::new(),
+    ));
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let m = fs::symlink_metadata(&p).unwrap();
+        if m.is_dir() {
+            out.extend(snapshot(&p));
+        } else {
+            let data = fs::read(&p).unwrap_or_default();
+            out.push((p, m.mode(), m.uid(), m.gid(), m.mtime(), data));
+        }
+    }
+    out.sort();
+    out
 }
 
 impl Outside {
@@ -382,20 +412,26 @@ impl Outside {
         fs::create_dir_all(dir.join("victim")).unwrap();
         fs::write(dir.join("victim/keep"), b"precious").unwrap();
         fs::write(dir.join("secret"), b"host secret").unwrap();
-        Outside { dir }
+        // A time no unpack writes, so that a change of it shows.
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        for p in [dir.join("secret"), dir.join("victim/keep")] {
+            fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        let before = snapshot(&dir);
+        Outside { dir, before }
     }
 
     fn unchanged(&self) {
-        assert_eq!(fs::read(self.dir.join("victim/keep")).unwrap(), b"precious");
-        assert_eq!(fs::read(self.dir.join("secret")).unwrap(), b"host secret");
-        let mut names: Vec<_> = fs::read_dir(&self.dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["secret", "victim"]);
-        let victim: Vec<_> = fs::read_dir(self.dir.join("victim")).unwrap().collect();
-        assert_eq!(victim.len(), 1, "nothing added to the folder outside");
+        assert_eq!(
+            snapshot(&self.dir),
+            self.before,
+            "something outside changed"
+        );
     }
 }
 
@@ -572,6 +608,57 @@ fn raw_entry(name: &[u8], kind: tar::EntryType, link: &[u8]) -> Vec<u8> {
     h.set_cksum();
     b.append(&h, body).unwrap();
     b.into_inner().unwrap()
+}
+
+#[test]
+fn a_nul_byte_in_a_name_is_refused() {
+    // tar keeps a NUL inside a GNU long name; the system would read `..`.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(1);
+    // `..\0` and enough after it to need a long name.
+    let mut name = b"..\0".to_vec();
+    name.extend([b'x'; 120]);
+    let mut long = tar::Header::new_gnu();
+    long.set_entry_type(tar::EntryType::GNULongName);
+    long.set_size(name.len() as u64 + 1);
+    long.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    long.set_cksum();
+    let mut body = name.clone();
+    body.push(0);
+    b.append(&long, &body[..]).unwrap();
+    h.as_gnu_mut().unwrap().name[..5].copy_from_slice(b"short");
+    h.set_cksum();
+    b.append(&h, &b"x"[..]).unwrap();
+    let (_dir, result) = hostile(vec![b.into_inner().unwrap()]);
+    let e = result.unwrap_err().to_string();
+    assert!(e.contains("leaves the root"), "{e}");
+}
+
+#[test]
+fn an_opaque_whiteout_at_the_top_empties_the_root() {
+    let (dir, result) = hostile(vec![
+        layer(&[E::File("old", b"below", 0o644), E::Dir("d")], false),
+        layer(
+            &[
+                E::File(".wh..wh..opq", b"", 0o644),
+                E::File("new", b"above", 0o644),
+            ],
+            false,
+        ),
+    ]);
+    result.unwrap();
+    let mut names: Vec<_> = fs::read_dir(dir.path().join("root"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["new"]);
 }
 
 #[test]

@@ -107,9 +107,15 @@ impl Image {
     }
 }
 
-/// A member path made relative and free of `..`; None if it leaves the
-/// root.
+/// A member path made relative and free of `..` and NUL bytes; None if it
+/// leaves the root.
 fn clean(p: &Path) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    // tar keeps a NUL inside a long name; the system would cut the name
+    // there (`..\0x` is `..`), so such a name leaves the root too.
+    if p.as_os_str().as_bytes().contains(&0) {
+        return None;
+    }
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {

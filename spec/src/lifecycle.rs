@@ -64,11 +64,11 @@ pub enum GraphError {
     Cycle(Vec<String>),
 }
 
-/// Validate a readiness block: exactly one probe, sane timings.
 /// The longest any wait of a definition may be (a readiness deadline, a
 /// stop timeout): a day. keel-init adds these to its clock.
 pub const MAX_WAIT_MS: u64 = 86_400_000;
 
+/// Validate a readiness block: exactly one probe, sane timings.
 pub fn validate_readiness(r: &Readiness) -> Result<(), String> {
     let probes = usize::from(r.exec.is_some())
         + usize::from(r.tcp.is_some())

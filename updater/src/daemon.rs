@@ -173,7 +173,10 @@ pub fn listen() -> anyhow::Result<UnixListener> {
     // (update.toml), which lets it give the socket to the group without
     // CAP_CHOWN.
     std::fs::set_permissions(UPDATE_SOCKET, std::fs::Permissions::from_mode(0o660))?;
-    std::os::unix::fs::chown(UPDATE_SOCKET, None, Some(keel_spec::ADMIN_GID))?;
+    if let Err(e) = std::os::unix::fs::chown(UPDATE_SOCKET, None, Some(keel_spec::ADMIN_GID)) {
+        // Still root's: the updater runs, the admin shell cannot reach it.
+        eprintln!("keel-update: warning: giving {UPDATE_SOCKET} to the admin group: {e}");
+    }
     Ok(listener)
 }
 
