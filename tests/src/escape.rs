@@ -141,3 +141,67 @@ pub fn not_refused(probe_output: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// From user container `name` running as root with Docker's default
+/// capabilities (CAP_MKNOD among them), through `keelctl exec`, with the
+/// image's busybox at /bin/busybox and a volume at `volume`: every row
+/// refused, and a device node made on the volume does not open (the
+/// volume is bound nodev).
+pub fn user_container_cannot_escape(g: &mut Guest, name: &str, volume: &str) {
+    let aslr = g.shell("cat /proc/sys/kernel/randomize_va_space");
+    let web = g.service("web")["pid"].as_i64().unwrap_or(1);
+    let inside = |cmd: &str| {
+        format!(
+            "keelctl exec {name} -- /bin/busybox sh -c '{}'",
+            cmd.replace('\'', "'\\''")
+        )
+    };
+    let id = g.shell(&inside("/bin/busybox id -u"));
+    assert_eq!(id.trim(), "0", "the row needs root in the container: {id}");
+    for (row, cmd, reasons) in [
+        (
+            "sysctl write",
+            "echo 0 > /proc/sys/kernel/randomize_va_space",
+            &[EROFS][..],
+        ),
+        (
+            "mount",
+            "/bin/busybox mount -t tmpfs none /tmp",
+            &[EPERM, "permission denied"],
+        ),
+        (
+            "unshare",
+            "/bin/busybox unshare -U /bin/busybox true",
+            &[EPERM],
+        ),
+        (
+            "init_module",
+            "echo x > /tmp/m.ko && /bin/busybox insmod /tmp/m.ko",
+            &[EPERM],
+        ),
+        ("own cgroup", "echo 1 > /sys/fs/cgroup/pids.max", &[EROFS]),
+        (
+            "raw block device",
+            "/bin/busybox head -c 1 /dev/vda",
+            &["No such file"],
+        ),
+    ] {
+        refused(g, row, &inside(cmd), reasons);
+    }
+    // Another service's process is not there to signal.
+    refused(
+        g,
+        "signal",
+        &inside(&format!("kill -0 {web}")),
+        &["No such process"],
+    );
+    // CAP_MKNOD makes the node; the nodev volume keeps it from opening.
+    let made = g.shell(&inside(&format!(
+        "/bin/busybox mknod {volume}/vda b 254 0 && echo made; /bin/busybox head -c 1 {volume}/vda; echo rc=$?; /bin/busybox rm -f {volume}/vda"
+    )));
+    assert!(
+        made.contains("made") && made.contains(EACCES) && made.contains("rc=1"),
+        "a device node on a volume must not open:\n{made}"
+    );
+    assert_eq!(g.shell("cat /proc/sys/kernel/randomize_va_space"), aslr);
+}

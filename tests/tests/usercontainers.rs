@@ -149,6 +149,8 @@ fn a_user_container_runs_from_var_and_config_apply_restarts_only_what_changed() 
         "its own network namespace: {inside}"
     );
     assert!(inside.contains("1000     1000"), "owner kept: {inside}");
+    // The escape suite's rows from a user container running as root.
+    keel_tests::escape::user_container_cannot_escape(&mut g, "app", "/data");
 
     // Apply a file that changes the container only: the others keep their
     // processes.
