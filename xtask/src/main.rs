@@ -264,7 +264,7 @@ fn fuzz_deps() -> anyhow::Result<()> {
 
 /// The fuzz targets (fuzz/fuzz_targets), each a parser of input keel
 /// treats as hostile.
-const FUZZ_TARGETS: [&str; 4] = ["hostconfig", "signed", "api", "oci_layer"];
+const FUZZ_TARGETS: [&str; 5] = ["hostconfig", "signed", "api", "oci_layer", "oci_image"];
 
 /// Run every fuzz target, `seconds` split between them, each starting
 /// from its committed seeds; what they find new stays in target/, a crash
