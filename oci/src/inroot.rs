@@ -248,23 +248,17 @@ impl Tree {
         std::io::copy(data, &mut f).map_err(|e| msg("writing", rel, e))?;
         let (uid, gid) = self.ids(meta)?;
         let fd = f.as_raw_fd();
-        // SAFETY: fchown, fchmod and futimens on a file this function
-        // opened and still holds, with plain integer and array arguments.
+        // SAFETY: fchown on a file this function opened and still holds,
+        // with plain integer arguments.
         unsafe {
             if (uid.is_some() || gid.is_some())
                 && libc::fchown(fd, uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX)) != 0
             {
                 return Err(last_os("chown", rel));
             }
-            // After chown, which clears set-id bits.
-            if libc::fchmod(fd, meta.mode) != 0 {
-                return Err(last_os("chmod", rel));
-            }
-            if libc::futimens(fd, times(meta.mtime).as_ptr()) != 0 {
-                return Err(last_os("setting the time of", rel));
-            }
         }
-        Ok(())
+        // After chown, which clears set-id bits.
+        mode_and_time(&f, rel, meta)
     }
 
     /// A symlink to `target` (kept as written: it is only ever resolved
@@ -328,20 +322,26 @@ impl Tree {
             let Ok(dir) = handle.reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY) else {
                 continue;
             };
-            let fd = dir.as_raw_fd();
-            // SAFETY: fchmod and futimens on a folder this loop opened and
-            // holds, with integer and live array arguments.
-            unsafe {
-                if libc::fchmod(fd, meta.mode) != 0 {
-                    return Err(last_os("chmod", &rel));
-                }
-                if libc::futimens(fd, times(meta.mtime).as_ptr()) != 0 {
-                    return Err(last_os("setting the time of", &rel));
-                }
-            }
+            mode_and_time(&dir, &rel, meta)?;
         }
         Ok(())
     }
+}
+
+/// Give the open file `f` (at `rel`) the layer's mode and time.
+fn mode_and_time(f: &File, rel: &Path, meta: Meta) -> Result<(), String> {
+    let fd = f.as_raw_fd();
+    // SAFETY: fchmod and futimens on an fd the caller holds open, with an
+    // integer mode and a live times array.
+    unsafe {
+        if libc::fchmod(fd, meta.mode) != 0 {
+            return Err(last_os("chmod", rel));
+        }
+        if libc::futimens(fd, times(meta.mtime).as_ptr()) != 0 {
+            return Err(last_os("setting the time of", rel));
+        }
+    }
+    Ok(())
 }
 
 /// chown of `name` under `dir`, not following a symlink; None keeps that id.
