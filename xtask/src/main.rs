@@ -147,6 +147,35 @@ fn missing_packages() -> Vec<&'static str> {
     missing
 }
 
+/// `missing` with every member of a [`TOGETHER`] group after the first
+/// pinned to the first's candidate version: apt never picks a version
+/// below an installed one by itself, even with `--allow-downgrades`.
+fn pinned(missing: &[&str]) -> Vec<String> {
+    let candidate = |p: &str| {
+        let out = Command::new("apt-cache")
+            .args(["policy", p])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Candidate: ").map(str::to_string))
+            .filter(|v| v != "(none)")
+    };
+    missing
+        .iter()
+        .map(|p| {
+            let leader = TOGETHER
+                .iter()
+                .find(|g| g.contains(p) && g.first() != Some(p))
+                .and_then(|g| g.first());
+            match leader.and_then(|l| candidate(l)) {
+                Some(v) => format!("{p}={v}"),
+                None => p.to_string(),
+            }
+        })
+        .collect()
+}
+
 /// A deb-src twin of every `deb` entry in the machine's deb822 sources, so
 /// `apt-get source` works without naming any mirror here.
 fn ensure_deb_src() -> anyhow::Result<bool> {
@@ -215,7 +244,7 @@ fn deps() -> anyhow::Result<()> {
                     "--no-install-recommends",
                     "--allow-downgrades",
                 ])
-                .args(&missing)
+                .args(pinned(&missing))
                 .env("DEBIAN_FRONTEND", "noninteractive"))?;
         }
     }
