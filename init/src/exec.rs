@@ -98,12 +98,18 @@ pub fn start(
         .iter()
         .filter_map(|e| CString::new(e.as_str()).ok())
         .collect();
-    let mut kinds = vec![
+    // The user namespace first: its root owns the others, and a command
+    // that joins it is one of its users, never host root.
+    let mut kinds = Vec::new();
+    if def.user_namespace.is_some() {
+        kinds.push(("user", CloneFlags::CLONE_NEWUSER));
+    }
+    kinds.extend([
         ("ipc", CloneFlags::CLONE_NEWIPC),
         ("uts", CloneFlags::CLONE_NEWUTS),
         ("net", CloneFlags::CLONE_NEWNET),
         ("cgroup", CloneFlags::CLONE_NEWCGROUP),
-    ];
+    ]);
     if def.namespaces.pid == Share::Private {
         kinds.push(("pid", CloneFlags::CLONE_NEWPID));
     }
@@ -132,8 +138,13 @@ pub fn start(
             let entered = ns
                 .iter()
                 .all(|(f, flag)| nix::sched::setns(f.as_fd(), *flag).is_ok());
-            if !entered {
-                eprintln!("keel-init: exec: cannot enter the namespaces of {name}");
+            let rooted = match (entered, def.user_namespace.is_some()) {
+                (true, true) => crate::userns::become_root(),
+                (true, false) => Ok(()),
+                (false, _) => Err("cannot enter its namespaces".to_string()),
+            };
+            if let Err(e) = rooted {
+                eprintln!("keel-init: exec in {name}: {e}");
                 // SAFETY: leave the forked child without the parent's destructors.
                 unsafe { libc::_exit(126) }
             }

@@ -358,22 +358,7 @@ fn step<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, Strin
 
 fn setup(p: &Plan, stdout: Option<RawFd>, notify: Option<RawFd>) -> Result<Never, String> {
     if p.user_maps.is_some() {
-        // Still host root by kernel id, which the new namespace does not
-        // map: become its root, so that files it creates have an owner.
-        let root_uid = nix::unistd::Uid::from_raw(0);
-        let root_gid = nix::unistd::Gid::from_raw(0);
-        step(
-            "setgroups in the user namespace",
-            nix::unistd::setgroups(&[]),
-        )?;
-        step(
-            "setresgid in the user namespace",
-            nix::unistd::setresgid(root_gid, root_gid, root_gid),
-        )?;
-        step(
-            "setresuid in the user namespace",
-            nix::unistd::setresuid(root_uid, root_uid, root_uid),
-        )?;
+        crate::userns::become_root()?;
     }
     // keel-init blocks signals to read them from a signalfd; its children
     // must start with a clean slate.

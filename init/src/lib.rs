@@ -12,6 +12,7 @@ pub mod confine;
 pub mod dm;
 pub mod exec;
 pub mod ext4;
+pub mod idranges;
 pub mod kmod;
 pub mod launch;
 pub mod logs;
@@ -24,6 +25,7 @@ pub mod probe;
 pub mod stage1;
 pub mod supervisor;
 pub mod sys;
+pub mod userns;
 pub mod vms;
 pub mod workloads;
 

@@ -3,12 +3,13 @@
 //! per image ID, then run by keel-init as a service of that name, with a
 //! read-only root like every system service.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use keel_oci::RunConfig;
+use keel_oci::{InRoot, Owners, RunConfig};
 use keel_spec::container::{self, BindMount, ContainerDef, Share};
+use keel_spec::host::USERNS_IDS;
 use keel_spec::hostconfig::types::{ContainerNetwork, UserContainer};
-use keel_spec::limits::{Writable, WritableKind};
+use keel_spec::limits::{IdMap, UserNamespace, Writable, WritableKind};
 use serde::{Deserialize, Serialize};
 
 /// Unpacked image roots, by image ID: a cache, rebuilt from the images.
@@ -36,6 +37,9 @@ pub const DEFAULT_CAPS: [&str; 14] = [
 /// gives it.
 const SCRATCH: [&str; 3] = ["/tmp", "/run", "/var/tmp"];
 
+/// The most of an image's /etc/passwd or /etc/group read to find its User.
+const MAX_ID_FILE: u64 = 1 << 20;
+
 /// Docker's PATH for images that set none.
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -57,12 +61,14 @@ pub struct Workload {
 }
 
 /// The definition keel-init runs for container `name` of the host config,
-/// whose image has `config` and is unpacked at `root`.
+/// whose image has `config` and is unpacked at `root`; in a user namespace
+/// onto the id range that starts at `range`, if given.
 pub fn definition(
     name: &str,
     uc: &UserContainer,
     config: &RunConfig,
     root: &Path,
+    range: Option<u32>,
 ) -> Result<ContainerDef, String> {
     let mut def = ContainerDef::parse("[rootfs]\n").map_err(|e| e.to_string())?;
     def.description = format!("container of {}", uc.image);
@@ -96,7 +102,10 @@ pub fn definition(
     let Some(first) = command.first_mut() else {
         return Err("neither `command` nor the image's Entrypoint or Cmd says what to run".into());
     };
-    *first = find_program(first, &env, &def.cwd, root)?;
+    // The image's files as the container sees them: PID 1 reads them, and
+    // a symlink in a hostile image must not point it at the host's.
+    let image = InRoot::open(root)?;
+    *first = find_program(first, &env, &def.cwd, &image)?;
     def.command = command;
     def.env = env;
     let user = uc
@@ -104,12 +113,26 @@ pub fn definition(
         .as_deref()
         .or(config.user.as_deref().filter(|u| !u.is_empty()));
     if let Some(user) = user {
-        let read = &mut |rel: &str| std::fs::read_to_string(root.join(rel)).ok();
+        let read = &mut |rel: &str| {
+            let data = image.read(Path::new(rel), MAX_ID_FILE).ok().flatten()?;
+            String::from_utf8(data).ok()
+        };
         let (uid, gid) = keel_oci::lookup_user(user, read)?;
         def.user.uid = uid;
         def.user.gid = gid;
     }
     def.restart = uc.restart.into();
+    def.user_namespace = range.map(|outside| {
+        let map = vec![IdMap {
+            inside: 0,
+            outside,
+            count: USERNS_IDS,
+        }];
+        UserNamespace {
+            uid_map: map.clone(),
+            gid_map: map,
+        }
+    });
     def.namespaces.net = match uc.network {
         ContainerNetwork::Private => Share::Private,
         ContainerNetwork::Host => Share::Host,
@@ -125,10 +148,7 @@ pub fn definition(
     def.writable = SCRATCH
         .iter()
         .filter(|p| !def.mounts.iter().any(|m| m.target == **p))
-        .filter(|p| {
-            std::fs::symlink_metadata(root.join(p.trim_start_matches('/')))
-                .is_ok_and(|m| m.is_dir())
-        })
+        .filter(|p| is_real_dir(root, p))
         .map(|p| Writable {
             path: p.to_string(),
             kind: WritableKind::Tmpfs,
@@ -160,7 +180,12 @@ fn volume(v: &str) -> Result<BindMount, String> {
 /// The absolute path of `program` inside the image: as it is if absolute,
 /// from `cwd` if it has a slash, else looked up in the container's PATH,
 /// as a container engine does.
-fn find_program(program: &str, env: &[String], cwd: &str, root: &Path) -> Result<String, String> {
+fn find_program(
+    program: &str,
+    env: &[String],
+    cwd: &str,
+    image: &InRoot,
+) -> Result<String, String> {
     if program.starts_with('/') {
         return Ok(program.to_string());
     }
@@ -174,10 +199,7 @@ fn find_program(program: &str, env: &[String], cwd: &str, root: &Path) -> Result
         .unwrap_or_default();
     for dir in path.split(':').filter(|d| d.starts_with('/')) {
         let inside = Path::new(dir).join(program);
-        // The entry itself, not what a symlink points to: an absolute link
-        // means a path in the container, not on the host.
-        if std::fs::symlink_metadata(root.join(inside.strip_prefix("/").unwrap_or(&inside))).is_ok()
-        {
+        if image.exists(inside.strip_prefix("/").unwrap_or(&inside)) {
             return Ok(inside.to_string_lossy().into_owned());
         }
     }
@@ -206,27 +228,54 @@ pub struct Unpacked {
     pub config: RunConfig,
 }
 
-/// Open the image at `image` (every blob checked) and unpack it unless
-/// its root is there from before. Heavy: keel-init runs it in a helper
-/// process (`keel-init prepare-container IMAGE`), never in PID 1, which
-/// clones containers and must stay single-threaded.
-pub fn unpack_image(image: &str) -> Result<Unpacked, String> {
-    let roots = Path::new(ROOTS_DIR);
-    std::fs::create_dir_all(roots).map_err(|e| format!("{ROOTS_DIR}: {e}"))?;
+/// Open the image at `image` (every blob checked) and unpack it under
+/// `roots` unless its root is there from before (roots are named by
+/// [`keel_oci::Image::root_key`]). With `range`, the root
+/// is unpacked by the root of a user namespace mapped onto the range that
+/// starts there (see [`crate::userns`]), so its files belong to the range
+/// and a hostile layer has no power over the host's files; a root is
+/// kept per image and range. Heavy: keel-init runs it in a helper process
+/// (`keel-init prepare-container ROOTS IMAGE [BASE]`), never in PID 1,
+/// which clones containers and must stay single-threaded.
+pub fn unpack_image_in(roots: &Path, image: &str, range: Option<u32>) -> Result<Unpacked, String> {
+    std::fs::create_dir_all(roots).map_err(|e| format!("{}: {e}", roots.display()))?;
     let opened = keel_oci::open_in(Path::new(image), roots).map_err(|e| e.to_string())?;
-    let root = roots.join(&opened.id);
+    let key = opened.root_key().map_err(|e| e.to_string())?;
+    let name = match range {
+        Some(base) => format!("{key}-{base}"),
+        None => key,
+    };
+    let root = roots.join(&name);
     if !root.is_dir() {
         // Unpacked beside its final place and renamed: a root that is
         // there is whole.
-        let partial = roots.join(format!(".{}.partial", opened.id));
+        let partial = roots.join(format!(".{name}.partial"));
         let _ = std::fs::remove_dir_all(&partial);
-        keel_oci::unpack_keeping_owners(&opened, &partial).map_err(|e| e.to_string())?;
-        // The mount points every container gets, and scratch space.
-        for dir in ["/proc", "/sys", "/dev"] {
-            make_dir_in(&partial, dir)?;
-        }
-        for dir in SCRATCH {
-            let _ = make_dir_in(&partial, dir);
+        let shown = |e: std::io::Error| format!("{}: {e}", partial.display());
+        let unpacked = match range {
+            None => keel_oci::unpack_keeping_owners(&opened, &partial)
+                .map_err(|e| e.to_string())
+                .and_then(|()| mount_points(&partial)),
+            Some(base) => {
+                let layers = opened.open_layers().map_err(|e| e.to_string())?;
+                let owners = Owners::Shifted {
+                    base: 0,
+                    size: USERNS_IDS,
+                };
+                std::fs::create_dir(&partial)
+                    .and_then(|()| std::os::unix::fs::lchown(&partial, Some(base), Some(base)))
+                    .map_err(shown)
+                    .and_then(|()| {
+                        crate::userns::run_as_range_root(base, || {
+                            layers.unpack(&partial, owners).map_err(|e| e.to_string())?;
+                            mount_points(&partial)
+                        })
+                    })
+            }
+        };
+        if let Err(e) = unpacked {
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(e);
         }
         std::fs::rename(&partial, &root).map_err(|e| format!("{}: {e}", root.display()))?;
     }
@@ -236,17 +285,45 @@ pub fn unpack_image(image: &str) -> Result<Unpacked, String> {
     })
 }
 
-/// Container `name`, its image unpacked: its volumes' folders made on
-/// both sides, its definition worked out.
-pub fn finish(name: &str, uc: &UserContainer, u: &Unpacked) -> Result<Workload, String> {
+/// The mount points every container gets, and its scratch space.
+fn mount_points(root: &Path) -> Result<(), String> {
+    for dir in ["/proc", "/sys", "/dev"] {
+        make_dir_in(root, dir)?;
+    }
+    for dir in SCRATCH {
+        let _ = make_dir_in(root, dir);
+    }
+    Ok(())
+}
+
+/// Container `name`, its image unpacked (for the id range at `range`, if
+/// any): its definition worked out, its volumes' folders made on both
+/// sides. A volume folder keel-init makes belongs to the container's user
+/// (in its range); one that is there is left as it is.
+pub fn finish(
+    name: &str,
+    uc: &UserContainer,
+    u: &Unpacked,
+    range: Option<u32>,
+) -> Result<Workload, String> {
     let root = Path::new(&u.root);
+    let mut def = definition(name, uc, &u.config, root, range)?;
+    let owner = match &def.user_namespace {
+        Some(ns) => ns
+            .outside_uid(def.user.uid)
+            .zip(ns.outside_gid(def.user.gid)),
+        None => None,
+    };
     for m in uc.volumes.iter().map(|v| volume(v)) {
         let m = m?;
-        let source = PathBuf::from(&m.source);
-        std::fs::create_dir_all(&source).map_err(|e| format!("{}: {e}", source.display()))?;
+        let made = make_dir_in(Path::new("/"), &m.source)
+            .map_err(|e| format!("volume {}: {e}", m.source))?;
+        if let (true, Some((uid, gid))) = (made, owner) {
+            give(Path::new(&m.source), uid, gid)
+                .map_err(|e| format!("volume {}: {e}", m.source))?;
+        }
         make_dir_in(root, &m.target).map_err(|e| format!("volume {}: {e}", m.target))?;
     }
-    let mut def = definition(name, uc, &u.config, root)?;
     if uc.network == ContainerNetwork::Host {
         // The host's resolvers, as Docker gives a container.
         let resolv = root.join("etc/resolv.conf");
@@ -269,10 +346,30 @@ pub fn finish(name: &str, uc: &UserContainer, u: &Unpacked) -> Result<Workload, 
     })
 }
 
-/// `keel-init prepare-container IMAGE`: unpack, then print the result as
-/// one JSON line (`{"Ok": ...}` or `{"Err": "why"}`) for PID 1.
-pub fn helper_main(image: &str) -> ! {
-    let result = unpack_image(image);
+/// Give the folder `path` (just made) to `uid`:`gid`, through a handle
+/// that cannot have been swapped for a symlink since.
+fn give(path: &Path, uid: u32, gid: u32) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    std::os::unix::fs::fchown(&dir, Some(uid), Some(gid)).map_err(|e| e.to_string())
+}
+
+/// `keel-init prepare-container ROOTS IMAGE [BASE]`: unpack, then print
+/// the result as one JSON line (`{"Ok": ...}` or `{"Err": "why"}`) for
+/// PID 1.
+pub fn helper_main(args: &[String]) -> ! {
+    let result = match args {
+        [roots, image] => unpack_image_in(Path::new(roots), image, None),
+        [roots, image, base] => match base.parse::<u32>() {
+            Ok(base) => unpack_image_in(Path::new(roots), image, Some(base)),
+            Err(e) => Err(format!("id range {base:?}: {e}")),
+        },
+        _ => Err("usage: keel-init prepare-container ROOTS IMAGE [BASE]".into()),
+    };
     let line = serde_json::to_string(&result).unwrap_or_else(|e| format!("{{\"Err\":\"{e}\"}}"));
     println!("{line}");
     std::process::exit(0)
@@ -285,22 +382,38 @@ pub fn prune_main(keep: &[String]) -> ! {
     std::process::exit(0)
 }
 
-/// Make folder `path` of the container in `root`, never following a
-/// symlink: one in the image would point at the host's files from here.
-fn make_dir_in(root: &Path, path: &str) -> Result<(), String> {
+/// Whether `path` is a folder of `root` with no symlink on the way: what
+/// a mount on it in the container's root lands on.
+fn is_real_dir(root: &Path, path: &str) -> bool {
     let mut at = root.to_path_buf();
+    Path::new(path).components().skip(1).all(|part| {
+        at.push(part);
+        std::fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir())
+    })
+}
+
+/// Make folder `path` of the container in `root` (or of the host in /),
+/// never following a symlink: one in the image (or in a volume another
+/// container writes) would point at the host's files from here. Returns
+/// whether it made the folder itself.
+fn make_dir_in(root: &Path, path: &str) -> Result<bool, String> {
+    let mut at = root.to_path_buf();
+    let mut made = false;
     for part in Path::new(path).components().skip(1) {
         at.push(part);
-        match std::fs::symlink_metadata(&at) {
-            Ok(m) if m.is_dir() => {}
+        made = match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() => false,
             Ok(m) if m.file_type().is_symlink() => {
-                return Err(format!("{path} goes through a symlink in the image"))
+                return Err(format!("{path} goes through a symlink"))
             }
-            Ok(_) => return Err(format!("{path}: not a folder in the image")),
-            Err(_) => std::fs::create_dir(&at).map_err(|e| format!("{}: {e}", at.display()))?,
-        }
+            Ok(_) => return Err(format!("{path}: not a folder")),
+            Err(_) => {
+                std::fs::create_dir(&at).map_err(|e| format!("{}: {e}", at.display()))?;
+                true
+            }
+        };
     }
-    Ok(())
+    Ok(made)
 }
 
 /// Remove unpacked roots that no container of `keep` uses.
@@ -356,7 +469,7 @@ mod tests {
     #[test]
     fn the_image_config_fills_in_what_the_host_config_leaves_out() {
         let r = root();
-        let def = definition("app", &uc(""), &config(), r.path()).unwrap();
+        let def = definition("app", &uc(""), &config(), r.path(), None).unwrap();
         assert_eq!(
             def.command,
             ["/usr/bin/app", "--port", "80"],
@@ -381,7 +494,7 @@ mod tests {
              network = \"host\"\nrestart = \"on-failure\"\nvolumes = [\"/var/lib/app:/data\", \"/var/lib/conf:/etc/app:ro\", \"/var/lib/t:/tmp\"]\n\
              limits = { memory = \"64M\", cpus = 0.5, pids = 10 }\n",
         );
-        let def = definition("app", &c, &config(), r.path()).unwrap();
+        let def = definition("app", &c, &config(), r.path(), None).unwrap();
         assert_eq!(def.command, ["/bin/app-link", "-v"], "a symlink counts");
         assert_eq!(def.env, ["PATH=/bin:/usr/bin", "MODE=prod", "X=1"]);
         assert_eq!((def.user.uid, def.user.gid), (5, 6));
@@ -412,12 +525,29 @@ mod tests {
     }
 
     #[test]
+    fn a_range_puts_the_container_in_a_user_namespace() {
+        let r = root();
+        let def = definition("app", &uc(""), &config(), r.path(), Some(1 << 20)).unwrap();
+        let ns = def.user_namespace.expect("a user namespace");
+        assert_eq!(UserNamespace::map_text(&ns.uid_map), "0 1048576 65536\n");
+        assert_eq!(ns.uid_map, ns.gid_map);
+        assert_eq!(
+            ns.outside_uid(def.user.uid),
+            Some((1 << 20) + 33),
+            "User web"
+        );
+        assert_eq!(def.namespaces.pid, Share::Private);
+        let host = definition("app", &uc(""), &config(), r.path(), None).unwrap();
+        assert_eq!(host.user_namespace, None);
+    }
+
+    #[test]
     fn what_cannot_run_is_said() {
         let r = root();
         let none = RunConfig::default();
-        let e = definition("app", &uc(""), &none, r.path()).unwrap_err();
+        let e = definition("app", &uc(""), &none, r.path(), None).unwrap_err();
         assert!(e.contains("says what to run"), "{e}");
-        let e = definition("app", &uc("command = [\"nginx\"]"), &none, r.path()).unwrap_err();
+        let e = definition("app", &uc("command = [\"nginx\"]"), &none, r.path(), None).unwrap_err();
         assert_eq!(
             e,
             "\"nginx\" is not in the image's PATH (/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)"
@@ -426,8 +556,38 @@ mod tests {
             user: Some("nobody".into()),
             ..config()
         };
-        let e = definition("app", &uc(""), &nobody, r.path()).unwrap_err();
+        let e = definition("app", &uc(""), &nobody, r.path(), None).unwrap_err();
         assert!(e.contains("no user \"nobody\""), "{e}");
+    }
+
+    #[test]
+    fn the_image_is_read_as_the_container_sees_it_never_the_host() {
+        let r = root();
+        // A host file that the image's links name by absolute path.
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("passwd"), "web:x:99:99::/:/bin/sh\n").unwrap();
+        std::fs::create_dir(host.path().join("bin")).unwrap();
+        std::fs::write(host.path().join("bin/tool"), "").unwrap();
+        let passwd = r.path().join("etc/passwd");
+        std::fs::remove_file(&passwd).unwrap();
+        std::os::unix::fs::symlink(host.path().join("passwd"), &passwd).unwrap();
+        std::os::unix::fs::symlink(host.path().join("bin"), r.path().join("hostbin")).unwrap();
+        let e = definition("app", &uc(""), &config(), r.path(), None).unwrap_err();
+        assert!(e.contains("no user \"web\""), "{e}");
+        let c = RunConfig {
+            env: Some(vec!["PATH=/hostbin:/usr/bin".into()]),
+            user: None,
+            entrypoint: Some(vec!["tool".into()]),
+            ..config()
+        };
+        let e = definition("app", &uc(""), &c, r.path(), None).unwrap_err();
+        assert!(e.contains("\"tool\" is not in the image's PATH"), "{e}");
+        // A link that stays inside counts, as it would in the container.
+        std::fs::remove_file(&passwd).unwrap();
+        std::fs::write(r.path().join("etc/users"), "web:x:7:8::/:/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink("/etc/users", &passwd).unwrap();
+        let def = definition("app", &uc(""), &config(), r.path(), None).unwrap();
+        assert_eq!((def.user.uid, def.user.gid), (7, 8));
     }
 
     #[test]
@@ -437,10 +597,7 @@ mod tests {
         assert!(r.path().join("data/sub").is_dir());
         std::os::unix::fs::symlink("/", r.path().join("escape")).unwrap();
         let e = make_dir_in(r.path(), "/escape/tmp/keel-test").unwrap_err();
-        assert_eq!(
-            e,
-            "/escape/tmp/keel-test goes through a symlink in the image"
-        );
+        assert_eq!(e, "/escape/tmp/keel-test goes through a symlink");
         assert!(!Path::new("/tmp/keel-test").exists());
         assert!(make_dir_in(r.path(), "/usr/bin/app/x").is_err(), "a file");
     }

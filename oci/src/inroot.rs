@@ -377,3 +377,53 @@ fn times(mtime: u64) -> [libc::timespec; 2] {
     };
     [t, t]
 }
+
+/// An unpacked root looked at as its container would see it: every path
+/// resolved inside it, so that a symlink in the image (`/etc/passwd ->
+/// /dev/zero`, `/bin -> /usr/bin`) means what it means in the container
+/// and never a file of the host. For the host side that reads a root a
+/// hostile image made.
+#[derive(Debug)]
+pub struct InRoot {
+    root: Root,
+}
+
+impl InRoot {
+    pub fn open(root: &Path) -> Result<Self, String> {
+        let root = Root::open(root).map_err(|e| format!("{}: {e}", root.display()))?;
+        Ok(InRoot { root })
+    }
+
+    /// Whether `path` is there (a dangling symlink counts: it is there).
+    pub fn exists(&self, path: &Path) -> bool {
+        self.root.resolve_nofollow(path).is_ok()
+    }
+
+    /// The contents of regular file `path`, at most `max` bytes of it;
+    /// None if it is not there or not a regular file (a fifo or a device
+    /// is never opened).
+    pub fn read(&self, path: &Path, max: u64) -> Result<Option<Vec<u8>>, String> {
+        let Ok(handle) = self.root.resolve(path) else {
+            return Ok(None);
+        };
+        let meta = File::from(std::os::fd::OwnedFd::from(
+            handle.try_clone().map_err(|e| msg("reading", path, e))?,
+        ))
+        .metadata()
+        .map_err(|e| msg("reading", path, e))?;
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        if meta.len() > max {
+            return Err(msg("reading", path, format!("larger than {max} bytes")));
+        }
+        let f = handle
+            .reopen(OpenFlags::O_RDONLY)
+            .map_err(|e| msg("reading", path, e))?;
+        let mut data = Vec::new();
+        f.take(max)
+            .read_to_end(&mut data)
+            .map_err(|e| msg("reading", path, e))?;
+        Ok(Some(data))
+    }
+}

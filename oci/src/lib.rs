@@ -8,14 +8,13 @@ mod inroot;
 mod unpack;
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use inroot::Owners;
-pub use unpack::{unpack, unpack_as, unpack_keeping_owners};
+pub use inroot::{InRoot, Owners};
+pub use unpack::{unpack, unpack_as, unpack_keeping_owners, Layers};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
@@ -129,6 +128,35 @@ impl Image {
     }
 }
 
+impl Image {
+    /// What names this image's unpacked root: its ID and its layers'
+    /// digests. The ID alone is not enough: a config without `diff_ids`
+    /// may come with any layers, and two images must not share a root
+    /// because they share a config. A layer whose name is not a digest
+    /// checked when the image was opened is hashed here.
+    pub fn root_key(&self) -> Result<String, OciError> {
+        let mut h = Sha256::new();
+        h.update(self.id.as_bytes());
+        for (name, path) in &self.layers {
+            let checked = name
+                .strip_prefix("sha256:")
+                .or_else(|| name.strip_prefix("blobs/sha256/"))
+                .filter(|hex| !self.id.is_empty() && is_sha256_hex(hex));
+            let digest = match checked {
+                Some(hex) => hex.to_string(),
+                None => sha256_of(path)?,
+            };
+            h.update(b"\n");
+            h.update(digest.as_bytes());
+        }
+        Ok(hex::encode(h.finalize()))
+    }
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, OciError> {
     let text = fs::read(path).map_err(io_err(path))?;
     serde_json::from_slice(&text).map_err(|e| OciError::Format {
@@ -141,7 +169,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, OciError>
 fn blob(layout: &Path, digest: &str) -> Result<PathBuf, OciError> {
     let hex = digest
         .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|h| is_sha256_hex(h))
         .ok_or_else(|| OciError::Format {
             path: layout.to_path_buf(),
             message: format!("digest {digest:?} is not sha256:<64 hex digits>"),
@@ -297,11 +325,18 @@ enum Compression {
     Zstd,
 }
 
-fn compression(path: &Path) -> Result<Compression, OciError> {
+/// How the layer open as `f` is compressed.
+fn compression(f: &fs::File, path: &Path) -> Result<Compression, OciError> {
+    use std::os::unix::fs::FileExt;
     let mut magic = [0u8; 4];
-    let n = fs::File::open(path)
-        .and_then(|mut f| f.read(&mut magic))
-        .map_err(io_err(path))?;
+    let mut n = 0;
+    // A short read is only the end of a file shorter than the magic.
+    while n < magic.len() {
+        match f.read_at(&mut magic[n..], n as u64).map_err(io_err(path))? {
+            0 => break,
+            got => n += got,
+        }
+    }
     Ok(match &magic[..n] {
         [0x1f, 0x8b, ..] => Compression::Gzip,
         [0x28, 0xb5, 0x2f, 0xfd] => Compression::Zstd,

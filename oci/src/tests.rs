@@ -684,3 +684,19 @@ fn dot_dot_in_names_is_refused() {
         );
     }
 }
+
+#[test]
+fn images_that_share_a_config_do_not_share_a_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    layout(&a);
+    let [l1, _] = layers();
+    let other = layer(&[E::File("x", b"another layer", 0o644)], false);
+    layout_of(&b, [l1, other]);
+    let (ia, ib) = (open(&a).unwrap(), open(&b).unwrap());
+    assert_eq!(ia.id, ib.id, "one config");
+    let key = ia.root_key().unwrap();
+    assert_ne!(key, ib.root_key().unwrap());
+    assert_eq!(key, open(&a).unwrap().root_key().unwrap(), "stable");
+    assert_eq!(key.len(), 64);
+}

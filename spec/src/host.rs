@@ -27,3 +27,11 @@ pub const VM_TAP_NAME_MAX: usize = 12;
 pub fn vm_tap(name: &str) -> String {
     format!("vm-{name}")
 }
+
+/// How many ids a user container's user namespace has: 0 to 65535
+/// inside, the range Docker's and podman's images are made for.
+pub const USERNS_IDS: u32 = 65536;
+
+/// The first host id of the ranges given to user containers: above every
+/// id the image's own services and users have.
+pub const USERNS_FIRST: u32 = 1 << 20;

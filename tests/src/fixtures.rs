@@ -76,6 +76,31 @@ pub fn oci_blob(dir: &Path, bytes: &[u8]) -> String {
     format!("sha256:{hex}")
 }
 
+/// Write an OCI image layout at `dir` of these layer blobs (tar, or
+/// gzip-compressed tar) and image config JSON, with one manifest.
+pub fn oci_layout(dir: &Path, layers: &[&[u8]], config: &str) {
+    let layers: Vec<String> = layers
+        .iter()
+        .map(|l| format!(r#"{{"digest":"{}","size":{}}}"#, oci_blob(dir, l), l.len()))
+        .collect();
+    let config = oci_blob(dir, config.as_bytes());
+    let manifest = oci_blob(
+        dir,
+        format!(
+            r#"{{"schemaVersion":2,"config":{{"digest":"{config}","size":1}},"layers":[{}]}}"#,
+            layers.join(",")
+        )
+        .as_bytes(),
+    );
+    fs::write(
+        dir.join("index.json"),
+        format!(r#"{{"schemaVersion":2,"manifests":[{{"digest":"{manifest}","size":1}}]}}"#),
+    )
+    .expect("writing index.json");
+    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
+        .expect("writing oci-layout");
+}
+
 /// A file of a layer: path, contents, mode, owner, symlink target.
 #[derive(Debug, Clone, Copy)]
 pub struct Entry<'a> {

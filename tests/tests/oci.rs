@@ -7,7 +7,7 @@
 
 use std::fs;
 
-use keel_tests::fixtures::{layer, oci_blob as blob, Entry};
+use keel_tests::fixtures::{layer, oci_layout, Entry};
 use keel_tests::host::cached_busybox;
 use keel_tests::{image_recipe, keel_build, workspace, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
 
@@ -31,25 +31,11 @@ fn a_container_from_an_oci_image_runs_as_its_config_says() {
             0o755,
         ),
     ]);
-    let (l1, l2) = (blob(&layout, &base), blob(&layout, &app));
-    let config = blob(
+    oci_layout(
         &layout,
-        br#"{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/bin/sh"],"Cmd":["/app/run.sh"],"Env":["PATH=/bin","GREETING=hello from the image config"],"WorkingDir":"/app"}}"#,
+        &[&base, &app],
+        r#"{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/bin/sh"],"Cmd":["/app/run.sh"],"Env":["PATH=/bin","GREETING=hello from the image config"],"WorkingDir":"/app"}}"#,
     );
-    let manifest = blob(
-        &layout,
-        format!(r#"{{"schemaVersion":2,"config":{{"digest":"{config}","size":1}},"layers":[{{"digest":"{l1}","size":1}},{{"digest":"{l2}","size":1}}]}}"#).as_bytes(),
-    );
-    fs::write(
-        layout.join("index.json"),
-        format!(r#"{{"schemaVersion":2,"manifests":[{{"digest":"{manifest}","size":1}}]}}"#),
-    )
-    .unwrap();
-    fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
     fs::write(
         dir.path().join("containers/app.toml"),
         "description = \"from an OCI image\"\nrequired = false\n[rootfs]\noci = \"app-image\"\n",

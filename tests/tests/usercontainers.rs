@@ -10,7 +10,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use keel_tests::fixtures::{esp_text, http_get, layer, oci_blob, put_config, Entry, Mounted};
+use keel_tests::fixtures::{esp_text, http_get, layer, oci_layout, put_config, Entry, Mounted};
 use keel_tests::host::cached_busybox;
 use keel_tests::{
     copy_disk, disk_image, free_port, workspace, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT,
@@ -45,21 +45,11 @@ fn app_layout(dir: &Path) {
         e.write_all(&layer(&entries)).unwrap();
         e.finish().unwrap()
     };
-    let l1 = oci_blob(dir, &gz);
-    let config = oci_blob(
+    oci_layout(
         dir,
-        br#"{"architecture":"amd64","os":"linux","config":{"Entrypoint":["sh"],"Cmd":["/app/run.sh"],"Env":["PATH=/bin","GREETING=from the image"]}}"#,
+        &[&gz],
+        r#"{"architecture":"amd64","os":"linux","config":{"Entrypoint":["sh"],"Cmd":["/app/run.sh"],"Env":["PATH=/bin","GREETING=from the image"]}}"#,
     );
-    let manifest = oci_blob(
-        dir,
-        format!(r#"{{"schemaVersion":2,"config":{{"digest":"{config}","size":1}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{l1}","size":1}}]}}"#).as_bytes(),
-    );
-    fs::write(
-        dir.join("index.json"),
-        format!(r#"{{"schemaVersion":2,"manifests":[{{"digest":"{manifest}","size":1}}]}}"#),
-    )
-    .unwrap();
-    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -95,6 +85,21 @@ fn app(greeting: &str) -> String {
     )
 }
 
+/// The same image with the host's ids, and no port.
+const PLAIN: &str = "[containers.plain]\nimage = \"/var/lib/images/app\"\nuserns = \"host\"\n\
+                     volumes = [\"/var/lib/plain:/data\"]\n";
+
+/// The same image again, added by `config apply`: the next id range.
+const SECOND: &str =
+    "[containers.second]\nimage = \"/var/lib/images/app\"\nvolumes = [\"/var/lib/second:/data\"]\n";
+
+/// The id map of a container's process, as the host sees it.
+fn uid_map(g: &mut Guest, name: &str) -> String {
+    let pid = pid(g, name);
+    let map = g.shell(&format!("cat /proc/{pid}/uid_map"));
+    map.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// A file written in the guest with printf, TOML quotes kept.
 fn write_in_guest(g: &mut Guest, path: &str, text: &str) {
     let escaped = text
@@ -117,7 +122,10 @@ fn a_user_container_runs_from_var_and_config_apply_restarts_only_what_changed() 
         fs::create_dir_all(&images).unwrap();
         copy_tree(&layout, &images);
     }
-    put_config(&disk_path, &format!("{BASE}{}", app("from host.toml")));
+    put_config(
+        &disk_path,
+        &format!("{BASE}{}{PLAIN}", app("from host.toml")),
+    );
 
     let port = free_port();
     let mut g = Guest::boot_publishing(&disk_path, &[(port, 9090)]);
@@ -149,8 +157,25 @@ fn a_user_container_runs_from_var_and_config_apply_restarts_only_what_changed() 
         "its own network namespace: {inside}"
     );
     assert!(inside.contains("1000     1000"), "owner kept: {inside}");
-    // The escape suite's rows from a user container running as root.
-    keel_tests::escape::user_container_cannot_escape(&mut g, "app", "/data");
+    // Root in it is the first id range of the host; the volume keel-init
+    // made belongs to that range, so the container wrote to it.
+    assert_eq!(uid_map(&mut g, "app"), "0 1048576 65536");
+    let app_pid = pid(&mut g, "app");
+    let status = g.shell(&format!("grep -E '^(Uid|Gid):' /proc/{app_pid}/status"));
+    assert!(
+        status.contains("Uid:\t1048576\t1048576") && status.contains("Gid:\t1048576\t1048576"),
+        "root in the container is an unprivileged host user:\n{status}"
+    );
+    let data = g.shell("keelctl exec app -- /bin/ls -ln /data");
+    assert!(
+        data.contains("0        0"),
+        "the volume's root is the container's: {data}"
+    );
+    // The escape suite's rows from a user container running as root, in
+    // its user namespace and with the host's ids.
+    keel_tests::escape::user_container_cannot_escape(&mut g, "app", "/data", true);
+    assert_eq!(uid_map(&mut g, "plain"), "0 0 4294967295");
+    keel_tests::escape::user_container_cannot_escape(&mut g, "plain", "/data", false);
 
     // Apply a file that changes the container only: the others keep their
     // processes.
@@ -158,7 +183,7 @@ fn a_user_container_runs_from_var_and_config_apply_restarts_only_what_changed() 
     write_in_guest(
         &mut g,
         "/tmp/new.toml",
-        &format!("{EXTRA}{}", app("applied")),
+        &format!("{EXTRA}{}{SECOND}", app("applied")),
     );
     let out = g.shell("keelctl config apply /tmp/new.toml; echo rc=$?");
     assert!(
@@ -171,6 +196,16 @@ fn a_user_container_runs_from_var_and_config_apply_restarts_only_what_changed() 
     assert_eq!(pid(&mut g, "web"), web);
     assert_eq!(pid(&mut g, "admin"), admin);
     assert_ne!(pid(&mut g, "app"), app_pid);
+    // A restarted container keeps its range; a new one gets the next.
+    assert_eq!(uid_map(&mut g, "app"), "0 1048576 65536");
+    g.poll_shell("keelctl exec second -- /bin/cat /data/greeting", 60, |t| {
+        t.contains("from the image")
+    });
+    assert_eq!(uid_map(&mut g, "second"), "0 1114112 65536");
+    assert!(
+        !g.shell("keelctl status").contains("plain "),
+        "removed with its entry"
+    );
     http_get(port, "/", "served from a user container").unwrap();
     assert!(has_extra_address(&mut g), "the new config's address");
 

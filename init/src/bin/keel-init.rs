@@ -18,7 +18,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("port-proxy") => keel_init::portproxy::helper_main(&args[1..]),
-        Some("prepare-container") if args.len() == 2 => keel_init::workloads::helper_main(&args[1]),
+        Some("prepare-container") => keel_init::workloads::helper_main(&args[1..]),
         Some("prune-roots") => keel_init::workloads::prune_main(&args[1..]),
         _ => {}
     }

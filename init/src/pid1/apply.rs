@@ -8,21 +8,22 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
 use std::process::{ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use keel_spec::container::ContainerDef;
+use keel_spec::container::{ContainerDef, Share};
 use keel_spec::hostconfig::types::UserContainer;
 use keel_spec::hostconfig::HostConfig;
 
 use crate::api::Response;
 use crate::config::{self, ConfigSource, ConfigState};
-use crate::log;
 use crate::supervisor::Change;
 use crate::workloads::{self, Port, Unpacked};
+use crate::{idranges, log};
 
 use super::Init;
 
@@ -35,6 +36,8 @@ pub(super) struct Preparing {
     /// The entry it is prepared from (a result for an entry since changed
     /// is dropped).
     uc: UserContainer,
+    /// The first host id of its user namespace's range, if it has one.
+    range: Option<u32>,
     out: ChildStdout,
     got: Vec<u8>,
 }
@@ -114,8 +117,20 @@ impl Init {
     /// Start unpacking the images of `which`, each in a helper process.
     pub(super) fn prepare(&mut self, which: Vec<(String, UserContainer)>) {
         for (name, uc) in which {
+            let range = match uc.userns {
+                Share::Private => match idranges::range_of(Path::new(idranges::RANGES_FILE), &name)
+                {
+                    Ok(base) => Some(base),
+                    Err(e) => {
+                        self.warn(format!("containers.{name}: its id range: {e}"));
+                        continue;
+                    }
+                },
+                Share::Host => None,
+            };
             let spawned = Command::new(SELF)
-                .args(["prepare-container", &uc.image])
+                .args(["prepare-container", workloads::ROOTS_DIR, &uc.image])
+                .args(range.map(|b| b.to_string()))
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .spawn();
@@ -138,6 +153,7 @@ impl Init {
                         name,
                         Preparing {
                             uc,
+                            range,
                             out,
                             got: Vec::new(),
                         },
@@ -191,7 +207,7 @@ impl Init {
                 .unwrap_or_else(|_| {
                     Err("the preparing helper ended without a result (see the console)".into())
                 });
-            let mut w = match unpacked.and_then(|u| workloads::finish(&name, &p.uc, &u)) {
+            let mut w = match unpacked.and_then(|u| workloads::finish(&name, &p.uc, &u, p.range)) {
                 Ok(w) => w,
                 Err(e) => {
                     self.warn(format!("containers.{name}: {e}"));
@@ -214,7 +230,7 @@ impl Init {
             && self.said != crate::supervisor::Health::Starting
         {
             self.cfg.prune_pending = false;
-            if !std::path::Path::new(workloads::ROOTS_DIR).exists() {
+            if !Path::new(workloads::ROOTS_DIR).exists() {
                 return;
             }
             let keep: Vec<String> = self

@@ -180,6 +180,13 @@ image = "/var/shop"
 image = "/var/edge"
 network = "host"
 ports = ["9000:9000"]
+[containers.far]
+image = "/var/far"
+user = "70000"
+[containers.hostids]
+image = "/var/far"
+user = "70000:70000"
+userns = "host"
 
 [vms.thirteen-long]
 kernel = "/var/lib/vms/vmlinuz"
@@ -196,10 +203,15 @@ network = "tap"
         "host.toml:20:13: `containers.web`: \"web\" is also a system service; give the container another name",
         "`containers.Shop_1`: a container name is 1-32 lowercase letters, digits and '-'",
         "`containers.edge.ports`: a container on the host's network listens on the host's ports itself",
+        "`containers.far.user`: \"70000\": the container's user namespace has ids 0 to 65535; pick one of those, or set userns = \"host\"",
         "`vms.thirteen-long.network`: a VM with a tap has a name of at most 12 characters: its tap is vm-thirteen-long",
     ] {
         assert!(e.iter().any(|l| l.contains(want)), "{want}\nnot in:\n{}", e.join("\n"));
     }
+    assert!(
+        !e.iter().any(|l| l.contains("containers.hostids")),
+        "the host's ids have no such limit: {e:?}"
+    );
 }
 
 #[test]

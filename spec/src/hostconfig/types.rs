@@ -237,6 +237,15 @@ pub struct UserContainer {
     /// `uid[:gid]`; default: the image's User.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// `private`: its own user namespace, whose root is an unprivileged id
+    /// range of the host kept for this container; `host`: the host's ids,
+    /// root inside is root outside.
+    #[serde(default, skip_serializing_if = "is_private")]
+    pub userns: crate::container::Share,
+}
+
+fn is_private(s: &crate::container::Share) -> bool {
+    *s == crate::container::Share::Private
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -445,12 +445,26 @@ fn container(
     }
     limits(k, &["containers", name, "limits"], &ct.limits);
     if let Some(u) = &ct.user {
-        let ok = match u.split_once(':') {
-            Some((a, b)) => a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok(),
-            None => u.parse::<u32>().is_ok(),
+        let ids = match u.split_once(':') {
+            Some((a, b)) => a.parse::<u32>().ok().zip(b.parse::<u32>().ok()),
+            None => u.parse::<u32>().ok().map(|a| (a, a)),
         };
-        if !ok {
-            k.bad(&at("user"), format!("{u:?} is not uid or uid:gid"));
+        match ids {
+            None => k.bad(&at("user"), format!("{u:?} is not uid or uid:gid")),
+            Some((uid, gid))
+                if ct.userns == crate::container::Share::Private
+                    && uid.max(gid) >= crate::host::USERNS_IDS =>
+            {
+                k.bad(
+                    &at("user"),
+                    format!(
+                        "{u:?}: the container's user namespace has ids 0 to {}; \
+                         pick one of those, or set userns = \"host\"",
+                        crate::host::USERNS_IDS - 1
+                    ),
+                );
+            }
+            Some(_) => {}
         }
     }
 }
