@@ -293,7 +293,14 @@ fn fuzz_deps() -> anyhow::Result<()> {
 
 /// The fuzz targets (fuzz/fuzz_targets), each a parser of input keel
 /// treats as hostile.
-const FUZZ_TARGETS: [&str; 5] = ["hostconfig", "signed", "api", "oci_layer", "oci_image"];
+const FUZZ_TARGETS: [&str; 6] = [
+    "hostconfig",
+    "signed",
+    "api",
+    "oci_layer",
+    "oci_image",
+    "virtio",
+];
 
 /// Run every fuzz target, `seconds` split between them, each starting
 /// from its committed seeds; what they find new stays in target/, a crash
