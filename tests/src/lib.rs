@@ -8,7 +8,9 @@ pub mod escape;
 pub mod fixtures;
 pub mod host;
 pub mod http;
+pub mod updates;
 pub mod vmm_guest;
+pub mod volatile;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -240,6 +242,33 @@ impl Guest {
             .arg(vars)
             .arg(device);
         Guest::spawn(&mut cmd)
+    }
+
+    /// Boot the disk a [`volatile::VolatileDisk`] serves, which loses every
+    /// write not yet flushed when QEMU is killed; the firmware's variables
+    /// go to `vars`. As [`Guest::boot_with`] otherwise.
+    pub fn boot_volatile(
+        disk: &volatile::VolatileDisk,
+        vars: &Path,
+        reboots: bool,
+        forwards: &[(u16, u16)],
+    ) -> Guest {
+        use keel_image_builder::qemu;
+        if !vars.exists() {
+            std::fs::copy(qemu::OVMF_VARS, vars).expect("copying the firmware's variables");
+        }
+        let o = qemu::RunOptions {
+            disk: disk.qemu_file(),
+            vars: vars.to_path_buf(),
+            accel: qemu::Accel::Tcg,
+            memory_mib: 512,
+            cpus: 1,
+            no_reboot: !reboots,
+            forwards: forwards.to_vec(),
+            publish: Vec::new(),
+            direct: None,
+        };
+        Guest::spawn(Command::new("qemu-system-x86_64").args(qemu::qemu_args(&o, false)))
     }
 
     fn spawn(cmd: &mut Command) -> Guest {

@@ -2,72 +2,20 @@
 //! served from 127.0.0.1 (reached through QEMU's guestfwd at 10.0.2.100),
 //! refuses every bad index or bundle without touching a partition, updates
 //! to v2 and blesses it, rolls back by itself from a v3 that fails its
-//! health gate, and refuses a downgrade and a replayed index.
+//! health gate, and refuses a downgrade and a replayed index. Power cuts
+//! during updates are in powercut.rs.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use keel_image_builder::{bundle, disk, esp, repo};
+use keel_image_builder::bundle;
 use keel_spec::repo::{Index, INDEX_FILE};
 use keel_spec::signed::{Envelope, Kind};
-use keel_tests::{keel_build, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
-
-/// A recipe like recipes/host.toml at `version`, following the test
-/// repository, with a static address and `extra` containers.
-fn recipe(dir: &Path, version: &str, extra: &[&str], cmdline: &str) -> PathBuf {
-    let mut enable = vec!["admin", "web", "update", "net"];
-    enable.extend_from_slice(extra);
-    keel_tests::image_recipe(
-        dir,
-        version,
-        &enable,
-        cmdline,
-        "repository = \"http://10.0.2.100/\"\nreboot = \"auto\"",
-    )
-}
-
-/// `keel build --sign-key`; the output folder.
-fn build(dir: &Path, version: &str, extra: &[&str], key: &Path) -> PathBuf {
-    build_with(dir, version, extra, "", key)
-}
-
-fn build_with(dir: &Path, version: &str, extra: &[&str], cmdline: &str, key: &Path) -> PathBuf {
-    let out = dir.join(format!("out-{version}"));
-    keel_build(&recipe(dir, version, extra, cmdline), &out, Some(key))
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// sha256 of each slot partition, and the boot entries.
-fn snapshot(disk_path: &Path) -> (Vec<String>, Vec<String>) {
-    let hashes = [
-        "keel-root-a",
-        "keel-verity-a",
-        "keel-root-b",
-        "keel-verity-b",
-    ]
-    .iter()
-    .map(|l| hex(&Sha256::digest(disk::read_partition(disk_path, l).unwrap())))
-    .collect();
-    let entries = esp::list_dir(
-        std::io::Cursor::new(disk::read_partition(disk_path, "esp").unwrap()),
-        "EFI/Linux",
-    )
-    .unwrap();
-    (hashes, entries)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use keel_tests::updates::{add, build, build_with, hex, now, snapshot};
+use keel_tests::{Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
 
 /// Publish `index`, signed by `key`, as the repository's index.
 fn publish(repo_dir: &Path, index: &Index, key: &ed25519_dalek::SigningKey) {
@@ -78,20 +26,6 @@ fn publish(repo_dir: &Path, index: &Index, key: &ed25519_dalek::SigningKey) {
 fn read_index(repo_dir: &Path) -> Index {
     let bytes = std::fs::read(repo_dir.join(INDEX_FILE)).unwrap();
     Index::parse(&Envelope::parse(Kind::Index, &bytes).unwrap().body).unwrap()
-}
-
-/// Add `bundle_path` on the stable channel (signed by `key`).
-fn add(repo_dir: &Path, bundle_path: &Path, key: &ed25519_dalek::SigningKey) -> Index {
-    repo::add(&repo::AddOptions {
-        bundle: bundle_path,
-        repo: repo_dir,
-        key,
-        channel: "stable",
-        valid_for_s: 86400,
-        trust: &[],
-        now: now(),
-    })
-    .unwrap()
 }
 
 /// Point the stable channel at a file that `repo add` would not accept
@@ -263,118 +197,4 @@ fn signed_updates_apply_roll_back_and_refuse() {
     let end = snapshot(&disk_path);
     assert_eq!(end.0[2..], after_v2.0[2..], "slot b (v2) must be intact");
     assert_eq!(end.1, ["keel-0.2.0.efi", "keel-0.4.0+0-3.efi"]);
-}
-
-/// A small xorshift generator: the test prints its seed, so a failing
-/// sequence of cuts can be replayed with KEEL_CUT_SEED.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-const PHASES: [&str; 3] = ["downloading", "verifying", "installing"];
-
-/// (phase index, fraction done) of a `keelctl update status` state line.
-fn progress_of(line: &str) -> Option<(usize, f64)> {
-    let rest = line.split("state: ").nth(1)?;
-    let phase = PHASES.iter().position(|p| rest.starts_with(p))?;
-    let frac = rest
-        .split_whitespace()
-        .find_map(|w| {
-            let (a, b) = w.split_once('/')?;
-            Some(a.parse::<f64>().ok()? / b.parse::<f64>().ok()?)
-        })
-        .unwrap_or(0.0);
-    Some((phase, frac))
-}
-
-/// Power cuts at random moments of an update (download, verification,
-/// writing): after each the host boots the running version, healthy; a
-/// last try completes the update.
-#[test]
-fn power_cuts_during_an_update_never_brick_the_host() {
-    let t = tempfile::tempdir().unwrap();
-    let dir = t.path();
-    let (key_path, _) = bundle::keygen(&dir.join("release")).unwrap();
-    let key = bundle::read_secret(&key_path).unwrap();
-    let v1 = build(dir, "0.1.0", &[], &key_path);
-    let v2 = build(dir, "0.2.0", &[], &key_path);
-    let disk_path = v1.join("disk.img");
-    let repo_dir = dir.join("repo");
-    add(&repo_dir, &v2.join("keel-0.2.0.bundle"), &key);
-    let port = keel_tests::http::serve(&repo_dir);
-
-    let seed = std::env::var("KEEL_CUT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| now() ^ u64::from(std::process::id()) << 20 | 1);
-    eprintln!("power cut seed: {seed} (KEEL_CUT_SEED={seed} replays it)");
-    let mut rng = Rng(seed);
-    let cuts = 10;
-    for i in 0..cuts {
-        let mut g = Guest::boot_with(&disk_path, true, &[(80, port)]);
-        g.expect("keel: ready version=0.1.0 slot=a", BOOT_TIMEOUT);
-        g.prompt();
-        // Where to cut: a phase, and how far into it. Writing is cut in
-        // its first 60% only: later cuts could fall after the new entry is
-        // complete, when booting the new version is the right outcome.
-        let phase = (rng.next() % 3) as usize;
-        let limit = if phase == 2 { 0.6 } else { 1.0 };
-        let at = (rng.next() % 1000) as f64 / 1000.0 * limit;
-        eprintln!("cut {i}: {} at {:.0}%", PHASES[phase], at * 100.0);
-        g.send("keelctl update check >/dev/null 2>&1 & while :; do keelctl update status | grep '^state'; sleep 0.1; done\n");
-        let deadline = std::time::Instant::now() + COMMAND_TIMEOUT;
-        loop {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no progress:\n{}",
-                g.transcript
-            );
-            let line = g.expect("\n", COMMAND_TIMEOUT);
-            assert!(
-                !line.contains("state: installed"),
-                "cut came too late:\n{line}"
-            );
-            if let Some(p) = progress_of(&line) {
-                if p >= (phase, at) {
-                    break;
-                }
-            }
-        }
-        g.power_cut();
-        // The next boot is of the running slot, healthy.
-        let mut g = Guest::boot_with(&disk_path, true, &[(80, port)]);
-        g.expect("keel: ready version=0.1.0 slot=a", BOOT_TIMEOUT);
-        g.prompt();
-        g.send("keelctl poweroff\n");
-        g.wait_exit(COMMAND_TIMEOUT);
-        let (_, entries) = snapshot(&disk_path);
-        // A cut while the new entry is written leaves its temporary
-        // (`.keel-….efi.tmp`): systemd-boot does not load it, and the next
-        // install removes it.
-        assert!(
-            entries
-                .iter()
-                .filter(|e| !(e.starts_with(".keel-") && e.ends_with(".tmp")))
-                .all(|e| e.starts_with("keel-0.1.0")),
-            "after cut {i}: {entries:?}"
-        );
-    }
-
-    let mut g = Guest::boot_with(&disk_path, true, &[(80, port)]);
-    g.expect("keel: ready version=0.1.0 slot=a", BOOT_TIMEOUT);
-    g.prompt();
-    g.send("keelctl update check\n");
-    g.expect("installed 0.2.0 into slot b", COMMAND_TIMEOUT);
-    g.expect("keel: ready version=0.2.0 slot=b", BOOT_TIMEOUT);
-    g.expect("blessed as keel-0.2.0.efi", COMMAND_TIMEOUT);
-    g.prompt();
-    g.send("keelctl poweroff\n");
-    assert!(g.wait_exit(COMMAND_TIMEOUT).success());
 }
