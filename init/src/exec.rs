@@ -68,6 +68,17 @@ pub fn send(stream: &UnixStream, line: &[u8], fds: &[RawFd]) -> std::io::Result<
     Ok(())
 }
 
+/// Whether process `pid` is in another `kind` namespace than keel-init.
+fn different_ns(pid: Pid, kind: &str) -> Result<bool, String> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: String| {
+        std::fs::metadata(&p)
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(|e| format!("{p}: {e}"))
+    };
+    Ok(ino(format!("/proc/{pid}/ns/{kind}"))? != ino(format!("/proc/self/ns/{kind}"))?)
+}
+
 /// Start `argv` in the namespaces of the service whose process is `pid`.
 /// Returns the PID of the process keel-init must wait for; its exit status
 /// is the command's.
@@ -99,9 +110,12 @@ pub fn start(
         .filter_map(|e| CString::new(e.as_str()).ok())
         .collect();
     // The user namespace first: its root owns the others, and a command
-    // that joins it is one of its users, never host root.
+    // that joins it is one of its users, never host root. Whether there is
+    // one is the process's, not the definition's: a definition replaced
+    // while its old process still stops may say otherwise.
+    let own_userns = different_ns(pid, "user")?;
     let mut kinds = Vec::new();
-    if def.user_namespace.is_some() {
+    if own_userns {
         kinds.push(("user", CloneFlags::CLONE_NEWUSER));
     }
     kinds.extend([
@@ -138,7 +152,7 @@ pub fn start(
             let entered = ns
                 .iter()
                 .all(|(f, flag)| nix::sched::setns(f.as_fd(), *flag).is_ok());
-            let rooted = match (entered, def.user_namespace.is_some()) {
+            let rooted = match (entered, own_userns) {
                 (true, true) => crate::userns::become_root(),
                 (true, false) => Ok(()),
                 (false, _) => Err("cannot enter its namespaces".to_string()),

@@ -110,7 +110,18 @@ pub fn save(path: &Path, ranges: &Ranges) -> Result<(), RangesError> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let tmp = path.with_extension("json.new");
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    // Made new, never through a link: one left by a cut is removed first.
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o644)
+            .open(&tmp)
+            .map_err(io(&tmp))?
+    };
     f.write_all(ranges.render().as_bytes()).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))?;

@@ -318,15 +318,13 @@ pub fn begin(plan: &Plan, cgroup: &File, io: Io<'_>) -> Result<Spawned, LaunchEr
     }
     drop(go_rd);
     if let Some((uid_map, gid_map)) = &plan.user_maps {
-        let written = std::fs::write(format!("/proc/{pid}/uid_map"), uid_map)
-            .and_then(|()| std::fs::write(format!("/proc/{pid}/gid_map"), gid_map));
-        if let Err(e) = written {
+        if let Err(e) = crate::userns::write_maps(pid as i32, uid_map, gid_map) {
             let _ = nix::sys::signal::kill(
                 Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
             );
             let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None);
-            return Err(LaunchError::Setup(format!("writing the id maps: {e}")));
+            return Err(LaunchError::Setup(e));
         }
     }
     let _ = File::from(go_wr).write_all(b"g");

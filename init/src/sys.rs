@@ -147,3 +147,27 @@ pub fn loopback_up() -> std::result::Result<(), String> {
     }
     Ok(())
 }
+
+/// Give a folder and what is directly in it to (uid, gid), never
+/// following a symlink: a service's persistent folder (files a root
+/// service made there before, dropbear's host keys, stay readable when it
+/// runs as a user), a volume folder keel-init made for a container.
+pub fn give_folder(dir: &Path, (uid, gid): (Option<u32>, Option<u32>)) -> Result<()> {
+    use nix::fcntl::AtFlags;
+    let uid = uid.map(nix::unistd::Uid::from_raw);
+    let gid = gid.map(nix::unistd::Gid::from_raw);
+    let chown = |p: &Path| {
+        nix::unistd::fchownat(None, p, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(err("chown", p))
+    };
+    chown(dir)?;
+    let entries = std::fs::read_dir(dir).map_err(|e| SysError {
+        what: "read_dir",
+        path: dir.display().to_string(),
+        errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+    })?;
+    for e in entries.flatten() {
+        chown(&e.path())?;
+    }
+    Ok(())
+}

@@ -3,6 +3,7 @@
 //! per image ID, then run by keel-init as a service of that name, with a
 //! read-only root like every system service.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use keel_oci::{InRoot, Owners, RunConfig};
@@ -223,6 +224,7 @@ pub fn ports(uc: &UserContainer) -> Vec<Port> {
 /// An image unpacked under [`ROOTS_DIR`]: what the helper process that
 /// does it reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Unpacked {
     pub root: String,
     pub config: RunConfig,
@@ -248,36 +250,51 @@ pub fn unpack_image_in(roots: &Path, image: &str, range: Option<u32>) -> Result<
     let root = roots.join(&name);
     if !root.is_dir() {
         // Unpacked beside its final place and renamed: a root that is
-        // there is whole.
-        let partial = roots.join(format!(".{name}.partial"));
-        let _ = std::fs::remove_dir_all(&partial);
+        // there is whole. The partial folder is this helper's own: one
+        // started for a newer config may be unpacking the same image.
+        let partial = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .tempdir_in(roots)
+            .map_err(|e| format!("{}: {e}", roots.display()))?
+            .keep();
         let shown = |e: std::io::Error| format!("{}: {e}", partial.display());
         let unpacked = match range {
-            None => keel_oci::unpack_keeping_owners(&opened, &partial)
-                .map_err(|e| e.to_string())
+            None => std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))
+                .map_err(shown)
+                .and_then(|()| {
+                    keel_oci::unpack_keeping_owners(&opened, &partial).map_err(|e| e.to_string())
+                })
                 .and_then(|()| mount_points(&partial)),
-            Some(base) => {
-                let layers = opened.open_layers().map_err(|e| e.to_string())?;
-                let owners = Owners::Shifted {
-                    base: 0,
-                    size: USERNS_IDS,
-                };
-                std::fs::create_dir(&partial)
-                    .and_then(|()| std::os::unix::fs::lchown(&partial, Some(base), Some(base)))
-                    .map_err(shown)
-                    .and_then(|()| {
-                        crate::userns::run_as_range_root(base, || {
-                            layers.unpack(&partial, owners).map_err(|e| e.to_string())?;
-                            mount_points(&partial)
-                        })
+            Some(base) => opened
+                .open_layers()
+                .map_err(|e| e.to_string())
+                .and_then(|layers| {
+                    let owners = Owners::Shifted {
+                        base: 0,
+                        size: USERNS_IDS,
+                    };
+                    std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))
+                        .and_then(|()| std::os::unix::fs::lchown(&partial, Some(base), Some(base)))
+                        .map_err(shown)?;
+                    crate::userns::run_as_range_root(base, &layers.fds(), || {
+                        layers.unpack(&partial, owners).map_err(|e| e.to_string())?;
+                        mount_points(&partial)
                     })
-            }
+                }),
         };
-        if let Err(e) = unpacked {
+        let renamed = unpacked.and_then(|()| match std::fs::rename(&partial, &root) {
+            Ok(()) => Ok(()),
+            // Another helper got there first with the same root.
+            Err(_) if root.is_dir() => {
+                let _ = std::fs::remove_dir_all(&partial);
+                Ok(())
+            }
+            Err(e) => Err(format!("{}: {e}", root.display())),
+        });
+        if let Err(e) = renamed {
             let _ = std::fs::remove_dir_all(&partial);
             return Err(e);
         }
-        std::fs::rename(&partial, &root).map_err(|e| format!("{}: {e}", root.display()))?;
     }
     Ok(Unpacked {
         root: root.to_string_lossy().into_owned(),
@@ -307,6 +324,19 @@ pub fn finish(
     range: Option<u32>,
 ) -> Result<Workload, String> {
     let root = Path::new(&u.root);
+    // The helper unpacks hostile images: its answer must name one of the
+    // unpacked roots, never another folder of the host.
+    let cached = root.parent() == Some(Path::new(ROOTS_DIR))
+        && root
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| !n.starts_with('.') && !n.contains('/'));
+    if !cached {
+        return Err(format!(
+            "the preparing helper answered with {:?}, not a root under {ROOTS_DIR}",
+            u.root
+        ));
+    }
     let mut def = definition(name, uc, &u.config, root, range)?;
     let owner = match &def.user_namespace {
         Some(ns) => ns
@@ -319,7 +349,7 @@ pub fn finish(
         let made = make_dir_in(Path::new("/"), &m.source)
             .map_err(|e| format!("volume {}: {e}", m.source))?;
         if let (true, Some((uid, gid))) = (made, owner) {
-            give(Path::new(&m.source), uid, gid)
+            crate::sys::give_folder(Path::new(&m.source), (Some(uid), Some(gid)))
                 .map_err(|e| format!("volume {}: {e}", m.source))?;
         }
         make_dir_in(root, &m.target).map_err(|e| format!("volume {}: {e}", m.target))?;
@@ -344,18 +374,6 @@ pub fn finish(
         def,
         ports: ports(uc),
     })
-}
-
-/// Give the folder `path` (just made) to `uid`:`gid`, through a handle
-/// that cannot have been swapped for a symlink since.
-fn give(path: &Path, uid: u32, gid: u32) -> Result<(), String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| e.to_string())?;
-    std::os::unix::fs::fchown(&dir, Some(uid), Some(gid)).map_err(|e| e.to_string())
 }
 
 /// `keel-init prepare-container ROOTS IMAGE [BASE]`: unpack, then print

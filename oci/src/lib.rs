@@ -109,6 +109,9 @@ pub struct Image {
     /// (name for messages, file)
     pub layers: Vec<(String, PathBuf)>,
     pub config: RunConfig,
+    /// Each layer's sha256 (hex), where it was checked when the image was
+    /// opened (an OCI layout's blobs, a newer `docker save`'s).
+    checked: Vec<Option<String>>,
     /// A `docker save` archive is extracted here first.
     _scratch: Option<tempfile::TempDir>,
 }
@@ -121,6 +124,7 @@ impl Image {
         Image {
             source,
             id: String::new(),
+            checked: vec![None; layers.len()],
             layers,
             config: RunConfig::default(),
             _scratch: None,
@@ -132,18 +136,14 @@ impl Image {
     /// What names this image's unpacked root: its ID and its layers'
     /// digests. The ID alone is not enough: a config without `diff_ids`
     /// may come with any layers, and two images must not share a root
-    /// because they share a config. A layer whose name is not a digest
-    /// checked when the image was opened is hashed here.
+    /// because they share a config. A layer whose digest was not checked
+    /// when the image was opened is hashed here.
     pub fn root_key(&self) -> Result<String, OciError> {
         let mut h = Sha256::new();
         h.update(self.id.as_bytes());
-        for (name, path) in &self.layers {
-            let checked = name
-                .strip_prefix("sha256:")
-                .or_else(|| name.strip_prefix("blobs/sha256/"))
-                .filter(|hex| !self.id.is_empty() && is_sha256_hex(hex));
-            let digest = match checked {
-                Some(hex) => hex.to_string(),
+        for (i, (_, path)) in self.layers.iter().enumerate() {
+            let digest = match self.checked.get(i).cloned().flatten() {
+                Some(hex) => hex,
                 None => sha256_of(path)?,
             };
             h.update(b"\n");
@@ -257,6 +257,7 @@ pub fn open_in(path: &Path, scratch: &Path) -> Result<Image, OciError> {
         return Ok(Image {
             source: path.to_path_buf(),
             id,
+            checked: layout_digests(&layers),
             layers,
             config,
             _scratch: None,
@@ -280,8 +281,9 @@ pub fn open_in(path: &Path, scratch: &Path) -> Result<Image, OciError> {
         }
     }
     let dir = scratch.path();
-    let (layers, config, id) = if dir.join("oci-layout").is_file() {
-        open_layout(dir)?
+    let (layers, checked, config, id) = if dir.join("oci-layout").is_file() {
+        let (layers, config, id) = open_layout(dir)?;
+        (layers.clone(), layout_digests(&layers), config, id)
     } else {
         let entries: Vec<DockerEntry> = read_json(&dir.join("manifest.json"))?;
         let [entry] = entries.as_slice() else {
@@ -290,30 +292,60 @@ pub fn open_in(path: &Path, scratch: &Path) -> Result<Image, OciError> {
                 message: format!("holds {} images; save exactly one", entries.len()),
             });
         };
+        // A member the manifest names: a file extracted from the archive
+        // (never a path out of it: `/etc/...`, `../`), and its digest if
+        // its name is one, checked.
         let inside = |rel: &str| {
+            let plain = !rel.is_empty()
+                && Path::new(rel)
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
             let p = dir.join(rel);
-            // Docker names blobs by their digest: check those.
-            if let Some(hex) = rel.strip_prefix("blobs/sha256/") {
-                check_digest(&p, hex)?;
+            if !plain || !fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+                return Err(OciError::Format {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "manifest.json names {rel:?}, which is not a file of the archive"
+                    ),
+                });
             }
-            Ok::<_, OciError>(p)
+            // Docker names blobs by their digest: check those.
+            let digest = match rel.strip_prefix("blobs/sha256/") {
+                Some(hex) => {
+                    check_digest(&p, hex)?;
+                    Some(hex.to_string())
+                }
+                None => None,
+            };
+            Ok::<_, OciError>((p, digest))
         };
-        let config_file = inside(&entry.config)?;
+        let (config_file, _) = inside(&entry.config)?;
         let config: ConfigBlob = read_json(&config_file)?;
-        let layers = entry
-            .layers
-            .iter()
-            .map(|l| Ok((l.clone(), inside(l)?)))
-            .collect::<Result<_, OciError>>()?;
-        (layers, config.config, sha256_of(&config_file)?)
+        let mut layers = Vec::new();
+        let mut checked = Vec::new();
+        for l in &entry.layers {
+            let (p, digest) = inside(l)?;
+            layers.push((l.clone(), p));
+            checked.push(digest);
+        }
+        (layers, checked, config.config, sha256_of(&config_file)?)
     };
     Ok(Image {
         source: path.to_path_buf(),
         id,
         layers,
+        checked,
         config,
         _scratch: Some(scratch),
     })
+}
+
+/// An OCI layout's layers are named by their digests, checked by [`blob`].
+fn layout_digests(layers: &[(String, PathBuf)]) -> Vec<Option<String>> {
+    layers
+        .iter()
+        .map(|(name, _)| name.strip_prefix("sha256:").map(str::to_string))
+        .collect()
 }
 
 /// How a layer file is compressed, from its first bytes (the media type

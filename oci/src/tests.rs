@@ -180,26 +180,34 @@ fn a_blob_that_does_not_match_its_digest_is_refused() {
     assert!(e.contains("does not match its digest"), "{e}");
 }
 
+/// A `docker save` archive at `path` of these members.
+fn docker_archive(path: &Path, members: &[(&str, &[u8])]) {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in members {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, name, *data).unwrap();
+    }
+    fs::write(path, b.into_inner().unwrap()).unwrap();
+}
+
 #[test]
 fn a_docker_save_archive_unpacks_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let [l1, l2] = layers();
     let manifest =
         r#"[{"Config":"cfg.json","RepoTags":["app:1"],"Layers":["l1/layer.tar","l2/layer.tar"]}]"#;
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in [
-        ("manifest.json", manifest.as_bytes()),
-        ("cfg.json", CONFIG.as_bytes()),
-        ("l1/layer.tar", &l1[..]),
-        ("l2/layer.tar", &l2[..]),
-    ] {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(0o644);
-        h.set_size(data.len() as u64);
-        b.append_data(&mut h, name, data).unwrap();
-    }
     let archive = dir.path().join("app.tar");
-    fs::write(&archive, b.into_inner().unwrap()).unwrap();
+    docker_archive(
+        &archive,
+        &[
+            ("manifest.json", manifest.as_bytes()),
+            ("cfg.json", CONFIG.as_bytes()),
+            ("l1/layer.tar", &l1[..]),
+            ("l2/layer.tar", &l2[..]),
+        ],
+    );
     let image = open(&archive).unwrap();
     assert_eq!(image.config.user.as_deref(), Some("1000:1000"));
     assert_eq!(format!("sha256:{}", image.id), digest(CONFIG.as_bytes()));
@@ -223,17 +231,14 @@ fn a_layer_may_not_escape_the_root() {
         b.append(&h, &b"x"[..]).unwrap();
         b.into_inner().unwrap()
     };
-    let image = Image {
-        source: dir.path().join("bad"),
-        id: String::new(),
-        layers: vec![("bad".into(), {
+    let image = Image::from_layers(
+        dir.path().join("bad"),
+        vec![("bad".into(), {
             let p = dir.path().join("bad.tar");
             fs::write(&p, bad).unwrap();
             p
         })],
-        config: RunConfig::default(),
-        _scratch: None,
-    };
+    );
     let e = unpack(&image, &dir.path().join("root"))
         .unwrap_err()
         .to_string();
@@ -699,4 +704,54 @@ fn images_that_share_a_config_do_not_share_a_root() {
     assert_ne!(key, ib.root_key().unwrap());
     assert_eq!(key, open(&a).unwrap().root_key().unwrap(), "stable");
     assert_eq!(key.len(), 64);
+}
+
+#[test]
+fn a_docker_manifest_names_only_files_of_its_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("outside.tar");
+    fs::write(&outside, layers()[0].clone()).unwrap();
+    let [l1, _] = layers();
+    for name in [outside.to_str().unwrap(), "../outside.tar", "l1", ""] {
+        let manifest = format!(r#"[{{"Config":"cfg.json","Layers":[{name:?}]}}]"#);
+        let archive = dir.path().join("bad.tar");
+        docker_archive(
+            &archive,
+            &[
+                ("manifest.json", manifest.as_bytes()),
+                ("cfg.json", CONFIG.as_bytes()),
+                ("l1/layer.tar", &l1[..]),
+            ],
+        );
+        let e = open(&archive).unwrap_err().to_string();
+        assert!(
+            e.contains("which is not a file of the archive"),
+            "{name}: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_layer_named_like_a_digest_is_not_taken_for_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let [l1, l2] = layers();
+    let fake = format!("sha256:{}", "0".repeat(64));
+    let manifest = format!(r#"[{{"Config":"cfg.json","Layers":[{fake:?}]}}]"#);
+    let key = |layer: &[u8], n: &str| {
+        let archive = dir.path().join(format!("{n}.tar"));
+        docker_archive(
+            &archive,
+            &[
+                ("manifest.json", manifest.as_bytes()),
+                ("cfg.json", CONFIG.as_bytes()),
+                (fake.as_str(), layer),
+            ],
+        );
+        open(&archive).unwrap().root_key().unwrap()
+    };
+    assert_ne!(
+        key(&l1, "a"),
+        key(&l2, "b"),
+        "one name, one config, two layers"
+    );
 }

@@ -211,6 +211,12 @@ impl Image {
 }
 
 impl Layers {
+    /// The open layer files, for a process that must keep them.
+    pub fn fds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.files.iter().map(|(_, _, f)| f.as_raw_fd()).collect()
+    }
+
     /// Unpack the layers, in order, into `dest` (see [`unpack_as`]).
     pub fn unpack(&self, dest: &Path, owners: Owners) -> Result<(), OciError> {
         fs::create_dir_all(dest).map_err(io_err(dest))?;

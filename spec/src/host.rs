@@ -35,3 +35,14 @@ pub const USERNS_IDS: u32 = 65536;
 /// The first host id of the ranges given to user containers: above every
 /// id the image's own services and users have.
 pub const USERNS_FIRST: u32 = 1 << 20;
+
+/// keel's own folders under /var: its services' state, the updater's,
+/// unpacked roots, id ranges and logs. No volume may be, hold or lie in
+/// one of them.
+pub const KEEL_STATE_DIRS: [&str; 5] = [
+    "/var/lib/keel",
+    "/var/lib/keel-init",
+    "/var/lib/keel-update",
+    "/var/cache/keel",
+    "/var/log/keel",
+];

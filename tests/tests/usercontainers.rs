@@ -89,9 +89,11 @@ fn app(greeting: &str) -> String {
 const PLAIN: &str = "[containers.plain]\nimage = \"/var/lib/images/app\"\nuserns = \"host\"\n\
                      volumes = [\"/var/lib/plain:/data\"]\n";
 
-/// The same image again, added by `config apply`: the next id range.
-const SECOND: &str =
-    "[containers.second]\nimage = \"/var/lib/images/app\"\nvolumes = [\"/var/lib/second:/data\"]\n";
+/// The same image again, added by `config apply`: the next id range. Its
+/// name sorts before `app`, which is prepared again in the same apply: a
+/// range that was not kept would go to it.
+const ALPHA: &str =
+    "[containers.alpha]\nimage = \"/var/lib/images/app\"\nvolumes = [\"/var/lib/alpha:/data\"]\n";
 
 /// The id map of a container's process, as the host sees it.
 fn uid_map(g: &mut Guest, name: &str) -> String {
@@ -183,7 +185,7 @@ fn a_user_container_runs_from_var_and_config_apply_restarts_only_what_changed() 
     write_in_guest(
         &mut g,
         "/tmp/new.toml",
-        &format!("{EXTRA}{}{SECOND}", app("applied")),
+        &format!("{EXTRA}{}{ALPHA}", app("applied")),
     );
     let out = g.shell("keelctl config apply /tmp/new.toml; echo rc=$?");
     assert!(
@@ -198,10 +200,10 @@ fn a_user_container_runs_from_var_and_config_apply_restarts_only_what_changed() 
     assert_ne!(pid(&mut g, "app"), app_pid);
     // A restarted container keeps its range; a new one gets the next.
     assert_eq!(uid_map(&mut g, "app"), "0 1048576 65536");
-    g.poll_shell("keelctl exec second -- /bin/cat /data/greeting", 60, |t| {
+    g.poll_shell("keelctl exec alpha -- /bin/cat /data/greeting", 60, |t| {
         t.contains("from the image")
     });
-    assert_eq!(uid_map(&mut g, "second"), "0 1114112 65536");
+    assert_eq!(uid_map(&mut g, "alpha"), "0 1114112 65536");
     assert!(
         !g.shell("keelctl status").contains("plain "),
         "removed with its entry"

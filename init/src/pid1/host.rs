@@ -171,7 +171,7 @@ impl HostLauncher {
                 None => (None, None),
             };
             if owner != (None, None) {
-                give_folder(&host, owner)?;
+                sys::give_folder(&host, owner).map_err(|e| e.to_string())?;
             }
         }
         let confine = self.confinement(name, def)?.clone();
@@ -286,23 +286,4 @@ impl Launcher for HostLauncher {
     fn forget(&mut self, name: &str) {
         self.confinements.remove(name);
     }
-}
-
-/// Give a service's persistent folder and what is directly in it to
-/// (uid, gid), never following a symlink: files a root service made there
-/// before (dropbear's host keys) stay readable when it runs as a user.
-fn give_folder(dir: &Path, (uid, gid): (Option<u32>, Option<u32>)) -> Result<(), String> {
-    use nix::fcntl::AtFlags;
-    let uid = uid.map(nix::unistd::Uid::from_raw);
-    let gid = gid.map(nix::unistd::Gid::from_raw);
-    let chown = |p: &Path| {
-        nix::unistd::fchownat(None, p, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)
-            .map_err(|e| format!("chown {}: {e}", p.display()))
-    };
-    chown(dir)?;
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    for e in entries.flatten() {
-        chown(&e.path())?;
-    }
-    Ok(())
 }

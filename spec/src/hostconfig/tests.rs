@@ -187,6 +187,14 @@ user = "70000"
 image = "/var/far"
 user = "70000:70000"
 userns = "host"
+volumes = ["/var/lib/shared:/s", "/var/lib/keel-init:/k"]
+[containers.high]
+image = "/var/far"
+user = "2000000"
+userns = "host"
+[containers.nest]
+image = "/var/far"
+volumes = ["/var/lib/shared:/s", "/var/lib/shared/./inner:/i", "/var/cache:/c"]
 
 [vms.thirteen-long]
 kernel = "/var/lib/vms/vmlinuz"
@@ -208,9 +216,18 @@ network = "tap"
     ] {
         assert!(e.iter().any(|l| l.contains(want)), "{want}\nnot in:\n{}", e.join("\n"));
     }
+    for want in [
+        "`containers.hostids.volumes`: /var/lib/keel-init: keel keeps its own state in /var/lib/keel-init",
+        "`containers.nest.volumes`: /var/lib/shared/./inner nests with a volume of containers.hostids",
+        "`containers.nest.volumes`: /var/cache: keel keeps its own state in /var/cache/keel",
+        "`containers.high.user`: \"2000000\": ids from 1048576 up are the ranges of user containers' namespaces",
+    ] {
+        assert!(e.iter().any(|l| l.contains(want)), "{want}\nnot in:\n{}", e.join("\n"));
+    }
     assert!(
-        !e.iter().any(|l| l.contains("containers.hostids")),
-        "the host's ids have no such limit: {e:?}"
+        !e.iter()
+            .any(|l| l.contains("containers.hostids.user") || l.contains("/var/lib/shared nests")),
+        "the host's ids have no such limit, and a folder shared whole is fine: {e:?}"
     );
 }
 

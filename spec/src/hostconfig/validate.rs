@@ -217,11 +217,62 @@ pub fn validate(c: &HostConfig, ctx: &Context) -> Vec<Problem> {
     for (name, ct) in &c.containers {
         container(&mut k, name, ct, c, ctx, &mut ports);
     }
+    volume_sources(&mut k, c);
     for (name, vm) in &c.vms {
         self::vm(&mut k, name, vm);
     }
     update(&mut k, c);
     k.problems
+}
+
+/// A path's parts, `.` and empty ones left out.
+fn parts(path: &str) -> Vec<&str> {
+    path.split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect()
+}
+
+/// Volume sources neither nest nor touch keel's own folders: a container
+/// can put a symlink anywhere in its volume, and keel-init makes and binds
+/// a source by its path, so a source inside another volume could be
+/// turned into any folder of the host. The same folder shared whole by
+/// several containers is fine.
+fn volume_sources(k: &mut Checker, c: &HostConfig) {
+    let mut seen: Vec<(Vec<&str>, String)> = Vec::new();
+    for (name, ct) in &c.containers {
+        for v in &ct.volumes {
+            let Some(src) = v.split(':').next().filter(|s| under_var(s).is_ok()) else {
+                continue;
+            };
+            let src_parts = parts(src);
+            let overlap = |a: &[&str], b: &[&str]| a.starts_with(b) || b.starts_with(a);
+            let at = ["containers", name.as_str(), "volumes"];
+            if let Some(own) = crate::host::KEEL_STATE_DIRS
+                .iter()
+                .find(|d| overlap(&src_parts, &parts(d)))
+            {
+                k.bad(
+                    &at,
+                    format!(
+                        "{src}: keel keeps its own state in {own}; pick a folder apart from it"
+                    ),
+                );
+                continue;
+            }
+            if let Some((_, who)) = seen
+                .iter()
+                .find(|(other, _)| *other != src_parts && overlap(&src_parts, other))
+            {
+                k.bad(
+                    &at,
+                    format!(
+                        "{src} nests with a volume of {who}: a container could turn the inner folder into a link to any folder of the host; use folders side by side"
+                    ),
+                );
+            }
+            seen.push((src_parts, format!("containers.{name}")));
+        }
+    }
 }
 
 fn authorized_key(line: &str) -> Result<(), String> {
@@ -461,6 +512,15 @@ fn container(
                         "{u:?}: the container's user namespace has ids 0 to {}; \
                          pick one of those, or set userns = \"host\"",
                         crate::host::USERNS_IDS - 1
+                    ),
+                );
+            }
+            Some((uid, gid)) if uid.max(gid) >= crate::host::USERNS_FIRST => {
+                k.bad(
+                    &at("user"),
+                    format!(
+                        "{u:?}: ids from {} up are the ranges of user containers' namespaces",
+                        crate::host::USERNS_FIRST
                     ),
                 );
             }
