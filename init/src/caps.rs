@@ -19,11 +19,17 @@ pub enum CapsError {
     Capset(std::io::Error),
 }
 
+/// The bit of capability `cap` in a 64-bit mask; none for a capability
+/// past 63 (a kernel's cap_last_cap may name one), which no mask keeps.
+fn bit(cap: u32) -> u64 {
+    1u64.checked_shl(cap).unwrap_or(0)
+}
+
 /// The 64-bit capability mask of `names`.
 pub fn mask(names: &[String]) -> Result<u64, CapsError> {
     names.iter().try_fold(0u64, |m, n| {
         capability_number(n)
-            .map(|c| m | (1u64 << c))
+            .map(|c| m | bit(c))
             .ok_or_else(|| CapsError::Unknown(n.clone()))
     })
 }
@@ -56,7 +62,7 @@ const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 /// `last` from [`last_cap`], read before the process's /proc went away.
 pub fn drop_bounding(keep: u64, last: u32) -> Result<(), CapsError> {
     for cap in 0..=last {
-        if keep & (1u64 << cap) == 0 {
+        if keep & bit(cap) == 0 {
             // SAFETY: prctl with integer arguments only.
             let r =
                 unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
@@ -109,7 +115,7 @@ pub fn set(keep: u64) -> Result<(), CapsError> {
 /// Raise `keep` in the ambient set, so that a non-root user keeps them
 /// across exec.
 pub fn raise_ambient(keep: u64, last: u32) -> Result<(), CapsError> {
-    for cap in (0..=last).filter(|c| keep & (1u64 << c) != 0) {
+    for cap in (0..=last).filter(|&c| keep & bit(c) != 0) {
         // SAFETY: prctl with integer arguments only.
         let r = unsafe {
             libc::prctl(
@@ -146,5 +152,11 @@ mod tests {
             mask(&["CAP_NOPE".into()]),
             Err(CapsError::Unknown(_))
         ));
+    }
+
+    #[test]
+    fn a_capability_past_63_has_no_bit() {
+        assert_eq!(bit(63), 1 << 63);
+        assert_eq!(bit(64), 0);
     }
 }

@@ -31,6 +31,8 @@ pub enum DmError {
     },
     #[error("device-mapper name {0:?} is too long")]
     Name(String),
+    #[error("verity data_blocks {0} is too large for a device-mapper table")]
+    DataBlocks(u64),
 }
 
 /// `_IOWR(0xfd, nr, struct dm_ioctl)`.
@@ -76,22 +78,37 @@ pub fn ioctl_buffer(
     b[16..20].copy_from_slice(&(DM_IOCTL_SIZE as u32).to_ne_bytes());
     b[20..24].copy_from_slice(&(targets.len() as u32).to_ne_bytes());
     b[28..32].copy_from_slice(&flags.to_ne_bytes());
-    b[48..48 + name.len()].copy_from_slice(name.as_bytes());
+    b[48..][..name.len()].copy_from_slice(name.as_bytes());
     let mut at = DM_IOCTL_SIZE;
     for (start, len, kind, params) in targets {
-        let spec_len = (TARGET_SPEC_SIZE + params.len() + 1).div_ceil(8) * 8;
-        if at + spec_len > BUFFER_SIZE || kind.len() >= 16 {
-            return Err(DmError::Name(format!("table for {name} is too large")));
+        let too_large = || DmError::Name(format!("table for {name} is too large"));
+        let spec_len = TARGET_SPEC_SIZE
+            .checked_add(params.len())
+            .and_then(|n| n.checked_add(1))
+            .and_then(|n| n.checked_next_multiple_of(8))
+            .ok_or_else(too_large)?;
+        let end = at.checked_add(spec_len).ok_or_else(too_large)?;
+        if end > BUFFER_SIZE || kind.len() >= 16 {
+            return Err(too_large());
         }
-        b[at..at + 8].copy_from_slice(&start.to_ne_bytes());
-        b[at + 8..at + 16].copy_from_slice(&len.to_ne_bytes());
-        b[at + 20..at + 24].copy_from_slice(&(spec_len as u32).to_ne_bytes()); // next
-        b[at + 24..at + 24 + kind.len()].copy_from_slice(kind.as_bytes());
-        let p = at + TARGET_SPEC_SIZE;
-        b[p..p + params.len()].copy_from_slice(params.as_bytes());
-        at += spec_len;
+        // The spec is at least TARGET_SPEC_SIZE + params + NUL long, and
+        // `kind` is shorter than its 16-byte field at 24.
+        let spec = &mut b[at..end];
+        spec[0..8].copy_from_slice(&start.to_ne_bytes());
+        spec[8..16].copy_from_slice(&len.to_ne_bytes());
+        spec[20..24].copy_from_slice(&(spec_len as u32).to_ne_bytes()); // next
+        spec[24..][..kind.len()].copy_from_slice(kind.as_bytes());
+        spec[TARGET_SPEC_SIZE..][..params.len()].copy_from_slice(params.as_bytes());
+        at = end;
     }
     Ok(b)
+}
+
+/// The length of the verity target in 512-byte sectors.
+fn verity_sectors(p: &VerityParams) -> Result<u64, DmError> {
+    p.data_blocks
+        .checked_mul(VERITY_BLOCK_SIZE / 512)
+        .ok_or(DmError::DataBlocks(p.data_blocks))
 }
 
 fn ioctl(ctl: &File, op: &'static str, nr: u8, buf: &mut [u8], name: &str) -> Result<(), DmError> {
@@ -124,7 +141,7 @@ pub fn create_verity(
     ioctl(&ctl, "create", DM_DEV_CREATE, &mut create, name)?;
     let dev = u64::from_ne_bytes(create[40..48].try_into().unwrap_or([0; 8]));
 
-    let sectors = p.data_blocks * (VERITY_BLOCK_SIZE / 512);
+    let sectors = verity_sectors(p)?;
     let table = verity_table(data_dev, hash_dev, p);
     let result = ioctl_buffer(name, DM_READONLY_FLAG, &[(0, sectors, "verity", &table)]).and_then(
         |mut load| {
@@ -166,6 +183,22 @@ mod tests {
         assert_eq!(&b[336..342], b"verity");
         assert_eq!(&b[352..358], b"1 2 3\0");
         assert_eq!(u32::from_ne_bytes(b[332..336].try_into().unwrap()), 48);
+    }
+
+    #[test]
+    fn sectors_of_too_many_data_blocks_are_refused() {
+        let mut p = VerityParams {
+            data_blocks: 10,
+            salt: vec![],
+            root_hash: [1; 32],
+        };
+        assert_eq!(verity_sectors(&p).unwrap(), 80);
+        p.data_blocks = u64::MAX / 4;
+        let e = verity_sectors(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("data_blocks") && e.contains(&p.data_blocks.to_string()),
+            "{e}"
+        );
     }
 
     #[test]

@@ -48,7 +48,8 @@ pub fn receive(stream: &UnixStream) -> Result<(String, Vec<OwnedFd>), String> {
         if n == 0 {
             break;
         }
-        got += n;
+        // recvmsg filled at most buf[got..]: this stays within buf.
+        got = got.saturating_add(n).min(buf.len());
         if buf[..got].contains(&b'\n') || got == buf.len() {
             break;
         }
@@ -169,7 +170,9 @@ pub fn start(
                 Ok(ForkResult::Parent { child }) => {
                     let code = match nix::sys::wait::waitpid(child, None) {
                         Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => c,
-                        Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => 128 + s as i32,
+                        Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => {
+                            128i32.saturating_add(s as i32)
+                        }
                         _ => 125,
                     };
                     // SAFETY: as above.

@@ -16,7 +16,7 @@ nix::ioctl_write_ptr!(ext4_resize_fs, b'f', 16, u64);
 /// 1024 of the device); None if it is not one.
 pub fn geometry(sb: &[u8]) -> Option<(u64, u64)> {
     let u32_at = |at: usize| -> Option<u32> {
-        Some(u32::from_le_bytes(sb.get(at..at + 4)?.try_into().ok()?))
+        Some(u32::from_le_bytes(sb.get(at..)?.get(..4)?.try_into().ok()?))
     };
     let magic = u16::from_le_bytes(sb.get(0x38..0x3a)?.try_into().ok()?);
     if magic != MAGIC {
@@ -34,6 +34,14 @@ pub fn geometry(sb: &[u8]) -> Option<(u64, u64)> {
     Some((blocks, block))
 }
 
+/// The size in bytes of a partition of `sectors` 512-byte sectors (as
+/// sysfs gives it).
+pub fn sectors_to_bytes(sectors: u64) -> Result<u64, String> {
+    sectors
+        .checked_mul(512)
+        .ok_or_else(|| format!("partition size of {sectors} sectors is too large"))
+}
+
 /// Grow the ext4 on `dev` (of `dev_size` bytes), mounted at `mountpoint`,
 /// to fill the device. Returns (old, new) size in bytes if it grew.
 pub fn grow(dev: &Path, dev_size: u64, mountpoint: &Path) -> Result<Option<(u64, u64)>, String> {
@@ -43,9 +51,11 @@ pub fn grow(dev: &Path, dev_size: u64, mountpoint: &Path) -> Result<Option<(u64,
         .map_err(|e| format!("{}: {e}", dev.display()))?;
     let (blocks, block) =
         geometry(&sb).ok_or_else(|| format!("{}: no ext4 superblock", dev.display()))?;
-    let want = dev_size / block;
+    let want = dev_size
+        .checked_div(block)
+        .ok_or_else(|| format!("{}: ext4 block size is 0", dev.display()))?;
     // Less than a MiB to gain is not worth a resize.
-    if want.saturating_sub(blocks) * block < 1 << 20 {
+    if want.saturating_sub(blocks).saturating_mul(block) < 1 << 20 {
         return Ok(None);
     }
     let dir =
@@ -54,12 +64,23 @@ pub fn grow(dev: &Path, dev_size: u64, mountpoint: &Path) -> Result<Option<(u64,
     // new block count that EXT4_IOC_RESIZE_FS reads.
     unsafe { ext4_resize_fs(dir.as_raw_fd(), &want) }
         .map_err(|e| format!("growing the filesystem on {}: {e}", dev.display()))?;
-    Ok(Some((blocks * block, want * block)))
+    // Both are at most dev_size: blocks < want <= dev_size / block.
+    Ok(Some((
+        blocks.saturating_mul(block),
+        want.saturating_mul(block),
+    )))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partition_size_past_u64_bytes_is_refused() {
+        assert_eq!(sectors_to_bytes(8), Ok(4096));
+        let e = sectors_to_bytes(u64::MAX / 256).unwrap_err();
+        assert!(e.contains(&format!("{} sectors", u64::MAX / 256)), "{e}");
+    }
 
     #[test]
     fn reads_the_size_of_an_ext4_superblock() {

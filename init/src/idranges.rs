@@ -80,7 +80,8 @@ impl Ranges {
         }
         let taken: std::collections::BTreeSet<u32> = self.bases.values().copied().collect();
         let base = (0..slots())
-            .map(|slot| USERNS_FIRST + slot * USERNS_IDS)
+            // Never None: slot < slots() keeps the base within u32.
+            .filter_map(|slot| slot.checked_mul(USERNS_IDS)?.checked_add(USERNS_FIRST))
             .find(|b| !taken.contains(b))
             .ok_or(RangesError::Full)?;
         self.bases.insert(name.to_string(), base);

@@ -49,7 +49,7 @@ pub fn load_listed(root: &Path) -> io::Result<Loaded> {
             }
         });
         match result {
-            Ok(()) => out.loaded += 1,
+            Ok(()) => out.loaded = out.loaded.saturating_add(1),
             Err(why) => out.failed.push((name.to_string(), why)),
         }
         let _ = std::fs::remove_file(&path);

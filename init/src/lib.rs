@@ -2,6 +2,11 @@
 //! PID 1 of a keel host (mounts, system containers, the local API).
 //! `keelctl` is the client of that API.
 
+// Per crate root: [workspace.lints] cannot be extended per crate.
+#![deny(clippy::arithmetic_side_effects)]
+
+use std::time::{Duration, Instant};
+
 pub mod api;
 pub mod blockdev;
 pub mod bootgate;
@@ -38,6 +43,35 @@ pub fn log(msg: impl std::fmt::Display) {
 /// Milliseconds since the kernel started (CLOCK_BOOTTIME).
 pub fn boot_ms() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map(|t| (t.tv_sec() as u64) * 1000 + (t.tv_nsec() as u64) / 1_000_000)
+        .map(|t| {
+            (t.tv_sec() as u64)
+                .saturating_mul(1000)
+                .saturating_add((t.tv_nsec() as u64) / 1_000_000)
+        })
         .unwrap_or(0)
+}
+
+/// `now + d`, for a deadline. One further off than an `Instant` can hold
+/// (`Instant + Duration` would panic) is as good as never: it becomes a
+/// century from now, which a Linux `Instant` (i64 seconds) always holds.
+pub fn deadline(now: Instant, d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+    now.checked_add(d)
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_too_far_off_is_a_century_away() {
+        let now = Instant::now();
+        assert_eq!(
+            deadline(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        assert!(deadline(now, Duration::MAX) > now + Duration::from_secs(99 * 365 * 86_400));
+    }
 }

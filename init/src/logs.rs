@@ -33,7 +33,22 @@ pub fn timestamp(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let (year, month, day) = civil_date(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// (year, month, day) of the day `days` after 1970-01-01 (Howard
+/// Hinnant's algorithm).
+// cannot overflow: days <= u64::MAX / 86_400 < 2^48, so z, era * 400 and
+// every other intermediate stay far below i64::MAX.
+#[allow(clippy::arithmetic_side_effects)]
+fn civil_date(days: u64) -> (i64, i64, i64) {
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -43,13 +58,7 @@ pub fn timestamp(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    (year, month, day)
 }
 
 impl LogSink {
@@ -71,7 +80,7 @@ impl LogSink {
         self.partial.extend_from_slice(bytes);
         while let Some(i) = self.partial.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.partial.drain(..=i).collect();
-            self.push(&line[..line.len() - 1], now);
+            self.push(&line[..i], now);
         }
         if self.partial.len() > MAX_LINE {
             let line: Vec<u8> = self.partial.drain(..).collect();
@@ -99,12 +108,12 @@ impl LogSink {
             String::from_utf8_lossy(line).trim_end_matches('\r')
         );
         self.write_file(&text);
-        self.ring_bytes += text.len();
+        self.ring_bytes = self.ring_bytes.saturating_add(text.len());
         self.ring.push_back((self.next_seq, text));
-        self.next_seq += 1;
+        self.next_seq = self.next_seq.wrapping_add(1);
         while self.ring_bytes > RING_BYTES {
             match self.ring.pop_front() {
-                Some((_, old)) => self.ring_bytes -= old.len(),
+                Some((_, old)) => self.ring_bytes = self.ring_bytes.saturating_sub(old.len()),
                 None => break,
             }
         }
@@ -112,7 +121,8 @@ impl LogSink {
 
     fn write_file(&mut self, text: &str) {
         let Some(path) = &self.path else { return };
-        if self.size + text.len() as u64 + 1 > ROTATE_BYTES {
+        let line_len = (text.len() as u64).saturating_add(1);
+        if self.size.saturating_add(line_len) > ROTATE_BYTES {
             self.file = None;
             let mut old = path.clone().into_os_string();
             old.push(".1");
@@ -128,7 +138,7 @@ impl LogSink {
         }
         if let Some(f) = &mut self.file {
             if writeln!(f, "{text}").is_ok() {
-                self.size += text.len() as u64 + 1;
+                self.size = self.size.saturating_add(line_len);
             }
         }
     }
@@ -148,6 +158,9 @@ impl LogSink {
 
 #[cfg(test)]
 mod tests {
+    // Test code, not reachable from input.
+    #![allow(clippy::arithmetic_side_effects)]
+
     use super::*;
     use std::time::Duration;
 

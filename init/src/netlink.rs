@@ -46,17 +46,20 @@ fn octets(a: &IpAddr) -> Vec<u8> {
 
 /// Append a route attribute (type, payload), padded to 4 bytes.
 fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
+    // Payloads are addresses and u32s, at most 16 bytes.
+    let len = payload.len().saturating_add(4);
     out.extend_from_slice(&(len as u16).to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
     out.extend_from_slice(payload);
-    out.resize(out.len().div_ceil(4) * 4, 0);
+    out.resize(out.len().next_multiple_of(4), 0);
 }
 
 /// A whole netlink message: header, then `body`.
 pub fn message(kind: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(16 + body.len());
-    m.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+    // Bodies are the few fixed-size attributes above.
+    let len = body.len().saturating_add(16);
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&(len as u32).to_ne_bytes());
     m.extend_from_slice(&kind.to_ne_bytes());
     m.extend_from_slice(&(flags | NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
     m.extend_from_slice(&seq.to_ne_bytes());
@@ -126,12 +129,21 @@ pub fn route(index: u32, dst: &IpAddr, prefix: u8, via: Option<&IpAddr>) -> Vec<
 /// The error number in an acknowledgement (0: done), if `reply` is one for
 /// `seq`.
 pub fn ack_errno(reply: &[u8], seq: u32) -> Option<i32> {
-    let u16_at = |o: usize| Some(u16::from_ne_bytes(reply.get(o..o + 2)?.try_into().ok()?));
-    let u32_at = |o: usize| Some(u32::from_ne_bytes(reply.get(o..o + 4)?.try_into().ok()?));
+    let u16_at = |o: usize| {
+        Some(u16::from_ne_bytes(
+            reply.get(o..)?.get(..2)?.try_into().ok()?,
+        ))
+    };
+    let u32_at = |o: usize| {
+        Some(u32::from_ne_bytes(
+            reply.get(o..)?.get(..4)?.try_into().ok()?,
+        ))
+    };
     if u16_at(4)? != NLMSG_ERROR || u32_at(8)? != seq {
         return None;
     }
-    Some(-(u32_at(16)? as i32))
+    // A negative errno; i32::MIN, which is none, still reads as a failure.
+    Some((u32_at(16)? as i32).saturating_neg())
 }
 
 /// A NETLINK_ROUTE socket.
@@ -178,7 +190,7 @@ impl Netlink {
     }
 
     fn send(&mut self, kind: u16, flags: u16, body: &[u8]) -> std::io::Result<()> {
-        self.seq += 1;
+        self.seq = self.seq.wrapping_add(1);
         let msg = message(kind, flags, self.seq, body);
         // SAFETY: msg is a live buffer of msg.len() bytes; a NULL address
         // with length 0 sends to the kernel on an unconnected netlink socket.
@@ -320,5 +332,7 @@ mod tests {
         ack[16..20].copy_from_slice(&(-17i32).to_ne_bytes());
         assert_eq!(ack_errno(&ack, 7), Some(17));
         assert_eq!(ack_errno(&ack, 8), None, "another request's answer");
+        ack[16..20].copy_from_slice(&i32::MIN.to_ne_bytes());
+        assert_eq!(ack_errno(&ack, 7), Some(i32::MAX), "still a failure");
     }
 }

@@ -89,12 +89,12 @@ pub fn helper_main(args: &[String]) -> ! {
         };
         // The forwarder of the container's previous run may still hold
         // the port for a moment.
-        let mut tries = 0;
+        let mut tries = 0u32;
         loop {
             match publish("", port, targets.clone()) {
                 Ok(proxy) => break proxies.push(proxy),
                 Err(e) if tries < 40 && e.contains("in use") => {
-                    tries += 1;
+                    tries = tries.saturating_add(1);
                     std::thread::sleep(Duration::from_millis(250));
                 }
                 Err(e) => fail(e),

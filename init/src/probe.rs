@@ -129,7 +129,7 @@ fn exec(pid: Pid, def: &ContainerDef, cmd: &[String], confine: &Confinement) -> 
             unsafe { libc::_exit(127) }
         }
         Ok(ForkResult::Parent { child }) => {
-            let deadline = Instant::now() + ATTEMPT;
+            let deadline = crate::deadline(Instant::now(), ATTEMPT);
             loop {
                 match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
                     Ok(WaitStatus::Exited(_, 0)) => return Probe::Ready,

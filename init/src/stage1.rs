@@ -99,12 +99,13 @@ fn mount_data() -> Result<(), Stage1Error> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         None,
     )?;
-    let size = std::fs::read_to_string(format!("/sys/class/block/{}/size", d.name))
+    let sectors = std::fs::read_to_string(format!("/sys/class/block/{}/size", d.name))
         .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .map(|sectors| sectors * 512);
-    if let Some(size) = size {
-        match crate::ext4::grow(node, size, Path::new(DATA_STAGING)) {
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    if let Some(sectors) = sectors {
+        let grown = crate::ext4::sectors_to_bytes(sectors)
+            .and_then(|size| crate::ext4::grow(node, size, Path::new(DATA_STAGING)));
+        match grown {
             Ok(Some((from, to))) => log(format!(
                 "stage 1: /var grown to its partition, {} -> {} MiB",
                 from >> 20,
@@ -150,7 +151,7 @@ fn load_modules() {
                 log(format!(
                     "stage 1: {} kernel modules loaded in {} ms",
                     l.loaded,
-                    crate::boot_ms() - start
+                    crate::boot_ms().saturating_sub(start)
                 ));
             }
         }

@@ -251,7 +251,7 @@ fn gate_length(defs: &[(String, ContainerDef)], critical: &[bool]) -> Duration {
 
 pub fn backoff(failures_in_row: u32) -> Duration {
     let exp = failures_in_row.saturating_sub(1).min(16);
-    (BACKOFF_BASE * 2u32.pow(exp)).min(BACKOFF_MAX)
+    BACKOFF_BASE.saturating_mul(2u32.pow(exp)).min(BACKOFF_MAX)
 }
 
 #[derive(Debug)]
@@ -274,7 +274,7 @@ impl<L: Launcher> Supervisor<L> {
     /// `defs` in start order (see `keel_spec::lifecycle::start_order`).
     pub fn new(launcher: L, defs: Vec<(String, ContainerDef)>, now: Instant, boot_ms: u64) -> Self {
         let critical = boot_critical(&defs);
-        let gate_closes = now + gate_length(&defs, &critical);
+        let gate_closes = crate::deadline(now, gate_length(&defs, &critical));
         let services = defs
             .into_iter()
             .zip(critical)
@@ -292,7 +292,10 @@ impl<L: Launcher> Supervisor<L> {
     }
 
     fn ms(&self, t: Instant) -> u64 {
-        self.epoch.1 + t.saturating_duration_since(self.epoch.0).as_millis() as u64
+        let since = t.saturating_duration_since(self.epoch.0).as_millis();
+        self.epoch
+            .1
+            .saturating_add(u64::try_from(since).unwrap_or(u64::MAX))
     }
 
     fn index(&self, name: &str) -> Option<usize> {
@@ -335,12 +338,12 @@ impl<L: Launcher> Supervisor<L> {
             Err(e) => {
                 crate::log(format!("{}: cannot start: {e}", svc.name));
                 svc.last_error = Some(e);
-                svc.failures_in_row += 1;
+                svc.failures_in_row = svc.failures_in_row.saturating_add(1);
                 svc.state = if svc.failures_in_row >= CRASH_LOOP_LIMIT {
                     State::Failed
                 } else {
                     State::Backoff {
-                        until: now + backoff(svc.failures_in_row),
+                        until: crate::deadline(now, backoff(svc.failures_in_row)),
                     }
                 };
             }
@@ -430,7 +433,8 @@ impl<L: Launcher> Supervisor<L> {
         if !self.verdict_reached && self.health() != Health::Starting {
             self.verdict_reached = true;
         }
-        let defer_others = !self.verdict_reached && now < self.epoch.0 + DEFER_AT_MOST;
+        let defer_others =
+            !self.verdict_reached && now < crate::deadline(self.epoch.0, DEFER_AT_MOST);
         // Starting a service can let others start in the same tick.
         loop {
             let mut changed = false;
@@ -519,7 +523,10 @@ impl<L: Launcher> Supervisor<L> {
                             self.services[i].state = State::Starting {
                                 pid,
                                 since,
-                                next_probe: now + Duration::from_millis(interval_ms),
+                                next_probe: crate::deadline(
+                                    now,
+                                    Duration::from_millis(interval_ms),
+                                ),
                             };
                         }
                     }
@@ -546,7 +553,7 @@ impl<L: Launcher> Supervisor<L> {
             .signal(pid, svc.def.stop_signal.parse().unwrap_or(Signal::SIGTERM));
         svc.state = State::Stopping {
             pid,
-            kill_at: now + Duration::from_millis(svc.def.stop_timeout_ms),
+            kill_at: crate::deadline(now, Duration::from_millis(svc.def.stop_timeout_ms)),
         };
     }
 
@@ -557,7 +564,7 @@ impl<L: Launcher> Supervisor<L> {
             self.launcher.signal(pid, Signal::SIGKILL);
             self.services[i].state = State::Stopping {
                 pid,
-                kill_at: now + Duration::from_secs(1),
+                kill_at: crate::deadline(now, Duration::from_secs(1)),
             };
         }
     }
@@ -681,7 +688,7 @@ impl<L: Launcher> Supervisor<L> {
             svc.state = State::Exited(how);
             return true;
         }
-        svc.failures_in_row += 1;
+        svc.failures_in_row = svc.failures_in_row.saturating_add(1);
         if svc.failures_in_row >= CRASH_LOOP_LIMIT {
             crate::log(format!(
                 "{}: failed {} times in a row, giving up",
@@ -689,9 +696,9 @@ impl<L: Launcher> Supervisor<L> {
             ));
             svc.state = State::Failed;
         } else {
-            svc.restarts += 1;
+            svc.restarts = svc.restarts.saturating_add(1);
             svc.state = State::Backoff {
-                until: now + backoff(svc.failures_in_row),
+                until: crate::deadline(now, backoff(svc.failures_in_row)),
             };
         }
         true
@@ -722,7 +729,7 @@ impl<L: Launcher> Supervisor<L> {
                 .services
                 .iter()
                 .any(|s| !s.boot_critical && s.state == State::Waiting);
-        let defer_end = deferred.then_some(self.epoch.0 + DEFER_AT_MOST);
+        let defer_end = deferred.then_some(crate::deadline(self.epoch.0, DEFER_AT_MOST));
         self.services
             .iter()
             .filter_map(|s| match s.state {

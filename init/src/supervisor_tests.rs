@@ -1,3 +1,6 @@
+// Test code, not reachable from input.
+#![allow(clippy::arithmetic_side_effects)]
+
 use super::*;
 use std::collections::{BTreeMap, VecDeque};
 

@@ -224,7 +224,7 @@ impl Agent {
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let total = verify::payload_bytes(&head.manifest);
         let free = nix::sys::statvfs::statvfs(&dir)
-            .map(|v| v.blocks_available() * v.fragment_size())
+            .map(|v| v.blocks_available().saturating_mul(v.fragment_size()))
             .map_err(|e| io_err(&dir)(e.into()))?;
         if free < total {
             return Err(UpdateError::State(format!(

@@ -114,14 +114,16 @@ pub fn download(
             if n == 0 {
                 break;
             }
-            if got + n as u64 > entry.size {
-                return Err(UpdateError::Fetch(format!(
-                    "{u}: more than the {} bytes the index announces",
-                    entry.size
-                )));
-            }
+            got = got
+                .checked_add(n as u64)
+                .filter(|&total| total <= entry.size)
+                .ok_or_else(|| {
+                    UpdateError::Fetch(format!(
+                        "{u}: more than the {} bytes the index announces",
+                        entry.size
+                    ))
+                })?;
             f.write_all(&buf[..n]).map_err(io_err(&part))?;
-            got += n as u64;
             progress(got, entry.size);
         }
         f.sync_all().map_err(io_err(&part))?;

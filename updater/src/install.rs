@@ -107,16 +107,18 @@ fn read_back(
     drop_cache(&f, path)?;
     let mut buf = vec![0u8; CHUNK_SIZE as usize];
     let mut done = 0u64;
-    for (i, expected) in chunks.iter().enumerate() {
-        let len = (size - done).min(CHUNK_SIZE) as usize;
+    // done is at most size; every chunk but the last is CHUNK_SIZE long,
+    // so done is where the current chunk starts.
+    for expected in chunks {
+        let len = size.saturating_sub(done).min(CHUNK_SIZE) as usize;
         f.read_exact(&mut buf[..len]).map_err(io_err(path))?;
         if hex::encode(Sha256::digest(&buf[..len])) != *expected {
             return Err(UpdateError::WriteCheck {
                 partition: label.to_string(),
-                offset: i as u64 * CHUNK_SIZE,
+                offset: done,
             });
         }
-        done += len as u64;
+        done = done.saturating_add(len as u64);
     }
     Ok(())
 }
@@ -159,7 +161,7 @@ pub fn install(
         bundle.copy_payload(
             p,
             &mut |chunk| out.write_all(chunk).map_err(io_err(&path)),
-            &mut |n| progress(base + n),
+            &mut |n| progress(base.saturating_add(n)),
         )?;
         out.sync_all().map_err(io_err(&path))?;
         let written = started.elapsed();
@@ -171,9 +173,9 @@ pub fn install(
             name.as_str(),
             p.size,
             written.as_secs_f64(),
-            (started.elapsed() - written).as_secs_f64()
+            started.elapsed().saturating_sub(written).as_secs_f64()
         );
-        base += p.size;
+        base = base.saturating_add(p.size);
     }
 
     let uki = m
@@ -194,7 +196,7 @@ pub fn install(
                     source: e,
                 })
             },
-            &mut |n| progress(base + n),
+            &mut |n| progress(base.saturating_add(n)),
         )
     })?;
     Ok(name.file_name())

@@ -2,6 +2,9 @@
 //! slot, make it bootable last, and leave the decision to keep it to
 //! keel-init's health gate. docs/update.md describes the whole flow.
 
+// Per crate root: [workspace.lints] cannot be extended per crate.
+#![deny(clippy::arithmetic_side_effects)]
+
 pub mod agent;
 pub mod cli;
 pub mod daemon;

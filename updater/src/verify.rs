@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use ed25519_dalek::VerifyingKey;
 use sha2::{Digest, Sha256};
 
-use keel_spec::bundle::{self, Manifest, Payload, CHUNK_SIZE};
+use keel_spec::bundle::{self, BundleError, Manifest, Payload, CHUNK_SIZE};
 use keel_spec::signed::{self, Envelope, Kind};
 
 use crate::error::UpdateError;
@@ -24,9 +24,19 @@ pub struct Head {
 }
 
 impl Head {
-    /// Offset of payload `p` in the bundle.
-    pub fn offset(&self, p: &Payload) -> u64 {
-        self.payload_start + p.offset
+    /// Offsets of the first byte of payload `p` in the bundle and of the
+    /// byte after it; refused if they do not fit in a u64.
+    pub fn span(&self, p: &Payload) -> Result<(u64, u64), UpdateError> {
+        let start = self.payload_start.checked_add(p.offset);
+        match start.and_then(|s| Some((s, s.checked_add(p.size)?))) {
+            Some(span) => Ok(span),
+            None => Err(UpdateError::Bundle(BundleError::Invalid(format!(
+                "payload {} at offset {} of {} bytes ends past the largest bundle offset",
+                p.name.as_str(),
+                p.offset,
+                p.size
+            )))),
+        }
     }
 }
 
@@ -35,7 +45,8 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     while filled < buf.len() {
         match r.read(&mut buf[filled..])? {
             0 => break,
-            n => filled += n,
+            // read() returns at most the bytes asked for.
+            n => filled = filled.saturating_add(n),
         }
     }
     Ok(filled)
@@ -56,15 +67,20 @@ pub fn read_head(r: &mut impl Read, trusted: &[VerifyingKey]) -> Result<Head, Up
     let h = signed::parse_header(Kind::Bundle, &head)?;
     head.resize(h.total_len(), 0);
     let n = read_full(r, &mut head[signed::HEADER_LEN..]).map_err(io)?;
-    head.truncate(signed::HEADER_LEN + n);
+    head.truncate(signed::HEADER_LEN.saturating_add(n));
     let env = Envelope::parse(Kind::Bundle, &head)?;
     let key = env.verify(trusted)?;
     let manifest = Manifest::parse(&env.body)?;
-    Ok(Head {
+    let head = Head {
         manifest,
         payload_start: bundle::payload_start(h.total_len() as u64),
         signed_by: signed::key_id(key.as_bytes()),
-    })
+    };
+    // Refused here, before any payload byte is read or written.
+    for p in &head.manifest.payloads {
+        head.span(p)?;
+    }
+    Ok(head)
 }
 
 /// Stream payload `p` of the bundle in `r`, checking each chunk against the
@@ -77,31 +93,33 @@ pub fn stream_payload(
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), UpdateError> {
     let name = p.name.as_str();
-    let start = head.offset(p);
+    let (start, end) = head.span(p)?;
     r.seek(SeekFrom::Start(start)).map_err(io)?;
     let mut buf = vec![0u8; CHUNK_SIZE as usize];
     let mut whole = Sha256::new();
+    // At most p.size, so start + done is at most `end`. A chunk beyond
+    // the size (not in a valid manifest) is empty and fails its hash.
     let mut done = 0u64;
-    for (i, expected) in p.chunks.iter().enumerate() {
-        let len = (p.size - done).min(CHUNK_SIZE) as usize;
+    for expected in &p.chunks {
+        let len = p.size.saturating_sub(done).min(CHUNK_SIZE) as usize;
         let n = read_full(r, &mut buf[..len]).map_err(io)?;
         if n < len {
             return Err(UpdateError::Truncated {
                 payload: name,
-                expected: start + p.size,
-                got: start + done + n as u64,
+                expected: end,
+                got: start.saturating_add(done).saturating_add(n as u64),
             });
         }
         let chunk = &buf[..len];
         if hex::encode(Sha256::digest(chunk)) != *expected {
             return Err(UpdateError::HashMismatch {
                 payload: name,
-                offset: start + (i as u64) * CHUNK_SIZE,
+                offset: start.saturating_add(done),
             });
         }
         whole.update(chunk);
         sink(chunk)?;
-        done += len as u64;
+        done = done.saturating_add(len as u64);
         progress(done);
     }
     // The chunk list is signed, so this only fails for a manifest whose
@@ -137,16 +155,17 @@ impl Verified {
         sink: &mut dyn FnMut(&[u8]) -> Result<(), UpdateError>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<(), UpdateError> {
-        let start = self.head.offset(p);
+        let (start, _) = self.head.span(p)?;
         let mut buf = vec![0u8; CHUNK_SIZE as usize];
+        // done < p.size in the loop: start + done is below the span's end.
         let mut done = 0u64;
         while done < p.size {
-            let len = (p.size - done).min(CHUNK_SIZE) as usize;
+            let len = p.size.saturating_sub(done).min(CHUNK_SIZE) as usize;
             self.file
-                .read_exact_at(&mut buf[..len], start + done)
+                .read_exact_at(&mut buf[..len], start.saturating_add(done))
                 .map_err(io)?;
             sink(&buf[..len])?;
-            done += len as u64;
+            done = done.saturating_add(len as u64);
             progress(done);
         }
         Ok(())
@@ -170,12 +189,12 @@ pub fn check_own(
     head: Head,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Verified, UpdateError> {
-    let mut base = 0;
+    let mut base = 0u64;
     for p in &head.manifest.payloads {
         stream_payload(&mut file, &head, p, &mut |_| Ok(()), &mut |n| {
-            progress(base + n)
+            progress(base.saturating_add(n))
         })?;
-        base += p.size;
+        base = base.saturating_add(p.size);
     }
     Ok(Verified { file, head })
 }
@@ -189,9 +208,10 @@ pub fn copy_checked(
     (dst, dst_dir): (File, &std::path::Path),
     progress: &mut dyn FnMut(u64),
 ) -> Result<Verified, UpdateError> {
-    let mut base = 0;
+    let mut base = 0u64;
     for p in &head.manifest.payloads {
-        let mut at = head.offset(p);
+        // Stays within the payload's span, checked by stream_payload.
+        let (mut at, _) = head.span(p)?;
         stream_payload(
             src,
             &head,
@@ -199,17 +219,79 @@ pub fn copy_checked(
             &mut |chunk| {
                 dst.write_all_at(chunk, at)
                     .map_err(crate::error::io_err(dst_dir))?;
-                at += chunk.len() as u64;
+                at = at.saturating_add(chunk.len() as u64);
                 Ok(())
             },
-            &mut |n| progress(base + n),
+            &mut |n| progress(base.saturating_add(n)),
         )?;
-        base += p.size;
+        base = base.saturating_add(p.size);
     }
     Ok(Verified { file: dst, head })
 }
 
 /// The payload bytes of a bundle, for progress totals.
 pub fn payload_bytes(m: &Manifest) -> u64 {
-    m.payloads.iter().map(|p| p.size).sum()
+    m.payloads
+        .iter()
+        .map(|p| p.size)
+        .fold(0, u64::saturating_add)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_spec::bundle::{PayloadName, VerityInfo};
+
+    fn head(payload_start: u64) -> Head {
+        Head {
+            manifest: Manifest {
+                format: 1,
+                os: "keel".into(),
+                variant: "keel".into(),
+                version: "0.1.0".into(),
+                created: 0,
+                min_version: None,
+                allow_downgrade: false,
+                verity: VerityInfo {
+                    root_hash: "00".repeat(32),
+                    salt: String::new(),
+                    data_blocks: 2,
+                },
+                payloads: Vec::new(),
+            },
+            payload_start,
+            signed_by: String::new(),
+        }
+    }
+
+    fn payload(offset: u64, size: u64) -> Payload {
+        Payload {
+            name: PayloadName::Uki,
+            offset,
+            size,
+            sha256: "00".repeat(32),
+            compression: "none".into(),
+            chunks: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_payload_past_the_largest_offset_is_refused() {
+        assert_eq!(head(4096).span(&payload(8192, 10)).unwrap(), (12288, 12298));
+        let offset = u64::MAX - 4096;
+        let e = head(8192)
+            .span(&payload(offset, 10))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("payload uki at offset {offset}")),
+            "{e}"
+        );
+        // The start fits, the end does not.
+        let e = head(4096)
+            .span(&payload(offset, 10))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("of 10 bytes ends past"), "{e}");
+    }
 }

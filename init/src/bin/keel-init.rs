@@ -1,5 +1,8 @@
 //! keel-init: stage 1 when started from the initramfs, PID 1 afterwards.
 
+// Per crate root: [workspace.lints] cannot be extended per crate.
+#![deny(clippy::arithmetic_side_effects)]
+
 fn main() {
     if keel_init::stage1::is_stage1() {
         match keel_init::stage1::run() {

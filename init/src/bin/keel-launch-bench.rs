@@ -4,6 +4,9 @@
 //! print one line per run with the microseconds from spawn to reaped exit.
 //! `cargo xtask bench init` compares these with crun and runc.
 
+// Per crate root: [workspace.lints] cannot be extended per crate.
+#![deny(clippy::arithmetic_side_effects)]
+
 use std::path::PathBuf;
 use std::time::Instant;
 

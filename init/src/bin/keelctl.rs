@@ -1,5 +1,8 @@
 //! keelctl: the command line over keel-init's local API.
 
+// Per crate root: [workspace.lints] cannot be extended per crate.
+#![deny(clippy::arithmetic_side_effects)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -112,7 +115,7 @@ enum UpdateCmd {
 fn update_call(req: &UpdateRequest, fds: &[i32]) -> anyhow::Result<(UpdateResponse, UnixStream)> {
     // keel-update may still be starting (it is not part of the boot health
     // gate, so a host is ready before it is): give it a few seconds.
-    let mut tries = 0;
+    let mut tries = 0u32;
     let stream = loop {
         match UnixStream::connect(UPDATE_SOCKET) {
             Ok(s) => break s,
@@ -123,7 +126,7 @@ fn update_call(req: &UpdateRequest, fds: &[i32]) -> anyhow::Result<(UpdateRespon
                         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
                     ) =>
             {
-                tries += 1;
+                tries = tries.saturating_add(1);
                 std::thread::sleep(Duration::from_millis(500));
             }
             Err(e) => {
@@ -167,7 +170,11 @@ fn update(cmd: UpdateCmd) -> anyhow::Result<()> {
                     );
                     print!("state: {}", s.state);
                     if let Some(p) = &s.progress {
-                        let pct = (p.bytes * 100).checked_div(p.total).unwrap_or(0);
+                        // In u128, where bytes * 100 always fits.
+                        let pct = u128::from(p.bytes)
+                            .saturating_mul(100)
+                            .checked_div(u128::from(p.total))
+                            .unwrap_or(0);
                         print!(
                             " - {} {}/{} bytes ({pct}%), {} KiB/s",
                             p.phase,

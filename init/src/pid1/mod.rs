@@ -262,7 +262,7 @@ fn kernel_log(since: u64) -> (Vec<String>, u64) {
                 usec / 1_000_000,
                 usec % 1_000_000
             ));
-            next = seq + 1;
+            next = seq.saturating_add(1);
         }
     }
     (lines, next)
@@ -309,7 +309,7 @@ impl Init {
         if let Some(stream) = self.sessions.remove(&pid) {
             let code = match how {
                 Exit::Code(c) => c,
-                Exit::Signal(s) => 128 + s,
+                Exit::Signal(s) => 128i32.saturating_add(s),
             };
             respond(&stream, &Response::Exited { code });
             return;
@@ -528,8 +528,11 @@ impl Init {
             .services
             .iter()
             .map(|s| s.def.stop_timeout_ms)
-            .sum();
-        let deadline = Instant::now() + Duration::from_millis(longest) + STOP_GRACE;
+            .fold(0, u64::saturating_add);
+        let deadline = crate::deadline(
+            Instant::now(),
+            Duration::from_millis(longest).saturating_add(STOP_GRACE),
+        );
         loop {
             self.sup.stop_tick(Instant::now());
             if self.sup.all_stopped() || Instant::now() > deadline {
