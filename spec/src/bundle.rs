@@ -171,7 +171,10 @@ impl Manifest {
             }
             next = p
                 .offset
-                .checked_add(p.size.div_ceil(ALIGN) * ALIGN)
+                .checked_add(
+                    aligned(p.size)
+                        .ok_or_else(|| invalid(format!("payload {name} size overflows")))?,
+                )
                 .ok_or_else(|| invalid(format!("payload {name} size overflows")))?;
         }
         Ok(())
@@ -183,16 +186,25 @@ impl Manifest {
 
     /// Bytes of the payload area.
     pub fn payloads_len(&self) -> u64 {
-        self.payloads
-            .last()
-            .map_or(0, |p| p.offset + p.size.div_ceil(ALIGN) * ALIGN)
+        self.payloads.last().map_or(0, |p| {
+            // Validated manifests fit; a saturated length fails the
+            // size checks that follow it.
+            p.offset.saturating_add(aligned(p.size).unwrap_or(u64::MAX))
+        })
     }
+}
+
+/// `size` rounded up to [`ALIGN`], if that fits.
+fn aligned(size: u64) -> Option<u64> {
+    size.div_ceil(ALIGN).checked_mul(ALIGN)
 }
 
 /// Where the payload area starts in a bundle whose signed part ends at
 /// `signed_len`.
 pub fn payload_start(signed_len: u64) -> u64 {
-    signed_len.div_ceil(ALIGN) * ALIGN
+    // A signed part near 2^64 bytes cannot be read; saturating keeps the
+    // start past it.
+    aligned(signed_len).unwrap_or(u64::MAX)
 }
 
 /// The bytes in front of the payloads: signed manifest, then zero padding.
