@@ -37,6 +37,7 @@ const LOG_DIR: &str = "/var/log/keel";
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 mod apply;
+mod conns;
 mod host;
 
 use apply::Configured;
@@ -291,6 +292,8 @@ struct Init {
     want_shutdown: Option<Shutdown>,
     /// The host config in force, and what it runs besides the image.
     cfg: Configured,
+    /// API connections whose request has not come whole yet.
+    conns: conns::Conns,
 }
 
 impl Init {
@@ -421,12 +424,11 @@ impl Init {
         }
     }
 
-    /// Answer one API connection; returns a shutdown request if any.
-    fn serve(&mut self, stream: UnixStream) -> Option<Shutdown> {
+    /// Answer one API request (read whole by [`conns::Conns`]); returns a
+    /// shutdown request if any.
+    fn serve(&mut self, (stream, received): conns::Received) -> Option<Shutdown> {
         let _ = stream.set_nonblocking(false);
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
         let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-        let received = crate::exec::receive(&stream);
         let fds = received
             .as_ref()
             .map(|(_, fds)| fds.as_slice())
@@ -695,6 +697,7 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
         want_shutdown: None,
         sessions: BTreeMap::new(),
         cfg: Configured::new(image_defs, config),
+        conns: conns::Conns::default(),
     };
     init.sup.tick(Instant::now());
     init.check_ready();
@@ -721,6 +724,7 @@ fn turn(init: &mut Init, sfd: &SignalFd, listener: Option<&UnixListener>) {
         .next_deadline()
         .into_iter()
         .chain(init.trial_deadline())
+        .chain(init.conns.deadline())
         .min()
         .map(|d| {
             d.saturating_duration_since(Instant::now())
@@ -732,6 +736,9 @@ fn turn(init: &mut Init, sfd: &SignalFd, listener: Option<&UnixListener>) {
         let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
         if let Some(l) = listener {
             fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+        }
+        for c in init.conns.fds() {
+            fds.push(PollFd::new(c, PollFlags::POLLIN));
         }
         for pipe in init.sup.launcher.pipes.values() {
             fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
@@ -755,8 +762,8 @@ fn turn(init: &mut Init, sfd: &SignalFd, listener: Option<&UnixListener>) {
     }
     init.reap();
     if let Some(l) = listener {
-        while let Ok((stream, _)) = l.accept() {
-            if let Some(s) = init.serve(stream) {
+        for received in init.conns.poll(l, Instant::now()) {
+            if let Some(s) = init.serve(received) {
                 shutdown = Some(s);
             }
         }
