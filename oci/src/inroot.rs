@@ -372,7 +372,9 @@ fn chown_at(
 /// Access and modification time both set to `mtime` (seconds).
 fn times(mtime: u64) -> [libc::timespec; 2] {
     let t = libc::timespec {
-        tv_sec: libc::time_t::try_from(mtime).unwrap_or(libc::time_t::MAX),
+        // time_t is i64 on x86-64, glibc and musl alike (libc deprecates
+        // naming it for musl's 32-bit history).
+        tv_sec: i64::try_from(mtime).unwrap_or(i64::MAX),
         tv_nsec: 0,
     };
     [t, t]
