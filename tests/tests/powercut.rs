@@ -109,8 +109,9 @@ fn run_to(g: &mut Guest, cut: Cut, new_config: &str) -> bool {
                 assert!(Instant::now() < deadline, "no progress:\n{}", g.transcript);
                 let line = g.expect("\n", COMMAND_TIMEOUT);
                 // Past the install's end: the entry was renamed into
-                // place already, and the host may reboot into it.
-                if line.contains("state: installed") {
+                // place already, and the host may reboot into it (or is
+                // rebooting, before the status loop saw the end).
+                if line.contains("state: installed") || line.contains("keel: Reboot") {
                     break true;
                 }
                 if let Some(p) = progress_of(&line) {
