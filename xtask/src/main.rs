@@ -43,6 +43,11 @@ const APT_PACKAGES: &[&str] = &[
     "openssh-client",
     "strace",
 ];
+
+/// Of [`APT_PACKAGES`], those only the tests and benchmarks use (qcow2
+/// outputs, QEMU's guestfwd, SSH to a guest, tracing): `cargo xtask demo`
+/// builds the default image and boots it without them.
+const TEST_ONLY: &[&str] = &["qemu-utils", "socat", "openssh-client", "strace"];
 pub(crate) const MUSL: &str = "x86_64-unknown-linux-musl";
 /// The deb-src entry is derived from the machine's own apt sources.
 const DEB_SRC_FILE: &str = "/etc/apt/sources.list.d/keel-deb-src.sources";
@@ -56,7 +61,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Install what this machine lacks (Debian packages, deb-src, musl target).
+    /// Install what this machine lacks for the demo and the suite (Debian
+    /// packages, deb-src, musl target, nightly and cargo-fuzz).
     Deps,
     /// Build keel-init, keelctl and keel, then the default image into out/.
     Image,
@@ -126,10 +132,11 @@ fn is_root() -> bool {
 /// is missing the whole group is installed, at the archive's version.
 const TOGETHER: &[&[&str]] = &[&["qemu-system-x86", "qemu-utils"]];
 
-fn missing_packages() -> Vec<&'static str> {
+fn missing_packages(tests: bool) -> Vec<&'static str> {
     let mut missing: Vec<&'static str> = APT_PACKAGES
         .iter()
         .copied()
+        .filter(|p| tests || !TEST_ONLY.contains(p))
         .filter(|p| {
             let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
             !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
@@ -138,6 +145,8 @@ fn missing_packages() -> Vec<&'static str> {
     for group in TOGETHER {
         if group.iter().any(|p| missing.contains(p)) {
             for p in *group {
+                // A member the machine has is kept in step too (it would
+                // otherwise be removed), even if this run does not need it.
                 if !missing.contains(p) {
                     missing.push(p);
                 }
@@ -221,8 +230,11 @@ fn ensure_deb_src() -> anyhow::Result<bool> {
     Ok(true)
 }
 
-fn deps() -> anyhow::Result<()> {
-    let missing = missing_packages();
+/// Install what this machine lacks to build and boot images, and with
+/// `tests` what the suite needs besides (its packages, nightly and
+/// cargo-fuzz).
+fn deps(tests: bool) -> anyhow::Result<()> {
+    let missing = missing_packages(tests);
     let have_src = Command::new("apt-get")
         .args(["source", "--print-uris", "-qq", "busybox"])
         .stderr(Stdio::null())
@@ -257,7 +269,10 @@ fn deps() -> anyhow::Result<()> {
     {
         run(Command::new("rustup").args(["target", "add", MUSL]))?;
     }
-    fuzz_deps()
+    if tests {
+        fuzz_deps()?;
+    }
+    Ok(())
 }
 
 /// cargo-fuzz needs a nightly toolchain (sanitizer flags) and the
@@ -306,6 +321,7 @@ const FUZZ_TARGETS: [&str; 6] = [
 /// from its committed seeds; what they find new stays in target/, a crash
 /// fails.
 fn fuzz(seconds: u64) -> anyhow::Result<()> {
+    fuzz_deps()?;
     let each = (seconds / FUZZ_TARGETS.len() as u64).max(1);
     // One build of all targets, so that the time goes to fuzzing.
     run(Command::new("cargo")
@@ -400,7 +416,7 @@ fn expect(
 }
 
 fn demo() -> anyhow::Result<()> {
-    deps()?;
+    deps(false)?;
     let disk = image()?;
     let mut child = Command::new(root().join("target/release/keel"))
         .args(["run", "--no-reboot"])
@@ -460,7 +476,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
 }
 
 fn test_steps(args: &[String]) -> anyhow::Result<()> {
-    deps()?;
+    deps(true)?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
         "clippy",
@@ -501,7 +517,7 @@ fn test_steps(args: &[String]) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
-        Cmd::Deps => deps(),
+        Cmd::Deps => deps(true),
         Cmd::Image => image().map(|d| eprintln!("xtask: {}", d.display())),
         Cmd::Demo => demo(),
         Cmd::Test { args } => test(&args),
