@@ -26,7 +26,7 @@ pub enum Cmd {
         #[arg(default_value = "recipes/host.toml")]
         recipe: PathBuf,
         /// Output folder.
-        #[arg(long, default_value = "out")]
+        #[arg(short, long, default_value = "out")]
         out: PathBuf,
         /// Build cache (kernel, userland packages); default ~/.cache/keel.
         #[arg(long)]
