@@ -3,8 +3,8 @@
 //! parses means the same after a round trip.
 #![no_main]
 
-use keel_init::api::Request;
-use keel_spec::update_api::UpdateRequest;
+use keel_api::init::Request;
+use keel_api::update::UpdateRequest;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let line = String::from_utf8_lossy(data);

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 
-use keel_spec::bootentry::{pe_section_range, EntryName, ENTRIES_DIR, ESP_MOUNT};
-use keel_spec::cmdline::{to_hex, BootParams};
+use keel_spec::bootentry::{read_boot_params, EntryName, ENTRIES_DIR, ESP_MOUNT};
+use keel_spec::cmdline::to_hex;
 use keel_spec::disk::ESP_LABEL;
 
 use crate::blockdev::{find_by_label, parse_uevent};
@@ -56,22 +56,6 @@ fn entries_dir() -> PathBuf {
     Path::new(ESP_MOUNT).join(ENTRIES_DIR)
 }
 
-/// The keel parameters on a UKI's command line, reading only its headers
-/// and its `.cmdline` section. None if it has no readable ones (a UKI
-/// being renamed meanwhile, or not a keel UKI).
-pub fn boot_params(uki: &Path) -> Option<BootParams> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(uki).ok()?;
-    let mut headers = vec![0u8; 4096];
-    let n = f.read_at(&mut headers, 0).ok()?;
-    headers.truncate(n);
-    let range = pe_section_range(&headers, ".cmdline")?;
-    let mut cmdline = vec![0u8; range.len()];
-    f.read_exact_at(&mut cmdline, range.start as u64).ok()?;
-    let text = String::from_utf8(cmdline).ok()?;
-    BootParams::parse(text.trim_end_matches('\0')).ok()
-}
-
 /// The booted entry: the one whose command line has the running root hash.
 fn booted_entry(dir: &Path, root_hash: &str) -> Result<Option<(String, EntryName)>, String> {
     let list = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -80,7 +64,7 @@ fn booted_entry(dir: &Path, root_hash: &str) -> Result<Option<(String, EntryName
         let Some(name) = EntryName::parse(&file) else {
             continue;
         };
-        let hash = boot_params(&e.path()).map(|p| to_hex(&p.verity.root_hash));
+        let hash = read_boot_params(&e.path()).map(|p| to_hex(&p.verity.root_hash));
         if hash.as_deref() == Some(root_hash) {
             return Ok(Some((file, name)));
         }

@@ -6,12 +6,12 @@
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
 use keel_spec::container::ContainerDef;
 use keel_spec::hostconfig::{load, Context, HostConfig, Source};
 use keel_spec::limits::Size;
 use keel_spec::policy::{Policy, RebootPolicy};
+
+pub use keel_api::init::{ConfigSource, ConfigState};
 
 /// Where the last config that passed every check is kept.
 pub const LAST_GOOD: &str = "/var/lib/keel/config/host.toml";
@@ -19,37 +19,6 @@ pub const LAST_GOOD: &str = "/var/lib/keel/config/host.toml";
 /// The person's host config as keel-init reads it: on the mounted ESP.
 fn esp_file() -> std::path::PathBuf {
     Path::new(keel_spec::bootentry::ESP_MOUNT).join(keel_spec::host::ON_ESP)
-}
-
-/// Which config the host runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ConfigSource {
-    /// The image's defaults with the ESP's file over them.
-    Esp,
-    /// The ESP's file has problems: the last good config.
-    LastGood,
-    /// The image's defaults alone (no file on the ESP, or nothing better).
-    Defaults,
-    /// Applied by `keelctl config apply --try`: reverted unless confirmed.
-    Trial,
-}
-
-/// What `keelctl status` shows of the config.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConfigState {
-    pub source: ConfigSource,
-    /// The ESP file's problems, compiler style; empty when it is fine.
-    pub errors: Vec<String>,
-    /// Services the config disables.
-    pub disabled: Vec<String>,
-    /// What the config asks for that could not be done (an image that
-    /// does not unpack, an address the kernel refused).
-    #[serde(default)]
-    pub warnings: Vec<String>,
-    /// A trial config's deadline, in milliseconds since boot.
-    #[serde(default)]
-    pub trial_until_ms: Option<u64>,
 }
 
 /// The texts a decision is made from.

@@ -5,100 +5,15 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::IoSliceMut;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixStream;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::sched::CloneFlags;
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use nix::unistd::{ForkResult, Pid};
 
 use keel_spec::container::{ContainerDef, Share};
 
 use crate::confine::Confinement;
-
-/// The most a request line may be; a longer one is cut there (and then
-/// fails to parse).
-pub const MAX_REQUEST: usize = 64 * 1024;
-
-/// The most fds a request may carry (exec's stdin, stdout and stderr);
-/// more are closed.
-const MAX_FDS: usize = 3;
-
-/// A request line being read from a client, with the fds sent alongside
-/// it: fed as its bytes arrive, so that a server that reads it from its
-/// poll loop never waits on a client that is slow or sends nothing.
-#[derive(Debug, Default)]
-pub struct Incoming {
-    got: Vec<u8>,
-    fds: Vec<OwnedFd>,
-}
-
-impl Incoming {
-    /// Read what `stream` has. Returns the line (without waiting for more
-    /// once it has a newline, its end, or [`MAX_REQUEST`] bytes), or None
-    /// if the stream has nothing more yet (non-blocking) or in time (a
-    /// read timeout).
-    pub fn read(&mut self, stream: &UnixStream) -> Result<Option<(String, Vec<OwnedFd>)>, String> {
-        let mut chunk = [0u8; 16 * 1024];
-        loop {
-            let room = MAX_REQUEST.saturating_sub(self.got.len()).min(chunk.len());
-            let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
-            let mut iov = [IoSliceMut::new(&mut chunk[..room])];
-            let msg = match recvmsg::<()>(
-                stream.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
-                Ok(m) => m,
-                Err(nix::errno::Errno::EAGAIN) => return Ok(None),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(format!("reading the request: {e}")),
-            };
-            for c in msg.cmsgs().map_err(|e| e.to_string())? {
-                if let ControlMessageOwned::ScmRights(received) = c {
-                    for fd in received {
-                        // SAFETY: the kernel just installed this fd in this
-                        // process for us; nothing else owns it.
-                        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-                        if self.fds.len() < MAX_FDS {
-                            self.fds.push(fd);
-                        }
-                    }
-                }
-            }
-            let n = msg.bytes;
-            self.got
-                .extend_from_slice(chunk.get(..n).unwrap_or_default());
-            if n == 0 || chunk[..n].contains(&b'\n') || self.got.len() >= MAX_REQUEST {
-                let line = String::from_utf8_lossy(&self.got).into_owned();
-                return Ok(Some((line, std::mem::take(&mut self.fds))));
-            }
-        }
-    }
-}
-
-/// Read one request line from `stream` (blocking, with a read timeout),
-/// with any fds sent alongside it.
-pub fn receive(stream: &UnixStream) -> Result<(String, Vec<OwnedFd>), String> {
-    Incoming::default()
-        .read(stream)?
-        .ok_or_else(|| "reading the request: the client sent no whole line in time".into())
-}
-
-/// Send `line` with `fds` attached (keelctl's side).
-pub fn send(stream: &UnixStream, line: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
-    let iov = [std::io::IoSlice::new(line)];
-    let cmsg = [ControlMessage::ScmRights(fds)];
-    let n = sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)?;
-    if n < line.len() {
-        use std::io::Write;
-        (&mut &*stream).write_all(&line[n..])?;
-    }
-    Ok(())
-}
 
 /// Whether process `pid` is in another `kind` namespace than keel-init.
 fn different_ns(pid: Pid, kind: &str) -> Result<bool, String> {

@@ -7,7 +7,6 @@
 
 use std::time::{Duration, Instant};
 
-pub mod api;
 pub mod blockdev;
 pub mod bootgate;
 pub mod caps;

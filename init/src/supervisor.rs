@@ -10,8 +10,8 @@ use nix::unistd::Pid;
 use keel_spec::container::{ContainerDef, RestartPolicy, Share};
 use keel_spec::lifecycle::Kind;
 
-use crate::api::ServiceStatus;
 use crate::launch::ProcFacts;
+use keel_api::init::ServiceStatus;
 
 /// The answer of one readiness probe.
 #[derive(Debug, Clone, PartialEq, Eq)]

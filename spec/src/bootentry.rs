@@ -110,6 +110,22 @@ pub fn pe_section<'a>(image: &'a [u8], name: &str) -> Option<&'a [u8]> {
     image.get(pe_section_range(image, name)?)
 }
 
+/// The keel parameters on a UKI's command line, reading only its headers
+/// and its `.cmdline` section. None if it has no readable ones (a UKI
+/// being renamed meanwhile, or not a keel UKI).
+pub fn read_boot_params(uki: &std::path::Path) -> Option<crate::cmdline::BootParams> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(uki).ok()?;
+    let mut headers = vec![0u8; 4096];
+    let n = f.read_at(&mut headers, 0).ok()?;
+    headers.truncate(n);
+    let range = pe_section_range(&headers, ".cmdline")?;
+    let mut cmdline = vec![0u8; range.len()];
+    f.read_exact_at(&mut cmdline, range.start as u64).ok()?;
+    let text = String::from_utf8(cmdline).ok()?;
+    crate::cmdline::BootParams::parse(text.trim_end_matches('\0')).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

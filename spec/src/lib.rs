@@ -20,7 +20,6 @@ pub mod seccomp;
 pub mod signed;
 pub mod syspaths;
 pub mod tz;
-pub mod update_api;
 
 /// The version of keel itself, baked into every binary.
 pub const KEEL_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -9,11 +9,11 @@ use std::time::Instant;
 
 use ed25519_dalek::VerifyingKey;
 
+use keel_api::update::{Progress, UpdateStatus};
 use keel_spec::bootentry::EntryName;
 use keel_spec::cmdline::{to_hex, BootParams};
 use keel_spec::disk::Slot;
 use keel_spec::policy::{Policy, RebootPolicy};
-use keel_spec::update_api::{Progress, UpdateStatus};
 
 use crate::entries::Entries;
 use crate::error::{io_err, UpdateError};

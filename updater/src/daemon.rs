@@ -3,15 +3,14 @@
 //! thread, so `status` answers while an apply runs.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_init::api::{Request, Response};
+use keel_api::init::{Request, Response};
+use keel_api::update::{UpdateRequest, UpdateResponse, UPDATE_SOCKET};
 use keel_spec::policy::RebootPolicy;
-use keel_spec::update_api::{UpdateRequest, UpdateResponse, UPDATE_SOCKET};
 use keel_spec::API_SOCKET;
 
 use crate::agent::Agent;
@@ -19,26 +18,15 @@ use crate::error::UpdateError;
 
 /// Ask keel-init to reboot: it stops every service in order first.
 pub fn request_reboot() -> Result<(), String> {
-    let s = UnixStream::connect(API_SOCKET).map_err(|e| format!("{API_SOCKET}: {e}"))?;
-    let mut line = serde_json::to_string(&Request::Reboot).map_err(|e| e.to_string())?;
-    line.push('\n');
-    (&s).write_all(line.as_bytes())
-        .map_err(|e| format!("{API_SOCKET}: {e}"))?;
-    let mut answer = String::new();
-    BufReader::new(&s)
-        .read_line(&mut answer)
-        .map_err(|e| format!("{API_SOCKET}: {e}"))?;
-    match serde_json::from_str(&answer) {
-        Ok(Response::Ok) => Ok(()),
-        Ok(other) => Err(format!("keel-init answered {other:?}")),
-        Err(e) => Err(format!("keel-init answered {answer:?}: {e}")),
+    match keel_api::wire::call(API_SOCKET, &Request::Reboot, &[]) {
+        Ok((Response::Ok, _)) => Ok(()),
+        Ok((other, _)) => Err(format!("keel-init answered {other:?}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 
 fn reply(stream: &UnixStream, r: &UpdateResponse) {
-    let mut line = serde_json::to_string(r).unwrap_or_default();
-    line.push('\n');
-    let _ = (&*stream).write_all(line.as_bytes());
+    keel_api::wire::respond(stream, r);
 }
 
 fn answer(r: Result<String, UpdateError>) -> UpdateResponse {
@@ -84,7 +72,7 @@ fn wait_for_hangup(stream: &UnixStream) {
 }
 
 fn serve(agent: &Agent, stream: UnixStream) {
-    let (line, fds) = match keel_init::exec::receive(&stream) {
+    let (line, fds) = match keel_api::wire::receive(&stream) {
         Ok(x) => x,
         Err(e) => return reply(&stream, &UpdateResponse::Error(e)),
     };

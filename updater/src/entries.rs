@@ -46,7 +46,7 @@ impl Entries {
                 continue;
             }
             out.push(Entry {
-                params: keel_init::bootgate::boot_params(&e.path()),
+                params: keel_spec::bootentry::read_boot_params(&e.path()),
                 file,
                 name,
             });

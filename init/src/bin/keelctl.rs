@@ -3,15 +3,16 @@
 // Per crate root: [workspace.lints] cannot be extended per crate.
 #![deny(clippy::arithmetic_side_effects)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use keel_init::api::{render_status, Request, Response};
-use keel_spec::update_api::{UpdateRequest, UpdateResponse, UPDATE_SOCKET};
+use keel_api::init::{render_status, Request, Response};
+use keel_api::update::{UpdateRequest, UpdateResponse, UPDATE_SOCKET};
+use keel_api::wire;
 
 #[derive(Debug, Parser)]
 #[command(name = "keelctl", version, about = "Control a keel host")]
@@ -135,18 +136,9 @@ fn update_call(req: &UpdateRequest, fds: &[i32]) -> anyhow::Result<(UpdateRespon
             }
         }
     };
-    let mut line = serde_json::to_string(req)?;
-    line.push('\n');
-    keel_init::exec::send(&stream, line.as_bytes(), fds).context("sending the request")?;
-    let mut answer = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut answer)
-        .context("reading keel-update's answer")?;
-    match serde_json::from_str(&answer)
-        .with_context(|| format!("keel-update answered {answer:?}"))?
-    {
-        UpdateResponse::Error(e) => bail!("{e}"),
-        r => Ok((r, stream)),
+    match wire::call_on(stream, UPDATE_SOCKET, req, fds)? {
+        (UpdateResponse::Error(e), _) => bail!("{e}"),
+        r => Ok(r),
     }
 }
 
@@ -242,17 +234,7 @@ fn applied(file: &Path, answer: Response) -> anyhow::Result<()> {
 }
 
 fn call(socket: &str, req: &Request) -> anyhow::Result<Response> {
-    let mut stream = UnixStream::connect(socket)
-        .with_context(|| format!("connecting to keel-init at {socket}"))?;
-    let mut line = serde_json::to_string(req)?;
-    line.push('\n');
-    stream.write_all(line.as_bytes())?;
-    let mut answer = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut answer)
-        .context("reading keel-init's answer")?;
-    let response: Response =
-        serde_json::from_str(&answer).with_context(|| format!("keel-init answered {answer:?}"))?;
+    let (response, _) = wire::call(socket, req, &[])?;
     if let Response::Error(e) = &response {
         bail!("{e}");
     }
@@ -260,18 +242,9 @@ fn call(socket: &str, req: &Request) -> anyhow::Result<Response> {
 }
 
 fn exec(socket: &str, name: String, argv: Vec<String>) -> anyhow::Result<i32> {
-    let stream = UnixStream::connect(socket)
-        .with_context(|| format!("connecting to keel-init at {socket}"))?;
-    let mut line = serde_json::to_string(&Request::Exec { name, argv })?;
-    line.push('\n');
     // Our stdin, stdout and stderr go with the request: the command runs
     // on them directly.
-    keel_init::exec::send(&stream, line.as_bytes(), &[0, 1, 2]).context("sending the request")?;
-    let mut answer = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut answer)
-        .context("reading keel-init's answer")?;
-    match serde_json::from_str(&answer).with_context(|| format!("keel-init answered {answer:?}"))? {
+    match wire::call(socket, &Request::Exec { name, argv }, &[0, 1, 2])?.0 {
         Response::Exited { code } => Ok(code),
         Response::Error(e) => bail!("{e}"),
         other => bail!("unexpected answer {other:?}"),

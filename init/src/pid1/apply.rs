@@ -19,11 +19,11 @@ use keel_spec::container::{ContainerDef, Share};
 use keel_spec::hostconfig::types::UserContainer;
 use keel_spec::hostconfig::HostConfig;
 
-use crate::api::Response;
 use crate::config::{self, ConfigSource, ConfigState};
 use crate::supervisor::Change;
 use crate::workloads::{self, Port, Unpacked};
 use crate::{idranges, log};
+use keel_api::init::{Response, MAX_TRIAL_S};
 
 use super::Init;
 
@@ -83,10 +83,10 @@ pub(super) struct Trial {
 
 /// When a trial of `s` seconds that starts `now` ends, or why it cannot.
 pub(super) fn trial_end(now: Instant, s: u64) -> Result<Instant, String> {
-    if !(1..=crate::api::MAX_TRIAL_S).contains(&s) {
+    if !(1..=MAX_TRIAL_S).contains(&s) {
         return Err(format!(
             "--try {s}s: a trial lasts from 1 s to {} s",
-            crate::api::MAX_TRIAL_S
+            MAX_TRIAL_S
         ));
     }
     now.checked_add(Duration::from_secs(s))
@@ -520,7 +520,7 @@ mod tests {
     fn a_trial_is_bounded_before_anything_is_applied() {
         let now = Instant::now();
         assert_eq!(trial_end(now, 60).unwrap(), now + Duration::from_secs(60));
-        assert!(trial_end(now, crate::api::MAX_TRIAL_S).is_ok());
+        assert!(trial_end(now, MAX_TRIAL_S).is_ok());
         // The request, which used to overflow Instant + Duration.
         let e = trial_end(now, 18_000_000_000_000_000_000).unwrap_err();
         assert!(
@@ -528,6 +528,6 @@ mod tests {
             "{e}"
         );
         assert!(trial_end(now, 0).is_err());
-        assert!(trial_end(now, crate::api::MAX_TRIAL_S + 1).is_err());
+        assert!(trial_end(now, MAX_TRIAL_S + 1).is_err());
     }
 }

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
-use crate::exec::Incoming;
+use keel_api::wire::Incoming;
 
 /// How long a client has to send its whole request line.
 const REQUEST_TIME: Duration = Duration::from_secs(5);

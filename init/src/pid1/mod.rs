@@ -4,7 +4,7 @@
 //! PID 1 must never exit: every error here is reported and survived.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -23,10 +23,10 @@ use keel_spec::bootentry::ESP_MOUNT;
 use keel_spec::container::{self, ContainerDef};
 use keel_spec::{API_DIR, API_SOCKET, CONTAINERS_DIR};
 
-use crate::api::{Request, Response, Status};
 use crate::bootgate::Verdict;
 use crate::supervisor::{Exit, Health, State, Supervisor};
 use crate::{log, sys};
+use keel_api::init::{Request, Response, Status};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The controllers `[resources]` can set limits with.
@@ -219,12 +219,6 @@ fn os_version() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn respond(stream: &UnixStream, response: &Response) {
-    let mut out = serde_json::to_string(response).unwrap_or_default();
-    out.push('\n');
-    let _ = (&*stream).write_all(out.as_bytes());
-}
-
 fn answer(r: Result<(), String>) -> Response {
     match r {
         Ok(()) => Response::Ok,
@@ -314,7 +308,7 @@ impl Init {
                 Exit::Code(c) => c,
                 Exit::Signal(s) => 128i32.saturating_add(s),
             };
-            respond(&stream, &Response::Exited { code });
+            keel_api::wire::respond(&stream, &Response::Exited { code });
             return;
         }
         let name = self
@@ -446,7 +440,7 @@ impl Init {
                 Ok(pid) => {
                     self.sessions.insert(pid, stream);
                 }
-                Err(e) => respond(&stream, &Response::Error(e)),
+                Err(e) => keel_api::wire::respond(&stream, &Response::Error(e)),
             }
             return None;
         }
@@ -483,7 +477,7 @@ impl Init {
             Ok(Request::Exec { .. }) => (Response::Error("exec is answered above".into()), None),
             Err(e) => (Response::Error(e), None),
         };
-        respond(&stream, &response);
+        keel_api::wire::respond(&stream, &response);
         shutdown
     }
 

@@ -1,6 +1,7 @@
-//! The local API between keel-init and keelctl: one JSON request line and
-//! one JSON response line per connection on a Unix socket that root and
-//! the admin group ([`keel_spec::ADMIN_GID`]) may use.
+//! keel-init's API (keelctl and keel-update are its clients): one JSON
+//! request line and one JSON response line per connection on
+//! [`keel_spec::API_SOCKET`], which root and the admin group
+//! ([`keel_spec::ADMIN_GID`]) may use.
 
 use serde::{Deserialize, Serialize};
 
@@ -86,6 +87,37 @@ pub enum Response {
     Error(String),
 }
 
+/// Which config the host runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConfigSource {
+    /// The image's defaults with the ESP's file over them.
+    Esp,
+    /// The ESP's file has problems: the last good config.
+    LastGood,
+    /// The image's defaults alone (no file on the ESP, or nothing better).
+    Defaults,
+    /// Applied by `keelctl config apply --try`: reverted unless confirmed.
+    Trial,
+}
+
+/// What `keelctl status` shows of the config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigState {
+    pub source: ConfigSource,
+    /// The ESP file's problems, compiler style; empty when it is fine.
+    pub errors: Vec<String>,
+    /// Services the config disables.
+    pub disabled: Vec<String>,
+    /// What the config asks for that could not be done (an image that
+    /// does not unpack, an address the kernel refused).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// A trial config's deadline, in milliseconds since boot.
+    #[serde(default)]
+    pub trial_until_ms: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     /// The host's name (services have their own UTS namespaces).
@@ -101,7 +133,7 @@ pub struct Status {
     pub services: Vec<ServiceStatus>,
     /// The host config in use, and the problems of the ESP's file.
     #[serde(default)]
-    pub config: Option<crate::config::ConfigState>,
+    pub config: Option<ConfigState>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,12 +201,10 @@ pub fn render_status(s: &Status) -> String {
     }
     if let Some(c) = &s.config {
         let source = match c.source {
-            crate::config::ConfigSource::Esp => "the ESP's host.toml over the image's defaults",
-            crate::config::ConfigSource::LastGood => {
-                "the last good config (the ESP's host.toml has problems)"
-            }
-            crate::config::ConfigSource::Defaults => "the image's defaults",
-            crate::config::ConfigSource::Trial => "on trial (keelctl config confirm keeps it)",
+            ConfigSource::Esp => "the ESP's host.toml over the image's defaults",
+            ConfigSource::LastGood => "the last good config (the ESP's host.toml has problems)",
+            ConfigSource::Defaults => "the image's defaults",
+            ConfigSource::Trial => "on trial (keelctl config confirm keeps it)",
         };
         out.push_str(&format!("config: {source}\n"));
         if let Some(until) = c.trial_until_ms {
@@ -246,8 +276,8 @@ mod tests {
                 started_ms: Some(900),
                 ready_ms: Some(950),
             }],
-            config: Some(crate::config::ConfigState {
-                source: crate::config::ConfigSource::LastGood,
+            config: Some(ConfigState {
+                source: ConfigSource::LastGood,
                 errors: vec!["/efi/keel/host.toml:1:12: `hostname`: invalid type".into()],
                 disabled: vec!["db".into()],
                 warnings: vec!["containers.app: no such file".into()],

@@ -1,0 +1,12 @@
+//! The host's local APIs, shared by their servers and clients so that a
+//! format lives in one place: keel-init's ([`init`], served by PID 1 to
+//! keelctl and keel-update), keel-update's ([`update`], served to keelctl),
+//! and the framing both use ([`wire`]).
+
+// Requests come from other processes: no arithmetic on them may wrap or
+// panic. Per crate root: [workspace.lints] cannot be extended per crate.
+#![deny(clippy::arithmetic_side_effects)]
+
+pub mod init;
+pub mod update;
+pub mod wire;
