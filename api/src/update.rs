@@ -19,9 +19,37 @@ pub enum UpdateRequest {
     Rollback,
 }
 
+/// What keel-update is doing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdateState {
+    #[default]
+    Idle,
+    Checking,
+    Downloading,
+    Verifying,
+    Installing,
+    /// A new entry is in place: the host boots it next.
+    Installed,
+}
+
+impl std::fmt::Display for UpdateState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UpdateState::Idle => "idle",
+            UpdateState::Checking => "checking",
+            UpdateState::Downloading => "downloading",
+            UpdateState::Verifying => "verifying",
+            UpdateState::Installing => "installing",
+            UpdateState::Installed => "installed",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
-    pub phase: String,
+    /// Downloading, verifying or installing.
+    pub phase: UpdateState,
     pub bytes: u64,
     pub total: u64,
     pub rate_bytes_per_s: u64,
@@ -33,8 +61,7 @@ pub struct UpdateStatus {
     pub slot: String,
     /// The other slot's boot entry, if it has one.
     pub other: Option<String>,
-    /// idle, checking, downloading, verifying, installing, installed.
-    pub state: String,
+    pub state: UpdateState,
     pub progress: Option<Progress>,
     pub repository: Option<String>,
     pub channel: String,

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use ed25519_dalek::VerifyingKey;
 
-use keel_api::update::{Progress, UpdateStatus};
+use keel_api::update::{Progress, UpdateState, UpdateStatus};
 use keel_spec::bootentry::EntryName;
 use keel_spec::cmdline::{to_hex, BootParams};
 use keel_spec::disk::Slot;
@@ -24,6 +24,22 @@ use crate::verify::{Head, Verified};
 use crate::{fetch, verify};
 
 /// Where things are on a host; tests point these at temporary folders.
+/// What a check, an install or a rollback did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Done {
+    /// In words, for the caller and `last_result`.
+    pub message: String,
+    /// Whether the entry that boots next changed (the host reboots into
+    /// it as its policy says).
+    pub changed: bool,
+}
+
+impl std::fmt::Display for Done {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Paths {
     pub partitions: PathBuf,
@@ -92,7 +108,7 @@ impl Agent {
         let status = UpdateStatus {
             version: running.version.clone(),
             slot: slot.to_string(),
-            state: "idle".into(),
+            state: UpdateState::Idle,
             repository: policy.repository.clone(),
             channel: policy.channel.clone(),
             last_result: state.last_result.clone(),
@@ -171,15 +187,14 @@ impl Agent {
         }
     }
 
-    fn progress(&self, phase: &str, total: u64) -> impl FnMut(u64) + '_ {
+    fn progress(&self, phase: UpdateState, total: u64) -> impl FnMut(u64) + '_ {
         let started = Instant::now();
-        let phase = phase.to_string();
-        self.set(|s| s.state = phase.clone());
+        self.set(|s| s.state = phase);
         move |bytes| {
             let secs = started.elapsed().as_secs_f64().max(0.001);
             self.set(|s| {
                 s.progress = Some(Progress {
-                    phase: phase.clone(),
+                    phase,
                     bytes,
                     total,
                     rate_bytes_per_s: (bytes as f64 / secs) as u64,
@@ -188,9 +203,9 @@ impl Agent {
         }
     }
 
-    fn finish(&self, result: &Result<String, UpdateError>) {
+    fn finish(&self, result: &Result<Done, UpdateError>) {
         let text = match result {
-            Ok(m) => m.clone(),
+            Ok(d) => d.message.clone(),
             Err(e) => format!("refused: {e}"),
         };
         eprintln!("keel-update: {text}");
@@ -200,8 +215,8 @@ impl Agent {
         }
         self.set(|s| {
             s.last_result = Some(text);
-            if s.state != "installed" {
-                s.state = "idle".into();
+            if s.state != UpdateState::Installed {
+                s.state = UpdateState::Idle;
             }
             s.progress = None;
         });
@@ -211,14 +226,14 @@ impl Agent {
     /// is copied into the updater's storage while it is verified, and
     /// installed from that copy. Nothing is written to a slot before the
     /// whole bundle has been verified.
-    pub fn apply(&self, file: File) -> Result<String, UpdateError> {
+    pub fn apply(&self, file: File) -> Result<Done, UpdateError> {
         let _busy = self.busy.lock();
         let r = self.apply_foreign(file);
         self.finish(&r);
         r
     }
 
-    fn apply_foreign(&self, mut file: File) -> Result<String, UpdateError> {
+    fn apply_foreign(&self, mut file: File) -> Result<Done, UpdateError> {
         let head = self.admit(&mut file)?;
         let dir = self.store.downloads();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -248,17 +263,21 @@ impl Agent {
             &mut file,
             head,
             (copy, &dir),
-            &mut self.progress("verifying", total),
+            &mut self.progress(UpdateState::Verifying, total),
         )?;
         self.install_verified(&mut bundle)
     }
 
     /// Install a bundle the updater downloaded itself.
-    fn apply_own(&self, path: &Path) -> Result<String, UpdateError> {
+    fn apply_own(&self, path: &Path) -> Result<Done, UpdateError> {
         let mut file = File::open(path).map_err(io_err(path))?;
         let head = self.admit(&mut file)?;
         let total = verify::payload_bytes(&head.manifest);
-        let mut bundle = verify::check_own(file, head, &mut self.progress("verifying", total))?;
+        let mut bundle = verify::check_own(
+            file,
+            head,
+            &mut self.progress(UpdateState::Verifying, total),
+        )?;
         self.install_verified(&mut bundle)
     }
 
@@ -270,7 +289,7 @@ impl Agent {
         Ok(head)
     }
 
-    fn install_verified(&self, bundle: &mut Verified) -> Result<String, UpdateError> {
+    fn install_verified(&self, bundle: &mut Verified) -> Result<Done, UpdateError> {
         let head = bundle.head().clone();
         let m = &head.manifest;
         let target = self.slot.other();
@@ -288,7 +307,7 @@ impl Agent {
             &self.disk,
             &self.running,
             target,
-            &mut self.progress("installing", total),
+            &mut self.progress(UpdateState::Installing, total),
         );
         let entry = match written {
             Ok(e) => e,
@@ -310,33 +329,36 @@ impl Agent {
             }
         }
         self.set(|s| {
-            s.state = "installed".into();
+            s.state = UpdateState::Installed;
             s.other = Some(entry.clone());
         });
-        Ok(format!(
-            "installed {} into slot {target} as {entry} (signed by {}); {}",
-            m.version,
-            head.signed_by,
-            match self.policy.reboot {
-                RebootPolicy::Auto => "rebooting".to_string(),
-                RebootPolicy::Manual => "reboot to use it".to_string(),
-                RebootPolicy::Window => format!(
-                    "rebooting in the window {}",
-                    self.policy.window.as_deref().unwrap_or("?")
-                ),
-            }
-        ))
+        Ok(Done {
+            message: format!(
+                "installed {} into slot {target} as {entry} (signed by {}); {}",
+                m.version,
+                head.signed_by,
+                match self.policy.reboot {
+                    RebootPolicy::Auto => "rebooting".to_string(),
+                    RebootPolicy::Manual => "reboot to use it".to_string(),
+                    RebootPolicy::Window => format!(
+                        "rebooting in the window {}",
+                        self.policy.window.as_deref().unwrap_or("?")
+                    ),
+                }
+            ),
+            changed: true,
+        })
     }
 
     /// Check the repository and install what is newer.
-    pub fn check(&self) -> Result<String, UpdateError> {
+    pub fn check(&self) -> Result<Done, UpdateError> {
         let Some(base) = self.policy.repository.clone() else {
             return Err(UpdateError::State(
                 "no repository configured (update.policy.repository)".into(),
             ));
         };
         let _busy = self.busy.lock();
-        self.set(|s| s.state = "checking".into());
+        self.set(|s| s.state = UpdateState::Checking);
         let r = self
             .check_locked(&base)
             .and_then(|download| match download {
@@ -347,7 +369,10 @@ impl Agent {
                     }
                     r
                 }
-                None => Ok(format!("up to date: {}", self.running.version)),
+                None => Ok(Done {
+                    message: format!("up to date: {}", self.running.version),
+                    changed: false,
+                }),
             });
         self.finish(&r);
         r
@@ -376,13 +401,13 @@ impl Agent {
         if !newer {
             return Ok(None);
         }
-        let mut p = self.progress("downloading", entry.size);
+        let mut p = self.progress(UpdateState::Downloading, entry.size);
         let path = fetch::download(base, entry, &self.store.downloads(), &mut |b, _| p(b))?;
         Ok(Some(path))
     }
 
     /// Make the other slot boot next, if it is intact.
-    pub fn rollback(&self) -> Result<String, UpdateError> {
+    pub fn rollback(&self) -> Result<Done, UpdateError> {
         let _busy = self.busy.lock();
         let running_hash = to_hex(&self.running.verity.root_hash);
         let entries = self.disk.entries.list()?;
@@ -409,13 +434,16 @@ impl Agent {
             .rename(&other.file, &other.name.blessed())?;
         let demoted: EntryName = current.name.bad();
         self.disk.entries.rename(&current.file, &demoted)?;
-        let r = Ok(format!(
-            "slot {} ({}) boots next; {} is now {}",
-            self.slot.other(),
-            other.name.version,
-            current.file,
-            demoted.file_name()
-        ));
+        let r = Ok(Done {
+            message: format!(
+                "slot {} ({}) boots next; {} is now {}",
+                self.slot.other(),
+                other.name.version,
+                current.file,
+                demoted.file_name()
+            ),
+            changed: true,
+        });
         self.finish(&r);
         r
     }

@@ -13,7 +13,7 @@ use keel_api::update::{UpdateRequest, UpdateResponse, UPDATE_SOCKET};
 use keel_spec::policy::RebootPolicy;
 use keel_spec::API_SOCKET;
 
-use crate::agent::Agent;
+use crate::agent::{Agent, Done};
 use crate::error::UpdateError;
 
 /// Ask keel-init to reboot: it stops every service in order first.
@@ -29,9 +29,9 @@ fn reply(stream: &UnixStream, r: &UpdateResponse) {
     keel_api::wire::respond(stream, r);
 }
 
-fn answer(r: Result<String, UpdateError>) -> UpdateResponse {
+fn answer(r: &Result<Done, UpdateError>) -> UpdateResponse {
     match r {
-        Ok(m) => UpdateResponse::Done(m),
+        Ok(d) => UpdateResponse::Done(d.message.clone()),
         Err(e) => UpdateResponse::Error(e.to_string()),
     }
 }
@@ -95,8 +95,8 @@ fn serve(agent: &Agent, stream: UnixStream) {
         }
         UpdateRequest::Check => {
             let r = agent.check();
-            let changed = r.as_ref().is_ok_and(|m| m.starts_with("installed"));
-            reply(&stream, &answer(r));
+            let changed = r.as_ref().is_ok_and(|d| d.changed);
+            reply(&stream, &answer(&r));
             if changed {
                 wait_for_hangup(&stream);
             }
@@ -110,8 +110,8 @@ fn serve(agent: &Agent, stream: UnixStream) {
                 );
             };
             let r = agent.apply(File::from(fd));
-            let changed = r.is_ok();
-            reply(&stream, &answer(r));
+            let changed = r.as_ref().is_ok_and(|d| d.changed);
+            reply(&stream, &answer(&r));
             if changed {
                 wait_for_hangup(&stream);
             }
@@ -119,8 +119,8 @@ fn serve(agent: &Agent, stream: UnixStream) {
         }
         UpdateRequest::Rollback => {
             let r = agent.rollback();
-            let changed = r.is_ok();
-            reply(&stream, &answer(r));
+            let changed = r.as_ref().is_ok_and(|d| d.changed);
+            reply(&stream, &answer(&r));
             if changed {
                 wait_for_hangup(&stream);
             }
@@ -181,7 +181,7 @@ pub fn run(agent: Agent, listener: UnixListener) -> anyhow::Result<()> {
         std::thread::spawn(move || loop {
             std::thread::sleep(Duration::from_secs(a.policy.check_interval_s));
             let r = a.check();
-            let changed = r.as_ref().is_ok_and(|m| m.starts_with("installed"));
+            let changed = r.as_ref().is_ok_and(|d| d.changed);
             maybe_reboot(&a, changed);
         });
     }

@@ -168,10 +168,12 @@ fn installs_into_the_other_slot_and_makes_it_bootable_last() {
     let a = agent(&h);
     assert_eq!(a.slot.to_string(), "a");
     let v2 = make(t.path(), "0.2.0", &key, 7);
-    let msg = a.apply(fs::File::open(&v2.bundle).unwrap()).unwrap();
+    let done = a.apply(fs::File::open(&v2.bundle).unwrap()).unwrap();
+    assert!(done.changed, "{done}");
     assert!(
-        msg.starts_with("installed 0.2.0 into slot b as keel-0.2.0+3.efi"),
-        "{msg}"
+        done.message
+            .starts_with("installed 0.2.0 into slot b as keel-0.2.0+3.efi"),
+        "{done}"
     );
     let root_b = fs::read(h.paths.partitions.join("keel-root-b")).unwrap();
     assert_eq!(&root_b[..v2.root.len()], &v2.root[..]);
@@ -185,7 +187,7 @@ fn installs_into_the_other_slot_and_makes_it_bootable_last() {
     );
     assert_eq!(entries(&h), ["keel-0.1.0.efi", "keel-0.2.0+3.efi"]);
     let st = a.status.lock().unwrap().clone();
-    assert_eq!(st.state, "installed");
+    assert_eq!(st.state, keel_api::update::UpdateState::Installed);
     let copies = fs::read_dir(h.paths.state.join("download"))
         .unwrap()
         .count();
@@ -268,7 +270,10 @@ fn an_allowed_downgrade_boots_first_and_the_running_entry_last() {
     let h = host(t.path(), &key);
     let a = agent(&h);
     let old = make_with(&t.path().join("o"), "0.0.9", &key, 9, true);
-    let msg = a.apply(fs::File::open(&old.bundle).unwrap()).unwrap();
+    let msg = a
+        .apply(fs::File::open(&old.bundle).unwrap())
+        .unwrap()
+        .message;
     assert!(msg.starts_with("installed 0.0.9 into slot b"), "{msg}");
     assert_eq!(entries(&h), ["keel-0.0.9+3.efi", "keel-0.1.0+0-1.efi"]);
 }
@@ -286,7 +291,10 @@ fn rollback_needs_an_intact_other_slot() {
     );
     let v2 = make(t.path(), "0.2.0", &key, 7);
     a.apply(fs::File::open(&v2.bundle).unwrap()).unwrap();
-    let msg = a.rollback().unwrap();
-    assert!(msg.starts_with("slot b (0.2.0) boots next"), "{msg}");
+    let done = a.rollback().unwrap();
+    assert!(
+        done.changed && done.message.starts_with("slot b (0.2.0) boots next"),
+        "{done}"
+    );
     assert_eq!(entries(&h), ["keel-0.1.0+0-1.efi", "keel-0.2.0.efi"]);
 }
