@@ -118,6 +118,68 @@ pub struct ConfigState {
     pub trial_until_ms: Option<u64>,
 }
 
+/// The host's health, as the boot's health gate sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Required services still on their way.
+    Starting,
+    /// Every required service ready.
+    Healthy,
+    /// A required service failed.
+    Failed,
+}
+
+/// Where a service is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceState {
+    /// For what it comes after.
+    Waiting,
+    /// Started, not ready yet.
+    Starting,
+    /// Ready.
+    Running,
+    /// A oneshot that finished.
+    Done,
+    /// Waiting out its backoff before the next start.
+    Restarting,
+    /// Ended, and not to be started again by its policy.
+    Exited,
+    /// Failed for good (too many restarts, or a required dependency).
+    Failed,
+    /// Asked to stop, not ended yet.
+    Stopping,
+    /// Stopped by request.
+    Stopped,
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Failed => "failed",
+        })
+    }
+}
+
+impl std::fmt::Display for ServiceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ServiceState::Waiting => "waiting",
+            ServiceState::Starting => "starting",
+            ServiceState::Running => "running",
+            ServiceState::Done => "done",
+            ServiceState::Restarting => "restarting",
+            ServiceState::Exited => "exited",
+            ServiceState::Failed => "failed",
+            ServiceState::Stopping => "stopping",
+            ServiceState::Stopped => "stopped",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     /// The host's name (services have their own UTS namespaces).
@@ -128,8 +190,7 @@ pub struct Status {
     pub uptime_ms: u64,
     /// Every required service ready (the health gate's view).
     pub ready: bool,
-    /// "starting", "healthy" or "failed".
-    pub health: String,
+    pub health: Health,
     pub services: Vec<ServiceStatus>,
     /// The host config in use, and the problems of the ESP's file.
     #[serde(default)]
@@ -141,13 +202,13 @@ pub struct ServiceStatus {
     pub name: String,
     pub description: String,
     /// "service" or "oneshot".
-    pub kind: String,
-    pub state: String,
+    pub kind: keel_spec::lifecycle::Kind,
+    pub state: ServiceState,
     pub pid: Option<i32>,
     /// PID inside the service's PID namespace.
     pub ns_pid: Option<i32>,
     /// "private" or "host".
-    pub pid_ns: String,
+    pub pid_ns: keel_spec::container::Share,
     pub root_readonly: Option<bool>,
     pub restarts: u32,
     pub capabilities: Vec<String>,
@@ -190,7 +251,10 @@ pub fn render_status(s: &Status) -> String {
             svc.state,
             opt(svc.pid),
             opt(svc.ns_pid),
-            svc.pid_ns,
+            match svc.pid_ns {
+                keel_spec::container::Share::Private => "private",
+                keel_spec::container::Share::Host => "host",
+            },
             root,
             svc.restarts,
             caps
@@ -260,15 +324,15 @@ mod tests {
             slot: "a".into(),
             uptime_ms: 1500,
             ready: true,
-            health: "healthy".into(),
+            health: Health::Healthy,
             services: vec![ServiceStatus {
                 name: "web".into(),
                 description: String::new(),
-                kind: "service".into(),
-                state: "running".into(),
+                kind: keel_spec::lifecycle::Kind::Service,
+                state: ServiceState::Running,
                 pid: Some(57),
                 ns_pid: Some(1),
-                pid_ns: "private".into(),
+                pid_ns: keel_spec::container::Share::Private,
                 root_readonly: Some(true),
                 restarts: 0,
                 capabilities: vec!["CAP_NET_BIND_SERVICE".into()],

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use keel_spec::container::{ContainerDef, RestartPolicy, Share};
+use keel_spec::container::{ContainerDef, RestartPolicy};
 use keel_spec::lifecycle::Kind;
 
 use crate::launch::ProcFacts;
-use keel_api::init::ServiceStatus;
+use keel_api::init::{ServiceState, ServiceStatus};
 
 /// The answer of one readiness probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,23 +86,24 @@ pub enum State {
 }
 
 impl Service {
-    pub fn state_label(&self) -> &'static str {
-        self.state.label()
+    pub fn state_label(&self) -> ServiceState {
+        self.state.public()
     }
 }
 
 impl State {
-    fn label(&self) -> &'static str {
+    /// What the API shows of it.
+    pub fn public(&self) -> ServiceState {
         match self {
-            State::Waiting => "waiting",
-            State::Starting { .. } => "starting",
-            State::Running { .. } => "running",
-            State::Done => "done",
-            State::Backoff { .. } => "restarting",
-            State::Exited(_) => "exited",
-            State::Failed => "failed",
-            State::Stopping { .. } => "stopping",
-            State::Stopped => "stopped",
+            State::Waiting => ServiceState::Waiting,
+            State::Starting { .. } => ServiceState::Starting,
+            State::Running { .. } => ServiceState::Running,
+            State::Done => ServiceState::Done,
+            State::Backoff { .. } => ServiceState::Restarting,
+            State::Exited(_) => ServiceState::Exited,
+            State::Failed => ServiceState::Failed,
+            State::Stopping { .. } => ServiceState::Stopping,
+            State::Stopped => ServiceState::Stopped,
         }
     }
 
@@ -179,16 +180,7 @@ pub enum Change {
     Unchanged,
 }
 
-/// The host's health, as the updater's health gate sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
-    /// Required services still on their way.
-    Starting,
-    /// Every required service ready.
-    Healthy,
-    /// A required service failed.
-    Failed,
-}
+pub use keel_api::init::Health;
 
 /// Services outside the health gate wait for its verdict at most this
 /// long, so that one that never comes (a required oneshot that hangs) does
@@ -817,17 +809,11 @@ impl<L: Launcher> Supervisor<L> {
                 ServiceStatus {
                     name: s.name.clone(),
                     description: s.def.description.clone(),
-                    kind: match s.def.kind {
-                        Kind::Service => "service".into(),
-                        Kind::Oneshot => "oneshot".into(),
-                    },
-                    state: s.state.label().to_string(),
+                    kind: s.def.kind,
+                    state: s.state.public(),
                     pid: pid.map(Pid::as_raw),
                     ns_pid: facts.ns_pid,
-                    pid_ns: match s.def.namespaces.pid {
-                        Share::Private => "private".into(),
-                        Share::Host => "host".into(),
-                    },
+                    pid_ns: s.def.namespaces.pid,
                     root_readonly: facts.root_readonly,
                     restarts: s.restarts,
                     capabilities: s.def.capabilities.clone(),

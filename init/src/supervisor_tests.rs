@@ -81,9 +81,9 @@ fn starts_everything_and_reports() {
     assert_eq!(s.counts(), (2, 2));
     assert_eq!(s.health(), Health::Healthy);
     let st = s.status();
-    assert_eq!(st[0].state, "running");
+    assert_eq!(st[0].state, keel_api::init::ServiceState::Running);
     assert_eq!(st[0].ns_pid, Some(1));
-    assert_eq!(st[0].pid_ns, "private");
+    assert_eq!(st[0].pid_ns, keel_spec::container::Share::Private);
     assert_eq!(st[0].started_ms, Some(1000));
 }
 
@@ -458,7 +458,11 @@ fn upsert_adds_restarts_changed_and_leaves_unchanged_alone() {
     let (a, b) = (pid_of(&s, 0), pid_of(&s, 1));
     assert_eq!(s.upsert("a", def(""), t), Change::Unchanged);
     assert_eq!(s.upsert("c", def("after = [\"a\"]"), t), Change::Added);
-    assert_eq!(s.services[2].state.label(), "running", "started at once");
+    assert_eq!(
+        s.services[2].state.public(),
+        keel_api::init::ServiceState::Running,
+        "started at once"
+    );
     assert_eq!(s.upsert("b", def("env = [\"X=1\"]"), t), Change::Replaced);
     assert_eq!(s.launcher.signals, [(b, Signal::SIGTERM)]);
     assert!(s.on_exit(b, Exit::Signal(15), t));

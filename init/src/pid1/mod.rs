@@ -407,12 +407,7 @@ impl Init {
             slot: self.slot.clone(),
             uptime_ms: crate::boot_ms(),
             ready: health == Health::Healthy,
-            health: match health {
-                Health::Starting => "starting",
-                Health::Healthy => "healthy",
-                Health::Failed => "failed",
-            }
-            .into(),
+            health,
             services: self.sup.status(),
             config: Some(self.cfg.state.clone()),
         }
