@@ -7,14 +7,13 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 
-use keel_spec::bootentry::{read_boot_params, EntryName, ENTRIES_DIR, ESP_MOUNT};
-use keel_spec::cmdline::to_hex;
+use keel_spec::bootentry::{EntryName, ENTRIES_DIR, ESP_MOUNT};
 use keel_spec::disk::ESP_LABEL;
 
 use crate::blockdev::{find_by_label, parse_uevent};
 use crate::sys;
 
-pub const BY_PARTLABEL: &str = "/dev/disk/by-partlabel";
+pub use keel_spec::disk::BY_PARTLABEL;
 
 /// Link every named partition as `/dev/disk/by-partlabel/NAME`, as udev
 /// would, so that container definitions can name devices portably.
@@ -58,34 +57,14 @@ fn entries_dir() -> PathBuf {
 
 /// The booted entry: the one whose command line has the running root hash.
 fn booted_entry(dir: &Path, root_hash: &str) -> Result<Option<(String, EntryName)>, String> {
-    let list = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    for e in list.flatten() {
-        let file = e.file_name().to_string_lossy().into_owned();
-        let Some(name) = EntryName::parse(&file) else {
-            continue;
-        };
-        let hash = read_boot_params(&e.path()).map(|p| to_hex(&p.verity.root_hash));
-        if hash.as_deref() == Some(root_hash) {
-            return Ok(Some((file, name)));
-        }
-    }
-    Ok(None)
+    keel_spec::bootentry::find_by_root_hash(dir, root_hash)
+        .map_err(|e| format!("{}: {e}", dir.display()))
 }
 
-/// Rename an entry so that a power cut right after leaves either name,
-/// whole. On vfat the new directory entry gets the file's first cluster
-/// and size only when the file's inode is written back: syncing the
-/// folder alone would leave an empty `keel-V.efi` (the firmware then finds
-/// no loader at all), so the file is synced too.
+/// Rename an entry with [`keel_spec::bootentry::rename_synced`].
 fn rename(dir: &Path, from: &str, to: &EntryName) -> Result<(), String> {
-    let dest = dir.join(to.file_name());
-    std::fs::rename(dir.join(from), &dest).map_err(|e| format!("{}: {e}", dest.display()))?;
-    std::fs::File::open(&dest)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| format!("{}: {e}", dest.display()))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| format!("{}: {e}", dir.display()))
+    keel_spec::bootentry::rename_synced(dir, &dir.join(from), &to.file_name())
+        .map_err(|(p, e)| format!("{}: {e}", p.display()))
 }
 
 /// What the gate did.

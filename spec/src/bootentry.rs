@@ -126,6 +126,49 @@ pub fn read_boot_params(uki: &std::path::Path) -> Option<crate::cmdline::BootPar
     crate::cmdline::BootParams::parse(text.trim_end_matches('\0')).ok()
 }
 
+/// The entry in `dir` whose command line carries `root_hash` (hex): the
+/// booted one, for the running root hash. Entries renamed meanwhile are
+/// passed over.
+pub fn find_by_root_hash(
+    dir: &std::path::Path,
+    root_hash: &str,
+) -> std::io::Result<Option<(String, EntryName)>> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(name) = EntryName::parse(&file) else {
+            continue;
+        };
+        let hash = read_boot_params(&e.path()).map(|p| crate::cmdline::to_hex(&p.verity.root_hash));
+        if hash.as_deref() == Some(root_hash) {
+            return Ok(Some((file, name)));
+        }
+    }
+    Ok(None)
+}
+
+/// Rename the file `from` in the ESP folder `dir` to `to`, so that a
+/// power cut right after leaves either name, whole. On vfat the new
+/// directory entry gets the file's first cluster and size only when the
+/// file's inode is written back: syncing the folder alone would leave an
+/// empty entry (the firmware then finds no loader at all), so the file is
+/// synced after the rename, then the folder. The error names the path
+/// that failed.
+pub fn rename_synced(
+    dir: &std::path::Path,
+    from: &std::path::Path,
+    to: &str,
+) -> Result<(), (std::path::PathBuf, std::io::Error)> {
+    let dest = dir.join(to);
+    std::fs::rename(from, &dest).map_err(|e| (dest.clone(), e))?;
+    std::fs::File::open(&dest)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| (dest.clone(), e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| (dir.to_path_buf(), e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -134,6 +134,10 @@ pub fn uki_file_name(version: &str, tries: Option<u32>) -> String {
     }
 }
 
+/// Where keel-init links every named partition (`NAME` → its device), as
+/// udev would, and where keel-update finds the slots.
+pub const BY_PARTLABEL: &str = "/dev/disk/by-partlabel";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -111,16 +111,7 @@ impl Entries {
         self.rename_path(&self.dir.join(from), &to.file_name())
     }
 
-    /// On vfat a renamed file's new directory entry gets its first cluster
-    /// and size only when the file's inode is written back: the file is
-    /// synced after the rename, then the folder, or a power cut leaves an
-    /// empty entry and nothing to boot.
     fn rename_path(&self, from: &std::path::Path, to: &str) -> Result<(), UpdateError> {
-        let dest = self.dir.join(to);
-        fs::rename(from, &dest).map_err(io_err(&dest))?;
-        File::open(&dest)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err(&dest))?;
-        self.sync_dir()
+        keel_spec::bootentry::rename_synced(&self.dir, from, to).map_err(|(p, e)| io_err(&p)(e))
     }
 }

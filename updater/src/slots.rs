@@ -14,7 +14,7 @@ use keel_spec::disk::{Slot, VERITY_BLOCK_SIZE};
 
 use crate::error::{io_err, UpdateError};
 
-pub const BY_PARTLABEL: &str = "/dev/disk/by-partlabel";
+pub use keel_spec::disk::BY_PARTLABEL;
 
 #[derive(Debug, Clone)]
 pub struct Partitions {
