@@ -16,12 +16,8 @@ pub struct Cli {
     pub kernel: PathBuf,
     #[arg(long)]
     pub initramfs: Option<PathBuf>,
-    /// The i8042 options spare the guest probing for a mouse and a
-    /// controller self-test the VMM does not emulate.
-    #[arg(
-        long,
-        default_value = "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
-    )]
+    /// Default: [`crate::config::DEFAULT_CMDLINE`].
+    #[arg(long, default_value = crate::config::DEFAULT_CMDLINE)]
     pub cmdline: String,
     #[arg(long, default_value_t = 1)]
     pub vcpus: u8,

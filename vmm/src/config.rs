@@ -71,9 +71,14 @@ pub enum SerialOut {
     Null,
 }
 
+/// The guest's command line unless one is given. The i8042 options spare
+/// the guest probing for a mouse and a controller self-test the VMM does
+/// not emulate.
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+
 fn default_cmdline() -> String {
-    "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
-        .to_string()
+    DEFAULT_CMDLINE.to_string()
 }
 
 fn one() -> u8 {
