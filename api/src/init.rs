@@ -156,7 +156,7 @@ pub enum ServiceState {
 
 impl std::fmt::Display for Health {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Health::Starting => "starting",
             Health::Healthy => "healthy",
             Health::Failed => "failed",
@@ -166,7 +166,7 @@ impl std::fmt::Display for Health {
 
 impl std::fmt::Display for ServiceState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             ServiceState::Waiting => "waiting",
             ServiceState::Starting => "starting",
             ServiceState::Running => "running",
@@ -314,6 +314,12 @@ mod tests {
             serde_json::to_string(&logs).unwrap(),
             r#"{"cmd":"logs","name":"web","since":3}"#
         );
+    }
+
+    #[test]
+    fn states_pad_like_the_words_they_are() {
+        assert_eq!(format!("{:<10}|", ServiceState::Running), "running   |");
+        assert_eq!(format!("{:<8}|", Health::Healthy), "healthy |");
     }
 
     #[test]

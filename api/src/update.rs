@@ -35,7 +35,7 @@ pub enum UpdateState {
 
 impl std::fmt::Display for UpdateState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             UpdateState::Idle => "idle",
             UpdateState::Checking => "checking",
             UpdateState::Downloading => "downloading",
