@@ -21,39 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Build a bootable disk image from a recipe.
-    Build {
-        /// Image recipe.
-        #[arg(default_value = "recipes/host.toml")]
-        recipe: PathBuf,
-        /// Output folder.
-        #[arg(short, long, default_value = "out")]
-        out: PathBuf,
-        /// Build cache (kernel, userland packages); default ~/.cache/keel.
-        #[arg(long)]
-        cache_dir: Option<PathBuf>,
-        /// Folder with the musl builds of keel-init and keelctl.
-        #[arg(long, default_value = "target/x86_64-unknown-linux-musl/release")]
-        bin_dir: PathBuf,
-        /// Parallel jobs for kernel and package builds.
-        #[arg(short, long)]
-        jobs: Option<usize>,
-        /// Also write a signed update bundle, out/keel-VERSION.bundle, with
-        /// this secret key (from `keel keygen`); the image trusts its
-        /// public key.
-        #[arg(long)]
-        sign_key: Option<PathBuf>,
-        /// Refuse to build if an input differs from the recipe's lock file
-        /// (RECIPE with .lock), which `keel lock` writes.
-        #[arg(long)]
-        locked: bool,
-        /// No progress lines and no summary.
-        #[arg(long, short)]
-        quiet: bool,
-        /// Print what was built as JSON on stdout (progress stays on
-        /// stderr unless --quiet).
-        #[arg(long)]
-        json: bool,
-    },
+    Build(BuildArgs),
     /// Record the exact version and sha256 of every input of a recipe in
     /// its lock file (RECIPE with .lock), for `keel build --locked`.
     Lock {
@@ -70,84 +38,131 @@ pub enum Cmd {
     Repo(RepoCmd),
     /// Boot a disk image in QEMU with UEFI firmware; serial console on stdio
     /// (Ctrl-A X quits).
-    Run {
-        disk: PathBuf,
-        #[arg(long, value_enum, default_value = "auto")]
-        accel: Accel,
-        #[arg(long, default_value_t = 512)]
-        memory: u32,
-        #[arg(long, default_value_t = 2)]
-        cpus: u32,
-        /// Firmware variable store; created from OVMF's template if missing.
-        /// Default: DISK.vars beside the disk.
-        #[arg(long)]
-        vars: Option<PathBuf>,
-        /// Exit instead of rebooting the guest.
-        #[arg(long)]
-        no_reboot: bool,
-        /// GUEST:HOST — guest connections to 10.0.2.100:GUEST reach
-        /// 127.0.0.1:HOST.
-        #[arg(long = "forward", value_parser = parse_forward)]
-        forwards: Vec<(u16, u16)>,
-        /// HOST:GUEST — 127.0.0.1:HOST on this machine reaches the guest's
-        /// port GUEST (`--publish 8080:80` for the web service).
-        #[arg(long = "publish", short = 'p', value_parser = parse_publish)]
-        publish: Vec<(u16, u16)>,
-        /// Boot the kernel and initramfs beside the disk (the recipe's
-        /// `direct` output) without firmware: faster, for iterating. The
-        /// disk still holds the root and /var.
-        #[arg(long)]
-        direct: bool,
-    },
+    Run(RunArgs),
     /// Show what a disk image, a flashed device or an update bundle holds:
     /// partitions, slots and their versions, boot counters, verity root
     /// hashes, kernel and command line, containers; for a bundle its
     /// manifest and signatures.
-    Inspect {
-        path: PathBuf,
-        /// Public keys (from `keel keygen`) to check a bundle's signatures
-        /// against.
-        #[arg(long)]
-        trust: Vec<PathBuf>,
-        /// JSON instead of text, for scripts.
-        #[arg(long)]
-        json: bool,
-    },
+    Inspect(InspectArgs),
     /// Write a disk image to a block device or a file: partitions first,
     /// the ESP and the partition table last, then synced and read back.
     /// The data partition (/var) grows to the end of the target.
-    Flash {
-        image: PathBuf,
-        target: PathBuf,
-        /// Host config to put on the ESP as keel/host.toml.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Overwrite a target that already holds a partition table.
-        #[arg(long)]
-        force: bool,
-    },
+    Flash(FlashArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// Image recipe.
+    #[arg(default_value = "recipes/host.toml")]
+    pub recipe: PathBuf,
+    /// Output folder.
+    #[arg(short, long, default_value = "out")]
+    pub out: PathBuf,
+    /// Build cache (kernel, userland packages); default ~/.cache/keel.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Folder with the musl builds of keel-init and keelctl.
+    #[arg(long, default_value = "target/x86_64-unknown-linux-musl/release")]
+    pub bin_dir: PathBuf,
+    /// Parallel jobs for kernel and package builds.
+    #[arg(short, long)]
+    pub jobs: Option<usize>,
+    /// Also write a signed update bundle, out/keel-VERSION.bundle, with
+    /// this secret key (from `keel keygen`); the image trusts its
+    /// public key.
+    #[arg(long)]
+    pub sign_key: Option<PathBuf>,
+    /// Refuse to build if an input differs from the recipe's lock file
+    /// (RECIPE with .lock), which `keel lock` writes.
+    #[arg(long)]
+    pub locked: bool,
+    /// No progress lines and no summary.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print what was built as JSON on stdout (progress stays on
+    /// stderr unless --quiet).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    pub disk: PathBuf,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: Accel,
+    #[arg(long, default_value_t = 512)]
+    pub memory: u32,
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// Firmware variable store; created from OVMF's template if missing.
+    /// Default: DISK.vars beside the disk.
+    #[arg(long)]
+    pub vars: Option<PathBuf>,
+    /// Exit instead of rebooting the guest.
+    #[arg(long)]
+    pub no_reboot: bool,
+    /// GUEST:HOST — guest connections to 10.0.2.100:GUEST reach
+    /// 127.0.0.1:HOST.
+    #[arg(long = "forward", value_parser = parse_forward)]
+    pub forwards: Vec<(u16, u16)>,
+    /// HOST:GUEST — 127.0.0.1:HOST on this machine reaches the guest's
+    /// port GUEST (`--publish 8080:80` for the web service).
+    #[arg(long = "publish", short = 'p', value_parser = parse_publish)]
+    pub publish: Vec<(u16, u16)>,
+    /// Boot the kernel and initramfs beside the disk (the recipe's
+    /// `direct` output) without firmware: faster, for iterating. The
+    /// disk still holds the root and /var.
+    #[arg(long)]
+    pub direct: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    pub path: PathBuf,
+    /// Public keys (from `keel keygen`) to check a bundle's signatures
+    /// against.
+    #[arg(long)]
+    pub trust: Vec<PathBuf>,
+    /// JSON instead of text, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FlashArgs {
+    pub image: PathBuf,
+    pub target: PathBuf,
+    /// Host config to put on the ESP as keel/host.toml.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Overwrite a target that already holds a partition table.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RepoAddArgs {
+    pub bundle: PathBuf,
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// Secret key that signs the index (and signed the bundle).
+    #[arg(long)]
+    pub key: PathBuf,
+    #[arg(long, default_value = "stable")]
+    pub channel: String,
+    /// Days until hosts refuse the index as expired.
+    #[arg(long, default_value_t = 30)]
+    pub valid_days: u64,
+    /// A public key hosts should trust from now on (key rotation).
+    #[arg(long)]
+    pub trust: Vec<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RepoCmd {
     /// Copy a bundle into the repository and publish a new signed index
     /// naming it as the latest on its channel.
-    Add {
-        bundle: PathBuf,
-        #[arg(long)]
-        repo: PathBuf,
-        /// Secret key that signs the index (and signed the bundle).
-        #[arg(long)]
-        key: PathBuf,
-        #[arg(long, default_value = "stable")]
-        channel: String,
-        /// Days until hosts refuse the index as expired.
-        #[arg(long, default_value_t = 30)]
-        valid_days: u64,
-        /// A public key hosts should trust from now on (key rotation).
-        #[arg(long)]
-        trust: Vec<PathBuf>,
-    },
+    Add(RepoAddArgs),
 }
 
 fn now() -> u64 {
@@ -223,263 +238,291 @@ fn parse_forward(s: &str) -> Result<(u16, u16), String> {
 
 pub fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Build {
+        Cmd::Build(a) => build_cmd(a),
+        Cmd::Lock { recipe } => lock_cmd(recipe),
+        Cmd::Config(ConfigCmd::Validate { file, recipe }) => validate_cmd(file, recipe),
+        Cmd::Keygen { base } => keygen_cmd(base),
+        Cmd::Repo(RepoCmd::Add(a)) => repo_add_cmd(a),
+        Cmd::Run(a) => run_cmd(a),
+        Cmd::Flash(a) => flash_cmd(a),
+        Cmd::Inspect(a) => inspect_cmd(a),
+    }
+}
+
+/// `keel build`.
+fn build_cmd(a: BuildArgs) -> anyhow::Result<()> {
+    let BuildArgs {
+        recipe,
+        out,
+        cache_dir,
+        bin_dir,
+        jobs,
+        sign_key,
+        locked,
+        quiet,
+        json,
+    } = a;
+    if locked {
+        let loaded = crate::recipe::load_image(&recipe)?;
+        crate::lock::check(&loaded)?;
+    }
+    let cache = Cache::new(match cache_dir {
+        Some(d) => d,
+        None => Cache::default_root()?,
+    });
+    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let started = std::time::Instant::now();
+    let mut progress: Box<dyn crate::progress::Progress> = if quiet {
+        Box::new(crate::progress::Quiet)
+    } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        Box::new(crate::progress::Bars::new("keel build"))
+    } else {
+        Box::new(crate::progress::Lines::new("keel build"))
+    };
+    let report = build::build_with(
+        &Options {
             recipe,
             out,
-            cache_dir,
+            cache,
             bin_dir,
             jobs,
             sign_key,
-            locked,
-            quiet,
-            json,
-        } => {
-            if locked {
-                let loaded = crate::recipe::load_image(&recipe)?;
-                crate::lock::check(&loaded)?;
-            }
-            let cache = Cache::new(match cache_dir {
-                Some(d) => d,
-                None => Cache::default_root()?,
-            });
-            let jobs =
-                jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            let started = std::time::Instant::now();
-            let mut progress: Box<dyn crate::progress::Progress> = if quiet {
-                Box::new(crate::progress::Quiet)
-            } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                Box::new(crate::progress::Bars::new("keel build"))
-            } else {
-                Box::new(crate::progress::Lines::new("keel build"))
-            };
-            let report = build::build_with(
-                &Options {
-                    recipe,
-                    out,
-                    cache,
-                    bin_dir,
-                    jobs,
-                    sign_key,
-                },
-                progress.as_mut(),
-            )?;
-            drop(progress);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-                return Ok(());
-            }
-            if quiet {
-                return Ok(());
-            }
-            let size = |p: &PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-            println!("keel {} (kernel {})", report.version, report.kernel_release);
-            println!(
-                "  root fs   {:>10} bytes  {}",
-                size(&report.root),
-                report.root.display()
-            );
-            println!(
-                "  verity    {:>10} bytes  root hash {}",
-                size(&report.verity),
-                report.root_hash
-            );
-            if report.uki.is_file() {
-                println!(
-                    "  UKI       {:>10} bytes  {} (on the ESP as {})",
-                    size(&report.uki),
-                    report.uki.display(),
-                    report.uki_name
-                );
-            }
-            if let Some(d) = &report.disk {
-                println!("  disk      {:>10} bytes  {}", size(d), d.display());
-            }
-            if let Some(b) = &report.bundle {
-                println!("  bundle    {:>10} bytes  {}", size(b), b.display());
-            }
-            for o in &report.outputs {
-                println!("  also      {:>10} bytes  {}", size(o), o.display());
-            }
-            println!("  built in {:.1} s", started.elapsed().as_secs_f64());
-            Ok(())
-        }
-        Cmd::Lock { recipe } => {
-            let loaded = crate::recipe::load_image(&recipe)?;
-            let (path, inputs) = crate::lock::write(&loaded)?;
-            println!("{}: {} inputs locked", path.display(), inputs.len());
-            Ok(())
-        }
-        Cmd::Config(ConfigCmd::Validate { file, recipe }) => {
-            let problems = validate_config(&file, recipe.as_deref())?;
-            if problems.is_empty() {
-                println!("{}: valid", file.display());
-                return Ok(());
-            }
-            for p in &problems {
-                eprintln!("{p}");
-            }
-            eprintln!(
-                "{}: {} problem{}",
-                file.display(),
-                problems.len(),
-                if problems.len() == 1 { "" } else { "s" }
-            );
-            std::process::exit(1);
-        }
-        Cmd::Keygen { base } => {
-            let (secret, public) = crate::bundle::keygen(&base)?;
-            println!("secret key {} (keep it off the hosts)", secret.display());
-            println!("public key {}", public.display());
-            Ok(())
-        }
-        Cmd::Repo(RepoCmd::Add {
-            bundle,
-            repo,
-            key,
-            channel,
-            valid_days,
-            trust,
-        }) => {
-            let key = crate::bundle::read_secret(&key)?;
-            let trust = trust
-                .iter()
-                .map(|p| crate::bundle::read_public(p))
-                .collect::<Result<Vec<_>, _>>()?;
-            let index = crate::repo::add(&crate::repo::AddOptions {
-                bundle: &bundle,
-                repo: &repo,
-                key: &key,
-                channel: &channel,
-                valid_for_s: valid_days * 86400,
-                trust: &trust,
-                now: now(),
-            })?;
-            let entry = &index.channels[&channel];
-            println!(
-                "{}: index version {}, {channel} -> {} ({}), expires in {valid_days} days",
-                repo.display(),
-                index.index_version,
-                entry.version,
-                entry.bundle
-            );
-            Ok(())
-        }
-        Cmd::Run {
-            disk,
-            accel,
-            memory,
-            cpus,
-            vars,
-            no_reboot,
-            forwards,
-            publish,
-            direct,
-        } => {
-            let direct = if direct {
-                Some(qemu::Direct::beside(&disk)?)
-            } else {
-                None
-            };
-            let vars = vars.unwrap_or_else(|| {
-                let mut v = disk.clone().into_os_string();
-                v.push(".vars");
-                v.into()
-            });
-            let o = RunOptions {
-                disk,
-                vars,
-                accel,
-                memory_mib: memory,
-                cpus,
-                no_reboot,
-                forwards,
-                publish,
-                direct,
-            };
-            let kvm = qemu::prepare(&o)?;
-            let err = Command::new("qemu-system-x86_64")
-                .args(qemu::qemu_args(&o, kvm))
-                .exec();
-            bail!("starting qemu-system-x86_64 (apt-get install qemu-system-x86): {err}")
-        }
-        Cmd::Flash {
-            image,
-            target,
-            config,
-            force,
-        } => {
-            let started = std::time::Instant::now();
-            let mut shown = 0u64;
-            // A bar on a terminal; a line per 10 % in a log.
-            let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
-                let b = indicatif::ProgressBar::new(0);
-                b.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "keel flash [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
-                    )
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-                );
-                b
-            });
-            let r = crate::flash::flash(
-                &crate::flash::Options {
-                    image: &image,
-                    target: &target,
-                    config: config.as_deref(),
-                    force,
-                },
-                &mut |done, total| {
-                    if let Some(b) = &bar {
-                        b.set_length(total);
-                        b.set_position(done);
-                        return;
-                    }
-                    let tenth = done * 10 / total.max(1);
-                    if tenth > shown {
-                        shown = tenth;
-                        eprintln!("keel flash: {} % ({done} of {total} bytes)", tenth * 10);
-                    }
-                },
-            )
-            .with_context(|| format!("flashing {} to {}", image.display(), target.display()))?;
-            if let Some(b) = &bar {
-                b.finish_and_clear();
-            }
-            println!(
-                "{}: {} bytes written, read back and verified in {:.1} s; /var partition {} MiB",
-                target.display(),
-                r.written,
-                started.elapsed().as_secs_f64(),
-                r.data_size >> 20
-            );
-            for (label, sha) in &r.partitions {
-                println!("  {label:<14} sha256 {sha}");
-            }
-            if let Some(c) = &config {
-                println!(
-                    "  host config {} on the ESP as {}",
-                    c.display(),
-                    crate::flash::HOST_CONFIG_ON_ESP
-                );
-            }
-            if let Some(why) = &r.reread_failed {
-                println!("  note: the kernel did not re-read the partition table ({why})");
-            }
-            Ok(())
-        }
-        Cmd::Inspect { path, trust, json } => {
-            let trusted = trust
-                .iter()
-                .map(|p| crate::bundle::read_public(p))
-                .collect::<Result<Vec<_>, _>>()?;
-            let report = crate::inspect::inspect(&path, &trusted)
-                .with_context(|| format!("inspecting {}", path.display()))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", crate::inspect::render(&report));
-            }
-            Ok(())
-        }
+        },
+        progress.as_mut(),
+    )?;
+    drop(progress);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
     }
+    if quiet {
+        return Ok(());
+    }
+    let size = |p: &PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    println!("keel {} (kernel {})", report.version, report.kernel_release);
+    println!(
+        "  root fs   {:>10} bytes  {}",
+        size(&report.root),
+        report.root.display()
+    );
+    println!(
+        "  verity    {:>10} bytes  root hash {}",
+        size(&report.verity),
+        report.root_hash
+    );
+    if report.uki.is_file() {
+        println!(
+            "  UKI       {:>10} bytes  {} (on the ESP as {})",
+            size(&report.uki),
+            report.uki.display(),
+            report.uki_name
+        );
+    }
+    if let Some(d) = &report.disk {
+        println!("  disk      {:>10} bytes  {}", size(d), d.display());
+    }
+    if let Some(b) = &report.bundle {
+        println!("  bundle    {:>10} bytes  {}", size(b), b.display());
+    }
+    for o in &report.outputs {
+        println!("  also      {:>10} bytes  {}", size(o), o.display());
+    }
+    println!("  built in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// `keel lock`.
+fn lock_cmd(recipe: PathBuf) -> anyhow::Result<()> {
+    let loaded = crate::recipe::load_image(&recipe)?;
+    let (path, inputs) = crate::lock::write(&loaded)?;
+    println!("{}: {} inputs locked", path.display(), inputs.len());
+    Ok(())
+}
+
+/// `keel config validate`: exits 1 with the problems.
+fn validate_cmd(file: PathBuf, recipe: Option<PathBuf>) -> anyhow::Result<()> {
+    let problems = validate_config(&file, recipe.as_deref())?;
+    if problems.is_empty() {
+        println!("{}: valid", file.display());
+        return Ok(());
+    }
+    for p in &problems {
+        eprintln!("{p}");
+    }
+    eprintln!(
+        "{}: {} problem{}",
+        file.display(),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    std::process::exit(1);
+}
+
+/// `keel keygen`.
+fn keygen_cmd(base: PathBuf) -> anyhow::Result<()> {
+    let (secret, public) = crate::bundle::keygen(&base)?;
+    println!("secret key {} (keep it off the hosts)", secret.display());
+    println!("public key {}", public.display());
+    Ok(())
+}
+
+/// `keel repo add`.
+fn repo_add_cmd(a: RepoAddArgs) -> anyhow::Result<()> {
+    let RepoAddArgs {
+        bundle,
+        repo,
+        key,
+        channel,
+        valid_days,
+        trust,
+    } = a;
+    let key = crate::bundle::read_secret(&key)?;
+    let trust = trust
+        .iter()
+        .map(|p| crate::bundle::read_public(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let index = crate::repo::add(&crate::repo::AddOptions {
+        bundle: &bundle,
+        repo: &repo,
+        key: &key,
+        channel: &channel,
+        valid_for_s: valid_days * 86400,
+        trust: &trust,
+        now: now(),
+    })?;
+    let entry = &index.channels[&channel];
+    println!(
+        "{}: index version {}, {channel} -> {} ({}), expires in {valid_days} days",
+        repo.display(),
+        index.index_version,
+        entry.version,
+        entry.bundle
+    );
+    Ok(())
+}
+
+/// `keel run`: never returns on success (QEMU replaces this process).
+fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
+    let RunArgs {
+        disk,
+        accel,
+        memory,
+        cpus,
+        vars,
+        no_reboot,
+        forwards,
+        publish,
+        direct,
+    } = a;
+    let direct = if direct {
+        Some(qemu::Direct::beside(&disk)?)
+    } else {
+        None
+    };
+    let vars = vars.unwrap_or_else(|| {
+        let mut v = disk.clone().into_os_string();
+        v.push(".vars");
+        v.into()
+    });
+    let o = RunOptions {
+        disk,
+        vars,
+        accel,
+        memory_mib: memory,
+        cpus,
+        no_reboot,
+        forwards,
+        publish,
+        direct,
+    };
+    let kvm = qemu::prepare(&o)?;
+    let err = Command::new("qemu-system-x86_64")
+        .args(qemu::qemu_args(&o, kvm))
+        .exec();
+    bail!("starting qemu-system-x86_64 (apt-get install qemu-system-x86): {err}")
+}
+
+/// `keel flash`, with a bar on a terminal and a line per 10 % in a log.
+fn flash_cmd(a: FlashArgs) -> anyhow::Result<()> {
+    let FlashArgs {
+        image,
+        target,
+        config,
+        force,
+    } = a;
+    let started = std::time::Instant::now();
+    let mut shown = 0u64;
+    // A bar on a terminal; a line per 10 % in a log.
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "keel flash [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let r = crate::flash::flash(
+        &crate::flash::Options {
+            image: &image,
+            target: &target,
+            config: config.as_deref(),
+            force,
+        },
+        &mut |done, total| {
+            if let Some(b) = &bar {
+                b.set_length(total);
+                b.set_position(done);
+                return;
+            }
+            let tenth = done * 10 / total.max(1);
+            if tenth > shown {
+                shown = tenth;
+                eprintln!("keel flash: {} % ({done} of {total} bytes)", tenth * 10);
+            }
+        },
+    )
+    .with_context(|| format!("flashing {} to {}", image.display(), target.display()))?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    println!(
+        "{}: {} bytes written, read back and verified in {:.1} s; /var partition {} MiB",
+        target.display(),
+        r.written,
+        started.elapsed().as_secs_f64(),
+        r.data_size >> 20
+    );
+    for (label, sha) in &r.partitions {
+        println!("  {label:<14} sha256 {sha}");
+    }
+    if let Some(c) = &config {
+        println!(
+            "  host config {} on the ESP as {}",
+            c.display(),
+            crate::flash::HOST_CONFIG_ON_ESP
+        );
+    }
+    if let Some(why) = &r.reread_failed {
+        println!("  note: the kernel did not re-read the partition table ({why})");
+    }
+    Ok(())
+}
+
+/// `keel inspect`.
+fn inspect_cmd(a: InspectArgs) -> anyhow::Result<()> {
+    let InspectArgs { path, trust, json } = a;
+    let trusted = trust
+        .iter()
+        .map(|p| crate::bundle::read_public(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let report = crate::inspect::inspect(&path, &trusted)
+        .with_context(|| format!("inspecting {}", path.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", crate::inspect::render(&report));
+    }
+    Ok(())
 }
