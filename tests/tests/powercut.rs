@@ -210,6 +210,8 @@ fn power_cuts_where_they_hurt_most_never_brick_the_host() {
     let mut g = fresh();
     // What the ESP's host config is before the next cut.
     let mut config = String::new();
+    // Cuts after which the ESP's host.toml was torn (see below).
+    let mut torn_cuts = Vec::new();
     for (i, cut) in cuts.iter().enumerate() {
         eprintln!("cut {i}: {cut:?}");
         let new_config = format!("hostname = \"cut-{i}\"\n");
@@ -232,12 +234,21 @@ fn power_cuts_where_they_hurt_most_never_brick_the_host() {
                     || (new_may_boot && e.starts_with("keel-0.2.0"))),
             "after cut {i} ({cut:?}): {entries:?}"
         );
+        // vfat has no journal: a cut can tear a rename over host.toml so
+        // that the FAT frees the old file's cluster while its directory
+        // entry still points there, and a later write (a UKI) takes the
+        // cluster. Then the host must boot on its last good config and
+        // say why; the ESP is started afresh after that.
         let kept = esp_config(&disk_path);
-        assert!(
-            kept == config || kept == new_config,
-            "after cut {i} ({cut:?}) the ESP's host.toml is neither {config:?} nor {new_config:?}: {kept:?}"
-        );
-        config = kept;
+        let torn = kept != config && kept != new_config;
+        if torn {
+            eprintln!(
+                "cut {i} ({cut:?}): the ESP's host.toml is torn (neither {config:?} nor {new_config:?}): {:?}",
+                kept.chars().take(40).collect::<String>()
+            );
+        } else {
+            config = kept;
+        }
 
         // The next boot is of a healthy slot, on that config.
         g = Guest::boot_volatile(&disk, &vars, true, &[(80, port)]);
@@ -252,9 +263,24 @@ fn power_cuts_where_they_hurt_most_never_brick_the_host() {
         g.prompt();
         let status = g.status();
         assert_eq!(status["health"], "healthy", "after cut {i}: {status}");
-        assert_eq!(status["hostname"], hostname_of(&config), "after cut {i}");
-        if new_may_boot {
-            // An update went through or may have: start again from v1.
+        if torn {
+            assert_eq!(
+                status["config"]["source"], "last-good",
+                "after cut {i}: {status}"
+            );
+            assert!(
+                !status["config"]["errors"]
+                    .as_array()
+                    .is_none_or(Vec::is_empty),
+                "a torn host.toml is reported: {status}"
+            );
+            torn_cuts.push(i);
+        } else {
+            assert_eq!(status["hostname"], hostname_of(&config), "after cut {i}");
+        }
+        if new_may_boot || torn {
+            // An update went through or may have, or the ESP is torn:
+            // start again from v1.
             g.send("keelctl poweroff\n");
             assert!(g.wait_exit(COMMAND_TIMEOUT).success());
             g = fresh();
@@ -264,7 +290,7 @@ fn power_cuts_where_they_hurt_most_never_brick_the_host() {
     g.send("keelctl poweroff\n");
     assert!(g.wait_exit(COMMAND_TIMEOUT).success());
     eprintln!(
-        "power cuts: {} sectors written and never flushed were lost, {} flushed",
+        "power cuts: {} sectors written and never flushed were lost, {} flushed; host.toml torn after cuts {torn_cuts:?}",
         disk.lost_sectors(),
         disk.flushed_sectors()
     );
