@@ -376,6 +376,10 @@ fn repo_add_cmd(a: RepoAddArgs) -> anyhow::Result<()> {
         valid_days,
         trust,
     } = a;
+    // Days from the command line: a count past u64 seconds is a typo.
+    let valid_for_s = valid_days
+        .checked_mul(86400)
+        .with_context(|| format!("--valid-days {valid_days}: too many days"))?;
     let key = crate::bundle::read_secret(&key)?;
     let trust = trust
         .iter()
@@ -386,7 +390,7 @@ fn repo_add_cmd(a: RepoAddArgs) -> anyhow::Result<()> {
         repo: &repo,
         key: &key,
         channel: &channel,
-        valid_for_s: valid_days * 86400,
+        valid_for_s,
         trust: &trust,
         now: now(),
     })?;

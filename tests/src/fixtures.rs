@@ -38,11 +38,15 @@ pub fn put_config(disk_path: &Path, text: &str) {
 
 /// The text of file `path` on the disk's ESP.
 pub fn esp_text(disk_path: &Path, path: &str) -> String {
+    esp_text_if_any(disk_path, path).expect("reading a file of the ESP")
+}
+
+/// [`esp_text`], or None if the ESP has no such file.
+pub fn esp_text_if_any(disk_path: &Path, path: &str) -> Option<String> {
     let bytes =
         disk::read_partition(disk_path, keel_spec::disk::ESP_LABEL).expect("reading the ESP");
-    let text =
-        esp::read_file(std::io::Cursor::new(bytes), path).expect("reading a file of the ESP");
-    String::from_utf8_lossy(&text).into_owned()
+    let text = esp::read_file(std::io::Cursor::new(bytes), path).ok()?;
+    Some(String::from_utf8_lossy(&text).into_owned())
 }
 
 /// GET `path` from 127.0.0.1:`port` until the response contains `want`,

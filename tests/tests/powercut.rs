@@ -11,7 +11,8 @@
 
 use std::time::{Duration, Instant};
 
-use keel_image_builder::{bundle, disk, esp};
+use keel_image_builder::bundle;
+use keel_tests::fixtures::esp_text_if_any;
 use keel_tests::updates::{add, build, now, snapshot};
 use keel_tests::volatile::VolatileDisk;
 use keel_tests::{Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
@@ -159,10 +160,7 @@ fn run_to(g: &mut Guest, cut: Cut, new_config: &str) -> bool {
 
 /// The host config on the disk's ESP (empty: none).
 fn esp_config(disk_path: &std::path::Path) -> String {
-    let esp = disk::read_partition(disk_path, keel_spec::disk::ESP_LABEL).unwrap();
-    esp::read_file(std::io::Cursor::new(esp), keel_spec::host::ON_ESP)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
+    esp_text_if_any(disk_path, keel_spec::host::ON_ESP).unwrap_or_default()
 }
 
 /// The hostname a host config sets (keel's default without one).
