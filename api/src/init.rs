@@ -1,7 +1,7 @@
 //! keel-init's API (keelctl and keel-update are its clients): one JSON
 //! request line and one JSON response line per connection on
-//! [`keel_spec::API_SOCKET`], which root and the admin group
-//! ([`keel_spec::ADMIN_GID`]) may use.
+//! [`keel_formats::API_SOCKET`], which root and the admin group
+//! ([`keel_formats::ADMIN_GID`]) may use.
 
 use serde::{Deserialize, Serialize};
 
@@ -62,7 +62,7 @@ pub enum Request {
 /// The longest `config apply --try`: a day, the longest wait anywhere. A trial is a safety net for
 /// a change that could cut the host off; one longer than that is a
 /// mistake, and an unbounded one would overflow the clock.
-pub const MAX_TRIAL_S: u64 = keel_spec::lifecycle::MAX_WAIT_MS / 1000;
+pub const MAX_TRIAL_S: u64 = keel_formats::lifecycle::MAX_WAIT_MS / 1000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -202,13 +202,13 @@ pub struct ServiceStatus {
     pub name: String,
     pub description: String,
     /// "service" or "oneshot".
-    pub kind: keel_spec::lifecycle::Kind,
+    pub kind: keel_formats::lifecycle::Kind,
     pub state: ServiceState,
     pub pid: Option<i32>,
     /// PID inside the service's PID namespace.
     pub ns_pid: Option<i32>,
     /// "private" or "host".
-    pub pid_ns: keel_spec::container::Share,
+    pub pid_ns: keel_formats::container::Share,
     pub root_readonly: Option<bool>,
     pub restarts: u32,
     pub capabilities: Vec<String>,
@@ -252,8 +252,8 @@ pub fn render_status(s: &Status) -> String {
             opt(svc.pid),
             opt(svc.ns_pid),
             match svc.pid_ns {
-                keel_spec::container::Share::Private => "private",
-                keel_spec::container::Share::Host => "host",
+                keel_formats::container::Share::Private => "private",
+                keel_formats::container::Share::Host => "host",
             },
             root,
             svc.restarts,
@@ -334,11 +334,11 @@ mod tests {
             services: vec![ServiceStatus {
                 name: "web".into(),
                 description: String::new(),
-                kind: keel_spec::lifecycle::Kind::Service,
+                kind: keel_formats::lifecycle::Kind::Service,
                 state: ServiceState::Running,
                 pid: Some(57),
                 ns_pid: Some(1),
-                pid_ns: keel_spec::container::Share::Private,
+                pid_ns: keel_formats::container::Share::Private,
                 root_readonly: Some(true),
                 restarts: 0,
                 capabilities: vec!["CAP_NET_BIND_SERVICE".into()],

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use keel_spec::hostconfig::{check, load, Context, Source};
+use keel_formats::hostconfig::{check, load, Context, Source};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

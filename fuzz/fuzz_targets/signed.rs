@@ -5,9 +5,9 @@
 //! may panic; an envelope that parses writes back to the same bytes.
 #![no_main]
 
-use keel_spec::bundle::Manifest;
-use keel_spec::repo::Index;
-use keel_spec::signed::{Envelope, Kind};
+use keel_formats::bundle::Manifest;
+use keel_formats::repo::Index;
+use keel_formats::signed::{Envelope, Kind};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     for kind in [Kind::Bundle, Kind::Index] {
@@ -25,6 +25,6 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     }
     let _ = Index::parse(data);
     for section in [".osrel", ".cmdline", ".linux"] {
-        let _ = keel_spec::bootentry::pe_section(data, section);
+        let _ = keel_formats::bootentry::pe_section(data, section);
     }
 });

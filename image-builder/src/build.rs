@@ -5,9 +5,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use keel_spec::cmdline::{to_hex, BootParams};
-use keel_spec::container::{self, ContainerDef};
-use keel_spec::disk::{uki_file_name, Role, Slot};
+use keel_formats::cmdline::{to_hex, BootParams};
+use keel_formats::container::{self, ContainerDef};
+use keel_formats::disk::{uki_file_name, Role, Slot};
 
 use crate::cache::Cache;
 use crate::disk::{self, stable_guid, Content, PartSpec};
@@ -167,7 +167,7 @@ pub fn load_containers(recipe: &Loaded<ImageRecipe>) -> Result<Vec<StagedContain
             oci = Some(std::sync::Arc::new(image));
         }
         container::validate(name, &def).map_err(bad)?;
-        keel_spec::seccomp::compile(&def.seccomp).map_err(|e| BuildError::Container {
+        keel_formats::seccomp::compile(&def.seccomp).map_err(|e| BuildError::Container {
             path: path.clone(),
             message: format!("`seccomp`: {e}"),
         })?;
@@ -190,7 +190,7 @@ pub fn load_containers(recipe: &Loaded<ImageRecipe>) -> Result<Vec<StagedContain
         .iter()
         .map(|c| (c.name.clone(), c.def.clone()))
         .collect();
-    keel_spec::lifecycle::start_order(&pairs).map_err(|e| BuildError::Container {
+    keel_formats::lifecycle::start_order(&pairs).map_err(|e| BuildError::Container {
         path: recipe.path.clone(),
         message: format!("containers.enable: {e}"),
     })?;
@@ -201,7 +201,7 @@ pub fn os_release(r: &ImageRecipe) -> String {
     let (name, v) = (&r.image.name, &r.image.version);
     format!(
         "NAME=keel\nID=keel\nVERSION={v}\nVERSION_ID={v}\nPRETTY_NAME=\"keel {v}\"\nIMAGE_ID={name}\nIMAGE_VERSION={v}\nKEEL_VERSION={}\nKEEL_CONTAINERS=\"{}\"\n",
-        keel_spec::KEEL_VERSION,
+        keel_formats::KEEL_VERSION,
         r.containers.enable.join(" ")
     )
 }
@@ -221,7 +221,7 @@ fn mkfs_ext4(path: &Path, mib: u64, uuid: &str) -> Result<(), BuildError> {
                 "-b",
                 "4096",
                 "-L",
-                keel_spec::disk::DATA_LABEL,
+                keel_formats::disk::DATA_LABEL,
                 "-U",
                 uuid,
             ])
@@ -258,19 +258,19 @@ fn host_files(
     keys.extend(sign_key.map(|k| k.verifying_key()));
     keys.sort_by_key(|k| k.to_bytes());
     keys.dedup();
-    let dir = keel_spec::keys::TRUSTED_DIR.trim_start_matches('/');
+    let dir = keel_formats::keys::TRUSTED_DIR.trim_start_matches('/');
     let mut files: Vec<(String, Vec<u8>)> = keys
         .iter()
         .map(|k| {
             (
-                format!("{dir}/{}.pub", keel_spec::signed::key_id(k.as_bytes())),
-                keel_spec::keys::render_public(k).into_bytes(),
+                format!("{dir}/{}.pub", keel_formats::signed::key_id(k.as_bytes())),
+                keel_formats::keys::render_public(k).into_bytes(),
             )
         })
         .collect();
     let policy = toml::to_string(&recipe.recipe.update.policy).unwrap_or_default();
     files.push((
-        keel_spec::policy::POLICY_FILE
+        keel_formats::policy::POLICY_FILE
             .trim_start_matches('/')
             .into(),
         policy.into_bytes(),
@@ -278,13 +278,13 @@ fn host_files(
     // keel-init gives every container the chosen zone's rule as TZ.
     let zones = crate::zones::table(std::path::Path::new(crate::zones::ZONEINFO))?;
     files.push((
-        keel_spec::tz::ZONES.trim_start_matches('/').into(),
-        keel_spec::tz::render(&zones).into_bytes(),
+        keel_formats::tz::ZONES.trim_start_matches('/').into(),
+        keel_formats::tz::render(&zones).into_bytes(),
     ));
     if let Some(config) = &recipe.recipe.host.config {
         let path = recipe.resolve(config);
         let text = fs::read_to_string(&path).map_err(io_err(&path))?;
-        use keel_spec::hostconfig::{check, render, Context, Source};
+        use keel_formats::hostconfig::{check, render, Context, Source};
         let ctx = Context {
             services: Some(recipe.recipe.containers.enable.clone()),
             zones: Some(zones.keys().cloned().collect()),
@@ -302,7 +302,7 @@ fn host_files(
             });
         }
         files.push((
-            keel_spec::host::DEFAULTS.trim_start_matches('/').into(),
+            keel_formats::host::DEFAULTS.trim_start_matches('/').into(),
             text.into_bytes(),
         ));
     }
@@ -392,7 +392,7 @@ fn manifest(i: &ManifestInputs<'_>) -> Result<crate::outputs::Manifest, BuildErr
     for b in bins {
         components.push(c(
             &b,
-            keel_spec::KEEL_VERSION.to_string(),
+            keel_formats::KEEL_VERSION.to_string(),
             "keel".into(),
             sha256_file(&i.bin_dir.join(&b))?,
         ));

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
 
-use keel_spec::bundle::{self, Manifest, Payload, PayloadName, VerityInfo, ALIGN, CHUNK_SIZE};
-use keel_spec::cmdline::{to_hex, VerityParams};
-use keel_spec::keys;
-use keel_spec::signed::{Envelope, Kind};
+use keel_formats::bundle::{self, Manifest, Payload, PayloadName, VerityInfo, ALIGN, CHUNK_SIZE};
+use keel_formats::cmdline::{to_hex, VerityParams};
+use keel_formats::keys;
+use keel_formats::signed::{Envelope, Kind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -213,11 +213,11 @@ pub fn read_head(path: &Path) -> Result<(Envelope, Manifest), BundleError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut head = vec![0u8; keel_spec::signed::HEADER_LEN];
+    let mut head = vec![0u8; keel_formats::signed::HEADER_LEN];
     f.read_exact(&mut head).map_err(io_err(path))?;
-    let h = keel_spec::signed::parse_header(Kind::Bundle, &head).map_err(|e| fmt(e.into()))?;
+    let h = keel_formats::signed::parse_header(Kind::Bundle, &head).map_err(|e| fmt(e.into()))?;
     head.resize(h.total_len(), 0);
-    f.read_exact(&mut head[keel_spec::signed::HEADER_LEN..])
+    f.read_exact(&mut head[keel_formats::signed::HEADER_LEN..])
         .map_err(io_err(path))?;
     let env = Envelope::parse(Kind::Bundle, &head).map_err(|e| fmt(e.into()))?;
     let m = Manifest::parse(&env.body).map_err(fmt)?;

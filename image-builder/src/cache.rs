@@ -41,7 +41,7 @@ impl Key {
     }
 
     pub fn hex(self) -> String {
-        keel_spec::cmdline::to_hex(&self.0.finalize())
+        keel_formats::cmdline::to_hex(&self.0.finalize())
     }
 }
 

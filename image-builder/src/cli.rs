@@ -185,7 +185,7 @@ pub enum ConfigCmd {
 
 /// `keel config validate`: the problems, or nothing.
 fn validate_config(file: &Path, recipe: Option<&Path>) -> anyhow::Result<Vec<String>> {
-    use keel_spec::hostconfig::{load, Context, Source};
+    use keel_formats::hostconfig::{load, Context, Source};
     let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
     // The zones an image built here would know; without tzdata, names are
     // checked for shape only.

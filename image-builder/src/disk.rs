@@ -12,7 +12,7 @@ use gpt::partition_types::{OperatingSystem, Type};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use keel_spec::disk::{Role, SECTOR_SIZE};
+use keel_formats::disk::{Role, SECTOR_SIZE};
 
 const MIB: u64 = 1 << 20;
 
@@ -351,7 +351,7 @@ pub fn read_partition(path: &Path, label: &str) -> Result<Vec<u8>, DiskError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_spec::disk::Slot;
+    use keel_formats::disk::Slot;
 
     #[test]
     fn layout_round_trips_through_the_gpt_reader() {
@@ -386,7 +386,7 @@ mod tests {
             ]
         );
         assert_eq!(table[0].offset, MIB);
-        assert_eq!(table[1].type_guid, keel_spec::disk::TYPE_ROOT_X86_64);
+        assert_eq!(table[1].type_guid, keel_formats::disk::TYPE_ROOT_X86_64);
         let got = read_partition(&path, "keel-root-a").unwrap();
         assert_eq!(&got[..root.len()], &root[..]);
         assert!(got[root.len()..].iter().all(|&b| b == 0));

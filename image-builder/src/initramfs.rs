@@ -123,7 +123,7 @@ pub fn base_entries() -> Vec<Entry> {
 /// The keel initramfs around the `keel-init` binary, with the kernel
 /// modules stage 1 loads (name and contents, in load order).
 pub fn build(init_binary: Vec<u8>, modules: Vec<(String, Vec<u8>)>) -> io::Result<Vec<u8>> {
-    use keel_spec::initramfs::{MODULES_DIR, MODULES_ORDER};
+    use keel_formats::initramfs::{MODULES_DIR, MODULES_ORDER};
     let mut entries = base_entries();
     entries.extend([
         Entry::Dir {

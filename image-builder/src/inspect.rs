@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use keel_spec::bootentry::{pe_section, EntryName, ENTRIES_DIR};
-use keel_spec::bundle::{payload_start, Manifest, PayloadName};
-use keel_spec::cmdline::{to_hex, BootParams, TOP_BLOCK_OFFSET};
-use keel_spec::disk::{Slot, VERITY_BLOCK_SIZE};
-use keel_spec::signed::{key_id, Kind};
+use keel_formats::bootentry::{pe_section, EntryName, ENTRIES_DIR};
+use keel_formats::bundle::{payload_start, Manifest, PayloadName};
+use keel_formats::cmdline::{to_hex, BootParams, TOP_BLOCK_OFFSET};
+use keel_formats::disk::{Slot, VERITY_BLOCK_SIZE};
+use keel_formats::signed::{key_id, Kind};
 
 use crate::disk::{self, DiskError};
 use crate::esp::{self, EspError};
@@ -216,7 +216,7 @@ fn disk_report(path: &Path, f: &File) -> Result<DiskReport, InspectError> {
             .map_err(io_err(path))?;
         Ok(Some(buf))
     };
-    let esp_bytes = read(keel_spec::disk::ESP_LABEL, 0, 0)?;
+    let esp_bytes = read(keel_formats::disk::ESP_LABEL, 0, 0)?;
     let mut entries = Vec::new();
     let mut host_config = None;
     if let Some(esp_bytes) = &esp_bytes {

@@ -73,7 +73,7 @@ mod tests {
         let text = "description = \"app\"\n[rootfs]\noci = \"app\"\n";
         let mut none = |_: &str| None;
         let out = resolve(text, &c, &mut none).unwrap();
-        let def = keel_spec::container::ContainerDef::parse(&out).unwrap();
+        let def = keel_formats::container::ContainerDef::parse(&out).unwrap();
         assert_eq!(def.command, ["/bin/hello", "--greet", "world"]);
         assert_eq!(def.env, ["PATH=/bin", "GREETING=hi"]);
         assert_eq!(def.cwd, "/data");
@@ -81,8 +81,9 @@ mod tests {
         // What the definition says wins.
         let own =
             "command = [\"/bin/sh\"]\ncwd = \"/\"\n[user]\nuid = 5\n[rootfs]\noci = \"app\"\n";
-        let def = keel_spec::container::ContainerDef::parse(&resolve(own, &c, &mut none).unwrap())
-            .unwrap();
+        let def =
+            keel_formats::container::ContainerDef::parse(&resolve(own, &c, &mut none).unwrap())
+                .unwrap();
         assert_eq!(
             (def.command[0].as_str(), def.cwd.as_str(), def.user.uid),
             ("/bin/sh", "/", 5)

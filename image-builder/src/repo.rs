@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
-use keel_spec::repo::{ChannelEntry, Index, INDEX_FILE};
-use keel_spec::signed::{Envelope, Kind};
+use keel_formats::repo::{ChannelEntry, Index, INDEX_FILE};
+use keel_formats::signed::{Envelope, Kind};
 
 use crate::bundle::{read_head, BundleError};
 
@@ -70,7 +70,7 @@ pub fn add(o: &AddOptions<'_>) -> Result<Index, RepoError> {
             Index::parse(&env.body).map_err(|e| bad(e.to_string()))?
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Index {
-            format: keel_spec::repo::FORMAT,
+            format: keel_formats::repo::FORMAT,
             index_version: 0,
             expires: 0,
             channels: Default::default(),

@@ -8,8 +8,8 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use keel_spec::container::ContainerDef;
-use keel_spec::CONTAINERS_DIR;
+use keel_formats::container::ContainerDef;
+use keel_formats::CONTAINERS_DIR;
 
 use crate::package::Package;
 use crate::tool::{self, ToolError};
@@ -233,7 +233,7 @@ pub fn stage(dir: &Path, inputs: &Inputs<'_>) -> Result<(), RootfsError> {
     s.link("sbin/init", "/usr/bin/keel-init")?;
     s.file("usr/lib/os-release", inputs.os_release.as_bytes(), 0o644)?;
     s.link("etc/os-release", "../usr/lib/os-release")?;
-    s.link("etc/resolv.conf", keel_spec::host::RESOLV_CONF)?;
+    s.link("etc/resolv.conf", keel_formats::host::RESOLV_CONF)?;
     for (path, contents) in inputs.files {
         s.file(path, contents, 0o644)?;
     }
@@ -245,7 +245,7 @@ pub fn stage(dir: &Path, inputs: &Inputs<'_>) -> Result<(), RootfsError> {
             0o644,
         )?;
         // The filter compiled here saves keel-init compiling it at boot.
-        let filter = keel_spec::seccomp::compile(&c.def.seccomp).map_err(|message| {
+        let filter = keel_formats::seccomp::compile(&c.def.seccomp).map_err(|message| {
             RootfsError::Seccomp {
                 container: c.name.clone(),
                 message,
@@ -254,7 +254,7 @@ pub fn stage(dir: &Path, inputs: &Inputs<'_>) -> Result<(), RootfsError> {
         if let Some(prog) = filter {
             s.file(
                 &format!("{CONTAINERS_DIR}/{}.seccomp", c.name),
-                &keel_spec::seccomp::encode(&c.def.seccomp, &prog),
+                &keel_formats::seccomp::encode(&c.def.seccomp, &prog),
                 0o644,
             )?;
         }
@@ -278,10 +278,10 @@ pub fn stage(dir: &Path, inputs: &Inputs<'_>) -> Result<(), RootfsError> {
         // The admin user names the admin shell's id for `id` and `ps`.
         let passwd = format!(
             "root:x:0:0:root:/root:/bin/sh\nadmin:x:{}:{}:keel admin:/root:/bin/sh\n",
-            keel_spec::ADMIN_UID,
-            keel_spec::ADMIN_GID
+            keel_formats::ADMIN_UID,
+            keel_formats::ADMIN_GID
         );
-        let group = format!("root:x:0:\nadmin:x:{}:\n", keel_spec::ADMIN_GID);
+        let group = format!("root:x:0:\nadmin:x:{}:\n", keel_formats::ADMIN_GID);
         for (f, text) in [
             ("etc/passwd", passwd.as_str()),
             ("etc/group", group.as_str()),
@@ -296,7 +296,7 @@ pub fn stage(dir: &Path, inputs: &Inputs<'_>) -> Result<(), RootfsError> {
         // (keel-init writes it from the host config or a DHCP lease).
         let resolv = format!("{root}/etc/resolv.conf");
         if !keep(&resolv) {
-            s.link(&resolv, keel_spec::host::RESOLV_CONF)?;
+            s.link(&resolv, keel_formats::host::RESOLV_CONF)?;
         }
         for m in &c.def.mounts {
             s.dir(&format!("{root}/{}", m.target.trim_start_matches('/')))?;

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use keel_spec::cmdline::VerityParams;
-use keel_spec::disk::VERITY_BLOCK_SIZE;
+use keel_formats::cmdline::VerityParams;
+use keel_formats::disk::VERITY_BLOCK_SIZE;
 
 const BLOCK: usize = VERITY_BLOCK_SIZE as usize;
 const DIGEST: usize = 32;
@@ -207,7 +207,7 @@ mod tests {
     #[test]
     fn stage_1_recognises_the_top_block_of_its_tree_only() {
         let t = compute(&data(300)[..], Path::new("t"), b"salt", [0; 16]).unwrap();
-        let at = keel_spec::cmdline::TOP_BLOCK_OFFSET as usize;
+        let at = keel_formats::cmdline::TOP_BLOCK_OFFSET as usize;
         let top = &t.hash_image[at..at + BLOCK];
         assert!(t.params.is_top_block(top));
         let other = compute(&data(301)[..], Path::new("t"), b"salt", [0; 16]).unwrap();

@@ -1,4 +1,4 @@
-//! The image's zone table (see [`keel_spec::tz`]), made from the build
+//! The image's zone table (see [`keel_formats::tz`]), made from the build
 //! machine's zone database (Debian's tzdata).
 
 use std::collections::BTreeMap;
@@ -40,7 +40,7 @@ fn walk(top: &Path, dir: &Path, out: &mut BTreeMap<String, String>) -> Result<()
             walk(top, &path, out)?;
         } else if let Some(rule) = std::fs::read(&path)
             .ok()
-            .and_then(|b| keel_spec::tz::footer(&b))
+            .and_then(|b| keel_formats::tz::footer(&b))
         {
             out.insert(rel, rule);
         }

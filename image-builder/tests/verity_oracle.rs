@@ -51,7 +51,7 @@ fn matches_veritysetup_byte_for_byte() {
         let ours = verity::build_file(&data, &ours_path, &salt, uuid).unwrap();
 
         let theirs_path = dir.path().join(format!("theirs-{blocks}"));
-        let salt_hex = keel_spec::cmdline::to_hex(&salt);
+        let salt_hex = keel_formats::cmdline::to_hex(&salt);
         let root = veritysetup(
             &data,
             &theirs_path,
@@ -59,7 +59,7 @@ fn matches_veritysetup_byte_for_byte() {
             "12345678-9abc-4def-8123-456789abcdef",
         );
         assert_eq!(
-            keel_spec::cmdline::to_hex(&ours.params.root_hash),
+            keel_formats::cmdline::to_hex(&ours.params.root_hash),
             root,
             "{blocks} blocks"
         );

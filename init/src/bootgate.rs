@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 
-use keel_spec::bootentry::{EntryName, ENTRIES_DIR, ESP_MOUNT};
-use keel_spec::disk::ESP_LABEL;
+use keel_formats::bootentry::{EntryName, ENTRIES_DIR, ESP_MOUNT};
+use keel_formats::disk::ESP_LABEL;
 
 use crate::blockdev::{find_by_label, parse_uevent};
 use crate::sys;
 
-pub use keel_spec::disk::BY_PARTLABEL;
+pub use keel_formats::disk::BY_PARTLABEL;
 
 /// Link every named partition as `/dev/disk/by-partlabel/NAME`, as udev
 /// would, so that container definitions can name devices portably.
@@ -57,13 +57,13 @@ fn entries_dir() -> PathBuf {
 
 /// The booted entry: the one whose command line has the running root hash.
 fn booted_entry(dir: &Path, root_hash: &str) -> Result<Option<(String, EntryName)>, String> {
-    keel_spec::bootentry::find_by_root_hash(dir, root_hash)
+    keel_formats::bootentry::find_by_root_hash(dir, root_hash)
         .map_err(|e| format!("{}: {e}", dir.display()))
 }
 
-/// Rename an entry with [`keel_spec::bootentry::rename_synced`].
+/// Rename an entry with [`keel_formats::bootentry::rename_synced`].
 fn rename(dir: &Path, from: &str, to: &EntryName) -> Result<(), String> {
-    keel_spec::bootentry::rename_synced(dir, &dir.join(from), &to.file_name())
+    keel_formats::bootentry::rename_synced(dir, &dir.join(from), &to.file_name())
         .map_err(|(p, e)| format!("{}: {e}", p.display()))
 }
 

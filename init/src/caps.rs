@@ -5,7 +5,7 @@
 //! inheritable are set to the same list so nothing is left behind, and for
 //! a non-root user the list is raised in the ambient set to survive exec.
 
-use keel_spec::container::capability_number;
+use keel_formats::container::capability_number;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CapsError {

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use keel_spec::limits::Resources;
+use keel_formats::limits::Resources;
 
 /// The cgroup interface files and values for `r`. Limits that are not set
 /// are written as their "no limit" values so that a definition that drops
@@ -56,7 +56,7 @@ pub fn apply(dir: &Path, r: &Resources) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_spec::limits::Size;
+    use keel_formats::limits::Size;
 
     #[test]
     fn files_for_limits_and_defaults() {

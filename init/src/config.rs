@@ -6,10 +6,10 @@
 
 use std::path::Path;
 
-use keel_spec::container::ContainerDef;
-use keel_spec::hostconfig::{load, Context, HostConfig, Source};
-use keel_spec::limits::Size;
-use keel_spec::policy::{Policy, RebootPolicy};
+use keel_formats::container::ContainerDef;
+use keel_formats::hostconfig::{load, Context, HostConfig, Source};
+use keel_formats::limits::Size;
+use keel_formats::policy::{Policy, RebootPolicy};
 
 pub use keel_api::init::{ConfigSource, ConfigState};
 
@@ -18,7 +18,7 @@ pub const LAST_GOOD: &str = "/var/lib/keel/config/host.toml";
 
 /// The person's host config as keel-init reads it: on the mounted ESP.
 fn esp_file() -> std::path::PathBuf {
-    Path::new(keel_spec::bootentry::ESP_MOUNT).join(keel_spec::host::ON_ESP)
+    Path::new(keel_formats::bootentry::ESP_MOUNT).join(keel_formats::host::ON_ESP)
 }
 
 /// The texts a decision is made from.
@@ -39,10 +39,10 @@ pub fn choose(i: &Inputs) -> (HostConfig, ConfigSource, Vec<String>) {
         zones: i.zones.clone(),
     };
     let defaults = i.defaults.as_deref().map(|text| Source {
-        name: Path::new(keel_spec::host::DEFAULTS),
+        name: Path::new(keel_formats::host::DEFAULTS),
         text,
     });
-    let lines = |d: Vec<keel_spec::hostconfig::Diagnostic>| -> Vec<String> {
+    let lines = |d: Vec<keel_formats::hostconfig::Diagnostic>| -> Vec<String> {
         d.iter().map(ToString::to_string).collect()
     };
     let mut errors = Vec::new();
@@ -114,9 +114,9 @@ pub fn apply_host(c: &HostConfig, host: &mut dyn Host) -> Vec<String> {
 
 /// The image's zone table, if it has one.
 pub fn zone_table() -> Option<std::collections::BTreeMap<String, String>> {
-    std::fs::read_to_string(keel_spec::tz::ZONES)
+    std::fs::read_to_string(keel_formats::tz::ZONES)
         .ok()
-        .map(|t| keel_spec::tz::parse(&t))
+        .map(|t| keel_formats::tz::parse(&t))
 }
 
 /// The `TZ` every container gets: the config's zone's rule (`UTC0` when
@@ -182,7 +182,7 @@ pub fn write_ssh_keys(c: &HostConfig) -> Result<(), String> {
     let dir = Path::new(SSH_KEYS_DIR);
     let err = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
     let admin = |p: &Path| {
-        std::os::unix::fs::chown(p, Some(0), Some(keel_spec::ADMIN_GID)).map_err(|e| err(p, e))
+        std::os::unix::fs::chown(p, Some(0), Some(keel_formats::ADMIN_GID)).map_err(|e| err(p, e))
     };
     std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
@@ -207,7 +207,7 @@ pub fn write_ssh_keys(c: &HostConfig) -> Result<(), String> {
 /// leave it to the DHCP client, with an empty file until a lease comes.
 /// Written in place: containers may bind the file itself.
 pub fn write_dns(c: &HostConfig) -> Result<(), String> {
-    use keel_spec::host::{DNS_DIR, DNS_STATIC_MARK, RESOLV_CONF};
+    use keel_formats::host::{DNS_DIR, DNS_STATIC_MARK, RESOLV_CONF};
     let err = |p: &'static str| move |e: std::io::Error| format!("{p}: {e}");
     std::fs::create_dir_all(DNS_DIR).map_err(err(DNS_DIR))?;
     let servers = dns_servers(c);
@@ -233,13 +233,13 @@ pub fn write_dns(c: &HostConfig) -> Result<(), String> {
 /// A host config's `limits` (validated: sizes parse) over a definition's
 /// resources.
 pub fn apply_limits(
-    l: &keel_spec::hostconfig::types::Limits,
-    r: &mut keel_spec::limits::Resources,
+    l: &keel_formats::hostconfig::types::Limits,
+    r: &mut keel_formats::limits::Resources,
 ) {
     if let Some(m) = l
         .memory
         .as_deref()
-        .and_then(|m| keel_spec::hostconfig::units::parse_size(m).ok())
+        .and_then(|m| keel_formats::hostconfig::units::parse_size(m).ok())
     {
         r.memory_max = Some(Size(m));
     }
@@ -347,9 +347,9 @@ pub fn apply_services(
 }
 
 /// The update policy in force: the image's (`image`, the text of
-/// [`keel_spec::policy::POLICY_FILE`]) with the config's `[update]` over it.
+/// [`keel_formats::policy::POLICY_FILE`]) with the config's `[update]` over it.
 pub fn update_policy(image: Option<&str>, c: &HostConfig) -> Policy {
-    use keel_spec::hostconfig::types::Reboot;
+    use keel_formats::hostconfig::types::Reboot;
     let mut p: Policy = image
         .and_then(|t| toml::from_str(t).ok())
         .unwrap_or_default();
@@ -363,7 +363,7 @@ pub fn update_policy(image: Option<&str>, c: &HostConfig) -> Policy {
     if let Some(s) = u
         .check_interval
         .as_deref()
-        .and_then(|d| keel_spec::hostconfig::units::parse_duration(d).ok())
+        .and_then(|d| keel_formats::hostconfig::units::parse_duration(d).ok())
     {
         p.check_interval_s = s;
     }
@@ -383,7 +383,7 @@ pub fn update_policy(image: Option<&str>, c: &HostConfig) -> Policy {
 
 /// Write the policy in force where keel-update reads it first.
 pub fn write_update_policy(c: &HostConfig) -> Result<(), String> {
-    use keel_spec::policy::{HOST_POLICY_FILE, POLICY_FILE};
+    use keel_formats::policy::{HOST_POLICY_FILE, POLICY_FILE};
     let image = std::fs::read_to_string(POLICY_FILE).ok();
     let p = update_policy(image.as_deref(), c);
     let text = toml::to_string(&p).map_err(|e| e.to_string())?;
@@ -427,13 +427,13 @@ pub fn save_last_good(c: &HostConfig) -> Result<(), String> {
 /// A host config's text (called `name` in problems) as this host reads it:
 /// over the image's defaults, against the image's `services`.
 pub fn read(name: &str, text: &str, services: &[String]) -> Result<HostConfig, Vec<String>> {
-    let defaults = std::fs::read_to_string(keel_spec::host::DEFAULTS).ok();
+    let defaults = std::fs::read_to_string(keel_formats::host::DEFAULTS).ok();
     let ctx = Context {
         services: Some(services.to_vec()),
         zones: zone_table().map(|t| t.into_keys().collect()),
     };
     let defaults = defaults.as_deref().map(|text| Source {
-        name: Path::new(keel_spec::host::DEFAULTS),
+        name: Path::new(keel_formats::host::DEFAULTS),
         text,
     });
     load(
@@ -471,7 +471,7 @@ pub fn at_boot(esp: bool, defs: &mut Vec<(String, ContainerDef)>) -> AtBoot {
         _ => None,
     };
     let inputs = Inputs {
-        defaults: read(keel_spec::host::DEFAULTS),
+        defaults: read(keel_formats::host::DEFAULTS),
         esp: esp_text,
         last_good: read(LAST_GOOD),
         services: defs.iter().map(|(n, _)| n.clone()).collect(),

@@ -1,8 +1,8 @@
 //! The last steps before a container's exec: resource limits, identity,
 //! capabilities, no_new_privs and seccomp, in the only order that works.
 
-use keel_spec::container::ContainerDef;
-use keel_spec::limits::rlimit_number;
+use keel_formats::container::ContainerDef;
+use keel_formats::limits::rlimit_number;
 
 use crate::caps;
 
@@ -36,7 +36,7 @@ impl Confinement {
             caps: caps::mask(&def.capabilities).map_err(|e| e.to_string())?,
             last_cap: caps::last_cap(),
             no_new_privs: def.no_new_privs,
-            seccomp: keel_spec::seccomp::compile_or_load(&def.seccomp, precompiled)?,
+            seccomp: keel_formats::seccomp::compile_or_load(&def.seccomp, precompiled)?,
             rlimits: def
                 .rlimits
                 .iter()

@@ -4,8 +4,8 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 
-use keel_spec::cmdline::{to_hex, VerityParams};
-use keel_spec::disk::VERITY_BLOCK_SIZE;
+use keel_formats::cmdline::{to_hex, VerityParams};
+use keel_formats::disk::VERITY_BLOCK_SIZE;
 
 const DM_IOCTL_SIZE: usize = 312;
 const TARGET_SPEC_SIZE: usize = 40;

@@ -11,7 +11,7 @@ use std::path::Path;
 use nix::sched::CloneFlags;
 use nix::unistd::{ForkResult, Pid};
 
-use keel_spec::container::{ContainerDef, Share};
+use keel_formats::container::{ContainerDef, Share};
 
 use crate::confine::Confinement;
 

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use keel_spec::host::{USERNS_FIRST, USERNS_IDS};
+use keel_formats::host::{USERNS_FIRST, USERNS_IDS};
 
 /// Where the ranges are kept.
 pub const RANGES_FILE: &str = "/var/lib/keel-init/id-ranges.json";

@@ -9,7 +9,7 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::kmod::{finit_module, ModuleInitFlags};
 
-use keel_spec::initramfs::{MODULES_DIR, MODULES_ORDER};
+use keel_formats::initramfs::{MODULES_DIR, MODULES_ORDER};
 
 /// What loading the listed modules did.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use nix::mount::MsFlags;
 use nix::unistd::Pid;
 
-use keel_spec::container::{ContainerDef, Share};
-use keel_spec::CONTAINERS_DIR;
+use keel_formats::container::{ContainerDef, Share};
+use keel_formats::CONTAINERS_DIR;
 
-use keel_spec::limits::{UserNamespace, WritableKind};
+use keel_formats::limits::{UserNamespace, WritableKind};
 
 use crate::confine::{self, Confinement};
 use crate::sys;

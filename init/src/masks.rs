@@ -1,5 +1,5 @@
 //! The kernel files a container must not read or write (the lists are
-//! [`keel_spec::syspaths`]): hidden under /dev/null or an empty read-only
+//! [`keel_formats::syspaths`]): hidden under /dev/null or an empty read-only
 //! tmpfs, or bound read-only onto themselves. Runs in the container's
 //! child, after its /proc and /sys are mounted and before pivot_root.
 

@@ -8,8 +8,8 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use keel_spec::hostconfig::units::{parse_cidr, parse_ip};
-use keel_spec::hostconfig::HostConfig;
+use keel_formats::hostconfig::units::{parse_cidr, parse_ip};
+use keel_formats::hostconfig::HostConfig;
 
 /// One network interface of the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +73,7 @@ fn settings(c: &HostConfig, present: &[Iface]) -> Vec<Setting> {
 
 /// The addresses and routes `cfg` sets on interface `i` (values that do
 /// not parse were refused by validation and are skipped).
-fn iface_settings(i: u32, cfg: &keel_spec::hostconfig::types::Interface) -> Vec<Setting> {
+fn iface_settings(i: u32, cfg: &keel_formats::hostconfig::types::Interface) -> Vec<Setting> {
     let mut out = Vec::new();
     for a in &cfg.addresses {
         if let Ok((addr, prefix)) = parse_cidr(a) {
@@ -100,7 +100,7 @@ fn iface_settings(i: u32, cfg: &keel_spec::hostconfig::types::Interface) -> Vec<
 fn find<'a>(
     present: &'a [Iface],
     name: &str,
-    cfg: &keel_spec::hostconfig::types::Interface,
+    cfg: &keel_formats::hostconfig::types::Interface,
 ) -> Option<&'a Iface> {
     present.iter().find(|i| match &cfg.mac {
         Some(mac) => i.mac.eq_ignore_ascii_case(mac),

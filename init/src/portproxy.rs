@@ -81,7 +81,7 @@ pub fn helper_main(args: &[String]) -> ! {
     let mut proxies = Vec::new();
     for p in ports {
         let (host, container, udp) =
-            keel_spec::hostconfig::units::parse_port(p).unwrap_or_else(|e| fail(e));
+            keel_formats::hostconfig::units::parse_port(p).unwrap_or_else(|e| fail(e));
         let port = Port {
             host,
             container,

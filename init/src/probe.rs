@@ -14,8 +14,8 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
 
-use keel_spec::container::{ContainerDef, Share};
-use keel_spec::lifecycle::Readiness;
+use keel_formats::container::{ContainerDef, Share};
+use keel_formats::lifecycle::Readiness;
 
 use crate::confine::Confinement;
 use crate::supervisor::Probe;

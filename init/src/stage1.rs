@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use nix::mount::MsFlags;
 
-use keel_spec::cmdline::{to_hex, BootParams, TOP_BLOCK_OFFSET};
-use keel_spec::disk::{Slot, DATA_LABEL, VERITY_BLOCK_SIZE};
+use keel_formats::cmdline::{to_hex, BootParams, TOP_BLOCK_OFFSET};
+use keel_formats::disk::{Slot, DATA_LABEL, VERITY_BLOCK_SIZE};
 
 use crate::blockdev::{find_by_label, BlockDev};
 use crate::sys::{self, mkdir_p};
@@ -26,7 +26,7 @@ pub enum Stage1Error {
     #[error("reading {0}: {1}")]
     Read(&'static str, std::io::Error),
     #[error(transparent)]
-    Cmdline(#[from] keel_spec::cmdline::CmdlineError),
+    Cmdline(#[from] keel_formats::cmdline::CmdlineError),
     #[error("no partition labelled {0} appeared within {1:?}")]
     NoPartition(String, Duration),
     #[error(transparent)]

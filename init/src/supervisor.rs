@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use keel_spec::container::{ContainerDef, RestartPolicy};
-use keel_spec::lifecycle::Kind;
+use keel_formats::container::{ContainerDef, RestartPolicy};
+use keel_formats::lifecycle::Kind;
 
 use crate::launch::ProcFacts;
 use keel_api::init::{ServiceState, ServiceStatus};
@@ -263,7 +263,7 @@ pub struct Supervisor<L: Launcher> {
 }
 
 impl<L: Launcher> Supervisor<L> {
-    /// `defs` in start order (see `keel_spec::lifecycle::start_order`).
+    /// `defs` in start order (see `keel_formats::lifecycle::start_order`).
     pub fn new(launcher: L, defs: Vec<(String, ContainerDef)>, now: Instant, boot_ms: u64) -> Self {
         let critical = boot_critical(&defs);
         let gate_closes = crate::deadline(now, gate_length(&defs, &critical));

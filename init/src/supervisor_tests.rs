@@ -83,7 +83,7 @@ fn starts_everything_and_reports() {
     let st = s.status();
     assert_eq!(st[0].state, keel_api::init::ServiceState::Running);
     assert_eq!(st[0].ns_pid, Some(1));
-    assert_eq!(st[0].pid_ns, keel_spec::container::Share::Private);
+    assert_eq!(st[0].pid_ns, keel_formats::container::Share::Private);
     assert_eq!(st[0].started_ms, Some(1000));
 }
 

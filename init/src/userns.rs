@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 
-use keel_spec::host::USERNS_IDS;
+use keel_formats::host::USERNS_IDS;
 use nix::sched::CloneFlags;
 use nix::unistd::{ForkResult, Gid, Uid};
 

@@ -7,10 +7,10 @@
 
 use std::path::Path;
 
-use keel_spec::container::{BindMount, ContainerDef, Share};
-use keel_spec::host::{vm_tap, KVM_GID, VMM_UID};
-use keel_spec::hostconfig::types::{Vm, VmNetwork};
-use keel_spec::hostconfig::HostConfig;
+use keel_formats::container::{BindMount, ContainerDef, Share};
+use keel_formats::host::{vm_tap, KVM_GID, VMM_UID};
+use keel_formats::hostconfig::types::{Vm, VmNetwork};
+use keel_formats::hostconfig::HostConfig;
 
 /// The image's microVM runner: a template for one service per VM.
 pub const VMM_TEMPLATE: &str = "vmm";
@@ -128,7 +128,7 @@ fn service(template: &ContainerDef, name: &str, vm: &Vm) -> Result<ContainerDef,
         // A VMM without a network needs none of the host's.
         d.namespaces.net = Share::Private;
     }
-    let mib = keel_spec::hostconfig::units::parse_size(&vm.memory)? >> 20;
+    let mib = keel_formats::hostconfig::units::parse_size(&vm.memory)? >> 20;
     args.extend([
         "--vcpus".to_string(),
         vm.vcpus.to_string(),
@@ -312,7 +312,7 @@ mod tests {
                 ("/var/lib/vms/init", "/run/vm/initramfs", true)
             ]
         );
-        assert_eq!(d.restart, keel_spec::container::RestartPolicy::Never);
+        assert_eq!(d.restart, keel_formats::container::RestartPolicy::Never);
         assert_eq!(d.root_of.as_deref(), Some("vmm"));
         let mut defs = vec![];
         assert!(apply(&c, &mut defs)[0].contains("no vmm service"));

@@ -6,11 +6,11 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use keel_formats::container::{self, BindMount, ContainerDef, Share};
+use keel_formats::host::USERNS_IDS;
+use keel_formats::hostconfig::types::{ContainerNetwork, UserContainer};
+use keel_formats::limits::{IdMap, UserNamespace, Writable, WritableKind};
 use keel_oci::{InRoot, Owners, RunConfig};
-use keel_spec::container::{self, BindMount, ContainerDef, Share};
-use keel_spec::host::USERNS_IDS;
-use keel_spec::hostconfig::types::{ContainerNetwork, UserContainer};
-use keel_spec::limits::{IdMap, UserNamespace, Writable, WritableKind};
 use serde::{Deserialize, Serialize};
 
 /// Unpacked image roots, by image ID: a cache, rebuilt from the images.
@@ -212,7 +212,7 @@ fn find_program(
 pub fn ports(uc: &UserContainer) -> Vec<Port> {
     uc.ports
         .iter()
-        .filter_map(|p| keel_spec::hostconfig::units::parse_port(p).ok())
+        .filter_map(|p| keel_formats::hostconfig::units::parse_port(p).ok())
         .map(|(host, container, udp)| Port {
             host,
             container,
@@ -363,7 +363,7 @@ pub fn finish(
         };
         if file {
             def.mounts.push(BindMount {
-                source: keel_spec::host::RESOLV_CONF.to_string(),
+                source: keel_formats::host::RESOLV_CONF.to_string(),
                 target: "/etc/resolv.conf".to_string(),
                 readonly: true,
             });
@@ -452,8 +452,8 @@ pub fn prune(keep: &[&Path]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_spec::container::RestartPolicy;
-    use keel_spec::limits::Size;
+    use keel_formats::container::RestartPolicy;
+    use keel_formats::limits::Size;
 
     fn uc(extra: &str) -> UserContainer {
         toml::from_str(&format!("image = \"/var/lib/images/app\"\n{extra}")).unwrap()

@@ -18,13 +18,13 @@ pub fn put_config(disk_path: &Path, text: &str) {
     let part = disk::read_table(disk_path)
         .expect("reading the disk's partition table")
         .into_iter()
-        .find(|p| p.label == keel_spec::disk::ESP_LABEL)
+        .find(|p| p.label == keel_formats::disk::ESP_LABEL)
         .expect("the disk has an ESP");
     let bytes =
-        disk::read_partition(disk_path, keel_spec::disk::ESP_LABEL).expect("reading the ESP");
+        disk::read_partition(disk_path, keel_formats::disk::ESP_LABEL).expect("reading the ESP");
     let bytes = esp::add_files(
         bytes,
-        &[(keel_spec::host::ON_ESP.into(), text.as_bytes().to_vec())],
+        &[(keel_formats::host::ON_ESP.into(), text.as_bytes().to_vec())],
     )
     .expect("adding the host config to the ESP");
     let f = fs::OpenOptions::new()
@@ -44,7 +44,7 @@ pub fn esp_text(disk_path: &Path, path: &str) -> String {
 /// [`esp_text`], or None if the ESP has no such file.
 pub fn esp_text_if_any(disk_path: &Path, path: &str) -> Option<String> {
     let bytes =
-        disk::read_partition(disk_path, keel_spec::disk::ESP_LABEL).expect("reading the ESP");
+        disk::read_partition(disk_path, keel_formats::disk::ESP_LABEL).expect("reading the ESP");
     let text = esp::read_file(std::io::Cursor::new(bytes), path).ok()?;
     Some(String::from_utf8_lossy(&text).into_owned())
 }

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use keel_formats::repo::Index;
 use keel_image_builder::{disk, esp, repo};
-use keel_spec::repo::Index;
 
 use crate::keel_build;
 

@@ -78,7 +78,7 @@ fn sha256(p: &Path) -> String {
     let mut h = Sha256::new();
     let mut f = std::fs::File::open(p).unwrap();
     std::io::copy(&mut f, &mut h).unwrap();
-    keel_spec::cmdline::to_hex(&h.finalize())
+    keel_formats::cmdline::to_hex(&h.finalize())
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use sha2::{Digest, Sha256};
 
-use keel_spec::repo::ChannelEntry;
+use keel_formats::repo::ChannelEntry;
 use keel_update::fetch;
 
 fn hex(b: &[u8]) -> String {

@@ -7,8 +7,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use keel_formats::container::ContainerDef;
 use keel_image_builder::rootfs::{self, StagedContainer};
-use keel_spec::container::ContainerDef;
 use keel_tests::host::{cached_busybox, HostInit};
 use keel_tests::{musl_bin_dir, workspace};
 

@@ -160,7 +160,7 @@ fn run_to(g: &mut Guest, cut: Cut, new_config: &str) -> bool {
 
 /// The host config on the disk's ESP (empty: none).
 fn esp_config(disk_path: &std::path::Path) -> String {
-    esp_text_if_any(disk_path, keel_spec::host::ON_ESP).unwrap_or_default()
+    esp_text_if_any(disk_path, keel_formats::host::ON_ESP).unwrap_or_default()
 }
 
 /// The hostname a host config sets (keel's default without one).

@@ -11,9 +11,9 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+use keel_formats::repo::{Index, INDEX_FILE};
+use keel_formats::signed::{Envelope, Kind};
 use keel_image_builder::bundle;
-use keel_spec::repo::{Index, INDEX_FILE};
-use keel_spec::signed::{Envelope, Kind};
 use keel_tests::updates::{add, build, build_with, hex, now, snapshot};
 use keel_tests::{Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
 
@@ -96,7 +96,7 @@ fn signed_updates_apply_roll_back_and_refuse() {
     check_refused(&mut g, "unknown key");
 
     let (env, manifest) = bundle::read_head(&v2_bundle).unwrap();
-    let start = keel_spec::bundle::payload_start(env.to_bytes().len() as u64);
+    let start = keel_formats::bundle::payload_start(env.to_bytes().len() as u64);
     let mut bytes = std::fs::read(&v2_bundle).unwrap();
     bytes[(start + 3 * 1024 * 1024 / 2) as usize] ^= 0x40;
     let flipped = dir.join("flipped.bundle");
@@ -118,7 +118,7 @@ fn signed_updates_apply_roll_back_and_refuse() {
 
     let wrong_key_bundle = dir.join("wrong-key.bundle");
     let resigned = Envelope::sign(Kind::Bundle, env.body.clone(), &[&stranger]);
-    let mut bytes = keel_spec::bundle::head_bytes(&resigned);
+    let mut bytes = keel_formats::bundle::head_bytes(&resigned);
     assert_eq!(bytes.len() as u64, start, "same head size");
     bytes.extend_from_slice(&std::fs::read(&v2_bundle).unwrap()[start as usize..]);
     std::fs::write(&wrong_key_bundle, &bytes).unwrap();

@@ -119,7 +119,7 @@ fn a_user_container_runs_from_var_and_config_apply_restarts_only_what_changed() 
     let layout = dir.path().join("app");
     app_layout(&layout);
     {
-        let var = Mounted::partition(&disk_path, keel_spec::disk::DATA_LABEL);
+        let var = Mounted::partition(&disk_path, keel_formats::disk::DATA_LABEL);
         let images = var.at.path().join("lib/images");
         fs::create_dir_all(&images).unwrap();
         copy_tree(&layout, &images);
@@ -275,7 +275,7 @@ fn a_user_container_runs_from_var_and_config_apply_restarts_only_what_changed() 
     assert!(!has_extra_address(&mut g));
     g.send("keelctl poweroff\n");
     assert!(g.wait_exit(COMMAND_TIMEOUT).success());
-    let kept = esp_text(&disk_path, keel_spec::host::ON_ESP);
+    let kept = esp_text(&disk_path, keel_formats::host::ON_ESP);
     assert!(
         kept.contains("enabled = false") && kept.contains("applied"),
         "{kept}"

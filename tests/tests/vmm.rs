@@ -69,7 +69,7 @@ fn a_vm_of_the_host_config_runs_as_a_service() {
     copy_disk(&disk_image(), &disk_path);
     let token = format!("keel-vmm test disk {}", std::process::id());
     {
-        let var = Mounted::partition(&disk_path, keel_spec::disk::DATA_LABEL);
+        let var = Mounted::partition(&disk_path, keel_formats::disk::DATA_LABEL);
         let vms = var.at.path().join("lib/vms");
         fs::create_dir_all(vms.join("disks")).unwrap();
         fs::copy(disk_image().with_file_name("vmlinuz"), vms.join("vmlinuz")).unwrap();
@@ -126,7 +126,7 @@ fn a_vm_of_the_host_config_runs_as_a_service() {
     g.send("keelctl poweroff\n");
     g.wait_exit(keel_tests::COMMAND_TIMEOUT);
 
-    let var = Mounted::partition(&disk_path, keel_spec::disk::DATA_LABEL);
+    let var = Mounted::partition(&disk_path, keel_formats::disk::DATA_LABEL);
     let root = var.at.path().join("lib/vms/disks/guest.img");
     let cat = |file: &str| {
         let out = std::process::Command::new("debugfs")

@@ -10,10 +10,10 @@ use std::time::Instant;
 use ed25519_dalek::VerifyingKey;
 
 use keel_api::update::{Progress, UpdateState, UpdateStatus};
-use keel_spec::bootentry::EntryName;
-use keel_spec::cmdline::{to_hex, BootParams};
-use keel_spec::disk::Slot;
-use keel_spec::policy::{Policy, RebootPolicy};
+use keel_formats::bootentry::EntryName;
+use keel_formats::cmdline::{to_hex, BootParams};
+use keel_formats::disk::Slot;
+use keel_formats::policy::{Policy, RebootPolicy};
 
 use crate::entries::Entries;
 use crate::error::{io_err, UpdateError};
@@ -160,7 +160,7 @@ impl Agent {
             for e in dir.flatten() {
                 let text = fs::read_to_string(e.path()).map_err(io_err(&e.path()))?;
                 keys.push(
-                    keel_spec::keys::parse_public(&text).map_err(|err| {
+                    keel_formats::keys::parse_public(&text).map_err(|err| {
                         UpdateError::State(format!("{}: {err}", e.path().display()))
                     })?,
                 );
@@ -174,7 +174,7 @@ impl Agent {
             .iter()
             .chain(&self.store.load()?.keys)
         {
-            if let Ok(k) = keel_spec::keys::parse_public_hex(k) {
+            if let Ok(k) = keel_formats::keys::parse_public_hex(k) {
                 keys.push(k);
             }
         }
@@ -320,8 +320,8 @@ impl Agent {
         // systemd-boot tries the newest version first: an allowed
         // downgrade boots only if the running entry has no tries left. It
         // still boots, last, if the downgrade never comes up.
-        if keel_spec::bundle::parse_version("version", &m.version)?
-            < keel_spec::bundle::parse_version("version", &self.running.version)?
+        if keel_formats::bundle::parse_version("version", &m.version)?
+            < keel_formats::bundle::parse_version("version", &self.running.version)?
         {
             let running_hash = to_hex(&self.running.verity.root_hash);
             if let Some(cur) = self.disk.entries.find(&running_hash)? {
@@ -396,8 +396,8 @@ impl Agent {
                 self.policy.channel
             )));
         };
-        let newer = keel_spec::bundle::parse_version("version", &entry.version)?
-            > keel_spec::bundle::parse_version("version", &self.running.version)?;
+        let newer = keel_formats::bundle::parse_version("version", &entry.version)?
+            > keel_formats::bundle::parse_version("version", &self.running.version)?;
         if !newer {
             return Ok(None);
         }

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use keel_spec::bootentry::{ENTRIES_DIR, ESP_MOUNT};
-use keel_spec::policy::{Policy, HOST_POLICY_FILE, POLICY_FILE};
+use keel_formats::bootentry::{ENTRIES_DIR, ESP_MOUNT};
+use keel_formats::policy::{Policy, HOST_POLICY_FILE, POLICY_FILE};
 
 use crate::agent::{Agent, Paths};
 use crate::slots::BY_PARTLABEL;
@@ -54,7 +54,7 @@ fn agent(state: PathBuf) -> anyhow::Result<Agent> {
         partitions: BY_PARTLABEL.into(),
         entries: PathBuf::from(ESP_MOUNT).join(ENTRIES_DIR),
         state,
-        keys: keel_spec::keys::TRUSTED_DIR.into(),
+        keys: keel_formats::keys::TRUSTED_DIR.into(),
     };
     Ok(Agent::new(&paths, policy, &cmdline, &os_release)?)
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use keel_api::init::{Request, Response};
 use keel_api::update::{UpdateRequest, UpdateResponse, UPDATE_SOCKET};
-use keel_spec::policy::RebootPolicy;
-use keel_spec::API_SOCKET;
+use keel_formats::policy::RebootPolicy;
+use keel_formats::API_SOCKET;
 
 use crate::agent::{Agent, Done};
 use crate::error::UpdateError;
@@ -161,7 +161,7 @@ pub fn listen() -> anyhow::Result<UnixListener> {
     // (update.toml), which lets it give the socket to the group without
     // CAP_CHOWN.
     std::fs::set_permissions(UPDATE_SOCKET, std::fs::Permissions::from_mode(0o660))?;
-    if let Err(e) = std::os::unix::fs::chown(UPDATE_SOCKET, None, Some(keel_spec::ADMIN_GID)) {
+    if let Err(e) = std::os::unix::fs::chown(UPDATE_SOCKET, None, Some(keel_formats::ADMIN_GID)) {
         // Still root's: the updater runs, the admin shell cannot reach it.
         eprintln!("keel-update: warning: giving {UPDATE_SOCKET} to the admin group: {e}");
     }

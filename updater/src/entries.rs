@@ -6,8 +6,8 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::PathBuf;
 
-use keel_spec::bootentry::EntryName;
-use keel_spec::cmdline::{to_hex, BootParams};
+use keel_formats::bootentry::EntryName;
+use keel_formats::cmdline::{to_hex, BootParams};
 
 use crate::error::{io_err, UpdateError};
 
@@ -46,7 +46,7 @@ impl Entries {
                 continue;
             }
             out.push(Entry {
-                params: keel_spec::bootentry::read_boot_params(&e.path()),
+                params: keel_formats::bootentry::read_boot_params(&e.path()),
                 file,
                 name,
             });
@@ -112,6 +112,6 @@ impl Entries {
     }
 
     fn rename_path(&self, from: &std::path::Path, to: &str) -> Result<(), UpdateError> {
-        keel_spec::bootentry::rename_synced(&self.dir, from, to).map_err(|(p, e)| io_err(&p)(e))
+        keel_formats::bootentry::rename_synced(&self.dir, from, to).map_err(|(p, e)| io_err(&p)(e))
     }
 }

@@ -11,9 +11,9 @@ pub enum UpdateError {
         source: std::io::Error,
     },
     #[error("bad bundle: {0}")]
-    Bundle(#[from] keel_spec::bundle::BundleError),
+    Bundle(#[from] keel_formats::bundle::BundleError),
     #[error("bad signature: {0}")]
-    Signature(#[from] keel_spec::signed::SignedError),
+    Signature(#[from] keel_formats::signed::SignedError),
     #[error(
         "truncated bundle: payload {payload} ends at byte {expected}, the bundle at byte {got}"
     )]

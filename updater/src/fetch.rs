@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::VerifyingKey;
 use sha2::{Digest, Sha256};
 
-use keel_spec::repo::{ChannelEntry, Index, INDEX_FILE};
-use keel_spec::signed::{Envelope, Kind};
+use keel_formats::repo::{ChannelEntry, Index, INDEX_FILE};
+use keel_formats::signed::{Envelope, Kind};
 
 use crate::error::{io_err, UpdateError};
 

@@ -17,10 +17,10 @@ use std::io::{Read, Write};
 
 use sha2::{Digest, Sha256};
 
-use keel_spec::bootentry::{EntryName, TRIES};
-use keel_spec::bundle::{parse_version, Manifest, PayloadName, CHUNK_SIZE};
-use keel_spec::cmdline::{to_hex, VerityParams};
-use keel_spec::disk::Slot;
+use keel_formats::bootentry::{EntryName, TRIES};
+use keel_formats::bundle::{parse_version, Manifest, PayloadName, CHUNK_SIZE};
+use keel_formats::cmdline::{to_hex, VerityParams};
+use keel_formats::disk::Slot;
 
 use crate::entries::Entries;
 use crate::error::{io_err, UpdateError};
@@ -216,7 +216,7 @@ mod tests {
             created: 0,
             min_version: None,
             allow_downgrade: false,
-            verity: keel_spec::bundle::VerityInfo {
+            verity: keel_formats::bundle::VerityInfo {
                 root_hash: h,
                 salt: String::new(),
                 data_blocks: 2,

@@ -9,12 +9,12 @@ use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use keel_spec::cmdline::{to_hex, VerityParams, TOP_BLOCK_OFFSET};
-use keel_spec::disk::{Slot, VERITY_BLOCK_SIZE};
+use keel_formats::cmdline::{to_hex, VerityParams, TOP_BLOCK_OFFSET};
+use keel_formats::disk::{Slot, VERITY_BLOCK_SIZE};
 
 use crate::error::{io_err, UpdateError};
 
-pub use keel_spec::disk::BY_PARTLABEL;
+pub use keel_formats::disk::BY_PARTLABEL;
 
 #[derive(Debug, Clone)]
 pub struct Partitions {

@@ -9,8 +9,8 @@ use std::os::unix::fs::FileExt;
 use ed25519_dalek::VerifyingKey;
 use sha2::{Digest, Sha256};
 
-use keel_spec::bundle::{self, BundleError, Manifest, Payload, CHUNK_SIZE};
-use keel_spec::signed::{self, Envelope, Kind};
+use keel_formats::bundle::{self, BundleError, Manifest, Payload, CHUNK_SIZE};
+use keel_formats::signed::{self, Envelope, Kind};
 
 use crate::error::UpdateError;
 
@@ -240,7 +240,7 @@ pub fn payload_bytes(m: &Manifest) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_spec::bundle::{PayloadName, VerityInfo};
+    use keel_formats::bundle::{PayloadName, VerityInfo};
 
     fn head(payload_start: u64) -> Head {
         Head {

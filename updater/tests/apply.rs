@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
 
+use keel_formats::cmdline::BootParams;
+use keel_formats::policy::Policy;
 use keel_image_builder::{bundle, uki, verity};
-use keel_spec::cmdline::BootParams;
-use keel_spec::policy::Policy;
 use keel_update::agent::{Agent, Paths};
 use keel_update::error::UpdateError;
 
@@ -116,7 +116,7 @@ fn host(dir: &Path, key: &SigningKey) -> Host {
     fs::copy(uki, paths.entries.join("keel-0.1.0.efi")).unwrap();
     fs::write(
         paths.keys.join("release.pub"),
-        keel_spec::keys::render_public(&key.verifying_key()),
+        keel_formats::keys::render_public(&key.verifying_key()),
     )
     .unwrap();
     Host { paths, v1 }
@@ -209,7 +209,7 @@ fn refusals_name_their_reason_and_change_nothing() {
         a.apply(fs::File::open(&p).unwrap()).unwrap_err()
     };
     let (env, m) = bundle::read_head(&v2.bundle).unwrap();
-    let start = keel_spec::bundle::payload_start(env.to_bytes().len() as u64);
+    let start = keel_formats::bundle::payload_start(env.to_bytes().len() as u64);
 
     let mut flipped = good.clone();
     let at = start + m.payloads[1].offset + 100;
@@ -235,7 +235,7 @@ fn refusals_name_their_reason_and_change_nothing() {
     assert!(e.to_string().contains("unknown key"), "{e}");
 
     let mut tampered = good.clone();
-    let body_at = keel_spec::signed::HEADER_LEN + 20;
+    let body_at = keel_formats::signed::HEADER_LEN + 20;
     tampered[body_at] ^= 1;
     let e = try_bytes("tampered", &tampered);
     assert!(e.to_string().starts_with("bad signature"), "{e}");

@@ -69,7 +69,7 @@ fn oci_bundle(bundle: &Path, rootfs: &Path) -> anyhow::Result<()> {
     }
     c["linux"]["seccomp"] = serde_json::json!({
         "defaultAction": "SCMP_ACT_ALLOW",
-        "syscalls": [{ "names": keel_spec::limits::DEFAULT_DENY, "action": "SCMP_ACT_ERRNO" }],
+        "syscalls": [{ "names": keel_formats::limits::DEFAULT_DENY, "action": "SCMP_ACT_ERRNO" }],
     });
     std::fs::write(&path, serde_json::to_string_pretty(&c)?)?;
     Ok(())
@@ -106,13 +106,13 @@ fn init_rss(work: &Path, n: usize) -> anyhow::Result<u64> {
         .map(|i| {
             Ok(StagedContainer {
                 name: format!("svc{i}"),
-                def: keel_spec::container::ContainerDef::parse(text)?,
+                def: keel_formats::container::ContainerDef::parse(text)?,
                 text: text.to_string(),
                 oci: None,
                 files: Vec::new(),
             })
         })
-        .collect::<Result<_, keel_spec::container::ContainerError>>()?;
+        .collect::<Result<_, keel_formats::container::ContainerError>>()?;
     let bins = root().join(format!("target/{MUSL}/release"));
     let dir = work.join("init-root");
     rootfs::stage(
@@ -334,7 +334,7 @@ fn floor_disk(dir: &Path) -> anyhow::Result<PathBuf> {
         &path,
         "keel floor",
         &[disk::PartSpec {
-            role: keel_spec::disk::Role::Esp,
+            role: keel_formats::disk::Role::Esp,
             size_mib: 64,
             content: disk::Content::Bytes(&esp_img),
         }],

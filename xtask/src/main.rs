@@ -14,6 +14,8 @@ mod bench;
 mod bench_build;
 mod bench_update;
 mod bench_vmm;
+#[cfg(test)]
+mod msrv;
 
 /// Debian packages a build and test machine needs.
 const APT_PACKAGES: &[&str] = &[

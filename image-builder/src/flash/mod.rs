@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use keel_spec::disk::{DATA_LABEL, ESP_LABEL};
+use keel_formats::disk::{DATA_LABEL, ESP_LABEL};
 
 use crate::disk::{self, DiskError, Layout};
 use crate::esp::{self, EspError};
@@ -25,7 +25,7 @@ const MIB: u64 = 1 << 20;
 /// Bytes copied per write; progress is reported per chunk.
 const CHUNK: usize = 4 << 20;
 /// Where the ESP keeps the user's host config (DESIGN.md, "Disk layout").
-pub const HOST_CONFIG_ON_ESP: &str = keel_spec::host::ON_ESP;
+pub const HOST_CONFIG_ON_ESP: &str = keel_formats::host::ON_ESP;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlashError {
@@ -144,7 +144,7 @@ pub fn grown(layout: &Layout, size: u64) -> Result<Layout, FlashError> {
 /// before anything is written. The image's services are not known here, so
 /// `services.<name>` is checked again on the host at boot.
 fn read_config(path: &Path) -> Result<Vec<u8>, FlashError> {
-    use keel_spec::hostconfig::{check, render, Context, Source};
+    use keel_formats::hostconfig::{check, render, Context, Source};
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
     check(
         Source {

@@ -1,5 +1,5 @@
 use super::*;
-use keel_spec::disk::{Role, Slot};
+use keel_formats::disk::{Role, Slot};
 use std::os::unix::fs::FileExt;
 
 use crate::disk::{Content, PartSpec};

@@ -46,7 +46,7 @@ impl<T> Loaded<T> {
 /// deepest part of it is.
 pub fn line_of(text: &str, key: &str) -> Option<usize> {
     let path: Vec<String> = key.split('.').map(str::to_string).collect();
-    keel_spec::hostconfig::load::locate(text, &path).map(|(_, line, _)| line)
+    keel_formats::hostconfig::load::locate(text, &path).map(|(_, line, _)| line)
 }
 
 /// Parse `path` as `T` and run `validate` on it; errors name the file, the

@@ -143,7 +143,7 @@ pub struct UpdateRecipe {
     #[serde(default)]
     pub allow_downgrade: bool,
     #[serde(default)]
-    pub policy: keel_spec::policy::Policy,
+    pub policy: keel_formats::policy::Policy,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use keel_formats::container::ContainerDef;
 use keel_init::launch;
-use keel_spec::container::ContainerDef;
 
 const DEF: &str = r#"
 command = ["/bin/true"]

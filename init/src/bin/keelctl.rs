@@ -18,7 +18,7 @@ use keel_api::wire;
 #[command(name = "keelctl", version, about = "Control a keel host")]
 struct Cli {
     /// keel-init's API socket.
-    #[arg(long, default_value = keel_spec::API_SOCKET)]
+    #[arg(long, default_value = keel_formats::API_SOCKET)]
     socket: String,
     #[command(subcommand)]
     command: Cmd,
@@ -316,7 +316,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Config(ConfigCmd::Apply { file, try_for }) => {
             let try_s = try_for
                 .map(|d| {
-                    keel_spec::hostconfig::units::parse_duration(&d)
+                    keel_formats::hostconfig::units::parse_duration(&d)
                         .map_err(|e| anyhow::anyhow!("--try {d:?}: {e}"))
                 })
                 .transpose()?;

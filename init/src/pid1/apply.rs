@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use keel_spec::container::{ContainerDef, Share};
-use keel_spec::hostconfig::types::UserContainer;
-use keel_spec::hostconfig::HostConfig;
+use keel_formats::container::{ContainerDef, Share};
+use keel_formats::hostconfig::types::UserContainer;
+use keel_formats::hostconfig::HostConfig;
 
 use crate::config::{self, ConfigSource, ConfigState};
 use crate::supervisor::Change;

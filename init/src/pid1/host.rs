@@ -12,9 +12,9 @@ use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use keel_spec::bootentry::ESP_MOUNT;
-use keel_spec::container::ContainerDef;
-use keel_spec::limits::WritableKind;
+use keel_formats::bootentry::ESP_MOUNT;
+use keel_formats::container::ContainerDef;
+use keel_formats::limits::WritableKind;
 
 use crate::launch::{self, ProcFacts};
 use crate::logs::LogSink;

@@ -19,9 +19,9 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use keel_spec::bootentry::ESP_MOUNT;
-use keel_spec::container::{self, ContainerDef};
-use keel_spec::{API_DIR, API_SOCKET, CONTAINERS_DIR};
+use keel_formats::bootentry::ESP_MOUNT;
+use keel_formats::container::{self, ContainerDef};
+use keel_formats::{API_DIR, API_SOCKET, CONTAINERS_DIR};
 
 use crate::bootgate::Verdict;
 use crate::supervisor::{Exit, Health, State, Supervisor};
@@ -111,12 +111,12 @@ fn mount_runtime() {
     warn(API_DIR, api_group(Path::new(API_DIR)));
 }
 
-/// Owned by root and the admin group ([`keel_spec::ADMIN_GID`]).
+/// Owned by root and the admin group ([`keel_formats::ADMIN_GID`]).
 fn api_group(path: &Path) -> Result<(), String> {
     nix::unistd::chown(
         path,
         Some(nix::unistd::Uid::from_raw(0)),
-        Some(nix::unistd::Gid::from_raw(keel_spec::ADMIN_GID)),
+        Some(nix::unistd::Gid::from_raw(keel_formats::ADMIN_GID)),
     )
     .map_err(|e| format!("chown {}: {e}", path.display()))
 }
@@ -153,7 +153,7 @@ fn definitions() -> (
     let mut defs = load_definitions(Path::new(CONTAINERS_DIR));
     // keel build refuses a bad graph, so this is for images made otherwise:
     // the services caught in it never start, and the health gate says so.
-    match keel_spec::lifecycle::start_order(&defs) {
+    match keel_formats::lifecycle::start_order(&defs) {
         Ok(order) => defs.sort_by_key(|(n, _)| order.iter().position(|o| o == n)),
         Err(e) => log(format!("error: {e}")),
     }
@@ -680,8 +680,8 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
         init_start_ms: booted.map(|b| b.started_ms),
         root_hash: booted.and_then(|_| {
             let c = std::fs::read_to_string("/proc/cmdline").ok()?;
-            let p = keel_spec::cmdline::BootParams::parse(&c).ok()?;
-            Some(keel_spec::cmdline::to_hex(&p.verity.root_hash))
+            let p = keel_formats::cmdline::BootParams::parse(&c).ok()?;
+            Some(keel_formats::cmdline::to_hex(&p.verity.root_hash))
         }),
         want_shutdown: None,
         sessions: BTreeMap::new(),
