@@ -15,5 +15,5 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     }
     let _ = serde_json::from_str::<UpdateRequest>(line.trim());
     // The superblock reader that keel-init runs on /var at every boot.
-    let _ = keel_init::ext4::geometry(data);
+    let _ = keel_init::stage1::ext4::geometry(data);
 });

@@ -7,31 +7,38 @@
 
 use std::time::{Duration, Instant};
 
-pub mod blockdev;
-pub mod bootgate;
-pub mod caps;
-pub mod cgroup;
-pub mod config;
-pub mod confine;
-pub mod dm;
-pub mod exec;
-pub mod ext4;
-pub mod idranges;
-pub mod kmod;
-pub mod launch;
-pub mod logs;
-pub mod masks;
-pub mod netlink;
-pub mod network;
-pub mod pid1;
-pub mod portproxy;
-pub mod probe;
+// The tree follows a host's life: stage 1 finds and opens the root, PID 1
+// reads the host config and runs every service through the supervisor,
+// which starts each one by container launch; user containers, networking
+// and VMs are what a host config adds.
+
+/// Stage 1, in the initramfs: partitions, dm-verity, modules, `/var`.
 pub mod stage1;
+
+/// PID 1: its loop, the API server, the boot health gate, exec, logs,
+/// readiness probes.
+pub mod pid1;
+
+/// The host config: which config to run on, and converging the host on it.
+pub mod config;
+
+/// The service table: what runs, restarts and stops, without host effects.
 pub mod supervisor;
-pub mod sys;
-pub mod userns;
+
+/// Starting one container: namespaces, mounts, cgroup, credentials.
+pub mod launch;
+
+/// The person's containers: images unpacked into their id ranges.
+pub mod containers;
+
+/// Interfaces over rtnetlink, published ports.
+pub mod net;
+
+/// microVMs as services of keel-vmm.
 pub mod vms;
-pub mod workloads;
+
+/// Thin system-call wrappers shared by all of the above.
+pub mod sys;
 
 /// Print one line on the console, prefixed so it stands out from kernel
 /// messages and service output.

@@ -200,8 +200,8 @@ impl VmHost for RealVmHost {
                 std::io::Error::last_os_error()
             ));
         }
-        let mut nl = crate::netlink::Netlink::open()?;
-        crate::network::Net::link_up(&mut nl, index, None)
+        let mut nl = crate::net::netlink::Netlink::open()?;
+        crate::net::interfaces::Net::link_up(&mut nl, index, None)
     }
 
     fn own_file(&mut self, path: &Path, uid: u32, gid: u32) -> Result<(), String> {

@@ -20,9 +20,10 @@ use keel_formats::hostconfig::types::UserContainer;
 use keel_formats::hostconfig::HostConfig;
 
 use crate::config::{self, ConfigSource, ConfigState};
+use crate::containers::idranges;
+use crate::containers::{self, Port, Unpacked};
+use crate::log;
 use crate::supervisor::Change;
-use crate::workloads::{self, Port, Unpacked};
-use crate::{idranges, log};
 use keel_api::init::{Response, MAX_TRIAL_S};
 
 use super::Init;
@@ -129,7 +130,7 @@ impl Init {
                 Share::Host => None,
             };
             let spawned = Command::new(SELF)
-                .args(["prepare-container", workloads::ROOTS_DIR, &uc.image])
+                .args(["prepare-container", containers::ROOTS_DIR, &uc.image])
                 .args(range.map(|b| b.to_string()))
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -207,7 +208,7 @@ impl Init {
                 .unwrap_or_else(|_| {
                     Err("the preparing helper ended without a result (see the console)".into())
                 });
-            let mut w = match unpacked.and_then(|u| workloads::finish(&name, &p.uc, &u, p.range)) {
+            let mut w = match unpacked.and_then(|u| containers::finish(&name, &p.uc, &u, p.range)) {
                 Ok(w) => w,
                 Err(e) => {
                     self.warn(format!("containers.{name}: {e}"));
@@ -230,7 +231,7 @@ impl Init {
             && self.said != crate::supervisor::Health::Starting
         {
             self.cfg.prune_pending = false;
-            if !Path::new(workloads::ROOTS_DIR).exists() {
+            if !Path::new(containers::ROOTS_DIR).exists() {
                 return;
             }
             let keep: Vec<String> = self

@@ -17,7 +17,7 @@ use keel_formats::container::ContainerDef;
 use keel_formats::limits::WritableKind;
 
 use crate::launch::{self, ProcFacts};
-use crate::logs::LogSink;
+use crate::pid1::logs::LogSink;
 use crate::supervisor::{Launcher, Probe};
 use crate::{log, sys};
 
@@ -34,7 +34,7 @@ pub(super) struct HostLauncher {
     notify: BTreeMap<String, (File, Vec<u8>)>,
     /// Each service's confinement, seccomp filter compiled, from its first
     /// start on.
-    confinements: BTreeMap<String, crate::confine::Confinement>,
+    confinements: BTreeMap<String, crate::launch::confine::Confinement>,
     /// The ESP at /efi: mounted at boot to read the host config; if that
     /// failed, tried once more when the health gate or a service binding
     /// /efi needs it.
@@ -60,7 +60,7 @@ fn sink_in<'a>(logs: &'a mut BTreeMap<String, LogSink>, name: &str) -> &'a mut L
 
 impl HostLauncher {
     pub(super) fn new(
-        confinements: BTreeMap<String, crate::confine::Confinement>,
+        confinements: BTreeMap<String, crate::launch::confine::Confinement>,
         esp: Esp,
     ) -> HostLauncher {
         HostLauncher {
@@ -75,7 +75,7 @@ impl HostLauncher {
     /// Mount the ESP if it is due and not mounted yet.
     pub(super) fn ensure_esp(&mut self) {
         if self.esp == Esp::Unmounted {
-            self.esp = match crate::bootgate::mount_esp() {
+            self.esp = match crate::pid1::bootgate::mount_esp() {
                 Ok(()) => Esp::Mounted,
                 Err(e) => {
                     log(format!("warning: ESP at {ESP_MOUNT}: {e}"));
@@ -91,9 +91,9 @@ impl HostLauncher {
         &mut self,
         name: &str,
         def: &ContainerDef,
-    ) -> Result<&crate::confine::Confinement, String> {
+    ) -> Result<&crate::launch::confine::Confinement, String> {
         if !self.confinements.contains_key(name) {
-            let c = crate::confine::Confinement::from_def(def)?;
+            let c = crate::launch::confine::Confinement::from_def(def)?;
             self.confinements.insert(name.to_string(), c);
         }
         self.confinements
@@ -150,7 +150,7 @@ impl HostLauncher {
         }
         let cg = Path::new(SERVICES_CGROUP).join(name);
         sys::mkdir_p(&cg, 0o755).map_err(|e| e.to_string())?;
-        crate::cgroup::apply(&cg, &def.resources)?;
+        crate::launch::cgroup::apply(&cg, &def.resources)?;
         let cgroup =
             launch::open_cgroup(&cg).map_err(|e| format!("cgroup {}: {e}", cg.display()))?;
         for w in def
@@ -276,7 +276,7 @@ impl Launcher for HostLauncher {
                 }
             }
             Some(r) => match self.confinement(name, def) {
-                Ok(c) => crate::probe::run(pid, def, r, c),
+                Ok(c) => crate::pid1::probe::run(pid, def, r, c),
                 Err(e) => Probe::NotYet(e),
             },
             None => Probe::Ready,

@@ -23,7 +23,7 @@ use keel_formats::bootentry::ESP_MOUNT;
 use keel_formats::container::{self, ContainerDef};
 use keel_formats::{API_DIR, API_SOCKET, CONTAINERS_DIR};
 
-use crate::bootgate::Verdict;
+use crate::pid1::bootgate::Verdict;
 use crate::supervisor::{Exit, Health, State, Supervisor};
 use crate::{log, sys};
 use keel_api::init::{Request, Response, Status};
@@ -37,8 +37,12 @@ const LOG_DIR: &str = "/var/log/keel";
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 mod apply;
+pub mod bootgate;
 mod conns;
+pub mod exec;
 mod host;
+pub mod logs;
+pub mod probe;
 
 use apply::Configured;
 use host::{Esp, HostLauncher};
@@ -148,7 +152,7 @@ fn setup_cgroups() -> Result<(), String> {
 /// (seccomp filter, compiled by `keel build`) of each that has a valid one.
 fn definitions() -> (
     Vec<(String, ContainerDef)>,
-    BTreeMap<String, crate::confine::Confinement>,
+    BTreeMap<String, crate::launch::confine::Confinement>,
 ) {
     let mut defs = load_definitions(Path::new(CONTAINERS_DIR));
     // keel build refuses a bad graph, so this is for images made otherwise:
@@ -163,7 +167,7 @@ fn definitions() -> (
         .iter()
         .filter_map(|(n, d)| {
             let precompiled = std::fs::read(format!("{CONTAINERS_DIR}/{n}.seccomp")).ok();
-            let c = crate::confine::Confinement::from_def_with(d, precompiled.as_deref());
+            let c = crate::launch::confine::Confinement::from_def_with(d, precompiled.as_deref());
             Some((n.clone(), c.ok()?))
         })
         .collect();
@@ -382,7 +386,7 @@ impl Init {
     fn gate(&mut self, healthy: bool) {
         let Some(hash) = &self.root_hash else { return };
         self.sup.launcher.ensure_esp();
-        match crate::bootgate::decide(healthy, hash) {
+        match crate::pid1::bootgate::decide(healthy, hash) {
             Ok(Verdict::Blessed { from, to }) => {
                 log(format!("boot entry {from} is healthy: blessed as {to}"))
             }
@@ -493,7 +497,7 @@ impl Init {
             .pid()
             .ok_or_else(|| format!("{name} is not running ({})", svc.state_label()))?;
         let confine = sup.launcher.confinement(name, &svc.def)?;
-        crate::exec::start(name, pid, &svc.def, confine, argv, fds)
+        crate::pid1::exec::start(name, pid, &svc.def, confine, argv, fds)
     }
 
     fn logs(&mut self, name: &str, since: u64) -> Response {
@@ -591,7 +595,7 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
     let loopback = std::thread::spawn(move || {
         sys::loopback_up()?;
         if booted_from_slot {
-            crate::bootgate::link_partitions()?;
+            crate::pid1::bootgate::link_partitions()?;
         }
         Ok::<(), String>(())
     });

@@ -3,6 +3,8 @@
 //! per image ID, then run by keel-init as a service of that name, with a
 //! read-only root like every system service.
 
+pub mod idranges;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -234,7 +236,7 @@ pub struct Unpacked {
 /// `roots` unless its root is there from before (roots are named by
 /// [`keel_oci::Image::root_key`]). With `range`, the root
 /// is unpacked by the root of a user namespace mapped onto the range that
-/// starts there (see [`crate::userns`]), so its files belong to the range
+/// starts there (see [`crate::launch::userns`]), so its files belong to the range
 /// and a hostile layer has no power over the host's files; a root is
 /// kept per image and range. Heavy: keel-init runs it in a helper process
 /// (`keel-init prepare-container ROOTS IMAGE [BASE]`), never in PID 1,
@@ -276,7 +278,7 @@ pub fn unpack_image_in(roots: &Path, image: &str, range: Option<u32>) -> Result<
                     std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))
                         .and_then(|()| std::os::unix::fs::lchown(&partial, Some(base), Some(base)))
                         .map_err(shown)?;
-                    crate::userns::run_as_range_root(base, &layers.fds(), || {
+                    crate::launch::userns::run_as_range_root(base, &layers.fds(), || {
                         layers.unpack(&partial, owners).map_err(|e| e.to_string())?;
                         mount_points(&partial)
                     })

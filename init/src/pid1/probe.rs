@@ -17,7 +17,7 @@ use nix::unistd::{ForkResult, Pid};
 use keel_formats::container::{ContainerDef, Share};
 use keel_formats::lifecycle::Readiness;
 
-use crate::confine::Confinement;
+use crate::launch::confine::Confinement;
 use crate::supervisor::Probe;
 
 /// A probe gets this long per attempt.
@@ -114,7 +114,7 @@ fn exec(pid: Pid, def: &ContainerDef, cmd: &[String], confine: &Confinement) -> 
                 .iter()
                 .all(|(f, flag)| nix::sched::setns(f.as_fd(), *flag).is_ok())
                 && nix::unistd::chdir("/").is_ok()
-                && crate::confine::apply(confine).is_ok();
+                && crate::launch::confine::apply(confine).is_ok();
             if ok {
                 if let Ok(null) = File::open("/dev/null") {
                     use std::os::fd::AsRawFd;

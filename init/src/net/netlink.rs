@@ -226,9 +226,9 @@ impl Netlink {
 
 /// The host's own network: interfaces from sysfs, changes through this
 /// socket.
-impl crate::network::Net for Netlink {
-    fn interfaces(&self) -> Vec<crate::network::Iface> {
-        crate::network::sysfs_interfaces()
+impl crate::net::interfaces::Net for Netlink {
+    fn interfaces(&self) -> Vec<crate::net::interfaces::Iface> {
+        crate::net::interfaces::sysfs_interfaces()
     }
 
     fn link_up(&mut self, index: u32, mtu: Option<u32>) -> Result<(), String> {

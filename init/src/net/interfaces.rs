@@ -1,7 +1,7 @@
 //! `[network]` of the host config, applied at boot: each configured
 //! interface (found by name or MAC) is brought up with its MTU, static
 //! addresses, default gateway and routes, through rtnetlink
-//! ([`crate::netlink::Netlink`] is the real [`Net`]). A config applied on
+//! ([`crate::net::netlink::Netlink`] is the real [`Net`]). A config applied on
 //! a running host also withdraws what the previous one set and the new
 //! one no longer lists.
 

@@ -10,7 +10,7 @@ use nix::mount::MsFlags;
 use keel_formats::bootentry::{EntryName, ENTRIES_DIR, ESP_MOUNT};
 use keel_formats::disk::ESP_LABEL;
 
-use crate::blockdev::{find_by_label, parse_uevent};
+use crate::stage1::blockdev::{find_by_label, parse_uevent};
 use crate::sys;
 
 pub use keel_formats::disk::BY_PARTLABEL;

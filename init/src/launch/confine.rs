@@ -4,7 +4,7 @@
 use keel_formats::container::ContainerDef;
 use keel_formats::limits::rlimit_number;
 
-use crate::caps;
+use super::caps;
 
 /// What a service's process may do, worked out before clone3.
 #[derive(Debug, Clone)]

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
-use crate::workloads::Port;
+use crate::containers::Port;
 
 /// The running process of each container that publishes ports, kept up to
 /// date by PID 1's loop; a connection goes to the one running when it

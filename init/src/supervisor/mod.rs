@@ -827,5 +827,4 @@ impl<L: Launcher> Supervisor<L> {
 }
 
 #[cfg(test)]
-#[path = "supervisor_tests.rs"]
 mod tests;

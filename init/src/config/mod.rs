@@ -465,7 +465,7 @@ pub struct AtBoot {
 /// `esp`: the host booted from a keel disk, which has an ESP to read.
 pub fn at_boot(esp: bool, defs: &mut Vec<(String, ContainerDef)>) -> AtBoot {
     let read = |p: &str| std::fs::read_to_string(p).ok();
-    let esp_mount = esp.then(crate::bootgate::mount_esp);
+    let esp_mount = esp.then(crate::pid1::bootgate::mount_esp);
     let esp_text = match &esp_mount {
         Some(Ok(())) => std::fs::read_to_string(esp_file()).ok(),
         _ => None,
@@ -533,8 +533,8 @@ pub fn at_boot(esp: bool, defs: &mut Vec<(String, ContainerDef)>) -> AtBoot {
 /// (config apply on a running host). Returns what did not take, each said
 /// on the console.
 pub fn withdraw_network(old: &HostConfig, new: &HostConfig) -> Vec<String> {
-    let warnings = match crate::netlink::Netlink::open() {
-        Ok(mut netlink) => crate::network::withdraw(old, new, &mut netlink),
+    let warnings = match crate::net::netlink::Netlink::open() {
+        Ok(mut netlink) => crate::net::interfaces::withdraw(old, new, &mut netlink),
         Err(e) => vec![e],
     };
     for w in &warnings {
@@ -550,9 +550,9 @@ pub fn apply_network(config: &HostConfig, services: &[String]) -> (Vec<String>, 
     if config.network.interfaces.is_empty() {
         return (Vec::new(), Vec::new());
     }
-    let applied = crate::netlink::Netlink::open()
-        .map(|mut netlink| crate::network::apply(config, &mut netlink))
-        .unwrap_or_else(|e| crate::network::Applied {
+    let applied = crate::net::netlink::Netlink::open()
+        .map(|mut netlink| crate::net::interfaces::apply(config, &mut netlink))
+        .unwrap_or_else(|e| crate::net::interfaces::Applied {
             warnings: vec![e],
             dhcp: Vec::new(),
         });

@@ -2,6 +2,11 @@
 //! over the root with the root hash from the (signed) command line, mount
 //! the root read-only and `/var`, then switch root and exec PID 1 proper.
 
+pub mod blockdev;
+pub mod dm;
+pub mod ext4;
+pub mod kmod;
+
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -11,9 +16,9 @@ use nix::mount::MsFlags;
 use keel_formats::cmdline::{to_hex, BootParams, TOP_BLOCK_OFFSET};
 use keel_formats::disk::{Slot, DATA_LABEL, VERITY_BLOCK_SIZE};
 
-use crate::blockdev::{find_by_label, BlockDev};
+use crate::log;
 use crate::sys::{self, mkdir_p};
-use crate::{dm, log};
+use blockdev::{find_by_label, BlockDev};
 
 const NEWROOT: &str = "/sysroot";
 /// Virtio probing is asynchronous; partitions can appear after init starts.
@@ -103,8 +108,8 @@ fn mount_data() -> Result<(), Stage1Error> {
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok());
     if let Some(sectors) = sectors {
-        let grown = crate::ext4::sectors_to_bytes(sectors)
-            .and_then(|size| crate::ext4::grow(node, size, Path::new(DATA_STAGING)));
+        let grown = ext4::sectors_to_bytes(sectors)
+            .and_then(|size| ext4::grow(node, size, Path::new(DATA_STAGING)));
         match grown {
             Ok(Some((from, to))) => log(format!(
                 "stage 1: /var grown to its partition, {} -> {} MiB",
@@ -142,7 +147,7 @@ fn mount_var(newroot: &Path, data: Result<(), Stage1Error>) -> Result<(), Stage1
 /// the partition it would have shown is what stage 1 says is missing.
 fn load_modules() {
     let start = crate::boot_ms();
-    match crate::kmod::load_listed(Path::new("/")) {
+    match kmod::load_listed(Path::new("/")) {
         Ok(l) => {
             for (name, why) in &l.failed {
                 log(format!("warning: kernel module {name} did not load: {why}"));

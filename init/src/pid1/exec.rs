@@ -13,7 +13,7 @@ use nix::unistd::{ForkResult, Pid};
 
 use keel_formats::container::{ContainerDef, Share};
 
-use crate::confine::Confinement;
+use crate::launch::confine::Confinement;
 
 /// Whether process `pid` is in another `kind` namespace than keel-init.
 fn different_ns(pid: Pid, kind: &str) -> Result<bool, String> {
@@ -100,7 +100,7 @@ pub fn start(
                 .iter()
                 .all(|(f, flag)| nix::sched::setns(f.as_fd(), *flag).is_ok());
             let rooted = match (entered, own_userns) {
-                (true, true) => crate::userns::become_root(),
+                (true, true) => crate::launch::userns::become_root(),
                 (true, false) => Ok(()),
                 (false, _) => Err("cannot enter its namespaces".to_string()),
             };
@@ -130,7 +130,7 @@ pub fn start(
                         let _ = nix::unistd::dup2(fd.as_raw_fd(), i as RawFd);
                     }
                     let _ = nix::unistd::chdir(def.cwd.as_str());
-                    if let Err(e) = crate::confine::apply(confine) {
+                    if let Err(e) = crate::launch::confine::apply(confine) {
                         eprintln!("keel-init: exec in {name}: {e}");
                         // SAFETY: as above.
                         unsafe { libc::_exit(126) }

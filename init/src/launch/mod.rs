@@ -5,6 +5,12 @@
 //! keel-init is single-threaded, so the child of clone3 may allocate and
 //! use the standard library freely until it execs.
 
+pub mod caps;
+pub mod cgroup;
+pub mod confine;
+pub mod masks;
+pub mod userns;
+
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -19,8 +25,8 @@ use keel_formats::CONTAINERS_DIR;
 
 use keel_formats::limits::{UserNamespace, WritableKind};
 
-use crate::confine::{self, Confinement};
 use crate::sys;
+use confine::Confinement;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -58,7 +64,7 @@ pub struct Plan {
     /// user namespace shares the host's network namespace, which it does
     /// not own.
     pub mount_sys: bool,
-    /// Kernel files hidden and made read-only ([`crate::masks`]).
+    /// Kernel files hidden and made read-only ([`masks`]).
     pub masked: Vec<&'static str>,
     pub readonly: Vec<&'static str>,
 }
@@ -318,7 +324,7 @@ pub fn begin(plan: &Plan, cgroup: &File, io: Io<'_>) -> Result<Spawned, LaunchEr
     }
     drop(go_rd);
     if let Some((uid_map, gid_map)) = &plan.user_maps {
-        if let Err(e) = crate::userns::write_maps(pid as i32, uid_map, gid_map) {
+        if let Err(e) = userns::write_maps(pid as i32, uid_map, gid_map) {
             let _ = nix::sys::signal::kill(
                 Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
@@ -356,7 +362,7 @@ fn step<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, Strin
 
 fn setup(p: &Plan, stdout: Option<RawFd>, notify: Option<RawFd>) -> Result<Never, String> {
     if p.user_maps.is_some() {
-        crate::userns::become_root()?;
+        userns::become_root()?;
     }
     // keel-init blocks signals to read them from a signalfd; its children
     // must start with a clean slate.
@@ -407,7 +413,7 @@ fn setup(p: &Plan, stdout: Option<RawFd>, notify: Option<RawFd>) -> Result<Never
             ),
         )?;
     }
-    crate::masks::apply(root, &p.masked, &p.readonly)?;
+    masks::apply(root, &p.masked, &p.readonly)?;
     let dev = root.join("dev");
     step(
         "mount /dev",
