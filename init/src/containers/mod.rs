@@ -158,7 +158,7 @@ pub fn definition(
             size: None,
         })
         .collect();
-    crate::config::apply_limits(&uc.limits, &mut def.resources);
+    crate::config::derive::apply_limits(&uc.limits, &mut def.resources);
     def.root_dir = Some(root.to_string_lossy().into_owned());
     container::validate(name, &def).map_err(|e| e.to_string())?;
     Ok(def)

@@ -19,7 +19,8 @@ use keel_formats::container::{ContainerDef, Share};
 use keel_formats::hostconfig::types::UserContainer;
 use keel_formats::hostconfig::HostConfig;
 
-use crate::config::{self, ConfigSource, ConfigState};
+use crate::config::converge::{plan_containers, plan_services};
+use crate::config::{self, ConfigSource, ConfigState, RealHost};
 use crate::containers::idranges;
 use crate::containers::{self, Port, Unpacked};
 use crate::log;
@@ -60,8 +61,12 @@ pub(super) struct Configured {
     pub state: ConfigState,
     /// Every service of the image, for checking host configs.
     pub services: Vec<String>,
+    /// The image's zone table.
+    pub zones: Option<BTreeMap<String, String>>,
     /// Interfaces with a DHCP client.
     pub dhcp: Vec<String>,
+    /// The `TZ` rule of the config in force.
+    pub tz: String,
     pub preparing: BTreeMap<String, Preparing>,
     /// The ports each container publishes.
     pub ports: BTreeMap<String, Vec<Port>>,
@@ -97,14 +102,17 @@ pub(super) fn trial_end(now: Instant, s: u64) -> Result<Instant, String> {
 impl Configured {
     pub(super) fn new(
         image_defs: Vec<(String, ContainerDef)>,
+        zones: Option<BTreeMap<String, String>>,
         at_boot: config::AtBoot,
     ) -> Configured {
         Configured {
+            services: image_defs.iter().map(|(n, _)| n.clone()).collect(),
             image_defs,
+            zones,
             config: at_boot.config,
             state: at_boot.state,
-            services: at_boot.services,
-            dhcp: at_boot.dhcp,
+            dhcp: at_boot.converged.dhcp,
+            tz: at_boot.converged.tz,
             preparing: BTreeMap::new(),
             ports: BTreeMap::new(),
             forwarders: BTreeMap::new(),
@@ -215,7 +223,7 @@ impl Init {
                     continue;
                 }
             };
-            config::set_tz(&mut w.def, &config::tz_rule(&self.cfg.config));
+            config::derive::set_tz(&mut w.def, &self.cfg.tz);
             match self.sup.upsert(&name, w.def, now) {
                 Change::Added => log(format!("{name}: container added")),
                 Change::Replaced => log(format!("{name}: container changed, restarting")),
@@ -309,107 +317,68 @@ impl Init {
         }
     }
 
-    /// Run on config `new`: host settings again, the network if it
-    /// changed, every service and container whose definition changed
-    /// restarted, the ones gone stopped. Returns what changed and what
-    /// did not take.
+    /// Run on config `new`: converged on from the config in force, then
+    /// every service and container whose definition changed restarted and
+    /// the ones gone stopped. Returns what changed and what did not take.
     fn run_on(&mut self, new: HostConfig, source: ConfigSource) -> (Vec<String>, Vec<String>) {
         let now = Instant::now();
         let old = std::mem::replace(&mut self.cfg.config, new);
-        let new = &self.cfg.config;
-        let mut changes = Vec::new();
-        let mut warnings = config::apply_host(new, &mut config::RealHost);
-        if new.hostname != old.hostname {
-            changes.push("hostname".to_string());
+        let image = config::Image {
+            defs: &self.cfg.image_defs,
+            zones: self.cfg.zones.as_ref(),
+        };
+        let before = config::Before {
+            config: &old,
+            dhcp: &self.cfg.dhcp,
+        };
+        let out = config::converge(Some(before), &self.cfg.config, image, &mut RealHost);
+        for w in &out.warnings {
+            log(format!("warning: host config: {w}"));
         }
-        if new.sysctl != old.sysctl {
-            changes.push("sysctl".into());
-        }
-        if new.vms != old.vms {
-            warnings.extend(crate::vms::prepare(new, &mut crate::vms::RealVmHost));
-        }
-        if new.network != old.network || new.vms != old.vms {
-            if new.network != old.network {
-                warnings.extend(config::withdraw_network(&old, new));
-            }
-            let (dhcp, w) = config::apply_network(new, &self.cfg.services);
-            self.cfg.dhcp = dhcp;
-            warnings.extend(w);
-            if let Err(e) = config::write_dns(new) {
-                warnings.push(format!("resolv.conf: {e}"));
-            }
-            if new.network != old.network {
-                changes.push("network".into());
-            }
-        }
-        if new.update != old.update {
-            if let Err(e) = config::write_update_policy(new) {
-                warnings.push(format!("update policy: {e}"));
-            }
-            changes.push("update policy".into());
-        }
-        warnings.extend(config::admin_warnings(new, &self.cfg.services));
-        if new.admin != old.admin {
-            if let Err(e) = config::write_ssh_keys(new) {
-                warnings.push(format!("SSH keys: {e}"));
-            }
-        }
-        let mut defs = self.cfg.image_defs.clone();
-        let disabled = config::apply_services(new, &mut defs, &self.cfg.dhcp);
-        warnings.extend(crate::vms::apply(new, &mut defs));
-        let tz = config::tz_rule(new);
-        for (_, d) in defs.iter_mut() {
-            config::set_tz(d, &tz);
-        }
-        // System services: the image's, as this config has them.
+        let mut changes = out.changes;
         let users: Vec<String> = old.containers.keys().cloned().collect();
-        let wanted: Vec<&str> = defs.iter().map(|(n, _)| n.as_str()).collect();
-        let gone: Vec<String> = self
+        let table = self
             .sup
             .services
             .iter()
-            .map(|s| s.name.clone())
-            .filter(|n| !wanted.contains(&n.as_str()) && !users.contains(n))
-            .collect();
-        for name in gone {
+            .filter(|s| !s.retiring)
+            .map(|s| (s.name.as_str(), &s.def));
+        let plan = plan_services(table, out.defs, &users);
+        for name in plan.stop {
             if self.sup.retire(&name, now).is_ok() {
                 changes.push(format!("stopped {name}"));
             }
         }
-        for (name, def) in defs {
+        for (name, def) in plan.start {
             match self.sup.upsert(&name, def, now) {
-                Change::Added => changes.push(format!("started {name}")),
                 Change::Replaced => changes.push(format!("restarted {name}")),
-                Change::Unchanged => {}
+                Change::Added | Change::Unchanged => changes.push(format!("started {name}")),
             }
         }
         // The person's containers: new or changed ones are prepared anew.
-        let mut prepare_these = Vec::new();
-        for (name, uc) in &new.containers {
-            if old.containers.get(name) != Some(uc) {
-                prepare_these.push((name.clone(), uc.clone()));
-                changes.push(format!("preparing container {name}"));
+        let containers = plan_containers(&old.containers, &self.cfg.config.containers);
+        for name in containers.remove {
+            self.cfg.ports.remove(&name);
+            self.cfg.preparing.remove(&name);
+            if self.sup.retire(&name, now).is_ok() {
+                changes.push(format!("stopped container {name}"));
             }
         }
-        for name in old.containers.keys() {
-            if !new.containers.contains_key(name) {
-                self.cfg.ports.remove(name);
-                self.cfg.preparing.remove(name);
-                if self.sup.retire(name, now).is_ok() {
-                    changes.push(format!("stopped container {name}"));
-                }
-            }
+        for (name, _) in &containers.prepare {
+            changes.push(format!("preparing container {name}"));
         }
-        self.prepare(prepare_these);
+        self.prepare(containers.prepare);
+        self.cfg.dhcp = out.dhcp;
+        self.cfg.tz = out.tz;
         self.cfg.state = ConfigState {
             source,
             errors: Vec::new(),
-            disabled,
-            warnings: warnings.clone(),
+            disabled: out.disabled,
+            warnings: out.warnings.clone(),
             trial_until_ms: None,
         };
         self.sync_forwarders();
-        (changes, warnings)
+        (changes, out.warnings)
     }
 
     /// `keelctl config apply`: check the file as at boot, then run on it.

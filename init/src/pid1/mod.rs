@@ -4,14 +4,12 @@
 //! PID 1 must never exit: every error here is reported and survived.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use nix::mount::MsFlags;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::reboot::RebootMode;
 use nix::sys::signal::{SigSet, Signal};
@@ -20,13 +18,12 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use keel_formats::bootentry::ESP_MOUNT;
-use keel_formats::container::{self, ContainerDef};
-use keel_formats::{API_DIR, API_SOCKET, CONTAINERS_DIR};
+use keel_formats::API_SOCKET;
 
 use crate::pid1::bootgate::Verdict;
 use crate::supervisor::{Exit, Health, State, Supervisor};
 use crate::{log, sys};
-use keel_api::init::{Request, Response, Status};
+use keel_api::init::Response;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The controllers `[resources]` can set limits with.
@@ -43,228 +40,17 @@ pub mod exec;
 mod host;
 pub mod logs;
 pub mod probe;
+mod serve;
+mod setup;
 
 use apply::Configured;
 use host::{Esp, HostLauncher};
+use setup::{api_group, definitions, mount_runtime, os_version, setup_cgroups};
 
 fn warn(what: &str, r: Result<(), impl std::fmt::Display>) {
     if let Err(e) = r {
         log(format!("warning: {what}: {e}"));
     }
-}
-
-fn mount_runtime() {
-    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    warn(
-        "/run",
-        sys::mount(
-            Some("tmpfs"),
-            Path::new("/run"),
-            Some("tmpfs"),
-            nosuid,
-            Some("mode=0755,size=20%"),
-        ),
-    );
-    warn(
-        "/tmp",
-        sys::mount(
-            Some("tmpfs"),
-            Path::new("/tmp"),
-            Some("tmpfs"),
-            nosuid,
-            Some("mode=1777"),
-        ),
-    );
-    warn(
-        "/sys/fs/cgroup",
-        sys::mount(
-            Some("cgroup2"),
-            Path::new(CGROUP_ROOT),
-            Some("cgroup2"),
-            nosuid | MsFlags::MS_NOEXEC,
-            Some("nsdelegate"),
-        ),
-    );
-    for d in ["/dev/pts", "/dev/shm"] {
-        warn(d, sys::mkdir_p(Path::new(d), 0o755));
-    }
-    warn(
-        "/dev/pts",
-        sys::mount(
-            Some("devpts"),
-            Path::new("/dev/pts"),
-            Some("devpts"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            Some("mode=0620,ptmxmode=0666"),
-        ),
-    );
-    warn(
-        "/dev/shm",
-        sys::mount(
-            Some("tmpfs"),
-            Path::new("/dev/shm"),
-            Some("tmpfs"),
-            nosuid,
-            Some("mode=1777"),
-        ),
-    );
-    for (d, mode) in [(API_DIR, 0o750), (LOG_DIR, 0o755), ("/var/lib/keel", 0o755)] {
-        warn(d, sys::mkdir_p(Path::new(d), mode));
-    }
-    // Root and the admin group reach the API.
-    warn(API_DIR, api_group(Path::new(API_DIR)));
-}
-
-/// Owned by root and the admin group ([`keel_formats::ADMIN_GID`]).
-fn api_group(path: &Path) -> Result<(), String> {
-    nix::unistd::chown(
-        path,
-        Some(nix::unistd::Uid::from_raw(0)),
-        Some(nix::unistd::Gid::from_raw(keel_formats::ADMIN_GID)),
-    )
-    .map_err(|e| format!("chown {}: {e}", path.display()))
-}
-
-/// Give every controller to the services' subtree, so each service's
-/// cgroup can be limited.
-fn setup_cgroups() -> Result<(), String> {
-    let read = |p: &str| std::fs::read_to_string(p).map_err(|e| format!("{p}: {e}"));
-    let controllers = read(&format!("{CGROUP_ROOT}/cgroup.controllers"))?;
-    // Only the controllers service limits use: enabling one costs boot time.
-    let enable: String = controllers
-        .split_whitespace()
-        .filter(|c| USED_CONTROLLERS.contains(c))
-        .map(|c| format!("+{c} "))
-        .collect();
-    let write = |p: String| std::fs::write(&p, enable.trim()).map_err(|e| format!("{p}: {e}"));
-    // keel-init leaves the top cgroup for a leaf of its own: a cgroup that
-    // hands controllers to its children may hold no processes itself
-    // (the top of a cgroup namespace is not exempt, only the real root).
-    let own = format!("{CGROUP_ROOT}/keel-init");
-    sys::mkdir_p(Path::new(&own), 0o755).map_err(|e| e.to_string())?;
-    std::fs::write(format!("{own}/cgroup.procs"), "0").map_err(|e| format!("{own}: {e}"))?;
-    write(format!("{CGROUP_ROOT}/cgroup.subtree_control"))?;
-    sys::mkdir_p(Path::new(SERVICES_CGROUP), 0o755).map_err(|e| e.to_string())?;
-    write(format!("{SERVICES_CGROUP}/cgroup.subtree_control"))
-}
-
-/// The image's system containers in start order, with the confinement
-/// (seccomp filter, compiled by `keel build`) of each that has a valid one.
-fn definitions() -> (
-    Vec<(String, ContainerDef)>,
-    BTreeMap<String, crate::launch::confine::Confinement>,
-) {
-    let mut defs = load_definitions(Path::new(CONTAINERS_DIR));
-    // keel build refuses a bad graph, so this is for images made otherwise:
-    // the services caught in it never start, and the health gate says so.
-    match keel_formats::lifecycle::start_order(&defs) {
-        Ok(order) => defs.sort_by_key(|(n, _)| order.iter().position(|o| o == n)),
-        Err(e) => log(format!("error: {e}")),
-    }
-    // A definition whose confinement fails is left to its first start,
-    // which reports why.
-    let confinements = defs
-        .iter()
-        .filter_map(|(n, d)| {
-            let precompiled = std::fs::read(format!("{CONTAINERS_DIR}/{n}.seccomp")).ok();
-            let c = crate::launch::confine::Confinement::from_def_with(d, precompiled.as_deref());
-            Some((n.clone(), c.ok()?))
-        })
-        .collect();
-    (defs, confinements)
-}
-
-/// The system containers in the image, in name order. A definition that
-/// does not parse is reported and left out; the rest still start.
-fn load_definitions(dir: &Path) -> Vec<(String, ContainerDef)> {
-    let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-            .collect(),
-        Err(e) => {
-            log(format!("error: {}: {e}", dir.display()));
-            return Vec::new();
-        }
-    };
-    paths.sort();
-    let mut out = Vec::new();
-    for p in paths {
-        let name = p
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let def = std::fs::read_to_string(&p)
-            .map_err(|e| e.to_string())
-            .and_then(|t| ContainerDef::parse(&t).map_err(|e| e.to_string()))
-            .and_then(|d| {
-                container::validate(&name, &d)
-                    .map(|()| d)
-                    .map_err(|e| e.to_string())
-            });
-        match def {
-            Ok(d) => out.push((name, d)),
-            Err(e) => log(format!("error: {}: {e}", p.display())),
-        }
-    }
-    out
-}
-
-fn os_version() -> String {
-    std::fs::read_to_string("/usr/lib/os-release")
-        .ok()
-        .and_then(|t| {
-            t.lines().find_map(|l| {
-                l.strip_prefix("VERSION_ID=")
-                    .map(|v| v.trim_matches('"').to_string())
-            })
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn answer(r: Result<(), String>) -> Response {
-    match r {
-        Ok(()) => Response::Ok,
-        Err(e) => Response::Error(e),
-    }
-}
-
-/// Kernel messages from /dev/kmsg with sequence number `since` or later,
-/// as `[seconds] message`, and the sequence number to ask for next.
-fn kernel_log(since: u64) -> (Vec<String>, u64) {
-    let Ok(mut f) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open("/dev/kmsg")
-    else {
-        return (vec!["(no /dev/kmsg)".into()], since);
-    };
-    let (mut lines, mut next) = (Vec::new(), since);
-    let mut buf = vec![0u8; 8192];
-    // Each read returns one record, "prio,seq,usec,flags;text"; EAGAIN ends.
-    while let Ok(n) = f.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        let rec = String::from_utf8_lossy(&buf[..n]);
-        let Some((head, text)) = rec.split_once(';') else {
-            continue;
-        };
-        let mut fields = head.split(',');
-        let seq: u64 = fields.nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
-        let usec: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-        if seq >= since {
-            let text = text.lines().next().unwrap_or_default();
-            lines.push(format!(
-                "[{:>5}.{:06}] {text}",
-                usec / 1_000_000,
-                usec % 1_000_000
-            ));
-            next = seq.saturating_add(1);
-        }
-    }
-    (lines, next)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -401,118 +187,6 @@ impl Init {
         }
     }
 
-    fn status(&self) -> Status {
-        let health = self.sup.health();
-        Status {
-            hostname: nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            version: self.version.clone(),
-            slot: self.slot.clone(),
-            uptime_ms: crate::boot_ms(),
-            ready: health == Health::Healthy,
-            health,
-            services: self.sup.status(),
-            config: Some(self.cfg.state.clone()),
-        }
-    }
-
-    /// Answer one API request (read whole by [`conns::Conns`]); returns a
-    /// shutdown request if any.
-    fn serve(&mut self, (stream, received): conns::Received) -> Option<Shutdown> {
-        let _ = stream.set_nonblocking(false);
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-        let fds = received
-            .as_ref()
-            .map(|(_, fds)| fds.as_slice())
-            .unwrap_or(&[]);
-        let request = received
-            .as_ref()
-            .map_err(Clone::clone)
-            .and_then(|(line, _)| {
-                serde_json::from_str::<Request>(line.trim())
-                    .map_err(|e| format!("bad request: {e}"))
-            });
-        if let Ok(Request::Exec { name, argv }) = &request {
-            match self.exec(name, argv, fds) {
-                // Answered when the command ends (see `exited`).
-                Ok(pid) => {
-                    self.sessions.insert(pid, stream);
-                }
-                Err(e) => keel_api::wire::respond(&stream, &Response::Error(e)),
-            }
-            return None;
-        }
-        let (response, shutdown) = match request {
-            Ok(Request::Status) => (Response::Status(self.status()), None),
-            Ok(Request::Logs { name, since }) => (self.logs(&name, since), None),
-            Ok(Request::Start { name }) => {
-                (answer(self.sup.start_service(&name, Instant::now())), None)
-            }
-            Ok(Request::Stop { name }) => {
-                (answer(self.sup.stop_service(&name, Instant::now())), None)
-            }
-            Ok(Request::Restart { name }) => (
-                answer(self.sup.restart_service(&name, Instant::now())),
-                None,
-            ),
-            Ok(Request::Kill { name, signal }) => {
-                (answer(self.sup.kill_service(&name, &signal)), None)
-            }
-            Ok(Request::ValidateConfig { name, text }) => (
-                Response::Problems(
-                    crate::config::read(&name, &text, &self.cfg.services)
-                        .err()
-                        .unwrap_or_default(),
-                ),
-                None,
-            ),
-            Ok(Request::ApplyConfig { name, text, try_s }) => {
-                (self.apply_config(&name, &text, try_s), None)
-            }
-            Ok(Request::ConfirmConfig) => (self.confirm_config(), None),
-            Ok(Request::Poweroff) => (Response::Ok, Some(Shutdown::Poweroff)),
-            Ok(Request::Reboot) => (Response::Ok, Some(Shutdown::Reboot)),
-            Ok(Request::Exec { .. }) => (Response::Error("exec is answered above".into()), None),
-            Err(e) => (Response::Error(e), None),
-        };
-        keel_api::wire::respond(&stream, &response);
-        shutdown
-    }
-
-    fn exec(
-        &mut self,
-        name: &str,
-        argv: &[String],
-        fds: &[std::os::fd::OwnedFd],
-    ) -> Result<Pid, String> {
-        let sup = &mut self.sup;
-        let svc = sup
-            .services
-            .iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| format!("no service named {name:?}"))?;
-        let pid = svc
-            .state
-            .pid()
-            .ok_or_else(|| format!("{name} is not running ({})", svc.state_label()))?;
-        let confine = sup.launcher.confinement(name, &svc.def)?;
-        crate::pid1::exec::start(name, pid, &svc.def, confine, argv, fds)
-    }
-
-    fn logs(&mut self, name: &str, since: u64) -> Response {
-        if name == "kernel" {
-            let (lines, next) = kernel_log(since);
-            return Response::Logs { lines, next };
-        }
-        if !self.sup.services.iter().any(|s| s.name == name) {
-            return Response::Error(format!("no service named {name:?} (or `kernel`)"));
-        }
-        self.sup.launcher.drain_pipes();
-        let (lines, next) = self.sup.launcher.sink(name).since(since);
-        Response::Logs { lines, next }
-    }
-
     fn shutdown(&mut self, sfd: &SignalFd, how: Shutdown) -> ! {
         log(format!("{how:?}: stopping services"));
         // Services stop in reverse dependency order, each with its own
@@ -599,15 +273,22 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
         }
         Ok::<(), String>(())
     });
+    // /run is mounted first: converging on the host config writes there
+    // (keel-update's policy, the resolvers, the SSH keys).
+    mount_runtime();
     // The host config decides which services run and how, so it is read
     // with the definitions (mounting the ESP on the way).
     let definitions = std::thread::spawn(move || {
-        let (mut defs, confinements) = definitions();
-        let image_defs = defs.clone();
-        let config = crate::config::at_boot(booted_from_slot, &mut defs);
-        (defs, confinements, (image_defs, config))
+        let (defs, confinements) = definitions();
+        let zones = crate::config::zone_table();
+        let config = crate::config::at_boot(
+            booted_from_slot,
+            &defs,
+            zones.as_ref(),
+            &mut crate::config::RealHost,
+        );
+        (defs, zones, confinements, config)
     });
-    mount_runtime();
     warn("cgroups", setup_cgroups());
 
     let sfd = match SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
@@ -637,7 +318,7 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
         "loopback, partition links",
         loopback.join().unwrap_or_else(|_| Err("panicked".into())),
     );
-    let (defs, confinements, (image_defs, config)) = definitions.join().unwrap_or_else(|_| {
+    let (image_defs, zones, confinements, config) = definitions.join().unwrap_or_else(|_| {
         log("error: loading the container definitions and the host config panicked");
         let empty = crate::config::AtBoot {
             config: Default::default(),
@@ -649,22 +330,10 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
                 trial_until_ms: None,
             },
             esp: None,
-            services: Vec::new(),
-            dhcp: Vec::new(),
+            converged: Default::default(),
         };
-        (Vec::new(), BTreeMap::new(), (Vec::new(), empty))
+        (Vec::new(), None, BTreeMap::new(), empty)
     });
-    for w in crate::config::apply_host(&config.config, &mut crate::config::RealHost) {
-        log(format!("warning: host config: {w}"));
-    }
-    // /run is mounted by now: keel-update finds its policy there, and
-    // every container that binds /run/keel/dns the host's resolvers.
-    warn(
-        "update policy",
-        crate::config::write_update_policy(&config.config),
-    );
-    warn("resolv.conf", crate::config::write_dns(&config.config));
-    warn("SSH keys", crate::config::write_ssh_keys(&config.config));
     let esp = match &config.esp {
         None => Esp::None,
         Some(Ok(())) => Esp::Mounted,
@@ -677,7 +346,12 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
     };
     let launcher = HostLauncher::new(confinements, esp);
     let mut init = Init {
-        sup: Supervisor::new(launcher, defs, Instant::now(), crate::boot_ms()),
+        sup: Supervisor::new(
+            launcher,
+            config.converged.defs.clone(),
+            Instant::now(),
+            crate::boot_ms(),
+        ),
         version: os_version(),
         slot: booted.map_or_else(|| "unknown".into(), |b| b.slot.to_string()),
         said: Health::Starting,
@@ -689,7 +363,7 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
         }),
         want_shutdown: None,
         sessions: BTreeMap::new(),
-        cfg: Configured::new(image_defs, config),
+        cfg: Configured::new(image_defs, zones, config),
         conns: conns::Conns::default(),
     };
     init.sup.tick(Instant::now());

@@ -1,0 +1,184 @@
+//! Which host config to run on: the image's defaults merged with the
+//! person's file on the ESP, checked against the image's services. A bad
+//! file never stops the host: it runs on the last good config (kept under
+//! `/var`), or on the image's defaults when there is none, and says why.
+
+use std::path::Path;
+
+use keel_formats::hostconfig::{load, Context, HostConfig, Source};
+
+use keel_api::init::ConfigSource;
+
+/// Where the last config that passed every check is kept.
+pub const LAST_GOOD: &str = "/var/lib/keel/config/host.toml";
+
+/// The person's host config as keel-init reads it: on the mounted ESP.
+pub(crate) fn esp_file() -> std::path::PathBuf {
+    Path::new(keel_formats::bootentry::ESP_MOUNT).join(keel_formats::host::ON_ESP)
+}
+
+/// The texts a decision is made from.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub defaults: Option<String>,
+    pub esp: Option<String>,
+    pub last_good: Option<String>,
+    pub services: Vec<String>,
+    /// The image's zone table.
+    pub zones: Option<Vec<String>>,
+}
+
+/// Pick the config to run on, and say why.
+pub fn choose(i: &Inputs) -> (HostConfig, ConfigSource, Vec<String>) {
+    let ctx = Context {
+        services: Some(i.services.clone()),
+        zones: i.zones.clone(),
+    };
+    let defaults = i.defaults.as_deref().map(|text| Source {
+        name: Path::new(keel_formats::host::DEFAULTS),
+        text,
+    });
+    let lines = |d: Vec<keel_formats::hostconfig::Diagnostic>| -> Vec<String> {
+        d.iter().map(ToString::to_string).collect()
+    };
+    let mut errors = Vec::new();
+    if let Some(text) = &i.esp {
+        let name = esp_file();
+        let user = Source { name: &name, text };
+        match load(defaults, Some(user), &ctx) {
+            Ok(c) => return (c, ConfigSource::Esp, errors),
+            Err(d) => errors = lines(d),
+        }
+        if let Some(text) = &i.last_good {
+            let good = Source {
+                name: Path::new(LAST_GOOD),
+                text,
+            };
+            if let Ok(c) = load(None, Some(good), &ctx) {
+                return (c, ConfigSource::LastGood, errors);
+            }
+        }
+    }
+    match load(defaults, None, &ctx) {
+        Ok(c) => (c, ConfigSource::Defaults, errors),
+        Err(d) => {
+            // An image whose own defaults are bad (keel build refuses
+            // those): run with none at all.
+            errors.extend(lines(d));
+            (HostConfig::default(), ConfigSource::Defaults, errors)
+        }
+    }
+}
+
+/// The image's zone table, if it has one.
+pub fn zone_table() -> Option<std::collections::BTreeMap<String, String>> {
+    std::fs::read_to_string(keel_formats::tz::ZONES)
+        .ok()
+        .map(|t| keel_formats::tz::parse(&t))
+}
+
+/// Make `text` the person's config on the ESP (mounted), so that the host
+/// boots on it: written beside, synced, renamed over.
+pub fn write_esp(text: &str) -> Result<(), String> {
+    let path = esp_file();
+    let tmp = path.with_extension("toml.new");
+    let write = || -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        nix::unistd::sync();
+        Ok(())
+    };
+    write().map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Keep `c` as the last good config.
+pub fn save_last_good(c: &HostConfig) -> Result<(), String> {
+    let text = toml::to_string(c).map_err(|e| e.to_string())?;
+    let path = Path::new(LAST_GOOD);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, format!("# The last host config that passed every check; keel-init boots on it when the ESP's is bad.\n{text}"))
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A host config's text (called `name` in problems) as this host reads it:
+/// over the image's defaults, against the image's `services`.
+pub fn read(name: &str, text: &str, services: &[String]) -> Result<HostConfig, Vec<String>> {
+    let defaults = std::fs::read_to_string(keel_formats::host::DEFAULTS).ok();
+    let ctx = Context {
+        services: Some(services.to_vec()),
+        zones: zone_table().map(|t| t.into_keys().collect()),
+    };
+    let defaults = defaults.as_deref().map(|text| Source {
+        name: Path::new(keel_formats::host::DEFAULTS),
+        text,
+    });
+    load(
+        defaults,
+        Some(Source {
+            name: Path::new(name),
+            text,
+        }),
+        &ctx,
+    )
+    .map_err(|d| d.iter().map(ToString::to_string).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs(esp: Option<&str>, last_good: Option<&str>) -> Inputs {
+        Inputs {
+            defaults: Some(
+                "hostname = \"keel-default\"\n[sysctl]\n\"vm.swappiness\" = 60\n".into(),
+            ),
+            esp: esp.map(str::to_string),
+            last_good: last_good.map(str::to_string),
+            services: vec!["admin".into(), "web".into()],
+            zones: None,
+        }
+    }
+
+    #[test]
+    fn a_good_file_wins_key_by_key() {
+        let (c, src, errors) = choose(&inputs(Some("hostname = \"edge\"\n"), None));
+        assert_eq!((src, errors.len()), (ConfigSource::Esp, 0));
+        assert_eq!(c.hostname.as_deref(), Some("edge"));
+        assert_eq!(c.sysctl["vm.swappiness"].render(), "60");
+    }
+
+    #[test]
+    fn a_bad_file_falls_back_to_the_last_good_then_the_defaults() {
+        let bad = "hostname = 7\n[services.nginx]\nenabled = false\n";
+        let (c, src, errors) = choose(&inputs(Some(bad), Some("hostname = \"was-good\"\n")));
+        assert_eq!(src, ConfigSource::LastGood);
+        assert_eq!(c.hostname.as_deref(), Some("was-good"));
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with("/efi/keel/host.toml:1:12: `hostname`"),
+            "{errors:?}"
+        );
+        assert!(errors[1].contains("no service \"nginx\""), "{errors:?}");
+
+        let (c, src, errors) = choose(&inputs(Some(bad), None));
+        assert_eq!(src, ConfigSource::Defaults);
+        assert_eq!(c.hostname.as_deref(), Some("keel-default"));
+        assert_eq!(errors.len(), 2);
+
+        let (_, src, errors) = choose(&inputs(None, Some("hostname = \"old\"\n")));
+        assert_eq!(
+            (src, errors.len()),
+            (ConfigSource::Defaults, 0),
+            "no file: the defaults"
+        );
+    }
+}

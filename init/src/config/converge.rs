@@ -1,0 +1,212 @@
+//! Bringing the host to a config: the one path taken at boot (from
+//! nothing) and by `keelctl config apply` (from the config in force). It
+//! decides what to change from the old and the new config and the image's
+//! definitions, asks [`Effects`] for each host effect, and returns the
+//! services the new config runs; [`plan_services`] and
+//! [`plan_containers`] then say which services to start, restart or stop,
+//! so that only what changed is touched.
+
+use std::collections::BTreeMap;
+
+use keel_formats::container::ContainerDef;
+use keel_formats::hostconfig::types::UserContainer;
+use keel_formats::hostconfig::HostConfig;
+
+use super::derive::{admin_warnings, apply_services, set_tz, tz_rule, DHCP_TEMPLATE};
+use super::effects::Effects;
+
+/// What the image gives every config.
+#[derive(Debug, Clone, Copy)]
+pub struct Image<'a> {
+    /// The image's system services before any config, in start order.
+    pub defs: &'a [(String, ContainerDef)],
+    /// The image's zone table.
+    pub zones: Option<&'a BTreeMap<String, String>>,
+}
+
+/// The host as the config in force left it.
+#[derive(Debug, Clone, Copy)]
+pub struct Before<'a> {
+    pub config: &'a HostConfig,
+    /// The interfaces it runs a DHCP client on.
+    pub dhcp: &'a [String],
+}
+
+/// What converging did, and what the new config runs.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Converged {
+    /// The system services the config runs, in start order.
+    pub defs: Vec<(String, ContainerDef)>,
+    /// The image's services the config turns off.
+    pub disabled: Vec<String>,
+    /// The interfaces to run a DHCP client on.
+    pub dhcp: Vec<String>,
+    /// The `TZ` rule every container gets.
+    pub tz: String,
+    /// The host-wide settings that changed (none at boot, where everything
+    /// is new).
+    pub changes: Vec<String>,
+    /// What did not take.
+    pub warnings: Vec<String>,
+}
+
+/// Bring the host from `before` (none: at boot) to `new`. A host effect is
+/// asked for only when the part of the config it comes from changed, and
+/// every one of them at boot.
+pub fn converge(
+    before: Option<Before<'_>>,
+    new: &HostConfig,
+    image: Image<'_>,
+    fx: &mut dyn Effects,
+) -> Converged {
+    let old = before.map(|b| b.config);
+    let services: Vec<String> = image.defs.iter().map(|(n, _)| n.clone()).collect();
+    let mut changes = Vec::new();
+    let mut warnings = Vec::new();
+    let changed = |what: &str, changes: &mut Vec<String>| {
+        if old.is_some() {
+            changes.push(what.to_string());
+        }
+    };
+    if differs(old, new, |c| &c.hostname) {
+        // The image's name when the config sets none.
+        let name = new.hostname.as_deref().unwrap_or("keel");
+        if let Err(e) = fx.set_hostname(name) {
+            warnings.push(format!("hostname {name}: {e}"));
+        }
+        changed("hostname", &mut changes);
+    }
+    if differs(old, new, |c| &c.sysctl) {
+        for (k, v) in &new.sysctl {
+            if let Err(e) = fx.write_sysctl(k, &v.render()) {
+                warnings.push(format!("sysctl {k}: {e}"));
+            }
+        }
+        changed("sysctl", &mut changes);
+    }
+    let vms = differs(old, new, |c| &c.vms);
+    let network = differs(old, new, |c| &c.network);
+    // Taps first, so that the network config can address them.
+    if vms {
+        warnings.extend(fx.prepare_vms(new));
+    }
+    let dhcp = match before {
+        Some(b) if !network && !vms => b.dhcp.to_vec(),
+        _ => {
+            if let Some(o) = old.filter(|_| network) {
+                warnings.extend(fx.withdraw_network(o, new));
+            }
+            let applied = fx.apply_network(new);
+            warnings.extend(applied.warnings);
+            if !applied.dhcp.is_empty() && !services.iter().any(|s| s == DHCP_TEMPLATE) {
+                warnings.push(format!(
+                    "DHCP on {} wanted, but the image has no {DHCP_TEMPLATE} service",
+                    applied.dhcp.join(", ")
+                ));
+            }
+            if let Err(e) = fx.write_dns(new) {
+                warnings.push(format!("resolv.conf: {e}"));
+            }
+            if network {
+                changed("network", &mut changes);
+            }
+            applied.dhcp
+        }
+    };
+    if differs(old, new, |c| &c.update) {
+        if let Err(e) = fx.write_update_policy(new) {
+            warnings.push(format!("update policy: {e}"));
+        }
+        changed("update policy", &mut changes);
+    }
+    warnings.extend(admin_warnings(new, &services));
+    if differs(old, new, |c| &c.admin) {
+        if let Err(e) = fx.write_ssh_keys(new) {
+            warnings.push(format!("SSH keys: {e}"));
+        }
+    }
+    let mut defs = image.defs.to_vec();
+    let disabled = apply_services(new, &mut defs, &dhcp);
+    warnings.extend(crate::vms::apply(new, &mut defs));
+    let tz = tz_rule(new, image.zones);
+    for (_, d) in defs.iter_mut() {
+        set_tz(d, &tz);
+    }
+    Converged {
+        defs,
+        disabled,
+        dhcp,
+        tz,
+        changes,
+        warnings,
+    }
+}
+
+/// Whether the part of the config `part` picks is new: always at boot.
+fn differs<T: PartialEq>(
+    old: Option<&HostConfig>,
+    new: &HostConfig,
+    part: impl Fn(&HostConfig) -> &T,
+) -> bool {
+    old.is_none_or(|o| part(o) != part(new))
+}
+
+/// What to do to the service table so that it runs `wanted`.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ServicePlan {
+    /// In the table and not wanted: stopped, then dropped.
+    pub stop: Vec<String>,
+    /// New, or with a new definition (restarted if it runs), or being
+    /// stopped and wanted again.
+    pub start: Vec<(String, ContainerDef)>,
+}
+
+/// `table`: the services in the table that are not on their way out, with
+/// their definitions; `users`: the person's containers, which come and go
+/// with their images ([`plan_containers`]) and are left alone here.
+pub fn plan_services<'a>(
+    table: impl IntoIterator<Item = (&'a str, &'a ContainerDef)>,
+    wanted: Vec<(String, ContainerDef)>,
+    users: &[String],
+) -> ServicePlan {
+    let table: BTreeMap<&str, &ContainerDef> = table.into_iter().collect();
+    let stop = table
+        .keys()
+        .filter(|n| !wanted.iter().any(|(w, _)| w == *n) && !users.iter().any(|u| u == *n))
+        .map(|n| n.to_string())
+        .collect();
+    let start = wanted
+        .into_iter()
+        .filter(|(n, d)| table.get(n.as_str()) != Some(&d))
+        .collect();
+    ServicePlan { stop, start }
+}
+
+/// The person's containers to prepare (new, or changed) and to remove.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ContainerPlan {
+    pub prepare: Vec<(String, UserContainer)>,
+    pub remove: Vec<String>,
+}
+
+pub fn plan_containers(
+    old: &BTreeMap<String, UserContainer>,
+    new: &BTreeMap<String, UserContainer>,
+) -> ContainerPlan {
+    ContainerPlan {
+        prepare: new
+            .iter()
+            .filter(|(n, uc)| old.get(*n) != Some(uc))
+            .map(|(n, uc)| (n.clone(), uc.clone()))
+            .collect(),
+        remove: old
+            .keys()
+            .filter(|n| !new.contains_key(*n))
+            .cloned()
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+#[path = "converge_tests.rs"]
+mod tests;
