@@ -128,7 +128,7 @@ fn service(template: &ContainerDef, name: &str, vm: &Vm) -> Result<ContainerDef,
         // A VMM without a network needs none of the host's.
         d.namespaces.net = Share::Private;
     }
-    let mib = keel_formats::hostconfig::units::parse_size(&vm.memory)? >> 20;
+    let mib = vm.memory.0 >> 20;
     args.extend([
         "--vcpus".to_string(),
         vm.vcpus.to_string(),

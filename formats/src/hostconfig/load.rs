@@ -94,29 +94,110 @@ impl Reader<'_> {
         });
     }
 
-    /// Deserialize one item as `T`, reporting a problem at its place.
-    fn shape<T: DeserializeOwned>(&mut self, item: &Item, key: &str) -> Option<T> {
-        let value = match item.clone().into_value() {
-            Ok(v) => v,
-            Err(item) => {
-                self.at(item.span(), key, "expected a value or a table".into());
-                return None;
-            }
-        };
-        match T::deserialize(value.into_deserializer()) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                let span = e.span().or_else(|| item.span());
-                self.at(span, key, e.message().to_string());
-                None
+    /// Deserialize `item` (at key `path`) as `T`. Each bad value is
+    /// reported at its key and taken out, then the rest is read again, so
+    /// that every bad value of the item is found; returns the key paths
+    /// taken out (below `path`), or `None` when the item is bad as a whole
+    /// (a missing key, a value where a table belongs).
+    fn shape<T: DeserializeOwned>(
+        &mut self,
+        item: &Item,
+        path: &[String],
+    ) -> Option<Vec<Vec<String>>> {
+        let mut item = item.clone();
+        let mut pruned = Vec::new();
+        // A bound, so that a value whose problem cannot be taken out ends it.
+        for _ in 0..MAX_PROBLEMS {
+            let value = match item.clone().into_value() {
+                Ok(v) => v,
+                Err(item) => {
+                    self.at(
+                        item.span(),
+                        &dotted(path),
+                        "expected a value or a table".into(),
+                    );
+                    return None;
+                }
+            };
+            let e = match T::deserialize(value.into_deserializer()) {
+                Ok(_) => return Some(pruned),
+                Err(e) => e,
+            };
+            let span = e.span().or_else(|| item.span());
+            let below = span
+                .as_ref()
+                .and_then(|s| key_at(&item, s.start))
+                .filter(|p| !p.is_empty());
+            let mut key = path.to_vec();
+            key.extend(below.iter().flatten().cloned());
+            self.at(span, &dotted(&key), e.message().to_string());
+            match below {
+                Some(p) if remove_item(&mut item, &p) => pruned.push(p),
+                _ => return None,
             }
         }
+        None
     }
 }
 
+/// The most problems one item is read for.
+const MAX_PROBLEMS: usize = 64;
+
+/// The path of the deepest key below `item` whose key or value is at byte
+/// `at` of the file.
+fn key_at(item: &Item, at: usize) -> Option<Vec<String>> {
+    let table = item.as_table_like()?;
+    let hit = |s: Option<std::ops::Range<usize>>| {
+        s.is_some_and(|s| s.start <= at && at < s.end.max(s.start.saturating_add(1)))
+    };
+    for (k, v) in table.iter() {
+        if let Some(mut p) = key_at(v, at) {
+            p.insert(0, k.to_string());
+            return Some(p);
+        }
+        let key_span = table.get_key_value(k).and_then(|(key, _)| key.span());
+        if hit(v.span()) || hit(key_span) {
+            return Some(vec![k.to_string()]);
+        }
+    }
+    None
+}
+
+/// Take the key at `path` out of `item`; whether it was there.
+fn remove_item(item: &mut Item, path: &[String]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut at = item;
+    for p in parents {
+        match at.as_table_like_mut().and_then(|t| t.get_mut(p)) {
+            Some(next) => at = next,
+            None => return false,
+        }
+    }
+    at.as_table_like_mut()
+        .and_then(|t| t.remove(last))
+        .is_some()
+}
+
+/// Take the key at `path` out of a plain table.
+fn remove_value(table: &mut toml::Table, path: &[String]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut at = table;
+    for p in parents {
+        match at.get_mut(p) {
+            Some(toml::Value::Table(t)) => at = t,
+            _ => return,
+        }
+    }
+    at.remove(last);
+}
+
 /// Read one file's shape: syntax, unknown keys, types. Returns the file
-/// as a plain table (for merging) without the parts whose shape is wrong,
-/// and the problems with those parts; the rest can still be checked.
+/// as a plain table (for merging) without the values whose shape is
+/// wrong, and the problems with those; the rest can still be checked.
 fn read(src: Source<'_>) -> (toml::Table, Vec<Diagnostic>) {
     let mut r = Reader {
         src,
@@ -129,10 +210,10 @@ fn read(src: Source<'_>) -> (toml::Table, Vec<Diagnostic>) {
             return (toml::Table::new(), r.diags);
         }
     };
-    // Paths (one or two keys deep) to leave out of the table.
-    let mut bad: Vec<(String, Option<String>)> = Vec::new();
+    // Key paths to leave out of the table.
+    let mut bad: Vec<Vec<String>> = Vec::new();
     for (key, item) in doc.as_table().iter() {
-        let before = r.diags.len();
+        let section = vec![key.to_string()];
         if !SECTIONS.contains(&key) {
             let span = doc.as_table().key(key).and_then(|k| k.span());
             r.at(
@@ -140,57 +221,38 @@ fn read(src: Source<'_>) -> (toml::Table, Vec<Diagnostic>) {
                 key,
                 format!("unknown key; a host config has {}", SECTIONS.join(", ")),
             );
+            bad.push(section);
         } else if NAMED.contains(&key) {
             let Some(entries) = item.as_table_like() else {
                 r.at(item.span(), key, "expected a table of named entries".into());
-                bad.push((key.to_string(), None));
+                bad.push(section);
                 continue;
             };
             for (name, entry) in entries.iter() {
-                let k = dotted(&[key.to_string(), name.to_string()]);
-                let ok = match key {
-                    "services" => r
-                        .shape::<super::types::ServiceOverride>(entry, &k)
-                        .is_some(),
-                    "containers" => r.shape::<super::types::UserContainer>(entry, &k).is_some(),
-                    _ => r.shape::<super::types::Vm>(entry, &k).is_some(),
+                let at = vec![key.to_string(), name.to_string()];
+                let pruned = match key {
+                    "services" => r.shape::<super::types::ServiceOverride>(entry, &at),
+                    "containers" => r.shape::<super::types::UserContainer>(entry, &at),
+                    _ => r.shape::<super::types::Vm>(entry, &at),
                 };
-                if !ok {
-                    bad.push((key.to_string(), Some(name.to_string())));
+                match pruned {
+                    Some(paths) => bad.extend(paths.into_iter().map(|p| [at.clone(), p].concat())),
+                    None => bad.push(at),
                 }
             }
-            continue;
         } else {
-            if key == "network" {
-                if let Some(ifaces) = item.get("interfaces").and_then(Item::as_table_like) {
-                    for (name, entry) in ifaces.iter() {
-                        let k = dotted(&["network".into(), "interfaces".into(), name.to_string()]);
-                        let _ = r.shape::<super::types::Interface>(entry, &k);
-                    }
-                }
+            // The section on its own, as the one key of a config.
+            let mut one = toml_edit::Table::new();
+            one.insert(key, item.clone());
+            match r.shape::<HostConfig>(&Item::Table(one), &[]) {
+                Some(paths) => bad.extend(paths),
+                None => bad.push(section),
             }
-            // The whole section, unless an entry of it was already reported
-            // (it would be reported again).
-            if r.diags.len() == before {
-                let mut one = toml_edit::Table::new();
-                one.insert(key, item.clone());
-                let _ = r.shape::<HostConfig>(&Item::Table(one), key);
-            }
-        }
-        if r.diags.len() > before {
-            bad.push((key.to_string(), None));
         }
     }
     let mut table = src.text.parse::<toml::Table>().unwrap_or_default();
-    for (key, name) in bad {
-        match name {
-            None => drop(table.remove(&key)),
-            Some(n) => {
-                if let Some(toml::Value::Table(t)) = table.get_mut(&key) {
-                    t.remove(&n);
-                }
-            }
-        }
+    for path in bad {
+        remove_value(&mut table, &path);
     }
     (table, r.diags)
 }

@@ -109,9 +109,9 @@ fn unknown_keys_and_wrong_types_are_each_reported_in_place() {
         e,
         [
             "host.toml:2:1: `colour`: unknown key; a host config has hostname, timezone, sysctl, network, time, admin, services, containers, vms, update",
-            "host.toml:5:11: `services.web`: invalid type: string \"no\", expected a boolean",
-            "host.toml:8:1: `services.admin`: unknown field `restart`, expected one of `enabled`, `env`, `limits`",
-            "host.toml:11:11: `admin`: invalid type: integer `3`, expected a boolean",
+            "host.toml:5:11: `services.web.enabled`: invalid type: string \"no\", expected a boolean",
+            "host.toml:8:1: `services.admin.restart`: unknown field `restart`, expected one of `enabled`, `env`, `limits`",
+            "host.toml:11:11: `admin.console`: invalid type: integer `3`, expected a boolean",
         ]
     );
 }
@@ -135,14 +135,15 @@ check_interval = "10s"
 trusted_keys = ["abc"]
 "#,
     );
+    // Values that do not read as their type first, each at its value (and
+    // only the first bad one of an array); then the checks of the rest.
     let want = [
+        "host.toml:5:13: `network.interfaces.eth0.addresses`: prefix \"33\" in \"10.0.0.5/33\" is not 0..=32",
+        "host.toml:6:11: `network.interfaces.eth0.gateway`: \"10.0.0.256\" is not an IP address",
+        "host.toml:10:21: `services.update.limits.memory`: \"64\" needs a unit (B, K, M, G, T, KiB.., KB..)",
         "host.toml:1:1: `hostname`: \"-edge\" is not a host name: 1-63 letters, digits and '-', not at either end",
         "host.toml:2:1: `timezone`: \"Mars/../Base\" is not a zone name like \"Europe/Berlin\" or \"UTC\"",
-        "host.toml:5:1: `network.interfaces.eth0.addresses`: prefix \"33\" in \"10.0.0.5/33\" is not 0..=32",
-        "host.toml:5:1: `network.interfaces.eth0.addresses`: \"10.0.0.6\" is not ADDRESS/PREFIX (10.0.0.5/24)",
-        "host.toml:6:1: `network.interfaces.eth0.gateway`: \"10.0.0.256\" is not an IP address",
         "host.toml:7:1: `network.interfaces.eth0.mtu`: 20 is not 68..=65535",
-        "host.toml:10:12: `services.update.limits.memory`: \"64\" needs a unit (B, K, M, G, T, KiB.., KB..)",
         "host.toml:10:27: `services.update.limits.cpus`: 0 is not a number of CPUs above 0",
         "host.toml:14:1: `update.trusted_keys`: entry 1: not an ed25519 public key (64 hex digits, as `keel keygen` writes)",
         "host.toml:13:1: `update.check_interval`: \"10s\" is below the minimum of 1m",
@@ -244,7 +245,7 @@ fn the_person_s_file_overrides_the_defaults_key_by_key() {
     assert_eq!(c.hostname.as_deref(), Some("keel"));
     assert_eq!(c.sysctl.len(), 2, "tables merge");
     assert_eq!(c.update.channel.as_deref(), Some("beta"));
-    assert_eq!(c.update.check_interval.as_deref(), Some("1h"));
+    assert_eq!(c.update.check_interval, Some(super::values::Seconds(3600)));
 
     // A problem is placed in the file that set the value.
     let bad_default = "[update]\ncheck_interval = \"5s\"\n";

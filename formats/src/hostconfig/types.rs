@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::values::{Bytes, Cidr, Ip, Mac, PortMap, Seconds, Volume, Window};
+
 /// `host.toml`: everything a person configures on a keel host.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,7 +67,7 @@ pub struct Network {
     pub interfaces: BTreeMap<String, Interface>,
     /// Resolvers for the whole host (besides what DHCP hands out).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dns: Vec<String>,
+    pub dns: Vec<Ip>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -73,20 +75,20 @@ pub struct Network {
 pub struct Interface {
     /// Match the interface by MAC address instead of by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mac: Option<String>,
+    pub mac: Option<Mac>,
     /// Get an IPv4 address by DHCP (the client runs as a system container).
     #[serde(default)]
     pub dhcp: bool,
     /// Static addresses in CIDR form: `10.0.0.5/24`, `fd00::5/64`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub addresses: Vec<String>,
+    pub addresses: Vec<Cidr>,
     /// The default route's next hop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<String>,
+    pub gateway: Option<Ip>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dns: Vec<String>,
+    pub dns: Vec<Ip>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
 }
@@ -95,10 +97,10 @@ pub struct Interface {
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// Destination in CIDR form (`0.0.0.0/0` for a default route).
-    pub to: String,
+    pub to: Cidr,
     /// Next hop; none: the destination is on the link.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub via: Option<String>,
+    pub via: Option<Ip>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -168,7 +170,7 @@ fn ssh_port() -> u16 {
 pub struct Limits {
     /// Memory ceiling with a unit: `64M`, `1.5G`, `512MiB`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory: Option<String>,
+    pub memory: Option<Bytes>,
     /// CPUs' worth of time: `0.5`, `2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<f64>,
@@ -226,10 +228,10 @@ pub struct UserContainer {
     /// `HOST:CONTAINER` TCP ports, `HOST:CONTAINER/udp` for UDP, forwarded
     /// from the host's addresses to the container's loopback.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ports: Vec<String>,
+    pub ports: Vec<PortMap>,
     /// `/var/...:/path/in/container[:ro]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub volumes: Vec<String>,
+    pub volumes: Vec<Volume>,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -272,7 +274,7 @@ pub struct Vm {
     pub vcpus: u32,
     /// Guest memory with a unit: `128M`.
     #[serde(default = "vm_memory")]
-    pub memory: String,
+    pub memory: Bytes,
     /// `none`, or `tap` for a tap device on the host.
     #[serde(default)]
     pub network: VmNetwork,
@@ -284,8 +286,8 @@ fn one() -> u32 {
     1
 }
 
-fn vm_memory() -> String {
-    "128M".into()
+fn vm_memory() -> Bytes {
+    Bytes(128 << 20)
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -322,10 +324,10 @@ pub struct Update {
     pub trusted_keys: Vec<String>,
     /// Duration with a unit: `30m`, `6h`, `1d`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub check_interval: Option<String>,
+    pub check_interval: Option<Seconds>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reboot: Option<Reboot>,
     /// `HH:MM-HH:MM` (UTC) when `reboot = "window"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub window: Option<String>,
+    pub window: Option<Window>,
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::types::{ContainerNetwork, HostConfig, Interface, Limits, Reboot, UserContainer, Vm};
-use super::units::{parse_cidr, parse_duration, parse_ip, parse_port, parse_size, parse_window};
+use super::units::parse_ip;
 
 /// One problem: the key path (`["services", "web", "limits", "memory"]`)
 /// and what is wrong.
@@ -241,9 +241,10 @@ fn volume_sources(k: &mut Checker, c: &HostConfig) {
     let mut seen: Vec<(Vec<&str>, String)> = Vec::new();
     for (name, ct) in &c.containers {
         for v in &ct.volumes {
-            let Some(src) = v.split(':').next().filter(|s| under_var(s).is_ok()) else {
+            let src = v.source.as_str();
+            if under_var(src).is_err() {
                 continue;
-            };
+            }
             let src_parts = parts(src);
             let overlap = |a: &[&str], b: &[&str]| a.starts_with(b) || b.starts_with(a);
             let at = ["containers", name.as_str(), "volumes"];
@@ -316,53 +317,26 @@ fn interface(k: &mut Checker, name: &str, i: &Interface, seen: &mut BTreeMap<IpA
             "not an interface name (at most 15 characters, no '/' or ':'); set `mac` to match by address",
         );
     }
-    if let Some(mac) = &i.mac {
-        let parts: Vec<&str> = mac.split(':').collect();
-        let ok = parts.len() == 6
-            && parts
-                .iter()
-                .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
-        if !ok {
+    for a in &i.addresses {
+        if let Some(other) = seen.insert(a.addr, name.to_string()) {
             k.bad(
-                &[at[0], at[1], name, "mac"],
-                format!("{mac:?} is not a MAC address like 52:54:00:12:34:56"),
+                &[at[0], at[1], name, "addresses"],
+                format!("{} is also an address of interface {other:?}", a.addr),
             );
         }
     }
-    for a in &i.addresses {
-        if let Some((ip, _)) = k.check(&[at[0], at[1], name, "addresses"], parse_cidr(a)) {
-            if let Some(other) = seen.insert(ip, name.to_string()) {
-                k.bad(
-                    &[at[0], at[1], name, "addresses"],
-                    format!("{ip} is also an address of interface {other:?}"),
-                );
-            }
+    if let Some(gw) = i.gateway {
+        if !i.dhcp
+            && !i
+                .addresses
+                .iter()
+                .any(|a| a.addr.is_ipv4() == gw.0.is_ipv4())
+        {
+            k.bad(
+                &[at[0], at[1], name, "gateway"],
+                format!("{gw} cannot be reached: the interface has no address of its family"),
+            );
         }
-    }
-    if let Some(g) = &i.gateway {
-        if let Some(gw) = k.check(&[at[0], at[1], name, "gateway"], parse_ip(g)) {
-            if !i.dhcp
-                && !i
-                    .addresses
-                    .iter()
-                    .filter_map(|a| parse_cidr(a).ok())
-                    .any(|(a, _)| a.is_ipv4() == gw.is_ipv4())
-            {
-                k.bad(
-                    &[at[0], at[1], name, "gateway"],
-                    format!("{gw} cannot be reached: the interface has no address of its family"),
-                );
-            }
-        }
-    }
-    for r in &i.routes {
-        k.check(&[at[0], at[1], name, "routes"], parse_cidr(&r.to));
-        if let Some(v) = &r.via {
-            k.check(&[at[0], at[1], name, "routes"], parse_ip(v));
-        }
-    }
-    for d in &i.dns {
-        k.check(&[at[0], at[1], name, "dns"], parse_ip(d));
     }
     if let Some(m) = i.mtu {
         if !(68..=65535).contains(&m) {
@@ -382,20 +356,17 @@ fn interface(k: &mut Checker, name: &str, i: &Interface, seen: &mut BTreeMap<IpA
 
 fn network(k: &mut Checker, c: &HostConfig) {
     let mut seen = BTreeMap::new();
-    let mut macs: BTreeMap<String, String> = BTreeMap::new();
+    let mut macs: BTreeMap<super::values::Mac, String> = BTreeMap::new();
     for (name, i) in &c.network.interfaces {
         interface(k, name, i, &mut seen);
         if let Some(mac) = &i.mac {
-            if let Some(other) = macs.insert(mac.to_ascii_lowercase(), name.clone()) {
+            if let Some(other) = macs.insert(*mac, name.clone()) {
                 k.bad(
                     &["network", "interfaces", name, "mac"],
                     format!("{mac} already matches interface {other:?}"),
                 );
             }
         }
-    }
-    for d in &c.network.dns {
-        k.check(&["network", "dns"], parse_ip(d));
     }
 }
 
@@ -405,11 +376,12 @@ fn limits(k: &mut Checker, at: &[&str], l: &Limits) {
         p.push(last);
         p
     };
-    if let Some(m) = &l.memory {
-        if let Some(bytes) = k.check(&key("memory"), parse_size(m)) {
-            if bytes < 1 << 20 {
-                k.bad(&key("memory"), format!("{m:?} is below the minimum of 1M"));
-            }
+    if let Some(m) = l.memory {
+        if m.0 < 1 << 20 {
+            k.bad(
+                &key("memory"),
+                format!("{:?} is below the minimum of 1M", m.to_string()),
+            );
         }
     }
     if let Some(c) = l.cpus {
@@ -467,31 +439,27 @@ fn container(
         );
     }
     for p in &ct.ports {
-        if let Some((host, _, udp)) = k.check(&at("ports"), parse_port(p)) {
-            let who = format!("containers.{name}");
-            if let Some(other) = ports.insert((host, udp), who) {
-                k.bad(
-                    &at("ports"),
-                    format!(
-                        "host port {host}/{} is already published by {other}",
-                        if udp { "udp" } else { "tcp" }
-                    ),
-                );
-            }
+        let who = format!("containers.{name}");
+        if let Some(other) = ports.insert((p.host, p.udp), who) {
+            k.bad(
+                &at("ports"),
+                format!(
+                    "host port {}/{} is already published by {other}",
+                    p.host,
+                    if p.udp { "udp" } else { "tcp" }
+                ),
+            );
         }
     }
     for v in &ct.volumes {
-        let parts: Vec<&str> = v.split(':').collect();
-        let r = match parts.as_slice() {
-            [src, dst] | [src, dst, "ro" | "rw"] => under_var(src).and_then(|()| {
-                if dst.starts_with('/') && !dst.split('/').any(|c| c == "..") {
-                    Ok(())
-                } else {
-                    Err(format!("{dst:?} must be an absolute path in the container"))
-                }
-            }),
-            _ => Err(format!("{v:?} is not /var/SOURCE:/TARGET[:ro|:rw]")),
-        };
+        let dst = &v.target;
+        let r = under_var(&v.source).and_then(|()| {
+            if dst.starts_with('/') && !dst.split('/').any(|c| c == "..") {
+                Ok(())
+            } else {
+                Err(format!("{dst:?} must be an absolute path in the container"))
+            }
+        });
         k.check(&at("volumes"), r);
     }
     limits(k, &["containers", name, "limits"], &ct.limits);
@@ -556,18 +524,17 @@ fn vm(k: &mut Checker, name: &str, vm: &Vm) {
     if !(1..=32).contains(&vm.vcpus) {
         k.bad(&at("vcpus"), format!("{} is not 1..=32", vm.vcpus));
     }
-    if let Some(bytes) = k.check(&at("memory"), parse_size(&vm.memory)) {
-        if bytes < 32 << 20 {
-            k.bad(
-                &at("memory"),
-                format!("{:?} is below the minimum of 32M", vm.memory),
-            );
-        } else if bytes > 3 << 30 {
-            k.bad(
-                &at("memory"),
-                format!("{:?} is above the maximum of 3G", vm.memory),
-            );
-        }
+    let memory = vm.memory.to_string();
+    if vm.memory.0 < 32 << 20 {
+        k.bad(
+            &at("memory"),
+            format!("{memory:?} is below the minimum of 32M"),
+        );
+    } else if vm.memory.0 > 3 << 30 {
+        k.bad(
+            &at("memory"),
+            format!("{memory:?} is above the maximum of 3G"),
+        );
     }
 }
 
@@ -595,14 +562,12 @@ fn update(k: &mut Checker, c: &HostConfig) {
             );
         }
     }
-    if let Some(d) = &u.check_interval {
-        if let Some(s) = k.check(&["update", "check_interval"], parse_duration(d)) {
-            if s < 60 {
-                k.bad(
-                    &["update", "check_interval"],
-                    format!("{d:?} is below the minimum of 1m"),
-                );
-            }
+    if let Some(d) = u.check_interval {
+        if d.0 < 60 {
+            k.bad(
+                &["update", "check_interval"],
+                format!("{:?} is below the minimum of 1m", d.to_string()),
+            );
         }
     }
     match (&u.reboot, &u.window) {
@@ -610,9 +575,7 @@ fn update(k: &mut Checker, c: &HostConfig) {
             &["update", "reboot"],
             "\"window\" needs `update.window = \"HH:MM-HH:MM\"`",
         ),
-        (Some(Reboot::Window), Some(w)) => {
-            k.check(&["update", "window"], parse_window(w));
-        }
+        (Some(Reboot::Window), Some(_)) => {}
         (_, Some(_)) => k.bad(
             &["update", "window"],
             "a window only matters with `reboot = \"window\"`",

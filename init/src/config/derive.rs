@@ -55,8 +55,9 @@ pub fn dns_servers(c: &HostConfig) -> Vec<String> {
         .iter()
         .chain(c.network.interfaces.values().flat_map(|i| i.dns.iter()));
     for d in all {
-        if !out.contains(d) {
-            out.push(d.clone());
+        let d = d.to_string();
+        if !out.contains(&d) {
+            out.push(d);
         }
     }
     out
@@ -68,12 +69,8 @@ pub fn apply_limits(
     l: &keel_formats::hostconfig::types::Limits,
     r: &mut keel_formats::limits::Resources,
 ) {
-    if let Some(m) = l
-        .memory
-        .as_deref()
-        .and_then(|m| keel_formats::hostconfig::units::parse_size(m).ok())
-    {
-        r.memory_max = Some(Size(m));
+    if let Some(m) = l.memory {
+        r.memory_max = Some(Size(m.0));
     }
     if let Some(cpus) = l.cpus {
         r.cpu_max_percent = Some((cpus * 100.0).round() as u32);
@@ -192,12 +189,8 @@ pub fn update_policy(image: Option<&str>, c: &HostConfig) -> Policy {
     if let Some(ch) = &u.channel {
         p.channel = ch.clone();
     }
-    if let Some(s) = u
-        .check_interval
-        .as_deref()
-        .and_then(|d| keel_formats::hostconfig::units::parse_duration(d).ok())
-    {
-        p.check_interval_s = s;
+    if let Some(s) = u.check_interval {
+        p.check_interval_s = s.0;
     }
     if let Some(r) = u.reboot {
         p.reboot = match r {
@@ -207,7 +200,7 @@ pub fn update_policy(image: Option<&str>, c: &HostConfig) -> Policy {
         };
     }
     if u.window.is_some() {
-        p.window = u.window.clone();
+        p.window = u.window.map(|w| w.to_string());
     }
     p.trusted_keys.extend(u.trusted_keys.iter().cloned());
     p

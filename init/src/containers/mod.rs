@@ -11,6 +11,7 @@ use std::path::Path;
 use keel_formats::container::{self, BindMount, ContainerDef, Share};
 use keel_formats::host::USERNS_IDS;
 use keel_formats::hostconfig::types::{ContainerNetwork, UserContainer};
+use keel_formats::hostconfig::values::Volume;
 use keel_formats::limits::{IdMap, UserNamespace, Writable, WritableKind};
 use keel_oci::{InRoot, Owners, RunConfig};
 use serde::{Deserialize, Serialize};
@@ -48,12 +49,7 @@ const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/b
 
 /// A published port: keel-init listens on `host` and forwards to the
 /// container's loopback at `container`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Port {
-    pub host: u16,
-    pub container: u16,
-    pub udp: bool,
-}
+pub use keel_formats::hostconfig::values::PortMap as Port;
 
 /// A user container ready to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,11 +137,7 @@ pub fn definition(
         ContainerNetwork::Host => Share::Host,
     };
     def.capabilities = DEFAULT_CAPS.iter().map(|c| c.to_string()).collect();
-    def.mounts = uc
-        .volumes
-        .iter()
-        .map(|v| volume(v))
-        .collect::<Result<_, _>>()?;
+    def.mounts = uc.volumes.iter().map(volume).collect();
     // Where the image has a real folder (prepare makes them; a symlink,
     // /var/run -> /run say, is left alone).
     def.writable = SCRATCH
@@ -164,20 +156,13 @@ pub fn definition(
     Ok(def)
 }
 
-/// `/var/SOURCE:/TARGET[:ro|:rw]` (checked by the host config's
-/// validation) as a bind mount.
-fn volume(v: &str) -> Result<BindMount, String> {
-    let parts: Vec<&str> = v.split(':').collect();
-    let (source, target, readonly) = match parts.as_slice() {
-        [s, t] => (s, t, false),
-        [s, t, mode] => (s, t, *mode == "ro"),
-        _ => return Err(format!("volume {v:?} is not /var/SOURCE:/TARGET[:ro|:rw]")),
-    };
-    Ok(BindMount {
-        source: source.to_string(),
-        target: target.to_string(),
-        readonly,
-    })
+/// A volume of the host config as a bind mount.
+fn volume(v: &Volume) -> BindMount {
+    BindMount {
+        source: v.source.clone(),
+        target: v.target.clone(),
+        readonly: v.readonly,
+    }
 }
 
 /// The absolute path of `program` inside the image: as it is if absolute,
@@ -209,18 +194,9 @@ fn find_program(
     Err(format!("{program:?} is not in the image's PATH ({path})"))
 }
 
-/// The ports a container publishes (checked by the host config's
-/// validation).
+/// The ports a container publishes.
 pub fn ports(uc: &UserContainer) -> Vec<Port> {
-    uc.ports
-        .iter()
-        .filter_map(|p| keel_formats::hostconfig::units::parse_port(p).ok())
-        .map(|(host, container, udp)| Port {
-            host,
-            container,
-            udp,
-        })
-        .collect()
+    uc.ports.clone()
 }
 
 /// An image unpacked under [`ROOTS_DIR`]: what the helper process that
@@ -346,8 +322,7 @@ pub fn finish(
             .zip(ns.outside_gid(def.user.gid)),
         None => None,
     };
-    for m in uc.volumes.iter().map(|v| volume(v)) {
-        let m = m?;
+    for m in uc.volumes.iter().map(volume) {
         let made = make_dir_in(Path::new("/"), &m.source)
             .map_err(|e| format!("volume {}: {e}", m.source))?;
         if let (true, Some((uid, gid))) = (made, owner) {

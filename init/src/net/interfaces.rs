@@ -8,7 +8,6 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use keel_formats::hostconfig::units::{parse_cidr, parse_ip};
 use keel_formats::hostconfig::HostConfig;
 
 /// One network interface of the host.
@@ -71,16 +70,13 @@ fn settings(c: &HostConfig, present: &[Iface]) -> Vec<Setting> {
         .collect()
 }
 
-/// The addresses and routes `cfg` sets on interface `i` (values that do
-/// not parse were refused by validation and are skipped).
+/// The addresses and routes `cfg` sets on interface `i`.
 fn iface_settings(i: u32, cfg: &keel_formats::hostconfig::types::Interface) -> Vec<Setting> {
     let mut out = Vec::new();
     for a in &cfg.addresses {
-        if let Ok((addr, prefix)) = parse_cidr(a) {
-            out.push(Setting::Address(i, addr, prefix));
-        }
+        out.push(Setting::Address(i, a.addr, a.prefix));
     }
-    if let Some(gw) = cfg.gateway.as_deref().and_then(|g| parse_ip(g).ok()) {
+    if let Some(gw) = cfg.gateway.map(|g| g.0) {
         let any: IpAddr = if gw.is_ipv4() {
             IpAddr::from([0u8; 4])
         } else {
@@ -89,10 +85,12 @@ fn iface_settings(i: u32, cfg: &keel_formats::hostconfig::types::Interface) -> V
         out.push(Setting::Route(i, any, 0, Some(gw)));
     }
     for r in &cfg.routes {
-        if let Ok((dst, prefix)) = parse_cidr(&r.to) {
-            let via = r.via.as_deref().and_then(|v| parse_ip(v).ok());
-            out.push(Setting::Route(i, dst, prefix, via));
-        }
+        out.push(Setting::Route(
+            i,
+            r.to.addr,
+            r.to.prefix,
+            r.via.map(|v| v.0),
+        ));
     }
     out
 }
@@ -103,7 +101,7 @@ fn find<'a>(
     cfg: &keel_formats::hostconfig::types::Interface,
 ) -> Option<&'a Iface> {
     present.iter().find(|i| match &cfg.mac {
-        Some(mac) => i.mac.eq_ignore_ascii_case(mac),
+        Some(mac) => i.mac.eq_ignore_ascii_case(&mac.to_string()),
         None => i.name == name,
     })
 }
@@ -142,8 +140,7 @@ pub struct Applied {
     pub dhcp: Vec<String>,
 }
 
-/// Apply the config's interfaces. Values were validated before: one that
-/// does not parse here is skipped.
+/// Apply the config's interfaces.
 pub fn apply(c: &HostConfig, net: &mut dyn Net) -> Applied {
     let mut warnings = Vec::new();
     let mut dhcp = Vec::new();
@@ -152,7 +149,6 @@ pub fn apply(c: &HostConfig, net: &mut dyn Net) -> Applied {
         let Some(iface) = find(&present, name, cfg) else {
             let by = cfg
                 .mac
-                .as_deref()
                 .map_or_else(|| format!("named {name}"), |m| format!("with MAC {m}"));
             warnings.push(format!("network.interfaces.{name}: no interface {by}"));
             continue;

@@ -80,13 +80,7 @@ pub fn helper_main(args: &[String]) -> ! {
     let targets: Targets = Arc::new(Mutex::new(BTreeMap::from([(String::new(), pid)])));
     let mut proxies = Vec::new();
     for p in ports {
-        let (host, container, udp) =
-            keel_formats::hostconfig::units::parse_port(p).unwrap_or_else(|e| fail(e));
-        let port = Port {
-            host,
-            container,
-            udp,
-        };
+        let port: Port = p.parse().unwrap_or_else(|e| fail(e));
         // The forwarder of the container's previous run may still hold
         // the port for a moment.
         let mut tries = 0u32;

@@ -281,17 +281,7 @@ impl Init {
             if self.cfg.forwarders.contains_key(&name) {
                 continue;
             }
-            let ports: Vec<String> = self.cfg.ports[&name]
-                .iter()
-                .map(|p| {
-                    format!(
-                        "{}:{}{}",
-                        p.host,
-                        p.container,
-                        if p.udp { "/udp" } else { "" }
-                    )
-                })
-                .collect();
+            let ports: Vec<String> = self.cfg.ports[&name].iter().map(Port::to_string).collect();
             match Command::new(SELF)
                 .arg("port-proxy")
                 .arg(pid.to_string())

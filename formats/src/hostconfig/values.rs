@@ -1,0 +1,268 @@
+//! The host config's typed values: each is read from the text a person
+//! writes, once, when the file is read (with the messages of
+//! [`super::units`]), and renders back to text that reads as the same
+//! value, so that a config kept as the last good one reads back as it was.
+//! Consumers take them as they are and parse nothing again.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::units::{parse_cidr, parse_duration, parse_ip, parse_port, parse_size, parse_window};
+
+/// `TryFrom<String>` (what serde reads through) and `Display` (what it
+/// writes through `String`) for a value type.
+macro_rules! text_value {
+    ($t:ty, $parse:expr) => {
+        impl TryFrom<String> for $t {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                $parse(s.as_str())
+            }
+        }
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.to_string()
+            }
+        }
+        impl std::str::FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                $parse(s)
+            }
+        }
+    };
+}
+
+/// An IP address: `10.0.0.1`, `fd00::1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Ip(pub IpAddr);
+
+text_value!(Ip, |s: &str| parse_ip(s).map(Ip));
+
+impl fmt::Display for Ip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An address with its prefix length: `10.0.0.5/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+text_value!(Cidr, |s: &str| parse_cidr(s)
+    .map(|(addr, prefix)| Cidr { addr, prefix }));
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// A MAC address, `52:54:00:12:34:56` (either case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Mac(pub [u8; 6]);
+
+fn parse_mac(s: &str) -> Result<Mac, String> {
+    let bad = || format!("{s:?} is not a MAC address like 52:54:00:12:34:56");
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in out.iter_mut() {
+        let p = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+        *byte = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    Ok(Mac(out))
+}
+
+text_value!(Mac, parse_mac);
+
+impl fmt::Display for Mac {
+    /// Lower case, as sysfs writes it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+/// A size with a unit: `64M`, `1.5GiB`, `100MB` (see [`parse_size`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Bytes(pub u64);
+
+text_value!(Bytes, |s: &str| parse_size(s).map(Bytes));
+
+impl fmt::Display for Bytes {
+    /// In the largest binary unit that holds it exactly.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+            if n != 0 && n.trailing_zeros() >= shift {
+                return write!(f, "{}{unit}", n >> shift);
+            }
+        }
+        write!(f, "{n}B")
+    }
+}
+
+/// A duration in whole seconds: `90s`, `30m`, `1h30m`, `1d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Seconds(pub u64);
+
+text_value!(Seconds, |s: &str| parse_duration(s).map(Seconds));
+
+impl fmt::Display for Seconds {
+    /// In the largest unit that holds it exactly.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (size, unit) in [(86_400, "d"), (3600, "h"), (60, "m")] {
+            if n != 0 && n.is_multiple_of(size) {
+                return write!(f, "{}{unit}", n / size);
+            }
+        }
+        write!(f, "{n}s")
+    }
+}
+
+/// A published port: `8080:80` (TCP) or `5353:53/udp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PortMap {
+    /// Where the host listens.
+    pub host: u16,
+    /// Where the container listens, on its loopback.
+    pub container: u16,
+    pub udp: bool,
+}
+
+text_value!(PortMap, |s: &str| parse_port(s).map(
+    |(host, container, udp)| {
+        PortMap {
+            host,
+            container,
+            udp,
+        }
+    }
+));
+
+impl fmt::Display for PortMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.container)?;
+        if self.udp {
+            f.write_str("/udp")?;
+        }
+        Ok(())
+    }
+}
+
+/// A folder of the host bound into a container:
+/// `/var/SOURCE:/TARGET[:ro|:rw]`. Where the paths may lead is the
+/// validation's to check; this is the shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Volume {
+    pub source: String,
+    pub target: String,
+    pub readonly: bool,
+}
+
+fn parse_volume(v: &str) -> Result<Volume, String> {
+    let (source, target, readonly) = match v.split(':').collect::<Vec<_>>().as_slice() {
+        [s, t] => (*s, *t, false),
+        [s, t, "ro"] => (*s, *t, true),
+        [s, t, "rw"] => (*s, *t, false),
+        [_, _, mode] => return Err(format!("{v:?}: mode {mode:?} is not ro or rw")),
+        _ => return Err(format!("{v:?} is not /var/SOURCE:/TARGET[:ro|:rw]")),
+    };
+    Ok(Volume {
+        source: source.to_string(),
+        target: target.to_string(),
+        readonly,
+    })
+}
+
+text_value!(Volume, parse_volume);
+
+impl fmt::Display for Volume {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.source, self.target)?;
+        if self.readonly {
+            f.write_str(":ro")?;
+        }
+        Ok(())
+    }
+}
+
+/// A daily window, `HH:MM-HH:MM` (UTC), as minutes of the day; the end
+/// may come before the start (the window spans midnight).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Window {
+    pub start: u16,
+    pub end: u16,
+}
+
+text_value!(Window, |s: &str| parse_window(s)
+    .map(|(start, end)| Window { start, end }));
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hm = |m: u16| (m / 60, m % 60);
+        let ((a, b), (c, d)) = (hm(self.start), hm(self.end));
+        write!(f, "{a:02}:{b:02}-{c:02}:{d:02}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each value renders to text that reads as the same value.
+    fn round_trips<T>(texts: &[&str])
+    where
+        T: std::str::FromStr<Err = String> + fmt::Display + PartialEq + fmt::Debug,
+    {
+        for text in texts {
+            let v: T = text.parse().unwrap();
+            assert_eq!(v.to_string().parse::<T>().unwrap(), v, "{text}");
+        }
+    }
+
+    #[test]
+    fn values_render_to_what_reads_back_the_same() {
+        round_trips::<Ip>(&["10.0.0.1", "fd00::1"]);
+        round_trips::<Cidr>(&["10.0.0.5/24", "fd00::5/64"]);
+        round_trips::<Mac>(&["52:54:00:12:34:56", "AA:BB:CC:DD:EE:FF"]);
+        round_trips::<Bytes>(&["64M", "1.5G", "100MB", "512B", "1K", "0B"]);
+        round_trips::<Seconds>(&["90s", "1h30m", "1d", "30m", "0s"]);
+        round_trips::<PortMap>(&["8080:80", "5353:53/udp", "80:80/tcp"]);
+        round_trips::<Volume>(&["/var/a:/a", "/var/a:/a:ro", "/var/a:/a:rw"]);
+        round_trips::<Window>(&["02:00-04:30", "23:00-01:00"]);
+        assert_eq!("1.5G".parse::<Bytes>().unwrap().to_string(), "1536M");
+        assert_eq!("1h30m".parse::<Seconds>().unwrap().to_string(), "90m");
+        assert_eq!(
+            "AA:BB:CC:DD:EE:FF".parse::<Mac>().unwrap().to_string(),
+            "aa:bb:cc:dd:ee:ff"
+        );
+    }
+
+    #[test]
+    fn bad_values_say_what_was_expected() {
+        assert!("52:54:00:12:34".parse::<Mac>().unwrap_err().contains("MAC"));
+        assert!("52:54:00:12:34:5g".parse::<Mac>().is_err());
+        assert!("52:54:00:12:34:56:78".parse::<Mac>().is_err());
+        assert!("/var/a".parse::<Volume>().unwrap_err().contains("/TARGET"));
+        assert!("/var/a:/a:rx".parse::<Volume>().unwrap_err().contains("rx"));
+        assert!("64".parse::<Bytes>().unwrap_err().contains("needs a unit"));
+    }
+}
