@@ -496,7 +496,10 @@ impl Init {
             .state
             .pid()
             .ok_or_else(|| format!("{name} is not running ({})", svc.state_label()))?;
-        let confine = sup.launcher.confinement(name, &svc.def)?;
+        let confine = sup
+            .launcher
+            .confinement(name, &svc.def)
+            .map_err(|e| e.to_string())?;
         crate::pid1::exec::start(name, pid, &svc.def, confine, argv, fds)
     }
 
@@ -593,7 +596,7 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
     // Both threads end before the first container is cloned.
     let booted_from_slot = booted.is_some();
     let loopback = std::thread::spawn(move || {
-        sys::loopback_up()?;
+        sys::loopback_up().map_err(|e| e.to_string())?;
         if booted_from_slot {
             crate::pid1::bootgate::link_partitions()?;
         }
