@@ -113,14 +113,15 @@ struct IfReq {
 }
 
 /// Bring up the loopback interface: services on the host network expect it.
-pub fn loopback_up() -> std::result::Result<(), String> {
+pub fn loopback_up() -> Result<()> {
+    let lo = Path::new("lo");
     let sock = nix::sys::socket::socket(
         nix::sys::socket::AddressFamily::Inet,
         nix::sys::socket::SockType::Datagram,
         nix::sys::socket::SockFlag::SOCK_CLOEXEC,
         None,
     )
-    .map_err(|e| format!("socket: {e}"))?;
+    .map_err(err("socket for", lo))?;
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
         flags: 0,
@@ -132,17 +133,11 @@ pub fn loopback_up() -> std::result::Result<(), String> {
     // IfReq lays out (name, then the flags member of the union, padded).
     unsafe {
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) < 0 {
-            return Err(format!(
-                "SIOCGIFFLAGS lo: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(err("SIOCGIFFLAGS", lo)(nix::errno::Errno::last()));
         }
         req.flags |= libc::IFF_UP as libc::c_short;
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) < 0 {
-            return Err(format!(
-                "SIOCSIFFLAGS lo: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(err("SIOCSIFFLAGS", lo)(nix::errno::Errno::last()));
         }
     }
     Ok(())

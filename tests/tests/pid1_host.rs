@@ -40,18 +40,31 @@ gid_map = [{ inside = 0, outside = 100000, count = 65536 }]
 contents = ["busybox"]
 "#;
 
+/// A command that is not in the image: fails for good, not retried.
+const GHOST: &str = r#"
+command = ["/bin/no-such-command"]
+required = false
+[rootfs]
+contents = ["busybox"]
+"#;
+
 fn stage_root(dir: &Path) {
     let busybox = cached_busybox(&workspace()).unwrap();
-    let containers: Vec<StagedContainer> = [("web", WEB), ("sleeper", SLEEPER), ("unpriv", UNPRIV)]
-        .iter()
-        .map(|(n, t)| StagedContainer {
-            name: n.to_string(),
-            def: ContainerDef::parse(t).unwrap(),
-            text: t.to_string(),
-            oci: None,
-            files: Vec::new(),
-        })
-        .collect();
+    let containers: Vec<StagedContainer> = [
+        ("web", WEB),
+        ("sleeper", SLEEPER),
+        ("unpriv", UNPRIV),
+        ("ghost", GHOST),
+    ]
+    .iter()
+    .map(|(n, t)| StagedContainer {
+        name: n.to_string(),
+        def: ContainerDef::parse(t).unwrap(),
+        text: t.to_string(),
+        oci: None,
+        files: Vec::new(),
+    })
+    .collect();
     let bins = musl_bin_dir();
     rootfs::stage(
         dir,
@@ -86,16 +99,51 @@ fn keel_init_runs_services_as_pid1_of_a_new_pid_namespace() {
     let init_pid = host.init_pid;
     let bins = musl_bin_dir();
     let keelctl = |args: &[&str]| host.keelctl(&bins, args).unwrap();
-    assert!(console.contains("services=3/3"), "{console}");
+    // ghost is not required: it starts after the verdict, and fails.
+    assert!(console.contains("services=3/4"), "{console}");
 
     // keel-init is PID 1 inside.
     let status = std::fs::read_to_string(format!("/proc/{init_pid}/status")).unwrap();
     let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
     assert_eq!(nspid.split_whitespace().last(), Some("1"), "{nspid}");
 
-    let json: serde_json::Value = serde_json::from_str(&keelctl(&["status", "--json"])).unwrap();
+    let status =
+        || -> serde_json::Value { serde_json::from_str(&keelctl(&["status", "--json"])).unwrap() };
+    let mut json = status();
+    for _ in 0..50 {
+        if json["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "ghost" && s["state"] == "failed")
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        json = status();
+    }
     assert_eq!(json["health"], "healthy", "{json}");
-    for s in json["services"].as_array().unwrap() {
+    // The child's typed report names the step and the command; a missing
+    // command is not retried.
+    let ghost = json["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "ghost")
+        .unwrap();
+    assert_eq!(ghost["state"], "failed", "{ghost}");
+    assert_eq!(ghost["restarts"], 0, "{ghost}");
+    let why = ghost["last_error"].as_str().unwrap();
+    assert!(
+        why.contains("exec /bin/no-such-command") && why.contains("ENOENT"),
+        "{why}"
+    );
+    for s in json["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["name"] != "ghost")
+    {
         assert_eq!(s["state"], "running", "{s}");
         assert_eq!(s["ns_pid"], 1, "{s}");
         assert_eq!(s["root_readonly"], true, "{s}");

@@ -15,42 +15,37 @@ fn locked() -> MsFlags {
     MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC
 }
 
-/// Hide `masked` and make `readonly` read-only, each a path inside the
-/// container (`/proc/kcore`) under `root`. A path this kernel does not
-/// have is left alone.
-pub fn apply(root: &Path, masked: &[&str], readonly: &[&str]) -> Result<(), String> {
-    for path in readonly {
-        let at = root.join(path.trim_start_matches('/'));
-        if std::fs::symlink_metadata(&at).is_err() {
-            continue;
-        }
-        sys::bind(&at, &at, false).map_err(|e| e.to_string())?;
+/// Make `at` (a kernel file under the container's root) read-only. A path
+/// this kernel does not have is left alone.
+pub fn read_only(at: &Path) -> sys::Result<()> {
+    if std::fs::symlink_metadata(at).is_err() {
+        return Ok(());
+    }
+    sys::bind(at, at, false)?;
+    sys::mount(
+        None,
+        at,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked(),
+        None,
+    )
+}
+
+/// Hide `at`: a folder under an empty read-only tmpfs, a file under
+/// /dev/null. A path this kernel does not have is left alone.
+pub fn mask(at: &Path) -> sys::Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(at) else {
+        return Ok(());
+    };
+    if meta.is_dir() {
         sys::mount(
-            None,
-            &at,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked(),
-            None,
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | locked(),
+            Some("size=4k,mode=0555"),
         )
-        .map_err(|e| format!("read-only {path}: {e}"))?;
+    } else {
+        sys::bind(Path::new("/dev/null"), at, false)
     }
-    for path in masked {
-        let at = root.join(path.trim_start_matches('/'));
-        let Ok(meta) = std::fs::symlink_metadata(&at) else {
-            continue;
-        };
-        if meta.is_dir() {
-            sys::mount(
-                Some("tmpfs"),
-                &at,
-                Some("tmpfs"),
-                MsFlags::MS_RDONLY | locked(),
-                Some("size=4k,mode=0555"),
-            )
-        } else {
-            sys::bind(Path::new("/dev/null"), &at, false)
-        }
-        .map_err(|e| format!("masking {path}: {e}"))?;
-    }
-    Ok(())
 }

@@ -143,10 +143,13 @@ fn enter(mut ready: File, mut go: File) -> Result<(), String> {
 /// not map: files it made would have no owner there, and it would not be
 /// the namespace's root for the checks that ask.
 pub fn become_root() -> Result<(), String> {
+    become_root_or_errno().map_err(|(call, e)| format!("{call} in the user namespace: {e}"))
+}
+
+/// [`become_root`], failing with the call and its errno.
+pub fn become_root_or_errno() -> Result<(), (&'static str, nix::errno::Errno)> {
     let (uid, gid) = (Uid::from_raw(0), Gid::from_raw(0));
-    nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups in the user namespace: {e}"))?;
-    nix::unistd::setresgid(gid, gid, gid)
-        .map_err(|e| format!("setresgid in the user namespace: {e}"))?;
-    nix::unistd::setresuid(uid, uid, uid)
-        .map_err(|e| format!("setresuid in the user namespace: {e}"))
+    nix::unistd::setgroups(&[]).map_err(|e| ("setgroups", e))?;
+    nix::unistd::setresgid(gid, gid, gid).map_err(|e| ("setresgid", e))?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(|e| ("setresuid", e))
 }

@@ -16,9 +16,10 @@ use keel_formats::bootentry::ESP_MOUNT;
 use keel_formats::container::ContainerDef;
 use keel_formats::limits::WritableKind;
 
+use crate::launch::confine::{ConfineError, Confinement};
 use crate::launch::{self, ProcFacts};
 use crate::pid1::logs::LogSink;
-use crate::supervisor::{Launcher, Probe};
+use crate::supervisor::{Launcher, Probe, StartError};
 use crate::{log, sys};
 
 use super::{LOG_DIR, SERVICES_CGROUP};
@@ -34,7 +35,7 @@ pub(super) struct HostLauncher {
     notify: BTreeMap<String, (File, Vec<u8>)>,
     /// Each service's confinement, seccomp filter compiled, from its first
     /// start on.
-    confinements: BTreeMap<String, crate::launch::confine::Confinement>,
+    confinements: BTreeMap<String, Confinement>,
     /// The ESP at /efi: mounted at boot to read the host config; if that
     /// failed, tried once more when the health gate or a service binding
     /// /efi needs it.
@@ -59,10 +60,7 @@ fn sink_in<'a>(logs: &'a mut BTreeMap<String, LogSink>, name: &str) -> &'a mut L
 }
 
 impl HostLauncher {
-    pub(super) fn new(
-        confinements: BTreeMap<String, crate::launch::confine::Confinement>,
-        esp: Esp,
-    ) -> HostLauncher {
+    pub(super) fn new(confinements: BTreeMap<String, Confinement>, esp: Esp) -> HostLauncher {
         HostLauncher {
             confinements,
             esp,
@@ -91,14 +89,12 @@ impl HostLauncher {
         &mut self,
         name: &str,
         def: &ContainerDef,
-    ) -> Result<&crate::launch::confine::Confinement, String> {
-        if !self.confinements.contains_key(name) {
-            let c = crate::launch::confine::Confinement::from_def(def)?;
-            self.confinements.insert(name.to_string(), c);
-        }
-        self.confinements
-            .get(name)
-            .ok_or_else(|| format!("no confinement for {name}"))
+    ) -> Result<&Confinement, ConfineError> {
+        use std::collections::btree_map::Entry;
+        Ok(match self.confinements.entry(name.to_string()) {
+            Entry::Occupied(c) => c.into_mut(),
+            Entry::Vacant(v) => v.insert(Confinement::from_def(def)?),
+        })
     }
 
     pub(super) fn sink(&mut self, name: &str) -> &mut LogSink {
@@ -130,6 +126,25 @@ impl HostLauncher {
     }
 }
 
+/// What keel-init cannot do for a start on the host side (a cgroup, a
+/// folder, a pipe) may work next time.
+fn transient(e: impl std::fmt::Display) -> StartError {
+    StartError::Transient(e.to_string())
+}
+
+fn pipe_error(e: nix::errno::Errno) -> StartError {
+    launch::LaunchError::Pipe(e).into()
+}
+
+impl From<launch::LaunchError> for StartError {
+    fn from(e: launch::LaunchError) -> StartError {
+        match e.is_permanent() {
+            true => StartError::Permanent(e.to_string()),
+            false => StartError::Transient(e.to_string()),
+        }
+    }
+}
+
 /// A service between clone and exec.
 struct Pending {
     spawned: launch::Spawned,
@@ -140,7 +155,7 @@ struct Pending {
 impl HostLauncher {
     /// Everything up to the container's clone: its cgroup, persistent
     /// folders, confinement and pipes.
-    fn begin(&mut self, name: &str, def: &ContainerDef) -> Result<Pending, String> {
+    fn begin(&mut self, name: &str, def: &ContainerDef) -> Result<Pending, StartError> {
         if def
             .mounts
             .iter()
@@ -149,10 +164,10 @@ impl HostLauncher {
             self.ensure_esp();
         }
         let cg = Path::new(SERVICES_CGROUP).join(name);
-        sys::mkdir_p(&cg, 0o755).map_err(|e| e.to_string())?;
-        crate::launch::cgroup::apply(&cg, &def.resources)?;
-        let cgroup =
-            launch::open_cgroup(&cg).map_err(|e| format!("cgroup {}: {e}", cg.display()))?;
+        sys::mkdir_p(&cg, 0o755).map_err(transient)?;
+        crate::launch::cgroup::apply(&cg, &def.resources).map_err(StartError::Transient)?;
+        let cgroup = launch::open_cgroup(&cg)
+            .map_err(|e| transient(format!("cgroup {}: {e}", cg.display())))?;
         for w in def
             .writable
             .iter()
@@ -161,7 +176,7 @@ impl HostLauncher {
             let host = Path::new(launch::PERSISTENT_DIR)
                 .join(name)
                 .join(w.path.trim_start_matches('/'));
-            sys::mkdir_p(&host, 0o755).map_err(|e| e.to_string())?;
+            sys::mkdir_p(&host, 0o755).map_err(transient)?;
             // Root inside a user namespace is someone else outside: the
             // folder must belong to the service's mapped user.
             // So is a service that runs as a user of its own.
@@ -171,26 +186,28 @@ impl HostLauncher {
                 None => (None, None),
             };
             if owner != (None, None) {
-                sys::give_folder(&host, owner).map_err(|e| e.to_string())?;
+                sys::give_folder(&host, owner).map_err(transient)?;
             }
         }
-        let confine = self.confinement(name, def)?.clone();
-        let plan = launch::plan_with(name, def, confine).map_err(|e| e.to_string())?;
+        let confine = self
+            .confinement(name, def)
+            .map_err(launch::LaunchError::from)?
+            .clone();
+        let plan = launch::plan_with(name, def, confine)?;
         // Output goes through a pipe so keel-init can stamp, keep and
         // rotate it; a console service writes to the console instead.
-        let (read, write) =
-            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(pipe_error)?;
         let read = File::from(read);
         nix::fcntl::fcntl(
             read.as_raw_fd(),
             nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
         )
-        .map_err(|e| format!("pipe: {e}"))?;
+        .map_err(pipe_error)?;
         let write = File::from(write);
         let notify = match def.readiness.as_ref().is_some_and(|r| r.notify) {
             true => {
-                let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
-                    .map_err(|e| format!("pipe: {e}"))?;
+                let (r, w) =
+                    nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(pipe_error)?;
                 Some((File::from(r), File::from(w)))
             }
             false => None,
@@ -199,7 +216,7 @@ impl HostLauncher {
             out: (!def.console).then_some(&write),
             notify: notify.as_ref().map(|(_, w)| w),
         };
-        let spawned = launch::begin(&plan, &cgroup, io).map_err(|e| e.to_string())?;
+        let spawned = launch::begin(&plan, &cgroup, io)?;
         if let Some((r, _)) = notify {
             self.notify.insert(name.to_string(), (r, Vec::new()));
         }
@@ -210,9 +227,13 @@ impl HostLauncher {
     }
 
     /// Wait for a begun service's exec and record the outcome in its log.
-    fn finish(&mut self, name: &str, begun: Result<Pending, String>) -> Result<Pid, String> {
+    fn finish(
+        &mut self,
+        name: &str,
+        begun: Result<Pending, StartError>,
+    ) -> Result<Pid, StartError> {
         let pid = begun.and_then(|p| {
-            let pid = p.spawned.wait_exec().map_err(|e| e.to_string())?;
+            let pid = p.spawned.wait_exec()?;
             if let Some(out) = p.out {
                 self.pipes.insert(name.to_string(), out);
             }
@@ -229,7 +250,7 @@ impl HostLauncher {
 }
 
 impl Launcher for HostLauncher {
-    fn start(&mut self, name: &str, def: &ContainerDef) -> Result<Pid, String> {
+    fn start(&mut self, name: &str, def: &ContainerDef) -> Result<Pid, StartError> {
         let begun = self.begin(name, def);
         self.finish(name, begun)
     }
@@ -237,7 +258,7 @@ impl Launcher for HostLauncher {
     /// Every container of the batch is cloned before any exec is awaited,
     /// so their setups (mounts, pivot_root, first page-in of the command)
     /// overlap instead of queueing.
-    fn start_all(&mut self, batch: &[(&str, &ContainerDef)]) -> Vec<Result<Pid, String>> {
+    fn start_all(&mut self, batch: &[(&str, &ContainerDef)]) -> Vec<Result<Pid, StartError>> {
         let begun: Vec<_> = batch.iter().map(|(n, d)| self.begin(n, d)).collect();
         batch
             .iter()
@@ -277,7 +298,7 @@ impl Launcher for HostLauncher {
             }
             Some(r) => match self.confinement(name, def) {
                 Ok(c) => crate::pid1::probe::run(pid, def, r, c),
-                Err(e) => Probe::NotYet(e),
+                Err(e) => Probe::NotYet(e.to_string()),
             },
             None => Probe::Ready,
         }

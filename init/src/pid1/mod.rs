@@ -267,7 +267,7 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
     // Both threads end before the first container is cloned.
     let booted_from_slot = booted.is_some();
     let loopback = std::thread::spawn(move || {
-        sys::loopback_up()?;
+        sys::loopback_up().map_err(|e| e.to_string())?;
         if booted_from_slot {
             crate::pid1::bootgate::link_partitions()?;
         }

@@ -152,7 +152,10 @@ impl Init {
             .state
             .pid()
             .ok_or_else(|| format!("{name} is not running ({})", svc.state_label()))?;
-        let confine = sup.launcher.confinement(name, &svc.def)?;
+        let confine = sup
+            .launcher
+            .confinement(name, &svc.def)
+            .map_err(|e| e.to_string())?;
         crate::pid1::exec::start(name, pid, &svc.def, confine, argv, fds)
     }
 

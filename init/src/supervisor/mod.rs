@@ -20,13 +20,25 @@ pub enum Probe {
     NotYet(String),
 }
 
+/// Why a service did not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    /// It will fail the same way until its definition or image changes (a
+    /// command that is not there): not retried until asked by hand.
+    #[error("{0}")]
+    Permanent(String),
+    /// It may start next time: retried with backoff.
+    #[error("{0}")]
+    Transient(String),
+}
+
 /// What keel-init does to the host on behalf of the supervisor.
 pub trait Launcher {
     /// Start `name`; returns its PID once it runs its command.
-    fn start(&mut self, name: &str, def: &ContainerDef) -> Result<Pid, String>;
+    fn start(&mut self, name: &str, def: &ContainerDef) -> Result<Pid, StartError>;
     /// Start several services that may start together; one result each, in
     /// order. A launcher that can overlap their setup does so.
-    fn start_all(&mut self, batch: &[(&str, &ContainerDef)]) -> Vec<Result<Pid, String>> {
+    fn start_all(&mut self, batch: &[(&str, &ContainerDef)]) -> Vec<Result<Pid, StartError>> {
         batch.iter().map(|(n, d)| self.start(n, d)).collect()
     }
     fn signal(&mut self, pid: Pid, signal: Signal);
@@ -310,7 +322,7 @@ impl<L: Launcher> Supervisor<L> {
         }
     }
 
-    fn started(&mut self, i: usize, result: Result<Pid, String>, now: Instant) {
+    fn started(&mut self, i: usize, result: Result<Pid, StartError>, now: Instant) {
         let svc = &mut self.services[i];
         match result {
             Ok(pid) => {
@@ -328,10 +340,14 @@ impl<L: Launcher> Supervisor<L> {
                 };
             }
             Err(e) => {
-                crate::log(format!("{}: cannot start: {e}", svc.name));
-                svc.last_error = Some(e);
+                let permanent = matches!(e, StartError::Permanent(_));
+                let retry = if permanent { ", not retrying" } else { "" };
+                crate::log(format!("{}: cannot start{retry}: {e}", svc.name));
+                svc.last_error = Some(e.to_string());
                 svc.failures_in_row = svc.failures_in_row.saturating_add(1);
-                svc.state = if svc.failures_in_row >= CRASH_LOOP_LIMIT {
+                // Backoff would only repeat a permanent failure: failed at
+                // once, so the health gate has its verdict now.
+                svc.state = if permanent || svc.failures_in_row >= CRASH_LOOP_LIMIT {
                     State::Failed
                 } else {
                     State::Backoff {

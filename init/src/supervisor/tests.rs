@@ -2,12 +2,15 @@
 #![allow(clippy::arithmetic_side_effects)]
 
 use super::*;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 #[derive(Debug, Default)]
 struct Fake {
     next_pid: i32,
+    /// Transient failures of the next starts, in order.
     fail: VecDeque<bool>,
+    /// Services whose command is not there: every start fails for good.
+    missing: BTreeSet<String>,
     started: Vec<String>,
     /// The services of each `start_all` call.
     batches: Vec<Vec<String>>,
@@ -17,15 +20,20 @@ struct Fake {
 }
 
 impl Launcher for Fake {
-    fn start(&mut self, name: &str, _: &ContainerDef) -> Result<Pid, String> {
+    fn start(&mut self, name: &str, _: &ContainerDef) -> Result<Pid, StartError> {
         self.started.push(name.to_string());
         if self.fail.pop_front().unwrap_or(false) {
-            return Err("exec /bin/nope: ENOENT".into());
+            return Err(StartError::Transient("clone3: EAGAIN".into()));
+        }
+        if self.missing.contains(name) {
+            return Err(StartError::Permanent(
+                "in the container: exec /bin/nope: ENOENT".into(),
+            ));
         }
         self.next_pid += 1;
         Ok(Pid::from_raw(100 + self.next_pid))
     }
-    fn start_all(&mut self, batch: &[(&str, &ContainerDef)]) -> Vec<Result<Pid, String>> {
+    fn start_all(&mut self, batch: &[(&str, &ContainerDef)]) -> Vec<Result<Pid, StartError>> {
         self.batches
             .push(batch.iter().map(|(n, _)| n.to_string()).collect());
         batch.iter().map(|(n, d)| self.start(n, d)).collect()
@@ -270,7 +278,7 @@ fn a_start_failure_is_retried_and_recorded() {
         .last_error
         .as_deref()
         .unwrap()
-        .contains("ENOENT"));
+        .contains("EAGAIN"));
     s.tick(s.next_deadline().unwrap());
     assert!(matches!(s.services[0].state, State::Running { .. }));
 }
@@ -531,4 +539,66 @@ fn a_required_oneshot_that_never_exits_fails_the_boot_when_the_gate_closes() {
     // The verdict is in: the others start.
     s.tick(closes + Duration::from_millis(1));
     assert!(s.launcher.started.contains(&"extra".to_string()));
+}
+
+#[test]
+fn a_permanent_start_failure_fails_at_once_and_fails_the_boot() {
+    let t = Instant::now();
+    let mut s = sup(&[("app", ""), ("web", "requires = [\"app\"]")], t);
+    s.launcher.missing.insert("app".into());
+    s.tick(t);
+    assert_eq!(s.launcher.started, ["app"], "one attempt");
+    assert_eq!(s.services[0].state, State::Failed);
+    let st = s.status();
+    assert_eq!(st[0].state, keel_api::init::ServiceState::Failed);
+    assert_eq!(
+        st[0].last_error.as_deref(),
+        Some("in the container: exec /bin/nope: ENOENT")
+    );
+    assert_eq!(
+        s.health(),
+        Health::Failed,
+        "the boot's verdict does not wait for retries"
+    );
+    assert_eq!(s.services[1].state, State::Failed, "its dependent too");
+    // No backoff to wait for: nothing is due but the health gate's end.
+    s.tick(t + BACKOFF_MAX);
+    assert_eq!(s.launcher.started, ["app"], "not retried");
+
+    // By hand it is tried again, and once the command is there it runs.
+    s.start_service("app", t + BACKOFF_MAX).unwrap();
+    assert_eq!(s.launcher.started, ["app", "app"]);
+    assert_eq!(s.services[0].state, State::Failed);
+    s.launcher.missing.clear();
+    s.restart_service("app", t + BACKOFF_MAX).unwrap();
+    assert!(matches!(s.services[0].state, State::Running { .. }));
+    assert_eq!(s.launcher.started.len(), 3);
+}
+
+#[test]
+fn a_transient_start_failure_is_retried_with_backoff_until_the_limit() {
+    let mut t = Instant::now();
+    let mut s = sup(&[("app", "")], t);
+    s.launcher.fail = vec![true; CRASH_LOOP_LIMIT as usize].into();
+    s.tick(t);
+    let mut last_delay = Duration::ZERO;
+    for n in 1..CRASH_LOOP_LIMIT {
+        let State::Backoff { until } = s.services[0].state else {
+            panic!("{:?}", s.services[0].state)
+        };
+        assert!(until - t >= last_delay, "backoff must not shrink");
+        last_delay = until - t;
+        assert_eq!(s.health(), Health::Starting, "not given up on yet");
+        assert_eq!(s.launcher.started.len(), n as usize);
+        t = until;
+        s.tick(t);
+    }
+    assert_eq!(s.launcher.started.len(), CRASH_LOOP_LIMIT as usize);
+    assert_eq!(s.services[0].state, State::Failed);
+    assert_eq!(s.health(), Health::Failed);
+    assert!(s.services[0]
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("EAGAIN"));
 }
