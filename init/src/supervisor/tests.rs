@@ -2,6 +2,8 @@
 #![allow(clippy::arithmetic_side_effects)]
 
 use super::*;
+use crate::launch::ProcFacts;
+use nix::sys::signal::Signal;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 #[derive(Debug, Default)]
