@@ -157,4 +157,37 @@ mod tests {
             assert!(matches!(Tap::attach(name), Err(TapError::Name { .. })));
         }
     }
+
+    /// On a host that lets this test make taps (root with CAP_NET_ADMIN);
+    /// elsewhere it says so and passes.
+    #[test]
+    fn a_persistent_tap_stays_and_belongs_to_whom_it_is_given() {
+        let name = format!("keeltap{}", std::process::id() % 100_000);
+        let tap = match Tap::attach(&name) {
+            Ok(tap) => tap,
+            Err(e) => {
+                eprintln!("skipped: cannot make taps here: {e}");
+                return;
+            }
+        };
+        tap.persist_for(4242, 4343).unwrap();
+        drop(tap);
+        let sys = std::path::Path::new("/sys/class/net").join(&name);
+        let read = |f: &str| std::fs::read_to_string(sys.join(f)).unwrap();
+        let owners = (read("owner"), read("group"));
+        // Attached again (it outlived its fd), then let go for good.
+        let again = Tap::attach(&name).unwrap();
+        // SAFETY: TUNSETPERSIST takes a flag by value on an attached fd.
+        let rc = unsafe {
+            libc::ioctl(
+                again.file.as_raw_fd(),
+                libc::TUNSETPERSIST,
+                0 as libc::c_ulong,
+            )
+        };
+        again.check("TUNSETPERSIST", rc).unwrap();
+        drop(again);
+        assert_eq!((owners.0.trim(), owners.1.trim()), ("4242", "4343"));
+        assert!(!sys.exists(), "gone once not persistent");
+    }
 }
