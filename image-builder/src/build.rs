@@ -152,16 +152,17 @@ pub fn load_containers(recipe: &Loaded<ImageRecipe>) -> Result<Vec<StagedContain
                 path: path.clone(),
                 message: format!("`rootfs.oci`: {e}"),
             })?;
-            text = crate::oci::resolve(&text, &image.config, &mut |rel| {
-                image
-                    .file(rel)
-                    .ok()
-                    .flatten()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-            })
-            .map_err(|m| BuildError::Container {
+            // Read through its layers: the build unpacks it only later,
+            // into the root it stages.
+            let files = image.in_layers().map_err(|e| BuildError::Container {
                 path: path.clone(),
-                message: format!("`rootfs.oci` {rel}: {m}"),
+                message: format!("`rootfs.oci` {rel}: {e}"),
+            })?;
+            text = crate::oci::resolve_text(&text, &image.config, &files).map_err(|m| {
+                BuildError::Container {
+                    path: path.clone(),
+                    message: format!("`rootfs.oci` {rel}: {m}"),
+                }
             })?;
             def = ContainerDef::parse(&text).map_err(bad)?;
             oci = Some(std::sync::Arc::new(image));

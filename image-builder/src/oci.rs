@@ -3,18 +3,33 @@
 
 pub use keel_oci::*;
 
-/// A definition's text with the image config's defaults added for the keys
-/// it does not set: `command` (Entrypoint then Cmd), `env`, `cwd`, and
-/// `[user]` (the User, by number or by name in the image's own files,
-/// which `read` gives). Returns the text to store in the image, or why the
-/// image cannot run.
-pub fn resolve(
+/// A definition's text with what the image runs added for the keys it
+/// does not set: `command` (Entrypoint then Cmd, its program found in the
+/// PATH), `env` (the image's, with Docker's PATH if it has none), `cwd`,
+/// and `[user]` (by number or by name in the image's own files), worked
+/// out by [`keel_oci::resolve`] as keel-init does for the person's
+/// containers. `image` gives the image's files. Returns the text to store
+/// in the image, or why the image cannot run.
+pub fn resolve_text(
     text: &str,
     config: &RunConfig,
-    read: &mut dyn FnMut(&str) -> Option<String>,
+    image: &dyn ImageRoot,
 ) -> Result<String, String> {
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
-    let mut top = String::new();
+    let def = keel_formats::container::ContainerDef::parse(text).map_err(|e| e.to_string())?;
+    let has = |key: &str| table.contains_key(key);
+    let given = Given {
+        command: if has("command") {
+            def.command.clone()
+        } else {
+            Vec::new()
+        },
+        env: has("env").then(|| def.env.clone()),
+        set_env: Vec::new(),
+        cwd: has("cwd").then(|| def.cwd.clone()),
+        user: has("user").then(|| format!("{}:{}", def.user.uid, def.user.gid)),
+    };
+    let run = keel_oci::resolve(config, &given, image).map_err(|e| e.to_string())?;
     let list = |v: &[String]| {
         let items: Vec<String> = v
             .iter()
@@ -22,36 +37,21 @@ pub fn resolve(
             .collect();
         format!("[{}]", items.join(", "))
     };
-    if !table.contains_key("command") {
-        let command: Vec<String> = config
-            .entrypoint
-            .iter()
-            .flatten()
-            .chain(config.cmd.iter().flatten())
-            .cloned()
-            .collect();
-        if command.is_empty() {
-            return Err(
-                "neither `command` nor the image's Entrypoint or Cmd says what to run".into(),
-            );
-        }
-        top.push_str(&format!("command = {}\n", list(&command)));
+    let mut top = String::new();
+    if !has("command") {
+        top.push_str(&format!("command = {}\n", list(&run.command)));
     }
-    if let (false, Some(env)) = (table.contains_key("env"), &config.env) {
-        top.push_str(&format!("env = {}\n", list(env)));
+    if !has("env") {
+        top.push_str(&format!("env = {}\n", list(&run.env)));
     }
-    if let (false, Some(wd)) = (table.contains_key("cwd"), &config.working_dir) {
-        if !wd.is_empty() {
-            top.push_str(&format!("cwd = {}\n", toml::Value::String(wd.clone())));
-        }
+    // `/`, where the image names no folder, is the definition's default.
+    if !has("cwd") && run.cwd != "/" {
+        top.push_str(&format!("cwd = {}\n", toml::Value::String(run.cwd)));
     }
-    let mut tail = String::new();
-    if let (false, Some(user)) = (table.contains_key("user"), &config.user) {
-        if !user.is_empty() {
-            let (uid, gid) = lookup_user(user, read)?;
-            tail = format!("\n[user]\nuid = {uid}\ngid = {gid}\n");
-        }
-    }
+    let tail = match run.user {
+        Some((uid, gid)) if !has("user") => format!("\n[user]\nuid = {uid}\ngid = {gid}\n"),
+        _ => String::new(),
+    };
     if top.is_empty() && tail.is_empty() {
         return Ok(text.to_string());
     }
@@ -63,17 +63,31 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keel_formats::container::ContainerDef;
+    use std::path::Path;
 
     const CONFIG: &str = r#"{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/bin/hello"],"Cmd":["--greet","world"],"Env":["PATH=/bin","GREETING=hi"],"WorkingDir":"/data","User":"1000:1000"}}"#;
+
+    /// An image with only these files.
+    struct Files(&'static [&'static str]);
+
+    impl ImageRoot for Files {
+        fn exists(&self, path: &Path) -> bool {
+            self.0.iter().any(|p| Path::new(p) == path)
+        }
+        fn read_text(&self, _: &Path) -> Option<String> {
+            None
+        }
+    }
 
     #[test]
     fn the_config_fills_what_the_definition_leaves_out() {
         let config: keel_oci::ConfigBlob = serde_json::from_str(CONFIG).unwrap();
         let c = config.config;
         let text = "description = \"app\"\n[rootfs]\noci = \"app\"\n";
-        let mut none = |_: &str| None;
-        let out = resolve(text, &c, &mut none).unwrap();
-        let def = keel_formats::container::ContainerDef::parse(&out).unwrap();
+        let none = Files(&[]);
+        let out = resolve_text(text, &c, &none).unwrap();
+        let def = ContainerDef::parse(&out).unwrap();
         assert_eq!(def.command, ["/bin/hello", "--greet", "world"]);
         assert_eq!(def.env, ["PATH=/bin", "GREETING=hi"]);
         assert_eq!(def.cwd, "/data");
@@ -81,9 +95,7 @@ mod tests {
         // What the definition says wins.
         let own =
             "command = [\"/bin/sh\"]\ncwd = \"/\"\n[user]\nuid = 5\n[rootfs]\noci = \"app\"\n";
-        let def =
-            keel_formats::container::ContainerDef::parse(&resolve(own, &c, &mut none).unwrap())
-                .unwrap();
+        let def = ContainerDef::parse(&resolve_text(own, &c, &none).unwrap()).unwrap();
         assert_eq!(
             (def.command[0].as_str(), def.cwd.as_str(), def.user.uid),
             ("/bin/sh", "/", 5)
@@ -92,11 +104,29 @@ mod tests {
             user: Some("app".into()),
             ..c.clone()
         };
-        assert!(resolve(text, &named, &mut none)
+        assert!(resolve_text(text, &named, &none)
             .unwrap_err()
             .contains("no user \"app\" in the image's /etc/passwd"));
-        assert!(resolve(text, &RunConfig::default(), &mut none)
+        assert!(resolve_text(text, &RunConfig::default(), &none)
             .unwrap_err()
             .contains("what to run"));
+    }
+
+    #[test]
+    fn a_bare_command_is_found_in_the_image_s_path_as_docker_finds_it() {
+        let c = RunConfig {
+            cmd: Some(vec!["nginx".into(), "-g".into()]),
+            ..RunConfig::default()
+        };
+        let text = "[rootfs]\noci = \"app\"\n";
+        let image = Files(&["usr/sbin/nginx"]);
+        let def = ContainerDef::parse(&resolve_text(text, &c, &image).unwrap()).unwrap();
+        assert_eq!(def.command, ["/usr/sbin/nginx", "-g"]);
+        assert_eq!(def.env, [keel_oci::DEFAULT_PATH], "Docker's PATH");
+        assert_eq!((def.cwd.as_str(), def.user.uid), ("/", 0));
+        // The definition's own env is its PATH.
+        let own = "env = [\"PATH=/bin\"]\n[rootfs]\noci = \"app\"\n";
+        let e = resolve_text(own, &c, &image).unwrap_err();
+        assert_eq!(e, "\"nginx\" is not in the image's PATH (/bin)");
     }
 }

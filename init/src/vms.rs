@@ -15,13 +15,14 @@ use keel_formats::hostconfig::HostConfig;
 /// The image's microVM runner: a template for one service per VM.
 pub const VMM_TEMPLATE: &str = "vmm";
 pub const KVM: &str = "/dev/kvm";
-pub const TUN: &str = "/dev/net/tun";
+pub const TUN: &str = keel_tap::TUN;
 
 /// What the host does for its VMs.
 pub trait VmHost {
     /// Give device node `path` to group `gid` with `mode`.
     fn set_device(&mut self, path: &Path, gid: u32, mode: u32) -> Result<(), String>;
-    /// Make tap `name` exist, persist, belong to `uid`/`gid`, and be up.
+    /// Make tap `name` exist, persist, belong to `uid`/`gid`, and be up;
+    /// an error names the tap.
     fn ensure_tap(&mut self, name: &str, uid: u32, gid: u32) -> Result<(), String>;
     /// Give the file at `path` (not a symlink's target) to `uid`/`gid`.
     fn own_file(&mut self, path: &Path, uid: u32, gid: u32) -> Result<(), String>;
@@ -46,7 +47,7 @@ pub fn prepare(c: &HostConfig, host: &mut dyn VmHost) -> Vec<String> {
         if vm.network == VmNetwork::Tap {
             let tap = vm_tap(name);
             if let Err(e) = host.ensure_tap(&tap, VMM_UID, KVM_GID) {
-                warnings.push(format!("vms.{name}: tap {tap}: {e}"));
+                warnings.push(format!("vms.{name}: {e}"));
             }
         }
         if let Some(disk) = &vm.rootfs {
@@ -153,55 +154,22 @@ impl VmHost for RealVmHost {
     }
 
     fn ensure_tap(&mut self, name: &str, uid: u32, gid: u32) -> Result<(), String> {
-        use std::os::fd::AsRawFd;
-        let tun = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(TUN)
-            .map_err(|e| format!("{TUN}: {e}"))?;
-        let fd = tun.as_raw_fd();
-        // SAFETY: ifreq is plain C data for which all zeros is valid.
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes().take(15)) {
-            *dst = src as libc::c_char;
-        }
-        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-        let ioctl = |what: &str, rc: libc::c_int| {
-            if rc < 0 {
-                Err(format!("{what}: {}", std::io::Error::last_os_error()))
-            } else {
-                Ok(())
-            }
-        };
-        // SAFETY: TUNSETIFF reads and writes an ifreq, which `req` is; fd
-        // is ours and open.
-        ioctl("TUNSETIFF", unsafe {
-            libc::ioctl(fd, libc::TUNSETIFF, &mut req)
-        })?;
-        // SAFETY: these take plain integers by value on an attached fd.
-        ioctl("TUNSETOWNER", unsafe {
-            libc::ioctl(fd, libc::TUNSETOWNER, libc::c_ulong::from(uid))
-        })?;
-        // SAFETY: as above.
-        ioctl("TUNSETGROUP", unsafe {
-            libc::ioctl(fd, libc::TUNSETGROUP, libc::c_ulong::from(gid))
-        })?;
-        // SAFETY: as above.
-        ioctl("TUNSETPERSIST", unsafe {
-            libc::ioctl(fd, libc::TUNSETPERSIST, 1 as libc::c_ulong)
-        })?;
-        drop(tun);
-        let cname = std::ffi::CString::new(name).map_err(|e| e.to_string())?;
+        let tap = keel_tap::Tap::attach(name).map_err(|e| e.to_string())?;
+        tap.persist_for(uid, gid).map_err(|e| e.to_string())?;
+        drop(tap);
+        // keel_tap refused a name with a NUL.
+        let cname = std::ffi::CString::new(name).map_err(|e| format!("tap {name}: {e}"))?;
         // SAFETY: a NUL-terminated name that lives across the call.
         let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
         if index == 0 {
             return Err(format!(
-                "no interface after creating it: {}",
+                "tap {name}: no interface after creating it: {}",
                 std::io::Error::last_os_error()
             ));
         }
-        let mut nl = crate::net::netlink::Netlink::open()?;
-        crate::net::interfaces::Net::link_up(&mut nl, index, None)
+        let up = crate::net::netlink::Netlink::open()
+            .and_then(|mut nl| crate::net::interfaces::Net::link_up(&mut nl, index, None));
+        up.map_err(|e| format!("tap {name}: {e}"))
     }
 
     fn own_file(&mut self, path: &Path, uid: u32, gid: u32) -> Result<(), String> {
@@ -228,7 +196,7 @@ mod tests {
         fn ensure_tap(&mut self, name: &str, uid: u32, gid: u32) -> Result<(), String> {
             self.calls.push(format!("tap {name} {uid}:{gid}"));
             if self.fail_taps {
-                Err("Operation not permitted".into())
+                Err(format!("tap {name}: Operation not permitted"))
             } else {
                 Ok(())
             }

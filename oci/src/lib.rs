@@ -2,9 +2,12 @@
 //! `docker save` archive. Every blob is checked against its sha256 digest;
 //! layers are applied in order with their whiteouts; the image config's
 //! Entrypoint, Cmd, Env, WorkingDir and User become the defaults of the
-//! container definition (see [`resolve`]).
+//! container definition (see [`resolve`]), for `keel build` and keel-init
+//! alike.
 
 mod inroot;
+mod listing;
+mod run;
 mod unpack;
 
 use std::fs;
@@ -14,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use inroot::{InRoot, Owners};
+pub use listing::InLayers;
+pub use run::{lookup_user, resolve, Given, ImageRoot, Resolved, RunError, DEFAULT_PATH};
 pub use unpack::{unpack, unpack_as, unpack_keeping_owners, Layers};
 
 #[derive(Debug, thiserror::Error)]
@@ -374,60 +379,6 @@ fn compression(f: &fs::File, path: &Path) -> Result<Compression, OciError> {
         [0x28, 0xb5, 0x2f, 0xfd] => Compression::Zstd,
         _ => Compression::None,
     })
-}
-
-/// The uid and gid of an image's User: `uid`, `uid:gid`, or names looked
-/// up in the image's own `/etc/passwd` and `/etc/group` (`read` gives a
-/// file of the image, if it has it). A user alone takes its passwd gid.
-pub fn lookup_user(
-    user: &str,
-    read: &mut dyn FnMut(&str) -> Option<String>,
-) -> Result<(u32, u32), String> {
-    let (u, g) = match user.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (user, None),
-    };
-    // name → (id, primary gid) in a passwd or group file.
-    let find = |text: &Option<String>, name: &str| {
-        text.as_deref()?.lines().find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.first() == Some(&name) && f.len() >= 3).then(|| {
-                (
-                    f[2].parse::<u32>().ok(),
-                    f.get(3).and_then(|g| g.parse::<u32>().ok()),
-                )
-            })
-        })
-    };
-    let (uid, passwd_gid) = match u.parse::<u32>() {
-        Ok(uid) => (uid, None),
-        Err(_) => {
-            let passwd = read("etc/passwd");
-            match find(&passwd, u) {
-                Some((Some(uid), gid)) => (uid, gid),
-                _ => {
-                    return Err(format!(
-                        "the image's User {user:?}: no user {u:?} in the image's /etc/passwd; set [user] in the definition"
-                    ))
-                }
-            }
-        }
-    };
-    let gid = match g {
-        None => passwd_gid.unwrap_or(uid),
-        Some(g) => match g.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => match find(&read("etc/group"), g) {
-                Some((Some(gid), _)) => gid,
-                _ => {
-                    return Err(format!(
-                        "the image's User {user:?}: no group {g:?} in the image's /etc/group; set [user] in the definition"
-                    ))
-                }
-            },
-        },
-    };
-    Ok((uid, gid))
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ use tar::EntryType;
 use super::inroot::{Meta, Owners, Tree};
 use super::{compression, io_err, Compression, Image, OciError};
 
-const WHITEOUT: &str = ".wh.";
-const OPAQUE: &str = ".wh..wh..opq";
+pub(super) const WHITEOUT: &str = ".wh.";
+pub(super) const OPAQUE: &str = ".wh..wh..opq";
 
 pub(super) fn layer_reader(path: &Path) -> Result<Box<dyn Read>, OciError> {
     read_layer(&fs::File::open(path).map_err(io_err(path))?, path)
@@ -134,7 +134,7 @@ impl Image {
 
 /// A member path made relative and free of `..` and NUL bytes; None if it
 /// leaves the root.
-fn clean(p: &Path) -> Option<PathBuf> {
+pub(super) fn clean(p: &Path) -> Option<PathBuf> {
     use std::os::unix::ffi::OsStrExt;
     // tar keeps a NUL inside a long name; the system would cut the name
     // there (`..\0x` is `..`), so such a name leaves the root too.

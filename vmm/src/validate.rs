@@ -70,7 +70,7 @@ pub fn validate(c: &VmConfig) -> Result<(), ConfigError> {
 
 /// What Linux accepts as an interface name (dev_valid_name).
 pub fn is_interface_name(name: &str) -> bool {
-    (1..crate::virtio::net::IFNAMSIZ).contains(&name.len())
+    (1..keel_tap::IFNAMSIZ).contains(&name.len())
         && name != "."
         && name != ".."
         && !name

@@ -41,12 +41,6 @@ pub const DEFAULT_CAPS: [&str; 14] = [
 /// gives it.
 const SCRATCH: [&str; 3] = ["/tmp", "/run", "/var/tmp"];
 
-/// The most of an image's /etc/passwd or /etc/group read to find its User.
-const MAX_ID_FILE: u64 = 1 << 20;
-
-/// Docker's PATH for images that set none.
-const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
 /// A published port: keel-init listens on `host` and forwards to the
 /// container's loopback at `container`.
 pub use keel_formats::hostconfig::values::PortMap as Port;
@@ -74,49 +68,21 @@ pub fn definition(
     // The host's health is the OS's: a workload that fails does not roll
     // back an update.
     def.required = false;
-    let mut env = config.env.clone().unwrap_or_default();
-    if !env.iter().any(|e| e.starts_with("PATH=")) {
-        env.insert(0, DEFAULT_PATH.to_string());
-    }
-    for (k, v) in &uc.env {
-        env.retain(|e| e.split_once('=').map(|(n, _)| n) != Some(k.as_str()));
-        env.push(format!("{k}={v}"));
-    }
-    def.cwd = config
-        .working_dir
-        .clone()
-        .filter(|w| !w.is_empty())
-        .unwrap_or_else(|| "/".into());
-    let mut command = if uc.command.is_empty() {
-        config
-            .entrypoint
-            .iter()
-            .flatten()
-            .chain(config.cmd.iter().flatten())
-            .cloned()
-            .collect()
-    } else {
-        uc.command.clone()
-    };
-    let Some(first) = command.first_mut() else {
-        return Err("neither `command` nor the image's Entrypoint or Cmd says what to run".into());
-    };
     // The image's files as the container sees them: PID 1 reads them, and
     // a symlink in a hostile image must not point it at the host's.
     let image = InRoot::open(root)?;
-    *first = find_program(first, &env, &def.cwd, &image)?;
-    def.command = command;
-    def.env = env;
-    let user = uc
-        .user
-        .as_deref()
-        .or(config.user.as_deref().filter(|u| !u.is_empty()));
-    if let Some(user) = user {
-        let read = &mut |rel: &str| {
-            let data = image.read(Path::new(rel), MAX_ID_FILE).ok().flatten()?;
-            String::from_utf8(data).ok()
-        };
-        let (uid, gid) = keel_oci::lookup_user(user, read)?;
+    let given = keel_oci::Given {
+        command: uc.command.clone(),
+        env: None,
+        set_env: uc.env.clone().into_iter().collect(),
+        cwd: None,
+        user: uc.user.clone(),
+    };
+    let run = keel_oci::resolve(config, &given, &image).map_err(|e| e.to_string())?;
+    def.command = run.command;
+    def.env = run.env;
+    def.cwd = run.cwd;
+    if let Some((uid, gid)) = run.user {
         def.user.uid = uid;
         def.user.gid = gid;
     }
@@ -163,35 +129,6 @@ fn volume(v: &Volume) -> BindMount {
         target: v.target.clone(),
         readonly: v.readonly,
     }
-}
-
-/// The absolute path of `program` inside the image: as it is if absolute,
-/// from `cwd` if it has a slash, else looked up in the container's PATH,
-/// as a container engine does.
-fn find_program(
-    program: &str,
-    env: &[String],
-    cwd: &str,
-    image: &InRoot,
-) -> Result<String, String> {
-    if program.starts_with('/') {
-        return Ok(program.to_string());
-    }
-    if program.contains('/') {
-        return Ok(Path::new(cwd).join(program).to_string_lossy().into_owned());
-    }
-    let path = env
-        .iter()
-        .rev()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or_default();
-    for dir in path.split(':').filter(|d| d.starts_with('/')) {
-        let inside = Path::new(dir).join(program);
-        if image.exists(inside.strip_prefix("/").unwrap_or(&inside)) {
-            return Ok(inside.to_string_lossy().into_owned());
-        }
-    }
-    Err(format!("{program:?} is not in the image's PATH ({path})"))
 }
 
 /// The ports a container publishes.

@@ -6,7 +6,6 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -24,17 +23,11 @@ const MAX_FRAME: usize = 65_536;
 
 const F_MAC: u64 = 1 << 5;
 
-/// Linux's interface names are at most 15 bytes.
-pub const IFNAMSIZ: usize = 16;
-
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("/dev/net/tun: {0}")]
-    Tun(std::io::Error),
-    #[error("tap {name}: {source}{hint}")]
-    Attach {
-        name: String,
-        source: std::io::Error,
+    #[error("{source}{hint}")]
+    Tap {
+        source: keel_tap::TapError,
         hint: &'static str,
     },
 }
@@ -49,51 +42,25 @@ pub trait NetBackend: Send {
     fn fd(&self) -> RawFd;
 }
 
-/// A tap device opened by name, non-blocking.
+/// A tap device attached by name, non-blocking.
 #[derive(Debug)]
 pub struct Tap(File);
-
-/// TUNSETIFF's request for the tap `name` (at most 15 bytes, checked
-/// before): plain Ethernet frames, no packet-info header.
-fn tap_request(name: &str) -> libc::ifreq {
-    // SAFETY: ifreq is plain C data (bytes, integers, pointers in a
-    // union) for which all zeros is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes().take(IFNAMSIZ - 1)) {
-        *dst = src as libc::c_char;
-    }
-    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-    req
-}
 
 impl Tap {
     /// Attach to tap `name`. Without CAP_NET_ADMIN the tap must already
     /// exist and belong to this user (keel-init makes it so for `vms`).
     pub fn open(name: &str) -> Result<Tap, NetError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")
-            .map_err(NetError::Tun)?;
-        let mut req = tap_request(name);
-        // SAFETY: TUNSETIFF reads an ifreq, which `req` is, and the fd is
-        // ours; the kernel keeps no pointer to it.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
-        if rc < 0 {
-            let source = std::io::Error::last_os_error();
-            let hint = if source.raw_os_error() == Some(libc::EPERM) {
-                " (a tap keel-vmm may use must exist and belong to its user, or keel-vmm needs CAP_NET_ADMIN)"
-            } else {
-                ""
-            };
-            return Err(NetError::Attach {
-                name: name.to_string(),
-                source,
-                hint,
-            });
+        match keel_tap::Tap::attach(name) {
+            Ok(tap) => Ok(Tap(tap.into_file())),
+            Err(source) => {
+                let hint = if source.raw_os_error() == Some(libc::EPERM) {
+                    " (a tap keel-vmm may use must exist and belong to its user, or keel-vmm needs CAP_NET_ADMIN)"
+                } else {
+                    ""
+                };
+                Err(NetError::Tap { source, hint })
+            }
         }
-        Ok(Tap(file))
     }
 }
 
