@@ -227,7 +227,16 @@ pub fn init(runs: usize, boots: usize) -> anyhow::Result<()> {
         }
     }
     table.push_str("\nTarget (issue 3): keel ≤ 0.5 × crun.\n");
-    run(crate::cargo().args(["build", "--release", "--target", MUSL, "-p", "keel-init"]))?;
+    run(crate::cargo().args([
+        "build",
+        "--release",
+        "--target",
+        MUSL,
+        "-p",
+        "keel-init",
+        "-p",
+        "keelctl",
+    ]))?;
     let rss = init_rss(&work, 10)?;
     table.push_str(&format!(
         "\n| keel-init as PID 1 | resident memory |\n|---|---|\n| supervising 10 services, all ready | {:.2} MiB (target ≤ 3 MiB) |\n",

@@ -359,6 +359,8 @@ pub(crate) fn image() -> anyhow::Result<PathBuf> {
         "-p",
         "keel-init",
         "-p",
+        "keelctl",
+        "-p",
         "keel-probe",
         "-p",
         "keel-update",

@@ -1,7 +1,5 @@
-//! keelctl: the command line over keel-init's local API.
-
-// Per crate root: [workspace.lints] cannot be extended per crate.
-#![deny(clippy::arithmetic_side_effects)]
+//! keelctl's command line: the clap types, and one function per
+//! subcommand over keel-init's and keel-update's local APIs.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -13,10 +11,11 @@ use clap::{Parser, Subcommand};
 use keel_api::init::{render_status, Request, Response};
 use keel_api::update::{UpdateRequest, UpdateResponse, UPDATE_SOCKET};
 use keel_api::wire;
+use keel_formats::hostconfig::values::Seconds;
 
 #[derive(Debug, Parser)]
 #[command(name = "keelctl", version, about = "Control a keel host")]
-struct Cli {
+pub struct Cli {
     /// keel-init's API socket.
     #[arg(long, default_value = keel_formats::API_SOCKET)]
     socket: String,
@@ -89,7 +88,7 @@ enum ConfigCmd {
         /// Go back to the previous config after this long (`90s`, `5m`)
         /// unless `keelctl config confirm` comes first.
         #[arg(long = "try", value_name = "DURATION")]
-        try_for: Option<String>,
+        try_for: Option<Seconds>,
     },
     /// Keep the config on trial (from `apply --try`).
     Confirm,
@@ -278,8 +277,8 @@ fn logs(socket: &str, name: &str, follow: bool) -> anyhow::Result<()> {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Run what `cli` asks for.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
     let socket = cli.socket.as_str();
     match cli.command {
         Cmd::Status { json } => match call(socket, &Request::Status)? {
@@ -314,12 +313,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Update(cmd) => update(cmd)?,
         Cmd::Config(ConfigCmd::Apply { file, try_for }) => {
-            let try_s = try_for
-                .map(|d| {
-                    keel_formats::hostconfig::units::parse_duration(&d)
-                        .map_err(|e| anyhow::anyhow!("--try {d:?}: {e}"))
-                })
-                .transpose()?;
+            let try_s = try_for.map(|d| d.0);
             let text =
                 std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
             let name = file.display().to_string();
