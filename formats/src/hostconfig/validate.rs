@@ -107,6 +107,40 @@ pub fn validate(c: &HostConfig, ctx: &Context) -> Vec<Problem> {
     let mut k = Checker {
         problems: Vec::new(),
     };
+    host(&mut k, c, ctx);
+    network(&mut k, c);
+    for (i, s) in c.time.ntp.iter().enumerate() {
+        if parse_ip(s).is_err() && !is_host_name(s) {
+            k.bad(
+                &["time", "ntp"],
+                format!(
+                    "entry {}: {s:?} is neither an address nor a host name",
+                    i + 1
+                ),
+            );
+        }
+    }
+    admin(&mut k, c);
+    services(&mut k, c, ctx);
+    // Host ports in use: (port, udp) → who.
+    let mut ports: BTreeMap<(u16, bool), String> = BTreeMap::new();
+    let ssh = &c.admin.ssh;
+    if c.admin.enabled && ssh.enabled {
+        ports.insert((ssh.port, false), "admin.ssh".into());
+    }
+    for (name, ct) in &c.containers {
+        container(&mut k, name, ct, c, ctx, &mut ports);
+    }
+    volume_sources(&mut k, c);
+    for (name, vm) in &c.vms {
+        self::vm(&mut k, name, vm);
+    }
+    update(&mut k, c);
+    k.problems
+}
+
+/// The host name, the time zone and the sysctls.
+fn host(k: &mut Checker, c: &HostConfig, ctx: &Context) {
     if let Some(h) = &c.hostname {
         if !is_label(h) {
             k.bad(
@@ -157,18 +191,9 @@ pub fn validate(c: &HostConfig, ctx: &Context) -> Vec<Problem> {
             k.bad(&["sysctl", key], "the value must be one line");
         }
     }
-    network(&mut k, c);
-    for (i, s) in c.time.ntp.iter().enumerate() {
-        if parse_ip(s).is_err() && !is_host_name(s) {
-            k.bad(
-                &["time", "ntp"],
-                format!(
-                    "entry {}: {s:?} is neither an address nor a host name",
-                    i + 1
-                ),
-            );
-        }
-    }
+}
+
+fn admin(k: &mut Checker, c: &HostConfig) {
     let ssh = &c.admin.ssh;
     if ssh.enabled && c.admin.enabled && ssh.authorized_keys.is_empty() {
         k.bad(
@@ -187,6 +212,10 @@ pub fn validate(c: &HostConfig, ctx: &Context) -> Vec<Problem> {
             );
         }
     }
+}
+
+/// `services.NAME`: overrides of the image's own services.
+fn services(k: &mut Checker, c: &HostConfig, ctx: &Context) {
     for (name, s) in &c.services {
         if let Some(known) = &ctx.services {
             if !known.contains(name) {
@@ -207,22 +236,8 @@ pub fn validate(c: &HostConfig, ctx: &Context) -> Vec<Problem> {
                 );
             }
         }
-        limits(&mut k, &["services", name, "limits"], &s.limits);
+        limits(k, &["services", name, "limits"], &s.limits);
     }
-    // Host ports in use: (port, udp) → who.
-    let mut ports: BTreeMap<(u16, bool), String> = BTreeMap::new();
-    if c.admin.enabled && ssh.enabled {
-        ports.insert((ssh.port, false), "admin.ssh".into());
-    }
-    for (name, ct) in &c.containers {
-        container(&mut k, name, ct, c, ctx, &mut ports);
-    }
-    volume_sources(&mut k, c);
-    for (name, vm) in &c.vms {
-        self::vm(&mut k, name, vm);
-    }
-    update(&mut k, c);
-    k.problems
 }
 
 /// A path's parts, `.` and empty ones left out.
@@ -464,36 +479,43 @@ fn container(
     }
     limits(k, &["containers", name, "limits"], &ct.limits);
     if let Some(u) = &ct.user {
-        let ids = match u.split_once(':') {
-            Some((a, b)) => a.parse::<u32>().ok().zip(b.parse::<u32>().ok()),
-            None => u.parse::<u32>().ok().map(|a| (a, a)),
-        };
-        match ids {
-            None => k.bad(&at("user"), format!("{u:?} is not uid or uid:gid")),
-            Some((uid, gid))
-                if ct.userns == crate::container::Share::Private
-                    && uid.max(gid) >= crate::host::USERNS_IDS =>
-            {
-                k.bad(
-                    &at("user"),
-                    format!(
-                        "{u:?}: the container's user namespace has ids 0 to {}; \
-                         pick one of those, or set userns = \"host\"",
-                        crate::host::USERNS_IDS - 1
-                    ),
-                );
-            }
-            Some((uid, gid)) if uid.max(gid) >= crate::host::USERNS_FIRST => {
-                k.bad(
-                    &at("user"),
-                    format!(
-                        "{u:?}: ids from {} up are the ranges of user containers' namespaces",
-                        crate::host::USERNS_FIRST
-                    ),
-                );
-            }
-            Some(_) => {}
+        user(k, name, u, ct.userns);
+    }
+}
+
+/// `containers.NAME.user`: ids the container's user namespace (or, with
+/// the host's, the host outside the containers' ranges) has.
+fn user(k: &mut Checker, name: &str, u: &str, userns: crate::container::Share) {
+    let at = |last: &'static str| vec!["containers", name, last];
+    let ids = match u.split_once(':') {
+        Some((a, b)) => a.parse::<u32>().ok().zip(b.parse::<u32>().ok()),
+        None => u.parse::<u32>().ok().map(|a| (a, a)),
+    };
+    match ids {
+        None => k.bad(&at("user"), format!("{u:?} is not uid or uid:gid")),
+        Some((uid, gid))
+            if userns == crate::container::Share::Private
+                && uid.max(gid) >= crate::host::USERNS_IDS =>
+        {
+            k.bad(
+                &at("user"),
+                format!(
+                    "{u:?}: the container's user namespace has ids 0 to {}; \
+                     pick one of those, or set userns = \"host\"",
+                    crate::host::USERNS_IDS - 1
+                ),
+            );
         }
+        Some((uid, gid)) if uid.max(gid) >= crate::host::USERNS_FIRST => {
+            k.bad(
+                &at("user"),
+                format!(
+                    "{u:?}: ids from {} up are the ranges of user containers' namespaces",
+                    crate::host::USERNS_FIRST
+                ),
+            );
+        }
+        Some(_) => {}
     }
 }
 

@@ -56,11 +56,40 @@ pub fn start(
         .iter()
         .filter_map(|e| CString::new(e.as_str()).ok())
         .collect();
+    let own_userns = different_ns(pid, "user")?;
+    let ns = namespaces(pid, def, own_userns)?;
+    let procs = Path::new("/sys/fs/cgroup/system")
+        .join(name)
+        .join("cgroup.procs");
+    // SAFETY: keel-init is single-threaded; the child only enters
+    // namespaces, forks once more, drops privileges and execs or exits.
+    match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Parent { child } => Ok(child),
+        ForkResult::Child => in_service(&Joining {
+            name,
+            procs: &procs,
+            ns: &ns,
+            own_userns,
+            def,
+            confine,
+            argv: &argv,
+            env: &env,
+            stdio,
+        }),
+    }
+}
+
+/// The namespaces of the service's process `pid` to enter, in the order
+/// they must be entered.
+fn namespaces(
+    pid: Pid,
+    def: &ContainerDef,
+    own_userns: bool,
+) -> Result<Vec<(File, CloneFlags)>, String> {
     // The user namespace first: its root owns the others, and a command
     // that joins it is one of its users, never host root. Whether there is
     // one is the process's, not the definition's: a definition replaced
     // while its old process still stops may say otherwise.
-    let own_userns = different_ns(pid, "user")?;
     let mut kinds = Vec::new();
     if own_userns {
         kinds.push(("user", CloneFlags::CLONE_NEWUSER));
@@ -81,68 +110,90 @@ pub fn start(
             .map_err(|e| format!("/proc/{pid}/ns/{k}: {e}"))?;
         ns.push((f, flag));
     }
-    let procs = Path::new("/sys/fs/cgroup/system")
-        .join(name)
-        .join("cgroup.procs");
-    // SAFETY: keel-init is single-threaded; the child only enters
-    // namespaces, forks once more, drops privileges and execs or exits.
-    match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
-        ForkResult::Parent { child } => Ok(child),
-        ForkResult::Child => {
-            let _ = nix::sys::signal::sigprocmask(
-                nix::sys::signal::SigmaskHow::SIG_SETMASK,
-                Some(&nix::sys::signal::SigSet::empty()),
-                None,
-            );
-            // The service's limits apply to what runs in it.
-            let _ = std::fs::write(&procs, "0");
-            let entered = ns
-                .iter()
-                .all(|(f, flag)| nix::sched::setns(f.as_fd(), *flag).is_ok());
-            let rooted = match (entered, own_userns) {
-                (true, true) => crate::launch::userns::become_root(),
-                (true, false) => Ok(()),
-                (false, _) => Err("cannot enter its namespaces".to_string()),
+    Ok(ns)
+}
+
+/// What the parent prepared for the forked child, which opens nothing
+/// itself.
+struct Joining<'a> {
+    name: &'a str,
+    procs: &'a Path,
+    ns: &'a [(File, CloneFlags)],
+    own_userns: bool,
+    def: &'a ContainerDef,
+    confine: &'a Confinement,
+    argv: &'a [CString],
+    env: &'a [CString],
+    stdio: &'a [OwnedFd],
+}
+
+/// The forked child's side: join the service, then run the command in a
+/// grandchild (a new PID namespace applies to children only). Never
+/// returns.
+fn in_service(j: &Joining<'_>) -> ! {
+    let Joining {
+        name,
+        procs,
+        ns,
+        own_userns,
+        def,
+        confine,
+        argv,
+        env,
+        stdio,
+    } = *j;
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
+    // The service's limits apply to what runs in it.
+    let _ = std::fs::write(procs, "0");
+    let entered = ns
+        .iter()
+        .all(|(f, flag)| nix::sched::setns(f.as_fd(), *flag).is_ok());
+    let rooted = match (entered, own_userns) {
+        (true, true) => crate::launch::userns::become_root(),
+        (true, false) => Ok(()),
+        (false, _) => Err("cannot enter its namespaces".to_string()),
+    };
+    if let Err(e) = rooted {
+        eprintln!("keel-init: exec in {name}: {e}");
+        // SAFETY: leave the forked child without the parent's destructors.
+        unsafe { libc::_exit(126) }
+    }
+    // A new PID namespace applies to children only: fork once more
+    // and pass on the command's exit status.
+    // SAFETY: as above, a single-threaded child.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Parent { child }) => {
+            let code = match nix::sys::wait::waitpid(child, None) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => c,
+                Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => {
+                    128i32.saturating_add(s as i32)
+                }
+                _ => 125,
             };
-            if let Err(e) = rooted {
+            // SAFETY: as above.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Child) => {
+            let _ = nix::unistd::setsid();
+            for (i, fd) in stdio.iter().enumerate() {
+                let _ = nix::unistd::dup2(fd.as_raw_fd(), i as RawFd);
+            }
+            let _ = nix::unistd::chdir(def.cwd.as_str());
+            if let Err(e) = crate::launch::confine::apply(confine) {
                 eprintln!("keel-init: exec in {name}: {e}");
-                // SAFETY: leave the forked child without the parent's destructors.
+                // SAFETY: as above.
                 unsafe { libc::_exit(126) }
             }
-            // A new PID namespace applies to children only: fork once more
-            // and pass on the command's exit status.
-            // SAFETY: as above, a single-threaded child.
-            match unsafe { nix::unistd::fork() } {
-                Ok(ForkResult::Parent { child }) => {
-                    let code = match nix::sys::wait::waitpid(child, None) {
-                        Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => c,
-                        Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => {
-                            128i32.saturating_add(s as i32)
-                        }
-                        _ => 125,
-                    };
-                    // SAFETY: as above.
-                    unsafe { libc::_exit(code) }
-                }
-                Ok(ForkResult::Child) => {
-                    let _ = nix::unistd::setsid();
-                    for (i, fd) in stdio.iter().enumerate() {
-                        let _ = nix::unistd::dup2(fd.as_raw_fd(), i as RawFd);
-                    }
-                    let _ = nix::unistd::chdir(def.cwd.as_str());
-                    if let Err(e) = crate::launch::confine::apply(confine) {
-                        eprintln!("keel-init: exec in {name}: {e}");
-                        // SAFETY: as above.
-                        unsafe { libc::_exit(126) }
-                    }
-                    let e = nix::unistd::execve(&argv[0], &argv, &env).err();
-                    eprintln!("keel-init: exec {}: {e:?}", argv[0].to_string_lossy());
-                    // SAFETY: as above.
-                    unsafe { libc::_exit(127) }
-                }
-                // SAFETY: as above.
-                Err(_) => unsafe { libc::_exit(125) },
-            }
+            let e = nix::unistd::execve(&argv[0], argv, env).err();
+            eprintln!("keel-init: exec {}: {e:?}", argv[0].to_string_lossy());
+            // SAFETY: as above.
+            unsafe { libc::_exit(127) }
         }
+        // SAFETY: as above.
+        Err(_) => unsafe { libc::_exit(125) },
     }
 }

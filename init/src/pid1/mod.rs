@@ -5,20 +5,18 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::reboot::RebootMode;
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::Signal;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use keel_formats::bootentry::ESP_MOUNT;
-use keel_formats::API_SOCKET;
 
 use crate::pid1::bootgate::Verdict;
 use crate::supervisor::{Exit, Health, State, Supervisor};
@@ -45,7 +43,10 @@ mod setup;
 
 use apply::Configured;
 use host::{Esp, HostLauncher};
-use setup::{api_group, definitions, mount_runtime, os_version, setup_cgroups};
+use setup::{
+    api_listener, definitions, esp_state, mount_runtime, no_config, os_version, root_hash,
+    setup_cgroups, signal_mask,
+};
 
 fn warn(what: &str, r: Result<(), impl std::fmt::Display>) {
     if let Err(e) = r {
@@ -249,18 +250,7 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
     );
     // Signals are blocked before any thread exists, so that every thread
     // inherits the mask and they all wait for the signalfd.
-    let mut mask = SigSet::empty();
-    for s in [
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGPWR,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-    ] {
-        mask.add(s);
-    }
+    let mask = signal_mask();
     warn("sigprocmask", mask.thread_block());
     // Independent set-up steps run side by side: each is mostly waiting on
     // the kernel (page-in through dm-verity, netlink, cgroup controllers).
@@ -302,17 +292,7 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
             }
         }
     };
-    let _ = std::fs::remove_file(API_SOCKET);
-    let listener = UnixListener::bind(API_SOCKET)
-        .and_then(|l| {
-            std::fs::set_permissions(API_SOCKET, std::fs::Permissions::from_mode(0o660))?;
-            // Root keeps the API if this fails; the admin shell loses it.
-            warn(API_SOCKET, api_group(Path::new(API_SOCKET)));
-            l.set_nonblocking(true)?;
-            Ok(l)
-        })
-        .map_err(|e| log(format!("warning: API socket {API_SOCKET}: {e}")))
-        .ok();
+    let listener = api_listener();
 
     warn(
         "loopback, partition links",
@@ -320,31 +300,9 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
     );
     let (image_defs, zones, confinements, config) = definitions.join().unwrap_or_else(|_| {
         log("error: loading the container definitions and the host config panicked");
-        let empty = crate::config::AtBoot {
-            config: Default::default(),
-            state: crate::config::ConfigState {
-                source: crate::config::ConfigSource::Defaults,
-                errors: vec!["reading the host config panicked".into()],
-                disabled: Vec::new(),
-                warnings: Vec::new(),
-                trial_until_ms: None,
-            },
-            esp: None,
-            converged: Default::default(),
-        };
-        (Vec::new(), None, BTreeMap::new(), empty)
+        (Vec::new(), None, BTreeMap::new(), no_config())
     });
-    let esp = match &config.esp {
-        None => Esp::None,
-        Some(Ok(())) => Esp::Mounted,
-        Some(Err(e)) => {
-            log(format!(
-                "warning: ESP at {ESP_MOUNT}: {e}; trying again when it is needed"
-            ));
-            Esp::Unmounted
-        }
-    };
-    let launcher = HostLauncher::new(confinements, esp);
+    let launcher = HostLauncher::new(confinements, esp_state(&config.esp));
     let mut init = Init {
         sup: Supervisor::new(
             launcher,
@@ -356,11 +314,7 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
         slot: booted.map_or_else(|| "unknown".into(), |b| b.slot.to_string()),
         said: Health::Starting,
         init_start_ms: booted.map(|b| b.started_ms),
-        root_hash: booted.and_then(|_| {
-            let c = std::fs::read_to_string("/proc/cmdline").ok()?;
-            let p = keel_formats::cmdline::BootParams::parse(&c).ok()?;
-            Some(keel_formats::cmdline::to_hex(&p.verity.root_hash))
-        }),
+        root_hash: booted.and_then(|_| root_hash()),
         want_shutdown: None,
         sessions: BTreeMap::new(),
         cfg: Configured::new(image_defs, zones, config),

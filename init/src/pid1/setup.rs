@@ -4,7 +4,16 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+
 use nix::mount::MsFlags;
+use nix::sys::signal::{SigSet, Signal};
+
+use keel_formats::bootentry::ESP_MOUNT;
+use keel_formats::API_SOCKET;
+
+use super::host::Esp;
 
 use keel_formats::container::{self, ContainerDef};
 use keel_formats::{API_DIR, CONTAINERS_DIR};
@@ -75,7 +84,7 @@ pub(super) fn mount_runtime() {
 }
 
 /// Owned by root and the admin group ([`keel_formats::ADMIN_GID`]).
-pub(super) fn api_group(path: &Path) -> Result<(), String> {
+fn api_group(path: &Path) -> Result<(), String> {
     nix::unistd::chown(
         path,
         Some(nix::unistd::Uid::from_raw(0)),
@@ -180,4 +189,75 @@ pub(super) fn os_version() -> String {
             })
         })
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The signals PID 1 reads from its signalfd.
+pub(super) fn signal_mask() -> SigSet {
+    let mut mask = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGPWR,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
+        mask.add(s);
+    }
+    mask
+}
+
+/// The API socket, for root and the admin group; none if it cannot be
+/// made (the host runs on without its API).
+pub(super) fn api_listener() -> Option<UnixListener> {
+    let _ = std::fs::remove_file(API_SOCKET);
+    UnixListener::bind(API_SOCKET)
+        .and_then(|l| {
+            std::fs::set_permissions(API_SOCKET, std::fs::Permissions::from_mode(0o660))?;
+            // Root keeps the API if this fails; the admin shell loses it.
+            warn(API_SOCKET, api_group(Path::new(API_SOCKET)));
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .map_err(|e| log(format!("warning: API socket {API_SOCKET}: {e}")))
+        .ok()
+}
+
+/// What the host runs on when reading the host config failed outright.
+pub(super) fn no_config() -> crate::config::AtBoot {
+    crate::config::AtBoot {
+        config: Default::default(),
+        state: crate::config::ConfigState {
+            source: crate::config::ConfigSource::Defaults,
+            errors: vec!["reading the host config panicked".into()],
+            disabled: Vec::new(),
+            warnings: Vec::new(),
+            trial_until_ms: None,
+        },
+        esp: None,
+        converged: Default::default(),
+    }
+}
+
+/// The ESP as boot left it.
+pub(super) fn esp_state(mounted: &Option<Result<(), String>>) -> Esp {
+    match mounted {
+        None => Esp::None,
+        Some(Ok(())) => Esp::Mounted,
+        Some(Err(e)) => {
+            log(format!(
+                "warning: ESP at {ESP_MOUNT}: {e}; trying again when it is needed"
+            ));
+            Esp::Unmounted
+        }
+    }
+}
+
+/// The running root hash, from the (signed) kernel command line: it names
+/// the boot entry the health gate blesses or marks bad.
+pub(super) fn root_hash() -> Option<String> {
+    let c = std::fs::read_to_string("/proc/cmdline").ok()?;
+    let p = keel_formats::cmdline::BootParams::parse(&c).ok()?;
+    Some(keel_formats::cmdline::to_hex(&p.verity.root_hash))
 }
