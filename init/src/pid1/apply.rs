@@ -244,7 +244,7 @@ impl Init {
             }
             let keep: Vec<String> = self
                 .sup
-                .services
+                .services()
                 .iter()
                 .filter_map(|s| s.def.root_dir.clone())
                 .collect();
@@ -259,7 +259,7 @@ impl Init {
     pub(super) fn sync_forwarders(&mut self) {
         let running: BTreeMap<String, Pid> = self
             .sup
-            .services
+            .services()
             .iter()
             .filter(|s| self.cfg.ports.get(&s.name).is_some_and(|p| !p.is_empty()))
             .filter(|s| !matches!(s.state, crate::supervisor::State::Stopping { .. }))
@@ -329,7 +329,7 @@ impl Init {
         let users: Vec<String> = old.containers.keys().cloned().collect();
         let table = self
             .sup
-            .services
+            .services()
             .iter()
             .filter(|s| !s.retiring)
             .map(|s| (s.name.as_str(), &s.def));
@@ -421,8 +421,8 @@ impl Init {
         if let Err(e) = config::save_last_good(&self.cfg.config) {
             log(format!("warning: keeping the host config: {e}"));
         }
-        self.sup.launcher.ensure_esp();
-        if self.sup.launcher.esp != super::host::Esp::Mounted {
+        self.sup.launcher_mut().ensure_esp();
+        if self.sup.launcher().esp != super::host::Esp::Mounted {
             let w = "no ESP mounted: the config lasts until the next boot".to_string();
             log(format!("warning: {w}"));
             return Some(w);

@@ -104,15 +104,15 @@ impl Init {
         }
         let name = self
             .sup
-            .services
+            .services()
             .iter()
             .find(|s| s.state.pid() == Some(pid))
             .map(|s| s.name.clone());
         if self.sup.on_exit(pid, how, Instant::now()) {
             let name = name.unwrap_or_default();
-            self.sup.launcher.drain_pipes();
+            self.sup.launcher_mut().drain_pipes();
             self.sup
-                .launcher
+                .launcher_mut()
                 .sink(&name)
                 .note(&format!("exited ({how:?})"), SystemTime::now());
             log(format!("{name}: exited ({how:?})"));
@@ -141,7 +141,7 @@ impl Init {
             Health::Failed => {
                 let failed: Vec<String> = self
                     .sup
-                    .services
+                    .services()
                     .iter()
                     .filter(|s| {
                         s.def.required
@@ -172,7 +172,7 @@ impl Init {
     /// and unhealthy, give it no more tries and reboot into the other slot.
     fn gate(&mut self, healthy: bool) {
         let Some(hash) = &self.root_hash else { return };
-        self.sup.launcher.ensure_esp();
+        self.sup.launcher_mut().ensure_esp();
         match crate::pid1::bootgate::decide(healthy, hash) {
             Ok(Verdict::Blessed { from, to }) => {
                 log(format!("boot entry {from} is healthy: blessed as {to}"))
@@ -195,7 +195,7 @@ impl Init {
         // process that SIGKILL cannot end (stuck in the kernel).
         let longest: u64 = self
             .sup
-            .services
+            .services()
             .iter()
             .map(|s| s.def.stop_timeout_ms)
             .fold(0, u64::saturating_add);
@@ -216,7 +216,7 @@ impl Init {
         nix::unistd::sync();
         // The ESP too, when keel-init mounted it: a clean unmount clears
         // FAT's dirty bit.
-        let esp = (self.sup.launcher.esp == Esp::Mounted).then_some(ESP_MOUNT);
+        let esp = (self.sup.launcher().esp == Esp::Mounted).then_some(ESP_MOUNT);
         for m in esp.into_iter().chain(["/var"]) {
             if let Err(e) = sys::umount_detach(Path::new(m)) {
                 log(format!("warning: {e}"));
@@ -361,7 +361,7 @@ fn turn(init: &mut Init, sfd: &SignalFd, listener: Option<&UnixListener>) {
         for c in init.conns.fds() {
             fds.push(PollFd::new(c, PollFlags::POLLIN));
         }
-        for pipe in init.sup.launcher.pipes.values() {
+        for pipe in init.sup.launcher().pipes.values() {
             fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
         }
         for pipe in init.preparing_fds() {
@@ -372,7 +372,7 @@ fn turn(init: &mut Init, sfd: &SignalFd, listener: Option<&UnixListener>) {
             PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX),
         );
     }
-    init.sup.launcher.drain_pipes();
+    init.sup.launcher_mut().drain_pipes();
     let mut shutdown = None;
     while let Ok(Some(info)) = sfd.read_signal() {
         match Signal::try_from(info.ssi_signo as i32) {

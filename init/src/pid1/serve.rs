@@ -144,7 +144,7 @@ impl Init {
     ) -> Result<Pid, String> {
         let sup = &mut self.sup;
         let svc = sup
-            .services
+            .services()
             .iter()
             .find(|s| s.name == name)
             .ok_or_else(|| format!("no service named {name:?}"))?;
@@ -152,11 +152,13 @@ impl Init {
             .state
             .pid()
             .ok_or_else(|| format!("{name} is not running ({})", svc.state_label()))?;
+        // The launcher keeps each service's compiled confinement.
+        let def = svc.def.clone();
         let confine = sup
-            .launcher
-            .confinement(name, &svc.def)
+            .launcher_mut()
+            .confinement(name, &def)
             .map_err(|e| e.to_string())?;
-        crate::pid1::exec::start(name, pid, &svc.def, confine, argv, fds)
+        crate::pid1::exec::start(name, pid, &def, confine, argv, fds)
     }
 
     fn logs(&mut self, name: &str, since: u64) -> Response {
@@ -164,11 +166,11 @@ impl Init {
             let (lines, next) = kernel_log(since);
             return Response::Logs { lines, next };
         }
-        if !self.sup.services.iter().any(|s| s.name == name) {
+        if !self.sup.services().iter().any(|s| s.name == name) {
             return Response::Error(format!("no service named {name:?} (or `kernel`)"));
         }
-        self.sup.launcher.drain_pipes();
-        let (lines, next) = self.sup.launcher.sink(name).since(since);
+        self.sup.launcher_mut().drain_pipes();
+        let (lines, next) = self.sup.launcher_mut().sink(name).since(since);
         Response::Logs { lines, next }
     }
 }

@@ -85,8 +85,10 @@ pub fn backoff(failures_in_row: u32) -> Duration {
 
 #[derive(Debug)]
 pub struct Supervisor<L: Launcher> {
-    pub services: Vec<Service>,
-    pub launcher: L,
+    /// Changed only by the supervisor's own methods: its state machine
+    /// holds only if nothing else moves a service from state to state.
+    services: Vec<Service>,
+    launcher: L,
     shutting_down: bool,
     /// The health gate has had its verdict (healthy or failed) once; from
     /// then on every service starts when its dependencies allow.
@@ -118,6 +120,21 @@ impl<L: Launcher> Supervisor<L> {
             gate_expired: false,
             epoch: (now, boot_ms),
         }
+    }
+
+    /// The service table, in start order.
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+
+    pub fn launcher(&self) -> &L {
+        &self.launcher
+    }
+
+    /// The launcher's own state (log pipes, the ESP mount), which is not
+    /// the service table's.
+    pub fn launcher_mut(&mut self) -> &mut L {
+        &mut self.launcher
     }
 
     fn ms(&self, t: Instant) -> u64 {
