@@ -272,13 +272,7 @@ fn build_cmd(a: BuildArgs) -> anyhow::Result<()> {
     });
     let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let started = std::time::Instant::now();
-    let mut progress: Box<dyn crate::progress::Progress> = if quiet {
-        Box::new(crate::progress::Quiet)
-    } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        Box::new(crate::progress::Bars::new("keel build"))
-    } else {
-        Box::new(crate::progress::Lines::new("keel build"))
-    };
+    let mut progress = build_progress(quiet);
     let report = build::build_with(
         &Options {
             recipe,
@@ -298,6 +292,23 @@ fn build_cmd(a: BuildArgs) -> anyhow::Result<()> {
     if quiet {
         return Ok(());
     }
+    print_summary(&report, started);
+    Ok(())
+}
+
+/// Bars on a terminal, lines otherwise (a log, CI), nothing when quiet.
+fn build_progress(quiet: bool) -> Box<dyn crate::progress::Progress> {
+    if quiet {
+        Box::new(crate::progress::Quiet)
+    } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        Box::new(crate::progress::Bars::new("keel build"))
+    } else {
+        Box::new(crate::progress::Lines::new("keel build"))
+    }
+}
+
+/// What `keel build` made, one line per file with its size.
+fn print_summary(report: &build::Report, started: std::time::Instant) {
     let size = |p: &PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     println!("keel {} (kernel {})", report.version, report.kernel_release);
     println!(
@@ -328,7 +339,6 @@ fn build_cmd(a: BuildArgs) -> anyhow::Result<()> {
         println!("  also      {:>10} bytes  {}", size(o), o.display());
     }
     println!("  built in {:.1} s", started.elapsed().as_secs_f64());
-    Ok(())
 }
 
 /// `keel lock`.

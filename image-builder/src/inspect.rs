@@ -309,108 +309,113 @@ pub fn render(r: &Report) -> String {
         out.push_str(&s);
         out.push('\n');
     };
-    let uki_lines = |u: &Uki, line: &mut dyn FnMut(String)| {
-        line(format!(
-            "      kernel {}, {} bytes",
-            u.kernel.as_deref().unwrap_or("?"),
-            u.size
-        ));
-        line(format!(
-            "      cmdline {}",
-            u.cmdline.as_deref().unwrap_or("?")
-        ));
-        line(format!("      containers {}", u.containers.join(" ")));
-    };
     match r {
-        Report::Disk(d) => {
-            line(format!("disk {} ({} bytes)", d.path, d.size));
-            line("partitions:".into());
-            for p in &d.partitions {
-                line(format!(
-                    "  {:>2} {:<14} {:>8} MiB at {:>6} MiB  type {}",
-                    p.number,
-                    p.label,
-                    p.size >> 20,
-                    p.offset >> 20,
-                    p.type_guid
-                ));
-            }
-            line("slots:".into());
-            for s in &d.slots {
-                match &s.entry {
-                    Some(e) => line(format!(
-                        "  {}  keel {} ({e}), root hash {}",
-                        s.slot,
-                        s.version.as_deref().unwrap_or("?"),
-                        short(&s.root_hash)
-                    )),
-                    None => line(format!(
-                        "  {}  no boot entry matches its verity tree",
-                        s.slot
-                    )),
-                }
-            }
-            line(format!("boot entries ({ENTRIES_DIR}):"));
-            for e in &d.entries {
-                let tries = match e.tries_left {
-                    Some(left) => format!(", {left} tries left, {} done", e.tries_done),
-                    None => String::new(),
-                };
-                line(format!(
-                    "  {}: {}{tries}; slot {}; version {}; root hash {}",
-                    e.file,
-                    e.state,
-                    e.slot.as_deref().unwrap_or("none"),
-                    e.uki.version.as_deref().unwrap_or("?"),
-                    short(&e.uki.root_hash)
-                ));
-                uki_lines(&e.uki, &mut line);
-            }
-            match &d.host_config {
-                Some(c) => line(format!(
-                    "host config: {HOST_CONFIG_ON_ESP} on the ESP, {} bytes",
-                    c.len()
-                )),
-                None => line("host config: none on the ESP (the image's defaults)".into()),
-            }
-        }
-        Report::Bundle(b) => {
-            let m = &b.manifest;
-            line(format!("bundle {} ({} bytes)", b.path, b.size));
-            line(format!(
-                "  {} {} (variant {}), created {}",
-                m.os, m.version, m.variant, m.created
-            ));
-            line(format!(
-                "  min_version {}, allow_downgrade {}",
-                m.min_version.as_deref().unwrap_or("none"),
-                m.allow_downgrade
-            ));
-            line(format!(
-                "  verity root hash {}, salt {}, {} data blocks",
-                m.verity.root_hash, m.verity.salt, m.verity.data_blocks
-            ));
-            line("payloads:".into());
-            for p in &m.payloads {
-                line(format!(
-                    "  {:<7} {:>10} bytes at {:>10}  sha256 {}  {} chunks",
-                    p.name.as_str(),
-                    p.size,
-                    p.offset,
-                    p.sha256,
-                    p.chunks.len()
-                ));
-            }
-            line("signatures:".into());
-            for s in &b.signatures {
-                line(format!("  key {} ({})", s.key_id, s.public_key));
-            }
-            if let Some(v) = &b.verdict {
-                line(format!("  {v}"));
-            }
-            line("UKI:".into());
-            uki_lines(&b.uki, &mut line);
-        }
+        Report::Disk(d) => render_disk(d, &mut line),
+        Report::Bundle(b) => render_bundle(b, &mut line),
     }
     out
+}
+
+fn render_uki(u: &Uki, line: &mut dyn FnMut(String)) {
+    line(format!(
+        "      kernel {}, {} bytes",
+        u.kernel.as_deref().unwrap_or("?"),
+        u.size
+    ));
+    line(format!(
+        "      cmdline {}",
+        u.cmdline.as_deref().unwrap_or("?")
+    ));
+    line(format!("      containers {}", u.containers.join(" ")));
+}
+
+fn render_disk(d: &DiskReport, line: &mut dyn FnMut(String)) {
+    line(format!("disk {} ({} bytes)", d.path, d.size));
+    line("partitions:".into());
+    for p in &d.partitions {
+        line(format!(
+            "  {:>2} {:<14} {:>8} MiB at {:>6} MiB  type {}",
+            p.number,
+            p.label,
+            p.size >> 20,
+            p.offset >> 20,
+            p.type_guid
+        ));
+    }
+    line("slots:".into());
+    for s in &d.slots {
+        match &s.entry {
+            Some(e) => line(format!(
+                "  {}  keel {} ({e}), root hash {}",
+                s.slot,
+                s.version.as_deref().unwrap_or("?"),
+                short(&s.root_hash)
+            )),
+            None => line(format!(
+                "  {}  no boot entry matches its verity tree",
+                s.slot
+            )),
+        }
+    }
+    line(format!("boot entries ({ENTRIES_DIR}):"));
+    for e in &d.entries {
+        let tries = match e.tries_left {
+            Some(left) => format!(", {left} tries left, {} done", e.tries_done),
+            None => String::new(),
+        };
+        line(format!(
+            "  {}: {}{tries}; slot {}; version {}; root hash {}",
+            e.file,
+            e.state,
+            e.slot.as_deref().unwrap_or("none"),
+            e.uki.version.as_deref().unwrap_or("?"),
+            short(&e.uki.root_hash)
+        ));
+        render_uki(&e.uki, line);
+    }
+    match &d.host_config {
+        Some(c) => line(format!(
+            "host config: {HOST_CONFIG_ON_ESP} on the ESP, {} bytes",
+            c.len()
+        )),
+        None => line("host config: none on the ESP (the image's defaults)".into()),
+    }
+}
+
+fn render_bundle(b: &BundleReport, line: &mut dyn FnMut(String)) {
+    let m = &b.manifest;
+    line(format!("bundle {} ({} bytes)", b.path, b.size));
+    line(format!(
+        "  {} {} (variant {}), created {}",
+        m.os, m.version, m.variant, m.created
+    ));
+    line(format!(
+        "  min_version {}, allow_downgrade {}",
+        m.min_version.as_deref().unwrap_or("none"),
+        m.allow_downgrade
+    ));
+    line(format!(
+        "  verity root hash {}, salt {}, {} data blocks",
+        m.verity.root_hash, m.verity.salt, m.verity.data_blocks
+    ));
+    line("payloads:".into());
+    for p in &m.payloads {
+        line(format!(
+            "  {:<7} {:>10} bytes at {:>10}  sha256 {}  {} chunks",
+            p.name.as_str(),
+            p.size,
+            p.offset,
+            p.sha256,
+            p.chunks.len()
+        ));
+    }
+    line("signatures:".into());
+    for s in &b.signatures {
+        line(format!("  key {} ({})", s.key_id, s.public_key));
+    }
+    if let Some(v) = &b.verdict {
+        line(format!("  {v}"));
+    }
+    line("UKI:".into());
+    render_uki(&b.uki, line);
 }

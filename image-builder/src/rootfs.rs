@@ -222,24 +222,42 @@ pub fn stage(dir: &Path, inputs: &Inputs<'_>) -> Result<(), RootfsError> {
         root: dir.to_path_buf(),
         stored: BTreeMap::new(),
     };
-    s.dir("/")?;
-    for d in [
-        "dev", "proc", "sys", "run", "tmp", "var", "efi", "etc", "usr/bin", "sbin",
-    ] {
-        s.dir(d)?;
+    s.host(inputs)?;
+    for c in inputs.containers {
+        s.container(c, inputs)?;
     }
-    s.executable("usr/bin/keel-init", inputs.keel_init)?;
-    s.executable("usr/bin/keelctl", inputs.keelctl)?;
-    s.link("sbin/init", "/usr/bin/keel-init")?;
-    s.file("usr/lib/os-release", inputs.os_release.as_bytes(), 0o644)?;
-    s.link("etc/os-release", "../usr/lib/os-release")?;
-    s.link("etc/resolv.conf", keel_formats::host::RESOLV_CONF)?;
-    for (path, contents) in inputs.files {
-        s.file(path, contents, 0o644)?;
+    for e in inputs.extra {
+        s.extra(e)?;
+    }
+    Ok(())
+}
+
+impl Stager {
+    /// The host's own tree: keel-init as /sbin/init, keelctl, os-release
+    /// and the host files.
+    fn host(&mut self, inputs: &Inputs<'_>) -> Result<(), RootfsError> {
+        self.dir("/")?;
+        for d in [
+            "dev", "proc", "sys", "run", "tmp", "var", "efi", "etc", "usr/bin", "sbin",
+        ] {
+            self.dir(d)?;
+        }
+        self.executable("usr/bin/keel-init", inputs.keel_init)?;
+        self.executable("usr/bin/keelctl", inputs.keelctl)?;
+        self.link("sbin/init", "/usr/bin/keel-init")?;
+        self.file("usr/lib/os-release", inputs.os_release.as_bytes(), 0o644)?;
+        self.link("etc/os-release", "../usr/lib/os-release")?;
+        self.link("etc/resolv.conf", keel_formats::host::RESOLV_CONF)?;
+        for (path, contents) in inputs.files {
+            self.file(path, contents, 0o644)?;
+        }
+        Ok(())
     }
 
-    for c in inputs.containers {
-        s.file(
+    /// A container: its definition and compiled filter beside the others,
+    /// and its root, unpacked from its OCI image if it has one.
+    fn container(&mut self, c: &StagedContainer, inputs: &Inputs<'_>) -> Result<(), RootfsError> {
+        self.file(
             &format!("{CONTAINERS_DIR}/{}.toml", c.name),
             c.text.as_bytes(),
             0o644,
@@ -252,7 +270,7 @@ pub fn stage(dir: &Path, inputs: &Inputs<'_>) -> Result<(), RootfsError> {
             }
         })?;
         if let Some(prog) = filter {
-            s.file(
+            self.file(
                 &format!("{CONTAINERS_DIR}/{}.seccomp", c.name),
                 &keel_formats::seccomp::encode(&c.def.seccomp, &prog),
                 0o644,
@@ -260,19 +278,40 @@ pub fn stage(dir: &Path, inputs: &Inputs<'_>) -> Result<(), RootfsError> {
         }
         let root = format!("{CONTAINERS_DIR}/{}/rootfs", c.name);
         if let Some(image) = &c.oci {
-            crate::oci::unpack(image, &s.root.join(root.trim_start_matches('/'))).map_err(
+            crate::oci::unpack(image, &self.root.join(root.trim_start_matches('/'))).map_err(
                 |source| RootfsError::Oci {
                     container: c.name.clone(),
                     source,
                 },
             )?;
         }
+        self.container_skeleton(c, &root, inputs.os_release)?;
+        for m in &c.def.mounts {
+            self.dir(&format!("{root}/{}", m.target.trim_start_matches('/')))?;
+        }
+        for w in &c.def.writable {
+            self.dir(&format!("{root}/{}", w.path.trim_start_matches('/')))?;
+        }
+        for item in &c.def.rootfs.contents {
+            self.content(c, &root, item, inputs)?;
+        }
+        self.container_files(c, &root)
+    }
+
+    /// The folders and files every container root has, under `root`.
+    fn container_skeleton(
+        &self,
+        c: &StagedContainer,
+        root: &str,
+        os_release: &str,
+    ) -> Result<(), RootfsError> {
         // An image's own folders, users and os-release stay as they are.
-        let keep = |rel: &str| c.oci.is_some() && s.root.join(rel.trim_start_matches('/')).exists();
+        let keep =
+            |rel: &str| c.oci.is_some() && self.root.join(rel.trim_start_matches('/')).exists();
         for d in ["dev", "proc", "sys", "tmp", "run", "var", "root", "etc"] {
             let rel = format!("{root}/{d}");
             if !keep(&rel) {
-                s.dir(&rel)?;
+                self.dir(&rel)?;
             }
         }
         // The admin user names the admin shell's id for `id` and `ps`.
@@ -285,51 +324,61 @@ pub fn stage(dir: &Path, inputs: &Inputs<'_>) -> Result<(), RootfsError> {
         for (f, text) in [
             ("etc/passwd", passwd.as_str()),
             ("etc/group", group.as_str()),
-            ("etc/os-release", inputs.os_release),
+            ("etc/os-release", os_release),
         ] {
             let rel = format!("{root}/{f}");
             if !keep(&rel) {
-                s.file(&rel, text.as_bytes(), 0o644)?;
+                self.file(&rel, text.as_bytes(), 0o644)?;
             }
         }
         // The host's resolvers, for a container that binds /run/keel/dns
         // (keel-init writes it from the host config or a DHCP lease).
         let resolv = format!("{root}/etc/resolv.conf");
         if !keep(&resolv) {
-            s.link(&resolv, keel_formats::host::RESOLV_CONF)?;
+            self.link(&resolv, keel_formats::host::RESOLV_CONF)?;
         }
-        for m in &c.def.mounts {
-            s.dir(&format!("{root}/{}", m.target.trim_start_matches('/')))?;
+        Ok(())
+    }
+
+    /// One item of `rootfs.contents`: a keel binary, or a userland
+    /// package's files and links. A package wins over a keel binary of the
+    /// same name.
+    fn content(
+        &mut self,
+        c: &StagedContainer,
+        root: &str,
+        item: &str,
+        inputs: &Inputs<'_>,
+    ) -> Result<(), RootfsError> {
+        let own = inputs.bin_dir.join(item);
+        if !inputs.packages.iter().any(|p| p.name == item) && own.is_file() {
+            return self.executable(&format!("{root}/usr/bin/{item}"), &own);
         }
-        for w in &c.def.writable {
-            s.dir(&format!("{root}/{}", w.path.trim_start_matches('/')))?;
+        let pkg = inputs
+            .packages
+            .iter()
+            .find(|p| p.name == item)
+            .ok_or_else(|| RootfsError::UnknownContent {
+                container: c.name.clone(),
+                item: item.to_string(),
+            })?;
+        for (dst, src) in &pkg.files {
+            self.executable(&format!("{root}/{dst}"), src)?;
         }
-        for item in &c.def.rootfs.contents {
-            let own = inputs.bin_dir.join(item);
-            if !inputs.packages.iter().any(|p| &p.name == item) && own.is_file() {
-                s.executable(&format!("{root}/usr/bin/{item}"), &own)?;
-                continue;
+        if let Some((first, _)) = pkg.files.first() {
+            let target = format!("/{}", first.trim_start_matches('/'));
+            for l in &pkg.links {
+                self.link(&format!("{root}{l}"), &target)?;
             }
-            let pkg = inputs
-                .packages
-                .iter()
-                .find(|p| &p.name == item)
-                .ok_or_else(|| RootfsError::UnknownContent {
-                    container: c.name.clone(),
-                    item: item.clone(),
-                })?;
-            for (dst, src) in &pkg.files {
-                s.executable(&format!("{root}/{dst}"), src)?;
-            }
-            if let Some((first, _)) = pkg.files.first() {
-                let target = format!("/{}", first.trim_start_matches('/'));
-                for l in &pkg.links {
-                    s.link(&format!("{root}{l}"), &target)?;
-                }
-            }
         }
+        Ok(())
+    }
+
+    /// `rootfs.files`, copied like the recipe's `[files]` but named by the
+    /// container in errors.
+    fn container_files(&self, c: &StagedContainer, root: &str) -> Result<(), RootfsError> {
         for (dst, src) in &c.files {
-            s.extra(&Extra {
+            self.extra(&Extra {
                 dst: format!("{}/{dst}", root.trim_start_matches('/')),
                 src: src.clone(),
                 mode: None,
@@ -343,11 +392,8 @@ pub fn stage(dir: &Path, inputs: &Inputs<'_>) -> Result<(), RootfsError> {
                 other => other,
             })?;
         }
+        Ok(())
     }
-    for e in inputs.extra {
-        s.extra(e)?;
-    }
-    Ok(())
 }
 
 impl Stager {

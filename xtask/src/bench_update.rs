@@ -71,10 +71,23 @@ pub fn update() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     let (key, _) = bundle::keygen(&work.join("bench"))?;
+    let (v1, v2) = build_pair(&work, &key)?;
+    let (r1, r2) = (
+        std::fs::read(v1.join("root.erofs"))?,
+        std::fs::read(v2.join("root.erofs"))?,
+    );
+    let t = in_guest(&work, &v1, &v2)?;
+    let report = render(&v1, &v2, &r1, &r2, &t);
+    print!("{report}");
+    std::fs::write(root().join("docs/bench-update.md"), &report)?;
+    Ok(())
+}
 
-    // v2 differs from v1 in its version and in one binary, keelctl.
+/// v1 and v2's output folders. v2 differs from v1 in its version and in
+/// one binary, keelctl.
+fn build_pair(work: &Path, key: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let bins = root().join(format!("target/{MUSL}/release"));
-    let v1 = build(&work, "0.1.0", &bins, &key)?;
+    let v1 = build(work, "0.1.0", &bins, key)?;
     let bins2 = work.join("bin2");
     std::fs::create_dir_all(&bins2)?;
     for b in [
@@ -89,15 +102,23 @@ pub fn update() -> anyhow::Result<()> {
     let mut keelctl = std::fs::read(bins2.join("keelctl"))?;
     keelctl.extend_from_slice(&[0u8; 4096]);
     std::fs::write(bins2.join("keelctl"), keelctl)?;
-    let v2 = build(&work, "0.2.0", &bins2, &key)?;
+    let v2 = build(work, "0.2.0", &bins2, key)?;
+    Ok((v1, v2))
+}
 
-    let size = |p: PathBuf| std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-    let (r1, r2) = (
-        std::fs::read(v1.join("root.erofs"))?,
-        std::fs::read(v2.join("root.erofs"))?,
-    );
-    let changed = differing_blocks(&r1, &r2);
+/// Seconds each writer took in the guest.
+struct Timings {
+    /// `dd`, the median of three.
+    dd_med: f64,
+    /// The whole `keelctl update apply`.
+    apply_s: f64,
+    /// keel-update writing and syncing the root, from its log.
+    keel_root_s: f64,
+    read_back_s: f64,
+}
 
+/// Boot v1, time `dd` of v2's root to slot b, then apply v2's bundle.
+fn in_guest(work: &Path, v1: &Path, v2: &Path) -> anyhow::Result<Timings> {
     let serve = work.join("serve");
     std::fs::create_dir_all(&serve)?;
     std::fs::copy(v2.join("keel-0.2.0.bundle"), serve.join("v2.bundle"))?;
@@ -139,10 +160,27 @@ pub fn update() -> anyhow::Result<()> {
     let read_back_s = timing("read back and checked in ")?;
     g.send("keelctl poweroff\n");
     g.wait_exit(COMMAND_TIMEOUT);
+    Ok(Timings {
+        dd_med,
+        apply_s,
+        keel_root_s,
+        read_back_s,
+    })
+}
 
+/// docs/bench-update.md.
+fn render(v1: &Path, v2: &Path, r1: &[u8], r2: &[u8], t: &Timings) -> String {
+    let Timings {
+        dd_med,
+        apply_s,
+        keel_root_s,
+        read_back_s,
+    } = *t;
+    let changed = differing_blocks(r1, r2);
+    let size = |p: PathBuf| std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
     let root_bytes = r2.len() as f64;
     let mbs = |s: f64| root_bytes / s / 1e6;
-    let report = format!(
+    format!(
         "# Update benchmark\n\n`cargo xtask bench update`, in one QEMU guest (TCG) on one machine.\n\n\
          ## Writing a slot\n\nThe v2 root filesystem ({root} bytes) written to slot b's root partition:\n\n\
          | writer | time (s) | MB/s | ÷ dd |\n|---|---|---|---|\n\
@@ -178,8 +216,5 @@ pub fn update() -> anyhow::Result<()> {
         apply_s = apply_s,
         keel_root_s = keel_root_s,
         read_back_s = read_back_s,
-    );
-    print!("{report}");
-    std::fs::write(root().join("docs/bench-update.md"), &report)?;
-    Ok(())
+    )
 }

@@ -186,162 +186,38 @@ impl Piece {
 }
 
 /// Write `o.image` to `o.target`. `progress` gets (bytes done, total).
+///
+/// Everything that can refuse the flash runs before the first write;
+/// images are verified while they stream and boot-critical bytes are
+/// written last, then synced; then all of it is read back.
 pub fn flash(o: &Options<'_>, progress: &mut dyn FnMut(u64, u64)) -> Result<Report, FlashError> {
-    let layout = disk::read_layout(o.image)?;
-    for need in [ESP_LABEL, DATA_LABEL] {
-        if !layout.parts.iter().any(|p| p.label == need) {
-            return Err(FlashError::NotKeel {
-                path: o.image.to_path_buf(),
-                why: format!("it has no {need} partition"),
-            });
-        }
-    }
+    let layout = keel_layout(o.image)?;
     let config = o.config.map(read_config).transpose()?;
     let t = target::probe(o.target)?;
     check(o.target, &t, layout.size, o.force)?;
 
-    let image = File::open(o.image).map_err(io_err(o.image))?;
-    let out = target::open(o.target, &t)?;
-    let size = match t.kind {
-        Kind::Block => t.size,
-        Kind::File => {
-            // A file target keeps a larger size it already has (someone
-            // made room for /var) and grows to the image's otherwise.
-            let size = t.size.max(layout.size);
-            out.set_len(size).map_err(io_err(o.target))?;
-            size
-        }
+    let f = Flashing {
+        o,
+        image: File::open(o.image).map_err(io_err(o.image))?,
+        out: target::open(o.target, &t)?,
+        t,
     };
+    let size = f.target_size(&layout)?;
     let new_layout = grown(&layout, size)?;
+    let pieces = f.pieces(&layout, config.as_deref())?;
+    let (written, expected) = f.stream(&pieces, progress)?;
+    f.write_table(&new_layout)?;
 
-    // The ESP, with the host config added, is boot-critical: last but one.
-    let mut pieces: Vec<Piece> = Vec::new();
-    let mut esp_piece = None;
-    for p in &layout.parts {
-        if p.label == ESP_LABEL {
-            let mut bytes = vec![0u8; usize::try_from(p.size).unwrap_or(usize::MAX)];
-            image
-                .read_exact_at(&mut bytes, p.offset)
-                .map_err(io_err(o.image))?;
-            if let Some(c) = &config {
-                bytes = esp::add_files(bytes, &[(HOST_CONFIG_ON_ESP.to_string(), c.clone())])?;
-            }
-            esp_piece = Some(Piece {
-                label: p.label.clone(),
-                offset: p.offset,
-                source: Source::Bytes(bytes),
-            });
-        } else {
-            pieces.push(Piece {
-                label: p.label.clone(),
-                offset: p.offset,
-                source: Source::Image {
-                    from: p.offset,
-                    len: p.size,
-                },
-            });
-        }
-    }
-    pieces.sort_by_key(|p| p.offset);
-    pieces.extend(esp_piece);
-
-    let total: u64 = pieces.iter().map(Piece::len).sum();
-    let mut done = 0u64;
-    let mut written = 0u64;
-    let mut expected = Vec::new();
-    let mut buf = vec![0u8; CHUNK];
-    for piece in &pieces {
-        let mut h = Sha256::new();
-        let mut at = 0u64;
-        while at < piece.len() {
-            let n = (piece.len() - at).min(CHUNK as u64) as usize;
-            let chunk: &[u8] = match &piece.source {
-                Source::Image { from, .. } => {
-                    image
-                        .read_exact_at(&mut buf[..n], from + at)
-                        .map_err(io_err(o.image))?;
-                    &buf[..n]
-                }
-                Source::Bytes(b) => &b[at as usize..at as usize + n],
-            };
-            h.update(chunk);
-            if chunk.iter().all(|&b| b == 0) {
-                target::zero(&out, &t, piece.offset + at, n as u64).map_err(io_err(o.target))?;
-            } else {
-                out.write_all_at(chunk, piece.offset + at)
-                    .map_err(io_err(o.target))?;
-                written += n as u64;
-            }
-            at += n as u64;
-            done += n as u64;
-            progress(done, total);
-        }
-        expected.push((
-            piece.label.clone(),
-            piece.offset,
-            piece.len(),
-            hex::encode(h.finalize()),
-        ));
-    }
-    // The partition table last: until it is written the target does not
-    // describe a half-written keel disk.
-    out.sync_all().map_err(io_err(o.target))?;
-    disk::write_table(&out, o.target, &new_layout)?;
-    out.sync_all().map_err(io_err(o.target))?;
-
-    // Read back from the device, not the page cache.
-    target::drop_cache(&out, &t).map_err(io_err(o.target))?;
-    let mut partitions = Vec::new();
-    for (label, offset, len, want) in &expected {
-        let mut h = Sha256::new();
-        let mut at = 0u64;
-        while at < *len {
-            let n = (len - at).min(CHUNK as u64) as usize;
-            out.read_exact_at(&mut buf[..n], offset + at)
-                .map_err(io_err(o.target))?;
-            h.update(&buf[..n]);
-            at += n as u64;
-        }
-        let got = hex::encode(h.finalize());
-        if got != *want {
-            return Err(FlashError::Verify {
-                target: o.target.to_path_buf(),
-                what: format!("partition {label}: sha256 {got}, wrote {want}"),
-            });
-        }
-        partitions.push((label.clone(), got));
-    }
-    let back = disk::read_layout_from(&out, o.target)?;
-    if back.parts != new_layout.parts {
-        return Err(FlashError::Verify {
-            target: o.target.to_path_buf(),
-            what: format!(
-                "partition table: {:?}, wrote {:?}",
-                back.parts, new_layout.parts
-            ),
-        });
-    }
-    let reread_failed = match t.kind {
-        Kind::Block => target::reread_partitions(&out).err().map(|e| e.to_string()),
+    let partitions = f.read_back(&expected)?;
+    f.check_table(&new_layout)?;
+    let reread_failed = match f.t.kind {
+        Kind::Block => target::reread_partitions(&f.out)
+            .err()
+            .map(|e| e.to_string()),
         Kind::File => None,
     };
     if let Some(c) = &config {
-        let esp = new_layout
-            .parts
-            .iter()
-            .find(|p| p.label == ESP_LABEL)
-            .map(|p| (p.offset, p.size));
-        if let Some((offset, len)) = esp {
-            let mut bytes = vec![0u8; len as usize];
-            out.read_exact_at(&mut bytes, offset)
-                .map_err(io_err(o.target))?;
-            if esp::read_file(Cursor::new(bytes), HOST_CONFIG_ON_ESP)? != *c {
-                return Err(FlashError::Verify {
-                    target: o.target.to_path_buf(),
-                    what: format!("{HOST_CONFIG_ON_ESP} on the ESP"),
-                });
-            }
-        }
+        f.check_config(&new_layout, c)?;
     }
     let data_size = new_layout
         .parts
@@ -349,13 +225,220 @@ pub fn flash(o: &Options<'_>, progress: &mut dyn FnMut(u64, u64)) -> Result<Repo
         .find(|p| p.label == DATA_LABEL)
         .map_or(0, |p| p.size);
     Ok(Report {
-        kind: t.kind,
+        kind: f.t.kind,
         target_size: size,
         written,
         data_size,
         partitions,
         reread_failed,
     })
+}
+
+/// The image's layout, refused unless it has the partitions flashing
+/// changes: the ESP (for the host config) and the data partition (grown).
+fn keel_layout(image: &Path) -> Result<Layout, FlashError> {
+    let layout = disk::read_layout(image)?;
+    for need in [ESP_LABEL, DATA_LABEL] {
+        if !layout.parts.iter().any(|p| p.label == need) {
+            return Err(FlashError::NotKeel {
+                path: image.to_path_buf(),
+                why: format!("it has no {need} partition"),
+            });
+        }
+    }
+    Ok(layout)
+}
+
+/// What a piece held as it was written, to compare with the read back.
+struct Written {
+    label: String,
+    offset: u64,
+    len: u64,
+    sha256: String,
+}
+
+/// One flash in progress: the image read, the target written.
+struct Flashing<'a> {
+    o: &'a Options<'a>,
+    t: Target,
+    image: File,
+    out: File,
+}
+
+impl Flashing<'_> {
+    fn target_size(&self, layout: &Layout) -> Result<u64, FlashError> {
+        Ok(match self.t.kind {
+            Kind::Block => self.t.size,
+            Kind::File => {
+                // A file target keeps a larger size it already has (someone
+                // made room for /var) and grows to the image's otherwise.
+                let size = self.t.size.max(layout.size);
+                self.out.set_len(size).map_err(io_err(self.o.target))?;
+                size
+            }
+        })
+    }
+
+    /// What to write, in order: the partitions by offset, then the ESP.
+    fn pieces(&self, layout: &Layout, config: Option<&[u8]>) -> Result<Vec<Piece>, FlashError> {
+        // The ESP, with the host config added, is boot-critical: last but one.
+        let mut pieces: Vec<Piece> = Vec::new();
+        let mut esp_piece = None;
+        for p in &layout.parts {
+            if p.label == ESP_LABEL {
+                let mut bytes = vec![0u8; usize::try_from(p.size).unwrap_or(usize::MAX)];
+                self.image
+                    .read_exact_at(&mut bytes, p.offset)
+                    .map_err(io_err(self.o.image))?;
+                if let Some(c) = config {
+                    bytes = esp::add_files(bytes, &[(HOST_CONFIG_ON_ESP.to_string(), c.to_vec())])?;
+                }
+                esp_piece = Some(Piece {
+                    label: p.label.clone(),
+                    offset: p.offset,
+                    source: Source::Bytes(bytes),
+                });
+            } else {
+                pieces.push(Piece {
+                    label: p.label.clone(),
+                    offset: p.offset,
+                    source: Source::Image {
+                        from: p.offset,
+                        len: p.size,
+                    },
+                });
+            }
+        }
+        pieces.sort_by_key(|p| p.offset);
+        pieces.extend(esp_piece);
+        Ok(pieces)
+    }
+
+    /// Write `pieces` in order, hashing each as it streams; zero ranges
+    /// are zeroed rather than written. Returns the bytes written and what
+    /// each piece should read back as.
+    fn stream(
+        &self,
+        pieces: &[Piece],
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(u64, Vec<Written>), FlashError> {
+        let (image, out, t) = (&self.image, &self.out, &self.t);
+        let total: u64 = pieces.iter().map(Piece::len).sum();
+        let mut done = 0u64;
+        let mut written = 0u64;
+        let mut expected = Vec::new();
+        let mut buf = vec![0u8; CHUNK];
+        for piece in pieces {
+            let mut h = Sha256::new();
+            let mut at = 0u64;
+            while at < piece.len() {
+                let n = (piece.len() - at).min(CHUNK as u64) as usize;
+                let chunk: &[u8] = match &piece.source {
+                    Source::Image { from, .. } => {
+                        image
+                            .read_exact_at(&mut buf[..n], from + at)
+                            .map_err(io_err(self.o.image))?;
+                        &buf[..n]
+                    }
+                    Source::Bytes(b) => &b[at as usize..at as usize + n],
+                };
+                h.update(chunk);
+                if chunk.iter().all(|&b| b == 0) {
+                    target::zero(out, t, piece.offset + at, n as u64)
+                        .map_err(io_err(self.o.target))?;
+                } else {
+                    out.write_all_at(chunk, piece.offset + at)
+                        .map_err(io_err(self.o.target))?;
+                    written += n as u64;
+                }
+                at += n as u64;
+                done += n as u64;
+                progress(done, total);
+            }
+            expected.push(Written {
+                label: piece.label.clone(),
+                offset: piece.offset,
+                len: piece.len(),
+                sha256: hex::encode(h.finalize()),
+            });
+        }
+        Ok((written, expected))
+    }
+
+    /// The partition table last: until it is written the target does not
+    /// describe a half-written keel disk.
+    fn write_table(&self, layout: &Layout) -> Result<(), FlashError> {
+        self.out.sync_all().map_err(io_err(self.o.target))?;
+        disk::write_table(&self.out, self.o.target, layout)?;
+        self.out.sync_all().map_err(io_err(self.o.target))?;
+        Ok(())
+    }
+
+    /// Each piece's sha256 as read back, refused unless it is what was
+    /// written.
+    fn read_back(&self, expected: &[Written]) -> Result<Vec<(String, String)>, FlashError> {
+        // Read back from the device, not the page cache.
+        target::drop_cache(&self.out, &self.t).map_err(io_err(self.o.target))?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut partitions = Vec::new();
+        for w in expected {
+            let mut h = Sha256::new();
+            let mut at = 0u64;
+            while at < w.len {
+                let n = (w.len - at).min(CHUNK as u64) as usize;
+                self.out
+                    .read_exact_at(&mut buf[..n], w.offset + at)
+                    .map_err(io_err(self.o.target))?;
+                h.update(&buf[..n]);
+                at += n as u64;
+            }
+            let got = hex::encode(h.finalize());
+            if got != w.sha256 {
+                return Err(FlashError::Verify {
+                    target: self.o.target.to_path_buf(),
+                    what: format!("partition {}: sha256 {got}, wrote {}", w.label, w.sha256),
+                });
+            }
+            partitions.push((w.label.clone(), got));
+        }
+        Ok(partitions)
+    }
+
+    fn check_table(&self, layout: &Layout) -> Result<(), FlashError> {
+        let back = disk::read_layout_from(&self.out, self.o.target)?;
+        if back.parts != layout.parts {
+            return Err(FlashError::Verify {
+                target: self.o.target.to_path_buf(),
+                what: format!(
+                    "partition table: {:?}, wrote {:?}",
+                    back.parts, layout.parts
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The host config as read back from the ESP on the target.
+    fn check_config(&self, layout: &Layout, config: &[u8]) -> Result<(), FlashError> {
+        let esp = layout
+            .parts
+            .iter()
+            .find(|p| p.label == ESP_LABEL)
+            .map(|p| (p.offset, p.size));
+        if let Some((offset, len)) = esp {
+            let mut bytes = vec![0u8; len as usize];
+            self.out
+                .read_exact_at(&mut bytes, offset)
+                .map_err(io_err(self.o.target))?;
+            if esp::read_file(Cursor::new(bytes), HOST_CONFIG_ON_ESP)? != config {
+                return Err(FlashError::Verify {
+                    target: self.o.target.to_path_buf(),
+                    what: format!("{HOST_CONFIG_ON_ESP} on the ESP"),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
