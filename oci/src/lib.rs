@@ -6,7 +6,6 @@
 //! alike.
 
 mod inroot;
-mod listing;
 mod run;
 mod unpack;
 
@@ -17,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use inroot::{InRoot, Owners};
-pub use listing::InLayers;
 pub use run::{lookup_user, resolve, Given, ImageRoot, Resolved, RunError, DEFAULT_PATH};
 pub use unpack::{unpack, unpack_as, unpack_keeping_owners, Layers};
 

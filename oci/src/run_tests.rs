@@ -161,7 +161,7 @@ fn an_unpacked_image_is_read_as_the_container_sees_it_never_the_host() {
 }
 
 #[test]
-fn an_image_in_its_layers_resolves_like_an_unpacked_one() {
+fn an_unpacked_image_resolves_through_its_own_links_and_layers() {
     let dir = tempfile::tempdir().unwrap();
     let image = image_of(
         dir.path(),
@@ -194,7 +194,9 @@ fn an_image_in_its_layers_resolves_like_an_unpacked_one() {
             ),
         ],
     );
-    let layers = image.in_layers().unwrap();
+    let root = dir.path().join("root");
+    crate::unpack(&image, &root).unwrap();
+    let layers = InRoot::open(&root).unwrap();
     let run = |program: &str, path: &str| {
         let c = RunConfig {
             entrypoint: Some(vec![program.into()]),

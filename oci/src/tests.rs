@@ -271,25 +271,6 @@ fn a_named_user_is_found_in_the_image_s_own_files() {
 }
 
 #[test]
-fn image_files_are_read_through_whiteouts_and_opaque_folders() {
-    let dir = tempfile::tempdir().unwrap();
-    layout(dir.path());
-    let image = open(dir.path()).unwrap();
-    assert_eq!(
-        image.file("etc/passwd").unwrap().as_deref(),
-        Some(&b"app:x:1000:1000::/:/bin/sh\n"[..])
-    );
-    assert_eq!(image.file("data/c").unwrap().as_deref(), Some(&b"c"[..]));
-    assert_eq!(image.file("old/x").unwrap(), None, "whited out above");
-    assert_eq!(
-        image.file("data/a").unwrap(),
-        None,
-        "its folder is opaque above"
-    );
-    assert_eq!(image.file("nonesuch").unwrap(), None);
-}
-
-#[test]
 fn zstd_layers_unpack_like_gzip_ones() {
     use std::io::Read;
     let [l1, l2] = layers();

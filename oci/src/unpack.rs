@@ -14,10 +14,6 @@ use super::{compression, io_err, Compression, Image, OciError};
 pub(super) const WHITEOUT: &str = ".wh.";
 pub(super) const OPAQUE: &str = ".wh..wh..opq";
 
-pub(super) fn layer_reader(path: &Path) -> Result<Box<dyn Read>, OciError> {
-    read_layer(&fs::File::open(path).map_err(io_err(path))?, path)
-}
-
 /// The tar stream of the layer open as `file`, from its start, `path` for
 /// messages. It reads with an offset of its own: two reads of one open
 /// layer do not disturb each other.
@@ -88,47 +84,6 @@ impl<R: std::io::BufRead> Read for Zstd<R> {
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
             );
         }
-    }
-}
-
-impl Image {
-    /// The contents of regular file `rel` (relative to `/`) as the layers
-    /// leave it: the topmost layer that has it, unless a layer above
-    /// whites it out or makes its folder opaque.
-    pub fn file(&self, rel: &str) -> Result<Option<Vec<u8>>, OciError> {
-        let want = PathBuf::from(rel);
-        // What hides it in a lower layer: a whiteout of it or of any folder
-        // above it, or any of those folders made opaque.
-        let mut hiders = Vec::new();
-        let mut at = PathBuf::new();
-        for c in want.components() {
-            let name = c.as_os_str().to_string_lossy();
-            hiders.push(at.join(format!("{WHITEOUT}{name}")));
-            at.push(c);
-            if at != want {
-                hiders.push(at.join(OPAQUE));
-            }
-        }
-        for (_, path) in self.layers.iter().rev() {
-            let mut archive = tar::Archive::new(layer_reader(path)?);
-            let mut hidden_below = false;
-            for entry in archive.entries().map_err(io_err(path))? {
-                let mut e = entry.map_err(io_err(path))?;
-                let Some(p) = e.path().ok().and_then(|p| clean(&p)) else {
-                    continue;
-                };
-                if p == want && e.header().entry_type() == EntryType::Regular {
-                    let mut data = Vec::new();
-                    e.read_to_end(&mut data).map_err(io_err(path))?;
-                    return Ok(Some(data));
-                }
-                hidden_below |= hiders.contains(&p);
-            }
-            if hidden_below {
-                return Ok(None);
-            }
-        }
-        Ok(None)
     }
 }
 

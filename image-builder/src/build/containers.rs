@@ -101,12 +101,21 @@ fn resolve_oci(
         path: path.to_path_buf(),
         message: format!("`rootfs.oci`: {e}"),
     })?;
-    // Read through its layers: the build unpacks it only later, into the
-    // root it stages.
-    let files = image.in_layers().map_err(|e| BuildError::Container {
+    // Resolved in the image as it unpacks, by the one unpacker and the one
+    // in-root reader keel-init uses too: a second reading of the layers
+    // would be a second set of rules for links and whiteouts. Unpacked
+    // again, into the staged root, later.
+    let scratch = tempfile::tempdir().map_err(|e| BuildError::Container {
         path: path.to_path_buf(),
-        message: format!("`rootfs.oci` {rel}: {e}"),
+        message: format!("a scratch folder: {e}"),
     })?;
+    let files = crate::oci::unpack(&image, scratch.path())
+        .map_err(|e| e.to_string())
+        .and_then(|()| crate::oci::InRoot::open(scratch.path()))
+        .map_err(|e| BuildError::Container {
+            path: path.to_path_buf(),
+            message: format!("`rootfs.oci` {rel}: {e}"),
+        })?;
     let text = crate::oci::resolve_text(text, &image.config, &files).map_err(|m| {
         BuildError::Container {
             path: path.to_path_buf(),
