@@ -19,13 +19,16 @@ pub const DNS_STATIC_MARK: &str = "/run/keel/dns/static";
 pub const VMM_UID: u32 = 36;
 /// The group that may open /dev/kvm; VM disks are given to it too.
 pub const KVM_GID: u32 = 36;
-/// The longest VM name with a tap: the tap is `vm-NAME` and interface
-/// names are at most 15 bytes.
-pub const VM_TAP_NAME_MAX: usize = 12;
+/// What the host's tap of a VM is called before the VM's name.
+const VM_TAP_PREFIX: &str = "vm-";
+
+/// The longest VM name with a tap: the tap is `vm-NAME`, an interface
+/// name.
+pub const VM_TAP_NAME_MAX: usize = keel_tap::IFNAMSIZ - 1 - VM_TAP_PREFIX.len();
 
 /// The host's tap interface of VM `name` (`network = "tap"`).
 pub fn vm_tap(name: &str) -> String {
-    format!("vm-{name}")
+    format!("{VM_TAP_PREFIX}{name}")
 }
 
 /// How many ids a user container's user namespace has: 0 to 65535

@@ -18,7 +18,7 @@ pub const IFNAMSIZ: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
-    #[error("tap {name:?}: an interface name is 1 to {} bytes, without NUL", IFNAMSIZ - 1)]
+    #[error("tap {name:?}: an interface name is 1 to {} bytes, not . or .., without /, :, white space or NUL", IFNAMSIZ - 1)]
     Name { name: String },
     #[error("{TUN}: {source}")]
     Tun { source: io::Error },
@@ -40,11 +40,39 @@ impl TapError {
     }
 }
 
+/// What Linux accepts as an interface name (its dev_valid_name): 1 to 15
+/// bytes, not `.` or `..`, without `/`, `:`, white space or NUL. The one
+/// rule for the host config's interfaces, VM taps and keel-vmm's `--tap`.
+pub fn is_interface_name(name: &str) -> bool {
+    (1..IFNAMSIZ).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+}
+
+/// A MAC address, `52:54:00:12:34:56`: six pairs of hex digits (either
+/// case).
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        // from_str_radix alone would take "+a".
+        if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
 /// TUNSETIFF's request for tap `name`: plain Ethernet frames, no
 /// packet-info header. A name the kernel would cut or refuse is refused
 /// here, never truncated into another interface's.
 fn request(name: &str) -> Result<libc::ifreq, TapError> {
-    if name.is_empty() || name.len() >= IFNAMSIZ || name.contains('\0') {
+    if !is_interface_name(name) {
         return Err(TapError::Name {
             name: name.to_string(),
         });

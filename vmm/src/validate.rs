@@ -68,32 +68,13 @@ pub fn validate(c: &VmConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// What Linux accepts as an interface name (dev_valid_name).
-pub fn is_interface_name(name: &str) -> bool {
-    (1..keel_tap::IFNAMSIZ).contains(&name.len())
-        && name != "."
-        && name != ".."
-        && !name
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
-}
+pub use keel_tap::is_interface_name;
 
 /// `aa:bb:cc:dd:ee:ff`, unicast (the first byte's low bit clear).
 pub fn parse_mac(text: &str) -> Result<[u8; 6], ConfigError> {
-    let bad = || ConfigError::Mac(text.to_string());
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for b in &mut mac {
-        let p = parts.next().ok_or_else(bad)?;
-        if p.len() != 2 {
-            return Err(bad());
-        }
-        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-    }
-    if parts.next().is_some() || mac[0] & 1 != 0 {
-        return Err(bad());
-    }
-    Ok(mac)
+    keel_tap::parse_mac(text)
+        .filter(|mac| mac[0] & 1 == 0)
+        .ok_or_else(|| ConfigError::Mac(text.to_string()))
 }
 
 #[cfg(test)]

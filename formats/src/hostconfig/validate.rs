@@ -321,15 +321,10 @@ fn authorized_key(line: &str) -> Result<(), String> {
 
 fn interface(k: &mut Checker, name: &str, i: &Interface, seen: &mut BTreeMap<IpAddr, String>) {
     let at = ["network", "interfaces", name];
-    let name_ok = !name.is_empty()
-        && name.len() <= 15
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
-    if i.mac.is_none() && !name_ok {
+    if i.mac.is_none() && !keel_tap::is_interface_name(name) {
         k.bad(
             &at,
-            "not an interface name (at most 15 characters, no '/' or ':'); set `mac` to match by address",
+            "not an interface name (1-15 bytes, not . or .., no '/', ':' or white space); set `mac` to match by address",
         );
     }
     for a in &i.addresses {

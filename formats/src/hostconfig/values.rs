@@ -71,17 +71,9 @@ impl fmt::Display for Cidr {
 pub struct Mac(pub [u8; 6]);
 
 fn parse_mac(s: &str) -> Result<Mac, String> {
-    let bad = || format!("{s:?} is not a MAC address like 52:54:00:12:34:56");
-    let mut out = [0u8; 6];
-    let mut parts = s.split(':');
-    for byte in out.iter_mut() {
-        let p = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
-        *byte = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-    }
-    if parts.next().is_some() {
-        return Err(bad());
-    }
-    Ok(Mac(out))
+    keel_tap::parse_mac(s)
+        .map(Mac)
+        .ok_or_else(|| format!("{s:?} is not a MAC address like 52:54:00:12:34:56"))
 }
 
 text_value!(Mac, parse_mac);
@@ -261,6 +253,7 @@ mod tests {
         assert!("52:54:00:12:34".parse::<Mac>().unwrap_err().contains("MAC"));
         assert!("52:54:00:12:34:5g".parse::<Mac>().is_err());
         assert!("52:54:00:12:34:56:78".parse::<Mac>().is_err());
+        assert!("+a:54:00:12:34:56".parse::<Mac>().is_err());
         assert!("/var/a".parse::<Volume>().unwrap_err().contains("/TARGET"));
         assert!("/var/a:/a:rx".parse::<Volume>().unwrap_err().contains("rx"));
         assert!("64".parse::<Bytes>().unwrap_err().contains("needs a unit"));

@@ -51,8 +51,8 @@ pub struct Converged {
 }
 
 /// Bring the host from `before` (none: at boot) to `new`. A host effect is
-/// asked for only when the part of the config it comes from changed, and
-/// every one of them at boot.
+/// asked for only when the part of the config it comes from changed (the
+/// host name and sysctls: always), and every one of them at boot.
 pub fn converge(
     before: Option<Before<'_>>,
     new: &HostConfig,
@@ -68,22 +68,6 @@ pub fn converge(
             changes.push(what.to_string());
         }
     };
-    if differs(old, new, |c| &c.hostname) {
-        // The image's name when the config sets none.
-        let name = new.hostname.as_deref().unwrap_or("keel");
-        if let Err(e) = fx.set_hostname(name) {
-            warnings.push(format!("hostname {name}: {e}"));
-        }
-        changed("hostname", &mut changes);
-    }
-    if differs(old, new, |c| &c.sysctl) {
-        for (k, v) in &new.sysctl {
-            if let Err(e) = fx.write_sysctl(k, &v.render()) {
-                warnings.push(format!("sysctl {k}: {e}"));
-            }
-        }
-        changed("sysctl", &mut changes);
-    }
     let vms = differs(old, new, |c| &c.vms);
     let network = differs(old, new, |c| &c.network);
     // Taps first, so that the network config can address them.
@@ -113,6 +97,26 @@ pub fn converge(
             applied.dhcp
         }
     };
+    // Set on every apply, not only when they changed: writing them again
+    // is harmless, and a sysctl that could not take before (a tap that
+    // was not there yet) takes now. After the network and the taps, which
+    // sysctls may name.
+    // The image's name when the config sets none.
+    let name = new.hostname.as_deref().unwrap_or("keel");
+    if let Err(e) = fx.set_hostname(name) {
+        warnings.push(format!("hostname {name}: {e}"));
+    }
+    if differs(old, new, |c| &c.hostname) {
+        changed("hostname", &mut changes);
+    }
+    for (k, v) in &new.sysctl {
+        if let Err(e) = fx.write_sysctl(k, &v.render()) {
+            warnings.push(format!("sysctl {k}: {e}"));
+        }
+    }
+    if differs(old, new, |c| &c.sysctl) {
+        changed("sysctl", &mut changes);
+    }
     if differs(old, new, |c| &c.update) {
         if let Err(e) = fx.write_update_policy(new) {
             warnings.push(format!("update policy: {e}"));

@@ -91,11 +91,11 @@ fn boot_asks_for_every_effect_and_reports_what_did_not_take() {
     assert_eq!(
         fx.calls,
         [
-            "hostname edge",
-            "net.ipv4.ip_forward=1",
             "vms",
             "network",
             "dns",
+            "hostname edge",
+            "net.ipv4.ip_forward=1",
             "policy",
             "ssh keys"
         ]
@@ -118,7 +118,7 @@ fn boot_asks_for_every_effect_and_reports_what_did_not_take() {
 
     let mut fx = Fake::default();
     converge(None, &HostConfig::default(), image, &mut fx);
-    assert_eq!(fx.calls[0], "hostname keel", "the image's name by default");
+    assert_eq!(fx.calls[3], "hostname keel", "the image's name by default");
 }
 
 /// Converge on `first`, then from it to `second`: the effects asked for the
@@ -152,7 +152,8 @@ fn step(first: &str, second: &str) -> (Vec<String>, Converged, ServicePlan) {
 #[test]
 fn the_same_config_again_changes_nothing() {
     let (calls, out, plan) = step(FIRST, FIRST);
-    assert!(calls.is_empty(), "{calls:?}");
+    // Written again, so that one that did not take before takes now.
+    assert_eq!(calls, ["hostname edge", "net.ipv4.ip_forward=1"]);
     assert!(out.changes.is_empty());
     assert_eq!(plan, ServicePlan::default());
     assert_eq!(out.dhcp, ["eth0"], "the DHCP interfaces are kept");
@@ -161,7 +162,7 @@ fn the_same_config_again_changes_nothing() {
 #[test]
 fn a_new_host_name_restarts_nothing() {
     let (calls, out, plan) = step(FIRST, &FIRST.replace("edge", "core"));
-    assert_eq!(calls, ["hostname core"]);
+    assert_eq!(calls, ["hostname core", "net.ipv4.ip_forward=1"]);
     assert_eq!(out.changes, ["hostname"]);
     assert_eq!(plan, ServicePlan::default());
 }
@@ -170,7 +171,7 @@ fn a_new_host_name_restarts_nothing() {
 fn a_service_override_restarts_that_service_only() {
     let second = format!("{FIRST}[services.web]\nenv = {{ MODE = \"prod\" }}\n");
     let (calls, out, plan) = step(FIRST, &second);
-    assert!(calls.is_empty(), "{calls:?}");
+    assert_eq!(calls, ["hostname edge", "net.ipv4.ip_forward=1"]);
     assert!(out.changes.is_empty());
     assert!(plan.stop.is_empty());
     assert_eq!(names(&plan.start), ["web"]);
@@ -207,7 +208,17 @@ fn a_network_change_is_withdrawn_reapplied_and_its_services_follow() {
     // The interface is static now: no DHCP client.
     let mut fx = Fake::default();
     let out = converge(Some(before), &config(&second), image, &mut fx);
-    assert_eq!(fx.calls, ["withdraw", "network", "dns"]);
+    assert_eq!(
+        fx.calls,
+        [
+            "withdraw",
+            "network",
+            "dns",
+            "hostname edge",
+            "net.ipv4.ip_forward=1"
+        ],
+        "the sysctls after the interfaces they may name"
+    );
     assert_eq!(out.changes, ["network"]);
     let table = booted.defs.iter().map(|(n, d)| (n.as_str(), d));
     let plan = plan_services(table, out.defs, &[]);
@@ -233,7 +244,7 @@ fn a_new_time_zone_restarts_every_service() {
     let mut fx = Fake::default();
     let second = config("timezone = \"Europe/Berlin\"\n");
     let out = converge(Some(before), &second, image, &mut fx);
-    assert!(fx.calls.is_empty(), "{:?}", fx.calls);
+    assert_eq!(fx.calls, ["hostname keel"]);
     assert_eq!(out.tz, "CET-1CEST");
     let table = booted.defs.iter().map(|(n, d)| (n.as_str(), d));
     let plan = plan_services(table, out.defs, &[]);

@@ -12,7 +12,7 @@ pub mod effects;
 use std::collections::BTreeMap;
 
 use keel_formats::container::ContainerDef;
-use keel_formats::hostconfig::HostConfig;
+pub use keel_formats::hostconfig::HostConfig;
 
 pub use choose::{read, save_last_good, write_esp, zone_table, LAST_GOOD};
 pub use converge::{converge, Before, Converged, Image};

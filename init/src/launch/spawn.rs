@@ -112,7 +112,11 @@ pub fn begin(plan: &Plan, cgroup: &File, io: Io<'_>) -> Result<Spawned, LaunchEr
         };
         in_child(plan, fds, (rd, wr), (go_rd, go_wr));
     }
-    let pid = Pid::from_raw(i32::try_from(pid).unwrap_or(-1));
+    // A pid is an i32 on Linux; a value that were not one must never
+    // become -1, which kill() takes for every process.
+    let Ok(pid) = i32::try_from(pid).map(Pid::from_raw) else {
+        return Err(LaunchError::Clone(Errno::EOVERFLOW));
+    };
     drop(go_rd);
     if let Some((uid_map, gid_map)) = &plan.user_maps {
         if let Err(e) = userns::write_maps(pid.as_raw(), uid_map, gid_map) {

@@ -224,19 +224,27 @@ pub(super) fn api_listener() -> Option<UnixListener> {
         .ok()
 }
 
-/// What the host runs on when reading the host config failed outright.
+/// What the host runs on when reading the host config failed outright:
+/// no config at all, converged on all the same, so that the host name,
+/// the resolvers' file, the update policy and the SSH keys are there.
 pub(super) fn no_config() -> crate::config::AtBoot {
+    let config = crate::config::HostConfig::default();
+    let image = crate::config::Image {
+        defs: &[],
+        zones: None,
+    };
+    let converged = crate::config::converge(None, &config, image, &mut crate::config::RealHost);
     crate::config::AtBoot {
-        config: Default::default(),
         state: crate::config::ConfigState {
             source: crate::config::ConfigSource::Defaults,
             errors: vec!["reading the host config panicked".into()],
             disabled: Vec::new(),
-            warnings: Vec::new(),
+            warnings: converged.warnings.clone(),
             trial_until_ms: None,
         },
+        config,
         esp: None,
-        converged: Default::default(),
+        converged,
     }
 }
 
