@@ -92,11 +92,15 @@ fn check_order(p: &Plan, steps: &[Step<'_>]) {
     assert_eq!(steps[pivot + 1].kind(), StepKind::RemountRootReadonly);
     // Masks cover what /proc and /sys show.
     let kernel = if p.mount_sys {
+        assert!(
+            at(StepKind::MountProc) < at(StepKind::MountSys)
+                && at(StepKind::MountSys) < at(StepKind::MountCgroup),
+            "/proc, then /sys, then the cgroup tree on it"
+        );
         at(StepKind::MountCgroup)
     } else {
         at(StepKind::MountProc)
     };
-    assert!(kernel >= at(StepKind::MountProc));
     for k in [StepKind::ReadOnly, StepKind::Mask] {
         assert!(at(k) > kernel, "{k:?} before the kernel files");
     }

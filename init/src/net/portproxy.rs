@@ -87,11 +87,11 @@ pub fn helper_main(args: &[String]) -> ! {
         loop {
             match publish("", port, targets.clone()) {
                 Ok(proxy) => break proxies.push(proxy),
-                Err(e) if tries < 40 && e.contains("in use") => {
+                Err(e) if tries < 40 && e.source.kind() == std::io::ErrorKind::AddrInUse => {
                     tries = tries.saturating_add(1);
                     std::thread::sleep(Duration::from_millis(250));
                 }
-                Err(e) => fail(e),
+                Err(e) => fail(e.to_string()),
             }
         }
     }
@@ -101,9 +101,17 @@ pub fn helper_main(args: &[String]) -> ! {
     std::process::exit(0)
 }
 
+/// A port that could not be published: which, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct PublishError {
+    what: String,
+    source: std::io::Error,
+}
+
 /// Listen on the host's `port.host` (IPv6 and IPv4, or IPv4 alone on a
 /// host without IPv6) for container `name`.
-pub fn publish(name: &str, port: Port, targets: Targets) -> Result<Proxy, String> {
+pub fn publish(name: &str, port: Port, targets: Targets) -> Result<Proxy, PublishError> {
     let stop = Arc::new(AtomicBool::new(false));
     let what = format!(
         "{name}: port {}/{}",
@@ -117,23 +125,41 @@ pub fn publish(name: &str, port: Port, targets: Targets) -> Result<Proxy, String
     let name = name.to_string();
     let flag = stop.clone();
     if port.udp {
-        let socket = UdpSocket::bind(&addrs[..]).map_err(|e| format!("{what}: {e}"))?;
+        let socket = UdpSocket::bind(&addrs[..]).map_err(|source| PublishError {
+            what: what.clone(),
+            source,
+        })?;
         socket
             .set_read_timeout(Some(POLL))
-            .map_err(|e| format!("{what}: {e}"))?;
+            .map_err(|source| PublishError {
+                what: what.clone(),
+                source,
+            })?;
         std::thread::Builder::new()
             .name(format!("udp-{}", port.host))
             .spawn(move || udp(socket, &name, port.container, &targets, &flag))
-            .map_err(|e| format!("{what}: {e}"))?;
+            .map_err(|source| PublishError {
+                what: what.clone(),
+                source,
+            })?;
     } else {
-        let listener = TcpListener::bind(&addrs[..]).map_err(|e| format!("{what}: {e}"))?;
+        let listener = TcpListener::bind(&addrs[..]).map_err(|source| PublishError {
+            what: what.clone(),
+            source,
+        })?;
         listener
             .set_nonblocking(true)
-            .map_err(|e| format!("{what}: {e}"))?;
+            .map_err(|source| PublishError {
+                what: what.clone(),
+                source,
+            })?;
         std::thread::Builder::new()
             .name(format!("tcp-{}", port.host))
             .spawn(move || tcp(listener, &name, port.container, &targets, &flag))
-            .map_err(|e| format!("{what}: {e}"))?;
+            .map_err(|source| PublishError {
+                what: what.clone(),
+                source,
+            })?;
     }
     Ok(Proxy { port, stop })
 }
