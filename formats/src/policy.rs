@@ -39,7 +39,7 @@ pub struct Policy {
     pub reboot: RebootPolicy,
     /// `HH:MM-HH:MM` (UTC) for `reboot = "window"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub window: Option<String>,
+    pub window: Option<crate::hostconfig::values::Window>,
     /// Public keys (hex) trusted besides the image's key files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_keys: Vec<String>,
@@ -85,12 +85,8 @@ impl Policy {
         if self.channel.is_empty() {
             return Err("channel is empty".into());
         }
-        match (&self.reboot, &self.window) {
-            (RebootPolicy::Window, None) => return Err("reboot = \"window\" needs a window".into()),
-            (_, Some(w)) => {
-                crate::hostconfig::units::parse_window(w)?;
-            }
-            _ => {}
+        if self.reboot == RebootPolicy::Window && self.window.is_none() {
+            return Err("reboot = \"window\" needs a window".into());
         }
         Ok(())
     }
@@ -98,11 +94,7 @@ impl Policy {
     /// Seconds from `now` (seconds since the epoch) until a reboot may
     /// happen: 0 unless the policy has a window and `now` is outside it.
     pub fn wait_for_window(&self, now: u64) -> u64 {
-        let Some((start, end)) = self
-            .window
-            .as_deref()
-            .and_then(|w| crate::hostconfig::units::parse_window(w).ok())
-        else {
+        let Some(crate::hostconfig::values::Window { start, end }) = self.window else {
             return 0;
         };
         let day = 24 * 3600;

@@ -342,7 +342,9 @@ impl Agent {
                     RebootPolicy::Manual => "reboot to use it".to_string(),
                     RebootPolicy::Window => format!(
                         "rebooting in the window {}",
-                        self.policy.window.as_deref().unwrap_or("?")
+                        self.policy
+                            .window
+                            .map_or_else(|| "?".to_string(), |w| w.to_string())
                     ),
                 }
             ),

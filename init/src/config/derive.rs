@@ -200,7 +200,7 @@ pub fn update_policy(image: Option<&str>, c: &HostConfig) -> Policy {
         };
     }
     if u.window.is_some() {
-        p.window = u.window.map(|w| w.to_string());
+        p.window = u.window;
     }
     p.trusted_keys.extend(u.trusted_keys.iter().cloned());
     p
