@@ -105,13 +105,6 @@ pub fn fs_magic(path: &Path) -> Result<i64> {
 pub const RAMFS_MAGIC: i64 = 0x8584_58f6;
 pub const TMPFS_MAGIC: i64 = 0x0102_1994;
 
-#[repr(C)]
-struct IfReq {
-    name: [u8; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
-
 /// Bring up the loopback interface: services on the host network expect it.
 pub fn loopback_up() -> Result<()> {
     let lo = Path::new("lo");
@@ -122,20 +115,19 @@ pub fn loopback_up() -> Result<()> {
         None,
     )
     .map_err(err("socket for", lo))?;
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        flags: 0,
-        _pad: [0; 22],
+    // "lo" is a valid interface name: this cannot fail.
+    let Ok(mut req) = keel_tap::ifreq("lo") else {
+        return Err(err("ifreq for", lo)(nix::errno::Errno::EINVAL));
     };
-    req.name[..2].copy_from_slice(b"lo");
     use std::os::fd::AsRawFd;
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write a struct ifreq, which
-    // IfReq lays out (name, then the flags member of the union, padded).
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write a struct ifreq,
+    // which `req` is; SIOCGIFFLAGS filled the flags member of its union,
+    // the one read and written here.
     unsafe {
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) < 0 {
             return Err(err("SIOCGIFFLAGS", lo)(nix::errno::Errno::last()));
         }
-        req.flags |= libc::IFF_UP as libc::c_short;
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) < 0 {
             return Err(err("SIOCSIFFLAGS", lo)(nix::errno::Errno::last()));
         }

@@ -68,10 +68,11 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
-/// TUNSETIFF's request for tap `name`: plain Ethernet frames, no
-/// packet-info header. A name the kernel would cut or refuse is refused
-/// here, never truncated into another interface's.
-fn request(name: &str) -> Result<libc::ifreq, TapError> {
+/// An interface request (struct ifreq) naming interface `name`, the rest
+/// zero: for TUNSETIFF here, and SIOCGIFFLAGS/SIOCSIFFLAGS in keel-init.
+/// A name the kernel would cut or refuse is refused here, never truncated
+/// into another interface's.
+pub fn ifreq(name: &str) -> Result<libc::ifreq, TapError> {
     if !is_interface_name(name) {
         return Err(TapError::Name {
             name: name.to_string(),
@@ -84,6 +85,13 @@ fn request(name: &str) -> Result<libc::ifreq, TapError> {
     for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
         *dst = src as libc::c_char;
     }
+    Ok(req)
+}
+
+/// TUNSETIFF's request for tap `name`: plain Ethernet frames, no
+/// packet-info header.
+fn request(name: &str) -> Result<libc::ifreq, TapError> {
+    let mut req = ifreq(name)?;
     req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
     Ok(req)
 }

@@ -111,11 +111,17 @@ pub fn save_last_good(c: &HostConfig) -> Result<(), String> {
 
 /// A host config's text (called `name` in problems) as this host reads it:
 /// over the image's defaults, against the image's `services`.
-pub fn read(name: &str, text: &str, services: &[String]) -> Result<HostConfig, Vec<String>> {
+/// `zones`: the image's zone table, as read at boot.
+pub fn read(
+    name: &str,
+    text: &str,
+    services: &[String],
+    zones: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<HostConfig, Vec<String>> {
     let defaults = std::fs::read_to_string(keel_formats::host::DEFAULTS).ok();
     let ctx = Context {
         services: Some(services.to_vec()),
-        zones: zone_table().map(|t| t.into_keys().collect()),
+        zones: zones.map(|t| t.keys().cloned().collect()),
     };
     let defaults = defaults.as_deref().map(|text| Source {
         name: Path::new(keel_formats::host::DEFAULTS),

@@ -379,7 +379,7 @@ impl Init {
             Ok(u) => u,
             Err(e) => return Response::Error(e),
         };
-        let new = match config::read(name, text, &self.cfg.services) {
+        let new = match config::read(name, text, &self.cfg.services, self.cfg.zones.as_ref()) {
             Ok(c) => c,
             Err(problems) => return Response::Problems(problems),
         };

@@ -117,7 +117,7 @@ impl Init {
             }
             Ok(Request::ValidateConfig { name, text }) => (
                 Response::Problems(
-                    crate::config::read(&name, &text, &self.cfg.services)
+                    crate::config::read(&name, &text, &self.cfg.services, self.cfg.zones.as_ref())
                         .err()
                         .unwrap_or_default(),
                 ),
