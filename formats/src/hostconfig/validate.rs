@@ -7,6 +7,9 @@ use std::net::IpAddr;
 use super::types::{ContainerNetwork, HostConfig, Interface, Limits, Reboot, UserContainer, Vm};
 use super::units::parse_ip;
 
+#[path = "validate_workloads.rs"]
+mod workloads;
+
 /// One problem: the key path (`["services", "web", "limits", "memory"]`)
 /// and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,11 +132,11 @@ pub fn validate(c: &HostConfig, ctx: &Context) -> Vec<Problem> {
         ports.insert((ssh.port, false), "admin.ssh".into());
     }
     for (name, ct) in &c.containers {
-        container(&mut k, name, ct, c, ctx, &mut ports);
+        workloads::container(&mut k, name, ct, c, ctx, &mut ports);
     }
-    volume_sources(&mut k, c);
+    workloads::volume_sources(&mut k, c);
     for (name, vm) in &c.vms {
-        self::vm(&mut k, name, vm);
+        workloads::vm(&mut k, name, vm);
     }
     update(&mut k, c);
     k.problems
@@ -237,57 +240,6 @@ fn services(k: &mut Checker, c: &HostConfig, ctx: &Context) {
             }
         }
         limits(k, &["services", name, "limits"], &s.limits);
-    }
-}
-
-/// A path's parts, `.` and empty ones left out.
-fn parts(path: &str) -> Vec<&str> {
-    path.split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
-        .collect()
-}
-
-/// Volume sources neither nest nor touch keel's own folders: a container
-/// can put a symlink anywhere in its volume, and keel-init makes and binds
-/// a source by its path, so a source inside another volume could be
-/// turned into any folder of the host. The same folder shared whole by
-/// several containers is fine.
-fn volume_sources(k: &mut Checker, c: &HostConfig) {
-    let mut seen: Vec<(Vec<&str>, String)> = Vec::new();
-    for (name, ct) in &c.containers {
-        for v in &ct.volumes {
-            let src = v.source.as_str();
-            if under_var(src).is_err() {
-                continue;
-            }
-            let src_parts = parts(src);
-            let overlap = |a: &[&str], b: &[&str]| a.starts_with(b) || b.starts_with(a);
-            let at = ["containers", name.as_str(), "volumes"];
-            if let Some(own) = crate::host::KEEL_STATE_DIRS
-                .iter()
-                .find(|d| overlap(&src_parts, &parts(d)))
-            {
-                k.bad(
-                    &at,
-                    format!(
-                        "{src}: keel keeps its own state in {own}; pick a folder apart from it"
-                    ),
-                );
-                continue;
-            }
-            if let Some((_, who)) = seen
-                .iter()
-                .find(|(other, _)| *other != src_parts && overlap(&src_parts, other))
-            {
-                k.bad(
-                    &at,
-                    format!(
-                        "{src} nests with a volume of {who}: a container could turn the inner folder into a link to any folder of the host; use folders side by side"
-                    ),
-                );
-            }
-            seen.push((src_parts, format!("containers.{name}")));
-        }
     }
 }
 
@@ -401,157 +353,6 @@ fn limits(k: &mut Checker, at: &[&str], l: &Limits) {
     }
     if l.pids == Some(0) {
         k.bad(&key("pids"), "0 processes leaves nothing to run");
-    }
-}
-
-fn container(
-    k: &mut Checker,
-    name: &str,
-    ct: &UserContainer,
-    c: &HostConfig,
-    ctx: &Context,
-    ports: &mut BTreeMap<(u16, bool), String>,
-) {
-    let at = |last: &'static str| vec!["containers", name, last];
-    // It runs as a service of that name (`keelctl logs NAME`).
-    if !is_service_name(name, 32) {
-        k.bad(
-            &["containers", name],
-            "a container name is 1-32 lowercase letters, digits and '-'",
-        );
-    }
-    let image_service = ctx
-        .services
-        .as_ref()
-        .is_some_and(|known| known.iter().any(|s| s == name));
-    if c.services.contains_key(name) || image_service {
-        k.bad(
-            &["containers", name],
-            format!("{name:?} is also a system service; give the container another name"),
-        );
-    }
-    k.check(&at("image"), under_var(&ct.image));
-    if ct.command.iter().any(String::is_empty) {
-        k.bad(&at("command"), "an empty argument");
-    }
-    for e in ct.env.keys() {
-        if !is_env_name(e) {
-            k.bad(
-                &["containers", name, "env", e],
-                "not an environment variable name",
-            );
-        }
-    }
-    if ct.network == ContainerNetwork::Host && !ct.ports.is_empty() {
-        k.bad(
-            &at("ports"),
-            "a container on the host's network listens on the host's ports itself; publish ports with network = \"private\"",
-        );
-    }
-    for p in &ct.ports {
-        let who = format!("containers.{name}");
-        if let Some(other) = ports.insert((p.host, p.udp), who) {
-            k.bad(
-                &at("ports"),
-                format!(
-                    "host port {}/{} is already published by {other}",
-                    p.host,
-                    if p.udp { "udp" } else { "tcp" }
-                ),
-            );
-        }
-    }
-    for v in &ct.volumes {
-        let dst = &v.target;
-        let r = under_var(&v.source).and_then(|()| {
-            if dst.starts_with('/') && !dst.split('/').any(|c| c == "..") {
-                Ok(())
-            } else {
-                Err(format!("{dst:?} must be an absolute path in the container"))
-            }
-        });
-        k.check(&at("volumes"), r);
-    }
-    limits(k, &["containers", name, "limits"], &ct.limits);
-    if let Some(u) = &ct.user {
-        user(k, name, u, ct.userns);
-    }
-}
-
-/// `containers.NAME.user`: ids the container's user namespace (or, with
-/// the host's, the host outside the containers' ranges) has.
-fn user(k: &mut Checker, name: &str, u: &str, userns: crate::container::Share) {
-    let at = |last: &'static str| vec!["containers", name, last];
-    let ids = match u.split_once(':') {
-        Some((a, b)) => a.parse::<u32>().ok().zip(b.parse::<u32>().ok()),
-        None => u.parse::<u32>().ok().map(|a| (a, a)),
-    };
-    match ids {
-        None => k.bad(&at("user"), format!("{u:?} is not uid or uid:gid")),
-        Some((uid, gid))
-            if userns == crate::container::Share::Private
-                && uid.max(gid) >= crate::host::USERNS_IDS =>
-        {
-            k.bad(
-                &at("user"),
-                format!(
-                    "{u:?}: the container's user namespace has ids 0 to {}; \
-                     pick one of those, or set userns = \"host\"",
-                    crate::host::USERNS_IDS - 1
-                ),
-            );
-        }
-        Some((uid, gid)) if uid.max(gid) >= crate::host::USERNS_FIRST => {
-            k.bad(
-                &at("user"),
-                format!(
-                    "{u:?}: ids from {} up are the ranges of user containers' namespaces",
-                    crate::host::USERNS_FIRST
-                ),
-            );
-        }
-        Some(_) => {}
-    }
-}
-
-fn vm(k: &mut Checker, name: &str, vm: &Vm) {
-    let at = |last: &'static str| vec!["vms", name, last];
-    // It runs as the service vm-<name>.
-    if !is_service_name(name, 29) {
-        k.bad(
-            &["vms", name],
-            "a VM name is 1-29 lowercase letters, digits and '-'",
-        );
-    }
-    if vm.network == super::types::VmNetwork::Tap && name.len() > crate::host::VM_TAP_NAME_MAX {
-        k.bad(
-            &at("network"),
-            format!(
-                "a VM with a tap has a name of at most {} characters: its tap is vm-{name}, and interface names are at most 15",
-                crate::host::VM_TAP_NAME_MAX
-            ),
-        );
-    }
-    k.check(&at("kernel"), under_var(&vm.kernel));
-    for (key, p) in [("rootfs", &vm.rootfs), ("initramfs", &vm.initramfs)] {
-        if let Some(p) = p {
-            k.check(&at(key), under_var(p));
-        }
-    }
-    if !(1..=32).contains(&vm.vcpus) {
-        k.bad(&at("vcpus"), format!("{} is not 1..=32", vm.vcpus));
-    }
-    let memory = vm.memory.to_string();
-    if vm.memory.0 < 32 << 20 {
-        k.bad(
-            &at("memory"),
-            format!("{memory:?} is below the minimum of 32M"),
-        );
-    } else if vm.memory.0 > 3 << 30 {
-        k.bad(
-            &at("memory"),
-            format!("{memory:?} is above the maximum of 3G"),
-        );
     }
 }
 
