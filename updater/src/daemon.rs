@@ -154,17 +154,23 @@ pub fn exit_on_sigterm() -> anyhow::Result<()> {
 /// Bind the socket before the agent looks at the disk, so that early
 /// callers wait in the backlog instead of finding no socket.
 pub fn listen() -> anyhow::Result<UnixListener> {
-    let _ = std::fs::remove_file(UPDATE_SOCKET);
-    let listener = UnixListener::bind(UPDATE_SOCKET)?;
+    // Bound under another name and renamed into place once it is the
+    // admin group's: the admin shell, which calls as soon as the host is
+    // up, would otherwise find a socket that is root's alone for a moment
+    // and be refused.
+    let staging = format!("{UPDATE_SOCKET}.new");
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging)?;
     // Root's and the admin group's, as keel-init's API socket: the admin
     // shell runs as the admin user. keel-update is a member of that group
     // (update.toml), which lets it give the socket to the group without
     // CAP_CHOWN.
-    std::fs::set_permissions(UPDATE_SOCKET, std::fs::Permissions::from_mode(0o660))?;
-    if let Err(e) = std::os::unix::fs::chown(UPDATE_SOCKET, None, Some(keel_formats::ADMIN_GID)) {
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o660))?;
+    if let Err(e) = std::os::unix::fs::chown(&staging, None, Some(keel_formats::ADMIN_GID)) {
         // Still root's: the updater runs, the admin shell cannot reach it.
         eprintln!("keel-update: warning: giving {UPDATE_SOCKET} to the admin group: {e}");
     }
+    std::fs::rename(&staging, UPDATE_SOCKET)?;
     Ok(listener)
 }
 
