@@ -26,6 +26,7 @@ const EROFS: &str = "Read-only file system";
 /// From the admin shell (the host's PID namespace, its own uid, no
 /// capabilities, the default seccomp profile): every row refused, and the
 /// sysctls it tried still have their values.
+// One table of escapes, tried in order: long, and flat on purpose.
 pub fn admin_cannot_escape(g: &mut Guest) {
     let aslr = g.shell("cat /proc/sys/kernel/randomize_va_space");
     let overcommit = g.shell("cat /proc/sys/vm/overcommit_ratio");

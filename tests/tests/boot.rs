@@ -11,6 +11,8 @@ use std::io::Cursor;
 use keel_image_builder::{disk, esp};
 use keel_tests::{copy_disk, disk_image, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
 
+// One long scenario rather than many short tests: each step needs the
+// state the steps before it left, and a boot costs seconds of the suite.
 #[test]
 fn boots_to_ready_runs_containers_and_powers_off() {
     let dir = tempfile::tempdir().unwrap();

@@ -54,6 +54,8 @@ fn keel_flash(args: &[&Path], force: bool) -> Output {
     cmd.output().unwrap()
 }
 
+// One long scenario rather than many short tests: each step needs the
+// state the steps before it left, and a boot costs seconds of the suite.
 #[test]
 fn flash_to_a_block_device_then_boot_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -60,6 +60,8 @@ fn services(status: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+// One long scenario rather than many short tests: each step needs the
+// state the steps before it left, and a boot costs seconds of the suite.
 #[test]
 fn the_esp_config_applies_and_a_broken_one_keeps_the_last_good() {
     let dir = tempfile::tempdir().unwrap();

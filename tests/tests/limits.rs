@@ -17,6 +17,8 @@ fn lines_of(log: &str, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+// One long scenario rather than many short tests: each step needs the
+// state the steps before it left, and a boot costs seconds of the suite.
 #[test]
 fn limits_and_confinement_hold() {
     let dir = tempfile::tempdir().unwrap();

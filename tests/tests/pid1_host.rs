@@ -82,6 +82,8 @@ fn stage_root(dir: &Path) {
     .unwrap();
 }
 
+// One long scenario rather than many short tests: each step needs the
+// state the steps before it left, and a boot costs seconds of the suite.
 #[test]
 fn keel_init_runs_services_as_pid1_of_a_new_pid_namespace() {
     // SAFETY: geteuid has no preconditions and cannot fail.

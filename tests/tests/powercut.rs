@@ -172,6 +172,8 @@ fn hostname_of(config: &str) -> &str {
         .unwrap_or("keel")
 }
 
+// One long scenario rather than many short tests: each step needs the
+// state the steps before it left, and a boot costs seconds of the suite.
 #[test]
 fn power_cuts_where_they_hurt_most_never_brick_the_host() {
     let t = tempfile::tempdir().unwrap();

@@ -50,6 +50,8 @@ fn check_refused(g: &mut Guest, reason: &str) {
     assert!(out.contains(reason), "expected {reason:?}:\n{out}");
 }
 
+// One long scenario rather than many short tests: each step needs the
+// state the steps before it left, and a boot costs seconds of the suite.
 #[test]
 fn signed_updates_apply_roll_back_and_refuse() {
     let t = tempfile::tempdir().unwrap();

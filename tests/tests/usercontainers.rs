@@ -111,6 +111,8 @@ fn write_in_guest(g: &mut Guest, path: &str, text: &str) {
     g.shell(&format!("printf '{escaped}' > {path}"));
 }
 
+// One long scenario rather than many short tests: each step needs the
+// state the steps before it left, and a boot costs seconds of the suite.
 #[test]
 fn a_user_container_runs_from_var_and_config_apply_restarts_only_what_changed() {
     let dir = tempfile::tempdir().unwrap();

@@ -78,6 +78,7 @@ fn c(s: &str) -> CString {
     CString::new(s).unwrap_or_default()
 }
 
+// One table of escapes, tried in order: long, and flat on purpose.
 pub fn run(args: &[String]) {
     let mut pids = Vec::new();
     let mut cgroups = Vec::new();
