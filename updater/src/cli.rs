@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 use keel_formats::bootentry::{ENTRIES_DIR, ESP_MOUNT};
 use keel_formats::policy::{Policy, HOST_POLICY_FILE, POLICY_FILE};
 
-use crate::agent::{Agent, Paths};
-use crate::slots::BY_PARTLABEL;
+use keel_update::agent::{Agent, Paths};
+use keel_update::slots::BY_PARTLABEL;
 
 #[derive(Debug, Parser)]
 #[command(name = "keel-update", version, about = "keel's A/B updater")]

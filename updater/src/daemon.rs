@@ -13,8 +13,8 @@ use keel_api::update::{UpdateRequest, UpdateResponse, UPDATE_SOCKET};
 use keel_formats::policy::RebootPolicy;
 use keel_formats::API_SOCKET;
 
-use crate::agent::{Agent, Done};
-use crate::error::UpdateError;
+use keel_update::agent::{Agent, Done};
+use keel_update::error::UpdateError;
 
 /// Ask keel-init to reboot: it stops every service in order first.
 pub fn request_reboot() -> Result<(), String> {

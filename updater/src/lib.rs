@@ -6,8 +6,6 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 pub mod agent;
-pub mod cli;
-pub mod daemon;
 pub mod entries;
 pub mod error;
 pub mod fetch;

@@ -1,6 +1,9 @@
 // Per crate root: [workspace.lints] cannot be extended per crate.
 #![deny(clippy::arithmetic_side_effects)]
 
+mod cli;
+mod daemon;
+
 fn main() -> anyhow::Result<()> {
-    keel_update::cli::main()
+    cli::main()
 }
