@@ -7,9 +7,9 @@ use std::process::Command;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-use crate::build::{self, Options};
-use crate::cache::Cache;
-use crate::qemu::{self, Accel, RunOptions};
+use keel_image_builder::build::{self, Options};
+use keel_image_builder::cache::Cache;
+use keel_image_builder::qemu::{self, Accel, RunOptions};
 
 #[derive(Debug, Parser)]
 #[command(name = "keel", version, about = "Build, run and inspect keel images")]
@@ -191,13 +191,13 @@ fn validate_config(file: &Path, recipe: Option<&Path>) -> anyhow::Result<Vec<Str
     // checked for shape only.
     let mut ctx = Context {
         services: None,
-        zones: crate::zones::table(Path::new(crate::zones::ZONEINFO))
+        zones: keel_image_builder::zones::table(Path::new(keel_image_builder::zones::ZONEINFO))
             .ok()
             .map(|t| t.into_keys().collect()),
     };
     let mut defaults = None;
     if let Some(r) = recipe {
-        let loaded = crate::recipe::load_image(r)?;
+        let loaded = keel_image_builder::recipe::load_image(r)?;
         ctx.services = Some(loaded.recipe.containers.enable.clone());
         if let Some(c) = &loaded.recipe.host.config {
             let path = loaded.resolve(c);
@@ -263,8 +263,8 @@ fn build_cmd(a: BuildArgs) -> anyhow::Result<()> {
         json,
     } = a;
     if locked {
-        let loaded = crate::recipe::load_image(&recipe)?;
-        crate::lock::check(&loaded)?;
+        let loaded = keel_image_builder::recipe::load_image(&recipe)?;
+        keel_image_builder::lock::check(&loaded)?;
     }
     let cache = Cache::new(match cache_dir {
         Some(d) => d,
@@ -297,13 +297,13 @@ fn build_cmd(a: BuildArgs) -> anyhow::Result<()> {
 }
 
 /// Bars on a terminal, lines otherwise (a log, CI), nothing when quiet.
-fn build_progress(quiet: bool) -> Box<dyn crate::progress::Progress> {
+fn build_progress(quiet: bool) -> Box<dyn keel_image_builder::progress::Progress> {
     if quiet {
-        Box::new(crate::progress::Quiet)
+        Box::new(keel_image_builder::progress::Quiet)
     } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        Box::new(crate::progress::Bars::new("keel build"))
+        Box::new(keel_image_builder::progress::Bars::new("keel build"))
     } else {
-        Box::new(crate::progress::Lines::new("keel build"))
+        Box::new(keel_image_builder::progress::Lines::new("keel build"))
     }
 }
 
@@ -343,8 +343,8 @@ fn print_summary(report: &build::Report, started: std::time::Instant) {
 
 /// `keel lock`.
 fn lock_cmd(recipe: PathBuf) -> anyhow::Result<()> {
-    let loaded = crate::recipe::load_image(&recipe)?;
-    let (path, inputs) = crate::lock::write(&loaded)?;
+    let loaded = keel_image_builder::recipe::load_image(&recipe)?;
+    let (path, inputs) = keel_image_builder::lock::write(&loaded)?;
     println!("{}: {} inputs locked", path.display(), inputs.len());
     Ok(())
 }
@@ -370,7 +370,7 @@ fn validate_cmd(file: PathBuf, recipe: Option<PathBuf>) -> anyhow::Result<()> {
 
 /// `keel keygen`.
 fn keygen_cmd(base: PathBuf) -> anyhow::Result<()> {
-    let (secret, public) = crate::bundle::keygen(&base)?;
+    let (secret, public) = keel_image_builder::bundle::keygen(&base)?;
     println!("secret key {} (keep it off the hosts)", secret.display());
     println!("public key {}", public.display());
     Ok(())
@@ -390,12 +390,12 @@ fn repo_add_cmd(a: RepoAddArgs) -> anyhow::Result<()> {
     let valid_for_s = valid_days
         .checked_mul(86400)
         .with_context(|| format!("--valid-days {valid_days}: too many days"))?;
-    let key = crate::bundle::read_secret(&key)?;
+    let key = keel_image_builder::bundle::read_secret(&key)?;
     let trust = trust
         .iter()
-        .map(|p| crate::bundle::read_public(p))
+        .map(|p| keel_image_builder::bundle::read_public(p))
         .collect::<Result<Vec<_>, _>>()?;
-    let index = crate::repo::add(&crate::repo::AddOptions {
+    let index = keel_image_builder::repo::add(&keel_image_builder::repo::AddOptions {
         bundle: &bundle,
         repo: &repo,
         key: &key,
@@ -477,8 +477,8 @@ fn flash_cmd(a: FlashArgs) -> anyhow::Result<()> {
         );
         b
     });
-    let r = crate::flash::flash(
-        &crate::flash::Options {
+    let r = keel_image_builder::flash::flash(
+        &keel_image_builder::flash::Options {
             image: &image,
             target: &target,
             config: config.as_deref(),
@@ -515,7 +515,7 @@ fn flash_cmd(a: FlashArgs) -> anyhow::Result<()> {
         println!(
             "  host config {} on the ESP as {}",
             c.display(),
-            crate::flash::HOST_CONFIG_ON_ESP
+            keel_image_builder::flash::HOST_CONFIG_ON_ESP
         );
     }
     if let Some(why) = &r.reread_failed {
@@ -529,14 +529,14 @@ fn inspect_cmd(a: InspectArgs) -> anyhow::Result<()> {
     let InspectArgs { path, trust, json } = a;
     let trusted = trust
         .iter()
-        .map(|p| crate::bundle::read_public(p))
+        .map(|p| keel_image_builder::bundle::read_public(p))
         .collect::<Result<Vec<_>, _>>()?;
-    let report = crate::inspect::inspect(&path, &trusted)
+    let report = keel_image_builder::inspect::inspect(&path, &trusted)
         .with_context(|| format!("inspecting {}", path.display()))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", crate::inspect::render(&report));
+        print!("{}", keel_image_builder::inspect::render(&report));
     }
     Ok(())
 }

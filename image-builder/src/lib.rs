@@ -6,7 +6,6 @@
 pub mod build;
 pub mod bundle;
 pub mod cache;
-pub mod cli;
 pub mod disk;
 pub mod esp;
 pub mod flash;

@@ -1,3 +1,7 @@
+//! keel: builds images and bundles, runs and flashes them. See `cli`.
+
+mod cli;
+
 fn main() -> anyhow::Result<()> {
-    keel_image_builder::cli::main()
+    cli::main()
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::config::{DiskConfig, NetConfig, SerialOut, VmConfig};
+use keel_vmm::config::{DiskConfig, NetConfig, SerialOut, VmConfig};
 
 /// Boot a Linux kernel in a KVM microVM. The VMM ends when the guest
 /// reboots (exit status 0), shuts down (2) or fails (3).
@@ -16,8 +16,8 @@ pub struct Cli {
     pub kernel: PathBuf,
     #[arg(long)]
     pub initramfs: Option<PathBuf>,
-    /// Default: [`crate::config::DEFAULT_CMDLINE`].
-    #[arg(long, default_value = crate::config::DEFAULT_CMDLINE)]
+    /// Default: [`keel_vmm::config::DEFAULT_CMDLINE`].
+    #[arg(long, default_value = keel_vmm::config::DEFAULT_CMDLINE)]
     pub cmdline: String,
     #[arg(long, default_value_t = 1)]
     pub vcpus: u8,
@@ -96,8 +96,8 @@ fn parse_disk(arg: &str) -> Result<DiskConfig, String> {
 
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let exit = crate::vm::run(&cli.config())?;
-    if let crate::vm::Exit::Failed(why) = &exit {
+    let exit = keel_vmm::vm::run(&cli.config())?;
+    if let keel_vmm::vm::Exit::Failed(why) = &exit {
         eprintln!("keel-vmm: {why}");
     }
     std::process::exit(exit.code())

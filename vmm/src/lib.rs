@@ -10,7 +10,6 @@
 //! `vm` drives KVM and `io` serves the devices while the vCPUs run.
 
 pub mod boot;
-pub mod cli;
 pub mod config;
 pub mod console;
 pub mod devices;

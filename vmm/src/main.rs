@@ -1,5 +1,7 @@
 //! keel-vmm: a KVM microVM monitor. See `cli`.
 
+mod cli;
+
 fn main() -> anyhow::Result<()> {
-    keel_vmm::cli::run()
+    cli::run()
 }
