@@ -8,6 +8,7 @@ pub mod escape;
 pub mod fixtures;
 pub mod host;
 pub mod http;
+pub mod registry;
 pub mod updates;
 pub mod vmm_guest;
 pub mod volatile;

@@ -44,12 +44,22 @@ const APT_PACKAGES: &[&str] = &[
     "tzdata",
     "openssh-client",
     "strace",
+    "docker-registry",
+    "skopeo",
 ];
 
 /// Of [`APT_PACKAGES`], those only the tests and benchmarks use (qcow2
-/// outputs, QEMU's guestfwd, SSH to a guest, tracing): `cargo xtask demo`
-/// builds the default image and boots it without them.
-const TEST_ONLY: &[&str] = &["qemu-utils", "socat", "openssh-client", "strace"];
+/// outputs, QEMU's guestfwd, SSH to a guest, tracing, a real OCI registry
+/// and the tool that pushes images to it): `cargo xtask demo` builds the
+/// default image and boots it without them.
+const TEST_ONLY: &[&str] = &[
+    "qemu-utils",
+    "socat",
+    "openssh-client",
+    "strace",
+    "docker-registry",
+    "skopeo",
+];
 pub(crate) const MUSL: &str = "x86_64-unknown-linux-musl";
 /// The deb-src entry is derived from the machine's own apt sources.
 const DEB_SRC_FILE: &str = "/etc/apt/sources.list.d/keel-deb-src.sources";
