@@ -15,6 +15,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod limits;
 pub mod policy;
+pub mod reference;
 pub mod repo;
 pub mod seccomp;
 pub mod signed;

@@ -1,1 +1,594 @@
-//! (to be written)
+//! The OCI Distribution client: `/v2/` requests with the registry's own
+//! authentication (anonymous, basic, or the bearer-token flow its
+//! `WWW-Authenticate` challenge asks for), manifests by content
+//! negotiation, and blobs streamed into the [`Store`] with their digests
+//! checked as they come and Range requests to resume them.
+//!
+//! One [`Client`] talks to one registry host (an upstream or one of its
+//! mirrors); [`pull`] tries a list of them in order, as containerd tries a
+//! registry's hosts.
+
+use std::io::Read;
+use std::time::Duration;
+
+use reqwest::blocking::{Client as Http, Response};
+use reqwest::header::{ACCEPT, CONTENT_RANGE, CONTENT_TYPE, RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::StatusCode;
+
+use crate::auth::{self, AuthError, Challenge, Credentials, Scheme, Token};
+use crate::manifest::{self, Descriptor, ManifestError, Parsed};
+use crate::reference::Digest;
+use crate::store::{Store, StoreError};
+
+/// Tries of one request before its error is the pull's: a registry that
+/// is restarting or overloaded gets a few seconds, a dead one no more.
+const TRIES: u32 = 4;
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// A registry's Retry-After is honoured up to this.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// An error body is read for its message only.
+const MAX_ERROR_BODY: u64 = 64 << 10;
+/// What of a registry's error text reaches a message.
+const MAX_ERROR_TEXT: usize = 512;
+/// No byte for this long is a dead connection (per read, not per blob:
+/// a big layer over a slow link takes what it takes).
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("registry {host}: CA certificate {index}: {message}")]
+    Ca {
+        host: String,
+        index: usize,
+        message: String,
+    },
+    #[error("registry {host}: {source}")]
+    Setup {
+        host: String,
+        source: reqwest::Error,
+    },
+    #[error("{url}: {source}")]
+    Http { url: String, source: reqwest::Error },
+    #[error("{url}: the connection broke: {source}")]
+    Broken { url: String, source: std::io::Error },
+    #[error("{url}: HTTP {status}{}", registry_text(.registry))]
+    Status {
+        url: String,
+        status: u16,
+        registry: String,
+    },
+    #[error("{url}: not found{}", registry_text(.registry))]
+    NotFound { url: String, registry: String },
+    #[error("{url}: unauthorized{}{}", registry_text(.registry), if *.had_credentials { "" } else { " (no credentials for this registry in the host config)" })]
+    Unauthorized {
+        url: String,
+        registry: String,
+        had_credentials: bool,
+    },
+    #[error("{url}: {source}")]
+    Auth { url: String, source: AuthError },
+    #[error("{url}: {source}")]
+    Manifest { url: String, source: ManifestError },
+    #[error("{url}: larger than {max} bytes")]
+    TooLarge { url: String, max: u64 },
+    #[error("{url}: the registry sent {got}, not {want}; refused")]
+    Digest {
+        url: String,
+        want: Digest,
+        got: Digest,
+    },
+    #[error("{url}: {message}")]
+    Protocol { url: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{reference}: no registry could serve it: {reasons}")]
+    AllFailed { reference: String, reasons: String },
+    #[error("{reference}: no registry to pull it from")]
+    NoRegistry { reference: String },
+}
+
+fn registry_text(text: &str) -> String {
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!(": the registry says {text:?}")
+    }
+}
+
+impl ClientError {
+    /// Worth another try at the same registry: the network or the
+    /// registry's own trouble, not an answer.
+    fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Http { .. } | ClientError::Broken { .. } => true,
+            ClientError::Status { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+
+    /// The same at every registry (this host's disk, not theirs): no
+    /// mirror or upstream would do better.
+    pub(crate) fn is_local(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Store(StoreError::Io { .. } | StoreError::Index { .. })
+        )
+    }
+}
+
+/// How to reach one registry host.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Plain http: only for hosts the host config lists as insecure.
+    pub insecure: bool,
+    /// CA certificates (PEM) trusted besides the webpki roots.
+    pub ca_pems: Vec<String>,
+    pub credentials: Option<Credentials>,
+}
+
+#[derive(Clone)]
+enum Auth {
+    None,
+    Basic,
+    Bearer(Token),
+}
+
+/// A client of one registry host.
+pub struct Client {
+    http: Http,
+    host: String,
+    base: String,
+    credentials: Option<Credentials>,
+    auth: Auth,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the credentials or the token.
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bytes of one blob so far.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress<'a> {
+    pub digest: &'a Digest,
+    pub done: u64,
+    pub total: u64,
+}
+
+impl Client {
+    /// A client of `host` ("registry.example:5000", or "registry-1.docker.io"
+    /// for docker.io: see [`Reference::api_host`]).
+    pub fn new(host: &str, options: Options) -> Result<Client, ClientError> {
+        let mut builder = Http::builder()
+            .user_agent(concat!("keel/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(READ_TIMEOUT)
+            // A TLS registry may not send a blob's download to plain http.
+            .https_only(!options.insecure);
+        for (index, pem) in options.ca_pems.iter().enumerate() {
+            let cert =
+                reqwest::Certificate::from_pem(pem.as_bytes()).map_err(|e| ClientError::Ca {
+                    host: host.to_string(),
+                    index,
+                    message: e.to_string(),
+                })?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().map_err(|source| ClientError::Setup {
+            host: host.to_string(),
+            source,
+        })?;
+        let scheme = if options.insecure { "http" } else { "https" };
+        Ok(Client {
+            http,
+            host: host.to_string(),
+            base: format!("{scheme}://{host}"),
+            credentials: options.credentials,
+            auth: Auth::None,
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub(crate) fn manifest_url(&self, repository: &str, reference: &str) -> String {
+        format!("{}/v2/{repository}/manifests/{reference}", self.base)
+    }
+
+    /// `GET /v2/`: the registry speaks the API and lets us in.
+    pub fn ping(&mut self) -> Result<(), ClientError> {
+        let url = format!("{}/v2/", self.base);
+        self.retrying(|c| c.get(&url, None, None).map(drop))
+    }
+
+    /// The manifest `reference` (a tag or "sha256:…") of `repository`: its
+    /// bytes, its digest (of those bytes) and what they parse to.
+    pub fn manifest(
+        &mut self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<(Vec<u8>, Digest, Parsed), ClientError> {
+        let url = self.manifest_url(repository, reference);
+        self.retrying(|c| {
+            let resp = c.get(&url, Some(manifest::ACCEPT), None)?;
+            let content_type = resp
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let max = u64::try_from(manifest::MAX_MANIFEST).unwrap_or(u64::MAX);
+            let body = read_bounded(resp, &url, max)?;
+            let digest = Digest::of(&body);
+            let parsed = manifest::parse(content_type.as_deref(), &body).map_err(|source| {
+                ClientError::Manifest {
+                    url: url.clone(),
+                    source,
+                }
+            })?;
+            Ok((body, digest, parsed))
+        })
+    }
+
+    /// Blob `blob` of `repository` into `store`, resuming what an earlier
+    /// pull left; the bytes fetched.
+    pub fn blob(
+        &mut self,
+        repository: &str,
+        blob: &Descriptor,
+        store: &Store,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> Result<u64, ClientError> {
+        let digest = &blob.digest;
+        let done = |progress: &mut dyn FnMut(Progress<'_>)| {
+            progress(Progress {
+                digest,
+                done: blob.size,
+                total: blob.size,
+            })
+        };
+        if store.has(digest) {
+            done(progress);
+            return Ok(0);
+        }
+        let mut ingest = store.ingest(digest, blob.size)?;
+        if store.has(digest) {
+            // Another pull brought it in while this one waited.
+            ingest.discard();
+            done(progress);
+            return Ok(0);
+        }
+        let url = format!("{}/v2/{repository}/blobs/{digest}", self.base);
+        let mut fetched = 0u64;
+        self.retrying(|c| {
+            let offset = ingest.offset();
+            if offset == blob.size {
+                return Ok(());
+            }
+            let resp = c.get(&url, None, (offset > 0).then_some(offset))?;
+            if resp.status() == StatusCode::PARTIAL_CONTENT {
+                check_content_range(&resp, &url, offset, blob.size)?;
+            } else if offset > 0 {
+                // The registry ignored the Range and sends it all.
+                ingest.restart()?;
+            }
+            let mut body = resp;
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = match body.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(source) => {
+                        return Err(ClientError::Broken {
+                            url: url.clone(),
+                            source,
+                        })
+                    }
+                };
+                let chunk = buf.get(..n).unwrap_or_default();
+                ingest.write(chunk)?;
+                fetched = fetched.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
+                progress(Progress {
+                    digest,
+                    done: ingest.offset(),
+                    total: blob.size,
+                });
+            }
+            if ingest.offset() < blob.size {
+                // The body ended early: a dropped connection; resume.
+                return Err(ClientError::Broken {
+                    url: url.clone(),
+                    source: std::io::ErrorKind::UnexpectedEof.into(),
+                });
+            }
+            Ok(())
+        })?;
+        ingest.commit()?;
+        Ok(fetched)
+    }
+
+    /// `f` again while its error is transient, waiting longer each time.
+    fn retrying<T>(
+        &mut self,
+        mut f: impl FnMut(&mut Client) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let mut wait = FIRST_BACKOFF;
+        let mut tries = 1;
+        loop {
+            match f(self) {
+                Err(e) if e.is_transient() && tries < TRIES => {
+                    std::thread::sleep(wait);
+                    wait = wait.saturating_mul(2).min(MAX_BACKOFF);
+                    tries = tries.saturating_add(1);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A GET with the registry's authentication: on a 401 the challenge
+    /// says how to authenticate, and the request goes once more; a second
+    /// 401 is the answer (wrong credentials are not tried again and again).
+    fn get(
+        &mut self,
+        url: &str,
+        accept: Option<&str>,
+        range: Option<u64>,
+    ) -> Result<Response, ClientError> {
+        let mut authenticated = false;
+        loop {
+            let mut req = self.http.get(url);
+            if let Some(accept) = accept {
+                req = req.header(ACCEPT, accept);
+            }
+            if let Some(offset) = range {
+                req = req.header(RANGE, format!("bytes={offset}-"));
+            }
+            req = match (&self.auth, &self.credentials) {
+                (Auth::Bearer(token), _) => req.bearer_auth(&token.token),
+                (Auth::Basic, Some(c)) => req.basic_auth(&c.username, Some(&c.password)),
+                _ => req,
+            };
+            let resp = req.send().map_err(|source| ClientError::Http {
+                url: url.to_string(),
+                source,
+            })?;
+            if resp.status() != StatusCode::UNAUTHORIZED {
+                return check_status(resp, url);
+            }
+            let challenges = challenges(&resp, url)?;
+            if authenticated {
+                return Err(ClientError::Unauthorized {
+                    url: url.to_string(),
+                    registry: error_text(resp),
+                    had_credentials: self.credentials.is_some(),
+                });
+            }
+            self.authenticate(&challenges, url, resp)?;
+            authenticated = true;
+        }
+    }
+
+    /// Do what a 401's challenges ask: fetch a bearer token from the realm
+    /// (with the credentials, if any), or use basic authentication.
+    fn authenticate(
+        &mut self,
+        challenges: &[Challenge],
+        url: &str,
+        resp: Response,
+    ) -> Result<(), ClientError> {
+        let had_credentials = self.credentials.is_some();
+        let unauthorized = |resp: Response| ClientError::Unauthorized {
+            url: url.to_string(),
+            registry: error_text(resp),
+            had_credentials,
+        };
+        if let Some(bearer) = challenges.iter().find(|c| c.scheme == Scheme::Bearer) {
+            let repository = repository_of(url);
+            let token_url =
+                auth::token_url(bearer, &repository).map_err(|source| ClientError::Auth {
+                    url: url.to_string(),
+                    source,
+                })?;
+            let mut req = self.http.get(&token_url);
+            if let Some(c) = &self.credentials {
+                req = req.basic_auth(&c.username, Some(&c.password));
+            }
+            let token_resp = req.send().map_err(|source| ClientError::Http {
+                url: token_url.clone(),
+                source,
+            })?;
+            if matches!(
+                token_resp.status(),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+            ) {
+                return Err(unauthorized(token_resp));
+            }
+            let token_resp = check_status(token_resp, &token_url)?;
+            let max = u64::try_from(auth::MAX_TOKEN_RESPONSE).unwrap_or(u64::MAX);
+            let body = read_bounded(token_resp, &token_url, max)?;
+            let token = auth::parse_token(&body).map_err(|source| ClientError::Auth {
+                url: token_url.clone(),
+                source,
+            })?;
+            self.auth = Auth::Bearer(token);
+            return Ok(());
+        }
+        if challenges.iter().any(|c| c.scheme == Scheme::Basic) && self.credentials.is_some() {
+            if matches!(self.auth, Auth::Basic) {
+                return Err(unauthorized(resp));
+            }
+            self.auth = Auth::Basic;
+            return Ok(());
+        }
+        Err(unauthorized(resp))
+    }
+}
+
+/// The repository a `/v2/<name>/manifests|blobs/…` URL is about, for the
+/// token's scope; empty for `/v2/` itself.
+fn repository_of(url: &str) -> String {
+    let Some((_, path)) = url.split_once("/v2/") else {
+        return String::new();
+    };
+    for marker in ["/manifests/", "/blobs/"] {
+        if let Some((name, _)) = path.rsplit_once(marker) {
+            return name.to_string();
+        }
+    }
+    String::new()
+}
+
+fn challenges(resp: &Response, url: &str) -> Result<Vec<Challenge>, ClientError> {
+    let mut all = Vec::new();
+    for value in resp.headers().get_all(WWW_AUTHENTICATE) {
+        let text = value.to_str().map_err(|_| ClientError::Protocol {
+            url: url.to_string(),
+            message: "a WWW-Authenticate header that is not text".into(),
+        })?;
+        all.extend(
+            auth::parse_challenges(text).map_err(|source| ClientError::Auth {
+                url: url.to_string(),
+                source,
+            })?,
+        );
+    }
+    Ok(all)
+}
+
+/// A response that is not a success becomes the error it means, with the
+/// registry's own words.
+fn check_status(resp: Response, url: &str) -> Result<Response, ClientError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        // Honour Retry-After (seconds) before the retry loop's own wait.
+        let after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        if let Some(after) = after {
+            std::thread::sleep(after.min(MAX_BACKOFF));
+        }
+    }
+    let registry = error_text(resp);
+    let url = url.to_string();
+    Err(if status == StatusCode::NOT_FOUND {
+        ClientError::NotFound { url, registry }
+    } else {
+        ClientError::Status {
+            url,
+            status: status.as_u16(),
+            registry,
+        }
+    })
+}
+
+/// The registry's error text: the `errors` of the Distribution spec's
+/// error body ("CODE: message"), else the start of the body; only
+/// printable characters, and not much of them.
+fn error_text(resp: Response) -> String {
+    let mut body = Vec::new();
+    let _ = resp.take(MAX_ERROR_BODY).read_to_end(&mut body);
+    render_error_body(&body)
+}
+
+fn render_error_body(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        errors: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    let text = match serde_json::from_slice::<Body>(body) {
+        Ok(b) => b
+            .errors
+            .iter()
+            .map(|e| match (e.code.is_empty(), e.message.is_empty()) {
+                (false, false) => format!("{}: {}", e.code, e.message),
+                (false, true) => e.code.clone(),
+                _ => e.message.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    };
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_ERROR_TEXT)
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+fn read_bounded(resp: Response, url: &str, max: u64) -> Result<Vec<u8>, ClientError> {
+    let mut body = Vec::new();
+    resp.take(max.saturating_add(1))
+        .read_to_end(&mut body)
+        .map_err(|source| ClientError::Broken {
+            url: url.to_string(),
+            source,
+        })?;
+    if u64::try_from(body.len()).unwrap_or(u64::MAX) > max {
+        return Err(ClientError::TooLarge {
+            url: url.to_string(),
+            max,
+        });
+    }
+    Ok(body)
+}
+
+/// A 206 must be the rest of the blob from where we asked.
+fn check_content_range(
+    resp: &Response,
+    url: &str,
+    offset: u64,
+    size: u64,
+) -> Result<(), ClientError> {
+    let range = resp
+        .headers()
+        .get(CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if content_range_fits(range, offset, size) {
+        return Ok(());
+    }
+    Err(ClientError::Protocol {
+        url: url.to_string(),
+        message: format!("asked for bytes from {offset} of {size}, got Content-Range {range:?}"),
+    })
+}
+
+fn content_range_fits(range: &str, offset: u64, size: u64) -> bool {
+    let Some(rest) = range.strip_prefix("bytes ") else {
+        return false;
+    };
+    let Some((span, total)) = rest.split_once('/') else {
+        return false;
+    };
+    let Some((start, end)) = span.split_once('-') else {
+        return false;
+    };
+    let total_ok = total == "*" || total.parse::<u64>().ok() == Some(size);
+    let end_ok = end.parse::<u64>().ok() == size.checked_sub(1);
+    start.parse::<u64>().ok() == Some(offset) && end_ok && total_ok
+}
+
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod tests;

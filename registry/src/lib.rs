@@ -1,7 +1,8 @@
 //! Images from OCI registries: references as people write them
 //! ([`reference`]), the registry's authentication challenges ([`auth`]),
 //! manifests and indexes ([`manifest`]), the OCI Distribution client
-//! ([`client`]) and the content-addressed store pulls land in ([`store`]).
+//! ([`client`]), pulls of whole images through a registry's mirrors
+//! ([`pull`]) and the content-addressed store pulls land in ([`store`]).
 //! Everything a registry sends is hostile: digests are checked while the
 //! bytes stream, sizes are bounded, and a partial blob is never used.
 
@@ -11,5 +12,8 @@
 pub mod auth;
 pub mod client;
 pub mod manifest;
-pub mod reference;
+pub mod pull;
+/// References and digests are keel-formats': the host config names images
+/// with them too.
+pub use keel_formats::reference;
 pub mod store;

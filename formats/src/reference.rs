@@ -414,7 +414,7 @@ fn is_tag(tag: &str) -> bool {
 }
 
 /// A hostile value cut to a length an error message can carry.
-pub(crate) fn shown(value: &str) -> String {
+pub fn shown(value: &str) -> String {
     if value.len() <= MAX_SHOWN {
         return value.to_owned();
     }
