@@ -1,6 +1,7 @@
 //! The host's local APIs, shared by their servers and clients so that a
 //! format lives in one place: keel-init's ([`init`], served by PID 1 to
 //! keelctl and keel-update), keel-update's ([`update`], served to keelctl),
+//! keel-pull's ([`pull`], served to keel-init),
 //! and the framing both use ([`wire`]).
 
 // Requests come from other processes: no arithmetic on them may wrap or
@@ -8,5 +9,6 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 pub mod init;
+pub mod pull;
 pub mod update;
 pub mod wire;

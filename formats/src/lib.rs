@@ -39,6 +39,13 @@ pub const API_SOCKET: &str = "/run/keel/api.sock";
 pub const ADMIN_UID: u32 = 37;
 pub const ADMIN_GID: u32 = 37;
 
+/// keel-pull's user and group (`system-containers/pull.toml`): the
+/// puller talks to registries, so it is no one else — not root, not a
+/// member of any group — and owns only its persistent folder (its socket
+/// and its store).
+pub const PULL_UID: u32 = 38;
+pub const PULL_GID: u32 = 38;
+
 /// Directory holding the API socket; bind-mounted into containers that may
 /// talk to `keel-init`.
 pub const API_DIR: &str = "/run/keel";

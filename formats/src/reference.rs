@@ -293,6 +293,12 @@ fn split_registry(named: &str) -> (&str, &str) {
     }
 }
 
+/// Whether `host` is a registry host as a reference names one
+/// (`registry.example:5000`, `localhost`, `[::1]:5000`, `docker.io`).
+pub fn is_registry_host(host: &str) -> bool {
+    check_registry(host, host).is_ok()
+}
+
 fn check_registry(input: &str, registry: &str) -> Result<(), ReferenceError> {
     let bad_registry = || ReferenceError::BadRegistry {
         input: input.to_owned(),

@@ -314,13 +314,21 @@ impl Stager {
                 self.dir(&rel)?;
             }
         }
-        // The admin user names the admin shell's id for `id` and `ps`.
+        // The admin and pull users name the admin shell's and keel-pull's
+        // ids for `id`, `ps` and `ls -l`.
         let passwd = format!(
-            "root:x:0:0:root:/root:/bin/sh\nadmin:x:{}:{}:keel admin:/root:/bin/sh\n",
+            "root:x:0:0:root:/root:/bin/sh\nadmin:x:{}:{}:keel admin:/root:/bin/sh\n\
+             pull:x:{}:{}:keel-pull:/var/lib/keel-pull:/sbin/nologin\n",
             keel_formats::ADMIN_UID,
-            keel_formats::ADMIN_GID
+            keel_formats::ADMIN_GID,
+            keel_formats::PULL_UID,
+            keel_formats::PULL_GID
         );
-        let group = format!("root:x:0:\nadmin:x:{}:\n", keel_formats::ADMIN_GID);
+        let group = format!(
+            "root:x:0:\nadmin:x:{}:\npull:x:{}:\n",
+            keel_formats::ADMIN_GID,
+            keel_formats::PULL_GID
+        );
         for (f, text) in [
             ("etc/passwd", passwd.as_str()),
             ("etc/group", group.as_str()),

@@ -5,6 +5,7 @@
 //! container definition (see [`resolve`]), for `keel build` and keel-init
 //! alike.
 
+mod copyout;
 mod inroot;
 mod run;
 mod unpack;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use copyout::copy_image;
 pub use inroot::{InRoot, Owners};
 pub use run::{lookup_user, resolve, Given, ImageRoot, Resolved, RunError, DEFAULT_PATH};
 pub use unpack::{unpack, unpack_as, unpack_keeping_owners, Layers};
@@ -204,14 +206,18 @@ fn check_digest(path: &Path, hex: &str) -> Result<(), OciError> {
 /// An image's layers (name for messages, file), run config and ID.
 type Opened = (Vec<(String, PathBuf)>, RunConfig, String);
 
-fn open_layout(path: &Path) -> Result<Opened, OciError> {
-    let marker = path.join("oci-layout");
-    if !marker.is_file() {
+fn is_layout(path: &Path) -> Result<(), OciError> {
+    if !path.join("oci-layout").is_file() {
         return Err(OciError::Format {
             path: path.to_path_buf(),
             message: "no oci-layout file: not an OCI image layout".into(),
         });
     }
+    Ok(())
+}
+
+fn open_layout(path: &Path) -> Result<Opened, OciError> {
+    is_layout(path)?;
     let index: Index = read_json(&path.join("index.json"))?;
     // An index may list several platforms: take linux/amd64, or the only one.
     let chosen = index
@@ -230,7 +236,12 @@ fn open_layout(path: &Path) -> Result<Opened, OciError> {
             path: path.join("index.json"),
             message: "no linux/amd64 image among its manifests".into(),
         })?;
-    let manifest: ImageManifest = read_json(&blob(path, &chosen.digest)?)?;
+    open_layout_manifest(path, &chosen.digest)
+}
+
+/// The image of manifest `digest` in the OCI layout at `path`.
+fn open_layout_manifest(path: &Path, digest: &str) -> Result<Opened, OciError> {
+    let manifest: ImageManifest = read_json(&blob(path, digest)?)?;
     let config_file = blob(path, &manifest.config.digest)?;
     let config: ConfigBlob = read_json(&config_file)?;
     let layers = manifest
@@ -244,6 +255,22 @@ fn open_layout(path: &Path) -> Result<Opened, OciError> {
         .trim_start_matches("sha256:")
         .to_string();
     Ok((layers, config.config, id))
+}
+
+/// The image of manifest `digest` ("sha256:<hex>") in the OCI image layout
+/// at `layout`: how keel-init opens an image a pull put in the store, by
+/// the digest the pull reported, whatever else the layout's index names.
+pub fn open_manifest(layout: &Path, digest: &str) -> Result<Image, OciError> {
+    is_layout(layout)?;
+    let (layers, config, id) = open_layout_manifest(layout, digest)?;
+    Ok(Image {
+        source: layout.to_path_buf(),
+        id,
+        checked: layout_digests(&layers),
+        layers,
+        config,
+        _scratch: None,
+    })
 }
 
 /// Open the OCI image layout folder or `docker save` archive at `path`.

@@ -360,3 +360,109 @@ pub(crate) fn image_of(dir: &Path, layers: Vec<Vec<u8>>) -> Image {
 
 #[path = "hostile_tests.rs"]
 mod hostile;
+
+/// The layout `layout_of` made: (manifest digest, its layers' digests).
+fn manifest_of(dir: &Path) -> (String, Vec<String>) {
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let m = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hex = m.trim_start_matches("sha256:");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("blobs/sha256").join(hex)).unwrap()).unwrap();
+    let layers = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    (m, layers)
+}
+
+#[test]
+fn an_image_copied_out_of_a_hostile_store_is_checked_on_the_way() {
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("store");
+    layout(&store);
+    let (m, layers) = manifest_of(&store);
+    let out = tempfile::tempdir().unwrap();
+    copy_image(
+        root.path(),
+        Path::new("store"),
+        &m,
+        Some(&m),
+        &out.path().join("a"),
+    )
+    .unwrap();
+    let image = open_manifest(&out.path().join("a"), &m).unwrap();
+    assert_eq!(image.layers.len(), 2);
+
+    let blob = |d: &str| {
+        store
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    // A pin the manifest is not (nor is listed by): refused.
+    let other = digest(b"another manifest");
+    let err = copy_image(
+        root.path(),
+        Path::new("store"),
+        &m,
+        Some(&other),
+        &out.path().join("b"),
+    );
+    assert!(err.is_err());
+    // A layer swapped for other bytes.
+    let saved = fs::read(blob(&layers[0])).unwrap();
+    fs::write(blob(&layers[0]), b"planted").unwrap();
+    let err = copy_image(
+        root.path(),
+        Path::new("store"),
+        &m,
+        None,
+        &out.path().join("c"),
+    );
+    assert!(matches!(err, Err(OciError::Digest { .. })), "{err:?}");
+    // A layer that is a symlink to a file outside the store: resolved
+    // inside the store's root, where it is not.
+    fs::remove_file(blob(&layers[0])).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", blob(&layers[0])).unwrap();
+    let err = copy_image(
+        root.path(),
+        Path::new("store"),
+        &m,
+        None,
+        &out.path().join("d"),
+    );
+    assert!(err.is_err(), "followed a symlink out of the store");
+    // A fifo is never opened (opening one for reading would wait forever).
+    fs::remove_file(blob(&layers[0])).unwrap();
+    nix::unistd::mkfifo(
+        &blob(&layers[0]),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let err = copy_image(
+        root.path(),
+        Path::new("store"),
+        &m,
+        None,
+        &out.path().join("e"),
+    );
+    assert!(
+        matches!(&err, Err(OciError::Format { message, .. }) if message.contains("not a regular file")),
+        "{err:?}"
+    );
+    fs::remove_file(blob(&layers[0])).unwrap();
+    fs::write(blob(&layers[0]), saved).unwrap();
+    copy_image(
+        root.path(),
+        Path::new("store"),
+        &m,
+        None,
+        &out.path().join("f"),
+    )
+    .unwrap();
+}

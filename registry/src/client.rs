@@ -37,18 +37,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("registry {host}: CA certificate {index}: {message}")]
+    #[error("registry {host}: CA certificate {}: {message}", .index.saturating_add(1))]
     Ca {
         host: String,
         index: usize,
         message: String,
     },
-    #[error("registry {host}: {source}")]
+    #[error("registry {host}: {}", chain(.source))]
     Setup {
         host: String,
         source: reqwest::Error,
     },
-    #[error("{url}: {source}")]
+    #[error("{url}: {}", chain(.source))]
     Http { url: String, source: reqwest::Error },
     #[error("{url}: the connection broke: {source}")]
     Broken { url: String, source: std::io::Error },
@@ -86,6 +86,22 @@ pub enum ClientError {
     AllFailed { reference: String, reasons: String },
     #[error("{reference}: no registry to pull it from")]
     NoRegistry { reference: String },
+}
+
+/// An error with its causes: reqwest's own text ("error sending request")
+/// leaves out what went wrong (refused, a certificate, a name).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 fn registry_text(text: &str) -> String {
@@ -171,17 +187,46 @@ impl Client {
             // A TLS registry may not send a blob's download to plain http.
             .https_only(!options.insecure);
         for (index, pem) in options.ca_pems.iter().enumerate() {
-            let cert =
-                reqwest::Certificate::from_pem(pem.as_bytes()).map_err(|e| ClientError::Ca {
+            let ca_err = |message: String| ClientError::Ca {
+                host: host.to_string(),
+                index,
+                message,
+            };
+            // The bundle reader, not `from_pem`: that one keeps the text
+            // unread until the client is built, and trusts nothing, with
+            // no error, when it holds no certificate at all.
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| ca_err(chain(&e)))?;
+            if certs.is_empty() {
+                return Err(ca_err("no PEM certificate in it".into()));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|source| {
+            // Bytes that read as a certificate's base64 but are not one fail
+            // only here: find which CA by building with each alone.
+            let bad = options.ca_pems.iter().position(|pem| {
+                reqwest::Certificate::from_pem_bundle(pem.as_bytes()).is_ok_and(|certs| {
+                    certs
+                        .into_iter()
+                        .fold(Http::builder(), |b, c| b.add_root_certificate(c))
+                        .build()
+                        .is_err()
+                })
+            });
+            match bad {
+                Some(index) => ClientError::Ca {
                     host: host.to_string(),
                     index,
-                    message: e.to_string(),
-                })?;
-            builder = builder.add_root_certificate(cert);
-        }
-        let http = builder.build().map_err(|source| ClientError::Setup {
-            host: host.to_string(),
-            source,
+                    message: chain(&source),
+                },
+                None => ClientError::Setup {
+                    host: host.to_string(),
+                    source,
+                },
+            }
         })?;
         let scheme = if options.insecure { "http" } else { "https" };
         Ok(Client {
@@ -264,15 +309,43 @@ impl Client {
             return Ok(0);
         }
         let url = format!("{}/v2/{repository}/blobs/{digest}", self.base);
+        let resumed = ingest.offset() > 0;
+        let fetched = self.fetch_into(&url, blob, &mut ingest, progress)?;
+        match ingest.commit() {
+            // What an earlier try left (another host's bytes, or a tail a
+            // power cut tore) was not the blob's: once more from the
+            // first byte, before this host is given up on.
+            Err(StoreError::Digest { .. }) if resumed => {
+                let mut again = store.ingest(digest, blob.size)?;
+                again.restart()?;
+                let more = self.fetch_into(&url, blob, &mut again, progress)?;
+                again.commit()?;
+                Ok(fetched.saturating_add(more))
+            }
+            other => other.map(|()| fetched).map_err(ClientError::from),
+        }
+    }
+
+    /// The rest of `blob` into `ingest`, from where it stands, trying
+    /// again (from where the last try stopped) while failures are
+    /// transient; the bytes fetched.
+    fn fetch_into(
+        &mut self,
+        url: &str,
+        blob: &Descriptor,
+        ingest: &mut crate::store::Ingest,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> Result<u64, ClientError> {
+        let digest = &blob.digest;
         let mut fetched = 0u64;
         self.retrying(|c| {
             let offset = ingest.offset();
             if offset == blob.size {
                 return Ok(());
             }
-            let resp = c.get(&url, None, (offset > 0).then_some(offset))?;
+            let resp = c.get(url, None, (offset > 0).then_some(offset))?;
             if resp.status() == StatusCode::PARTIAL_CONTENT {
-                check_content_range(&resp, &url, offset, blob.size)?;
+                check_content_range(&resp, url, offset, blob.size)?;
             } else if offset > 0 {
                 // The registry ignored the Range and sends it all.
                 ingest.restart()?;
@@ -286,7 +359,7 @@ impl Client {
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(source) => {
                         return Err(ClientError::Broken {
-                            url: url.clone(),
+                            url: url.to_string(),
                             source,
                         })
                     }
@@ -303,13 +376,12 @@ impl Client {
             if ingest.offset() < blob.size {
                 // The body ended early: a dropped connection; resume.
                 return Err(ClientError::Broken {
-                    url: url.clone(),
+                    url: url.to_string(),
                     source: std::io::ErrorKind::UnexpectedEof.into(),
                 });
             }
             Ok(())
         })?;
-        ingest.commit()?;
         Ok(fetched)
     }
 

@@ -409,3 +409,49 @@ fn token_scopes_come_from_the_url() {
     );
     assert_eq!(repository_of("https://r/v2/"), "");
 }
+
+#[test]
+fn a_ca_that_is_no_certificate_is_refused_when_the_client_is_made() {
+    let bad_base64 = "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+    for pem in ["not a pem", "", bad_base64] {
+        let options = Options {
+            ca_pems: vec![pem.to_string()],
+            ..Options::default()
+        };
+        let e = Client::new("r.example", options).unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Ca { host, index: 0, .. } if host == "r.example"),
+            "{pem:?}: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_resumed_blob_whose_start_was_wrong_is_fetched_again_whole() {
+    let bytes = b"0123456789abcdef".repeat(100);
+    let (_dir, store) = store();
+    let blob = blob_of(&bytes);
+    // Another host (or a torn write) left bytes that are not the blob's.
+    let mut ingest = store.ingest(&blob.digest, blob.size).unwrap();
+    ingest.write(&[b'X'; 100]).unwrap();
+    drop(ingest);
+    let data = bytes.clone();
+    let (host, seen) = serve(Box::new(move |req, _| match req.header("range") {
+        Some(_) => Answer {
+            headers: vec![format!(
+                "Content-Range: bytes 100-{}/{}",
+                data.len() - 1,
+                data.len()
+            )],
+            ..answer("206 Partial Content", &data[100..])
+        },
+        None => answer("200 OK", &data),
+    }));
+    client(&host, None)
+        .blob("a/b", &blob, &store, &mut no_progress())
+        .unwrap();
+    assert_eq!(store.read(&blob.digest, 1 << 20).unwrap(), bytes);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[1].header("range").is_none());
+}

@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 mod ca;
 mod layout;
 pub use ca::TestCa;
-pub use layout::{image_layout, multi_arch_layout};
+pub use layout::{image_layout, multi_arch_layout, runnable_layout};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";

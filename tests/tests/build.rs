@@ -32,7 +32,13 @@ fn stage_inputs(at: &Path) {
         cp(&workspace().join(d), &at.join(d));
     }
     std::fs::create_dir_all(at.join("bin")).unwrap();
-    for b in ["keel-init", "keelctl", "keel-update", "keel-vmm"] {
+    for b in [
+        "keel-init",
+        "keelctl",
+        "keel-update",
+        "keel-vmm",
+        "keel-pull",
+    ] {
         cp(&musl_bin_dir().join(b), &at.join("bin").join(b));
     }
     cp(&keel_bin(), &at.join("bin/keel"));

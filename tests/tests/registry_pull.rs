@@ -14,7 +14,7 @@ use keel_registry::pull::{pull, Pulled};
 use keel_registry::reference::{Digest, Reference};
 use keel_registry::store::{Store, StoreError};
 use keel_tests::registry::{
-    image_layout, multi_arch_layout, push, Options as RegistryOptions, Push, Registry,
+    image_layout, multi_arch_layout, push, wait_cached, Options as RegistryOptions, Push, Registry,
 };
 
 fn amd64() -> Platform {
@@ -270,6 +270,14 @@ fn a_mirror_serves_when_the_upstream_is_gone() {
     .unwrap();
     assert_eq!(pulled.host, mirror.host());
     assert_eq!(pulled.manifest.digest.to_string(), digest);
+    // The mirror stores a blob after it has streamed it, in the
+    // background: let it finish before its upstream goes.
+    let blobs: Vec<String> = std::iter::once(&pulled.config)
+        .chain(&pulled.layers)
+        .map(|d| d.digest.to_string())
+        .collect();
+    let blobs: Vec<&str> = blobs.iter().map(String::as_str).collect();
+    wait_cached(&mirror, &blobs, std::time::Duration::from_secs(30));
     upstream.stop();
     let second = Store::open(&dir.path().join("second")).unwrap();
     let pulled = pull(

@@ -96,6 +96,7 @@ fn build_pair(work: &Path, key: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
         "keel-update",
         "keel-probe",
         "keel-vmm",
+        "keel-pull",
     ] {
         std::fs::copy(bins.join(b), bins2.join(b))?;
     }

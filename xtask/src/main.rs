@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_build;
+mod bench_pull;
 mod bench_update;
 mod bench_vmm;
 #[cfg(test)]
@@ -86,9 +87,10 @@ enum Cmd {
     /// `update`: slot write speed against dd, bundle size for a one-binary change;
     /// `build`: cold and no-change build times, image sizes;
     /// `vmm`: keel-vmm against QEMU microvm (start, memory) and its
-    /// start-to-guest-init time, nested.
+    /// start-to-guest-init time, nested; `pull`: keel-pull against skopeo
+    /// pulling one image from a local registry (`--runs` pulls each).
     Bench {
-        #[arg(value_parser = ["init", "boot", "update", "build", "vmm"])]
+        #[arg(value_parser = ["init", "boot", "update", "build", "vmm", "pull"])]
         what: String,
         /// `build`: also time a build with an empty cache (compiles the kernel).
         #[arg(long)]
@@ -376,6 +378,8 @@ pub(crate) fn image() -> anyhow::Result<PathBuf> {
         "keel-update",
         "-p",
         "keel-vmm",
+        "-p",
+        "keel-pull",
     ]))?;
     run(cargo().args(["build", "--release", "-p", "keel-image-builder"]))?;
     let started = Instant::now();
@@ -549,6 +553,7 @@ fn main() -> anyhow::Result<()> {
             }
             "update" => bench_update::update(),
             "vmm" => bench_vmm::vmm(runs, boots),
+            "pull" => bench_pull::pull(runs),
             _ => bench::init(runs, boots),
         },
     }

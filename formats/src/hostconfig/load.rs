@@ -72,10 +72,11 @@ const SECTIONS: &[&str] = &[
     "containers",
     "vms",
     "update",
+    "registries",
 ];
 
 /// Sections whose entries are read one by one.
-const NAMED: &[&str] = &["services", "containers", "vms"];
+const NAMED: &[&str] = &["services", "containers", "vms", "registries"];
 
 struct Reader<'a> {
     src: Source<'a>,
@@ -233,6 +234,7 @@ fn read(src: Source<'_>) -> (toml::Table, Vec<Diagnostic>) {
                 let pruned = match key {
                     "services" => r.shape::<super::types::ServiceOverride>(entry, &at),
                     "containers" => r.shape::<super::types::UserContainer>(entry, &at),
+                    "registries" => r.shape::<super::types::Registry>(entry, &at),
                     _ => r.shape::<super::types::Vm>(entry, &at),
                 };
                 match pruned {

@@ -108,7 +108,7 @@ fn unknown_keys_and_wrong_types_are_each_reported_in_place() {
     assert_eq!(
         e,
         [
-            "host.toml:2:1: `colour`: unknown key; a host config has hostname, timezone, sysctl, network, time, admin, services, containers, vms, update",
+            "host.toml:2:1: `colour`: unknown key; a host config has hostname, timezone, sysctl, network, time, admin, services, containers, vms, update, registries",
             "host.toml:5:11: `services.web.enabled`: invalid type: string \"no\", expected a boolean",
             "host.toml:8:1: `services.admin.restart`: unknown field `restart`, expected one of `enabled`, `env`, `limits`",
             "host.toml:11:11: `admin.console`: invalid type: integer `3`, expected a boolean",
@@ -324,6 +324,7 @@ fn the_reference_names_every_key_and_its_example_is_valid() {
         ("limits.", fields_of::<Limits>()),
         ("vms.NAME.", fields_of::<Vm>()),
         ("update.", fields_of::<Update>()),
+        ("registries.HOST.", fields_of::<Registry>()),
     ];
     let mut missing = Vec::new();
     for (prefix, fields) in &groups {
@@ -363,4 +364,71 @@ fn a_zone_the_image_does_not_know_is_an_error() {
         "host.toml:1:1: `timezone`: no time zone \"Europe/Berlinn\" in the zone database"
     );
     assert!(check(src("host.toml", "timezone = \"UTC\"\n"), &ctx).is_ok());
+}
+
+#[test]
+fn registry_images_and_registries_are_checked_at_their_keys() {
+    let e = errors(concat!(
+        "[containers.a]\nimage = \"Team/App:1\"\n\n",
+        "[containers.b]\nimage = \"/var/b\"\npull = \"always\"\n\n",
+        "[containers.c]\nimage = \"r.example/c:1\"\npull = \"sometimes\"\n\n",
+        "[registries.\"index.docker.io\"]\n\n",
+        "[registries.\"bad host!\"]\n\n",
+        "[registries.\"r.example\"]\nmirrors = [\"https://m.example\", \"r.example\", \"m2\", \"m2\"]\n",
+        "ca = [\"not a pem\"]\nusername = \"a:b\"\npassword = \"hunter2\\u0001x\"\n\n",
+        "[registries.\"only.user\"]\nusername = \"u\"\n",
+    ));
+    let all = e.join("\n");
+    for want in [
+        "`containers.a.image`",
+        "`containers.b.pull`: `pull` is for images from a registry",
+        "`containers.c.pull`",
+        "`registries.\"index.docker.io\"`: Docker Hub's images are named docker.io",
+        "`registries.\"bad host!\"`",
+        "entry 1: \"https://m.example\": write the host without a scheme",
+        "entry 2: \"r.example\" is this registry itself",
+        "entry 4: \"m2\" is listed twice",
+        "`registries.\"r.example\".ca`: entry 1: not a PEM certificate",
+        "`registries.\"r.example\".username`",
+        "`registries.\"r.example\".password`: a password is not empty",
+        "`registries.\"only.user\".password`: a username needs a password",
+    ] {
+        assert!(all.contains(want), "no {want:?} in:\n{all}");
+    }
+    assert!(
+        !all.contains("hunter2"),
+        "a password is quoted back:\n{all}"
+    );
+}
+
+#[test]
+fn a_registry_image_reads_back_as_it_was() {
+    let text = "[containers.a]\nimage = \"nginx\"\npull = \"always\"\n\n[registries.\"docker.io\"]\nmirrors = [\"m.example:5000\"]\npassword = \"p\"\nusername = \"u\"\n";
+    let ctx = Context::default();
+    let c = check(src("host.toml", text), &ctx).unwrap_or_else(|d| panic!("{}", render(&d)));
+    assert_eq!(
+        c.containers["a"].image.to_string(),
+        "docker.io/library/nginx:latest"
+    );
+    assert_eq!(c.containers["a"].pull, types::Pull::Always);
+    let again: HostConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+    assert_eq!(again, c);
+}
+
+#[test]
+fn a_password_of_the_wrong_type_is_not_quoted_back() {
+    for value in [
+        "12345678",
+        "true",
+        "1.5",
+        "[\"x9y8z7\"]",
+        "{ a = \"x9y8z7\" }",
+    ] {
+        let e = errors(&format!(
+            "[registries.\"r.example\"]\nusername = \"u\"\npassword = {value}\n"
+        ))
+        .join("\n");
+        assert!(e.contains("password"), "{e}");
+        assert!(!e.contains("12345678") && !e.contains("x9y8z7"), "{e}");
+    }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::values::{Bytes, Cidr, Ip, Mac, PortMap, Seconds, Volume, Window};
+use super::values::{Bytes, Cidr, ImageSource, Ip, Mac, PortMap, Seconds, Secret, Volume, Window};
 
 /// `host.toml`: everything a person configures on a keel host.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -37,6 +37,33 @@ pub struct HostConfig {
     pub vms: BTreeMap<String, Vm>,
     #[serde(default)]
     pub update: Update,
+    /// How to reach image registries, by host (`"docker.io"`,
+    /// `"registry.example:5000"`); a host not listed is reached over TLS
+    /// with the webpki roots and no credentials.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub registries: BTreeMap<String, Registry>,
+}
+
+/// One registry host, as containerd's hosts.toml and Talos's
+/// `machine.registries` describe one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    /// Hosts tried in order before this one for its images (a mirror or a
+    /// pull-through cache); each is reached as its own entry here says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<String>,
+    /// Plain http, no TLS: only for a registry on a network you trust.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+    /// CA certificates (PEM text) trusted for this host besides the
+    /// webpki roots.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ca: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
 }
 
 /// A sysctl value as written: TOML has no untyped scalars.
@@ -214,8 +241,15 @@ impl From<Restart> for crate::container::RestartPolicy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserContainer {
-    /// An OCI image layout folder or `docker save` archive under `/var`.
-    pub image: String,
+    /// An OCI image layout folder or `docker save` archive under `/var`,
+    /// or an image in a registry by reference.
+    pub image: ImageSource,
+    /// For a registry image: pull it when it is not in the store yet
+    /// (`missing`), whenever the container is prepared (`always`: at boot
+    /// and when its entry changes), or never
+    /// (it must be in the store already, from an earlier pull).
+    #[serde(default, skip_serializing_if = "is_missing")]
+    pub pull: Pull,
     /// Overrides the image's Entrypoint and Cmd.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
@@ -244,6 +278,19 @@ pub struct UserContainer {
     /// root inside is root outside.
     #[serde(default, skip_serializing_if = "is_private")]
     pub userns: crate::container::Share,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pull {
+    #[default]
+    Missing,
+    Always,
+    Never,
+}
+
+fn is_missing(p: &Pull) -> bool {
+    *p == Pull::Missing
 }
 
 fn is_private(s: &crate::container::Share) -> bool {

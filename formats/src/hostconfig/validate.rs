@@ -138,6 +138,7 @@ pub fn validate(c: &HostConfig, ctx: &Context) -> Vec<Problem> {
     for (name, vm) in &c.vms {
         workloads::vm(&mut k, name, vm);
     }
+    workloads::registries(&mut k, c);
     update(&mut k, c);
     k.problems
 }

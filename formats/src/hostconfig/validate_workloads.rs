@@ -2,6 +2,8 @@
 //! volumes, users) and VMs.
 
 use super::*;
+use crate::hostconfig::types::Pull;
+use crate::hostconfig::values::ImageSource;
 
 /// A path's parts, `.` and empty ones left out.
 fn parts(path: &str) -> Vec<&str> {
@@ -80,7 +82,18 @@ pub(super) fn container(
             format!("{name:?} is also a system service; give the container another name"),
         );
     }
-    k.check(&at("image"), under_var(&ct.image));
+    match &ct.image {
+        ImageSource::Path(path) => {
+            k.check(&at("image"), under_var(path));
+            if ct.pull != Pull::Missing {
+                k.bad(
+                    &at("pull"),
+                    "`pull` is for images from a registry; this image is a path on the host",
+                );
+            }
+        }
+        ImageSource::Registry(_) => {}
+    }
     if ct.command.iter().any(String::is_empty) {
         k.bad(&at("command"), "an empty argument");
     }
@@ -204,5 +217,98 @@ pub(super) fn vm(k: &mut Checker, name: &str, vm: &Vm) {
             &at("memory"),
             format!("{memory:?} is above the maximum of 3G"),
         );
+    }
+}
+
+/// Mirrors of one registry, and the PEM bytes of one entry's `ca`: a pull
+/// request carries a registry's and its mirrors' settings, and must stay
+/// within one API request line (64 KiB).
+pub const MAX_MIRRORS: usize = 4;
+pub const MAX_CA_BYTES: usize = 8 << 10;
+
+/// `[registries."HOST"]`: hosts as references name them, mirrors that are
+/// hosts too, certificates that look like PEM, credentials in pairs. A
+/// password is never quoted back.
+pub(super) fn registries(k: &mut Checker, c: &HostConfig) {
+    for (host, r) in &c.registries {
+        let at = |last: &'static str| vec!["registries", host.as_str(), last];
+        if matches!(host.as_str(), "index.docker.io" | "registry-1.docker.io") {
+            k.bad(
+                &["registries", host],
+                "Docker Hub's images are named docker.io/…: configure it as [registries.\"docker.io\"]",
+            );
+        } else if !crate::reference::is_registry_host(host) {
+            k.bad(
+                &["registries", host],
+                format!("{host:?} is not a registry host (name or address, and an optional :port)"),
+            );
+        }
+        if r.mirrors.len() > MAX_MIRRORS {
+            k.bad(
+                &at("mirrors"),
+                format!("{} mirrors; at most {MAX_MIRRORS}", r.mirrors.len()),
+            );
+        }
+        let ca_bytes: usize = r.ca.iter().map(String::len).sum();
+        if ca_bytes > MAX_CA_BYTES {
+            k.bad(
+                &at("ca"),
+                format!("{ca_bytes} bytes of certificates; at most {MAX_CA_BYTES}"),
+            );
+        }
+        let mut seen = Vec::new();
+        for (i, m) in r.mirrors.iter().enumerate() {
+            let n = i + 1;
+            if m.contains("://") {
+                k.bad(
+                    &at("mirrors"),
+                    format!("entry {n}: {m:?}: write the host without a scheme; a mirror on plain http gets its own [registries.\"HOST\"] with insecure = true"),
+                );
+            } else if !crate::reference::is_registry_host(m) {
+                k.bad(
+                    &at("mirrors"),
+                    format!("entry {n}: {m:?} is not a registry host"),
+                );
+            } else if m == host {
+                k.bad(
+                    &at("mirrors"),
+                    format!("entry {n}: {m:?} is this registry itself"),
+                );
+            } else if seen.contains(&m) {
+                k.bad(&at("mirrors"), format!("entry {n}: {m:?} is listed twice"));
+            }
+            seen.push(m);
+        }
+        for (i, pem) in r.ca.iter().enumerate() {
+            let begin = pem.find("-----BEGIN CERTIFICATE-----");
+            let end = pem.find("-----END CERTIFICATE-----");
+            if !matches!((begin, end), (Some(b), Some(e)) if b < e) {
+                k.bad(
+                    &at("ca"),
+                    format!("entry {}: not a PEM certificate (-----BEGIN CERTIFICATE----- … -----END CERTIFICATE-----)", i + 1),
+                );
+            }
+        }
+        match (&r.username, &r.password) {
+            (Some(_), None) => k.bad(&at("password"), "a username needs a password"),
+            (None, Some(_)) => k.bad(&at("username"), "a password needs a username"),
+            _ => {}
+        }
+        if let Some(u) = &r.username {
+            if u.is_empty() || u.contains(':') || u.chars().any(char::is_control) {
+                k.bad(
+                    &at("username"),
+                    "a username is not empty and has no ':' or control characters",
+                );
+            }
+        }
+        if let Some(p) = &r.password {
+            if p.0.is_empty() || p.0.chars().any(char::is_control) {
+                k.bad(
+                    &at("password"),
+                    "a password is not empty and has no control characters",
+                );
+            }
+        }
     }
 }

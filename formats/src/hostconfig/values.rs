@@ -215,6 +215,82 @@ impl fmt::Display for Window {
     }
 }
 
+/// A container's `image`: a path under /var (an OCI image layout or a
+/// `docker save` archive put there by hand), or a registry reference
+/// (`registry.example:5000/team/app:1.2`, `nginx`, `...@sha256:…`).
+/// Paths start with '/', references never do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ImageSource {
+    Path(String),
+    Registry(crate::reference::Reference),
+}
+
+text_value!(ImageSource, |s: &str| if s.starts_with('/') {
+    Ok(ImageSource::Path(s.to_string()))
+} else if s.starts_with("var/") {
+    // It would read as the Docker Hub image docker.io/var/…, a namespace
+    // anyone may own: almost surely a path with its '/' missing.
+    Err(format!(
+        "{s:?}: a path starts with /var/; for the Docker Hub image, write docker.io/{s}"
+    ))
+} else {
+    s.parse()
+        .map(ImageSource::Registry)
+        .map_err(|e: crate::reference::ReferenceError| e.to_string())
+});
+
+impl fmt::Display for ImageSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageSource::Path(p) => f.write_str(p),
+            ImageSource::Registry(r) => r.fmt(f),
+        }
+    }
+}
+
+/// A password or token: written to the file as it is (the last good
+/// config must read back the same), shown nowhere else.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+/// Read by hand: serde's own message for a wrong type quotes the value
+/// (`invalid type: integer 12345678`), and this value is a password.
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(E::custom("a password is a string (in quotes)"))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(E::custom("a password is a string (in quotes)"))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(E::custom("a password is a string (in quotes)"))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(E::custom("a password is a string (in quotes)"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +316,11 @@ mod tests {
         round_trips::<PortMap>(&["8080:80", "5353:53/udp", "80:80/tcp"]);
         round_trips::<Volume>(&["/var/a:/a", "/var/a:/a:ro", "/var/a:/a:rw"]);
         round_trips::<Window>(&["02:00-04:30", "23:00-01:00"]);
+        round_trips::<ImageSource>(&["/var/lib/app", "nginx", "r.example:5000/a/b:1"]);
+        assert_eq!(
+            "nginx".parse::<ImageSource>().unwrap().to_string(),
+            "docker.io/library/nginx:latest"
+        );
         assert_eq!("1.5G".parse::<Bytes>().unwrap().to_string(), "1536M");
         assert_eq!("1h30m".parse::<Seconds>().unwrap().to_string(), "90m");
         assert_eq!(
@@ -257,5 +338,13 @@ mod tests {
         assert!("/var/a".parse::<Volume>().unwrap_err().contains("/TARGET"));
         assert!("/var/a:/a:rx".parse::<Volume>().unwrap_err().contains("rx"));
         assert!("64".parse::<Bytes>().unwrap_err().contains("needs a unit"));
+        assert!("Team/App".parse::<ImageSource>().is_err());
+        assert!("var/lib/app"
+            .parse::<ImageSource>()
+            .unwrap_err()
+            .contains("/var/"));
+        assert!("docker.io/var/lib/app".parse::<ImageSource>().is_ok());
+        assert!("https://r.example/app".parse::<ImageSource>().is_err());
+        assert_eq!(format!("{:?}", Secret("hunter2".into())), "<redacted>");
     }
 }

@@ -104,8 +104,21 @@ pub fn save_last_good(c: &HostConfig) -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, format!("# The last host config that passed every check; keel-init boots on it when the ESP's is bad.\n{text}"))
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    // Root's only: it may hold registry passwords. Synced before the
+    // rename, so a power cut leaves the old file or the whole new one.
+    let write = || {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(format!("# The last host config that passed every check; keel-init boots on it when the ESP's is bad.\n{text}").as_bytes())?;
+        f.sync_all()
+    };
+    write().map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 

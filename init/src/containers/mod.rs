@@ -4,6 +4,7 @@
 //! read-only root like every system service.
 
 pub mod idranges;
+pub mod pull;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -157,6 +158,16 @@ pub struct Unpacked {
 pub fn unpack_image_in(roots: &Path, image: &str, range: Option<u32>) -> Result<Unpacked, String> {
     std::fs::create_dir_all(roots).map_err(|e| format!("{}: {e}", roots.display()))?;
     let opened = keel_oci::open_in(Path::new(image), roots).map_err(|e| e.to_string())?;
+    unpack_opened(roots, opened, range)
+}
+
+/// [`unpack_image_in`] for an image already open.
+fn unpack_opened(
+    roots: &Path,
+    opened: keel_oci::Image,
+    range: Option<u32>,
+) -> Result<Unpacked, String> {
+    std::fs::create_dir_all(roots).map_err(|e| format!("{}: {e}", roots.display()))?;
     let key = opened.root_key().map_err(|e| e.to_string())?;
     let name = match range {
         Some(base) => format!("{key}-{base}"),
@@ -290,17 +301,56 @@ pub fn finish(
     })
 }
 
+/// A registry image: keel-pull brings it into its store; the image is
+/// copied out of it (paths resolved inside the store, regular files only,
+/// every blob hashed as it is copied) into a folder of root's, and
+/// unpacked from that copy, which keel-pull cannot change. A pinned
+/// reference must get the manifest it pins (or one its index lists).
+fn pull_and_unpack(roots: &Path, range: Option<u32>) -> Result<Unpacked, String> {
+    use keel_api::pull::{SERVICE_ON_HOST, STORE_IN_SERVICE};
+    let req = pull::read_request(std::io::stdin().lock())?;
+    let reference: keel_formats::reference::Reference =
+        req.reference.parse().map_err(|e| format!("{e}"))?;
+    let manifest = pull::pull(&req)?;
+    std::fs::create_dir_all(roots).map_err(|e| format!("{}: {e}", roots.display()))?;
+    let copy = tempfile::Builder::new()
+        .prefix(".pulled.")
+        .tempdir_in(roots)
+        .map_err(|e| format!("{}: {e}", roots.display()))?;
+    let pin = reference.digest.as_ref().map(ToString::to_string);
+    keel_oci::copy_image(
+        Path::new(SERVICE_ON_HOST),
+        Path::new(STORE_IN_SERVICE),
+        &manifest,
+        pin.as_deref(),
+        copy.path(),
+    )
+    .map_err(|e| format!("{reference}: {e}"))?;
+    let opened = keel_oci::open_manifest(copy.path(), &manifest).map_err(|e| e.to_string())?;
+    unpack_opened(roots, opened, range)
+}
+
 /// `keel-init prepare-container ROOTS IMAGE [BASE]`: unpack, then print
 /// the result as one JSON line (`{"Ok": ...}` or `{"Err": "why"}`) for
-/// PID 1.
+/// PID 1. IMAGE `-` is a registry image: the pull request comes on stdin
+/// (never in the arguments, which every process may read).
 pub fn helper_main(args: &[String]) -> ! {
+    let base = |b: Option<&String>| match b {
+        None => Ok(None),
+        Some(b) => b
+            .parse::<u32>()
+            .map(Some)
+            .map_err(|e| format!("id range {b:?}: {e}")),
+    };
     let result = match args {
-        [roots, image] => unpack_image_in(Path::new(roots), image, None),
-        [roots, image, base] => match base.parse::<u32>() {
-            Ok(base) => unpack_image_in(Path::new(roots), image, Some(base)),
-            Err(e) => Err(format!("id range {base:?}: {e}")),
-        },
-        _ => Err("usage: keel-init prepare-container ROOTS IMAGE [BASE]".into()),
+        [roots, image, rest @ ..] if rest.len() <= 1 => base(rest.first()).and_then(|range| {
+            if image == "-" {
+                pull_and_unpack(Path::new(roots), range)
+            } else {
+                unpack_image_in(Path::new(roots), image, range)
+            }
+        }),
+        _ => Err("usage: keel-init prepare-container ROOTS IMAGE|- [BASE]".into()),
     };
     let line = serde_json::to_string(&result).unwrap_or_else(|e| format!("{{\"Err\":\"{e}\"}}"));
     println!("{line}");

@@ -17,6 +17,7 @@ use nix::unistd::Pid;
 
 use keel_formats::container::{ContainerDef, Share};
 use keel_formats::hostconfig::types::UserContainer;
+use keel_formats::hostconfig::values::ImageSource;
 use keel_formats::hostconfig::HostConfig;
 
 use crate::config::converge::{plan_containers, plan_services};
@@ -26,6 +27,7 @@ use crate::containers::{self, Port, Unpacked};
 use crate::log;
 use crate::supervisor::Change;
 use keel_api::init::{Response, MAX_TRIAL_S};
+use keel_api::pull::{hosts_for, PullRequest};
 
 use super::Init;
 
@@ -137,13 +139,41 @@ impl Init {
                 },
                 Share::Host => None,
             };
+            // A registry image's pull request (with the registry's
+            // credentials) goes to the helper on stdin.
+            let (image, request) = match &uc.image {
+                ImageSource::Path(path) => (path.clone(), None),
+                ImageSource::Registry(reference) => {
+                    let req = PullRequest {
+                        reference: reference.to_string(),
+                        policy: uc.pull,
+                        hosts: hosts_for(reference, &self.cfg.config.registries),
+                    };
+                    match serde_json::to_vec(&req) {
+                        Ok(text) => ("-".to_string(), Some(text)),
+                        Err(e) => {
+                            self.warn(format!("containers.{name}: its pull request: {e}"));
+                            continue;
+                        }
+                    }
+                }
+            };
             let spawned = Command::new(SELF)
-                .args(["prepare-container", containers::ROOTS_DIR, &uc.image])
+                .args(["prepare-container", containers::ROOTS_DIR, &image])
                 .args(range.map(|b| b.to_string()))
-                .stdin(Stdio::null())
+                .stdin(if request.is_some() {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                })
                 .stdout(Stdio::piped())
                 .spawn();
             let out = spawned.map_err(|e| e.to_string()).and_then(|mut child| {
+                if let (Some(text), Some(mut stdin)) = (&request, child.stdin.take()) {
+                    // Far below a pipe's buffer: this does not wait on the
+                    // helper. Dropping stdin ends the request.
+                    std::io::Write::write_all(&mut stdin, text).map_err(|e| e.to_string())?;
+                }
                 let out = child.stdout.take().ok_or("no pipe")?;
                 let fd = std::os::fd::AsRawFd::as_raw_fd(&out);
                 let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)

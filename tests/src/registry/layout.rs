@@ -45,19 +45,31 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 /// Write an image for linux/`arch` (`variant`) of these layers into the
 /// layout's blobs: its manifest's descriptor, with the platform.
 fn image(dir: &Path, arch: &str, variant: Option<&str>, layers: &[Vec<(&str, Vec<u8>)>]) -> Value {
+    let tars: Vec<Vec<u8>> = layers.iter().map(|files| tar_of(files)).collect();
+    image_of_tars(dir, arch, variant, &tars, json!({"Cmd": ["/bin/sh"]}))
+}
+
+/// [`image`] of layers already made (uncompressed tars) and the config's
+/// `config` (Entrypoint, Cmd, Env, ...).
+fn image_of_tars(
+    dir: &Path,
+    arch: &str,
+    variant: Option<&str>,
+    tars: &[Vec<u8>],
+    run: Value,
+) -> Value {
     let mut diff_ids = Vec::new();
     let mut descriptors = Vec::new();
-    for files in layers {
-        let tar = tar_of(files);
-        diff_ids.push(format!("sha256:{}", hex::encode(Sha256::digest(&tar))));
-        descriptors.push(blob(dir, OCI_LAYER_GZIP, &gzip(&tar)));
+    for tar in tars {
+        diff_ids.push(format!("sha256:{}", hex::encode(Sha256::digest(tar))));
+        descriptors.push(blob(dir, OCI_LAYER_GZIP, &gzip(tar)));
     }
     let mut platform = json!({"architecture": arch, "os": "linux"});
     if let Some(v) = variant {
         platform["variant"] = v.into();
     }
     let mut config = platform.clone();
-    config["config"] = json!({"Cmd": ["/bin/sh"]});
+    config["config"] = run;
     config["rootfs"] = json!({"type": "layers", "diff_ids": diff_ids});
     let config = blob(
         dir,
@@ -121,6 +133,20 @@ pub fn image_layout(
 ) -> String {
     let mut d = image(dir, arch, None, layers);
     // A layout's top-level entry for an image needs no platform.
+    if let Some(m) = d.as_object_mut() {
+        m.remove("platform");
+    }
+    let digest = digest_of(&d);
+    tag(dir, d, tag_name);
+    digest
+}
+
+/// [`image_layout`] of an image that runs: layers made by the caller
+/// (uncompressed tars, with their modes and links, e.g. by
+/// `fixtures::layer`) and the config's `config` object (Entrypoint, Cmd,
+/// Env). Returns the manifest's digest.
+pub fn runnable_layout(dir: &Path, tag_name: &str, tars: &[Vec<u8>], run: Value) -> String {
+    let mut d = image_of_tars(dir, "amd64", None, tars, run);
     if let Some(m) = d.as_object_mut() {
         m.remove("platform");
     }

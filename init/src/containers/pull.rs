@@ -1,0 +1,155 @@
+//! A registry image for a container: the preparing helper asks keel-pull
+//! (the confined system container that talks to registries) to bring it
+//! into its store, then opens it there by the manifest digest keel-pull
+//! reports. keel-init never speaks to a registry itself.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+#[cfg(test)]
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use keel_api::pull::{PullEvent, PullRequest, PULL_DIR_ON_HOST, SOCKET_NAME};
+
+/// keel-pull starts with the other system services; a container prepared
+/// at boot may ask before its socket is there.
+const CONNECT_FOR: Duration = Duration::from_secs(60);
+/// Between two events of a pull (progress comes several times a second
+/// while bytes flow): longer is a registry or a keel-pull that hangs.
+const QUIET_FOR: Duration = Duration::from_secs(300);
+/// An event line is small; a longer one is not keel-pull's.
+const MAX_EVENT: u64 = 64 << 10;
+/// What PID 1 writes to the helper's stdin: it goes on to keel-pull as
+/// one API request line, bounded the same (the host config's limits on
+/// mirrors and CAs keep it under that).
+pub const MAX_REQUEST: u64 = keel_api::wire::MAX_REQUEST as u64;
+
+/// Read the request PID 1 wrote to stdin.
+pub fn read_request(input: impl Read) -> Result<PullRequest, String> {
+    let mut text = Vec::new();
+    input
+        .take(MAX_REQUEST)
+        .read_to_end(&mut text)
+        .map_err(|e| format!("reading the pull request: {e}"))?;
+    serde_json::from_slice(&text).map_err(|e| format!("the pull request: {e}"))
+}
+
+/// Ask keel-pull for `req`; the manifest digest it pulled.
+pub fn pull(req: &PullRequest) -> Result<String, String> {
+    let socket = Path::new(PULL_DIR_ON_HOST).join(SOCKET_NAME);
+    pull_at(&socket, req, CONNECT_FOR)
+}
+
+fn pull_at(socket: &Path, req: &PullRequest, connect_for: Duration) -> Result<String, String> {
+    let shown = socket.display();
+    let started = Instant::now();
+    let mut stream = loop {
+        match UnixStream::connect(socket) {
+            Ok(s) => break s,
+            Err(e) if started.elapsed() < connect_for => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => return Err(format!("keel-pull ({shown}) is not there: {e}")),
+        }
+    };
+    let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    stream
+        .write_all(&line)
+        .map_err(|e| format!("{shown}: sending the request: {e}"))?;
+    stream
+        .set_read_timeout(Some(QUIET_FOR))
+        .map_err(|e| format!("{shown}: {e}"))?;
+    let mut events = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        let n = (&mut events)
+            .take(MAX_EVENT)
+            .read_line(&mut line)
+            .map_err(|e| format!("{shown}: waiting for the pull of {}: {e}", req.reference))?;
+        if n == 0 {
+            return Err(format!(
+                "keel-pull ended the pull of {} without a result",
+                req.reference
+            ));
+        }
+        match serde_json::from_str::<PullEvent>(&line) {
+            Ok(PullEvent::Progress { .. }) => {}
+            Ok(PullEvent::Pulled { manifest, .. }) => return Ok(manifest),
+            Ok(PullEvent::Failed { message }) => {
+                return Err(format!("pulling {}: {message}", req.reference))
+            }
+            Err(e) => return Err(format!("{shown}: an answer that is not an event: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use keel_formats::hostconfig::types::Pull;
+    use std::os::unix::net::UnixListener;
+
+    fn request() -> PullRequest {
+        PullRequest {
+            reference: "r.example/a:1".into(),
+            policy: Pull::Missing,
+            hosts: vec![],
+        }
+    }
+
+    /// A keel-pull that answers each connection with `lines`.
+    fn daemon(lines: &'static str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("pull.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let mut conn = conn.unwrap();
+                let mut got = String::new();
+                BufReader::new(&conn).read_line(&mut got).unwrap();
+                let _: PullRequest = serde_json::from_str(&got).unwrap();
+                conn.write_all(lines.as_bytes()).unwrap();
+            }
+        });
+        (dir, socket)
+    }
+
+    #[test]
+    fn progress_then_the_digest() {
+        let (_d, socket) = daemon(concat!(
+            r#"{"event":"progress","digest":"sha256:aa","done":1,"total":2}"#,
+            "\n",
+            r#"{"event":"pulled","manifest":"sha256:bb","fetched":2,"host":"r.example"}"#,
+            "\n"
+        ));
+        assert_eq!(
+            pull_at(&socket, &request(), Duration::ZERO).unwrap(),
+            "sha256:bb"
+        );
+    }
+
+    #[test]
+    fn failures_and_silence_are_errors_that_say_so() {
+        let (_d, socket) = daemon("{\"event\":\"failed\",\"message\":\"401\"}\n");
+        assert_eq!(
+            pull_at(&socket, &request(), Duration::ZERO).unwrap_err(),
+            "pulling r.example/a:1: 401"
+        );
+        let (_d, socket) = daemon("");
+        assert!(pull_at(&socket, &request(), Duration::ZERO)
+            .unwrap_err()
+            .contains("without a result"));
+        let (_d, socket) = daemon("garbage\n");
+        assert!(pull_at(&socket, &request(), Duration::ZERO)
+            .unwrap_err()
+            .contains("not an event"));
+        let missing = Path::new("/nonexistent/pull.sock");
+        assert!(pull_at(missing, &request(), Duration::ZERO)
+            .unwrap_err()
+            .contains("is not there"));
+    }
+}

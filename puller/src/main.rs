@@ -1,0 +1,5 @@
+mod cli;
+
+fn main() -> anyhow::Result<()> {
+    cli::run()
+}

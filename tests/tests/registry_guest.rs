@@ -1,0 +1,135 @@
+//! A keel host pulls its container's image from a registry: the real
+//! registry (Debian's docker-registry) on this machine's 127.0.0.1, reached
+//! from the guest at 10.0.2.100 through QEMU's guestfwd, declared insecure
+//! in the host config. keel-pull (the confined system container) pulls,
+//! keel-init unpacks from its store and runs the container; a tag that is
+//! not there is a warning in `keelctl status` and leaves the host as it
+//! was; `config apply` with a new tag pulls it before it restarts the
+//! container, and a failed pull leaves the running container as it was.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::fs;
+use std::path::Path;
+
+use keel_tests::fixtures::{layer, put_config, Entry};
+use keel_tests::host::cached_busybox;
+use keel_tests::registry::{push, runnable_layout, Options, Push, Registry};
+use keel_tests::{copy_disk, disk_image, workspace, Guest, BOOT_TIMEOUT};
+
+/// The registry as the guest names it.
+const REGISTRY: &str = "10.0.2.100:5000";
+
+/// A busybox image whose entrypoint says which version it is and sleeps.
+fn app_layout(dir: &Path, tag: &str) {
+    let busybox = cached_busybox(&workspace()).unwrap();
+    let bb = fs::read(&busybox.files[0].1).unwrap();
+    let version = format!("image {tag}\n");
+    let applets: Vec<String> = ["sh", "cat", "sleep"]
+        .iter()
+        .map(|a| format!("bin/{a}"))
+        .collect();
+    let mut entries = vec![Entry::file("bin/busybox", &bb, 0o755)];
+    entries.extend(applets.iter().map(|a| Entry::link(a, "busybox")));
+    entries.push(Entry::file("version", version.as_bytes(), 0o644));
+    runnable_layout(
+        dir,
+        tag,
+        &[layer(&entries)],
+        serde_json::json!({
+            "Entrypoint": ["/bin/sh", "-c"],
+            "Cmd": ["cat /version; exec sleep 100000"],
+            "Env": ["PATH=/bin"],
+        }),
+    );
+}
+
+fn config(tag: &str) -> String {
+    format!(
+        "[network.interfaces.eth0]\naddresses = [\"10.0.2.15/24\"]\n\n\
+         [registries.\"{REGISTRY}\"]\ninsecure = true\n\n\
+         [containers.app]\nimage = \"{REGISTRY}/team/app:{tag}\"\n"
+    )
+}
+
+fn write_in_guest(g: &mut Guest, path: &str, text: &str) {
+    let escaped = text
+        .replace('\\', "\\\\")
+        .replace('\'', "'\\''")
+        .replace('\n', "\\n");
+    g.shell(&format!("printf '{escaped}' > {path}"));
+}
+
+fn version(g: &mut Guest) -> String {
+    g.shell("keelctl exec app -- /bin/cat /version")
+        .trim()
+        .to_string()
+}
+
+// One scenario: each step needs the state the steps before it left, and a
+// boot costs seconds of the suite.
+#[test]
+fn a_container_runs_from_a_registry_image_and_a_new_tag_is_pulled_before_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(Options::http());
+    let layout = dir.path().join("app");
+    app_layout(&layout, "1");
+    app_layout(&layout, "2");
+    for tag in ["1", "2"] {
+        push(
+            &registry,
+            &layout,
+            tag,
+            &format!("team/app:{tag}"),
+            &Push::default(),
+        );
+    }
+    let disk = dir.path().join("disk.img");
+    copy_disk(&disk_image(), &disk);
+    put_config(&disk, &config("1"));
+
+    let mut g = Guest::boot_with(&disk, false, &[(5000, registry.port())]);
+    g.expect("keel: ready ", BOOT_TIMEOUT);
+    g.prompt();
+    let pull = g.service("pull");
+    assert_eq!(pull["state"], "running", "{pull}");
+    let out = g.poll_shell("keelctl exec app -- /bin/cat /version", 90, |t| {
+        t.contains("image 1")
+    });
+    assert!(
+        out.contains("image 1"),
+        "{out}\n{}",
+        g.shell("keelctl status; keelctl logs pull")
+    );
+    // keel-pull is no root and has no capabilities.
+    let pid = g.service("pull")["pid"].as_i64().unwrap();
+    let st = g.shell(&format!("grep -E '^(Uid|CapEff):' /proc/{pid}/status"));
+    assert!(
+        st.contains("Uid:\t38\t38") && st.contains("CapEff:\t0000000000000000"),
+        "{st}"
+    );
+    assert!(registry.log().contains("GET /v2/team/app/manifests/1"));
+
+    // A tag the registry does not have: the pull fails, the status says
+    // why, and the running container is the one it was.
+    let app_pid = g.service("app")["pid"].as_i64().unwrap();
+    write_in_guest(&mut g, "/tmp/missing.toml", &config("9"));
+    g.shell("keelctl config apply /tmp/missing.toml; echo rc=$?");
+    let status = g.poll_shell("keelctl status", 60, |t| t.contains("team/app:9"));
+    assert!(
+        status.contains("team/app:9") && status.contains("not found"),
+        "{status}"
+    );
+    assert_eq!(g.service("app")["pid"].as_i64().unwrap(), app_pid);
+    assert_eq!(version(&mut g), "image 1");
+
+    // A new tag: pulled, then the container restarts on it.
+    write_in_guest(&mut g, "/tmp/two.toml", &config("2"));
+    let out = g.shell("keelctl config apply /tmp/two.toml; echo rc=$?");
+    assert!(out.contains("rc=0"), "{out}");
+    let out = g.poll_shell("keelctl exec app -- /bin/cat /version", 90, |t| {
+        t.contains("image 2")
+    });
+    assert!(out.contains("image 2"), "{out}");
+    assert!(registry.log().contains("GET /v2/team/app/manifests/2"));
+}
