@@ -17,7 +17,7 @@ use keel_tests::host::{cached_busybox, cgroup2_mount, HostInit};
 
 use crate::{root, run, MUSL};
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
