@@ -249,7 +249,7 @@ impl Client {
     /// `GET /v2/`: the registry speaks the API and lets us in.
     pub fn ping(&mut self) -> Result<(), ClientError> {
         let url = format!("{}/v2/", self.base);
-        self.retrying(|c| c.get(&url, None, None).map(drop))
+        self.retrying(|c| c.get("", &url, None, None).map(drop))
     }
 
     /// The manifest `reference` (a tag or "sha256:…") of `repository`: its
@@ -261,7 +261,7 @@ impl Client {
     ) -> Result<(Vec<u8>, Digest, Parsed), ClientError> {
         let url = self.manifest_url(repository, reference);
         self.retrying(|c| {
-            let resp = c.get(&url, Some(manifest::ACCEPT), None)?;
+            let resp = c.get(repository, &url, Some(manifest::ACCEPT), None)?;
             let content_type = resp
                 .headers()
                 .get(CONTENT_TYPE)
@@ -310,7 +310,7 @@ impl Client {
         }
         let url = format!("{}/v2/{repository}/blobs/{digest}", self.base);
         let resumed = ingest.offset() > 0;
-        let fetched = self.fetch_into(&url, blob, &mut ingest, progress)?;
+        let fetched = self.fetch_into(repository, &url, blob, &mut ingest, progress)?;
         match ingest.commit() {
             // What an earlier try left (another host's bytes, or a tail a
             // power cut tore) was not the blob's: once more from the
@@ -318,7 +318,7 @@ impl Client {
             Err(StoreError::Digest { .. }) if resumed => {
                 let mut again = store.ingest(digest, blob.size)?;
                 again.restart()?;
-                let more = self.fetch_into(&url, blob, &mut again, progress)?;
+                let more = self.fetch_into(repository, &url, blob, &mut again, progress)?;
                 again.commit()?;
                 Ok(fetched.saturating_add(more))
             }
@@ -331,6 +331,7 @@ impl Client {
     /// transient; the bytes fetched.
     fn fetch_into(
         &mut self,
+        repository: &str,
         url: &str,
         blob: &Descriptor,
         ingest: &mut crate::store::Ingest,
@@ -343,7 +344,7 @@ impl Client {
             if offset == blob.size {
                 return Ok(());
             }
-            let resp = c.get(url, None, (offset > 0).then_some(offset))?;
+            let resp = c.get(repository, url, None, (offset > 0).then_some(offset))?;
             if resp.status() == StatusCode::PARTIAL_CONTENT {
                 check_content_range(&resp, url, offset, blob.size)?;
             } else if offset > 0 {
@@ -407,8 +408,11 @@ impl Client {
     /// A GET with the registry's authentication: on a 401 the challenge
     /// says how to authenticate, and the request goes once more; a second
     /// 401 is the answer (wrong credentials are not tried again and again).
+    /// `repository` is what a bearer token's scope is for when the
+    /// challenge names none ("" for `/v2/` itself).
     fn get(
         &mut self,
+        repository: &str,
         url: &str,
         accept: Option<&str>,
         range: Option<u64>,
@@ -442,7 +446,7 @@ impl Client {
                     had_credentials: self.credentials.is_some(),
                 });
             }
-            self.authenticate(&challenges, url, resp)?;
+            self.authenticate(&challenges, repository, url, resp)?;
             authenticated = true;
         }
     }
@@ -452,6 +456,7 @@ impl Client {
     fn authenticate(
         &mut self,
         challenges: &[Challenge],
+        repository: &str,
         url: &str,
         resp: Response,
     ) -> Result<(), ClientError> {
@@ -462,9 +467,8 @@ impl Client {
             had_credentials,
         };
         if let Some(bearer) = challenges.iter().find(|c| c.scheme == Scheme::Bearer) {
-            let repository = repository_of(url);
             let token_url =
-                auth::token_url(bearer, &repository).map_err(|source| ClientError::Auth {
+                auth::token_url(bearer, repository).map_err(|source| ClientError::Auth {
                     url: url.to_string(),
                     source,
                 })?;
@@ -501,20 +505,6 @@ impl Client {
         }
         Err(unauthorized(resp))
     }
-}
-
-/// The repository a `/v2/<name>/manifests|blobs/…` URL is about, for the
-/// token's scope; empty for `/v2/` itself.
-fn repository_of(url: &str) -> String {
-    let Some((_, path)) = url.split_once("/v2/") else {
-        return String::new();
-    };
-    for marker in ["/manifests/", "/blobs/"] {
-        if let Some((name, _)) = path.rsplit_once(marker) {
-            return name.to_string();
-        }
-    }
-    String::new()
 }
 
 fn challenges(resp: &Response, url: &str) -> Result<Vec<Challenge>, ClientError> {

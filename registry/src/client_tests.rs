@@ -400,15 +400,6 @@ fn content_ranges() {
     assert!(!content_range_fits("", 5, 10));
 }
 
-#[test]
-fn token_scopes_come_from_the_url() {
-    assert_eq!(repository_of("https://r/v2/a/b/manifests/1"), "a/b");
-    assert_eq!(
-        repository_of("https://r/v2/a/blobs/x/blobs/sha256:1"),
-        "a/blobs/x"
-    );
-    assert_eq!(repository_of("https://r/v2/"), "");
-}
 
 #[test]
 fn a_ca_that_is_no_certificate_is_refused_when_the_client_is_made() {
@@ -454,4 +445,32 @@ fn a_resumed_blob_whose_start_was_wrong_is_fetched_again_whole() {
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 2);
     assert!(seen[1].header("range").is_none());
+}
+
+#[test]
+fn a_challenge_without_a_scope_gets_a_token_for_the_repository_asked_about() {
+    let realm = Arc::new(Mutex::new(String::new()));
+    let r = realm.clone();
+    let (host, seen) = serve(Box::new(move |req, _| {
+        if req.path.starts_with("/token") {
+            return answer("200 OK", br#"{"token":"t"}"#);
+        }
+        if req.header("authorization") == Some("Bearer t") {
+            return answer("404 Not Found", b"");
+        }
+        Answer {
+            headers: vec![format!(
+                "WWW-Authenticate: Bearer realm=\"http://{}/token\"",
+                r.lock().unwrap()
+            )],
+            ..answer("401 Unauthorized", b"")
+        }
+    }));
+    *realm.lock().unwrap() = host.clone();
+    // A repository whose name holds "manifests": the scope is the whole name.
+    let err = client(&host, None).manifest("team/manifests/app", "1").unwrap_err();
+    assert!(matches!(err, ClientError::NotFound { .. }), "{err:?}");
+    let seen = seen.lock().unwrap();
+    let token = seen.iter().find(|s| s.path.starts_with("/token")).unwrap();
+    assert_eq!(token.path, "/token?scope=repository%3Ateam%2Fmanifests%2Fapp%3Apull");
 }

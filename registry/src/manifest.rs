@@ -365,6 +365,18 @@ fn normalized(p: &Platform) -> (String, String, String) {
     (os, architecture.to_owned(), variant)
 }
 
+/// Whether an image for `offered` runs on `host`, by the same rule as
+/// [`choose`]: an image without an index says its platform in its config.
+pub fn runs_on(offered: &Platform, host: &Platform) -> Result<(), ManifestError> {
+    if normalized(offered) == normalized(host) {
+        return Ok(());
+    }
+    Err(ManifestError::NoPlatform {
+        wanted: host.to_string().escape_debug().to_string(),
+        available: shown(&offered.to_string()).escape_debug().to_string(),
+    })
+}
+
 /// The entry of an index for `platform`, as containerd's platforms matcher:
 /// os, architecture and (normalized) variant equal, an entry that names the
 /// wanted variant exactly first, then index order.

@@ -117,6 +117,14 @@ fn pull_from(
     let url = client.manifest_url(repo, &manifest_digest.to_string());
     check_image(&manifest, &url)?;
     let mut fetched = client.blob(repo, &manifest.config, store, progress)?;
+    if index.is_none() {
+        // No index chose it for this host: its config says what it is for.
+        let config = store.read(&manifest.config.digest, manifest::MAX_CONFIG)?;
+        if let Ok(offered) = serde_json::from_slice::<Platform>(&config) {
+            manifest::runs_on(&offered, platform)
+                .map_err(|source| ClientError::Manifest { url: url.clone(), source })?;
+        }
+    }
     for layer in &manifest.layers {
         fetched = fetched.saturating_add(client.blob(repo, layer, store, progress)?);
     }

@@ -278,6 +278,28 @@ fn a_mirror_serves_when_the_upstream_is_gone() {
         .collect();
     let blobs: Vec<&str> = blobs.iter().map(String::as_str).collect();
     wait_cached(&mirror, &blobs, std::time::Duration::from_secs(30));
+    // A mirror that is down: the upstream serves.
+    let dead = format!("127.0.0.1:{}", keel_tests::free_port());
+    let by_upstream = Store::open(&dir.path().join("by-upstream")).unwrap();
+    let pulled_up = pull(
+        &mut [
+            Client::new(
+                &dead,
+                Options {
+                    insecure: true,
+                    ..Options::default()
+                },
+            )
+            .unwrap(),
+            insecure(&upstream),
+        ],
+        &r,
+        &amd64(),
+        &by_upstream,
+        &mut |_: Progress<'_>| {},
+    )
+    .unwrap();
+    assert_eq!(pulled_up.host, upstream.host());
     upstream.stop();
     let second = Store::open(&dir.path().join("second")).unwrap();
     let pulled = pull(
@@ -411,4 +433,29 @@ fn a_pull_cut_in_a_layer_resumes_where_it_stopped() {
         pulled.fetched
     );
     assert_whole(&store, &pulled);
+}
+
+#[test]
+fn a_single_platform_image_for_another_architecture_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(RegistryOptions::http());
+    let layout = dir.path().join("arm");
+    image_layout(
+        &layout,
+        "v1",
+        "arm64",
+        &[vec![("etc/arch", b"arm64\n".to_vec())]],
+    );
+    push(&registry, &layout, "v1", "team/arm:1", &Push::default());
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let r = reference(&registry, "team/arm:1");
+    let err = pull_one(insecure(&registry), &r, &amd64(), &store).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("linux/arm64") && text.contains("linux/amd64"),
+        "{text}"
+    );
+    assert!(store.list().unwrap().is_empty());
+    // The host it is for gets it.
+    pull_one(insecure(&registry), &r, &arm64(), &store).unwrap();
 }
