@@ -400,7 +400,6 @@ fn content_ranges() {
     assert!(!content_range_fits("", 5, 10));
 }
 
-
 #[test]
 fn a_ca_that_is_no_certificate_is_refused_when_the_client_is_made() {
     let bad_base64 = "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
@@ -468,9 +467,14 @@ fn a_challenge_without_a_scope_gets_a_token_for_the_repository_asked_about() {
     }));
     *realm.lock().unwrap() = host.clone();
     // A repository whose name holds "manifests": the scope is the whole name.
-    let err = client(&host, None).manifest("team/manifests/app", "1").unwrap_err();
+    let err = client(&host, None)
+        .manifest("team/manifests/app", "1")
+        .unwrap_err();
     assert!(matches!(err, ClientError::NotFound { .. }), "{err:?}");
     let seen = seen.lock().unwrap();
     let token = seen.iter().find(|s| s.path.starts_with("/token")).unwrap();
-    assert_eq!(token.path, "/token?scope=repository%3Ateam%2Fmanifests%2Fapp%3Apull");
+    assert_eq!(
+        token.path,
+        "/token?scope=repository%3Ateam%2Fmanifests%2Fapp%3Apull"
+    );
 }

@@ -121,8 +121,10 @@ fn pull_from(
         // No index chose it for this host: its config says what it is for.
         let config = store.read(&manifest.config.digest, manifest::MAX_CONFIG)?;
         if let Ok(offered) = serde_json::from_slice::<Platform>(&config) {
-            manifest::runs_on(&offered, platform)
-                .map_err(|source| ClientError::Manifest { url: url.clone(), source })?;
+            manifest::runs_on(&offered, platform).map_err(|source| ClientError::Manifest {
+                url: url.clone(),
+                source,
+            })?;
         }
     }
     for layer in &manifest.layers {
