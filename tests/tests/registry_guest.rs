@@ -3,9 +3,10 @@
 //! from the guest at 10.0.2.100 through QEMU's guestfwd, declared insecure
 //! in the host config. keel-pull (the confined system container) pulls,
 //! keel-init unpacks from its store and runs the container; a tag that is
-//! not there is a warning in `keelctl status` and leaves the host as it
-//! was; `config apply` with a new tag pulls it before it restarts the
-//! container, and a failed pull leaves the running container as it was.
+//! not there is a warning in `keelctl status` and leaves the running
+//! container as it was, and is tried again by itself until the tag turns
+//! up; `config apply` with a new tag pulls it before it restarts the
+//! container.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -122,6 +123,15 @@ fn a_container_runs_from_a_registry_image_and_a_new_tag_is_pulled_before_the_res
     );
     assert_eq!(g.service("app")["pid"].as_i64().unwrap(), app_pid);
     assert_eq!(version(&mut g), "image 1");
+    // The tag turns up: the failed pull is tried again by itself, with
+    // backoff, and the container restarts on it.
+    app_layout(&layout, "9");
+    push(&registry, &layout, "9", "team/app:9", &Push::default());
+    g.poll_shell("keelctl exec app -- /bin/cat /version", 120, |t| {
+        t.contains("image 9")
+    });
+    let status = g.shell("keelctl status");
+    assert!(!status.contains("team/app:9"), "a stale warning: {status}");
 
     // A new tag: pulled, then the container restarts on it.
     write_in_guest(&mut g, "/tmp/two.toml", &config("2"));

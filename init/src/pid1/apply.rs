@@ -76,6 +76,8 @@ pub(super) struct Configured {
     /// Remove unused unpacked roots once the boot's containers are ready.
     pub prune_pending: bool,
     pub trial: Option<Trial>,
+    /// Registry images whose pull failed, to try again.
+    pub retries: super::retry::Retries,
 }
 
 /// A config applied with `--try`.
@@ -120,6 +122,7 @@ impl Configured {
             forwarders: BTreeMap::new(),
             prune_pending: true,
             trial: None,
+            retries: Default::default(),
         }
     }
 }
@@ -203,6 +206,36 @@ impl Init {
         }
     }
 
+    /// A warning about container `name` that replaces its earlier ones: a
+    /// pull tried again and again says so once, with the latest reason.
+    fn warn_container(&mut self, name: &str, w: String) {
+        let prefix = format!("containers.{name}: ");
+        self.cfg
+            .state
+            .warnings
+            .retain(|old| !old.starts_with(&prefix));
+        self.warn(format!("{prefix}{w}"));
+    }
+
+    /// When the next failed pull is tried again.
+    pub(super) fn retry_deadline(&self) -> Option<Instant> {
+        self.cfg.retries.next()
+    }
+
+    /// Prepare again the containers whose retry is due.
+    pub(super) fn retry_due(&mut self) {
+        let due = self
+            .cfg
+            .retries
+            .due(Instant::now(), &self.cfg.config.containers);
+        if !due.is_empty() {
+            for (name, _) in &due {
+                log(format!("{name}: pulling its image again"));
+            }
+            self.prepare(due);
+        }
+    }
+
     fn warn(&mut self, w: String) {
         log(format!("error: {w}"));
         self.cfg.state.warnings.push(w);
@@ -248,11 +281,20 @@ impl Init {
                 });
             let mut w = match unpacked.and_then(|u| containers::finish(&name, &p.uc, &u, p.range)) {
                 Ok(w) => w,
+                Err(e) if matches!(p.uc.image, ImageSource::Registry(_)) => {
+                    let at = self.cfg.retries.failed(&name, &p.uc, now);
+                    let wait = at.saturating_duration_since(now).as_secs();
+                    self.warn_container(&name, format!("{e} (trying again in {wait} s)"));
+                    continue;
+                }
                 Err(e) => {
                     self.warn(format!("containers.{name}: {e}"));
                     continue;
                 }
             };
+            self.cfg.retries.forget(&name);
+            let stale = format!("containers.{name}: ");
+            self.cfg.state.warnings.retain(|w| !w.starts_with(&stale));
             config::derive::set_tz(&mut w.def, &self.cfg.tz);
             match self.sup.upsert(&name, w.def, now) {
                 Change::Added => log(format!("{name}: container added")),

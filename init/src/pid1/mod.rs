@@ -38,6 +38,7 @@ pub mod exec;
 mod host;
 pub mod logs;
 pub mod probe;
+mod retry;
 mod serve;
 mod setup;
 
@@ -345,6 +346,7 @@ fn turn(init: &mut Init, sfd: &SignalFd, listener: Option<&UnixListener>) {
         .next_deadline()
         .into_iter()
         .chain(init.trial_deadline())
+        .chain(init.retry_deadline())
         .chain(init.conns.deadline())
         .min()
         .map(|d| {
@@ -393,6 +395,7 @@ fn turn(init: &mut Init, sfd: &SignalFd, listener: Option<&UnixListener>) {
         init.shutdown(sfd, how);
     }
     init.workloads_ready();
+    init.retry_due();
     init.check_trial();
     init.sup.tick(Instant::now());
     init.sync_forwarders();
