@@ -322,13 +322,14 @@ fn fuzz_deps() -> anyhow::Result<()> {
 
 /// The fuzz targets (fuzz/fuzz_targets), each a parser of input keel
 /// treats as hostile.
-const FUZZ_TARGETS: [&str; 6] = [
+const FUZZ_TARGETS: [&str; 7] = [
     "hostconfig",
     "signed",
     "api",
     "oci_layer",
     "oci_image",
     "virtio",
+    "registry",
 ];
 
 /// Run every fuzz target, `seconds` split between them, each starting
