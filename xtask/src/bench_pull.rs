@@ -25,7 +25,6 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            // The high bits: the low byte of xorshift gzips to 60 %.
             (x >> 56) as u8
         })
         .collect()
@@ -90,7 +89,7 @@ pub fn pull(runs: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(&work)?;
 
     let layers: Vec<Vec<u8>> = (0..LAYERS)
-        .map(|i| noise(0x9e37_79b9 + i as u64, LAYER_BYTES))
+        .map(|i| noise(0x9e37_79b9_7f4a_7c15 ^ ((i as u64 + 1) << 33), LAYER_BYTES))
         .collect();
     let files: Vec<Vec<(&str, Vec<u8>)>> = layers
         .iter()
