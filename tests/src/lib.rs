@@ -394,6 +394,16 @@ impl Guest {
 
     /// Run `command` at the prompt every second until `done` accepts its
     /// output, for at most `tries` times; returns the accepted output.
+    /// Write `text` to `path` in the guest with the admin shell's printf
+    /// (quotes and newlines kept).
+    pub fn write_file(&mut self, path: &str, text: &str) {
+        let escaped = text
+            .replace('\\', "\\\\")
+            .replace('\'', "'\\''")
+            .replace('\n', "\\n");
+        self.shell(&format!("printf '{escaped}' > {path}"));
+    }
+
     pub fn poll_shell(&mut self, command: &str, tries: u32, done: impl Fn(&str) -> bool) -> String {
         let mut last = String::new();
         for _ in 0..tries {

@@ -53,14 +53,6 @@ fn config(tag: &str) -> String {
     )
 }
 
-fn write_in_guest(g: &mut Guest, path: &str, text: &str) {
-    let escaped = text
-        .replace('\\', "\\\\")
-        .replace('\'', "'\\''")
-        .replace('\n', "\\n");
-    g.shell(&format!("printf '{escaped}' > {path}"));
-}
-
 fn version(g: &mut Guest) -> String {
     g.shell("keelctl exec app -- /bin/cat /version")
         .trim()
@@ -114,7 +106,7 @@ fn a_container_runs_from_a_registry_image_and_a_new_tag_is_pulled_before_the_res
     // A tag the registry does not have: the pull fails, the status says
     // why, and the running container is the one it was.
     let app_pid = g.service("app")["pid"].as_i64().unwrap();
-    write_in_guest(&mut g, "/tmp/missing.toml", &config("9"));
+    g.write_file("/tmp/missing.toml", &config("9"));
     g.shell("keelctl config apply /tmp/missing.toml; echo rc=$?");
     let status = g.poll_shell("keelctl status", 60, |t| t.contains("team/app:9"));
     assert!(
@@ -134,7 +126,7 @@ fn a_container_runs_from_a_registry_image_and_a_new_tag_is_pulled_before_the_res
     assert!(!status.contains("team/app:9"), "a stale warning: {status}");
 
     // A new tag: pulled, then the container restarts on it.
-    write_in_guest(&mut g, "/tmp/two.toml", &config("2"));
+    g.write_file("/tmp/two.toml", &config("2"));
     let out = g.shell("keelctl config apply /tmp/two.toml; echo rc=$?");
     assert!(out.contains("rc=0"), "{out}");
     let out = g.poll_shell("keelctl exec app -- /bin/cat /version", 90, |t| {

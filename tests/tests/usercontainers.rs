@@ -102,15 +102,6 @@ fn uid_map(g: &mut Guest, name: &str) -> String {
     map.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// A file written in the guest with printf, TOML quotes kept.
-fn write_in_guest(g: &mut Guest, path: &str, text: &str) {
-    let escaped = text
-        .replace('\\', "\\\\")
-        .replace('\'', "'\\''")
-        .replace('\n', "\\n");
-    g.shell(&format!("printf '{escaped}' > {path}"));
-}
-
 // One long scenario rather than many short tests: each step needs the
 // state the steps before it left, and a boot costs seconds of the suite.
 #[test]
@@ -184,8 +175,7 @@ fn a_user_container_runs_from_var_and_config_apply_restarts_only_what_changed() 
     // Apply a file that changes the container only: the others keep their
     // processes.
     let (web, admin, app_pid) = (pid(&mut g, "web"), pid(&mut g, "admin"), pid(&mut g, "app"));
-    write_in_guest(
-        &mut g,
+    g.write_file(
         "/tmp/new.toml",
         &format!("{EXTRA}{}{ALPHA}", app("applied")),
     );
@@ -214,11 +204,7 @@ fn a_user_container_runs_from_var_and_config_apply_restarts_only_what_changed() 
     assert!(has_extra_address(&mut g), "the new config's address");
 
     // A bad file changes nothing.
-    write_in_guest(
-        &mut g,
-        "/tmp/bad.toml",
-        "[containers.app]\nimage = \"/opt/x\"\n",
-    );
+    g.write_file("/tmp/bad.toml", "[containers.app]\nimage = \"/opt/x\"\n");
     let out = g.shell("keelctl config apply /tmp/bad.toml; echo rc=$?");
     assert!(
         out.contains("/tmp/bad.toml:2:1: `containers.app.image`")
@@ -228,8 +214,7 @@ fn a_user_container_runs_from_var_and_config_apply_restarts_only_what_changed() 
     );
 
     // On trial: the web service is disabled, then back by itself.
-    write_in_guest(
-        &mut g,
+    g.write_file(
         "/tmp/try.toml",
         &format!("{BASE}{}[services.web]\nenabled = false\n", app("applied")),
     );

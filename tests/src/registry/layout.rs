@@ -131,7 +131,12 @@ pub fn image_layout(
     arch: &str,
     layers: &[Vec<(&str, Vec<u8>)>],
 ) -> String {
-    let mut d = image(dir, arch, None, layers);
+    tag_image(dir, image(dir, arch, None, layers), tag_name)
+}
+
+/// Name the image of descriptor `d` `tag_name` in the layout's index;
+/// its manifest's digest.
+fn tag_image(dir: &Path, mut d: Value, tag_name: &str) -> String {
     // A layout's top-level entry for an image needs no platform.
     if let Some(m) = d.as_object_mut() {
         m.remove("platform");
@@ -146,13 +151,7 @@ pub fn image_layout(
 /// `fixtures::layer`) and the config's `config` object (Entrypoint, Cmd,
 /// Env). Returns the manifest's digest.
 pub fn runnable_layout(dir: &Path, tag_name: &str, tars: &[Vec<u8>], run: Value) -> String {
-    let mut d = image_of_tars(dir, "amd64", None, tars, run);
-    if let Some(m) = d.as_object_mut() {
-        m.remove("platform");
-    }
-    let digest = digest_of(&d);
-    tag(dir, d, tag_name);
-    digest
+    tag_image(dir, image_of_tars(dir, "amd64", None, tars, run), tag_name)
 }
 
 /// A layout whose `tag` is a multi-arch OCI index as buildx writes them:
