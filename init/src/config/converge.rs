@@ -8,8 +8,10 @@
 
 use std::collections::BTreeMap;
 
+use keel_api::pull::hosts_for;
 use keel_formats::container::ContainerDef;
 use keel_formats::hostconfig::types::UserContainer;
+use keel_formats::hostconfig::values::ImageSource;
 use keel_formats::hostconfig::HostConfig;
 
 use super::derive::{admin_warnings, apply_services, set_tz, tz_rule, DHCP_TEMPLATE};
@@ -193,19 +195,28 @@ pub struct ContainerPlan {
     pub remove: Vec<String>,
 }
 
-pub fn plan_containers(
-    old: &BTreeMap<String, UserContainer>,
-    new: &BTreeMap<String, UserContainer>,
-) -> ContainerPlan {
+/// A container is prepared again when its entry changed, or when it pulls
+/// from a registry whose `[registries]` settings (mirrors, credentials,
+/// CAs) changed: a pull that failed for want of them is tried at once,
+/// and one that worked finds its image in the store and changes nothing.
+pub fn plan_containers(old: &HostConfig, new: &HostConfig) -> ContainerPlan {
+    let hosts = |config: &HostConfig, uc: &UserContainer| match &uc.image {
+        ImageSource::Registry(r) => hosts_for(r, &config.registries),
+        ImageSource::Path(_) => Vec::new(),
+    };
     ContainerPlan {
         prepare: new
+            .containers
             .iter()
-            .filter(|(n, uc)| old.get(*n) != Some(uc))
+            .filter(|(n, uc)| {
+                old.containers.get(*n) != Some(uc) || hosts(old, uc) != hosts(new, uc)
+            })
             .map(|(n, uc)| (n.clone(), uc.clone()))
             .collect(),
         remove: old
+            .containers
             .keys()
-            .filter(|n| !new.contains_key(*n))
+            .filter(|n| !new.containers.contains_key(*n))
             .cloned()
             .collect(),
     }

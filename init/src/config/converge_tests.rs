@@ -259,12 +259,52 @@ fn the_persons_containers_are_left_to_their_own_plan() {
     let plan = plan_services(table, vec![("web".into(), web.clone())], &["mine".into()]);
     assert_eq!(plan, ServicePlan::default());
 
-    let c = |text: &str| config(text).containers;
-    let old = c("[containers.a]\nimage = \"/var/a\"\n[containers.b]\nimage = \"/var/b\"\n");
-    let new = c("[containers.a]\nimage = \"/var/a2\"\n[containers.c]\nimage = \"/var/c\"\n");
+    let old = config("[containers.a]\nimage = \"/var/a\"\n[containers.b]\nimage = \"/var/b\"\n");
+    let new = config("[containers.a]\nimage = \"/var/a2\"\n[containers.c]\nimage = \"/var/c\"\n");
     let plan = plan_containers(&old, &new);
     let prepare: Vec<&str> = plan.prepare.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(prepare, ["a", "c"]);
     assert_eq!(plan.remove, ["b"]);
     assert_eq!(plan_containers(&new, &new), ContainerPlan::default());
+}
+
+#[test]
+fn new_registry_settings_prepare_the_containers_that_pull_from_it() {
+    let base = "[containers.app]\nimage = \"r.example/app:1\"\n\
+                [containers.other]\nimage = \"q.example/o:1\"\n\
+                [containers.local]\nimage = \"/var/img\"\n";
+    let old = config(base);
+    let with = |extra: &str| config(&format!("{base}{extra}"));
+    let prepared = |new: &HostConfig| -> Vec<String> {
+        plan_containers(&old, new)
+            .prepare
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    };
+    assert_eq!(
+        prepared(&with(
+            "[registries.\"r.example\"]\nusername = \"u\"\npassword = \"p\"\n"
+        )),
+        ["app"]
+    );
+    assert_eq!(
+        prepared(&with(
+            "[registries.\"q.example\"]\nmirrors = [\"m.example\"]\n"
+        )),
+        ["other"]
+    );
+    // A mirror's own settings count for the registries it mirrors.
+    let mirrored = config(&format!(
+        "{base}[registries.\"r.example\"]\nmirrors = [\"m.example\"]\n"
+    ));
+    let insecure = config(&format!(
+        "{base}[registries.\"r.example\"]\nmirrors = [\"m.example\"]\n\
+         [registries.\"m.example\"]\ninsecure = true\n"
+    ));
+    let plan = plan_containers(&mirrored, &insecure);
+    assert_eq!(plan.prepare.len(), 1);
+    assert_eq!(plan.prepare[0].0, "app");
+    // A registry no container pulls from changes nothing.
+    assert!(prepared(&with("[registries.\"z.example\"]\ninsecure = true\n")).is_empty());
 }

@@ -418,7 +418,7 @@ impl Init {
             }
         }
         // The person's containers: new or changed ones are prepared anew.
-        let containers = plan_containers(&old.containers, &self.cfg.config.containers);
+        let containers = plan_containers(&old, &self.cfg.config);
         for name in containers.remove {
             self.cfg.ports.remove(&name);
             self.cfg.preparing.remove(&name);
