@@ -55,6 +55,22 @@ pub enum Request {
     },
     /// Keep the config on trial.
     ConfirmConfig,
+    /// Pull an image from its registry (as the host config's
+    /// `[registries]` say) into the store, even if the store has it.
+    /// Answered, like the other image requests, with
+    /// [`crate::pull::PullEvent`] lines: progress, then the outcome.
+    ImagePull {
+        reference: String,
+    },
+    /// Every image in the store.
+    ImageList,
+    /// Remove an image no container of the host config uses.
+    ImageRm {
+        reference: String,
+    },
+    /// Remove every image no container of the host config uses, and the
+    /// unpacked roots no service runs on.
+    ImagePrune,
     Poweroff,
     Reboot,
 }

@@ -1,8 +1,10 @@
 //! What keel-init says to keel-pull, the confined system container that
-//! pulls images from registries: one JSON request line, then event lines
-//! (progress, then the outcome). The socket lives in keel-pull's own
-//! persistent folder, so only it (and root) can reach it; the credentials
-//! travel in the request and are kept nowhere else.
+//! pulls images from registries and keeps the image store: one JSON
+//! request line ([`PullerRequest`]), then event lines (a pull's progress,
+//! then the outcome). The socket lives in keel-pull's own persistent
+//! folder, so only it (and root) can reach it; the credentials travel in
+//! the request and are kept nowhere else. keel-init answers `keelctl
+//! image` with the same event lines.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +28,28 @@ pub const STORE_IN_SERVICE: &str = "var/lib/keel-pull/store";
 /// The socket and the store, relative to either.
 pub const SOCKET_NAME: &str = "pull.sock";
 pub const STORE_NAME: &str = "store";
+
+/// One request to keel-pull.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum PullerRequest {
+    Pull(PullRequest),
+    /// Every image in the store: [`PullEvent::Images`]. (A struct
+    /// variant: a unit one would take unknown fields.)
+    List {},
+    /// Remove an image's name, and the blobs nothing else needs.
+    Remove {
+        reference: String,
+    },
+    /// Remove the images not in `keep` (references in full), and every
+    /// blob no image needs. With a budget, only while the store holds more
+    /// than that many bytes, least recently pulled first.
+    Prune {
+        keep: Vec<String>,
+        #[serde(default)]
+        budget: Option<u64>,
+    },
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,6 +98,43 @@ pub enum PullEvent {
     Failed {
         message: String,
     },
+    /// The pull waits for others to finish first.
+    Queued {
+        ahead: usize,
+    },
+    /// The answer to [`PullerRequest::List`].
+    Images {
+        images: Vec<ImageInfo>,
+    },
+    /// The answer to a removal or a prune.
+    Removed {
+        references: Vec<String>,
+        /// Bytes deleted.
+        freed: u64,
+        /// Bytes the store holds now.
+        size: u64,
+    },
+}
+
+impl PullEvent {
+    /// Whether this event ends the answer.
+    pub fn is_last(&self) -> bool {
+        !matches!(self, PullEvent::Progress { .. } | PullEvent::Queued { .. })
+    }
+}
+
+/// One image in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    pub reference: String,
+    pub manifest: String,
+    /// Its config's digest, Docker's image id.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Bytes of its blobs (shared ones counted for each image).
+    pub size: u64,
+    /// Every blob it needs is in the store (else the next use pulls it).
+    pub whole: bool,
 }
 
 /// The hosts a pull of `reference` tries, as the host config's
@@ -127,6 +188,32 @@ mod tests {
         assert_eq!(hosts[2].username, None);
         let other: Reference = "r.example/a:1".parse().unwrap();
         assert_eq!(hosts_for(&other, &c.registries).len(), 1);
+    }
+
+    #[test]
+    fn requests_are_tagged_by_their_op_and_strict() {
+        let list: PullerRequest = serde_json::from_str(r#"{"op":"list"}"#).unwrap();
+        assert_eq!(list, PullerRequest::List {});
+        let pull: PullerRequest = serde_json::from_str(
+            r#"{"op":"pull","reference":"r/a:1","policy":"always","hosts":[{"host":"r"}]}"#,
+        )
+        .unwrap();
+        assert!(matches!(pull, PullerRequest::Pull(p) if p.reference == "r/a:1"));
+        let prune = PullerRequest::Prune {
+            keep: vec!["r/a:1".into()],
+            budget: Some(5),
+        };
+        let text = serde_json::to_string(&prune).unwrap();
+        assert_eq!(serde_json::from_str::<PullerRequest>(&text).unwrap(), prune);
+        for bad in [
+            r#"{"op":"list","extra":1}"#,
+            r#"{"op":"remove","reference":"a","x":1}"#,
+            r#"{"op":"pull","reference":"a","policy":"always","hosts":[],"x":1}"#,
+            r#"{"op":"format-disk"}"#,
+            r#"{"reference":"a"}"#,
+        ] {
+            assert!(serde_json::from_str::<PullerRequest>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

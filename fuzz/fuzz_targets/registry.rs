@@ -1,11 +1,11 @@
 //! What a registry and a host config send keel-pull and keel-init: image
 //! references, `WWW-Authenticate` challenges, token bodies, manifests and
-//! indexes, and pull requests. No input may panic; a reference that parses
-//! reads back the same from its own rendering, and an index's chosen entry
-//! is one of its entries.
+//! indexes, and keel-pull's requests and events. No input may panic; a
+//! reference that parses reads back the same from its own rendering, and
+//! an index's chosen entry is one of its entries.
 #![no_main]
 
-use keel_api::pull::PullRequest;
+use keel_api::pull::{PullEvent, PullerRequest};
 use keel_registry::auth;
 use keel_registry::manifest::{self, Parsed, Platform};
 use keel_registry::reference::{Digest, Reference};
@@ -36,5 +36,6 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             let _ = manifest::check_layer(l);
         }
     }
-    let _ = serde_json::from_str::<PullRequest>(text.trim());
+    let _ = serde_json::from_str::<PullerRequest>(text.trim());
+    let _ = serde_json::from_str::<PullEvent>(text.trim());
 });

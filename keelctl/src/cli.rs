@@ -68,6 +68,9 @@ enum Cmd {
     /// Host configs.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Images from registries: pull, list, rm, prune.
+    #[command(subcommand)]
+    Image(crate::image::ImageCmd),
     /// Stop every service and power off.
     Poweroff,
     /// Stop every service and reboot.
@@ -312,6 +315,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             std::process::exit(code);
         }
         Cmd::Update(cmd) => update(cmd)?,
+        Cmd::Image(cmd) => crate::image::run(socket, cmd)?,
         Cmd::Config(ConfigCmd::Apply { file, try_for }) => {
             let try_s = try_for.map(|d| d.0);
             let text =

@@ -4,6 +4,7 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 mod cli;
+mod image;
 
 use clap::Parser;
 

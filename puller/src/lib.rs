@@ -10,26 +10,31 @@
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use keel_api::pull::{PullEvent, PullRequest, SOCKET_NAME, STORE_NAME};
+use keel_api::pull::{ImageInfo, PullEvent, PullRequest, PullerRequest, SOCKET_NAME, STORE_NAME};
 use keel_formats::hostconfig::types::Pull;
 use keel_registry::auth::Credentials;
 use keel_registry::client::{Client, Options, Progress};
 use keel_registry::manifest::{self, Parsed, Platform};
 use keel_registry::reference::{is_registry_host, Digest, Reference};
-use keel_registry::store::{Store, StoreError};
+use keel_registry::store::{Prune, Removed, Store, StoreError};
 
 /// Pulls at once; more wait for a turn (each is mostly waiting on the
 /// network, but each holds a connection and a thread).
 const MAX_PULLS: usize = 4;
+/// Connections at once (each a thread); past this one is answered busy.
+const MAX_CONNECTIONS: usize = 32;
 /// A request arrives at once; a client that sends nothing is dropped.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client that reads no event for this long has gone; the pull goes on.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Hosts of one request: a registry's mirrors and itself.
 const MAX_HOSTS: usize = 16;
+/// Images a prune keeps: far more than a host config has containers.
+const MAX_KEEP: usize = 4096;
 /// Progress at most this often per blob (plus its last).
 const PROGRESS_BYTES: u64 = 256 << 10;
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
@@ -54,7 +59,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PullerError + '_ {
 
 /// Serve requests on `dir`/pull.sock into the store at `dir`/store.
 pub fn serve(dir: &Path) -> Result<(), PullerError> {
-    let store = Arc::new(Store::open(&dir.join(STORE_NAME))?);
+    let puller = Arc::new(Puller::open(&dir.join(STORE_NAME))?);
     let socket = dir.join(SOCKET_NAME);
     // Bound under another name and renamed once it is root's and ours
     // only: no client ever reaches a socket others could reach too.
@@ -65,71 +70,187 @@ pub fn serve(dir: &Path) -> Result<(), PullerError> {
         .map_err(io_err(&fresh))?;
     std::fs::rename(&fresh, &socket).map_err(io_err(&socket))?;
     eprintln!("keel-pull: serving on {}", socket.display());
-    let turns = Arc::new((Mutex::new(0usize), Condvar::new()));
+    let connections = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
         let Ok(stream) = conn else { continue };
-        take_turn(&turns);
-        let (store, turns) = (store.clone(), turns.clone());
+        if connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            connections.fetch_sub(1, Ordering::SeqCst);
+            let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+            let busy = PullEvent::Failed {
+                message: format!("keel-pull is busy: {MAX_CONNECTIONS} requests at once"),
+            };
+            let _ = keel_api::wire::send_line(&stream, &busy, &[]);
+            continue;
+        }
+        let (puller, connections) = (puller.clone(), connections.clone());
         std::thread::spawn(move || {
-            handle(&stream, &store);
-            give_turn(&turns);
+            puller.handle(&stream);
+            connections.fetch_sub(1, Ordering::SeqCst);
         });
     }
     Ok(())
 }
 
-fn take_turn(turns: &(Mutex<usize>, Condvar)) {
-    let (count, cv) = turns;
-    let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
-    while *n >= MAX_PULLS {
-        n = cv.wait(n).unwrap_or_else(|p| p.into_inner());
+/// The store, and who may use it when.
+#[derive(Debug)]
+pub struct Puller {
+    store: Store,
+    /// Pulls and listings read; removals and prunes write, so that a blob a
+    /// pull found in the store is not deleted before the pull tags the
+    /// image that needs it.
+    gc: RwLock<()>,
+    /// Pulls running, and pulls waiting for a turn.
+    turns: Mutex<(usize, usize)>,
+    turn_free: Condvar,
+}
+
+/// A pull's turn, given back when it ends (even by a panic).
+struct Turn<'a>(&'a Puller);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut t = self.0.turns.lock().unwrap_or_else(|p| p.into_inner());
+        t.0 = t.0.saturating_sub(1);
+        self.0.turn_free.notify_one();
     }
-    *n = n.saturating_add(1);
 }
 
-fn give_turn(turns: &(Mutex<usize>, Condvar)) {
-    let (count, cv) = turns;
-    let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
-    *n = n.saturating_sub(1);
-    cv.notify_one();
-}
+impl Puller {
+    pub fn open(store: &Path) -> Result<Puller, PullerError> {
+        Ok(Puller {
+            store: Store::open(store)?,
+            gc: RwLock::new(()),
+            turns: Mutex::new((0, 0)),
+            turn_free: Condvar::new(),
+        })
+    }
 
-/// One connection: its request, its events.
-fn handle(stream: &UnixStream, store: &Store) {
-    let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let mut gone = false;
-    let mut send = |event: &PullEvent| {
-        if !gone && keel_api::wire::send_line(stream, event, &[]).is_err() {
-            gone = true;
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// One connection: its request, its events.
+    fn handle(&self, stream: &UnixStream) {
+        let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
+        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+        let mut gone = false;
+        let mut send = |event: &PullEvent| {
+            if !gone && keel_api::wire::send_line(stream, event, &[]).is_err() {
+                gone = true;
+            }
+        };
+        let outcome = match keel_api::wire::receive(stream) {
+            Ok((line, _fds)) => self.answer(&line, &mut send),
+            Err(message) => PullEvent::Failed { message },
+        };
+        if let PullEvent::Failed { message } = &outcome {
+            eprintln!("keel-pull: {message}");
         }
-    };
-    let outcome = match keel_api::wire::receive(stream) {
-        Ok((line, _fds)) => answer(&line, store, &mut send),
-        Err(message) => PullEvent::Failed { message },
-    };
-    if let PullEvent::Failed { message } = &outcome {
-        eprintln!("keel-pull: {message}");
+        send(&outcome);
     }
-    send(&outcome);
+
+    /// The answer to request `line`: a pull's events go to `events`, and
+    /// the last event is returned.
+    pub fn answer(&self, line: &str, events: &mut dyn FnMut(&PullEvent)) -> PullEvent {
+        let outcome = match serde_json::from_str::<PullerRequest>(line.trim_end()) {
+            Err(e) => Err(format!("the request: {e}")),
+            Ok(PullerRequest::Pull(req)) => {
+                let _turn = self.take_turn(events);
+                let _reading = self.gc.read().unwrap_or_else(|p| p.into_inner());
+                pull(req, &self.store, events)
+            }
+            Ok(PullerRequest::List {}) => {
+                let _reading = self.gc.read().unwrap_or_else(|p| p.into_inner());
+                list(&self.store)
+            }
+            Ok(PullerRequest::Remove { reference }) => {
+                let _writing = self.gc.write().unwrap_or_else(|p| p.into_inner());
+                remove(&self.store, &reference)
+            }
+            Ok(PullerRequest::Prune { keep, budget }) => {
+                let _writing = self.gc.write().unwrap_or_else(|p| p.into_inner());
+                prune(&self.store, &keep, budget)
+            }
+        };
+        outcome.unwrap_or_else(|message| PullEvent::Failed { message })
+    }
+
+    /// Wait for a pull's turn, saying so if it has to.
+    fn take_turn(&self, events: &mut dyn FnMut(&PullEvent)) -> Turn<'_> {
+        let mut t = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+        if t.0 >= MAX_PULLS {
+            events(&PullEvent::Queued { ahead: t.1 });
+            t.1 = t.1.saturating_add(1);
+            while t.0 >= MAX_PULLS {
+                t = self.turn_free.wait(t).unwrap_or_else(|p| p.into_inner());
+            }
+            t.1 = t.1.saturating_sub(1);
+        }
+        t.0 = t.0.saturating_add(1);
+        Turn(self)
+    }
 }
 
-/// The answer to request `line`: the events of its pull go to `events`,
-/// and the outcome (Pulled or Failed) is returned.
-pub fn answer(line: &str, store: &Store, events: &mut dyn FnMut(&PullEvent)) -> PullEvent {
-    match pull(line, store, events) {
-        Ok(event) => event,
-        Err(message) => PullEvent::Failed { message },
+fn list(store: &Store) -> Result<PullEvent, String> {
+    let images = store.images().map_err(|e| e.to_string())?;
+    Ok(PullEvent::Images {
+        images: images
+            .into_iter()
+            .map(|i| ImageInfo {
+                reference: i.name,
+                manifest: i.manifest.to_string(),
+                id: i.config.map(|c| c.to_string()),
+                size: i.size,
+                whole: i.whole,
+            })
+            .collect(),
+    })
+}
+
+fn removed(r: Removed) -> PullEvent {
+    PullEvent::Removed {
+        references: r.names,
+        freed: r.freed,
+        size: r.size,
     }
+}
+
+fn remove(store: &Store, reference: &str) -> Result<PullEvent, String> {
+    let r: Reference = reference.parse().map_err(|e| format!("{e}"))?;
+    match store.remove(&r.to_string()).map_err(|e| e.to_string())? {
+        Some(r) => Ok(removed(r)),
+        None => Err(format!("{r}: no such image in the store")),
+    }
+}
+
+fn prune(store: &Store, keep: &[String], budget: Option<u64>) -> Result<PullEvent, String> {
+    if keep.len() > MAX_KEEP {
+        return Err(format!(
+            "a prune keeping {} images; at most {MAX_KEEP} are allowed",
+            keep.len()
+        ));
+    }
+    // Kept by the names the store gives them: the references in full.
+    let keep = keep
+        .iter()
+        .map(|k| k.parse::<Reference>().map(|r| r.to_string()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("an image to keep: {e}"))?;
+    let how = match budget {
+        Some(budget) => Prune::ToBudget {
+            keep: &keep,
+            budget,
+        },
+        None => Prune::Unused { keep: &keep },
+    };
+    store.prune(how).map(removed).map_err(|e| e.to_string())
 }
 
 fn pull(
-    line: &str,
+    req: PullRequest,
     store: &Store,
     events: &mut dyn FnMut(&PullEvent),
 ) -> Result<PullEvent, String> {
-    let req: PullRequest =
-        serde_json::from_str(line.trim_end()).map_err(|e| format!("the request: {e}"))?;
     let reference: Reference = req.reference.parse().map_err(|e| format!("{e}"))?;
     if req.hosts.is_empty() || req.hosts.len() > MAX_HOSTS {
         return Err(format!(

@@ -48,7 +48,7 @@ fn ask(dir: &Path, line: &str) -> Vec<PullEvent> {
     let mut events = Vec::new();
     for l in BufReader::new(s).lines() {
         let e: PullEvent = serde_json::from_str(&l.unwrap()).unwrap();
-        let last = !matches!(e, PullEvent::Progress { .. });
+        let last = e.is_last();
         events.push(e);
         if last {
             break;
@@ -59,7 +59,7 @@ fn ask(dir: &Path, line: &str) -> Vec<PullEvent> {
 
 fn request(registry: &Registry, tag: &str, policy: &str) -> String {
     format!(
-        r#"{{"reference":"{host}/team/app:{tag}","policy":"{policy}","hosts":[{{"host":"{host}","insecure":true}}]}}"#,
+        r#"{{"op":"pull","reference":"{host}/team/app:{tag}","policy":"{policy}","hosts":[{{"host":"{host}","insecure":true}}]}}"#,
         host = registry.host()
     )
 }
@@ -150,4 +150,24 @@ fn the_daemon_pulls_for_keel_init_and_serves_on_after_a_bad_request() {
         matches!(always.last(), Some(PullEvent::Pulled { host, .. }) if *host == registry.host()),
         "{always:?}"
     );
+
+    // What `keelctl image list`, `rm` and `prune` ask.
+    let listed = ask(&state, r#"{"op":"list"}"#);
+    let [PullEvent::Images { images }] = listed.as_slice() else {
+        panic!("{listed:?}")
+    };
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].reference, name.to_string());
+    assert!(images[0].whole && images[0].size > 0);
+    let kept = ask(&state, &format!(r#"{{"op":"prune","keep":["{name}"]}}"#));
+    assert!(
+        matches!(kept.as_slice(), [PullEvent::Removed { references, .. }] if references.is_empty()),
+        "{kept:?}"
+    );
+    let pruned = ask(&state, r#"{"op":"prune","keep":[]}"#);
+    assert!(
+        matches!(pruned.as_slice(), [PullEvent::Removed { references, freed, size: 0 }] if references.len() == 1 && *freed == images[0].size),
+        "{pruned:?}"
+    );
+    assert!(store.list().unwrap().is_empty());
 }

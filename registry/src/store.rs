@@ -1,7 +1,7 @@
 //! The content-addressed store pulls land in: one OCI image layout
 //! (`oci-layout`, `index.json`, `blobs/sha256/<hex>`), so any OCI tool
 //! reads it and keel-oci opens images from it, plus `ingest/` for blobs
-//! still downloading.
+//! still downloading. What it holds is listed and collected in [`gc`].
 //!
 //! Power cuts: a blob reaches `blobs/` only by a rename after its bytes
 //! were checked against its digest and synced, so a blob there is whole; a
@@ -405,6 +405,10 @@ impl Ingest {
         let _ = fs::remove_file(&self.path);
     }
 }
+
+#[path = "store_gc.rs"]
+mod gc;
+pub use gc::{Image, Prune, Removed};
 
 #[cfg(test)]
 #[path = "store_tests.rs"]

@@ -6,7 +6,8 @@
 //! not there is a warning in `keelctl status` and leaves the running
 //! container as it was, and is tried again by itself until the tag turns
 //! up; `config apply` with a new tag pulls it before it restarts the
-//! container.
+//! container. `keelctl image` pulls, lists, removes and prunes, and the
+//! store is collected to its budget after an apply.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -125,8 +126,10 @@ fn a_container_runs_from_a_registry_image_and_a_new_tag_is_pulled_before_the_res
     let status = g.shell("keelctl status");
     assert!(!status.contains("team/app:9"), "a stale warning: {status}");
 
-    // A new tag: pulled, then the container restarts on it.
-    g.write_file("/tmp/two.toml", &config("2"));
+    // A new tag: pulled, then the container restarts on it. A budget of
+    // nothing: the images no container uses go once it runs.
+    let two = format!("{}\n[images]\nbudget = \"0\"\n", config("2"));
+    g.write_file("/tmp/two.toml", &two);
     let out = g.shell("keelctl config apply /tmp/two.toml; echo rc=$?");
     assert!(out.contains("rc=0"), "{out}");
     let out = g.poll_shell("keelctl exec app -- /bin/cat /version", 90, |t| {
@@ -134,4 +137,59 @@ fn a_container_runs_from_a_registry_image_and_a_new_tag_is_pulled_before_the_res
     });
     assert!(out.contains("image 2"), "{out}");
     assert!(registry.log().contains("GET /v2/team/app/manifests/2"));
+    let app = |tag: &str| format!("{REGISTRY}/team/app:{tag}");
+    let list = g.poll_shell("keelctl image list", 60, |t| !t.contains(&app("1")));
+    assert!(
+        list.contains(&app("2")) && !list.contains(&app("1")) && !list.contains(&app("9")),
+        "{list}"
+    );
+
+    // keelctl image: a pull with progress (one line per layer off a
+    // terminal), the store's list, rm refused for an image in use.
+    let out = g.shell(&format!(
+        "keelctl image pull {} >/tmp/pull.out 2>&1; echo rc=$?; cat /tmp/pull.out",
+        app("1")
+    ));
+    assert!(
+        out.contains("rc=0") && out.contains(&format!("fetched from {REGISTRY}")),
+        "{out}"
+    );
+    assert!(out.contains(" / "), "no progress line: {out}");
+    let list = g.shell("keelctl image list");
+    assert!(
+        list.contains(&app("1")) && list.contains(&app("2")),
+        "{list}"
+    );
+    assert!(
+        list.starts_with("REFERENCE") || list.contains("\nREFERENCE"),
+        "{list}"
+    );
+    let out = g.shell(&format!("keelctl image rm {} 2>&1; echo rc=$?", app("2")));
+    assert!(
+        out.contains("containers.app") && out.contains("rc=1"),
+        "{out}"
+    );
+    let out = g.shell(&format!(
+        "keelctl image rm {REGISTRY}/team/app:404 2>&1; echo rc=$?"
+    ));
+    assert!(
+        out.contains("no such image") && out.contains("rc=1"),
+        "{out}"
+    );
+    let out = g.shell("keelctl image prune; echo rc=$?");
+    assert!(
+        out.contains(&format!("removed {}", app("1"))) && out.contains("rc=0"),
+        "{out}"
+    );
+    let list = g.shell("keelctl image list");
+    assert!(
+        list.contains(&app("2")) && !list.contains(&app("1")),
+        "{list}"
+    );
+    // The container runs on, and comes back on its image after a restart.
+    g.shell("keelctl restart app");
+    let out = g.poll_shell("keelctl exec app -- /bin/cat /version", 60, |t| {
+        t.contains("image 2")
+    });
+    assert!(out.contains("image 2"), "{out}");
 }

@@ -73,6 +73,7 @@ const SECTIONS: &[&str] = &[
     "vms",
     "update",
     "registries",
+    "images",
 ];
 
 /// Sections whose entries are read one by one.

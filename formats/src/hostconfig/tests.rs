@@ -108,7 +108,7 @@ fn unknown_keys_and_wrong_types_are_each_reported_in_place() {
     assert_eq!(
         e,
         [
-            "host.toml:2:1: `colour`: unknown key; a host config has hostname, timezone, sysctl, network, time, admin, services, containers, vms, update, registries",
+            "host.toml:2:1: `colour`: unknown key; a host config has hostname, timezone, sysctl, network, time, admin, services, containers, vms, update, registries, images",
             "host.toml:5:11: `services.web.enabled`: invalid type: string \"no\", expected a boolean",
             "host.toml:8:1: `services.admin.restart`: unknown field `restart`, expected one of `enabled`, `env`, `limits`",
             "host.toml:11:11: `admin.console`: invalid type: integer `3`, expected a boolean",
@@ -325,6 +325,7 @@ fn the_reference_names_every_key_and_its_example_is_valid() {
         ("vms.NAME.", fields_of::<Vm>()),
         ("update.", fields_of::<Update>()),
         ("registries.HOST.", fields_of::<Registry>()),
+        ("images.", fields_of::<Images>()),
     ];
     let mut missing = Vec::new();
     for (prefix, fields) in &groups {

@@ -42,6 +42,38 @@ pub struct HostConfig {
     /// with the webpki roots and no credentials.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub registries: BTreeMap<String, Registry>,
+    /// The store images from registries are pulled into.
+    #[serde(default)]
+    pub images: Images,
+}
+
+/// `[images]`: how much the image store keeps besides what is in use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Images {
+    /// Past this size, images no container uses are removed, least
+    /// recently pulled first (after the boot's containers are up, and
+    /// after each `config apply`). Images in use are never removed.
+    #[serde(default = "Images::default_budget")]
+    pub budget: Bytes,
+}
+
+impl Images {
+    /// Room for a few unused images to come back to (a rollback of
+    /// `config apply`) without holding on to every one ever pulled.
+    pub const DEFAULT_BUDGET: Bytes = Bytes(4 << 30);
+
+    fn default_budget() -> Bytes {
+        Self::DEFAULT_BUDGET
+    }
+}
+
+impl Default for Images {
+    fn default() -> Images {
+        Images {
+            budget: Self::DEFAULT_BUDGET,
+        }
+    }
 }
 
 /// One registry host, as containerd's hosts.toml and Talos's

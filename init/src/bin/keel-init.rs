@@ -23,6 +23,7 @@ fn main() {
         Some("port-proxy") => keel_init::net::portproxy::helper_main(&args[1..]),
         Some("prepare-container") => keel_init::containers::helper_main(&args[1..]),
         Some("prune-roots") => keel_init::containers::prune_main(&args[1..]),
+        Some("image-call") => keel_init::containers::pull::image_call_main(),
         _ => {}
     }
     if nix::unistd::getpid().as_raw() != 1 {

@@ -10,11 +10,14 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use keel_api::pull::{PullEvent, PullRequest, PULL_DIR_ON_HOST, SOCKET_NAME};
+use keel_api::pull::{PullEvent, PullRequest, PullerRequest, PULL_DIR_ON_HOST, SOCKET_NAME};
 
 /// keel-pull starts with the other system services; a container prepared
 /// at boot may ask before its socket is there.
 const CONNECT_FOR: Duration = Duration::from_secs(60);
+/// `keelctl image` on a running host: keel-pull is up, or it is not
+/// going to be.
+const CALL_CONNECT_FOR: Duration = Duration::from_secs(5);
 /// Between two events of a pull (progress comes several times a second
 /// while bytes flow): longer is a registry or a keel-pull that hangs.
 const QUIET_FOR: Duration = Duration::from_secs(300);
@@ -42,16 +45,70 @@ pub fn pull(req: &PullRequest) -> Result<String, String> {
 }
 
 fn pull_at(socket: &Path, req: &PullRequest, connect_for: Duration) -> Result<String, String> {
+    let ask = PullerRequest::Pull(req.clone());
+    match call_at(socket, &ask, connect_for, &mut |_| Ok(()))? {
+        PullEvent::Pulled { manifest, .. } => Ok(manifest),
+        PullEvent::Failed { message } => Err(format!("pulling {}: {message}", req.reference)),
+        other => Err(format!(
+            "keel-pull answered the pull of {} with {other:?}",
+            req.reference
+        )),
+    }
+}
+
+/// `keel-init image-call`: PID 1's helper for `keelctl image`. The request
+/// for keel-pull comes on stdin (a pull's with the registry's
+/// credentials, which keelctl never sees); stdout is keelctl's connection,
+/// and every event keel-pull sends goes on to it, then the last one.
+pub fn image_call_main() -> ! {
+    let mut out = std::io::stdout().lock();
+    let mut relay = |line: &str| -> Result<(), String> {
+        out.write_all(line.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| format!("keelctl went away: {e}"))
+    };
+    let last = read_call(std::io::stdin().lock()).and_then(|req| {
+        let socket = Path::new(PULL_DIR_ON_HOST).join(SOCKET_NAME);
+        call_at(&socket, &req, CALL_CONNECT_FOR, &mut relay)
+    });
+    let last = last.unwrap_or_else(|message| PullEvent::Failed { message });
+    if let Ok(line) = serde_json::to_string(&last) {
+        let _ = relay(&format!("{line}\n"));
+    }
+    std::process::exit(0)
+}
+
+/// Read the request PID 1 wrote to the image helper's stdin.
+fn read_call(input: impl Read) -> Result<PullerRequest, String> {
+    let mut text = Vec::new();
+    input
+        .take(MAX_REQUEST)
+        .read_to_end(&mut text)
+        .map_err(|e| format!("reading the request: {e}"))?;
+    serde_json::from_slice(&text).map_err(|e| format!("the request: {e}"))
+}
+
+/// Send `req` to keel-pull at `socket`; every event before the last goes
+/// to `each` as its line, and the last is returned.
+fn call_at(
+    socket: &Path,
+    req: &PullerRequest,
+    connect_for: Duration,
+    each: &mut dyn FnMut(&str) -> Result<(), String>,
+) -> Result<PullEvent, String> {
     let shown = socket.display();
     let started = Instant::now();
     let mut stream = loop {
         match UnixStream::connect(socket) {
             Ok(s) => break s,
-            Err(e) if started.elapsed() < connect_for => {
-                let _ = e;
+            Err(_) if started.elapsed() < connect_for => {
                 std::thread::sleep(Duration::from_millis(250));
             }
-            Err(e) => return Err(format!("keel-pull ({shown}) is not there: {e}")),
+            Err(e) => {
+                return Err(format!(
+                "keel-pull ({shown}) is not there: {e} (is the pull service enabled and running?)"
+            ))
+            }
         }
     };
     let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
@@ -68,21 +125,16 @@ fn pull_at(socket: &Path, req: &PullRequest, connect_for: Duration) -> Result<St
         let n = (&mut events)
             .take(MAX_EVENT)
             .read_line(&mut line)
-            .map_err(|e| format!("{shown}: waiting for the pull of {}: {e}", req.reference))?;
+            .map_err(|e| format!("{shown}: waiting for keel-pull: {e}"))?;
         if n == 0 {
-            return Err(format!(
-                "keel-pull ended the pull of {} without a result",
-                req.reference
-            ));
+            return Err("keel-pull hung up without an answer".to_string());
         }
-        match serde_json::from_str::<PullEvent>(&line) {
-            Ok(PullEvent::Progress { .. }) => {}
-            Ok(PullEvent::Pulled { manifest, .. }) => return Ok(manifest),
-            Ok(PullEvent::Failed { message }) => {
-                return Err(format!("pulling {}: {message}", req.reference))
-            }
-            Err(e) => return Err(format!("{shown}: an answer that is not an event: {e}")),
+        let event = serde_json::from_str::<PullEvent>(&line)
+            .map_err(|e| format!("{shown}: an answer that is not an event: {e}"))?;
+        if event.is_last() {
+            return Ok(event);
         }
+        each(&line)?;
     }
 }
 
@@ -111,7 +163,7 @@ mod tests {
                 let mut conn = conn.unwrap();
                 let mut got = String::new();
                 BufReader::new(&conn).read_line(&mut got).unwrap();
-                let _: PullRequest = serde_json::from_str(&got).unwrap();
+                let _: PullerRequest = serde_json::from_str(&got).unwrap();
                 conn.write_all(lines.as_bytes()).unwrap();
             }
         });
@@ -142,7 +194,7 @@ mod tests {
         let (_d, socket) = daemon("");
         assert!(pull_at(&socket, &request(), Duration::ZERO)
             .unwrap_err()
-            .contains("without a result"));
+            .contains("without an answer"));
         let (_d, socket) = daemon("garbage\n");
         assert!(pull_at(&socket, &request(), Duration::ZERO)
             .unwrap_err()
@@ -151,5 +203,22 @@ mod tests {
         assert!(pull_at(missing, &request(), Duration::ZERO)
             .unwrap_err()
             .contains("is not there"));
+    }
+}
+
+#[cfg(test)]
+mod call_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_image_helper_reads_one_strict_request() {
+        assert_eq!(
+            read_call(&br#"{"op":"list"}"#[..]).unwrap(),
+            PullerRequest::List {}
+        );
+        assert!(read_call(&b"{\"op\":\"rm\"}"[..])
+            .unwrap_err()
+            .starts_with("the request: "));
     }
 }

@@ -75,6 +75,9 @@ pub(super) struct Configured {
     pub forwarders: BTreeMap<String, Forwarder>,
     /// Remove unused unpacked roots once the boot's containers are ready.
     pub prune_pending: bool,
+    /// Keep the image store within its budget once the containers of the
+    /// boot, or of an apply, are ready.
+    pub collect_pending: bool,
     pub trial: Option<Trial>,
     /// Registry images whose pull failed, to try again.
     pub retries: super::retry::Retries,
@@ -121,6 +124,7 @@ impl Configured {
             ports: BTreeMap::new(),
             forwarders: BTreeMap::new(),
             prune_pending: true,
+            collect_pending: true,
             trial: None,
             retries: Default::default(),
         }
@@ -305,23 +309,15 @@ impl Init {
         }
         // Once the boot's containers are ready and the boot's verdict is
         // in: a helper started earlier competes with the services the
-        // verdict waits for. Nothing to prune without unpacked roots.
-        if self.cfg.prune_pending
-            && self.cfg.preparing.is_empty()
-            && self.said != crate::supervisor::Health::Starting
-        {
-            self.cfg.prune_pending = false;
-            if !Path::new(containers::ROOTS_DIR).exists() {
-                return;
+        // verdict waits for. Roots are pruned once a boot (a root being
+        // unpacked by a later apply must not meet a prune that does not
+        // know it); the store, which keel-pull guards, after every apply.
+        if self.cfg.preparing.is_empty() && self.said != crate::supervisor::Health::Starting {
+            if std::mem::take(&mut self.cfg.prune_pending) {
+                self.prune_roots();
             }
-            let keep: Vec<String> = self
-                .sup
-                .services()
-                .iter()
-                .filter_map(|s| s.def.root_dir.clone())
-                .collect();
-            if let Err(e) = Command::new(SELF).arg("prune-roots").args(keep).spawn() {
-                log(format!("warning: pruning unpacked roots: {e}"));
+            if std::mem::take(&mut self.cfg.collect_pending) {
+                self.collect_images();
             }
         }
     }
@@ -430,6 +426,7 @@ impl Init {
             changes.push(format!("preparing container {name}"));
         }
         self.prepare(containers.prepare);
+        self.cfg.collect_pending = true;
         self.cfg.dhcp = out.dhcp;
         self.cfg.tz = out.tz;
         self.cfg.state = ConfigState {

@@ -36,6 +36,7 @@ pub mod bootgate;
 mod conns;
 pub mod exec;
 mod host;
+mod images;
 pub mod logs;
 pub mod probe;
 mod retry;

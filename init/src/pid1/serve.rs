@@ -99,6 +99,17 @@ impl Init {
             }
             return None;
         }
+        if let Ok(
+            req @ (Request::ImagePull { .. }
+            | Request::ImageList
+            | Request::ImageRm { .. }
+            | Request::ImagePrune),
+        ) = &request
+        {
+            // Answered by a helper, as keel-pull's events come.
+            self.image(stream, req);
+            return None;
+        }
         let (response, shutdown) = match request {
             Ok(Request::Status) => (Response::Status(self.status()), None),
             Ok(Request::Logs { name, since }) => (self.logs(&name, since), None),
@@ -130,6 +141,12 @@ impl Init {
             Ok(Request::Poweroff) => (Response::Ok, Some(Shutdown::Poweroff)),
             Ok(Request::Reboot) => (Response::Ok, Some(Shutdown::Reboot)),
             Ok(Request::Exec { .. }) => (Response::Error("exec is answered above".into()), None),
+            Ok(
+                Request::ImagePull { .. }
+                | Request::ImageList
+                | Request::ImageRm { .. }
+                | Request::ImagePrune,
+            ) => (Response::Error("images are answered above".into()), None),
             Err(e) => (Response::Error(e), None),
         };
         keel_api::wire::respond(&stream, &response);
