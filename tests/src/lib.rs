@@ -9,6 +9,7 @@ pub mod fixtures;
 pub mod host;
 pub mod http;
 pub mod registry;
+pub mod throttle;
 pub mod updates;
 pub mod vmm_guest;
 pub mod volatile;
@@ -392,8 +393,6 @@ impl Guest {
             .unwrap_or_else(|| panic!("no service {name} in {st}"))
     }
 
-    /// Run `command` at the prompt every second until `done` accepts its
-    /// output, for at most `tries` times; returns the accepted output.
     /// Write `text` to `path` in the guest with the admin shell's printf
     /// (quotes and newlines kept).
     pub fn write_file(&mut self, path: &str, text: &str) {
@@ -404,6 +403,8 @@ impl Guest {
         self.shell(&format!("printf '{escaped}' > {path}"));
     }
 
+    /// Run `command` at the prompt every second until `done` accepts its
+    /// output, for at most `tries` times; returns the accepted output.
     pub fn poll_shell(&mut self, command: &str, tries: u32, done: impl Fn(&str) -> bool) -> String {
         let mut last = String::new();
         for _ in 0..tries {
@@ -419,7 +420,6 @@ impl Guest {
         );
     }
 
-    /// Wait for QEMU to exit.
     /// Cut the power: QEMU is killed, whatever the guest is doing. What
     /// QEMU had written reaches the disk file; the guest's caches do not.
     pub fn power_cut(&mut self) {
@@ -427,6 +427,7 @@ impl Guest {
         let _ = self.child.wait();
     }
 
+    /// Wait for QEMU to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {

@@ -56,6 +56,10 @@ fn tool(path: &'static str, package: &str) -> &'static str {
     path
 }
 
+/// Where a guest booted with a forward of port 5000 to a registry reaches
+/// it (QEMU's guestfwd on the user network).
+pub const GUEST_ADDRESS: &str = "10.0.2.100";
+
 /// How to run a [`Registry`].
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -78,8 +82,8 @@ impl Options {
         Options::default()
     }
 
-    /// HTTPS with a certificate for 127.0.0.1 and localhost from a fresh
-    /// [`TestCa`].
+    /// HTTPS with a certificate for 127.0.0.1, localhost and
+    /// [`GUEST_ADDRESS`] from a fresh [`TestCa`].
     pub fn tls() -> Options {
         Options {
             tls: true,
@@ -145,7 +149,8 @@ impl Registry {
         std::fs::write(r.auth_file(), "{}").expect("writing auth.json");
         if r.options.tls {
             let ca = TestCa::generate();
-            let (cert, key) = ca.server_cert(&["127.0.0.1", "localhost"]);
+            // And the address QEMU's guestfwd gives it in a guest.
+            let (cert, key) = ca.server_cert(&["127.0.0.1", "localhost", GUEST_ADDRESS]);
             std::fs::write(r.file("server.crt"), cert).expect("writing server.crt");
             std::fs::write(r.file("server.key"), key).expect("writing server.key");
             // skopeo's --*-cert-dir takes CA certificates as *.crt.

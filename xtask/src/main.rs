@@ -342,16 +342,39 @@ fn fuzz(seconds: u64) -> anyhow::Result<()> {
     run(Command::new("cargo")
         .current_dir(root())
         .args(["+nightly", "fuzz", "build"]))?;
+    let logs = root().join("target/fuzz-logs");
+    std::fs::create_dir_all(&logs)?;
     for target in FUZZ_TARGETS {
         let scratch = root().join("target/fuzz-corpus").join(target);
         std::fs::create_dir_all(&scratch)?;
-        run(Command::new("cargo")
+        // libFuzzer's chatter goes to a log: the suite's own output (the
+        // tests' summary) is what a CI log's tail must show.
+        let log_path = logs.join(format!("{target}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let status = Command::new("cargo")
             .current_dir(root())
             .args(["+nightly", "fuzz", "run", target])
             .arg(&scratch)
             .arg(root().join("fuzz/corpus").join(target))
             .arg("--")
-            .arg(format!("-max_total_time={each}")))?;
+            .arg(format!("-max_total_time={each}"))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .status()
+            .with_context(|| format!("running the fuzz target {target}"))?;
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let done = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("Done "))
+            .unwrap_or("no runs");
+        eprintln!("xtask: fuzz {target}: {done} ({})", log_path.display());
+        if !status.success() {
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines.get(lines.len().saturating_sub(80)..).unwrap_or_default();
+            eprintln!("{}", tail.join("\n"));
+            bail!("the fuzz target {target} failed ({status}): see above");
+        }
     }
     Ok(())
 }
@@ -512,9 +535,21 @@ fn test_steps(args: &[String]) -> anyhow::Result<()> {
         .stdout(Stdio::null())
         .status()
         .is_ok();
+    // Fuzzing first, and its failure reported after the tests: the tests'
+    // summary (failures again, with their output) ends the log, where a
+    // CI log's tail shows it. A filtered run is someone iterating on a few
+    // tests: no fuzzing.
+    let fuzzed = if args.is_empty() { fuzz(60) } else { Ok(()) };
     let mut cmd = cargo();
     if nextest {
-        cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+        cmd.args([
+            "nextest",
+            "run",
+            "--workspace",
+            "--no-fail-fast",
+            "--failure-output",
+            "immediate-final",
+        ]);
     } else {
         cmd.args(["test", "--workspace", "--no-fail-fast"]);
     }
@@ -527,11 +562,7 @@ fn test_steps(args: &[String]) -> anyhow::Result<()> {
             root().join(format!("target/{MUSL}/release")),
         );
     let tests = run(&mut cmd);
-    // A filtered run is someone iterating on a few tests: no fuzzing.
-    if args.is_empty() {
-        fuzz(60)?;
-    }
-    tests
+    tests.and(fuzzed)
 }
 
 fn main() -> anyhow::Result<()> {
