@@ -128,7 +128,7 @@ fn a_container_runs_from_a_registry_image_and_a_new_tag_is_pulled_before_the_res
 
     // A new tag: pulled, then the container restarts on it. A budget of
     // nothing: the images no container uses go once it runs.
-    let two = format!("{}\n[images]\nbudget = \"0\"\n", config("2"));
+    let two = format!("{}\n[images]\nbudget = \"0B\"\n", config("2"));
     g.write_file("/tmp/two.toml", &two);
     let out = g.shell("keelctl config apply /tmp/two.toml; echo rc=$?");
     assert!(out.contains("rc=0"), "{out}");

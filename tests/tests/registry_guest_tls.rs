@@ -1,6 +1,6 @@
 //! A keel host pulls from a registry over TLS with basic auth, both as
 //! its host config says (a test CA, a user and a password), and the power
-//! is cut in the middle of the image's big layer: after the reboot the
+//! is cut in the middle of the image's 8 MiB layer: after the reboot the
 //! pull resumes where the synced part of the layer ends, and the
 //! container runs. The password is nowhere a container, a log, the status
 //! or a process list shows. The registry is Debian's docker-registry on
@@ -23,8 +23,10 @@ const USER: &str = "keel";
 const PASSWORD: &str = "pw-5e1f0c3a-never-shown";
 /// A pattern that matches the password, and is not it.
 const SEARCH: &str = "pw-5e1f0c3a-neve[r]-shown";
-/// The big layer: incompressible, so its gzip blob is as big.
-const BIG: usize = 24 << 20;
+/// The big layer: incompressible, so its gzip blob is as big. The test
+/// image's /var is 64 MiB, and the layer is there three times at once
+/// (keel-pull's store, keel-init's checked copy, the unpacked root).
+const BIG: usize = 8 << 20;
 
 /// A busybox image with a big file besides, that says it runs and sleeps.
 fn app_layout(dir: &Path) {
@@ -88,13 +90,13 @@ fn a_pull_over_tls_with_credentials_survives_a_power_cut_in_a_layer() {
     copy_disk(&disk_image(), &disk);
     put_config(&disk, &config);
 
-    // 1 MB/s: the big layer takes half a minute; cut once a third is in.
-    relay.set_rate(1 << 20);
+    // 256 KiB/s: the big layer takes half a minute; cut once half is in.
+    relay.set_rate(256 << 10);
     let mut g = Guest::boot_with(&disk, false, &[(5000, relay.port())]);
     g.expect("keel: ready ", BOOT_TIMEOUT);
     g.prompt();
     let deadline = Instant::now() + Duration::from_secs(180);
-    while relay.downloaded() < (BIG as u64) / 3 {
+    while relay.downloaded() < (BIG as u64) / 2 {
         assert!(
             Instant::now() < deadline,
             "the layer never came: {} bytes\n{}",
@@ -103,8 +105,10 @@ fn a_pull_over_tls_with_credentials_survives_a_power_cut_in_a_layer() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let partial = g.shell("sync; ls -l /var/lib/keel/pull/var/lib/keel-pull/store/ingest/");
-    assert!(partial.contains(".partial"), "{partial}");
+    // sync(2) is the whole host's: what is in of the layer reaches the
+    // disk (the admin shell cannot look at keel-pull's folder; nothing
+    // but keel-pull and root can).
+    g.shell("sync");
     g.power_cut();
 
     // After the cut, at full speed: only the rest of the layer comes.
@@ -118,6 +122,7 @@ fn a_pull_over_tls_with_credentials_survives_a_power_cut_in_a_layer() {
     });
     assert!(out.contains("image big"), "{out}");
     let again = relay.downloaded();
+    eprintln!("after the cut: {again} bytes for a {BIG}-byte layer");
     assert!(
         again < (BIG as u64) * 5 / 6,
         "{again} bytes after the cut for a {BIG}-byte layer: it did not resume"
@@ -128,20 +133,16 @@ fn a_pull_over_tls_with_credentials_survives_a_power_cut_in_a_layer() {
     // The password: in the host config (root's only), sent to the
     // registry, and nowhere else. Searched for by a pattern that is not
     // the password itself, or the search's own command line would match.
+    // The admin shell is a container too: the config is not in its view.
     let seen = g.shell(&format!(
         "echo count=$({{ keelctl status --json; keelctl logs pull; keelctl logs app; \
-         keelctl logs kernel; cat /proc/[0-9]*/cmdline /proc/[0-9]*/environ; }} 2>/dev/null \
-         | grep -c '{SEARCH}'); \
-         echo files=$(grep -rls '{SEARCH}' /var/log /var/lib/keel/pull /tmp 2>/dev/null); \
-         ls -l /var/lib/keel/config/host.toml"
+         keelctl logs kernel; cat /proc/[0-9]*/cmdline; }} 2>/dev/null | grep -c '{SEARCH}'); \
+         echo files=$(grep -rls '{SEARCH}' /var/log /tmp 2>/dev/null); \
+         cat /var/lib/keel/config/host.toml 2>&1"
     ));
     assert!(seen.contains("count=0"), "{seen}");
     assert!(seen.lines().any(|l| l.trim() == "files="), "{seen}");
-    assert!(
-        seen.lines()
-            .any(|l| l.starts_with("-rw------- ") && l.contains(" root ")),
-        "{seen}"
-    );
+    assert!(seen.contains("No such file"), "{seen}");
     let inside = g.shell(&format!(
         "keelctl exec app -- /bin/sh -c \"echo files=\\$(grep -rls '{SEARCH}' /etc /var /tmp /bin /version 2>/dev/null); ls /var/lib/keel 2>&1\""
     ));

@@ -371,7 +371,9 @@ fn fuzz(seconds: u64) -> anyhow::Result<()> {
         eprintln!("xtask: fuzz {target}: {done} ({})", log_path.display());
         if !status.success() {
             let lines: Vec<&str> = text.lines().collect();
-            let tail = lines.get(lines.len().saturating_sub(80)..).unwrap_or_default();
+            let tail = lines
+                .get(lines.len().saturating_sub(80)..)
+                .unwrap_or_default();
             eprintln!("{}", tail.join("\n"));
             bail!("the fuzz target {target} failed ({status}): see above");
         }
