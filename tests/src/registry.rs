@@ -167,8 +167,16 @@ impl Registry {
         if let Some(ca) = r.options.proxy.as_ref().and_then(|p| p.ca_pem.clone()) {
             std::fs::write(r.file("upstream-ca.pem"), ca).expect("writing upstream-ca.pem");
         }
-        std::fs::write(r.file("config.yml"), r.config()).expect("writing config.yml");
-        r.spawn();
+        // free_port's port may be taken by another test before the
+        // registry binds it: then it is tried on another.
+        for attempt in 1.. {
+            std::fs::write(r.file("config.yml"), r.config()).expect("writing config.yml");
+            if r.spawn() {
+                break;
+            }
+            assert!(attempt < 5, "no free port for docker-registry in 5 tries");
+            r.port = crate::free_port();
+        }
         r
     }
 
@@ -225,7 +233,9 @@ impl Registry {
         c
     }
 
-    fn spawn(&mut self) {
+    /// Start docker-registry and wait until it answers; false if its port
+    /// was taken.
+    fn spawn(&mut self) -> bool {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -255,10 +265,10 @@ impl Registry {
             .spawn()
             .expect("starting docker-registry");
         self.child = Some(child);
-        self.wait_ready(from);
+        self.wait_ready(from)
     }
 
-    fn wait_ready(&mut self, log_from: usize) {
+    fn wait_ready(&mut self, log_from: usize) -> bool {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(st) = self
@@ -267,6 +277,13 @@ impl Registry {
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 self.child = None;
+                let log = self.log();
+                if log
+                    .get(log_from..)
+                    .is_some_and(|l| l.contains("address already in use"))
+                {
+                    return false;
+                }
                 panic!(
                     "docker-registry exited ({st}) before it came up on {}; its log:\n{}",
                     self.host(),
@@ -278,7 +295,7 @@ impl Registry {
                 .get(log_from..)
                 .is_some_and(|l| l.contains("listening on"));
             if listening && self.answers() {
-                return;
+                return true;
             }
             if Instant::now() > deadline {
                 self.stop();
@@ -324,7 +341,11 @@ impl Registry {
     /// storage, same certificate.
     pub fn start_again(&mut self) {
         self.stop();
-        self.spawn();
+        assert!(
+            self.spawn(),
+            "port {} was taken while the registry was down",
+            self.port
+        );
     }
 
     /// "http://127.0.0.1:PORT" or "https://127.0.0.1:PORT".
