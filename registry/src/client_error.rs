@@ -99,7 +99,9 @@ impl ClientError {
     pub(crate) fn is_local(&self) -> bool {
         matches!(
             self,
-            ClientError::Store(StoreError::Io { .. } | StoreError::Index { .. })
+            ClientError::Store(
+                StoreError::Io { .. } | StoreError::Index { .. } | StoreError::NoRoom { .. }
+            )
         )
     }
 }

@@ -116,6 +116,11 @@ fn pull_from(
     };
     let url = client.manifest_url(repo, &manifest_digest.to_string());
     check_image(&manifest, &url)?;
+    let missing = std::iter::once(&manifest.config)
+        .chain(&manifest.layers)
+        .filter(|d| !store.has(&d.digest))
+        .fold(0u64, |n, d| n.saturating_add(d.size));
+    store.check_room(missing)?;
     let mut fetched = client.blob(repo, &manifest.config, store, progress)?;
     if index.is_none() {
         // No index chose it for this host: its config says what it is for.

@@ -44,6 +44,8 @@ pub enum StoreError {
     Index { path: PathBuf, message: String },
     #[error("blob {digest} is larger than {max} bytes")]
     TooLarge { digest: Digest, max: u64 },
+    #[error("the image needs {need} bytes more in {path}, which has {free} free (keelctl image prune frees what no container uses)")]
+    NoRoom { path: PathBuf, need: u64, free: u64 },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -103,6 +105,26 @@ impl Store {
 
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// Refuse a pull that would fill the store's filesystem: `need` bytes
+    /// must fit with a reserve left (5% of the filesystem, at most 64 MiB)
+    /// for the logs and services that share it.
+    pub fn check_room(&self, need: u64) -> Result<(), StoreError> {
+        let st = nix::sys::statvfs::statvfs(&self.root)
+            .map_err(|e| io_err(&self.root)(std::io::Error::from(e)))?;
+        let unit = st.fragment_size();
+        let free = st.blocks_available().saturating_mul(unit);
+        let size = st.blocks().saturating_mul(unit);
+        let reserve = (size / 20).min(64 << 20);
+        if need.saturating_add(reserve) <= free {
+            return Ok(());
+        }
+        Err(StoreError::NoRoom {
+            path: self.root.clone(),
+            need,
+            free,
+        })
     }
 
     pub fn has(&self, digest: &Digest) -> bool {

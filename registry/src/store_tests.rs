@@ -245,3 +245,15 @@ fn a_broken_index_is_an_error_naming_it() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_pull_that_would_fill_the_disk_is_refused_before_it_starts() {
+    let (_dir, store) = store();
+    store.check_room(1 << 20).unwrap();
+    let err = store.check_room(u64::MAX / 2).unwrap_err();
+    assert!(
+        matches!(err, StoreError::NoRoom { need, .. } if need == u64::MAX / 2),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("keelctl image prune"), "{err}");
+}
