@@ -82,9 +82,13 @@ pub fn run(socket: &str, cmd: ImageCmd) -> anyhow::Result<()> {
                 let from = if host.is_empty() {
                     "the store".to_string()
                 } else {
-                    host
+                    printable(&host)
                 };
-                println!("{manifest} ({} fetched from {from})", human(fetched));
+                println!(
+                    "{} ({} fetched from {from})",
+                    printable(&manifest),
+                    human(fetched)
+                );
                 return Ok(());
             }
             PullEvent::Images { images } if json => {
@@ -101,12 +105,12 @@ pub fn run(socket: &str, cmd: ImageCmd) -> anyhow::Result<()> {
                 size,
             } => {
                 for r in &references {
-                    println!("removed {r}");
+                    println!("removed {}", printable(r));
                 }
                 println!("{} freed, the store holds {}", human(freed), human(size));
                 return Ok(());
             }
-            PullEvent::Failed { message } => bail!("{message}"),
+            PullEvent::Failed { message } => bail!("{}", printable(&message)),
         }
     }
 }
@@ -188,6 +192,21 @@ fn line(digest: &str, done: u64, total: u64) -> String {
     )
 }
 
+/// `text` with its control characters escaped: what keel-pull says comes
+/// from registries in the end, and a terminal must not take orders from
+/// them.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
 /// Bytes as Docker shows them: decimal units, three figures.
 fn human(n: u64) -> String {
     const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
@@ -230,8 +249,9 @@ fn table(images: &[ImageInfo]) -> String {
             "  (incomplete: pulled again on use)"
         };
         out.push_str(&format!(
-            "{:<width$}  {id:<12}  {}{missing}\n",
-            i.reference,
+            "{:<width$}  {:<12}  {}{missing}\n",
+            printable(&i.reference),
+            printable(&id),
             human(i.size)
         ));
     }
@@ -242,6 +262,12 @@ fn table(images: &[ImageInfo]) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_hostile_string_cannot_drive_the_terminal() {
+        assert_eq!(printable("ok: r/a:1"), "ok: r/a:1");
+        assert_eq!(printable("\x1b[2Jgone\r\n"), "\\u{1b}[2Jgone\\r\\n");
+    }
 
     #[test]
     fn sizes_read_like_dockers() {
