@@ -1,14 +1,15 @@
 //! `cargo xtask bench pull`: keel-pull against skopeo pulling the same
 //! ~50 MB multi-layer image from the same local registry (Debian's
 //! docker-registry on 127.0.0.1, plain http) into an OCI image layout on
-//! the same disk, in one run, alternating, each into a fresh folder.
+//! the same disk, in one run, alternating, each into a fresh folder; then
+//! the guest half ([`crate::bench_pull_guest`]).
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use keel_tests::registry::{image_layout, push, Options, Push, Registry};
+use keel_tests::registry::{image_layout, push, Options, Push, Registry, GUEST_ADDRESS};
 
 use crate::bench::median;
 use crate::{root, run};
@@ -81,6 +82,10 @@ fn size_of_dir(dir: &Path) -> u64 {
     total
 }
 
+fn guest_layer_mib() -> usize {
+    crate::bench_pull_guest::LAYER_BYTES >> 20
+}
+
 pub fn pull(runs: usize) -> anyhow::Result<()> {
     run(crate::cargo().args(["build", "--release", "-p", "keel-pull"]))?;
     let keel_pull = root().join("target/release/keel-pull");
@@ -145,6 +150,7 @@ pub fn pull(runs: usize) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&k_dir).context("removing a run's store")?;
         std::fs::remove_dir_all(&s_dir).context("removing a run's layout")?;
     }
+    let guest = crate::bench_pull_guest::measure(&registry, &work, &layers[0], 3)?;
     let (k, s) = (median(keel), median(skopeo));
     let mbps = |t: f64| bytes as f64 / 1e6 / t;
     let report = format!(
@@ -161,8 +167,21 @@ the bench checks both stored the same bytes.\n\n\
 | keel-pull | {k:.3} | {:.1} |\n\
 | skopeo | {s:.3} | {:.1} |\n\n\
 keel-pull's throughput is **{:.2}×** skopeo's (target: ≥ 1.0×).\n\n\
-Not measured yet: the time from `keelctl image pull` to the container running (keelctl has no \
-`image` commands yet).\n",
+## From `keelctl image pull` to the container running\n\n\
+The default image booted in QEMU (TCG: this machine has no KVM, so the guest runs emulated and \
+its times are far above a real host's), its host config naming the same registry (insecure, \
+reached at {GUEST_ADDRESS}:5000 through QEMU's guestfwd). In one shell line in the guest, timed by \
+the guest's /proc/uptime: `keelctl image pull REF` of a busybox image with an {} MiB layer of \
+incompressible bytes ({:.1} MB of files), then `keelctl config apply` of a config with a container \
+on it (`pull = \"never\"`) until `keelctl list` says it runs (keel-init's checked copy out of the \
+store, the unpack, the start). Median of {} runs; between runs the container is removed and \
+`keelctl image prune` takes the image and its unpacked root. No peer runs inside the guest.\n\n\
+| step | median (s) |\n|---|---|\n\
+| `keelctl image pull` | {:.2} |\n\
+| `config apply` to running | {:.2} |\n\
+| in all | {:.2} |\n\n\
+keel-init's VmRSS: {} KiB after boot with no registry image, {} KiB with the container running \
+after {} pulls ({:+} KiB): pulls run in keel-pull and in helper processes, never in PID 1.\n",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         first_line("uname", "-r"),
         LAYER_BYTES >> 20,
@@ -172,6 +191,16 @@ Not measured yet: the time from `keelctl image pull` to the container running (k
         mbps(k),
         mbps(s),
         s / k,
+        guest_layer_mib(),
+        guest.image_bytes as f64 / 1e6,
+        guest.runs,
+        guest.pull_s,
+        guest.start_s,
+        guest.pull_s + guest.start_s,
+        guest.rss_before_kib,
+        guest.rss_after_kib,
+        guest.runs,
+        guest.rss_after_kib as i64 - guest.rss_before_kib as i64,
     );
     print!("{report}");
     std::fs::write(root().join("docs/bench-pull.md"), &report)?;

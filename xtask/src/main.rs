@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_build;
 mod bench_pull;
+mod bench_pull_guest;
 mod bench_update;
 mod bench_vmm;
 #[cfg(test)]

@@ -17,11 +17,47 @@ pub(crate) fn esp_file() -> std::path::PathBuf {
     Path::new(keel_formats::bootentry::ESP_MOUNT).join(keel_formats::host::ON_ESP)
 }
 
+/// No host config comes near this; a bigger file is something else (a
+/// boot entry whose clusters a torn rename left under the config's name).
+const MAX_ESP_FILE: u64 = 1 << 20;
+
+/// The ESP's host config file at `path`: None if there is none; an error
+/// naming it if it is there but is no text keel-init could read.
+pub fn read_esp(path: &Path) -> Option<Result<String, String>> {
+    use std::io::Read;
+    let shown = path.display();
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => return Some(Err(format!("{shown}: {e}"))),
+    };
+    let mut bytes = Vec::new();
+    if let Err(e) = f
+        .take(MAX_ESP_FILE.saturating_add(1))
+        .read_to_end(&mut bytes)
+    {
+        return Some(Err(format!("{shown}: {e}")));
+    }
+    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_ESP_FILE {
+        return Some(Err(format!(
+            "{shown}: larger than {MAX_ESP_FILE} bytes: not a host config"
+        )));
+    }
+    Some(String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "{shown}: not text (byte {} is not UTF-8): not a host config",
+            e.utf8_error().valid_up_to()
+        )
+    }))
+}
+
 /// The texts a decision is made from.
 #[derive(Debug, Clone, Default)]
 pub struct Inputs {
     pub defaults: Option<String>,
-    pub esp: Option<String>,
+    /// The ESP's file: none, its text, or why it cannot be read (a file
+    /// a power cut tore into binary bytes is a bad config, not no config).
+    pub esp: Option<Result<String, String>>,
     pub last_good: Option<String>,
     pub services: Vec<String>,
     /// The image's zone table.
@@ -42,12 +78,14 @@ pub fn choose(i: &Inputs) -> (HostConfig, ConfigSource, Vec<String>) {
         d.iter().map(ToString::to_string).collect()
     };
     let mut errors = Vec::new();
-    if let Some(text) = &i.esp {
+    if let Some(esp) = &i.esp {
         let name = esp_file();
-        let user = Source { name: &name, text };
-        match load(defaults, Some(user), &ctx) {
-            Ok(c) => return (c, ConfigSource::Esp, errors),
-            Err(d) => errors = lines(d),
+        match esp {
+            Ok(text) => match load(defaults, Some(Source { name: &name, text }), &ctx) {
+                Ok(c) => return (c, ConfigSource::Esp, errors),
+                Err(d) => errors = lines(d),
+            },
+            Err(e) => errors.push(e.clone()),
         }
         if let Some(text) = &i.last_good {
             let good = Source {
@@ -160,7 +198,7 @@ mod tests {
             defaults: Some(
                 "hostname = \"keel-default\"\n[sysctl]\n\"vm.swappiness\" = 60\n".into(),
             ),
-            esp: esp.map(str::to_string),
+            esp: esp.map(|t| Ok(t.to_string())),
             last_good: last_good.map(str::to_string),
             services: vec!["admin".into(), "web".into()],
             zones: None,
@@ -199,5 +237,30 @@ mod tests {
             (ConfigSource::Defaults, 0),
             "no file: the defaults"
         );
+    }
+
+    #[test]
+    fn a_file_torn_into_binary_is_a_bad_config_not_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host.toml");
+        assert_eq!(read_esp(&path), None);
+        std::fs::write(&path, b"hostname = \"a\"\n").unwrap();
+        assert_eq!(read_esp(&path), Some(Ok("hostname = \"a\"\n".into())));
+        // A UKI's first bytes, as a torn rename on vfat left them.
+        std::fs::write(&path, b"MZ\x90\0\x03\0\0\0\x04\0\xff\xff").unwrap();
+        let torn = read_esp(&path).unwrap().unwrap_err();
+        assert!(torn.contains("byte 2 is not UTF-8"), "{torn}");
+        std::fs::write(&path, vec![b'#'; (MAX_ESP_FILE + 1) as usize]).unwrap();
+        assert!(read_esp(&path)
+            .unwrap()
+            .unwrap_err()
+            .contains("larger than"));
+
+        let mut i = inputs(None, Some("hostname = \"was-good\"\n"));
+        i.esp = Some(Err(torn.clone()));
+        let (c, src, errors) = choose(&i);
+        assert_eq!(src, ConfigSource::LastGood);
+        assert_eq!(c.hostname.as_deref(), Some("was-good"));
+        assert_eq!(errors, [torn]);
     }
 }

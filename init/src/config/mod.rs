@@ -43,7 +43,7 @@ pub fn at_boot(
     let read = |p: &str| std::fs::read_to_string(p).ok();
     let esp_mount = esp.then(crate::pid1::bootgate::mount_esp);
     let esp_text = match &esp_mount {
-        Some(Ok(())) => std::fs::read_to_string(choose::esp_file()).ok(),
+        Some(Ok(())) => choose::read_esp(&choose::esp_file()),
         _ => None,
     };
     let inputs = choose::Inputs {
