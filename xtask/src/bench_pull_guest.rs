@@ -27,8 +27,11 @@ pub struct GuestRun {
     pub pull_s: f64,
     pub start_s: f64,
     /// keel-init's VmRSS in KiB: after boot with no registry image, then
-    /// with the container running after the last run.
+    /// with the container running after the first and after the last run
+    /// (a pull that left anything behind in PID 1 would show between
+    /// those two).
     pub rss_before_kib: u64,
+    pub rss_first_kib: u64,
     pub rss_after_kib: u64,
     pub runs: usize,
 }
@@ -97,6 +100,7 @@ pub fn measure(
         ),
     );
     let rss_before_kib = rss_kib(&mut g)?;
+    let mut rss_first_kib = 0;
     let (mut pulls, mut starts) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         // One line: the serial console's round trips stay out of the
@@ -129,6 +133,9 @@ pub fn measure(
         };
         pulls.push(b - a);
         starts.push(c - b);
+        if pulls.len() == 1 {
+            rss_first_kib = rss_kib(&mut g)?;
+        }
         if pulls.len() < runs {
             // Back to no container, no image and no unpacked root, for
             // the next run.
@@ -138,13 +145,15 @@ pub fn measure(
         }
     }
     let rss_after_kib = rss_kib(&mut g)?;
-    g.shell("keelctl poweroff");
+    // No prompt comes back from a poweroff.
+    g.send("keelctl poweroff\n");
     let _ = g.wait_exit(std::time::Duration::from_secs(60));
     Ok(GuestRun {
         image_bytes,
         pull_s: median(pulls),
         start_s: median(starts),
         rss_before_kib,
+        rss_first_kib,
         rss_after_kib,
         runs,
     })
