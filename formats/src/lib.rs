@@ -14,6 +14,7 @@ pub mod initramfs;
 pub mod keys;
 pub mod lifecycle;
 pub mod limits;
+pub mod manifest;
 pub mod policy;
 pub mod reference;
 pub mod repo;

@@ -13,20 +13,13 @@ use pathrs::flags::OpenFlags;
 use pathrs::Root;
 use sha2::{Digest as _, Sha256};
 
-use crate::{is_sha256_hex, ImageManifest, Index, OciError};
+use keel_formats::manifest::{self, Parsed, MAX_CONFIG};
+use keel_formats::reference::Digest;
 
-/// As keel-registry's limits for what a registry may send.
-const MAX_MANIFEST: u64 = 4 << 20;
-const MAX_CONFIG: u64 = 16 << 20;
+use crate::{format_err, image_manifest, manifest_err, parse_digest, OciError};
+
 /// A layer is bounded by what its manifest says; this bounds the claim.
 const MAX_LAYER: u64 = 64 << 30;
-
-fn format_err(path: &Path, message: impl Into<String>) -> OciError {
-    OciError::Format {
-        path: path.to_path_buf(),
-        message: message.into(),
-    }
-}
 
 /// Copy the image of manifest `manifest` ("sha256:<hex>") from the OCI
 /// layout at `layout` (a path inside `root`, resolved there) into a new
@@ -42,19 +35,28 @@ pub fn copy_image(
     let store = Root::open(root).map_err(|e| format_err(root, e.to_string()))?;
     let blobs = dest.join("blobs/sha256");
     fs::create_dir_all(&blobs).map_err(crate::io_err(&blobs))?;
-    let copy = |digest: &str, max: u64| -> Result<Vec<u8>, OciError> {
+    let manifest = parse_digest(root, manifest)?;
+    let pin = pin.map(|p| parse_digest(root, p)).transpose()?;
+    let copy = |digest: &Digest, max: u64| -> Result<Vec<u8>, OciError> {
         copy_blob(&store, root, layout, digest, max, &blobs)
     };
-    let bytes = copy(manifest, MAX_MANIFEST)?;
-    let m: ImageManifest = serde_json::from_slice(&bytes)
-        .map_err(|e| format_err(dest, format!("manifest {manifest}: {e}")))?;
+    let max_manifest = u64::try_from(manifest::MAX_MANIFEST).unwrap_or(u64::MAX);
+    // Where the copy is, for messages: the store's files are someone else's.
+    let copied = |d: &Digest| blobs.join(d.hex());
+    let bytes = copy(&manifest, max_manifest)?;
+    let parsed = manifest::parse(None, &bytes).map_err(manifest_err(&copied(&manifest)))?;
+    let m = image_manifest(parsed, &copied(&manifest))?;
     if let Some(pin) = pin.filter(|p| *p != manifest) {
-        let index: Index = serde_json::from_slice(&copy(pin, MAX_MANIFEST)?).map_err(|e| {
-            format_err(
-                dest,
-                format!("{pin} is neither {manifest} nor an index: {e}"),
-            )
-        })?;
+        let bytes = copy(&pin, max_manifest)?;
+        let index = match manifest::parse(None, &bytes).map_err(manifest_err(&copied(&pin)))? {
+            Parsed::Index(index) => index,
+            Parsed::Manifest(_) => {
+                return Err(format_err(
+                    dest,
+                    format!("the pinned {pin} is neither {manifest} nor an index"),
+                ))
+            }
+        };
         if !index.manifests.iter().any(|d| d.digest == manifest) {
             return Err(format_err(
                 dest,
@@ -77,20 +79,12 @@ fn copy_blob(
     store: &Root,
     root: &Path,
     layout: &Path,
-    digest: &str,
+    digest: &Digest,
     max: u64,
     blobs: &Path,
 ) -> Result<Vec<u8>, OciError> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .filter(|h| is_sha256_hex(h) && h.bytes().all(|b| !b.is_ascii_uppercase()))
-        .ok_or_else(|| {
-            format_err(
-                root,
-                format!("digest {digest:?} is not sha256:<64 hex digits>"),
-            )
-        })?;
-    let rel = layout.join("blobs/sha256").join(hex);
+    let hex = digest.hex();
+    let rel = layout.join("blobs/sha256").join(&hex);
     let shown = root.join(&rel);
     let handle = store
         .resolve(&rel)
@@ -113,7 +107,7 @@ fn copy_blob(
         .reopen(OpenFlags::O_RDONLY)
         .map_err(|e| format_err(&shown, e.to_string()))?
         .take(max);
-    let to_path = blobs.join(hex);
+    let to_path = blobs.join(&hex);
     let mut to = File::create(&to_path).map_err(crate::io_err(&to_path))?;
     let keep = max <= MAX_CONFIG;
     let mut kept = Vec::new();

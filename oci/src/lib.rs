@@ -11,10 +11,15 @@ mod run;
 mod unpack;
 
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use keel_formats::manifest::{
+    self, Descriptor, Index, Manifest, ManifestError, Parsed, Platform, MAX_CONFIG, MAX_LAYERS,
+};
+use keel_formats::reference::{Digest, ReferenceError};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
 pub use copyout::copy_image;
 pub use inroot::{InRoot, Owners};
@@ -42,6 +47,16 @@ pub enum OciError {
         layer: String,
         message: String,
     },
+    #[error("{path}: {source}")]
+    Manifest {
+        path: PathBuf,
+        source: ManifestError,
+    },
+    #[error("{path}: {source}")]
+    BadDigest {
+        path: PathBuf,
+        source: ReferenceError,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OciError + '_ {
@@ -49,6 +64,29 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OciError + '_ {
         path: path.to_path_buf(),
         source,
     }
+}
+
+fn format_err(path: &Path, message: impl Into<String>) -> OciError {
+    OciError::Format {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+fn manifest_err(path: &Path) -> impl FnOnce(ManifestError) -> OciError + '_ {
+    move |source| OciError::Manifest {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A digest handed in as a string (by keel-init, from what a pull
+/// reported), held to the same rule as the digests in manifests.
+fn parse_digest(path: &Path, digest: &str) -> Result<Digest, OciError> {
+    digest.parse().map_err(|source| OciError::BadDigest {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// What the image config says about running it.
@@ -72,31 +110,9 @@ pub struct ConfigBlob {
     pub config: RunConfig,
 }
 
-#[derive(Debug, Deserialize)]
-struct Descriptor {
-    digest: String,
-    #[serde(default)]
-    platform: Option<Platform>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Platform {
-    architecture: String,
-    os: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct Index {
-    manifests: Vec<Descriptor>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ImageManifest {
-    config: Descriptor,
-    layers: Vec<Descriptor>,
-}
-
-/// `manifest.json` of a `docker save` archive: one entry per image.
+/// `manifest.json` of a `docker save` archive: one entry per image. Not an
+/// OCI document (it names member files, not blobs), so it has its own
+/// struct; a member named like a blob is checked as [`Digest`] says.
 #[derive(Debug, Deserialize)]
 struct DockerEntry {
     #[serde(rename = "Config")]
@@ -158,29 +174,48 @@ impl Image {
     }
 }
 
-fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+/// At most `max` bytes of `path` and one more if it has it, so that a file
+/// past a limit is told from one at it without reading it all.
+fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, OciError> {
+    let f = fs::File::open(path).map_err(io_err(path))?;
+    let mut bytes = Vec::new();
+    f.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io_err(path))?;
+    Ok(bytes)
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, OciError> {
-    let text = fs::read(path).map_err(io_err(path))?;
-    serde_json::from_slice(&text).map_err(|e| OciError::Format {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+/// A JSON file no larger than `max`: a config or `manifest.json` is small,
+/// and one that is not is hostile.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path, max: u64) -> Result<T, OciError> {
+    let bytes = read_capped(path, max)?;
+    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > max {
+        return Err(format_err(path, format!("larger than {max} bytes")));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| format_err(path, e.to_string()))
+}
+
+/// A manifest or an index, by the rules a registry's are read by;
+/// `media_type` is what the descriptor that named it says it is.
+fn read_manifest(path: &Path, media_type: Option<&str>) -> Result<Parsed, OciError> {
+    let max = u64::try_from(manifest::MAX_MANIFEST).unwrap_or(u64::MAX);
+    let bytes = read_capped(path, max)?;
+    manifest::parse(media_type, &bytes).map_err(manifest_err(path))
+}
+
+/// keel opens one platform's image: an index where a manifest belongs is
+/// refused rather than followed.
+fn image_manifest(parsed: Parsed, path: &Path) -> Result<Manifest, OciError> {
+    match parsed {
+        Parsed::Manifest(m) => Ok(m),
+        Parsed::Index(_) => Err(format_err(path, "an image index, not an image manifest")),
+    }
 }
 
 /// The file of blob `digest` in an OCI layout, checked against the digest.
-fn blob(layout: &Path, digest: &str) -> Result<PathBuf, OciError> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .filter(|h| is_sha256_hex(h))
-        .ok_or_else(|| OciError::Format {
-            path: layout.to_path_buf(),
-            message: format!("digest {digest:?} is not sha256:<64 hex digits>"),
-        })?;
-    let path = layout.join("blobs/sha256").join(hex);
-    check_digest(&path, hex)?;
+fn blob(layout: &Path, digest: &Digest) -> Result<PathBuf, OciError> {
+    let path = layout.join("blobs/sha256").join(digest.hex());
+    check_digest(&path, digest)?;
     Ok(path)
 }
 
@@ -191,12 +226,12 @@ fn sha256_of(path: &Path) -> Result<String, OciError> {
     Ok(hex::encode(h.finalize()))
 }
 
-fn check_digest(path: &Path, hex: &str) -> Result<(), OciError> {
+fn check_digest(path: &Path, digest: &Digest) -> Result<(), OciError> {
     let actual = sha256_of(path)?;
-    if actual != hex {
+    if actual != digest.hex() {
         return Err(OciError::Digest {
             path: path.to_path_buf(),
-            digest: format!("sha256:{hex}"),
+            digest: digest.to_string(),
             actual,
         });
     }
@@ -218,43 +253,43 @@ fn is_layout(path: &Path) -> Result<(), OciError> {
 
 fn open_layout(path: &Path) -> Result<Opened, OciError> {
     is_layout(path)?;
-    let index: Index = read_json(&path.join("index.json"))?;
-    // An index may list several platforms: take linux/amd64, or the only one.
-    let chosen = index
-        .manifests
-        .iter()
-        .find(|d| {
-            d.platform
-                .as_ref()
-                .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
-        })
-        .or(match index.manifests.as_slice() {
-            [only] => Some(only),
-            _ => None,
-        })
-        .ok_or_else(|| OciError::Format {
-            path: path.join("index.json"),
-            message: "no linux/amd64 image among its manifests".into(),
-        })?;
-    open_layout_manifest(path, &chosen.digest)
+    let index_path = path.join("index.json");
+    let index = match read_manifest(&index_path, None)? {
+        Parsed::Index(index) => index,
+        Parsed::Manifest(_) => {
+            return Err(format_err(&index_path, "an image manifest, not an index"))
+        }
+    };
+    let chosen = choose(&index).map_err(manifest_err(&index_path))?;
+    open_layout_manifest(path, &chosen.digest, Some(&chosen.media_type))
+}
+
+/// The host's image among an index's, as a pull chooses it; an index of
+/// one entry that names no platform (as `docker save` and `skopeo copy`
+/// write them) is that entry's.
+fn choose(index: &Index) -> Result<&Descriptor, ManifestError> {
+    manifest::choose(index, &Platform::host()).or_else(|e| match index.manifests.as_slice() {
+        [only] if only.platform.is_none() => Ok(only),
+        _ => Err(e),
+    })
 }
 
 /// The image of manifest `digest` in the OCI layout at `path`.
-fn open_layout_manifest(path: &Path, digest: &str) -> Result<Opened, OciError> {
-    let manifest: ImageManifest = read_json(&blob(path, digest)?)?;
+fn open_layout_manifest(
+    path: &Path,
+    digest: &Digest,
+    media_type: Option<&str>,
+) -> Result<Opened, OciError> {
+    let manifest_file = blob(path, digest)?;
+    let manifest = image_manifest(read_manifest(&manifest_file, media_type)?, &manifest_file)?;
     let config_file = blob(path, &manifest.config.digest)?;
-    let config: ConfigBlob = read_json(&config_file)?;
+    let config: ConfigBlob = read_json(&config_file, MAX_CONFIG)?;
     let layers = manifest
         .layers
         .iter()
-        .map(|l| Ok((l.digest.clone(), blob(path, &l.digest)?)))
+        .map(|l| Ok((l.digest.to_string(), blob(path, &l.digest)?)))
         .collect::<Result<_, OciError>>()?;
-    let id = manifest
-        .config
-        .digest
-        .trim_start_matches("sha256:")
-        .to_string();
-    Ok((layers, config.config, id))
+    Ok((layers, config.config, manifest.config.digest.hex()))
 }
 
 /// The image of manifest `digest` ("sha256:<hex>") in the OCI image layout
@@ -262,7 +297,8 @@ fn open_layout_manifest(path: &Path, digest: &str) -> Result<Opened, OciError> {
 /// the digest the pull reported, whatever else the layout's index names.
 pub fn open_manifest(layout: &Path, digest: &str) -> Result<Image, OciError> {
     is_layout(layout)?;
-    let (layers, config, id) = open_layout_manifest(layout, digest)?;
+    let digest = parse_digest(layout, digest)?;
+    let (layers, config, id) = open_layout_manifest(layout, &digest, None)?;
     Ok(Image {
         source: layout.to_path_buf(),
         id,
@@ -304,10 +340,7 @@ pub fn open_in(path: &Path, scratch: &Path) -> Result<Image, OciError> {
             continue;
         }
         if !e.unpack_in(scratch.path()).map_err(io_err(path))? {
-            return Err(OciError::Format {
-                path: path.to_path_buf(),
-                message: "a member's path leaves the archive".into(),
-            });
+            return Err(format_err(path, "a member's path leaves the archive"));
         }
     }
     let dir = scratch.path();
@@ -315,13 +348,20 @@ pub fn open_in(path: &Path, scratch: &Path) -> Result<Image, OciError> {
         let (layers, config, id) = open_layout(dir)?;
         (layers.clone(), layout_digests(&layers), config, id)
     } else {
-        let entries: Vec<DockerEntry> = read_json(&dir.join("manifest.json"))?;
+        let manifest_json = dir.join("manifest.json");
+        let max = u64::try_from(manifest::MAX_MANIFEST).unwrap_or(u64::MAX);
+        let entries: Vec<DockerEntry> = read_json(&manifest_json, max)?;
         let [entry] = entries.as_slice() else {
-            return Err(OciError::Format {
-                path: path.to_path_buf(),
-                message: format!("holds {} images; save exactly one", entries.len()),
-            });
+            return Err(format_err(
+                path,
+                format!("holds {} images; save exactly one", entries.len()),
+            ));
         };
+        if entry.layers.len() > MAX_LAYERS {
+            return Err(manifest_err(path)(ManifestError::TooManyLayers(
+                entry.layers.len(),
+            )));
+        }
         // A member the manifest names: a file extracted from the archive
         // (never a path out of it: `/etc/...`, `../`), and its digest if
         // its name is one, checked.
@@ -332,25 +372,24 @@ pub fn open_in(path: &Path, scratch: &Path) -> Result<Image, OciError> {
                     .all(|c| matches!(c, std::path::Component::Normal(_)));
             let p = dir.join(rel);
             if !plain || !fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
-                return Err(OciError::Format {
-                    path: path.to_path_buf(),
-                    message: format!(
-                        "manifest.json names {rel:?}, which is not a file of the archive"
-                    ),
-                });
+                return Err(format_err(
+                    path,
+                    format!("manifest.json names {rel:?}, which is not a file of the archive"),
+                ));
             }
             // Docker names blobs by their digest: check those.
             let digest = match rel.strip_prefix("blobs/sha256/") {
                 Some(hex) => {
-                    check_digest(&p, hex)?;
-                    Some(hex.to_string())
+                    let digest = parse_digest(path, &format!("sha256:{hex}"))?;
+                    check_digest(&p, &digest)?;
+                    Some(digest.hex())
                 }
                 None => None,
             };
             Ok::<_, OciError>((p, digest))
         };
         let (config_file, _) = inside(&entry.config)?;
-        let config: ConfigBlob = read_json(&config_file)?;
+        let config: ConfigBlob = read_json(&config_file, MAX_CONFIG)?;
         let mut layers = Vec::new();
         let mut checked = Vec::new();
         for l in &entry.layers {

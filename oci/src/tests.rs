@@ -361,6 +361,9 @@ pub(crate) fn image_of(dir: &Path, layers: Vec<Vec<u8>>) -> Image {
 #[path = "hostile_tests.rs"]
 mod hostile;
 
+#[path = "layout_tests.rs"]
+mod layout_rules;
+
 /// The layout `layout_of` made: (manifest digest, its layers' digests).
 fn manifest_of(dir: &Path) -> (String, Vec<String>) {
     let index: serde_json::Value =
