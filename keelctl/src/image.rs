@@ -11,8 +11,11 @@ use keel_api::init::Request;
 use keel_api::pull::{ImageInfo, PullEvent};
 use keel_api::wire;
 
-/// An event line is small; a longer one is not keel-init's.
-const MAX_EVENT: u64 = 1 << 20;
+/// An event line is small, but for a listing of a large store; a longer
+/// one is not keel-init's.
+const MAX_EVENT: u64 = 8 << 20;
+/// Bars drawn at once; an image with more layers shows the first ones.
+const MAX_BARS: usize = 64;
 /// The bar's width in characters.
 const BAR: usize = 30;
 
@@ -24,7 +27,7 @@ pub enum ImageCmd {
         /// `registry.example:5000/team/app:1.2`, `nginx`, `...@sha256:...`
         reference: String,
     },
-    /// The images in the store, least recently pulled first.
+    /// The images in the store, the last pulled first.
     List {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -91,11 +94,15 @@ pub fn run(socket: &str, cmd: ImageCmd) -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
-            PullEvent::Images { images } if json => {
+            // Newest first, as `docker images` lists them (the store
+            // keeps them in the order they were pulled).
+            PullEvent::Images { mut images } if json => {
+                images.reverse();
                 println!("{}", serde_json::to_string_pretty(&images)?);
                 return Ok(());
             }
-            PullEvent::Images { images } => {
+            PullEvent::Images { mut images } => {
+                images.reverse();
                 print!("{}", table(&images));
                 return Ok(());
             }
@@ -142,6 +149,7 @@ impl Bars {
     ) -> std::io::Result<()> {
         let at = match self.blobs.iter().position(|(d, _, _)| d == digest) {
             Some(i) => i,
+            None if self.blobs.len() >= MAX_BARS => return Ok(()),
             None => {
                 self.blobs.push((digest.to_string(), 0, total));
                 self.blobs.len().saturating_sub(1)
@@ -227,7 +235,7 @@ fn human(n: u64) -> String {
 fn table(images: &[ImageInfo]) -> String {
     let width = images
         .iter()
-        .map(|i| i.reference.len())
+        .map(|i| printable(&i.reference).chars().count())
         .max()
         .unwrap_or(0)
         .max("REFERENCE".len());

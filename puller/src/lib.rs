@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockWriteGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use keel_api::pull::{ImageInfo, PullEvent, PullRequest, PullerRequest, SOCKET_NAME, STORE_NAME};
@@ -35,6 +35,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HOSTS: usize = 16;
 /// Images a prune keeps: far more than a host config has containers.
 const MAX_KEEP: usize = 4096;
+/// A waiting request says so this often: the client (keel-init's helper)
+/// takes five silent minutes for a hung keel-pull.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// Progress at most this often per blob (plus its last).
 const PROGRESS_BYTES: u64 = 256 << 10;
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
@@ -155,40 +158,105 @@ impl Puller {
         let outcome = match serde_json::from_str::<PullerRequest>(line.trim_end()) {
             Err(e) => Err(format!("the request: {e}")),
             Ok(PullerRequest::Pull(req)) => {
-                let _turn = self.take_turn(events);
+                // An image the store has needs no turn (a boot with many
+                // containers asks for each).
                 let _reading = self.gc.read().unwrap_or_else(|p| p.into_inner());
-                pull(req, &self.store, events)
+                match in_store(&req, &self.store) {
+                    Some(found) => found,
+                    None => {
+                        drop(_reading);
+                        let _turn = self.take_turn(events);
+                        let _reading = self.gc.read().unwrap_or_else(|p| p.into_inner());
+                        pull(req, &self.store, events)
+                    }
+                }
             }
             Ok(PullerRequest::List {}) => {
                 let _reading = self.gc.read().unwrap_or_else(|p| p.into_inner());
                 list(&self.store)
             }
             Ok(PullerRequest::Remove { reference }) => {
-                let _writing = self.gc.write().unwrap_or_else(|p| p.into_inner());
+                let _writing = self.exclusive(events);
                 remove(&self.store, &reference)
             }
             Ok(PullerRequest::Prune { keep, budget }) => {
-                let _writing = self.gc.write().unwrap_or_else(|p| p.into_inner());
+                let _writing = self.exclusive(events);
                 prune(&self.store, &keep, budget)
             }
         };
         outcome.unwrap_or_else(|message| PullEvent::Failed { message })
     }
 
-    /// Wait for a pull's turn, saying so if it has to.
+    /// Wait for a pull's turn, saying so if it has to, and again every
+    /// [`KEEP_ALIVE`]: the client gives up on a silent pull.
     fn take_turn(&self, events: &mut dyn FnMut(&PullEvent)) -> Turn<'_> {
-        let mut t = self.turns.lock().unwrap_or_else(|p| p.into_inner());
-        if t.0 >= MAX_PULLS {
-            events(&PullEvent::Queued { ahead: t.1 });
-            t.1 = t.1.saturating_add(1);
-            while t.0 >= MAX_PULLS {
-                t = self.turn_free.wait(t).unwrap_or_else(|p| p.into_inner());
+        let lock = || self.turns.lock().unwrap_or_else(|p| p.into_inner());
+        let ahead = {
+            let mut t = lock();
+            if t.0 < MAX_PULLS {
+                t.0 = t.0.saturating_add(1);
+                return Turn(self);
             }
-            t.1 = t.1.saturating_sub(1);
+            t.1 = t.1.saturating_add(1);
+            t.1.saturating_sub(1)
+        };
+        // Events go out with no lock held: a slow client holds up no one.
+        events(&PullEvent::Queued { ahead });
+        let mut said = Instant::now();
+        let mut t = lock();
+        loop {
+            if t.0 < MAX_PULLS {
+                t.0 = t.0.saturating_add(1);
+                t.1 = t.1.saturating_sub(1);
+                return Turn(self);
+            }
+            t = match self.turn_free.wait_timeout(t, Duration::from_secs(1)) {
+                Ok((t, _)) => t,
+                Err(p) => p.into_inner().0,
+            };
+            if said.elapsed() >= KEEP_ALIVE {
+                drop(t);
+                events(&PullEvent::Queued { ahead });
+                said = Instant::now();
+                t = lock();
+            }
         }
-        t.0 = t.0.saturating_add(1);
-        Turn(self)
     }
+
+    /// The store to itself (no pull running), for a removal or a prune;
+    /// the client hears every [`KEEP_ALIVE`] while it waits. Tried rather
+    /// than waited for, so that pulls asked for meanwhile are not held up
+    /// behind it.
+    fn exclusive(&self, events: &mut dyn FnMut(&PullEvent)) -> RwLockWriteGuard<'_, ()> {
+        let mut said = Instant::now();
+        loop {
+            match self.gc.try_write() {
+                Ok(g) => return g,
+                Err(TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(TryLockError::WouldBlock) => {}
+            }
+            if said.elapsed() >= KEEP_ALIVE {
+                events(&PullEvent::Queued { ahead: 0 });
+                said = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A pull's answer from the store alone, if its policy lets the store
+/// answer and the store has the image whole.
+fn in_store(req: &PullRequest, store: &Store) -> Option<Result<PullEvent, String>> {
+    if req.policy == Pull::Always {
+        return None;
+    }
+    let reference: Reference = req.reference.parse().ok()?;
+    let digest = present(store, &reference)?;
+    Some(Ok(PullEvent::Pulled {
+        manifest: digest.to_string(),
+        fetched: 0,
+        host: String::new(),
+    }))
 }
 
 fn list(store: &Store) -> Result<PullEvent, String> {
@@ -264,6 +332,8 @@ fn pull(
             bad.host
         ));
     }
+    // Again after the turn: a pull of the same image may have brought it
+    // in while this one waited.
     if req.policy != Pull::Always {
         if let Some(digest) = present(store, &reference) {
             return Ok(PullEvent::Pulled {
@@ -333,8 +403,11 @@ pub fn present(store: &Store, reference: &Reference) -> Option<Digest> {
     let Parsed::Manifest(m) = manifest::parse(Some(&d.media_type), &bytes).ok()? else {
         return None;
     };
+    // A pin by an index's digest: keel-init checks the image against it,
+    // so the index must be there too.
+    let pinned = reference.digest.as_ref().is_none_or(|p| store.has(p));
     let whole = store.has(&m.config.digest) && m.layers.iter().all(|l| store.has(&l.digest));
-    whole.then_some(d.digest)
+    (whole && pinned).then_some(d.digest)
 }
 
 /// When a blob's progress is worth an event.

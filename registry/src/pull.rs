@@ -116,10 +116,14 @@ fn pull_from(
     };
     let url = client.manifest_url(repo, &manifest_digest.to_string());
     check_image(&manifest, &url)?;
+    // What is still to come: a blob's partial download counts for what
+    // it holds (a pull resumed on a nearly full disk must not be refused).
     let missing = std::iter::once(&manifest.config)
         .chain(&manifest.layers)
         .filter(|d| !store.has(&d.digest))
-        .fold(0u64, |n, d| n.saturating_add(d.size));
+        .fold(0u64, |n, d| {
+            n.saturating_add(d.size.saturating_sub(store.partial_size(&d.digest)))
+        });
     store.check_room(missing)?;
     let mut fetched = client.blob(repo, &manifest.config, store, progress)?;
     if index.is_none() {
@@ -141,7 +145,9 @@ fn pull_from(
         digest: manifest_digest,
         size: u64::try_from(bytes.len()).unwrap_or(u64::MAX),
         platform: Some(platform.clone()),
-        annotations: None,
+        annotations: index.as_ref().map(|i| {
+            std::iter::once((crate::store::INDEX_OF.to_string(), i.to_string())).collect()
+        }),
     };
     let name = reference.to_string();
     store.tag(&name, &descriptor)?;

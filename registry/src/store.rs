@@ -25,6 +25,10 @@ use crate::reference::Digest;
 
 /// The annotation an OCI layout's index names an image with.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// keel's annotation on a name's entry: the multi-platform index the
+/// reference named, kept (and kept from collection) for a pin by the
+/// index's digest.
+pub const INDEX_OF: &str = "dev.keel.index";
 const LAYOUT_MARKER: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
 /// No index.json keel writes comes near this; a bigger one is not ours.
 const MAX_INDEX: u64 = 16 << 20;
@@ -125,6 +129,17 @@ impl Store {
             need,
             free,
         })
+    }
+
+    /// Bytes a partial download of `digest` holds (0 without one).
+    pub fn partial_size(&self, digest: &Digest) -> u64 {
+        fs::metadata(self.partial_path(digest)).map_or(0, |m| m.len())
+    }
+
+    fn partial_path(&self, digest: &Digest) -> PathBuf {
+        self.root
+            .join("ingest")
+            .join(format!("{}.partial", digest.hex()))
     }
 
     pub fn has(&self, digest: &Digest) -> bool {
@@ -295,10 +310,7 @@ pub struct Ingest {
 
 impl Ingest {
     fn open(store: &Store, digest: &Digest, size: u64) -> Result<Ingest, StoreError> {
-        let path = store
-            .root
-            .join("ingest")
-            .join(format!("{}.partial", digest.hex()));
+        let path = store.partial_path(digest);
         // Two pulls of one layer (two images share it) take turns. The one
         // that waited may hold a file the other has since moved into
         // blobs/: it opens the name again until the lock it holds is on

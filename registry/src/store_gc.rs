@@ -19,9 +19,10 @@ use super::{io_err, ref_name, Store, StoreError};
 use crate::manifest::{self, Descriptor, Parsed};
 use crate::reference::Digest;
 
-/// A download no pull has touched for this long is given up on by a
-/// collection to the budget (a prune removes every one).
-const STALE_PARTIAL: Duration = Duration::from_secs(24 * 3600);
+/// A download, or a blob no name reaches, that no pull has touched for
+/// this long is given up on by a collection to the budget (a prune removes
+/// every one).
+const STALE: Duration = Duration::from_secs(24 * 3600);
 
 /// One named image in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,10 +82,9 @@ impl Store {
     /// Remove the name `name` and the blobs nothing else needs; None if
     /// the store has no such name.
     pub fn remove(&self, name: &str) -> Result<Option<Removed>, StoreError> {
-        if !self.untag(name)? {
+        let Some(freed) = self.drop_name(name)? else {
             return Ok(None);
-        }
-        let freed = self.sweep_blobs()?;
+        };
         Ok(Some(Removed {
             names: vec![name.to_string()],
             freed,
@@ -92,14 +92,17 @@ impl Store {
         }))
     }
 
-    /// Remove what `how` says, then every blob no name needs.
+    /// Remove what `how` says. A prune of the unused takes every blob no
+    /// name needs; a collection to the budget only those untouched for a
+    /// day, since a pull that failed keeps the layers it brought in for
+    /// its next try (its name comes last).
     pub fn prune(&self, how: Prune<'_>) -> Result<Removed, StoreError> {
         let (keep, budget, stale) = match how {
             Prune::Unused { keep } => (keep, None, Duration::ZERO),
-            Prune::ToBudget { keep, budget } => (keep, Some(budget), STALE_PARTIAL),
+            Prune::ToBudget { keep, budget } => (keep, Some(budget), STALE),
         };
         let mut freed = self.sweep_partials(stale)?;
-        freed = freed.saturating_add(self.sweep_blobs()?);
+        freed = freed.saturating_add(self.sweep_blobs(stale)?);
         let mut names = Vec::new();
         let mut size = self.usage()?;
         for (name, _) in self.list()? {
@@ -109,8 +112,7 @@ impl Store {
             if keep.contains(&name) {
                 continue;
             }
-            self.untag(&name)?;
-            let gone = self.sweep_blobs()?;
+            let gone = self.drop_name(&name)?.unwrap_or(0);
             freed = freed.saturating_add(gone);
             size = size.saturating_sub(gone);
             names.push(name);
@@ -120,6 +122,32 @@ impl Store {
             freed,
             size: self.usage()?,
         })
+    }
+
+    /// Untag `name` and delete the blobs it reached that no other name
+    /// does (not every unreached blob: a failed pull's layers wait for its
+    /// next try); the bytes freed, or None if there was no such name.
+    fn drop_name(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        let _lock = self.lock_index()?;
+        let mut index = self.read_index()?;
+        let Some(at) = index
+            .manifests
+            .iter()
+            .position(|d| ref_name(d) == Some(name))
+        else {
+            return Ok(None);
+        };
+        let gone = index.manifests.remove(at);
+        let mine = self.reached_from(&gone).0;
+        self.write_index(&index)?;
+        let others = self.reached_by_names(&index.manifests);
+        let mut freed = 0u64;
+        for digest in mine {
+            if !others.contains(&digest.hex()) {
+                freed = freed.saturating_add(remove_file(&self.blob_path(&digest))?);
+            }
+        }
+        Ok(Some(freed))
     }
 
     /// Bytes of every blob and partial download.
@@ -143,6 +171,8 @@ impl Store {
     /// digest then.
     fn reached_from(&self, d: &Descriptor) -> (Vec<Digest>, Option<Digest>) {
         let mut blobs = vec![d.digest.clone()];
+        let index = d.annotations.as_ref().and_then(|a| a.get(super::INDEX_OF));
+        blobs.extend(index.and_then(|i| i.parse::<Digest>().ok()));
         let max = u64::try_from(manifest::MAX_MANIFEST).unwrap_or(u64::MAX);
         let parsed = self
             .read(&d.digest, max)
@@ -164,26 +194,31 @@ impl Store {
         fs::metadata(self.blob_path(digest)).map_or(0, |m| m.size())
     }
 
-    /// Delete every blob no name reaches; the bytes freed.
-    fn sweep_blobs(&self) -> Result<u64, StoreError> {
+    /// The blobs (by hex) the names among `entries` reach.
+    fn reached_by_names(&self, entries: &[Descriptor]) -> BTreeSet<String> {
+        entries
+            .iter()
+            .filter(|d| ref_name(d).is_some())
+            .flat_map(|d| self.reached_from(d).0)
+            .map(|b| b.hex())
+            .collect()
+    }
+
+    /// Delete every blob no name reaches and untouched for `stale` or
+    /// longer; the bytes freed.
+    fn sweep_blobs(&self, stale: Duration) -> Result<u64, StoreError> {
         let _lock = self.lock_index()?;
-        let mut reached = BTreeSet::new();
-        for d in self.read_index()?.manifests {
-            if ref_name(&d).is_some() {
-                reached.extend(
-                    self.reached_from(&d)
-                        .0
-                        .into_iter()
-                        .map(|b| b.hex().to_string()),
-                );
-            }
-        }
+        let reached = self.reached_by_names(&self.read_index()?.manifests);
         let dir = self.root.join("blobs/sha256");
+        let now = SystemTime::now();
         let mut freed = 0u64;
         for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
             let entry = entry.map_err(io_err(&dir))?;
             let name = entry.file_name();
             if reached.contains(name.to_string_lossy().as_ref()) {
+                continue;
+            }
+            if !stale.is_zero() && age(&entry.path(), now) < stale {
                 continue;
             }
             freed = freed.saturating_add(remove_file(&entry.path())?);
@@ -203,21 +238,24 @@ impl Store {
             let Ok(file) = fs::File::open(&path) else {
                 continue;
             };
-            let age = file
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| now.duration_since(t).ok())
-                .unwrap_or(Duration::ZERO);
             // A pull of another process (the `pull --store` command) may
             // hold it: that one is not stale, whatever its age.
-            if age < stale || file.try_lock().is_err() {
+            if age(&path, now) < stale || file.try_lock().is_err() {
                 continue;
             }
             freed = freed.saturating_add(remove_file(&path)?);
         }
         Ok(freed)
     }
+}
+
+/// How long ago `path` was last written (nothing known: just now).
+fn age(path: &Path, now: SystemTime) -> Duration {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| now.duration_since(t).ok())
+        .unwrap_or(Duration::ZERO)
 }
 
 /// Delete a file of the store; its size. Gone already is not an error.

@@ -186,3 +186,41 @@ fn a_budget_leaves_fresh_and_locked_partial_downloads() {
         .next()
         .is_none());
 }
+
+#[test]
+fn a_budget_keeps_a_failed_pulls_fresh_layers_and_a_pinned_index() {
+    let (_d, store) = store();
+    // A layer a pull brought in before it failed: no name reaches it yet.
+    put(&store, &[9u8; 1000]);
+    // An image pulled through a multi-platform index, which its name's
+    // entry records (a pin by the index's digest needs it).
+    image(&store, "r.example/a:1", &[&[1u8; 100]]);
+    let index = Digest::of(b"an index");
+    store.put(&index, b"an index").unwrap();
+    let mut d = store.tagged("r.example/a:1").unwrap().unwrap();
+    d.annotations
+        .as_mut()
+        .unwrap()
+        .insert(crate::store::INDEX_OF.into(), index.to_string());
+    store.tag("r.example/a:1", &d).unwrap();
+    let keep = ["r.example/a:1".to_string()];
+    store
+        .prune(Prune::ToBudget {
+            keep: &keep,
+            budget: 0,
+        })
+        .unwrap();
+    assert!(
+        store.has(&Digest::of(&[9u8; 1000])),
+        "a fresh unreached blob"
+    );
+    assert!(store.has(&index), "the index a name records");
+    // A prune of the unused takes the unreached blob, not the index.
+    store.prune(Prune::Unused { keep: &keep }).unwrap();
+    assert!(!store.has(&Digest::of(&[9u8; 1000])));
+    assert!(store.has(&index));
+    // The name gone, its index goes with it.
+    store.remove("r.example/a:1").unwrap().unwrap();
+    assert!(!store.has(&index));
+    assert_eq!(blobs(&store), 0);
+}

@@ -81,24 +81,37 @@ pub fn oci_blob(dir: &Path, bytes: &[u8]) -> String {
 }
 
 /// Write an OCI image layout at `dir` of these layer blobs (tar, or
-/// gzip-compressed tar) and image config JSON, with one manifest.
+/// gzip-compressed tar) and image config JSON, with one manifest; every
+/// descriptor with its media type and size, as the image spec requires.
 pub fn oci_layout(dir: &Path, layers: &[&[u8]], config: &str) {
     let layers: Vec<String> = layers
         .iter()
-        .map(|l| format!(r#"{{"digest":"{}","size":{}}}"#, oci_blob(dir, l), l.len()))
+        .map(|l| {
+            let kind = if l.starts_with(&[0x1f, 0x8b]) {
+                "tar+gzip"
+            } else {
+                "tar"
+            };
+            format!(
+                r#"{{"mediaType":"application/vnd.oci.image.layer.v1.{kind}","digest":"{}","size":{}}}"#,
+                oci_blob(dir, l),
+                l.len()
+            )
+        })
         .collect();
-    let config = oci_blob(dir, config.as_bytes());
-    let manifest = oci_blob(
-        dir,
-        format!(
-            r#"{{"schemaVersion":2,"config":{{"digest":"{config}","size":1}},"layers":[{}]}}"#,
-            layers.join(",")
-        )
-        .as_bytes(),
+    let config_digest = oci_blob(dir, config.as_bytes());
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{}]}}"#,
+        config.len(),
+        layers.join(",")
     );
+    let manifest_digest = oci_blob(dir, manifest.as_bytes());
     fs::write(
         dir.join("index.json"),
-        format!(r#"{{"schemaVersion":2,"manifests":[{{"digest":"{manifest}","size":1}}]}}"#),
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{manifest_digest}","size":{}}}]}}"#,
+            manifest.len()
+        ),
     )
     .expect("writing index.json");
     fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)

@@ -21,8 +21,9 @@ const CALL_CONNECT_FOR: Duration = Duration::from_secs(5);
 /// Between two events of a pull (progress comes several times a second
 /// while bytes flow): longer is a registry or a keel-pull that hangs.
 const QUIET_FOR: Duration = Duration::from_secs(300);
-/// An event line is small; a longer one is not keel-pull's.
-const MAX_EVENT: u64 = 64 << 10;
+/// An event line is small, but for a listing of a large store; a longer
+/// one is not keel-pull's.
+const MAX_EVENT: u64 = 8 << 20;
 /// What PID 1 writes to the helper's stdin: it goes on to keel-pull as
 /// one API request line, bounded the same (the host config's limits on
 /// mirrors and CAs keep it under that).
@@ -61,6 +62,14 @@ fn pull_at(socket: &Path, req: &PullRequest, connect_for: Duration) -> Result<St
 /// credentials, which keelctl never sees); stdout is keelctl's connection,
 /// and every event keel-pull sends goes on to it, then the last one.
 pub fn image_call_main() -> ! {
+    // keelctl reads as a pull goes: a terminal slow to take a redraw must
+    // not cut the events short. The socket's own setting: PID 1 has
+    // handed its copy over and writes to it no more.
+    let _ = nix::sys::socket::setsockopt(
+        &std::io::stdout(),
+        nix::sys::socket::sockopt::SendTimeout,
+        &nix::sys::time::TimeVal::new(60, 0),
+    );
     let mut out = std::io::stdout().lock();
     let mut relay = |line: &str| -> Result<(), String> {
         out.write_all(line.as_bytes())

@@ -26,12 +26,13 @@ use crate::log;
 /// keel-init itself, for its helper processes.
 const SELF: &str = "/proc/self/exe";
 
-/// The references in full of the registry images `config`'s containers
-/// use: what the store keeps.
-pub(super) fn in_use(config: &HostConfig) -> Vec<String> {
-    let mut used: Vec<String> = config
-        .containers
-        .values()
+/// The references in full of the registry images the containers of
+/// `configs` use (the config in force, and the one a trial goes back to):
+/// what the store keeps.
+pub(super) fn in_use(configs: &[&HostConfig]) -> Vec<String> {
+    let mut used: Vec<String> = configs
+        .iter()
+        .flat_map(|c| c.containers.values())
         .filter_map(|uc| match &uc.image {
             ImageSource::Registry(r) => Some(r.to_string()),
             ImageSource::Path(_) => None,
@@ -43,12 +44,21 @@ pub(super) fn in_use(config: &HostConfig) -> Vec<String> {
 }
 
 /// What keel-pull is asked for an image request of keelctl, or why it is
-/// refused.
-pub(super) fn puller_request(req: &Request, config: &HostConfig) -> Result<PullerRequest, String> {
+/// refused. `configs`: the config in force first, then the one a trial
+/// would go back to.
+pub(super) fn puller_request(
+    req: &Request,
+    configs: &[&HostConfig],
+) -> Result<PullerRequest, String> {
     let parse = |text: &str| {
-        text.parse::<Reference>()
-            .map_err(|e| format!("{text:?}: {e}"))
+        text.parse::<Reference>().map_err(|e| {
+            // The reference is the client's: shown short, so the answer
+            // is small whatever was sent.
+            let shown: String = text.chars().take(200).collect();
+            format!("{shown:?}: {e}")
+        })
     };
+    let config = configs.first().copied().ok_or("no host config")?;
     match req {
         Request::ImagePull { reference } => {
             let r = parse(reference)?;
@@ -62,9 +72,9 @@ pub(super) fn puller_request(req: &Request, config: &HostConfig) -> Result<Pulle
         Request::ImageList => Ok(PullerRequest::List {}),
         Request::ImageRm { reference } => {
             let r = parse(reference)?;
-            let users: Vec<&str> = config
-                .containers
+            let users: Vec<&str> = configs
                 .iter()
+                .flat_map(|c| c.containers.iter())
                 .filter(|(_, uc)| matches!(&uc.image, ImageSource::Registry(u) if *u == r))
                 .map(|(name, _)| name.as_str())
                 .collect();
@@ -79,7 +89,7 @@ pub(super) fn puller_request(req: &Request, config: &HostConfig) -> Result<Pulle
             })
         }
         Request::ImagePrune => Ok(PullerRequest::Prune {
-            keep: in_use(config),
+            keep: in_use(configs),
             budget: None,
         }),
         other => Err(format!("{other:?} is not an image request")),
@@ -89,6 +99,15 @@ pub(super) fn puller_request(req: &Request, config: &HostConfig) -> Result<Pulle
 /// Start `keel-init image-call` on `req`, with `out` as its stdout.
 fn call(req: &PullerRequest, out: Stdio) -> Result<(), String> {
     let text = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+    // One request line to keel-pull, and a write to an empty pipe that
+    // never waits: both hold this much.
+    if text.len() >= keel_api::wire::MAX_REQUEST {
+        return Err(format!(
+            "the request to keel-pull would be {} bytes; at most {} fit (a host config with fewer registry images)",
+            text.len(),
+            keel_api::wire::MAX_REQUEST
+        ));
+    }
     let mut child = Command::new(SELF)
         .arg("image-call")
         .stdin(Stdio::piped())
@@ -111,13 +130,16 @@ impl Init {
     /// Answer an image request of keelctl: through the helper, or with the
     /// reason it is refused.
     pub(super) fn image(&mut self, stream: UnixStream, req: &Request) {
-        let asked = puller_request(req, &self.cfg.config);
+        let asked = puller_request(req, &self.configs());
         if matches!(req, Request::ImagePrune) {
-            self.prune_roots();
+            if self.cfg.preparing.is_empty() {
+                self.prune_roots();
+            } else {
+                // A root being unpacked is no service's yet: pruned once
+                // the preparations are done.
+                self.cfg.prune_pending = true;
+            }
         }
-        // The helper writes to keelctl as a pull goes: a terminal that is
-        // slow to take a redraw must not cut the pull's events short.
-        let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(60)));
         let failed = match asked {
             Ok(ask) => match stream.try_clone() {
                 Ok(copy) => call(&ask, Stdio::from(OwnedFd::from(copy))).err(),
@@ -137,12 +159,20 @@ impl Init {
             return;
         }
         let ask = PullerRequest::Prune {
-            keep: in_use(&self.cfg.config),
+            keep: in_use(&self.configs()),
             budget: Some(self.cfg.config.images.budget.0),
         };
         if let Err(e) = call(&ask, Stdio::null()) {
             log(format!("warning: collecting the image store: {e}"));
         }
+    }
+
+    /// The config in force, and the one a trial goes back to: the images
+    /// either needs are kept.
+    fn configs(&self) -> Vec<&HostConfig> {
+        let mut c = vec![&self.cfg.config];
+        c.extend(self.cfg.trial.as_ref().map(|t| &t.previous));
+        c
     }
 
     /// Remove the unpacked roots no service runs on.
@@ -182,7 +212,7 @@ mod tests {
         let req = Request::ImagePull {
             reference: "r.example/api:2".into(),
         };
-        let PullerRequest::Pull(p) = puller_request(&req, &c).unwrap() else {
+        let PullerRequest::Pull(p) = puller_request(&req, &[&c]).unwrap() else {
             panic!()
         };
         assert_eq!(p.reference, "r.example/api:2");
@@ -192,9 +222,13 @@ mod tests {
         let bad = Request::ImagePull {
             reference: "Bad/Ref".into(),
         };
-        assert!(puller_request(&bad, &c)
+        assert!(puller_request(&bad, &[&c])
             .unwrap_err()
             .starts_with("\"Bad/Ref\": "));
+        let huge = Request::ImagePull {
+            reference: "x".repeat(60_000),
+        };
+        assert!(puller_request(&huge, &[&c]).unwrap_err().len() < 1000);
     }
 
     #[test]
@@ -205,7 +239,7 @@ mod tests {
                 &Request::ImageRm {
                     reference: r.into(),
                 },
-                &c,
+                &[&c],
             )
         };
         // Named as Docker names it, matched in full.
@@ -218,7 +252,7 @@ mod tests {
             }
         );
         assert_eq!(
-            puller_request(&Request::ImagePrune, &c).unwrap(),
+            puller_request(&Request::ImagePrune, &[&c]).unwrap(),
             PullerRequest::Prune {
                 keep: vec![
                     "docker.io/library/nginx:latest".into(),
@@ -227,6 +261,22 @@ mod tests {
                 budget: None
             }
         );
-        assert!(puller_request(&Request::Status, &c).is_err());
+        assert!(puller_request(&Request::Status, &[&c]).is_err());
+        // On trial: what the config it goes back to uses is kept too.
+        let before = config("[containers.old]\nimage = \"r.example/old:1\"\n");
+        let e = puller_request(
+            &Request::ImageRm {
+                reference: "r.example/old:1".into(),
+            },
+            &[&c, &before],
+        )
+        .unwrap_err();
+        assert!(e.contains("containers.old"), "{e}");
+        let PullerRequest::Prune { keep, .. } =
+            puller_request(&Request::ImagePrune, &[&c, &before]).unwrap()
+        else {
+            panic!()
+        };
+        assert!(keep.contains(&"r.example/old:1".to_string()), "{keep:?}");
     }
 }
