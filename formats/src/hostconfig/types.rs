@@ -47,13 +47,15 @@ pub struct HostConfig {
     pub images: Images,
 }
 
-/// `[images]`: how much the image store keeps besides what is in use.
+/// `[images]`: how large the image store may grow before what no
+/// container uses is removed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Images {
-    /// Past this size, images no container uses are removed, least
-    /// recently pulled first (after the boot's containers are up, and
-    /// after each `config apply`). Images in use are never removed.
+    /// Past this size of the whole store (images in use count too),
+    /// images no container uses are removed, least recently pulled first
+    /// (after the boot's containers are up, and after each `config
+    /// apply`). Images in use are never removed, even past it.
     #[serde(default = "Images::default_budget")]
     pub budget: Bytes,
 }
