@@ -135,19 +135,19 @@ fn a_pull_over_tls_with_credentials_survives_a_power_cut_in_a_layer() {
     // the password itself, or the search's own command line would match.
     // The admin shell is a container too: the config is not in its view.
     // What the admin shell sees goes to one file first, and must hold
-    // what it is known to (keel-pull's command line, keel-init's log of
-    // the container) before its lack of the password means anything.
+    // what it is known to (keel-pull's command line, the container in the
+    // status) before its lack of the password means anything.
     let seen = g.shell(&format!(
         "{{ keelctl status --json; keelctl logs pull; keelctl logs app; keelctl logs kernel; \
          cat /proc/[0-9]*/cmdline; }} > /tmp/seen.txt 2>/dev/null; \
          echo count=$(grep -c '{SEARCH}' /tmp/seen.txt) \
-         pull=$(grep -c keel-pull /tmp/seen.txt) added=$(grep -c 'app: container added' /tmp/seen.txt); \
+         pull=$(grep -c keel-pull /tmp/seen.txt) app=$(grep -c '\"app\"' /tmp/seen.txt); \
          echo files=$(grep -rls '{SEARCH}' /var/log /tmp 2>/dev/null); \
          cat /var/lib/keel/config/host.toml 2>&1"
     ));
     assert!(seen.contains("count=0 "), "{seen}");
     assert!(
-        !seen.contains("pull=0") && !seen.contains("added=0"),
+        !seen.contains("pull=0") && !seen.contains("app=0"),
         "{seen}"
     );
     assert!(seen.lines().any(|l| l.trim() == "files="), "{seen}");

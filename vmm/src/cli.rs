@@ -97,8 +97,14 @@ fn parse_disk(arg: &str) -> Result<DiskConfig, String> {
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let exit = keel_vmm::vm::run(&cli.config())?;
-    if let keel_vmm::vm::Exit::Failed(why) = &exit {
-        eprintln!("keel-vmm: {why}");
+    match &exit {
+        keel_vmm::vm::Exit::Failed(why) => eprintln!("keel-vmm: {why}"),
+        // Said in the log: an exit status alone does not tell a triple
+        // fault from anything else.
+        keel_vmm::vm::Exit::Shutdown => {
+            eprintln!("keel-vmm: the guest shut the machine down (a triple fault or KVM shutdown)")
+        }
+        keel_vmm::vm::Exit::Reset => {}
     }
     std::process::exit(exit.code())
 }
