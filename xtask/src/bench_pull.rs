@@ -168,8 +168,9 @@ the bench checks both stored the same bytes.\n\n\
 | skopeo | {s:.3} | {:.1} |\n\n\
 keel-pull's throughput is **{:.2}×** skopeo's (target: ≥ 1.0×).\n\n\
 ## From `keelctl image pull` to the container running\n\n\
-The default image booted in QEMU (TCG: this machine has no KVM, so the guest runs emulated and \
-its times are far above a real host's), its host config naming the same registry (insecure, \
+The default image booted in QEMU with TCG, as the tests boot it (this machine's /dev/kvm is a \
+paravirtual one QEMU's KVM accelerator hangs on, so the guest runs emulated and its times are far \
+above a real host's), its host config naming the same registry (insecure, \
 reached at {GUEST_ADDRESS}:5000 through QEMU's guestfwd). In one shell line in the guest, timed by \
 the guest's /proc/uptime: `keelctl image pull REF` of a busybox image with an {} MiB layer of \
 incompressible bytes ({:.1} MB of files), then `keelctl config apply` of a config with a container \
