@@ -1,6 +1,6 @@
 //! Inputs several end-to-end tests make: host configs on a disk's ESP,
-//! OCI image blobs and layers, and HTTP requests to a guest's forwarded
-//! ports.
+//! OCI image blobs and layers (busybox ones, incompressible ones), and
+//! HTTP requests to a guest's forwarded ports.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -221,4 +221,30 @@ impl Drop for Mounted {
         let _ = Command::new("umount").arg(self.at.path()).status();
         let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
     }
+}
+
+/// `len` incompressible bytes (xorshift64 from `seed`): a gzip layer of
+/// them is as big as they are, so the bytes on the wire are the image's.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 56) as u8
+        })
+        .collect()
+}
+
+/// A layer of the image's cached busybox at /bin/busybox, with `applets`
+/// linked to it in /bin, and `extra` entries besides.
+pub fn busybox_layer(applets: &[&str], extra: &[Entry<'_>]) -> Vec<u8> {
+    let busybox = crate::host::cached_busybox(&crate::workspace()).expect("the cached busybox");
+    let bb = fs::read(&busybox.files[0].1).expect("reading busybox");
+    let links: Vec<String> = applets.iter().map(|a| format!("bin/{a}")).collect();
+    let mut entries = vec![Entry::file("bin/busybox", &bb, 0o755)];
+    entries.extend(links.iter().map(|a| Entry::link(a, "busybox")));
+    entries.extend_from_slice(extra);
+    layer(&entries)
 }

@@ -11,33 +11,23 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::fs;
 use std::path::Path;
 
-use keel_tests::fixtures::{layer, put_config, Entry};
-use keel_tests::host::cached_busybox;
+use keel_tests::fixtures::{busybox_layer, put_config, Entry};
 use keel_tests::registry::{push, runnable_layout, Options, Push, Registry};
-use keel_tests::{copy_disk, disk_image, workspace, Guest, BOOT_TIMEOUT};
+use keel_tests::{copy_disk, disk_image, Guest, BOOT_TIMEOUT};
 
 /// The registry as the guest names it.
 const REGISTRY: &str = "10.0.2.100:5000";
 
 /// A busybox image whose entrypoint says which version it is and sleeps.
 fn app_layout(dir: &Path, tag: &str) {
-    let busybox = cached_busybox(&workspace()).unwrap();
-    let bb = fs::read(&busybox.files[0].1).unwrap();
     let version = format!("image {tag}\n");
-    let applets: Vec<String> = ["sh", "cat", "sleep"]
-        .iter()
-        .map(|a| format!("bin/{a}"))
-        .collect();
-    let mut entries = vec![Entry::file("bin/busybox", &bb, 0o755)];
-    entries.extend(applets.iter().map(|a| Entry::link(a, "busybox")));
-    entries.push(Entry::file("version", version.as_bytes(), 0o644));
+    let version = Entry::file("version", version.as_bytes(), 0o644);
     runnable_layout(
         dir,
         tag,
-        &[layer(&entries)],
+        &[busybox_layer(&["sh", "cat", "sleep"], &[version])],
         serde_json::json!({
             "Entrypoint": ["/bin/sh", "-c"],
             "Cmd": ["cat /version; exec sleep 100000"],

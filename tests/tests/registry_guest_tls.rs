@@ -9,15 +9,13 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use keel_tests::fixtures::{layer, put_config, Entry};
-use keel_tests::host::cached_busybox;
+use keel_tests::fixtures::{busybox_layer, layer, noise, put_config, Entry};
 use keel_tests::registry::{push, runnable_layout, Options, Push, Registry, GUEST_ADDRESS};
 use keel_tests::throttle::Throttle;
-use keel_tests::{copy_disk, disk_image, workspace, Guest, BOOT_TIMEOUT};
+use keel_tests::{copy_disk, disk_image, Guest, BOOT_TIMEOUT};
 
 const USER: &str = "keel";
 const PASSWORD: &str = "pw-5e1f0c3a-never-shown";
@@ -30,28 +28,13 @@ const BIG: usize = 8 << 20;
 
 /// A busybox image with a big file besides, that says it runs and sleeps.
 fn app_layout(dir: &Path) {
-    let busybox = cached_busybox(&workspace()).unwrap();
-    let bb = fs::read(&busybox.files[0].1).unwrap();
-    let applets: Vec<String> = ["sh", "cat", "sleep", "grep", "ls"]
-        .iter()
-        .map(|a| format!("bin/{a}"))
-        .collect();
-    let mut entries = vec![Entry::file("bin/busybox", &bb, 0o755)];
-    entries.extend(applets.iter().map(|a| Entry::link(a, "busybox")));
-    entries.push(Entry::file("version", b"image big\n", 0o644));
-    let mut big = vec![0u8; BIG];
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    for b in big.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
+    let version = Entry::file("version", b"image big\n", 0o644);
+    let big = noise(0x9e37_79b9_7f4a_7c15, BIG);
     runnable_layout(
         dir,
         "1",
         &[
-            layer(&entries),
+            busybox_layer(&["sh", "cat", "sleep", "grep", "ls"], &[version]),
             layer(&[Entry::file("data/big", &big, 0o644)]),
         ],
         serde_json::json!({

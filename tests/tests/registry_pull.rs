@@ -383,14 +383,7 @@ fn a_pull_cut_in_a_layer_resumes_where_it_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let mut registry = Registry::start(RegistryOptions::http());
     // Incompressible, so the gzip layer is as big as its file.
-    let mut big = vec![0u8; 24 << 20];
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    for b in big.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
+    let big = keel_tests::fixtures::noise(0x9e37_79b9_7f4a_7c15, 24 << 20);
     let layout = dir.path().join("big");
     image_layout(&layout, "v1", "amd64", &[vec![("data/big", big)]]);
     push(

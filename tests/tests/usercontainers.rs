@@ -10,24 +10,15 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use keel_tests::fixtures::{esp_text, http_get, layer, oci_layout, put_config, Entry, Mounted};
-use keel_tests::host::cached_busybox;
-use keel_tests::{
-    copy_disk, disk_image, free_port, workspace, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT,
+use keel_tests::fixtures::{
+    busybox_layer, esp_text, http_get, oci_layout, put_config, Entry, Mounted,
 };
+use keel_tests::{copy_disk, disk_image, free_port, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
 
 /// An OCI layout of busybox whose entrypoint records its environment in
 /// /data and serves /www over HTTP on port 8080 of its own loopback.
 fn app_layout(dir: &Path) {
-    let busybox = cached_busybox(&workspace()).unwrap();
-    let bb = fs::read(&busybox.files[0].1).unwrap();
-    let applets: Vec<String> = ["sh", "httpd", "cat", "touch", "ls"]
-        .iter()
-        .map(|a| format!("bin/{a}"))
-        .collect();
-    let mut entries = vec![Entry::file("bin/busybox", &bb, 0o755)];
-    entries.extend(applets.iter().map(|a| Entry::link(a, "busybox")));
-    entries.extend([
+    let entries = [
         // Owners are kept: the page belongs to uid 1000, as in the layer.
         Entry {
             owner: 1000,
@@ -38,11 +29,15 @@ fn app_layout(dir: &Path) {
             b"echo \"$GREETING\" > /data/greeting\nexec httpd -f -p 127.0.0.1:8080 -h /www\n",
             0o755,
         ),
-    ]);
+    ];
     let gz = {
         use std::io::Write;
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        e.write_all(&layer(&entries)).unwrap();
+        e.write_all(&busybox_layer(
+            &["sh", "httpd", "cat", "touch", "ls"],
+            &entries,
+        ))
+        .unwrap();
         e.finish().unwrap()
     };
     oci_layout(

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use keel_tests::fixtures::noise;
 use keel_tests::registry::{image_layout, push, Options, Push, Registry, GUEST_ADDRESS};
 
 use crate::bench::median;
@@ -18,18 +19,6 @@ use crate::{root, run};
 /// size and the bytes on the wire are the image's.
 const LAYERS: usize = 5;
 const LAYER_BYTES: usize = 10 << 20;
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 56) as u8
-        })
-        .collect()
-}
 
 fn timed(cmd: &mut Command) -> anyhow::Result<f64> {
     let started = Instant::now();

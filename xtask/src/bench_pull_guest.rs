@@ -8,13 +8,11 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use keel_tests::fixtures::{layer, put_config, Entry};
-use keel_tests::host::cached_busybox;
+use keel_tests::fixtures::{busybox_layer, layer, put_config, Entry};
 use keel_tests::registry::{push, runnable_layout, Push, Registry, GUEST_ADDRESS};
 use keel_tests::{copy_disk, Guest, BOOT_TIMEOUT};
 
 use crate::bench::median;
-use crate::root;
 
 /// The image's big layer: the guest's /var (64 MiB) holds it three
 /// times while it is unpacked.
@@ -53,25 +51,17 @@ fn rss_kib(g: &mut Guest) -> anyhow::Result<u64> {
 
 /// Push a runnable busybox image with a layer of `noise` to `registry`.
 fn push_app(registry: &Registry, work: &Path, noise: &[u8]) -> anyhow::Result<usize> {
-    let busybox = cached_busybox(&root()).map_err(anyhow::Error::msg)?;
-    let bb = std::fs::read(&busybox.files[0].1)?;
-    let entries = vec![
-        Entry::file("bin/busybox", &bb, 0o755),
-        Entry::link("bin/sh", "busybox"),
-        Entry::link("bin/sleep", "busybox"),
-    ];
+    let busybox = busybox_layer(&["sh", "sleep"], &[]);
     let layout = work.join("guest-layout");
+    let size = busybox.len().saturating_add(noise.len());
     runnable_layout(
         &layout,
         "1",
-        &[
-            layer(&entries),
-            layer(&[Entry::file("data/blob", noise, 0o644)]),
-        ],
+        &[busybox, layer(&[Entry::file("data/blob", noise, 0o644)])],
         serde_json::json!({"Cmd": ["/bin/sleep", "100000"], "Env": ["PATH=/bin"]}),
     );
     push(registry, &layout, "1", "bench/guest:1", &Push::default());
-    Ok(bb.len().saturating_add(noise.len()))
+    Ok(size)
 }
 
 /// Boot the default image and time `runs` pulls-to-running.
