@@ -71,6 +71,9 @@ pub enum Request {
     /// Remove every image no container of the host config uses, and the
     /// unpacked roots no service runs on.
     ImagePrune,
+    /// The container networks as the kernel has them: links and the
+    /// rules of `table inet keel`.
+    Network,
     Poweroff,
     Reboot,
 }
@@ -98,6 +101,13 @@ pub enum Response {
     Applied {
         changes: Vec<String>,
         warnings: Vec<String>,
+    },
+    /// Answer to [`Request::Network`], read from the kernel.
+    Network {
+        /// `NAME [bridge] [on BRIDGE]`, every link but loopback.
+        links: Vec<String>,
+        /// `CHAIN: expression(data) ...`, one per rule.
+        rules: Vec<String>,
     },
     Ok,
     Error(String),

@@ -13,6 +13,18 @@ use crate::limits::{
 };
 use crate::syspaths::SystemPaths;
 
+/// An interface of a container on a container network: a veth whose
+/// host end is on `bridge`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetInterface {
+    pub bridge: String,
+    /// The container's addresses with their prefix lengths.
+    pub addresses: Vec<(std::net::IpAddr, u8)>,
+    /// Default routes through these (the bridge's addresses); only the
+    /// first interface has them.
+    pub gateways: Vec<std::net::IpAddr>,
+}
+
 /// One system service, run by `keel-init` as a container.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +73,11 @@ pub struct ContainerDef {
     /// under /var); never read from a file.
     #[serde(skip)]
     pub root_dir: Option<String>,
+    /// Interfaces on container networks, `eth0` onwards, in a network
+    /// namespace of its own (a user container's, set by keel-init from
+    /// the host config); never read from a file.
+    #[serde(skip)]
+    pub interfaces: Vec<NetInterface>,
     /// The signal that asks the service to stop; SIGKILL follows if it is
     /// still running after the stop timeout. A service that is PID 1 of its
     /// namespace only receives signals it has a handler for.

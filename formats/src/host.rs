@@ -11,6 +11,15 @@ pub const ON_ESP: &str = "keel/host.toml";
 /// DHCP client container; container roots link /etc/resolv.conf here.
 pub const DNS_DIR: &str = "/run/keel/dns";
 pub const RESOLV_CONF: &str = "/run/keel/dns/resolv.conf";
+/// What containers in user namespaces of their own bind from the host:
+/// their setup, as root of that namespace, cannot pass through /run/keel
+/// (root and the admin group only). keel-init binds [`DNS_DIR`] here, and
+/// keeps the containers' hosts files in [`HOSTS_DIR`].
+pub const SHARED_DIR: &str = "/run/keel-shared";
+pub const SHARED_DNS_DIR: &str = "/run/keel-shared/dns";
+pub const SHARED_RESOLV_CONF: &str = "/run/keel-shared/dns/resolv.conf";
+/// Each container's hosts file, by container name.
+pub const HOSTS_DIR: &str = "/run/keel-shared/hosts";
 /// Present when the host config names resolvers: a DHCP lease's then do
 /// not replace them.
 pub const DNS_STATIC_MARK: &str = "/run/keel/dns/static";

@@ -78,7 +78,7 @@ pub fn apply(c: &HostConfig, defs: &mut Vec<(String, ContainerDef)>) -> Vec<Stri
     let (_, template) = defs.remove(at);
     let mut warnings = Vec::new();
     for (name, vm) in &c.vms {
-        match service(&template, name, vm) {
+        match service(&template, name, vm, c) {
             Ok(d) => defs.push((format!("vm-{name}"), d)),
             Err(e) => warnings.push(format!("vms.{name}: {e}; it does not start")),
         }
@@ -87,7 +87,12 @@ pub fn apply(c: &HostConfig, defs: &mut Vec<(String, ContainerDef)>) -> Vec<Stri
 }
 
 /// VM `vm` as a copy of the `vmm` template.
-fn service(template: &ContainerDef, name: &str, vm: &Vm) -> Result<ContainerDef, String> {
+fn service(
+    template: &ContainerDef,
+    name: &str,
+    vm: &Vm,
+    c: &HostConfig,
+) -> Result<ContainerDef, String> {
     let mut d = template.clone();
     d.root_of = Some(VMM_TEMPLATE.to_string());
     d.description = format!("microVM booting {}", vm.kernel);
@@ -119,6 +124,9 @@ fn service(template: &ContainerDef, name: &str, vm: &Vm) -> Result<ContainerDef,
     }
     if let Some(c) = &vm.cmdline {
         args.extend(["--cmdline".to_string(), c.clone()]);
+    }
+    if let Some(a) = keel_formats::hostconfig::networks::vm_addresses(c).get(name) {
+        args.extend(["--append".to_string(), a.kernel_ip(name)]);
     }
     if vm.network == VmNetwork::Tap {
         args.extend(["--tap".to_string(), vm_tap(name)]);

@@ -62,6 +62,9 @@ enum Cmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// The host's links (bridges and which bridge each port is on) and
+    /// the container networks' nf_tables rules, as the kernel has them.
+    Network,
     /// Updates: status, check, apply a bundle file, roll back.
     #[command(subcommand)]
     Update(UpdateCmd),
@@ -298,6 +301,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             other => bail!("unexpected answer {other:?}"),
         },
         Cmd::Logs { name, follow } => logs(socket, &name, follow)?,
+        Cmd::Network => match call(socket, &Request::Network)? {
+            Response::Network { links, rules } => {
+                println!("links:");
+                links.iter().for_each(|l| println!("  {l}"));
+                println!("rules of table inet keel:");
+                rules.iter().for_each(|r| println!("  {r}"));
+            }
+            other => bail!("unexpected answer {other:?}"),
+        },
         Cmd::Start { name } => {
             call(socket, &Request::Start { name })?;
         }

@@ -248,3 +248,19 @@ pub fn busybox_layer(applets: &[&str], extra: &[Entry<'_>]) -> Vec<u8> {
     entries.extend_from_slice(extra);
     layer(&entries)
 }
+
+/// A new ed25519 key pair in `dir` (`id_ed25519`, `id_ed25519.pub`); its
+/// public line, for `admin.ssh.authorized_keys`.
+pub fn ssh_key(dir: &Path) -> String {
+    let key = dir.join("id_ed25519");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen (openssh-client; cargo xtask deps installs it)");
+    assert!(made.success());
+    fs::read_to_string(key.with_extension("pub"))
+        .expect("the public key")
+        .trim()
+        .to_string()
+}

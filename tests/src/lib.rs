@@ -219,6 +219,20 @@ impl Guest {
         Guest::spawn(cmd.arg(disk))
     }
 
+    /// Boot `disk` with `forwards` (as [`Guest::boot_with`]) and `publish`
+    /// (as [`Guest::boot_publishing`]); a reboot of the guest ends QEMU.
+    pub fn boot_forwarding(disk: &Path, forwards: &[(u16, u16)], publish: &[(u16, u16)]) -> Guest {
+        let mut cmd = Command::new(keel_bin());
+        cmd.args(["run", "--accel", "tcg", "--memory", "512", "--no-reboot"]);
+        for (guest, host) in forwards {
+            cmd.arg(format!("--forward={guest}:{host}"));
+        }
+        for (host, guest) in publish {
+            cmd.arg(format!("--publish={host}:{guest}"));
+        }
+        Guest::spawn(cmd.arg(disk))
+    }
+
     /// Boot the kernel and initramfs beside `disk` without firmware
     /// (`keel run --direct`).
     pub fn boot_direct(disk: &Path) -> Guest {

@@ -38,9 +38,11 @@ fn boots_to_ready_runs_containers_and_powers_off() {
     let line = g.expect("\n", COMMAND_TIMEOUT);
     // update is not required: it starts after the ready line.
     assert!(
-        // Of four services (admin, web, update, pull), how many are ready
-        // when the required two are depends on the order they came up in.
-        line.contains("version=0.1.0") && line.contains("slot=a") && line.contains("/4 ms="),
+        // Of five services (admin, web, update, pull and the DHCP client a
+        // host without a network config runs on its first Ethernet
+        // device), how many are ready when the required two are depends
+        // on the order they came up in.
+        line.contains("version=0.1.0") && line.contains("slot=a") && line.contains("/5 ms="),
         "{line}"
     );
     g.prompt();
@@ -50,7 +52,7 @@ fn boots_to_ready_runs_containers_and_powers_off() {
     assert_eq!(status["slot"], "a");
     assert_eq!(status["ready"], true);
     let services = status["services"].as_array().unwrap();
-    assert_eq!(services.len(), 4, "{status}");
+    assert_eq!(services.len(), 5, "{status}");
     for s in services {
         assert_eq!(s["state"], "running", "{s}");
         assert_eq!(s["root_readonly"], true, "{s}");
@@ -107,9 +109,16 @@ fn boots_to_ready_runs_containers_and_powers_off() {
         "{page}"
     );
 
+    // No network config: DHCP on the first Ethernet device, and QEMU's
+    // lease taken.
+    g.poll_shell("cat /var/log/keel/dhcp-eth0.log", 30, |t| {
+        t.contains("keel-dhcp: eth0 has 10.0.2.15/24")
+    });
+    assert!(g.shell("ip -4 addr show dev eth0").contains("10.0.2.15/24"));
+
     // The human view lists every service.
     let table = g.shell("keelctl status");
-    for name in ["admin", "web", "update", "pull"] {
+    for name in ["admin", "web", "update", "pull", "dhcp-eth0"] {
         assert!(
             table
                 .lines()

@@ -68,13 +68,7 @@ fn the_esp_config_applies_and_a_broken_one_keeps_the_last_good() {
     let disk_path = dir.path().join("disk.img");
     copy_disk(&disk_image(), &disk_path);
     let key = dir.path().join("id_ed25519");
-    let made = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status()
-        .expect("ssh-keygen (openssh-client; cargo xtask deps installs it)");
-    assert!(made.success());
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let public = keel_tests::fixtures::ssh_key(dir.path());
     put_config(
         &disk_path,
         &format!(

@@ -61,7 +61,10 @@ devices = ["/dev/kvm"]
 /// service vm-guest from files on /var, as keel-vmm's user, with a root
 /// disk and a tap the host config addresses. The guest mounts its disk
 /// (ext4), reads the file the test put there, writes its own and
-/// unmounts, and gets an answer from the host over the tap.
+/// unmounts, and gets an answer from the host over the tap. A second VM,
+/// `bridged`, is on the default container network: told its address on
+/// its command line, it fetches a page from this machine through the
+/// bridge and the host's masquerade.
 #[test]
 fn a_vm_of_the_host_config_runs_as_a_service() {
     let dir = tempfile::tempdir().unwrap();
@@ -87,14 +90,21 @@ fn a_vm_of_the_host_config_runs_as_a_service() {
             .expect("mkfs.ext4 (e2fsprogs)");
         assert!(st.success());
     }
+    let site = dir.path().join("site");
+    fs::create_dir(&site).unwrap();
+    fs::write(site.join("vm.txt"), "a page for the VM\n").unwrap();
+    let server = keel_tests::http::serve(&site);
     put_config(
         &disk_path,
-        "[network.interfaces.vm-guest]\naddresses = [\"10.99.0.1/24\"]\n\
+        "[network.interfaces.eth0]\naddresses = [\"10.0.2.15/24\"]\ngateway = \"10.0.2.2\"\n\
+         [network.interfaces.vm-guest]\naddresses = [\"10.99.0.1/24\"]\n\
+         [vms.bridged]\nkernel = \"/var/lib/vms/vmlinuz\"\ninitramfs = \"/var/lib/vms/initramfs.cpio\"\n\
+         network = \"tap\"\nnetworks = [\"default\"]\nmemory = \"64M\"\nrestart = \"never\"\n\
          [vms.guest]\nkernel = \"/var/lib/vms/vmlinuz\"\ninitramfs = \"/var/lib/vms/initramfs.cpio\"\n\
          rootfs = \"/var/lib/vms/disks/guest.img\"\nnetwork = \"tap\"\n\
          memory = \"64M\"\nrestart = \"never\"\n",
     );
-    let mut g = Guest::boot(&disk_path);
+    let mut g = Guest::boot_with(&disk_path, false, &[(80, server)]);
     g.expect("keel: ready ", BOOT_TIMEOUT);
     g.prompt();
     // While the guest boots (tens of seconds under nested emulation):
@@ -123,6 +133,19 @@ fn a_vm_of_the_host_config_runs_as_a_service() {
     }
     let st = g.service("vm-guest");
     assert_eq!(st["capabilities"], serde_json::json!([]), "{st}");
+    let log = g.poll_shell("keelctl logs vm-bridged", 120, |l| {
+        l.contains("[keel] exited")
+    });
+    for want in [
+        "keel-vmm-guest: net: eth0 has 10.88.255.254, gateway 10.88.0.1",
+        "keel-vmm-guest: net: fetched: a page for the VM",
+    ] {
+        assert!(
+            log.contains(want),
+            "{want:?} not in vm-bridged's log:\n{log}\n{}",
+            g.shell("ip link; ip addr show keel0")
+        );
+    }
     g.send("keelctl poweroff\n");
     g.wait_exit(keel_tests::COMMAND_TIMEOUT);
 

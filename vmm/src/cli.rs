@@ -19,6 +19,11 @@ pub struct Cli {
     /// Default: [`keel_vmm::config::DEFAULT_CMDLINE`].
     #[arg(long, default_value = keel_vmm::config::DEFAULT_CMDLINE)]
     pub cmdline: String,
+    /// Added to the end of the command line (after a space), whichever
+    /// it is: keel-init gives a VM on a container network its address
+    /// this way.
+    #[arg(long)]
+    pub append: Option<String>,
     #[arg(long, default_value_t = 1)]
     pub vcpus: u8,
     /// Guest memory in MiB.
@@ -48,7 +53,10 @@ impl Cli {
         VmConfig {
             kernel: self.kernel.clone(),
             initramfs: self.initramfs.clone(),
-            cmdline: self.cmdline.clone(),
+            cmdline: match &self.append {
+                Some(a) => format!("{} {a}", self.cmdline),
+                None => self.cmdline.clone(),
+            },
             vcpus: self.vcpus,
             memory_mib: self.memory_mib,
             serial: match self.serial.as_str() {

@@ -24,7 +24,7 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
 
 /// A container root with busybox's `true`, built from the same cached
 /// busybox as the image.
-fn stage_rootfs(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn stage_rootfs(dir: &Path) -> anyhow::Result<()> {
     let busybox = cached_busybox(&root()).map_err(anyhow::Error::msg)?;
     let _ = std::fs::remove_dir_all(dir);
     for d in ["bin", "proc", "sys", "dev", "tmp", "run", "etc"] {
@@ -39,7 +39,22 @@ fn stage_rootfs(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cgroup2() -> anyhow::Result<PathBuf> {
+/// keel-init's launcher bench, built static; its path.
+pub(crate) fn build_launch_bench() -> anyhow::Result<PathBuf> {
+    run(crate::cargo().args([
+        "build",
+        "--release",
+        "--target",
+        MUSL,
+        "-p",
+        "keel-init",
+        "--bin",
+        "keel-launch-bench",
+    ]))?;
+    Ok(root().join(format!("target/{MUSL}/release/keel-launch-bench")))
+}
+
+pub(crate) fn cgroup2() -> anyhow::Result<PathBuf> {
     cgroup2_mount().map_err(anyhow::Error::msg)
 }
 
@@ -144,7 +159,7 @@ fn init_rss(work: &Path, n: usize) -> anyhow::Result<u64> {
 /// unified hierarchy alone, so that every runtime measured uses the same
 /// cgroup v2 tree even on a host that mounts v1 controllers beside it
 /// (crun refuses such "hybrid" hosts).
-fn unified_cgroup_view() -> anyhow::Result<()> {
+pub(crate) fn unified_cgroup_view() -> anyhow::Result<()> {
     // SAFETY: unshare with a flag; xtask has no other threads at this point.
     if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
         bail!("unshare(CLONE_NEWNS): {}", std::io::Error::last_os_error());
@@ -175,16 +190,7 @@ pub fn init(runs: usize, boots: usize) -> anyhow::Result<()> {
             break;
         }
     }
-    run(crate::cargo().args([
-        "build",
-        "--release",
-        "--target",
-        MUSL,
-        "-p",
-        "keel-init",
-        "--bin",
-        "keel-launch-bench",
-    ]))?;
+    let bench = build_launch_bench()?;
     unified_cgroup_view()?;
     let work = root().join("target/bench-init");
     let rootfs = work.join("rootfs");
@@ -192,7 +198,7 @@ pub fn init(runs: usize, boots: usize) -> anyhow::Result<()> {
     let cg = cgroup2()?.join(format!("keel-bench-{}", std::process::id()));
     std::fs::create_dir_all(&cg)?;
 
-    let out = Command::new(root().join(format!("target/{MUSL}/release/keel-launch-bench")))
+    let out = Command::new(&bench)
         .arg(&rootfs)
         .arg(&cg)
         .arg(runs.to_string())

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_build;
+mod bench_net;
 mod bench_pull;
 mod bench_pull_guest;
 mod bench_update;
@@ -48,11 +49,13 @@ const APT_PACKAGES: &[&str] = &[
     "strace",
     "docker-registry",
     "skopeo",
+    "nftables",
 ];
 
 /// Of [`APT_PACKAGES`], those only the tests and benchmarks use (qcow2
 /// outputs, QEMU's guestfwd, SSH to a guest, tracing, a real OCI registry
-/// and the tool that pushes images to it): `cargo xtask demo` builds the
+/// and the tool that pushes images to it, `nft` to read back keel-init's
+/// nf_tables rules): `cargo xtask demo` builds the
 /// default image and boots it without them.
 const TEST_ONLY: &[&str] = &[
     "qemu-utils",
@@ -61,6 +64,7 @@ const TEST_ONLY: &[&str] = &[
     "strace",
     "docker-registry",
     "skopeo",
+    "nftables",
 ];
 pub(crate) const MUSL: &str = "x86_64-unknown-linux-musl";
 /// The deb-src entry is derived from the machine's own apt sources.
@@ -89,9 +93,11 @@ enum Cmd {
     /// `build`: cold and no-change build times, image sizes;
     /// `vmm`: keel-vmm against QEMU microvm (start, memory) and its
     /// start-to-guest-init time, nested; `pull`: keel-pull against skopeo
-    /// pulling one image from a local registry (`--runs` pulls each).
+    /// pulling one image from a local registry (`--runs` pulls each);
+    /// `net`: container start with a veth on a bridge against without,
+    /// TCP through the bridge against loopback.
     Bench {
-        #[arg(value_parser = ["init", "boot", "update", "build", "vmm", "pull"])]
+        #[arg(value_parser = ["init", "boot", "update", "build", "vmm", "pull", "net"])]
         what: String,
         /// `build`: also time a build with an empty cache (compiles the kernel).
         #[arg(long)]
@@ -589,6 +595,7 @@ fn main() -> anyhow::Result<()> {
             "update" => bench_update::update(),
             "vmm" => bench_vmm::vmm(runs, boots),
             "pull" => bench_pull::pull(runs),
+            "net" => bench_net::net(runs),
             _ => bench::init(runs, boots),
         },
     }

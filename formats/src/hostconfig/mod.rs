@@ -7,6 +7,7 @@
 //! reads files with located errors.
 
 pub mod load;
+pub mod networks;
 pub mod types;
 pub mod units;
 pub mod validate;

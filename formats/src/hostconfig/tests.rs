@@ -316,6 +316,10 @@ fn the_reference_names_every_key_and_its_example_is_valid() {
         ("", fields_of::<HostConfig>()),
         ("network.", fields_of::<Network>()),
         ("network.interfaces.NAME.", fields_of::<Interface>()),
+        ("network.containers.", fields_of::<ContainerSubnets>()),
+        ("network.networks.NAME.", fields_of::<NamedNetwork>()),
+        ("network.firewall.", fields_of::<Firewall>()),
+        ("network.firewall.allow.", fields_of::<Allow>()),
         ("admin.", fields_of::<Admin>()),
         ("admin.ssh.", fields_of::<Ssh>()),
         ("time.", fields_of::<Time>()),
@@ -431,5 +435,35 @@ fn a_password_of_the_wrong_type_is_not_quoted_back() {
         .join("\n");
         assert!(e.contains("password"), "{e}");
         assert!(!e.contains("12345678") && !e.contains("x9y8z7"), "{e}");
+    }
+}
+
+#[test]
+fn container_networks_and_the_firewall_are_checked_where_they_are_written() {
+    let e = errors(
+        "[network.interfaces.eth0]\naddresses = [\"10.88.1.5/24\"]\n\n\
+         [network.containers]\nsubnet = \"10.88.0.0/16\"\nsubnet6 = \"fd88::1/64\"\n\n\
+         [network.networks.Bad_Name]\n\n\
+         [network.networks.default]\n\n\
+         [network.networks.twin]\nsubnet = \"10.88.3.0/24\"\n\n\
+         [network.firewall]\ncontainers = [\"9-8\"]\n\n\
+         [[network.firewall.allow]]\nports = [\"22\"]\nfrom = [\"192.0.2.1/24\"]\n\n\
+         [containers.app]\nimage = \"/var/lib/images/app\"\nnetworks = [\"nowhere\", \"twin\", \"twin\"]\n\n\
+         [containers.sealed]\nimage = \"/var/lib/images/app\"\nnetwork = \"none\"\nports = [\"80:80\"]\n",
+    );
+    let all = e.join("\n");
+    for want in [
+        "`network.containers.subnet`: 10.88.0.0/16 overlaps 10.88.1.5/24 of interface \"eth0\"",
+        "`network.containers.subnet6`: fd88::1/64 has bits set past its prefix",
+        "`network.networks.Bad_Name`: a network name is",
+        "`network.networks.default`: `default` is the network of [network.containers]",
+        "`network.networks.twin`: its subnet 10.88.3.0/24 overlaps",
+        "\"9-8\": the range ends before it starts",
+        "`network.firewall.allow`: with inbound = \"accept\" every port is open already",
+        "`network.firewall.allow.0.from`: 192.0.2.1/24 has bits set past its prefix",
+        "`containers.app.networks`",
+        "`containers.sealed.ports`: a container with network = \"none\" has nothing to publish ports on",
+    ] {
+        assert!(all.contains(want), "no {want:?} in:\n{all}");
     }
 }

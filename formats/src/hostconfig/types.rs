@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::values::{Bytes, Cidr, ImageSource, Ip, Mac, PortMap, Seconds, Secret, Volume, Window};
+use super::values::{
+    Bytes, Cidr, ImageSource, Ip, Mac, PortMap, PortRange, Seconds, Secret, Subnet6, Volume, Window,
+};
 
 /// `host.toml`: everything a person configures on a keel host.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -129,6 +131,107 @@ pub struct Network {
     /// Resolvers for the whole host (besides what DHCP hands out).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns: Vec<Ip>,
+    /// The default network of private containers: its bridge's subnets.
+    #[serde(default)]
+    pub containers: ContainerSubnets,
+    /// Networks of their own that containers join by name
+    /// (`networks = ["backend"]`), each on a bridge of its own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub networks: BTreeMap<String, NamedNetwork>,
+    /// What reaches the host itself.
+    #[serde(default)]
+    pub firewall: Firewall,
+}
+
+/// `[network.firewall]`: connections to the host's own services, from
+/// its interfaces and from its containers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Firewall {
+    /// What the host's interfaces take that `allow` does not list.
+    #[serde(default)]
+    pub inbound: Inbound,
+    /// With `inbound = "drop"`: what is let in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<Allow>,
+    /// Ports of the host (on any of its addresses) that containers may
+    /// connect to; every other port of the host refuses them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<PortRange>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Inbound {
+    /// Every connection, as a host without a firewall.
+    #[default]
+    Accept,
+    /// Only replies to the host's own connections, loopback, ICMP, DHCP
+    /// replies and what `allow` lists.
+    Drop,
+}
+
+/// `[[network.firewall.allow]]`: ports let in, from anywhere or from
+/// the sources listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Allow {
+    pub ports: Vec<PortRange>,
+    /// Source subnets; anywhere if empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<Cidr>,
+}
+
+/// `[network.containers]`: where the addresses of containers on the
+/// default network come from. The host's side of the bridge takes the
+/// first address of each subnet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSubnets {
+    /// An IPv4 subnet in CIDR form.
+    #[serde(default = "ContainerSubnets::default_v4")]
+    pub subnet: Cidr,
+    /// An IPv6 subnet; `"none"` for IPv4 only.
+    #[serde(default = "ContainerSubnets::default_v6")]
+    pub subnet6: Subnet6,
+}
+
+impl ContainerSubnets {
+    /// podman's default, clear of Docker's 172.17.0.0/16.
+    pub const DEFAULT_V4: &'static str = "10.88.0.0/16";
+    /// A unique local prefix, as a host-internal network takes.
+    pub const DEFAULT_V6: &'static str = "fd88::/64";
+
+    fn default_v4() -> Cidr {
+        Self::DEFAULT_V4.parse().unwrap_or(Cidr {
+            addr: std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 88, 0, 0)),
+            prefix: 16,
+        })
+    }
+
+    fn default_v6() -> Subnet6 {
+        Self::DEFAULT_V6.parse().unwrap_or(Subnet6(None))
+    }
+}
+
+impl Default for ContainerSubnets {
+    fn default() -> Self {
+        ContainerSubnets {
+            subnet: Self::default_v4(),
+            subnet6: Self::default_v6(),
+        }
+    }
+}
+
+/// `[network.networks.NAME]`: a network of its own. Without `subnet`,
+/// it gets `10.89.N.0/24` (and `fd89:0:0:N::/64`), N picked from its name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedNetwork {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Cidr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Subnet6>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -289,12 +392,21 @@ pub struct UserContainer {
     pub command: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
-    /// `private`: its own network namespace, with loopback only and the
-    /// published `ports` forwarded to it; `host`: the host's network.
+    /// `private`: its own network namespace on the container networks
+    /// (`networks`), its published `ports` forwarded to it; `host`: the
+    /// host's network; `none`: loopback only.
     #[serde(default)]
     pub network: ContainerNetwork,
+    /// The networks a private container is on, by name: `default` (the
+    /// bridge of `[network.containers]`, where a container is when this
+    /// is not set) or one of `[network.networks]`. Containers on a network
+    /// reach each other by name; containers on different ones do not
+    /// reach each other at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<Vec<String>>,
     /// `HOST:CONTAINER` TCP ports, `HOST:CONTAINER/udp` for UDP, forwarded
-    /// from the host's addresses to the container's loopback.
+    /// from the host's addresses to the container's (by DNAT: the
+    /// container sees its clients' addresses).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortMap>,
     /// `/var/...:/path/in/container[:ro]`.
@@ -337,7 +449,11 @@ pub enum ContainerNetwork {
     #[default]
     Private,
     Host,
+    None,
 }
+
+/// The name of the network of `[network.containers]`.
+pub const DEFAULT_NETWORK: &str = "default";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -359,6 +475,10 @@ pub struct Vm {
     /// `none`, or `tap` for a tap device on the host.
     #[serde(default)]
     pub network: VmNetwork,
+    /// With `tap`: the container network its tap joins (one), which
+    /// gives the VM an address and a way out as a container's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<Vec<String>>,
     #[serde(default)]
     pub restart: Restart,
 }

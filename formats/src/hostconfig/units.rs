@@ -113,6 +113,31 @@ pub fn parse_port(s: &str) -> Result<(u16, u16, bool), String> {
     Ok((port(h)?, port(c)?, udp))
 }
 
+/// `22`, `22/tcp`, `8000-8100/udp`: the first and last port and the
+/// protocol, if one is given (`Some(true)` for UDP).
+pub fn parse_port_range(s: &str) -> Result<(u16, u16, Option<bool>), String> {
+    let (ports, udp) = match s.rsplit_once('/') {
+        Some((p, "tcp")) => (p, Some(false)),
+        Some((p, "udp")) => (p, Some(true)),
+        Some((_, proto)) => return Err(format!("{s:?}: protocol {proto:?} is not tcp or udp")),
+        None => (s, None),
+    };
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("{p:?} in {s:?} is not a port 1..=65535"))
+    };
+    let (first, last) = match ports.split_once('-') {
+        Some((a, b)) => (port(a)?, port(b)?),
+        None => (port(ports)?, port(ports)?),
+    };
+    if first > last {
+        return Err(format!("{s:?}: the range ends before it starts"));
+    }
+    Ok((first, last, udp))
+}
+
 /// `HH:MM-HH:MM`, as minutes of the day (the end may be before the start:
 /// the window spans midnight).
 pub fn parse_window(s: &str) -> Result<(u16, u16), String> {

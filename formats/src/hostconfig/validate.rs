@@ -4,8 +4,12 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use super::types::{ContainerNetwork, HostConfig, Interface, Limits, Reboot, UserContainer, Vm};
+use super::networks::{self, NETWORK_NAME_MAX};
+use super::types::{
+    ContainerNetwork, HostConfig, Interface, Limits, Reboot, UserContainer, Vm, DEFAULT_NETWORK,
+};
 use super::units::parse_ip;
+use super::values::{Cidr, Subnet6};
 
 #[path = "validate_workloads.rs"]
 mod workloads;
@@ -137,6 +141,7 @@ pub fn validate(c: &HostConfig, ctx: &Context) -> Vec<Problem> {
     workloads::volume_sources(&mut k, c);
     for (name, vm) in &c.vms {
         workloads::vm(&mut k, name, vm);
+        workloads::vm_network(&mut k, name, vm, c);
     }
     workloads::registries(&mut k, c);
     update(&mut k, c);
@@ -317,7 +322,141 @@ fn interface(k: &mut Checker, name: &str, i: &Interface, seen: &mut BTreeMap<IpA
     }
 }
 
+/// A container subnet: a subnet's own address, room for the bridge and
+/// some containers, and apart from the host's own addresses.
+fn subnet(k: &mut Checker, at: &[&str], s: &Cidr, v6: bool, c: &HostConfig) {
+    let (family, range) = match v6 {
+        false => ("IPv4", 8..=30),
+        true => ("IPv6", 16..=120),
+    };
+    if s.addr.is_ipv6() != v6 {
+        k.bad(at, format!("{s} is not an {family} subnet"));
+        return;
+    }
+    if !range.contains(&s.prefix) {
+        let (lo, hi) = (range.start(), range.end());
+        k.bad(
+            at,
+            format!("{s}: the prefix of an {family} container subnet is {lo}..={hi}"),
+        );
+    } else if !s.is_network() {
+        k.bad(
+            at,
+            format!(
+                "{s} has bits set past its prefix; the subnet is written with its first address"
+            ),
+        );
+    }
+    for (name, i) in &c.network.interfaces {
+        if let Some(a) = i.addresses.iter().find(|a| a.overlaps(s) || s.overlaps(a)) {
+            k.bad(at, format!("{s} overlaps {a} of interface {name:?}"));
+        }
+    }
+}
+
+/// `[network.firewall]`.
+fn firewall(k: &mut Checker, c: &HostConfig) {
+    let f = &c.network.firewall;
+    if f.inbound == super::types::Inbound::Accept && !f.allow.is_empty() {
+        k.bad(
+            &["network", "firewall", "allow"],
+            "with inbound = \"accept\" every port is open already; set inbound = \"drop\" for allow lists",
+        );
+    }
+    if f.allow.len() > FIREWALL_RULES_MAX {
+        k.bad(
+            &["network", "firewall", "allow"],
+            format!("at most {FIREWALL_RULES_MAX} entries"),
+        );
+    }
+    for (i, a) in f.allow.iter().enumerate() {
+        let n = i.to_string();
+        if a.ports.is_empty() {
+            k.bad(
+                &["network", "firewall", "allow", &n, "ports"],
+                "lists no port",
+            );
+        }
+        for s in a.from.iter().filter(|s| !s.is_network()) {
+            k.bad(
+                &["network", "firewall", "allow", &n, "from"],
+                format!("{s} has bits set past its prefix; the subnet is written with its first address"),
+            );
+        }
+    }
+}
+
+/// Entries of `[[network.firewall.allow]]` at most: each is a rule of
+/// its own that every new connection is matched against.
+const FIREWALL_RULES_MAX: usize = 64;
+
+/// `[network.containers]` and `[network.networks]`.
+fn container_networks(k: &mut Checker, c: &HostConfig) {
+    let n = &c.network;
+    subnet(
+        k,
+        &["network", "containers", "subnet"],
+        &n.containers.subnet,
+        false,
+        c,
+    );
+    if let Some(s6) = &n.containers.subnet6.0 {
+        subnet(k, &["network", "containers", "subnet6"], s6, true, c);
+    }
+    for (name, net) in &n.networks {
+        let ok = !name.is_empty()
+            && name.len() <= NETWORK_NAME_MAX
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-');
+        if !ok {
+            k.bad(
+                &["network", "networks", name],
+                format!("a network name is 1-{NETWORK_NAME_MAX} lowercase letters, digits and '-', not starting with '-'"),
+            );
+        }
+        if name == DEFAULT_NETWORK {
+            k.bad(
+                &["network", "networks", name],
+                "`default` is the network of [network.containers]; set its subnets there",
+            );
+        }
+        if let Some(s) = &net.subnet {
+            subnet(k, &["network", "networks", name, "subnet"], s, false, c);
+        }
+        if let Some(Subnet6(Some(s6))) = &net.subnet6 {
+            subnet(k, &["network", "networks", name, "subnet6"], s6, true, c);
+        }
+    }
+    let resolved = networks::resolve(n);
+    let mut seen: Vec<(&str, Cidr)> = Vec::new();
+    for (name, r) in &resolved {
+        if r.v4.is_none() {
+            k.bad(
+                &["network", "networks", name],
+                "no free 10.89.N.0/24 is left for it: give it a `subnet`",
+            );
+        }
+        for s in r.v4.iter().chain(r.v6.iter()) {
+            if let Some((other, o)) = seen.iter().find(|(_, o)| o.overlaps(s)) {
+                let at = match name.as_str() {
+                    DEFAULT_NETWORK => vec!["network", "containers"],
+                    _ => vec!["network", "networks", name],
+                };
+                k.bad(
+                    &at,
+                    format!("its subnet {s} overlaps {o} of network {other:?}"),
+                );
+            }
+            seen.push((name, *s));
+        }
+    }
+}
+
 fn network(k: &mut Checker, c: &HostConfig) {
+    container_networks(k, c);
+    firewall(k, c);
     let mut seen = BTreeMap::new();
     let mut macs: BTreeMap<super::values::Mac, String> = BTreeMap::new();
     for (name, i) in &c.network.interfaces {

@@ -111,6 +111,37 @@ pub(super) fn container(
             "a container on the host's network listens on the host's ports itself; publish ports with network = \"private\"",
         );
     }
+    if ct.network == ContainerNetwork::None && !ct.ports.is_empty() {
+        k.bad(
+            &at("ports"),
+            "a container with network = \"none\" has nothing to publish ports on",
+        );
+    }
+    if let Some(nets) = &ct.networks {
+        if ct.network != ContainerNetwork::Private {
+            k.bad(&at("networks"), "networks are for network = \"private\"");
+        }
+        if nets.is_empty() {
+            k.bad(
+                &at("networks"),
+                "no network: use network = \"none\" for a container with none",
+            );
+        }
+        // One interface per network: eth0 to eth7.
+        if nets.len() > 8 {
+            k.bad(&at("networks"), "at most 8 networks");
+        }
+        for (i, n) in nets.iter().enumerate() {
+            if nets[..i].contains(n) {
+                k.bad(&at("networks"), format!("{n:?} is listed twice"));
+            } else if n != DEFAULT_NETWORK && !c.network.networks.contains_key(n) {
+                k.bad(
+                    &at("networks"),
+                    format!("{n:?} is not a network: declare it as [network.networks.{n}], or use \"default\""),
+                );
+            }
+        }
+    }
     for p in &ct.ports {
         let who = format!("containers.{name}");
         if let Some(other) = ports.insert((p.host, p.udp), who) {
@@ -174,6 +205,51 @@ fn user(k: &mut Checker, name: &str, u: &str, userns: crate::container::Share) {
             );
         }
         Some(_) => {}
+    }
+}
+
+/// A VM's `networks`: one network (it has one NIC), its tap on it.
+pub(super) fn vm_network(k: &mut Checker, name: &str, vm: &Vm, c: &HostConfig) {
+    let Some(nets) = &vm.networks else {
+        return;
+    };
+    let at = ["vms", name, "networks"];
+    if vm.network != crate::hostconfig::types::VmNetwork::Tap {
+        k.bad(
+            &at,
+            "a VM joins a network through its tap: set network = \"tap\"",
+        );
+    }
+    let [n] = nets.as_slice() else {
+        k.bad(&at, "a VM has one network interface: name one network");
+        return;
+    };
+    if n != DEFAULT_NETWORK && !c.network.networks.contains_key(n) {
+        k.bad(
+            &at,
+            format!(
+                "{n:?} is not a network: declare it as [network.networks.{n}], or use \"default\""
+            ),
+        );
+    }
+    // Containers find it by name in their hosts files.
+    if c.containers.contains_key(name) {
+        k.bad(
+            &["vms", name],
+            "a container has the same name: on a network, names are for one of them",
+        );
+    }
+    if c.network
+        .interfaces
+        .contains_key(&crate::host::vm_tap(name))
+    {
+        k.bad(
+            &at,
+            format!(
+                "its tap is a port of the network's bridge: drop [network.interfaces.{}]",
+                crate::host::vm_tap(name)
+            ),
+        );
     }
 }
 

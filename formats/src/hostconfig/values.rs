@@ -9,7 +9,9 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::units::{parse_cidr, parse_duration, parse_ip, parse_port, parse_size, parse_window};
+use super::units::{
+    parse_cidr, parse_duration, parse_ip, parse_port, parse_port_range, parse_size, parse_window,
+};
 
 /// `TryFrom<String>` (what serde reads through) and `Display` (what it
 /// writes through `String`) for a value type.
@@ -62,6 +64,64 @@ text_value!(Cidr, |s: &str| parse_cidr(s)
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Cidr {
+    /// Whether the address is the subnet's own: no bits past the prefix.
+    pub fn is_network(&self) -> bool {
+        match self.addr {
+            IpAddr::V4(a) => {
+                u32::from(a)
+                    .checked_shl(u32::from(self.prefix))
+                    .unwrap_or(0)
+                    == 0
+            }
+            IpAddr::V6(a) => {
+                u128::from(a)
+                    .checked_shl(u32::from(self.prefix))
+                    .unwrap_or(0)
+                    == 0
+            }
+        }
+    }
+
+    /// Whether the two subnets share an address.
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        let shorter = self.prefix.min(other.prefix);
+        let head = |c: &Cidr| -> Option<u128> {
+            let (bits, width) = match c.addr {
+                IpAddr::V4(a) => (u128::from(u32::from(a)), 32u32),
+                IpAddr::V6(a) => (u128::from(a), 128u32),
+            };
+            // The first `shorter` bits, aligned at the top of the family's width.
+            Some(
+                bits.checked_shr(width.checked_sub(u32::from(shorter))?)
+                    .unwrap_or(0),
+            )
+        };
+        self.addr.is_ipv4() == other.addr.is_ipv4() && head(self) == head(other)
+    }
+}
+
+/// `[network.containers] subnet6`: an IPv6 subnet, or `"none"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Subnet6(pub Option<Cidr>);
+
+text_value!(Subnet6, |s: &str| match s {
+    "none" => Ok(Subnet6(None)),
+    _ => parse_cidr(s)
+        .map(|(addr, prefix)| Subnet6(Some(Cidr { addr, prefix })))
+        .map_err(|e| format!("{e}, or \"none\"")),
+});
+
+impl fmt::Display for Subnet6 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(c) => c.fmt(f),
+            None => f.write_str("none"),
+        }
     }
 }
 
@@ -154,6 +214,34 @@ impl fmt::Display for PortMap {
             f.write_str("/udp")?;
         }
         Ok(())
+    }
+}
+
+/// Ports of the host for the firewall: `22`, `22/tcp`, `8000-8100/udp`;
+/// with no protocol, TCP and UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+    /// `Some(true)`: UDP only, `Some(false)`: TCP only, `None`: both.
+    pub udp: Option<bool>,
+}
+
+text_value!(PortRange, |s: &str| parse_port_range(s)
+    .map(|(first, last, udp)| PortRange { first, last, udp }));
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.first)?;
+        if self.last != self.first {
+            write!(f, "-{}", self.last)?;
+        }
+        match self.udp {
+            Some(true) => f.write_str("/udp"),
+            Some(false) => f.write_str("/tcp"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -310,10 +398,15 @@ mod tests {
     fn values_render_to_what_reads_back_the_same() {
         round_trips::<Ip>(&["10.0.0.1", "fd00::1"]);
         round_trips::<Cidr>(&["10.0.0.5/24", "fd00::5/64"]);
+        round_trips::<Subnet6>(&["fd88::/64", "none"]);
         round_trips::<Mac>(&["52:54:00:12:34:56", "AA:BB:CC:DD:EE:FF"]);
         round_trips::<Bytes>(&["64M", "1.5G", "100MB", "512B", "1K", "0B"]);
         round_trips::<Seconds>(&["90s", "1h30m", "1d", "30m", "0s"]);
         round_trips::<PortMap>(&["8080:80", "5353:53/udp", "80:80/tcp"]);
+        round_trips::<PortRange>(&["22", "22/tcp", "8000-8100/udp", "1-65535"]);
+        for bad in ["0", "9-8", "22/sctp", "a-b", "70000", ""] {
+            assert!(bad.parse::<PortRange>().is_err(), "{bad}");
+        }
         round_trips::<Volume>(&["/var/a:/a", "/var/a:/a:ro", "/var/a:/a:rw"]);
         round_trips::<Window>(&["02:00-04:30", "23:00-01:00"]);
         round_trips::<ImageSource>(&["/var/lib/app", "nginx", "r.example:5000/a/b:1"]);

@@ -20,7 +20,6 @@ fn main() {
     // Helpers PID 1 starts for work it must not do itself.
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("port-proxy") => keel_init::net::portproxy::helper_main(&args[1..]),
         Some("prepare-container") => keel_init::containers::helper_main(&args[1..]),
         Some("prune-roots") => keel_init::containers::prune_main(&args[1..]),
         Some("image-call") => keel_init::containers::pull::image_call_main(),

@@ -84,7 +84,12 @@ pub fn converge(
             }
             let applied = fx.apply_network(new);
             warnings.extend(applied.warnings);
-            if !applied.dhcp.is_empty() && !services.iter().any(|s| s == DHCP_TEMPLATE) {
+            // The DHCP a config without interfaces gets is the image's
+            // to give: an image without the client goes without.
+            if !applied.dhcp.is_empty()
+                && !new.network.interfaces.is_empty()
+                && !services.iter().any(|s| s == DHCP_TEMPLATE)
+            {
                 warnings.push(format!(
                     "DHCP on {} wanted, but the image has no {DHCP_TEMPLATE} service",
                     applied.dhcp.join(", ")

@@ -56,9 +56,6 @@ impl Effects for RealHost {
     }
 
     fn apply_network(&mut self, c: &HostConfig) -> Applied {
-        if c.network.interfaces.is_empty() {
-            return Applied::default();
-        }
         crate::net::netlink::Netlink::open()
             .map(|mut netlink| crate::net::interfaces::apply(c, &mut netlink))
             .unwrap_or_else(|e| Applied {

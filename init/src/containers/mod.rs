@@ -42,16 +42,11 @@ pub const DEFAULT_CAPS: [&str; 14] = [
 /// gives it.
 const SCRATCH: [&str; 3] = ["/tmp", "/run", "/var/tmp"];
 
-/// A published port: keel-init listens on `host` and forwards to the
-/// container's loopback at `container`.
-pub use keel_formats::hostconfig::values::PortMap as Port;
-
 /// A user container ready to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workload {
     pub name: String,
     pub def: ContainerDef,
-    pub ports: Vec<Port>,
 }
 
 /// The definition keel-init runs for container `name` of the host config,
@@ -100,7 +95,7 @@ pub fn definition(
         }
     });
     def.namespaces.net = match uc.network {
-        ContainerNetwork::Private => Share::Private,
+        ContainerNetwork::Private | ContainerNetwork::None => Share::Private,
         ContainerNetwork::Host => Share::Host,
     };
     def.capabilities = DEFAULT_CAPS.iter().map(|c| c.to_string()).collect();
@@ -130,11 +125,6 @@ fn volume(v: &Volume) -> BindMount {
         target: v.target.clone(),
         readonly: v.readonly,
     }
-}
-
-/// The ports a container publishes.
-pub fn ports(uc: &UserContainer) -> Vec<Port> {
-    uc.ports.clone()
 }
 
 /// An image unpacked under [`ROOTS_DIR`]: what the helper process that
@@ -279,26 +269,51 @@ pub fn finish(
         }
         make_dir_in(root, &m.target).map_err(|e| format!("volume {}: {e}", m.target))?;
     }
-    if uc.network == ContainerNetwork::Host {
-        // The host's resolvers, as Docker gives a container.
-        let resolv = root.join("etc/resolv.conf");
-        let file = match std::fs::symlink_metadata(&resolv) {
-            Ok(m) => m.is_file(),
-            Err(_) => make_dir_in(root, "/etc").is_ok() && std::fs::write(&resolv, "").is_ok(),
-        };
-        if file {
-            def.mounts.push(BindMount {
-                source: keel_formats::host::RESOLV_CONF.to_string(),
-                target: "/etc/resolv.conf".to_string(),
-                readonly: true,
-            });
+    match uc.network {
+        // The host's resolvers, as Docker gives a container; a container
+        // on a network also gets its hosts file, which names the
+        // containers it shares a network with.
+        ContainerNetwork::Host => bind_file(
+            root,
+            &mut def,
+            keel_formats::host::SHARED_RESOLV_CONF,
+            "resolv.conf",
+        ),
+        ContainerNetwork::Private => {
+            bind_file(
+                root,
+                &mut def,
+                keel_formats::host::SHARED_RESOLV_CONF,
+                "resolv.conf",
+            );
+            let hosts = crate::net::containers::hosts_path(name);
+            bind_file(root, &mut def, &hosts.to_string_lossy(), "hosts");
         }
+        ContainerNetwork::None => {}
     }
     Ok(Workload {
         name: name.to_string(),
         def,
-        ports: ports(uc),
     })
+}
+
+/// Bind host file `source` read-only onto /etc/`name` of the container,
+/// made empty in its root if the image has none. An image whose
+/// /etc/`name` is a symlink or a folder keeps it: the bind would follow
+/// the image's link onto a host path.
+fn bind_file(root: &Path, def: &mut ContainerDef, source: &str, name: &str) {
+    let at = root.join("etc").join(name);
+    let file = match std::fs::symlink_metadata(&at) {
+        Ok(m) => m.is_file(),
+        Err(_) => make_dir_in(root, "/etc").is_ok() && std::fs::write(&at, "").is_ok(),
+    };
+    if file {
+        def.mounts.push(BindMount {
+            source: source.to_string(),
+            target: format!("/etc/{name}"),
+            readonly: true,
+        });
+    }
 }
 
 /// A registry image: keel-pull brings it into its store; the image is
@@ -582,25 +597,5 @@ mod tests {
         assert_eq!(e, "/escape/tmp/keel-test goes through a symlink");
         assert!(!Path::new("/tmp/keel-test").exists());
         assert!(make_dir_in(r.path(), "/usr/bin/app/x").is_err(), "a file");
-    }
-
-    #[test]
-    fn ports_are_read_as_published() {
-        let c = uc("ports = [\"8080:80\", \"5353:53/udp\"]");
-        assert_eq!(
-            ports(&c),
-            [
-                Port {
-                    host: 8080,
-                    container: 80,
-                    udp: false
-                },
-                Port {
-                    host: 5353,
-                    container: 53,
-                    udp: true
-                }
-            ]
-        );
     }
 }

@@ -165,6 +165,7 @@ fn run_step(step: &Step<'_>) -> Result<(), Fail> {
         Step::PivotRoot { root } => pivot_root(root)?,
         Step::RemountRootReadonly => remount_root_readonly()?,
         Step::LoopbackUp => sys::loopback_up()?,
+        Step::Interfaces { list } => interfaces(list)?,
         Step::SetHostname { name } => nix::unistd::sethostname(name)?,
         Step::ConsoleStdio => console_stdio()?,
         Step::NullStdin => null_stdin()?,
@@ -284,4 +285,33 @@ fn locked_flags(path: &Path) -> MsFlags {
         out |= MsFlags::MS_RELATIME;
     }
     out
+}
+
+/// The container's side of its veths, in its own network namespace:
+/// each `ethN` up with its addresses, the default routes through the
+/// first one's bridge.
+fn interfaces(list: &[keel_formats::container::NetInterface]) -> Result<(), Fail> {
+    use crate::net::interfaces::Net;
+    let fail = |e: String| Fail {
+        errno: Errno::EINVAL,
+        error: e,
+    };
+    let mut nl = crate::net::netlink::Netlink::open().map_err(fail)?;
+    for (i, iface) in list.iter().enumerate() {
+        let name = super::plan::inside_name(i);
+        let index = crate::net::netlink::index_of(&name)
+            .ok_or_else(|| fail(format!("{name}: not in the container's network namespace")))?;
+        for (addr, prefix) in &iface.addresses {
+            nl.add_address_nodad(index, addr, *prefix).map_err(fail)?;
+        }
+        nl.link_up(index, None).map_err(fail)?;
+        for gw in &iface.gateways {
+            let any = match gw {
+                std::net::IpAddr::V4(_) => std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                std::net::IpAddr::V6(_) => std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            };
+            nl.add_route(index, &any, 0, Some(gw)).map_err(fail)?;
+        }
+    }
+    Ok(())
 }

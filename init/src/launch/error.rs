@@ -21,6 +21,9 @@ pub enum LaunchError {
     /// Writing the id maps of the child's user namespace.
     #[error("{0}")]
     UserMaps(String),
+    /// The host side of the container's network: its veths.
+    #[error("its network: {0}")]
+    Network(String),
     /// A step in the container failed: `step` names it and its path or
     /// command, `error` is the failed call's own message.
     #[error("in the container: {step}: {error}")]
@@ -89,6 +92,7 @@ pub enum StepKind {
     PivotRoot,
     RemountRootReadonly,
     LoopbackUp,
+    Interfaces,
     SetHostname,
     ConsoleStdio,
     NullStdin,
@@ -101,7 +105,7 @@ pub enum StepKind {
 
 impl StepKind {
     /// Every kind, at the index of its number.
-    const ALL: [StepKind; 30] = {
+    const ALL: [StepKind; 31] = {
         use StepKind::*;
         [
             BecomeRoot,
@@ -126,6 +130,7 @@ impl StepKind {
             PivotRoot,
             RemountRootReadonly,
             LoopbackUp,
+            Interfaces,
             SetHostname,
             ConsoleStdio,
             NullStdin,

@@ -8,7 +8,7 @@ use std::fmt;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
-use keel_formats::container::{ContainerDef, Share};
+use keel_formats::container::{ContainerDef, NetInterface, Share};
 use keel_formats::limits::{UserNamespace, WritableKind};
 use keel_formats::CONTAINERS_DIR;
 
@@ -45,6 +45,25 @@ pub struct Plan {
     /// Kernel files hidden and made read-only ([`super::masks`]).
     pub masked: Vec<&'static str>,
     pub readonly: Vec<&'static str>,
+    /// Interfaces on container networks: `eth0` onwards inside, each a
+    /// veth whose host end is [`Plan::veth_name`].
+    pub interfaces: Vec<NetInterface>,
+    /// What the host ends of this start's veths are called before their
+    /// number: a name of their own for every start, as the kernel takes
+    /// a while to remove the veths of a network namespace that is gone.
+    pub veth_base: String,
+}
+
+impl Plan {
+    /// The host end of interface `i`.
+    pub fn veth_name(&self, i: usize) -> String {
+        format!("{}.{i}", self.veth_base)
+    }
+}
+
+/// The name of interface `i` inside a container.
+pub fn inside_name(i: usize) -> String {
+    format!("eth{i}")
 }
 
 /// Where persistent writable paths of services live on the host.
@@ -177,6 +196,11 @@ pub fn plan_with(
         console: def.console.then(console_tty),
         private_pid: ns.pid == Share::Private,
         mounts: mounts.collect(),
+        interfaces: match ns.net {
+            Share::Private => def.interfaces.clone(),
+            Share::Host => Vec::new(),
+        },
+        veth_base: String::new(),
     })
 }
 
@@ -272,6 +296,11 @@ pub enum Step<'p> {
     },
     RemountRootReadonly,
     LoopbackUp,
+    /// Addresses and routes on the veths the parent put in the network
+    /// namespace.
+    Interfaces {
+        list: &'p [NetInterface],
+    },
     SetHostname {
         name: &'p str,
     },
@@ -315,6 +344,11 @@ pub fn steps<'p>(p: &'p Plan, fds: ChildFds) -> Vec<Step<'p>> {
     s.extend([Step::PivotRoot { root: &p.root }, Step::RemountRootReadonly]);
     if p.flags & libc::CLONE_NEWNET as u64 != 0 {
         s.push(Step::LoopbackUp);
+        if !p.interfaces.is_empty() {
+            s.push(Step::Interfaces {
+                list: &p.interfaces,
+            });
+        }
     }
     if let Some(name) = &p.hostname {
         s.push(Step::SetHostname { name });
@@ -521,6 +555,7 @@ impl Step<'_> {
             Step::PivotRoot { .. } => K::PivotRoot,
             Step::RemountRootReadonly => K::RemountRootReadonly,
             Step::LoopbackUp => K::LoopbackUp,
+            Step::Interfaces { .. } => K::Interfaces,
             Step::SetHostname { .. } => K::SetHostname,
             Step::ConsoleStdio => K::ConsoleStdio,
             Step::NullStdin => K::NullStdin,
@@ -561,6 +596,7 @@ impl fmt::Display for Step<'_> {
             Step::PivotRoot { root } => write!(f, "pivot_root into {}", root.display()),
             Step::RemountRootReadonly => f.write_str("remount / read-only"),
             Step::LoopbackUp => f.write_str("loopback"),
+            Step::Interfaces { list } => write!(f, "{} network interface(s)", list.len()),
             Step::SetHostname { name } => write!(f, "sethostname {name}"),
             Step::ConsoleStdio => f.write_str("console as stdin, stdout and stderr"),
             Step::NullStdin => f.write_str("/dev/null as stdin"),

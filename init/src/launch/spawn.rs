@@ -125,6 +125,11 @@ pub fn begin(plan: &Plan, cgroup: &File, io: Io<'_>) -> Result<Spawned, LaunchEr
             return Err(LaunchError::UserMaps(e));
         }
     }
+    if let Err(e) = veths(plan, pid) {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+        return Err(LaunchError::Network(e));
+    }
     let _ = File::from(go_wr).write_all(b"g");
     // Dropped now, not at exec confirmation: a container begun next must
     // not inherit this write end, or this one's EOF would wait for its exec.
@@ -147,7 +152,8 @@ fn in_child(
 ) -> ! {
     drop(rd);
     drop(go_wr);
-    if plan.user_maps.is_some() {
+    // Its id maps and its veths must be there before it sets up.
+    if plan.user_maps.is_some() || !plan.interfaces.is_empty() {
         let mut byte = [0u8; 1];
         let _ = File::from(go_rd).read(&mut byte);
     } else {
@@ -164,6 +170,28 @@ fn in_child(
     // SAFETY: _exit never returns and runs no destructors or atexit
     // handlers that belong to the parent.
     unsafe { libc::_exit(127) }
+}
+
+/// The host side of the child's interfaces: a veth each, its host end up
+/// on the interface's bridge, its other end in the child's network
+/// namespace. The kernel removes them when that namespace goes.
+fn veths(plan: &Plan, pid: Pid) -> Result<(), String> {
+    if plan.interfaces.is_empty() {
+        return Ok(());
+    }
+    let mut nl = crate::net::netlink::Netlink::open()?;
+    let pid = u32::try_from(pid.as_raw()).map_err(|_| format!("pid {pid}"))?;
+    for (i, iface) in plan.interfaces.iter().enumerate() {
+        let master = crate::net::netlink::index_of(&iface.bridge)
+            .ok_or_else(|| format!("bridge {} is not there", iface.bridge))?;
+        nl.add_veth(
+            &plan.veth_name(i),
+            master,
+            &super::plan::inside_name(i),
+            pid,
+        )?;
+    }
+    Ok(())
 }
 
 /// An fd of a service's cgroup folder, for CLONE_INTO_CGROUP.

@@ -17,6 +17,9 @@ pub struct Iface {
     /// Lower case, `52:54:00:12:34:56`.
     pub mac: String,
     pub index: u32,
+    /// An Ethernet device of the machine's own (not a bridge, veth or
+    /// tap keel-init made).
+    pub ethernet: bool,
 }
 
 /// The host's network, behind a trait so the logic is tested without root.
@@ -145,6 +148,17 @@ pub fn apply(c: &HostConfig, net: &mut dyn Net) -> Applied {
     let mut warnings = Vec::new();
     let mut dhcp = Vec::new();
     let present = net.interfaces();
+    // As Flatcar and Bottlerocket: a host whose config names no
+    // interface asks for an address on its first Ethernet device, so a
+    // freshly flashed one reaches its update repository.
+    if c.network.interfaces.is_empty() {
+        if let Some(iface) = present.iter().find(|i| i.ethernet) {
+            if let Err(e) = net.link_up(iface.index, None) {
+                warnings.push(format!("{}: {e}", iface.name));
+            }
+            dhcp.push(iface.name.clone());
+        }
+    }
     for (name, cfg) in &c.network.interfaces {
         let Some(iface) = find(&present, name, cfg) else {
             let by = cfg
@@ -187,10 +201,14 @@ pub fn sysfs_interfaces() -> Vec<Iface> {
             let name = e.file_name().into_string().ok()?;
             let index = read(&e.path().join("ifindex")).ok()?.parse().ok()?;
             let mac = read(&e.path().join("address")).unwrap_or_default();
+            // ARPHRD_ETHER with a device behind it: virtual links have none.
+            let ethernet = read(&e.path().join("type")).is_ok_and(|t| t == "1")
+                && e.path().join("device").exists();
             (name != "lo").then_some(Iface {
                 name,
                 mac: mac.to_ascii_lowercase(),
                 index,
+                ethernet,
             })
         })
         .collect();
@@ -214,11 +232,13 @@ mod tests {
                     name: "eth0".into(),
                     mac: "52:54:00:12:34:56".into(),
                     index: 2,
+                    ethernet: true,
                 },
                 Iface {
                     name: "eth1".into(),
                     mac: "52:54:00:ab:cd:ef".into(),
                     index: 3,
+                    ethernet: true,
                 },
             ]
         }
@@ -298,6 +318,20 @@ dhcp = true
         let mut f = Fake::default();
         assert!(withdraw(&new, &new, &mut f).is_empty());
         assert!(f.calls.is_empty(), "the same config withdraws nothing");
+    }
+
+    #[test]
+    fn a_config_without_interfaces_asks_for_dhcp_on_the_first_ethernet_device() {
+        let mut f = Fake::default();
+        let Applied { warnings, dhcp } = apply(&HostConfig::default(), &mut f);
+        assert_eq!(dhcp, ["eth0"]);
+        assert_eq!(f.calls, ["up 2 None"]);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        // One interface named: only what it says.
+        let c: HostConfig =
+            toml::from_str("[network.interfaces.eth1]\naddresses = [\"fd00::5/64\"]\n").unwrap();
+        let mut f = Fake::default();
+        assert!(apply(&c, &mut f).dhcp.is_empty());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! A host config on a running host: the person's containers (unpacked by
-//! helper processes, added as they are ready, their ports forwarded by
-//! one helper per running container) and `keelctl config apply [--try]` /
+//! helper processes, added as they are ready, on the container networks
+//! of [`super::netsync`]) and `keelctl config apply [--try]` /
 //! `confirm`, which restart only what a new config changes and revert a
 //! trial that is not confirmed in time. The helpers are processes, not
 //! threads: PID 1 clones containers and must stay single-threaded.
@@ -12,9 +12,6 @@ use std::path::Path;
 use std::process::{ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
-use nix::unistd::Pid;
-
 use keel_formats::container::{ContainerDef, Share};
 use keel_formats::hostconfig::types::UserContainer;
 use keel_formats::hostconfig::values::ImageSource;
@@ -23,7 +20,7 @@ use keel_formats::hostconfig::HostConfig;
 use crate::config::converge::{plan_containers, plan_services};
 use crate::config::{self, ConfigSource, ConfigState, RealHost};
 use crate::containers::idranges;
-use crate::containers::{self, Port, Unpacked};
+use crate::containers::{self, Unpacked};
 use crate::log;
 use crate::supervisor::Change;
 use keel_api::init::{Response, MAX_TRIAL_S};
@@ -46,13 +43,6 @@ pub(super) struct Preparing {
     got: Vec<u8>,
 }
 
-/// The port forwarder of a running container.
-#[derive(Debug)]
-pub(super) struct Forwarder {
-    container: Pid,
-    helper: Pid,
-}
-
 /// The host config side of PID 1's state.
 #[derive(Debug)]
 pub(super) struct Configured {
@@ -70,9 +60,10 @@ pub(super) struct Configured {
     /// The `TZ` rule of the config in force.
     pub tz: String,
     pub preparing: BTreeMap<String, Preparing>,
-    /// The ports each container publishes.
-    pub ports: BTreeMap<String, Vec<Port>>,
-    pub forwarders: BTreeMap<String, Forwarder>,
+    /// The container networks on the host.
+    pub nets: crate::net::containers::Networks,
+    /// When to try again what of the networks failed.
+    pub nets_retry: Option<Instant>,
     /// Remove unused unpacked roots once the boot's containers are ready.
     pub prune_pending: bool,
     /// Keep the image store within its budget once the containers of the
@@ -121,8 +112,8 @@ impl Configured {
             dhcp: at_boot.converged.dhcp,
             tz: at_boot.converged.tz,
             preparing: BTreeMap::new(),
-            ports: BTreeMap::new(),
-            forwarders: BTreeMap::new(),
+            nets: Default::default(),
+            nets_retry: None,
             prune_pending: true,
             collect_pending: true,
             trial: None,
@@ -240,7 +231,7 @@ impl Init {
         }
     }
 
-    fn warn(&mut self, w: String) {
+    pub(super) fn warn(&mut self, w: String) {
         log(format!("error: {w}"));
         self.cfg.state.warnings.push(w);
     }
@@ -300,12 +291,12 @@ impl Init {
             let stale = format!("containers.{name}: ");
             self.cfg.state.warnings.retain(|w| !w.starts_with(&stale));
             config::derive::set_tz(&mut w.def, &self.cfg.tz);
+            w.def.interfaces = self.interfaces_of(&name);
             match self.sup.upsert(&name, w.def, now) {
                 Change::Added => log(format!("{name}: container added")),
                 Change::Replaced => log(format!("{name}: container changed, restarting")),
                 Change::Unchanged => {}
             }
-            self.cfg.ports.insert(name, w.ports);
         }
         // Once the boot's containers are ready and the boot's verdict is
         // in: a helper started earlier competes with the services the
@@ -318,59 +309,6 @@ impl Init {
             }
             if std::mem::take(&mut self.cfg.collect_pending) {
                 self.collect_images();
-            }
-        }
-    }
-
-    /// One port forwarder per running container that publishes ports,
-    /// following it across restarts.
-    pub(super) fn sync_forwarders(&mut self) {
-        let running: BTreeMap<String, Pid> = self
-            .sup
-            .services()
-            .iter()
-            .filter(|s| self.cfg.ports.get(&s.name).is_some_and(|p| !p.is_empty()))
-            .filter(|s| !matches!(s.state, crate::supervisor::State::Stopping { .. }))
-            .filter_map(|s| Some((s.name.clone(), s.state.pid()?)))
-            .collect();
-        let stale: Vec<String> = self
-            .cfg
-            .forwarders
-            .iter()
-            .filter(|(n, f)| running.get(*n) != Some(&f.container))
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in stale {
-            if let Some(f) = self.cfg.forwarders.remove(&name) {
-                let _ = nix::sys::signal::kill(f.helper, Signal::SIGTERM);
-            }
-        }
-        for (name, pid) in running {
-            if self.cfg.forwarders.contains_key(&name) {
-                continue;
-            }
-            let ports: Vec<String> = self.cfg.ports[&name].iter().map(Port::to_string).collect();
-            match Command::new(SELF)
-                .arg("port-proxy")
-                .arg(pid.to_string())
-                .args(&ports)
-                .stdin(Stdio::null())
-                .spawn()
-            {
-                Ok(child) => {
-                    let helper = Pid::from_raw(child.id() as i32);
-                    self.cfg.forwarders.insert(
-                        name,
-                        Forwarder {
-                            container: pid,
-                            helper,
-                        },
-                    );
-                }
-                Err(e) => self.warn(format!(
-                    "containers.{name}: forwarding {}: {e}",
-                    ports.join(", ")
-                )),
             }
         }
     }
@@ -416,7 +354,6 @@ impl Init {
         // The person's containers: new or changed ones are prepared anew.
         let containers = plan_containers(&old, &self.cfg.config);
         for name in containers.remove {
-            self.cfg.ports.remove(&name);
             self.cfg.preparing.remove(&name);
             if self.sup.retire(&name, now).is_ok() {
                 changes.push(format!("stopped container {name}"));
@@ -426,6 +363,10 @@ impl Init {
             changes.push(format!("preparing container {name}"));
         }
         self.prepare(containers.prepare);
+        // Networks follow the new config before its containers start
+        // (they are being prepared): a container added to a network
+        // finds its bridge there.
+        self.sync_networks(now);
         self.cfg.collect_pending = true;
         self.cfg.dhcp = out.dhcp;
         self.cfg.tz = out.tz;
@@ -436,7 +377,6 @@ impl Init {
             warnings: out.warnings.clone(),
             trial_until_ms: None,
         };
-        self.sync_forwarders();
         (changes, out.warnings)
     }
 

@@ -40,6 +40,8 @@ pub(super) struct HostLauncher {
     /// failed, tried once more when the health gate or a service binding
     /// /efi needs it.
     pub(super) esp: Esp,
+    /// Starts so far, for names of their own for each start's veths.
+    starts: u32,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -193,7 +195,9 @@ impl HostLauncher {
             .confinement(name, def)
             .map_err(launch::LaunchError::from)?
             .clone();
-        let plan = launch::plan_with(name, def, confine)?;
+        let mut plan = launch::plan_with(name, def, confine)?;
+        self.starts = self.starts.wrapping_add(1);
+        plan.veth_base = format!("vk{:x}", self.starts);
         // Output goes through a pipe so keel-init can stamp, keep and
         // rotate it; a console service writes to the console instead.
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(pipe_error)?;

@@ -38,6 +38,7 @@ pub mod exec;
 mod host;
 mod images;
 pub mod logs;
+mod netsync;
 pub mod probe;
 mod retry;
 mod serve;
@@ -322,6 +323,9 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
         cfg: Configured::new(image_defs, zones, config),
         conns: conns::Conns::default(),
     };
+    // Bridges, rules and VMs' taps on them before the first services
+    // start.
+    init.sync_networks(Instant::now());
     init.sup.tick(Instant::now());
     init.check_ready();
     let containers: Vec<_> = init.cfg.config.containers.clone().into_iter().collect();
@@ -348,6 +352,7 @@ fn turn(init: &mut Init, sfd: &SignalFd, listener: Option<&UnixListener>) {
         .into_iter()
         .chain(init.trial_deadline())
         .chain(init.retry_deadline())
+        .chain(init.nets_deadline())
         .chain(init.conns.deadline())
         .min()
         .map(|d| {
@@ -397,9 +402,9 @@ fn turn(init: &mut Init, sfd: &SignalFd, listener: Option<&UnixListener>) {
     }
     init.workloads_ready();
     init.retry_due();
+    init.retry_networks();
     init.check_trial();
     init.sup.tick(Instant::now());
-    init.sync_forwarders();
     init.check_ready();
     if let Some(how) = init.want_shutdown.take() {
         init.shutdown(sfd, how);

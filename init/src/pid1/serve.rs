@@ -138,6 +138,7 @@ impl Init {
                 (self.apply_config(&name, &text, try_s), None)
             }
             Ok(Request::ConfirmConfig) => (self.confirm_config(), None),
+            Ok(Request::Network) => (crate::net::inspect(), None),
             Ok(Request::Poweroff) => (Response::Ok, Some(Shutdown::Poweroff)),
             Ok(Request::Reboot) => (Response::Ok, Some(Shutdown::Reboot)),
             Ok(Request::Exec { .. }) => (Response::Error("exec is answered above".into()), None),

@@ -81,6 +81,26 @@ pub(super) fn mount_runtime() {
     }
     // Root and the admin group reach the API.
     warn(API_DIR, api_group(Path::new(API_DIR)));
+    warn(keel_formats::host::SHARED_DIR, shared_dir());
+}
+
+/// The host's resolvers where any container's setup can bind them
+/// from: [`keel_formats::host::DNS_DIR`] bound onto the shared folder,
+/// so that what keel-init and the DHCP client write there (in place) is
+/// what containers read.
+fn shared_dir() -> Result<(), String> {
+    use keel_formats::host::{DNS_DIR, HOSTS_DIR, SHARED_DNS_DIR};
+    for d in [DNS_DIR, SHARED_DNS_DIR, HOSTS_DIR] {
+        sys::mkdir_p(Path::new(d), 0o755).map_err(|e| e.to_string())?;
+    }
+    sys::mount(
+        Some(DNS_DIR),
+        Path::new(SHARED_DNS_DIR),
+        None,
+        nix::mount::MsFlags::MS_BIND,
+        None,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Owned by root and the admin group ([`keel_formats::ADMIN_GID`]).

@@ -8,12 +8,20 @@
 //!
 //! `keel-probe escape ...`: the escape suite's tries (see `escape.rs`).
 //!
+//! `keel-probe connect ADDR:PORT`: one TCP connection, 3 s at most, and
+//! how it went: `connect: connected`, `refused` (a reset, as a firewall's
+//! reject gives), `timed out` (dropped) or the error.
+//!
+//! `keel-probe dns NAME=ADDRESS...`: a DNS server for the network tests
+//! (see `dns.rs`).
+//!
 //! `keel-probe forkbomb`: every process forks without end; only the cgroup's
 //! pids.max stops it. A refused fork is retried after a pause so that the
 //! bomb holds its processes without burning a CPU.
 
 use std::process::ExitCode;
 
+mod dns;
 mod escape;
 
 fn number(name: &str) -> Option<libc::c_long> {
@@ -43,6 +51,23 @@ fn errno_name(e: i32) -> String {
     }
 }
 
+fn connect(addr: &str) {
+    use std::net::ToSocketAddrs;
+    let to = match addr.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(a)) => a,
+        Ok(None) | Err(_) => {
+            println!("connect: bad address {addr}");
+            return;
+        }
+    };
+    match std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(3)) {
+        Ok(_) => println!("connect: connected"),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => println!("connect: refused"),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => println!("connect: timed out"),
+        Err(e) => println!("connect: {e}"),
+    }
+}
+
 fn forkbomb() -> ! {
     let mut told = false;
     loop {
@@ -66,6 +91,19 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args == ["forkbomb"] {
         forkbomb();
+    }
+    if args.first().is_some_and(|a| a == "dns") {
+        if let Err(e) = dns::run(&args[1..]) {
+            eprintln!("keel-probe dns: {e}");
+            return ExitCode::FAILURE;
+        }
+        return ExitCode::SUCCESS;
+    }
+    if let [cmd, addr] = args.as_slice() {
+        if cmd == "connect" {
+            connect(addr);
+            return ExitCode::SUCCESS;
+        }
     }
     if args.first().is_some_and(|a| a == "escape") {
         escape::run(&args[1..]);
