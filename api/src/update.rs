@@ -67,6 +67,10 @@ pub struct UpdateStatus {
     pub channel: String,
     /// The outcome of the last check, install or update, in words.
     pub last_result: Option<String>,
+    /// This host's place in staged rollouts, and its turn in the last
+    /// one seen, in words.
+    #[serde(default)]
+    pub rollout: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod policy;
 pub mod reference;
 pub mod repo;
+pub mod rollout;
 pub mod seccomp;
 pub mod signed;
 pub mod syspaths;

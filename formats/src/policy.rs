@@ -43,6 +43,10 @@ pub struct Policy {
     /// Public keys (hex) trusted besides the image's key files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_keys: Vec<String>,
+    /// The host's seed for its place in staged rollouts; none: the one
+    /// keel-update drew at random on its first run and keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_seed: Option<u64>,
 }
 
 fn stable() -> String {
@@ -62,6 +66,7 @@ impl Default for Policy {
             reboot: RebootPolicy::Auto,
             window: None,
             trusted_keys: Vec::new(),
+            rollout_seed: None,
         }
     }
 }

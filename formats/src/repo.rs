@@ -22,6 +22,12 @@ pub struct ChannelEntry {
     pub size: u64,
     /// sha256 of the whole bundle file, hex.
     pub sha256: String,
+    /// When the release opens to which hosts; none: to all at once. A
+    /// host older than waves refuses an index with them (the entry's keys
+    /// are checked strictly): publish without waves until the fleet runs
+    /// a version that knows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::Rollout>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +57,10 @@ impl Index {
         }
         for (name, c) in &i.channels {
             parse_version(&format!("channel {name} version"), &c.version)?;
+            if let Some(r) = &c.rollout {
+                r.check()
+                    .map_err(|e| BundleError::Invalid(format!("channel {name} rollout: {e}")))?;
+            }
             if c.bundle.starts_with('/') || c.bundle.split('/').any(|p| p == "..") {
                 return Err(BundleError::Invalid(format!(
                     "channel {name}: bundle path {:?} leaves the repository",
@@ -83,6 +93,7 @@ mod tests {
                     bundle: "bundles/keel-0.2.0.bundle".into(),
                     size: 9,
                     sha256: "00".repeat(32),
+                    rollout: None,
                 },
             )]),
             keys: vec![],

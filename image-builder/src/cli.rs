@@ -156,6 +156,15 @@ pub struct RepoAddArgs {
     /// A public key hosts should trust from now on (key rotation).
     #[arg(long)]
     pub trust: Vec<PathBuf>,
+    /// A staged rollout: `1%@1h,10%@4h,100%@1d` opens the release to 1 %
+    /// of the hosts an hour after its start, 10 % after 4 hours, all after
+    /// a day (each host has a stable place). Publishing again with waves
+    /// that open later or to fewer hosts pauses or stops it.
+    #[arg(long)]
+    pub waves: Option<String>,
+    /// When the rollout starts, in seconds since the epoch (default: now).
+    #[arg(long, requires = "waves")]
+    pub rollout_start: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -385,7 +394,19 @@ fn repo_add_cmd(a: RepoAddArgs) -> anyhow::Result<()> {
         channel,
         valid_days,
         trust,
+        waves,
+        rollout_start,
     } = a;
+    let rollout = waves
+        .map(|w| {
+            keel_formats::rollout::Rollout::parse_waves(&w)
+                .map(|waves| keel_formats::rollout::Rollout {
+                    start: rollout_start.unwrap_or_else(now),
+                    waves,
+                })
+                .map_err(|e| anyhow::anyhow!("--waves {w:?}: {e}"))
+        })
+        .transpose()?;
     // Days from the command line: a count past u64 seconds is a typo.
     let valid_for_s = valid_days
         .checked_mul(86400)
@@ -403,6 +424,7 @@ fn repo_add_cmd(a: RepoAddArgs) -> anyhow::Result<()> {
         valid_for_s,
         trust: &trust,
         now: now(),
+        rollout,
     })?;
     let entry = &index.channels[&channel];
     println!(

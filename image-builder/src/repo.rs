@@ -23,6 +23,8 @@ pub enum RepoError {
     Index { path: PathBuf, message: String },
     #[error("{path}: not signed by this key ({message}); pass the key that signed it")]
     WrongKey { path: PathBuf, message: String },
+    #[error("rollout: {0}")]
+    Rollout(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RepoError + '_ {
@@ -44,10 +46,15 @@ pub struct AddOptions<'a> {
     pub trust: &'a [VerifyingKey],
     /// Seconds since the epoch.
     pub now: u64,
+    /// The release's staged rollout, if any (checked here).
+    pub rollout: Option<keel_formats::rollout::Rollout>,
 }
 
 /// Add a bundle to a repository and publish a new index; returns it.
 pub fn add(o: &AddOptions<'_>) -> Result<Index, RepoError> {
+    if let Some(r) = &o.rollout {
+        r.check().map_err(RepoError::Rollout)?;
+    }
     let (env, manifest) = read_head(o.bundle)?;
     env.verify(&[o.key.verifying_key()])
         .map_err(|e| RepoError::WrongKey {
@@ -97,6 +104,7 @@ pub fn add(o: &AddOptions<'_>) -> Result<Index, RepoError> {
             bundle: format!("bundles/{name}"),
             size: bytes.len() as u64,
             sha256: hex::encode(Sha256::digest(&bytes)),
+            rollout: o.rollout.clone(),
         },
     );
     for k in o.trust {
@@ -113,4 +121,31 @@ pub fn add(o: &AddOptions<'_>) -> Result<Index, RepoError> {
     fs::write(&tmp, env.to_bytes()).map_err(io_err(&tmp))?;
     fs::rename(&tmp, &index_path).map_err(io_err(&index_path))?;
     Ok(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rollout_that_is_no_rollout_is_refused_before_anything_is_read_or_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let e = add(&AddOptions {
+            bundle: &dir.path().join("missing.bundle"),
+            repo: &dir.path().join("repo"),
+            key: &key,
+            channel: "stable",
+            valid_for_s: 60,
+            trust: &[],
+            now: 0,
+            rollout: Some(keel_formats::rollout::Rollout {
+                start: 0,
+                waves: Vec::new(),
+            }),
+        })
+        .unwrap_err();
+        assert!(matches!(e, RepoError::Rollout(_)), "{e}");
+        assert!(!dir.path().join("repo").exists());
+    }
 }

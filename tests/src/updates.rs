@@ -78,6 +78,7 @@ pub fn add(repo_dir: &Path, bundle_path: &Path, key: &ed25519_dalek::SigningKey)
         valid_for_s: 86400,
         trust: &[],
         now: now(),
+        rollout: None,
     })
     .expect("adding a bundle to the repository")
 }

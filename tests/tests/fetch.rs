@@ -28,6 +28,7 @@ fn an_interrupted_download_resumes_where_it_stopped() {
         bundle: "bundles/b.bundle".into(),
         size: body.len() as u64,
         sha256: hex(&Sha256::digest(&body)),
+        rollout: None,
     };
     let dl = tempfile::tempdir().unwrap();
     // What an earlier, interrupted attempt left behind.

@@ -45,6 +45,17 @@ fn point_at(repo_dir: &Path, file: &Path, version: &str, key: &ed25519_dalek::Si
     publish(repo_dir, &index, key);
 }
 
+/// Give the stable channel's release a staged rollout.
+fn roll_out(repo_dir: &Path, waves: &str, start: u64, key: &ed25519_dalek::SigningKey) {
+    let mut index = read_index(repo_dir);
+    index.index_version += 1;
+    index.channels.get_mut("stable").unwrap().rollout = Some(keel_formats::rollout::Rollout {
+        start,
+        waves: keel_formats::rollout::Rollout::parse_waves(waves).unwrap(),
+    });
+    publish(repo_dir, &index, key);
+}
+
 fn check_refused(g: &mut Guest, reason: &str) {
     let out = g.shell("keelctl update check 2>&1");
     assert!(out.contains(reason), "expected {reason:?}:\n{out}");
@@ -129,8 +140,32 @@ fn signed_updates_apply_roll_back_and_refuse() {
     assert_eq!(snapshot(&disk_path), before, "a refusal changed the disk");
     assert_eq!(manifest.version, "0.2.0");
 
-    // v1 -> v2 over HTTP: installed, rebooted, healthy, blessed.
+    // v2 in a staged rollout whose first wave reaches nobody: no host
+    // takes it; then one that reaches all, but an hour from now: it waits.
     add(&repo_dir, &v2_bundle, &key);
+    roll_out(&repo_dir, "0%@0s", now(), &key);
+    let out = g.shell("keelctl update check 2>&1");
+    assert!(
+        out.contains("no wave of 0.2.0's rollout reaches this host yet"),
+        "{out}"
+    );
+    roll_out(&repo_dir, "100%@1h", now(), &key);
+    let out = g.shell("keelctl update check 2>&1; keelctl update status");
+    assert!(
+        out.contains("waiting for wave 1 of 0.2.0's rollout, which opens in"),
+        "{out}"
+    );
+    assert!(out.contains("rollout: place "), "{out}");
+    assert_eq!(
+        snapshot(&disk_path),
+        before,
+        "a closed wave changed the disk"
+    );
+
+    // v1 -> v2 over HTTP once a new index opens its wave: installed,
+    // rebooted, healthy, blessed.
+    // Started two hours ago: past any skew between this clock and the guest's.
+    roll_out(&repo_dir, "100%@1h", now() - 7200, &key);
     g.send("keelctl update check\n");
     g.expect("installed 0.2.0 into slot b", COMMAND_TIMEOUT);
     g.expect("keel: ready version=0.2.0 slot=b", BOOT_TIMEOUT);

@@ -56,9 +56,47 @@ pub struct Agent {
     pub policy: Policy,
     pub running: Running,
     pub slot: Slot,
+    /// The host's place in staged rollouts.
+    pub place: u32,
     pub status: Arc<Mutex<UpdateStatus>>,
     /// Serialises check, apply and rollback.
     busy: Mutex<()>,
+}
+
+/// What a check of the repository found.
+enum Next {
+    /// Downloaded: install it.
+    Install(PathBuf),
+    UpToDate,
+    /// Newer, but this host's wave of its rollout is not open: why.
+    Wait(String),
+}
+
+/// A host's turn in a rollout, in words.
+fn rollout_words(place: u32, version: &str, turn: keel_formats::rollout::Turn, now: u64) -> String {
+    use keel_formats::rollout::{Turn, PLACES};
+    match turn {
+        Turn::Wave { wave, opens } if opens <= now => {
+            format!("place {place} of {PLACES}: wave {wave} of {version}'s rollout is open")
+        }
+        Turn::Wave { wave, opens } => format!(
+            "place {place} of {PLACES}: waiting for wave {wave} of {version}'s rollout, which opens in {} s (at {opens})",
+            opens.saturating_sub(now)
+        ),
+        Turn::NotYet => format!(
+            "place {place} of {PLACES}: no wave of {version}'s rollout reaches this host yet"
+        ),
+    }
+}
+
+/// Eight bytes from the kernel's random pool.
+fn random_seed() -> Result<u64, UpdateError> {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| UpdateError::State(format!("/dev/urandom: {e}")))?;
+    Ok(u64::from_ne_bytes(b))
 }
 
 fn now() -> u64 {
@@ -104,7 +142,17 @@ impl Agent {
         let store = Store {
             dir: paths.state.clone(),
         };
-        let state = store.load()?;
+        let mut state = store.load()?;
+        let seed = match (policy.rollout_seed, state.seed) {
+            (Some(s), _) | (None, Some(s)) => s,
+            (None, None) => {
+                let s = random_seed()?;
+                state.seed = Some(s);
+                store.save(&state)?;
+                s
+            }
+        };
+        let place = keel_formats::rollout::place(seed);
         let status = UpdateStatus {
             version: running.version.clone(),
             slot: slot.to_string(),
@@ -112,6 +160,10 @@ impl Agent {
             repository: policy.repository.clone(),
             channel: policy.channel.clone(),
             last_result: state.last_result.clone(),
+            rollout: Some(format!(
+                "place {place} of {} in staged rollouts",
+                keel_formats::rollout::PLACES
+            )),
             ..UpdateStatus::default()
         };
         let agent = Agent {
@@ -121,6 +173,7 @@ impl Agent {
             policy,
             running,
             slot,
+            place,
             status: Arc::new(Mutex::new(status)),
             busy: Mutex::new(()),
         };
@@ -361,27 +414,29 @@ impl Agent {
         };
         let _busy = self.busy.lock();
         self.set(|s| s.state = UpdateState::Checking);
-        let r = self
-            .check_locked(&base)
-            .and_then(|download| match download {
-                Some(path) => {
-                    let r = self.apply_own(&path);
-                    if r.is_ok() {
-                        let _ = fs::remove_file(&path);
-                    }
-                    r
+        let r = self.check_locked(&base).and_then(|next| match next {
+            Next::Install(path) => {
+                let r = self.apply_own(&path);
+                if r.is_ok() {
+                    let _ = fs::remove_file(&path);
                 }
-                None => Ok(Done {
-                    message: format!("up to date: {}", self.running.version),
-                    changed: false,
-                }),
-            });
+                r
+            }
+            Next::UpToDate => Ok(Done {
+                message: format!("up to date: {}", self.running.version),
+                changed: false,
+            }),
+            Next::Wait(words) => Ok(Done {
+                message: words,
+                changed: false,
+            }),
+        });
         self.finish(&r);
         r
     }
 
     /// The downloaded bundle to install, if the repository has a newer one.
-    fn check_locked(&self, base: &str) -> Result<Option<PathBuf>, UpdateError> {
+    fn check_locked(&self, base: &str) -> Result<Next, UpdateError> {
         let bytes = fetch::get_index(base)?;
         let mut state = self.store.load()?;
         let index = fetch::check_index(&bytes, &self.trusted()?, now(), state.last_index_version)?;
@@ -401,11 +456,19 @@ impl Agent {
         let newer = keel_formats::bundle::parse_version("version", &entry.version)?
             > keel_formats::bundle::parse_version("version", &self.running.version)?;
         if !newer {
-            return Ok(None);
+            return Ok(Next::UpToDate);
+        }
+        if let Some(r) = &entry.rollout {
+            let turn = r.turn(self.place);
+            let words = rollout_words(self.place, &entry.version, turn, now());
+            self.set(|s| s.rollout = Some(words.clone()));
+            if !r.open_to(self.place, now()) {
+                return Ok(Next::Wait(words));
+            }
         }
         let mut p = self.progress(UpdateState::Downloading, entry.size);
         let path = fetch::download(base, entry, &self.store.downloads(), &mut |b, _| p(b))?;
-        Ok(Some(path))
+        Ok(Next::Install(path))
     }
 
     /// Make the other slot boot next, if it is intact.

@@ -28,6 +28,10 @@ pub struct State {
     pub pending: Option<Pending>,
     #[serde(default)]
     pub last_result: Option<String>,
+    /// Drawn at random on the first run: the host's place in staged
+    /// rollouts, the same across reboots and updates.
+    #[serde(default)]
+    pub seed: Option<u64>,
 }
 
 #[derive(Debug, Clone)]

@@ -531,4 +531,9 @@ pub struct Update {
     /// `HH:MM-HH:MM` (UTC) when `reboot = "window"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<Window>,
+    /// The host's place in staged rollouts comes from this seed instead
+    /// of the one keel-update drew (hosts with the same seed go in the
+    /// same wave).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_seed: Option<u64>,
 }

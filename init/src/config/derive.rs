@@ -192,6 +192,9 @@ pub fn update_policy(image: Option<&str>, c: &HostConfig) -> Policy {
     if let Some(s) = u.check_interval {
         p.check_interval_s = s.0;
     }
+    if let Some(s) = u.rollout_seed {
+        p.rollout_seed = Some(s);
+    }
     if let Some(r) = u.reboot {
         p.reboot = match r {
             Reboot::Auto => RebootPolicy::Auto,
