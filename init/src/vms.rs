@@ -77,8 +77,9 @@ pub fn apply(c: &HostConfig, defs: &mut Vec<(String, ContainerDef)>) -> Vec<Stri
     };
     let (_, template) = defs.remove(at);
     let mut warnings = Vec::new();
+    let addresses = keel_formats::hostconfig::networks::vm_addresses(c);
     for (name, vm) in &c.vms {
-        match service(&template, name, vm, c) {
+        match service(&template, name, vm, addresses.get(name)) {
             Ok(d) => defs.push((format!("vm-{name}"), d)),
             Err(e) => warnings.push(format!("vms.{name}: {e}; it does not start")),
         }
@@ -91,7 +92,7 @@ fn service(
     template: &ContainerDef,
     name: &str,
     vm: &Vm,
-    c: &HostConfig,
+    address: Option<&keel_formats::hostconfig::networks::VmAddress>,
 ) -> Result<ContainerDef, String> {
     let mut d = template.clone();
     d.root_of = Some(VMM_TEMPLATE.to_string());
@@ -125,7 +126,7 @@ fn service(
     if let Some(c) = &vm.cmdline {
         args.extend(["--cmdline".to_string(), c.clone()]);
     }
-    if let Some(a) = keel_formats::hostconfig::networks::vm_addresses(c).get(name) {
+    if let Some(a) = address {
         args.extend(["--append".to_string(), a.kernel_ip(name)]);
     }
     if vm.network == VmNetwork::Tap {

@@ -75,7 +75,7 @@ pub fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
 }
 
 /// A NUL-terminated name, as netlink wants strings.
-fn name_attr(out: &mut Vec<u8>, kind: u16, name: &str) {
+pub(crate) fn name_attr(out: &mut Vec<u8>, kind: u16, name: &str) {
     let mut z = name.as_bytes().to_vec();
     z.push(0);
     attr(out, kind, &z);
@@ -251,6 +251,18 @@ pub fn index_of(name: &str) -> Option<u32> {
 /// Every acknowledgement among the messages of one read, as (seq, errno);
 /// other messages and a truncated tail are skipped.
 pub(crate) fn acks(buf: &[u8]) -> Vec<(u32, i32)> {
+    messages(buf)
+        .into_iter()
+        .filter_map(|msg| {
+            let seq = u32::from_ne_bytes(msg.get(8..12)?.try_into().ok()?);
+            Some((seq, ack_errno(msg, seq)?))
+        })
+        .collect()
+}
+
+/// The whole messages of one read, each with its header (at least 16
+/// bytes); a truncated tail is left out.
+pub(crate) fn messages(buf: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
     let mut rest = buf;
     while let Some(len) = rest.get(..4).and_then(|b| b.try_into().ok()) {
@@ -258,15 +270,7 @@ pub(crate) fn acks(buf: &[u8]) -> Vec<(u32, i32)> {
         let Some(msg) = rest.get(..len).filter(|_| len >= 16) else {
             break;
         };
-        let seq = msg
-            .get(8..12)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_ne_bytes);
-        if let Some(seq) = seq {
-            if let Some(errno) = ack_errno(msg, seq) {
-                out.push((seq, errno));
-            }
-        }
+        out.push(msg);
         rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
     }
     out

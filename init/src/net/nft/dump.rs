@@ -14,6 +14,8 @@ use crate::net::netlink::{raw_message, NLA_F_NESTED, NLMSG_ERROR, NLM_F_REQUEST}
 const NFT_MSG_GETRULE: u16 = (NFNL_SUBSYS_NFTABLES << 8) | 7;
 const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_DONE: u16 = 3;
+/// The one request's sequence number.
+const DUMP_SEQ: u32 = 1;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
@@ -134,8 +136,8 @@ fn rule(msg: &[u8]) -> Option<String> {
 pub fn listing() -> Result<Vec<String>, NftError> {
     let s = Socket::open()?;
     let mut body = nfgenmsg(NFPROTO_INET, 0);
-    super::expr::string(&mut body, NFTA_RULE_TABLE, TABLE);
-    let req = raw_message(NFT_MSG_GETRULE, NLM_F_REQUEST | NLM_F_DUMP, 1, &body);
+    crate::net::netlink::name_attr(&mut body, NFTA_RULE_TABLE, TABLE);
+    let req = raw_message(NFT_MSG_GETRULE, NLM_F_REQUEST | NLM_F_DUMP, DUMP_SEQ, &body);
     // SAFETY: req is a live buffer of req.len() bytes; a NULL address
     // with length 0 sends to the kernel.
     let sent = unsafe {
@@ -169,25 +171,16 @@ pub fn listing() -> Result<Vec<String>, NftError> {
                 errno: e,
             });
         };
-        let mut rest = buf.get(..n).unwrap_or_default();
+        let rest = buf.get(..n).unwrap_or_default();
         if rest.is_empty() {
             return Ok(out);
         }
-        while let Some(len) = rest
-            .get(..4)
-            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        {
-            let Some(msg) = rest.get(..len).filter(|_| len >= 16) else {
-                break;
-            };
+        for msg in crate::net::netlink::messages(rest) {
             let kind = u16::from_ne_bytes([msg[4], msg[5]]);
             match kind {
                 NLMSG_DONE => return Ok(out),
                 NLMSG_ERROR => {
-                    let e = msg
-                        .get(16..20)
-                        .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                    return match e.saturating_neg() {
+                    return match crate::net::netlink::ack_errno(msg, DUMP_SEQ).unwrap_or(0) {
                         0 => Ok(out),
                         libc::ENOENT => Ok(Vec::new()),
                         errno => Err(NftError::Receive {
@@ -199,7 +192,6 @@ pub fn listing() -> Result<Vec<String>, NftError> {
                 NFT_MSG_NEWRULE => out.extend(rule(msg)),
                 _ => {}
             }
-            rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
         }
     }
 }

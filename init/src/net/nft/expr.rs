@@ -91,13 +91,8 @@ pub(super) fn be32(out: &mut Vec<u8>, kind: u16, v: u32) {
     attr(out, kind, &v.to_be_bytes());
 }
 
-/// A NUL-terminated string attribute.
-pub(super) fn string(out: &mut Vec<u8>, kind: u16, s: &str) {
-    let mut b = Vec::with_capacity(s.len().saturating_add(1));
-    b.extend_from_slice(s.as_bytes());
-    b.push(0);
-    attr(out, kind, &b);
-}
+/// A NUL-terminated string attribute, as rtnetlink's names.
+pub(super) use crate::net::netlink::name_attr as string;
 
 /// An interface name as `meta iifname` loads it: IFNAMSIZ (16) bytes,
 /// zero-padded (longer names are refused before a batch is built; here
