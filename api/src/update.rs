@@ -71,12 +71,47 @@ pub struct UpdateStatus {
     /// one seen, in words.
     #[serde(default)]
     pub rollout: Option<String>,
+    /// What became of the last update this host tried, as data.
+    #[serde(default)]
+    pub outcome: Option<Outcome>,
+    /// Where the host stands with its group's reboot semaphore, in words.
+    #[serde(default)]
+    pub coordination: Option<String>,
+}
+
+/// What became of an update a host tried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outcome {
+    pub kind: OutcomeKind,
+    /// The version the host tried.
+    pub version: String,
+    /// Seconds since the epoch.
+    pub at: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    /// Booted and passed the health gate.
+    Updated,
+    /// Did not come up healthy: the host went back to the other slot.
+    RolledBack,
+    /// Refused or failed before the reboot (download, signature, write).
+    Failed,
+}
+
+impl OutcomeKind {
+    /// Whether the fleet counts it against the release.
+    pub fn failed(self) -> bool {
+        !matches!(self, OutcomeKind::Updated)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", content = "value", rename_all = "snake_case")]
 pub enum UpdateResponse {
     Done(String),
-    Status(UpdateStatus),
+    Status(Box<UpdateStatus>),
     Error(String),
 }

@@ -47,6 +47,102 @@ pub struct Policy {
     /// keel-update drew at random on its first run and keeps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_seed: Option<u64>,
+    /// Reboots coordinated with the rest of a group through etcd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordination: Option<Coordination>,
+}
+
+/// `[update.coordination]` as keel-update takes it: before rebooting into
+/// a new slot it takes one of `max_rebooting` slots of the group's reboot
+/// semaphore in etcd, and it reports its state under the same prefix
+/// (docs/update.md, "Reboots coordinated through etcd").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Coordination {
+    /// etcd endpoints (`https://host:2379`), tried in order.
+    pub etcd: Vec<String>,
+    pub group: String,
+    pub max_rebooting: u32,
+    /// This host's name in the group (the host name, or one made from the
+    /// rollout seed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// How long a reboot slot outlives a host that stopped renewing it.
+    pub lock_ttl_s: u64,
+    /// Seconds between reports of the host's state.
+    pub report_interval_s: u64,
+    /// PEM: the CA that signed etcd's certificate (none: the web's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// PEM: the client certificate and its key, for etcd's
+    /// `--client-cert-auth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Reboot anyway when etcd cannot be reached.
+    #[serde(default)]
+    pub reboot_without_etcd: bool,
+}
+
+/// What a group name, and so an etcd key, may be made of.
+pub fn check_group(g: &str) -> Result<(), String> {
+    let ok = !g.is_empty()
+        && g.len() <= 63
+        && g.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+        && !g.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{g:?} is not a group name (1 to 63 of a-z, 0-9, '-', '_', '.', not starting with '.')"
+        ))
+    }
+}
+
+impl Coordination {
+    /// Problems a parser cannot see.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.etcd.is_empty() {
+            return Err("coordination.etcd names no endpoint".into());
+        }
+        for e in &self.etcd {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(format!(
+                    "coordination.etcd: {e:?} must be an http:// or https:// URL"
+                ));
+            }
+        }
+        check_group(&self.group).map_err(|e| format!("coordination.group: {e}"))?;
+        if let Some(h) = &self.host {
+            check_group(h).map_err(|e| format!("coordination.host: {e}"))?;
+        }
+        if self.max_rebooting == 0 {
+            return Err("coordination.max_rebooting = 0 would never reboot".into());
+        }
+        if self.lock_ttl_s < 60 {
+            return Err(format!(
+                "coordination.lock_ttl_s = {} is below the minimum of 60",
+                self.lock_ttl_s
+            ));
+        }
+        if self.report_interval_s < 5 {
+            return Err(format!(
+                "coordination.report_interval_s = {} is below the minimum of 5",
+                self.report_interval_s
+            ));
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return Err("coordination: a client cert needs its key, and a key its cert".into());
+        }
+        for (name, pem) in [("ca", &self.ca), ("cert", &self.cert), ("key", &self.key)] {
+            if pem.as_ref().is_some_and(|p| !p.contains("-----BEGIN ")) {
+                return Err(format!("coordination.{name} is not PEM text"));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn stable() -> String {
@@ -67,6 +163,7 @@ impl Default for Policy {
             window: None,
             trusted_keys: Vec::new(),
             rollout_seed: None,
+            coordination: None,
         }
     }
 }
@@ -92,6 +189,9 @@ impl Policy {
         }
         if self.reboot == RebootPolicy::Window && self.window.is_none() {
             return Err("reboot = \"window\" needs a window".into());
+        }
+        if let Some(c) = &self.coordination {
+            c.validate()?;
         }
         Ok(())
     }

@@ -16,6 +16,7 @@ pub mod lock;
 pub mod oci;
 pub mod outputs;
 pub mod package;
+pub mod pki;
 pub mod progress;
 pub mod qemu;
 pub mod recipe;

@@ -61,30 +61,7 @@ pub fn add(o: &AddOptions<'_>) -> Result<Index, RepoError> {
             path: o.bundle.to_path_buf(),
             message: e.to_string(),
         })?;
-    let index_path = o.repo.join(INDEX_FILE);
-    let mut index = match fs::read(&index_path) {
-        Ok(bytes) => {
-            let bad = |message: String| RepoError::Index {
-                path: index_path.clone(),
-                message,
-            };
-            let env = Envelope::parse(Kind::Index, &bytes).map_err(|e| bad(e.to_string()))?;
-            env.verify(&[o.key.verifying_key()])
-                .map_err(|e| RepoError::WrongKey {
-                    path: index_path.clone(),
-                    message: e.to_string(),
-                })?;
-            Index::parse(&env.body).map_err(|e| bad(e.to_string()))?
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Index {
-            format: keel_formats::repo::FORMAT,
-            index_version: 0,
-            expires: 0,
-            channels: Default::default(),
-            keys: Vec::new(),
-        },
-        Err(e) => return Err(io_err(&index_path)(e)),
-    };
+    let mut index = read_index(o.repo, o.key)?;
 
     let dir = o.repo.join("bundles");
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -113,14 +90,104 @@ pub fn add(o: &AddOptions<'_>) -> Result<Index, RepoError> {
             index.keys.push(h);
         }
     }
-    let body = serde_json::to_vec_pretty(&index).unwrap_or_default();
-    let env = Envelope::sign(Kind::Index, body, &[o.key]);
+    publish(o.repo, &index, o.key)?;
+    Ok(index)
+}
+
+/// The repository's index, checked against the publisher's key; a new
+/// one if there is none yet.
+fn read_index(repo: &Path, key: &SigningKey) -> Result<Index, RepoError> {
+    let index_path = repo.join(INDEX_FILE);
+    match fs::read(&index_path) {
+        Ok(bytes) => {
+            let bad = |message: String| RepoError::Index {
+                path: index_path.clone(),
+                message,
+            };
+            let env = Envelope::parse(Kind::Index, &bytes).map_err(|e| bad(e.to_string()))?;
+            env.verify(&[key.verifying_key()])
+                .map_err(|e| RepoError::WrongKey {
+                    path: index_path.clone(),
+                    message: e.to_string(),
+                })?;
+            Index::parse(&env.body).map_err(|e| bad(e.to_string()))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Index {
+            format: keel_formats::repo::FORMAT,
+            index_version: 0,
+            expires: 0,
+            channels: Default::default(),
+            keys: Vec::new(),
+        }),
+        Err(e) => Err(io_err(&index_path)(e)),
+    }
+}
+
+/// Sign `index` and put it in place, atomically.
+fn publish(repo: &Path, index: &Index, key: &SigningKey) -> Result<(), RepoError> {
+    let index_path = repo.join(INDEX_FILE);
+    let body = serde_json::to_vec_pretty(index).unwrap_or_default();
+    let env = Envelope::sign(Kind::Index, body, &[key]);
     // Bundles first, index last: a host never sees an index that names a
     // bundle not there yet.
-    let tmp = o.repo.join(format!(".{INDEX_FILE}.tmp"));
+    let tmp = repo.join(format!(".{INDEX_FILE}.tmp"));
     fs::write(&tmp, env.to_bytes()).map_err(io_err(&tmp))?;
-    fs::rename(&tmp, &index_path).map_err(io_err(&index_path))?;
-    Ok(index)
+    fs::rename(&tmp, &index_path).map_err(io_err(&index_path))
+}
+
+/// Pause the release on `channel`: publish the index again with a rollout
+/// whose only wave reaches no host, so that no host that has not taken it
+/// yet starts to. Hosts that took it keep it. Returns the paused version.
+pub fn pause(
+    repo: &Path,
+    key: &SigningKey,
+    channel: &str,
+    valid_for_s: u64,
+    now: u64,
+) -> Result<String, RepoError> {
+    use keel_formats::rollout::{Rollout, Wave};
+    let mut index = read_index(repo, key)?;
+    let entry = index
+        .channels
+        .get_mut(channel)
+        .ok_or_else(|| RepoError::Index {
+            path: repo.join(INDEX_FILE),
+            message: format!("no channel {channel:?}"),
+        })?;
+    entry.rollout = Some(Rollout {
+        start: entry.rollout.as_ref().map_or(now, |r| r.start),
+        waves: vec![Wave {
+            after: 0,
+            percent: 0,
+        }],
+    });
+    let version = entry.version.clone();
+    index.index_version += 1;
+    index.expires = now + valid_for_s;
+    publish(repo, &index, key)?;
+    Ok(version)
+}
+
+/// The release on `channel`, and whether its rollout is paused (opens to
+/// no host at all).
+pub fn channel_release(
+    repo: &Path,
+    key: &SigningKey,
+    channel: &str,
+) -> Result<(String, bool), RepoError> {
+    let index = read_index(repo, key)?;
+    let entry = index
+        .channels
+        .get(channel)
+        .ok_or_else(|| RepoError::Index {
+            path: repo.join(INDEX_FILE),
+            message: format!("no channel {channel:?}"),
+        })?;
+    let paused = entry
+        .rollout
+        .as_ref()
+        .is_some_and(|r| r.waves.iter().all(|w| w.percent == 0));
+    Ok((entry.version.clone(), paused))
 }
 
 #[cfg(test)]

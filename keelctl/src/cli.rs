@@ -182,6 +182,9 @@ fn update(cmd: UpdateCmd) -> anyhow::Result<()> {
                     }
                     println!();
                     println!("last result: {}", s.last_result.as_deref().unwrap_or("-"));
+                    if let Some(c) = &s.coordination {
+                        println!("reboot coordination: {c}");
+                    }
                     if let Some(r) = &s.rollout {
                         println!("rollout: {r}");
                     }

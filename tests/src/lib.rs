@@ -5,6 +5,7 @@
 //! failure that says what to run, never a skip.
 
 pub mod escape;
+pub mod etcd;
 pub mod fixtures;
 pub mod host;
 pub mod http;

@@ -58,6 +58,8 @@ pub struct Agent {
     pub slot: Slot,
     /// The host's place in staged rollouts.
     pub place: u32,
+    /// Reboots coordinated with the host's group, if the policy says so.
+    pub coordinator: Option<crate::coordinate::Coordinator>,
     pub status: Arc<Mutex<UpdateStatus>>,
     /// Serialises check, apply and rollback.
     busy: Mutex<()>,
@@ -65,8 +67,8 @@ pub struct Agent {
 
 /// What a check of the repository found.
 enum Next {
-    /// Downloaded: install it.
-    Install(PathBuf),
+    /// Downloaded: install it (the bundle, its version).
+    Install(PathBuf, String),
     UpToDate,
     /// Newer, but this host's wave of its rollout is not open: why.
     Wait(String),
@@ -99,7 +101,7 @@ fn random_seed() -> Result<u64, UpdateError> {
     Ok(u64::from_ne_bytes(b))
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -153,6 +155,13 @@ impl Agent {
             }
         };
         let place = keel_formats::rollout::place(seed);
+        let coordinator = policy.coordination.as_ref().map(|c| {
+            let host = c
+                .host
+                .clone()
+                .unwrap_or_else(|| format!("keel-{seed:016x}"));
+            crate::coordinate::Coordinator::new(c, host)
+        });
         let status = UpdateStatus {
             version: running.version.clone(),
             slot: slot.to_string(),
@@ -160,6 +169,7 @@ impl Agent {
             repository: policy.repository.clone(),
             channel: policy.channel.clone(),
             last_result: state.last_result.clone(),
+            outcome: state.outcome.clone(),
             rollout: Some(format!(
                 "place {place} of {} in staged rollouts",
                 keel_formats::rollout::PLACES
@@ -174,6 +184,7 @@ impl Agent {
             running,
             slot,
             place,
+            coordinator,
             status: Arc::new(Mutex::new(status)),
             busy: Mutex::new(()),
         };
@@ -197,10 +208,13 @@ impl Agent {
             .entries
             .find(&running_hash)?
             .is_some_and(|e| e.name.tries_left.is_none());
-        if let Some(msg) = settle(&mut state, &self.running.version, blessed) {
+        if let Some(msg) = settle(&mut state, &self.running.version, blessed, now()) {
             eprintln!("keel-update: {msg}");
             self.store.save(&state)?;
-            self.set(|s| s.last_result = Some(msg));
+            self.set(|s| {
+                s.last_result = Some(msg);
+                s.outcome = state.outcome.clone();
+            });
         }
         Ok(())
     }
@@ -234,7 +248,7 @@ impl Agent {
         Ok(keys)
     }
 
-    fn set(&self, f: impl FnOnce(&mut UpdateStatus)) {
+    pub(crate) fn set(&self, f: impl FnOnce(&mut UpdateStatus)) {
         if let Ok(mut s) = self.status.lock() {
             f(&mut s);
         }
@@ -415,10 +429,13 @@ impl Agent {
         let _busy = self.busy.lock();
         self.set(|s| s.state = UpdateState::Checking);
         let r = self.check_locked(&base).and_then(|next| match next {
-            Next::Install(path) => {
+            Next::Install(path, version) => {
                 let r = self.apply_own(&path);
-                if r.is_ok() {
-                    let _ = fs::remove_file(&path);
+                match &r {
+                    Ok(_) => {
+                        let _ = fs::remove_file(&path);
+                    }
+                    Err(_) => self.record_failed(&version),
                 }
                 r
             }
@@ -467,8 +484,23 @@ impl Agent {
             }
         }
         let mut p = self.progress(UpdateState::Downloading, entry.size);
-        let path = fetch::download(base, entry, &self.store.downloads(), &mut |b, _| p(b))?;
-        Ok(Next::Install(path))
+        let path = fetch::download(base, entry, &self.store.downloads(), &mut |b, _| p(b))
+            .inspect_err(|_| self.record_failed(&entry.version))?;
+        Ok(Next::Install(path, entry.version.clone()))
+    }
+
+    /// Remember, for the fleet, that `version` failed before its reboot.
+    fn record_failed(&self, version: &str) {
+        let outcome = keel_api::update::Outcome {
+            kind: keel_api::update::OutcomeKind::Failed,
+            version: version.to_string(),
+            at: now(),
+        };
+        if let Ok(mut st) = self.store.load() {
+            st.outcome = Some(outcome.clone());
+            let _ = self.store.save(&st);
+        }
+        self.set(|s| s.outcome = Some(outcome));
     }
 
     /// Make the other slot boot next, if it is intact.

@@ -37,7 +37,9 @@ fn answer(r: &Result<Done, UpdateError>) -> UpdateResponse {
 }
 
 /// After a successful install or rollback, reboot if the policy says so.
-fn maybe_reboot(agent: &Agent, changed: bool) {
+/// Into an install, a coordinated host first takes a reboot slot of its
+/// group; a rollback the operator asked for is not held back.
+fn maybe_reboot(agent: &Arc<Agent>, changed: bool, coordinate: bool) {
     let wait = match agent.policy.reboot {
         _ if !changed => return,
         RebootPolicy::Manual => return,
@@ -53,10 +55,15 @@ fn maybe_reboot(agent: &Agent, changed: bool) {
         eprintln!("keel-update: rebooting into the new version in {wait} s, when the window opens");
     }
     // Waiting happens on its own thread, so checks and calls go on.
+    let agent = Arc::clone(agent);
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(wait));
+        if coordinate {
+            agent.wait_for_reboot_slot();
+        }
         if let Err(e) = request_reboot() {
             eprintln!("keel-update: cannot reboot: {e}");
+            agent.release_reboot_slot();
         }
     });
 }
@@ -71,7 +78,7 @@ fn wait_for_hangup(stream: &UnixStream) {
     while matches!((&*stream).read(&mut buf), Ok(n) if n > 0) {}
 }
 
-fn serve(agent: &Agent, stream: UnixStream) {
+fn serve(agent: &Arc<Agent>, stream: UnixStream) {
     let (line, fds) = match keel_api::wire::receive(&stream) {
         Ok(x) => x,
         Err(e) => return reply(&stream, &UpdateResponse::Error(e)),
@@ -91,7 +98,7 @@ fn serve(agent: &Agent, stream: UnixStream) {
                 eprintln!("keel-update: {e}");
             }
             let s = agent.status.lock().map(|s| s.clone()).unwrap_or_default();
-            reply(&stream, &UpdateResponse::Status(s));
+            reply(&stream, &UpdateResponse::Status(Box::new(s)));
         }
         UpdateRequest::Check => {
             let r = agent.check();
@@ -100,7 +107,7 @@ fn serve(agent: &Agent, stream: UnixStream) {
             if changed {
                 wait_for_hangup(&stream);
             }
-            maybe_reboot(agent, changed);
+            maybe_reboot(agent, changed, true);
         }
         UpdateRequest::ApplyFd => {
             let Some(fd) = fds.into_iter().next() else {
@@ -115,7 +122,7 @@ fn serve(agent: &Agent, stream: UnixStream) {
             if changed {
                 wait_for_hangup(&stream);
             }
-            maybe_reboot(agent, changed);
+            maybe_reboot(agent, changed, true);
         }
         UpdateRequest::Rollback => {
             let r = agent.rollback();
@@ -124,7 +131,7 @@ fn serve(agent: &Agent, stream: UnixStream) {
             if changed {
                 wait_for_hangup(&stream);
             }
-            maybe_reboot(agent, changed);
+            maybe_reboot(agent, changed, false);
         }
     }
 }
@@ -188,7 +195,14 @@ pub fn run(agent: Agent, listener: UnixListener) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_secs(a.policy.check_interval_s));
             let r = a.check();
             let changed = r.as_ref().is_ok_and(|d| d.changed);
-            maybe_reboot(&a, changed);
+            maybe_reboot(&a, changed, true);
+        });
+    }
+    if agent.coordinator.is_some() {
+        let a = Arc::clone(&agent);
+        std::thread::spawn(move || loop {
+            let pause = a.tend();
+            std::thread::sleep(pause);
         });
     }
     for stream in listener.incoming() {

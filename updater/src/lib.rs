@@ -6,6 +6,7 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 pub mod agent;
+pub mod coordinate;
 pub mod entries;
 pub mod error;
 pub mod fetch;

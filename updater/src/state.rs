@@ -32,6 +32,14 @@ pub struct State {
     /// rollouts, the same across reboots and updates.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// What became of the last update tried, as data (for the fleet).
+    #[serde(default)]
+    pub outcome: Option<keel_api::update::Outcome>,
+    /// The group's reboot slot this host holds: taken before rebooting
+    /// into an update, kept across the reboot, given back once the update
+    /// settled.
+    #[serde(default)]
+    pub lock: Option<keel_fleet::lock::Held>,
 }
 
 #[derive(Debug, Clone)]
@@ -82,21 +90,33 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), UpdateError> {
 /// After a boot: what became of a pending update. Running it is not
 /// enough: it has succeeded once the health gate blessed its entry
 /// (`blessed`); until then it stays pending.
-pub fn settle(state: &mut State, running_version: &str, blessed: bool) -> Option<String> {
+pub fn settle(state: &mut State, running_version: &str, blessed: bool, now: u64) -> Option<String> {
+    use keel_api::update::{Outcome, OutcomeKind};
     let p = state.pending.as_ref()?;
     if p.version == running_version && !blessed {
         return None;
     }
     let p = state.pending.take()?;
-    let msg = if p.version == running_version {
-        format!("updated from {} to {}", p.from, p.version)
+    let (kind, msg) = if p.version == running_version {
+        (
+            OutcomeKind::Updated,
+            format!("updated from {} to {}", p.from, p.version),
+        )
     } else {
-        format!(
+        (
+            OutcomeKind::RolledBack,
+            format!(
             "update to {} failed: it did not come up healthy, the host went back to {running_version}",
             p.version
+        ),
         )
     };
     state.last_result = Some(msg.clone());
+    state.outcome = Some(Outcome {
+        kind,
+        version: p.version,
+        at: now,
+    });
     Some(msg)
 }
 
@@ -121,11 +141,22 @@ mod tests {
         };
         store.save(&s).unwrap();
         assert_eq!(store.load().unwrap(), s);
-        assert!(settle(&mut s.clone(), "0.3.0", false).is_none(), "on trial");
-        let msg = settle(&mut s.clone(), "0.3.0", true).unwrap();
+        use keel_api::update::OutcomeKind;
+        assert!(
+            settle(&mut s.clone(), "0.3.0", false, 9).is_none(),
+            "on trial"
+        );
+        let mut ok = s.clone();
+        let msg = settle(&mut ok, "0.3.0", true, 9).unwrap();
         assert_eq!(msg, "updated from 0.2.0 to 0.3.0");
-        let msg = settle(&mut s, "0.2.0", true).unwrap();
+        assert_eq!(ok.outcome.unwrap().kind, OutcomeKind::Updated);
+        let msg = settle(&mut s, "0.2.0", true, 9).unwrap();
         assert!(msg.contains("update to 0.3.0 failed"), "{msg}");
-        assert!(settle(&mut s, "0.2.0", true).is_none());
+        let o = s.outcome.clone().unwrap();
+        assert_eq!(
+            (o.kind, o.version.as_str(), o.at),
+            (OutcomeKind::RolledBack, "0.3.0", 9)
+        );
+        assert!(settle(&mut s, "0.2.0", true, 9).is_none());
     }
 }

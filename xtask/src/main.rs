@@ -50,12 +50,13 @@ const APT_PACKAGES: &[&str] = &[
     "docker-registry",
     "skopeo",
     "nftables",
+    "etcd-server",
 ];
 
 /// Of [`APT_PACKAGES`], those only the tests and benchmarks use (qcow2
 /// outputs, QEMU's guestfwd, SSH to a guest, tracing, a real OCI registry
 /// and the tool that pushes images to it, `nft` to read back keel-init's
-/// nf_tables rules): `cargo xtask demo` builds the
+/// nf_tables rules, a real etcd for the fleet tests): `cargo xtask demo` builds the
 /// default image and boots it without them.
 const TEST_ONLY: &[&str] = &[
     "qemu-utils",
@@ -65,6 +66,7 @@ const TEST_ONLY: &[&str] = &[
     "docker-registry",
     "skopeo",
     "nftables",
+    "etcd-server",
 ];
 pub(crate) const MUSL: &str = "x86_64-unknown-linux-musl";
 /// The deb-src entry is derived from the machine's own apt sources.

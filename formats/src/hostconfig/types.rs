@@ -536,4 +536,40 @@ pub struct Update {
     /// same wave).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_seed: Option<u64>,
+    /// Reboots coordinated through etcd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordination: Option<Coordination>,
+}
+
+/// `[update.coordination]`: take one of `max_rebooting` slots of the
+/// group's reboot semaphore in etcd before rebooting into an update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Coordination {
+    /// etcd endpoints: `["https://10.0.0.5:2379", …]`.
+    pub etcd: Vec<String>,
+    #[serde(default = "default_group")]
+    pub group: String,
+    #[serde(default = "one")]
+    pub max_rebooting: u32,
+    /// How long a reboot slot outlives a host that stopped renewing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_ttl: Option<Seconds>,
+    /// How often the host reports its state to etcd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_interval: Option<Seconds>,
+    /// PEM text of etcd's CA, and of this host's client certificate and key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Reboot into an update even when etcd cannot be reached.
+    #[serde(default)]
+    pub reboot_without_etcd: bool,
+}
+
+fn default_group() -> String {
+    "default".into()
 }

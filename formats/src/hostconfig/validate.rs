@@ -540,4 +540,58 @@ fn update(k: &mut Checker, c: &HostConfig) {
         ),
         _ => {}
     }
+    if let Some(co) = &u.coordination {
+        coordination(k, co);
+    }
+}
+
+fn coordination(k: &mut Checker, co: &crate::hostconfig::types::Coordination) {
+    let key = |f: &'static str| ["update", "coordination", f];
+    if co.etcd.is_empty() {
+        k.bad(&key("etcd"), "names no endpoint");
+    }
+    for e in &co.etcd {
+        let rest = e
+            .strip_prefix("https://")
+            .or_else(|| e.strip_prefix("http://"));
+        if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
+            k.bad(
+                &key("etcd"),
+                format!("{e:?} is not an http:// or https:// URL"),
+            );
+        }
+    }
+    if let Err(e) = crate::policy::check_group(&co.group) {
+        k.bad(&key("group"), e);
+    }
+    if co.max_rebooting == 0 {
+        k.bad(&key("max_rebooting"), "0 would never reboot");
+    }
+    if let Some(d) = co.lock_ttl {
+        if d.0 < 60 {
+            k.bad(
+                &key("lock_ttl"),
+                format!("{:?} is below the minimum of 1m", d.to_string()),
+            );
+        }
+    }
+    if let Some(d) = co.report_interval {
+        if d.0 < 5 {
+            k.bad(
+                &key("report_interval"),
+                format!("{:?} is below the minimum of 5s", d.to_string()),
+            );
+        }
+    }
+    if co.cert.is_some() != co.key.is_some() {
+        k.bad(
+            &key(if co.cert.is_some() { "key" } else { "cert" }),
+            "a client certificate and its key go together",
+        );
+    }
+    for (f, pem) in [("ca", &co.ca), ("cert", &co.cert), ("key", &co.key)] {
+        if pem.as_ref().is_some_and(|p| !p.contains("-----BEGIN ")) {
+            k.bad(&key(f), "not PEM text (-----BEGIN …)");
+        }
+    }
 }

@@ -206,8 +206,29 @@ pub fn update_policy(image: Option<&str>, c: &HostConfig) -> Policy {
         p.window = u.window;
     }
     p.trusted_keys.extend(u.trusted_keys.iter().cloned());
+    if let Some(co) = &u.coordination {
+        p.coordination = Some(keel_formats::policy::Coordination {
+            etcd: co.etcd.clone(),
+            group: co.group.clone(),
+            max_rebooting: co.max_rebooting,
+            // Host names are labels: lowercased, they are valid keys.
+            host: c.hostname.as_ref().map(|h| h.to_ascii_lowercase()),
+            lock_ttl_s: co.lock_ttl.map_or(LOCK_TTL_S, |s| s.0),
+            report_interval_s: co.report_interval.map_or(REPORT_INTERVAL_S, |s| s.0),
+            ca: co.ca.clone(),
+            cert: co.cert.clone(),
+            key: co.key.clone(),
+            reboot_without_etcd: co.reboot_without_etcd,
+        });
+    }
     p
 }
+
+/// A reboot slot survives a host that went silent for this long: long
+/// enough for a slow firmware, a reboot and the health gate.
+const LOCK_TTL_S: u64 = 30 * 60;
+/// Reports every 5 minutes: 12 renewals an hour per host in steady state.
+const REPORT_INTERVAL_S: u64 = 300;
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,8 @@ use keel_image_builder::build::{self, Options};
 use keel_image_builder::cache::Cache;
 use keel_image_builder::qemu::{self, Accel, RunOptions};
 
+mod fleet;
+
 #[derive(Debug, Parser)]
 #[command(name = "keel", version, about = "Build, run and inspect keel images")]
 pub struct Cli {
@@ -36,6 +38,12 @@ pub enum Cmd {
     /// Maintain a static update repository.
     #[command(subcommand)]
     Repo(RepoCmd),
+    /// The fleet's state in etcd, and a watch that pauses a failing rollout.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCmd),
+    /// A certificate authority and its certificates (etcd, remote API).
+    #[command(subcommand)]
+    Pki(fleet::PkiCmd),
     /// Boot a disk image in QEMU with UEFI firmware; serial console on stdio
     /// (Ctrl-A X quits).
     Run(RunArgs),
@@ -252,6 +260,8 @@ pub fn main() -> anyhow::Result<()> {
         Cmd::Config(ConfigCmd::Validate { file, recipe }) => validate_cmd(file, recipe),
         Cmd::Keygen { base } => keygen_cmd(base),
         Cmd::Repo(RepoCmd::Add(a)) => repo_add_cmd(a),
+        Cmd::Fleet(c) => fleet::fleet_cmd(c),
+        Cmd::Pki(c) => fleet::pki_cmd(c),
         Cmd::Run(a) => run_cmd(a),
         Cmd::Flash(a) => flash_cmd(a),
         Cmd::Inspect(a) => inspect_cmd(a),
