@@ -467,3 +467,43 @@ fn container_networks_and_the_firewall_are_checked_where_they_are_written() {
         assert!(all.contains(want), "no {want:?} in:\n{all}");
     }
 }
+
+#[test]
+fn coordination_names_each_bad_field() {
+    let e = errors(
+        r#"[update.coordination]
+etcd = ["10.0.0.5:2379", "https://etcd:2379"]
+group = "Web Servers"
+max_rebooting = 0
+lock_ttl = "30s"
+cert = "-----BEGIN CERTIFICATE-----"
+ca = "not pem"
+"#,
+    );
+    let joined = e.join("\n");
+    for want in [
+        "`update.coordination.etcd`: \"10.0.0.5:2379\" is not an http:// or https:// URL",
+        "`update.coordination.group`: \"Web Servers\" is not a group name",
+        "`update.coordination.max_rebooting`: 0 would never reboot",
+        "`update.coordination.lock_ttl`: \"30s\" is below the minimum of 1m",
+        "`update.coordination.key`: a client certificate and its key go together",
+        "`update.coordination.ca`: not PEM text",
+    ] {
+        assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
+    }
+    assert_eq!(e.len(), 6, "{joined}");
+    let ctx = Context {
+        services: None,
+        zones: None,
+    };
+    let c = check(
+        src(
+            "host.toml",
+            "[update.coordination]\netcd = [\"https://10.0.0.5:2379\"]\n",
+        ),
+        &ctx,
+    )
+    .unwrap();
+    let co = c.update.coordination.unwrap();
+    assert_eq!((co.group.as_str(), co.max_rebooting), ("default", 1));
+}
