@@ -124,11 +124,12 @@ impl Fleet {
             Some(g) => format!("{reboot}{g}/"),
             None => reboot.clone(),
         })? {
-            let g = k.key[reboot.len()..]
-                .split('/')
-                .next()
-                .unwrap_or_default()
-                .to_string();
+            // A key etcd should not have returned is skipped, not sliced.
+            let Some(rest) = k.key.strip_prefix(reboot.as_str()) else {
+                f.unreadable.push(k.key);
+                continue;
+            };
+            let g = rest.split('/').next().unwrap_or_default().to_string();
             f.rebooting
                 .push((g, String::from_utf8_lossy(&k.value).into_owned()));
         }
