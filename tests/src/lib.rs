@@ -181,9 +181,13 @@ fn is_console_noise(line: &str) -> bool {
 pub struct Guest {
     child: Child,
     stdin: ChildStdin,
-    rx: mpsc::Receiver<String>,
+    rx: mpsc::Receiver<(Instant, String)>,
     /// Everything the console printed so far.
     pub transcript: String,
+    /// When each part of the transcript arrived: (its end, the time),
+    /// stamped by the reading thread, so the times are right even for a
+    /// console nobody was waiting on.
+    stamps: Vec<(usize, Instant)>,
     /// Where the next `expect` starts looking.
     cursor: usize,
 }
@@ -303,7 +307,10 @@ impl Guest {
             while let Ok(n) = stdout.read(&mut buf) {
                 if n == 0
                     || tx
-                        .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                        .send((
+                            Instant::now(),
+                            String::from_utf8_lossy(&buf[..n]).into_owned(),
+                        ))
                         .is_err()
                 {
                     break;
@@ -315,8 +322,38 @@ impl Guest {
             stdin,
             rx,
             transcript: String::new(),
+            stamps: Vec::new(),
             cursor: 0,
         }
+    }
+
+    fn take(&mut self, (at, chunk): (Instant, String)) {
+        self.transcript.push_str(&chunk);
+        self.stamps.push((self.transcript.len(), at));
+    }
+
+    /// Take in what the console printed so far, without waiting.
+    pub fn pump(&mut self) {
+        while let Ok(c) = self.rx.try_recv() {
+            self.take(c);
+        }
+    }
+
+    /// Where the next [`Guest::expect`] starts looking in the transcript.
+    pub fn cursor(&self) -> usize {
+        self.cursor
+    }
+
+    /// When the console printed each occurrence of `pattern` so far (as
+    /// far as [`Guest::pump`] or an `expect` took it in).
+    pub fn times(&self, pattern: &str) -> Vec<Instant> {
+        self.transcript
+            .match_indices(pattern)
+            .filter_map(|(at, _)| {
+                let end = at + pattern.len();
+                self.stamps.iter().find(|(e, _)| *e >= end).map(|(_, t)| *t)
+            })
+            .collect()
     }
 
     /// Wait for `pattern` after the cursor; returns the text up to and
@@ -332,7 +369,7 @@ impl Guest {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
-                Ok(chunk) => self.transcript.push_str(&chunk),
+                Ok(chunk) => self.take(chunk),
                 Err(_) => {
                     let _ = self.child.kill();
                     panic!(
@@ -446,12 +483,10 @@ impl Guest {
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
-            while let Ok(chunk) = self.rx.try_recv() {
-                self.transcript.push_str(&chunk);
-            }
+            self.pump();
             if let Some(st) = self.child.try_wait().expect("waiting for qemu") {
                 while let Ok(chunk) = self.rx.recv_timeout(Duration::from_millis(200)) {
-                    self.transcript.push_str(&chunk);
+                    self.take(chunk);
                 }
                 return st;
             }

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use keel_formats::repo::Index;
+use keel_formats::repo::{Index, INDEX_FILE};
+use keel_formats::signed::{Envelope, Kind};
 use keel_image_builder::{disk, esp, repo};
 
 use crate::keel_build;
@@ -81,4 +82,40 @@ pub fn add(repo_dir: &Path, bundle_path: &Path, key: &ed25519_dalek::SigningKey)
         rollout: None,
     })
     .expect("adding a bundle to the repository")
+}
+
+/// Publish `index`, signed by `key`, as the repository's index.
+pub fn publish(repo_dir: &Path, index: &Index, key: &ed25519_dalek::SigningKey) {
+    let env = Envelope::sign(
+        Kind::Index,
+        serde_json::to_vec(index).expect("an index serializes"),
+        &[key],
+    );
+    std::fs::write(repo_dir.join(INDEX_FILE), env.to_bytes()).expect("writing the index");
+}
+
+pub fn read_index(repo_dir: &Path) -> Index {
+    let bytes = std::fs::read(repo_dir.join(INDEX_FILE)).expect("reading the index");
+    Index::parse(
+        &Envelope::parse(Kind::Index, &bytes)
+            .expect("a signed index")
+            .body,
+    )
+    .expect("an index")
+}
+
+/// Give the stable channel's release a staged rollout: `waves` as `keel
+/// repo add --waves` takes them, from `start`.
+pub fn roll_out(repo_dir: &Path, waves: &str, start: u64, key: &ed25519_dalek::SigningKey) {
+    let mut index = read_index(repo_dir);
+    index.index_version += 1;
+    index
+        .channels
+        .get_mut("stable")
+        .expect("a stable channel")
+        .rollout = Some(keel_formats::rollout::Rollout {
+        start,
+        waves: keel_formats::rollout::Rollout::parse_waves(waves).expect("waves"),
+    });
+    publish(repo_dir, &index, key);
 }

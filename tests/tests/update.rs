@@ -11,22 +11,12 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use keel_formats::repo::{Index, INDEX_FILE};
 use keel_formats::signed::{Envelope, Kind};
 use keel_image_builder::bundle;
-use keel_tests::updates::{add, build, build_with, hex, now, snapshot};
+use keel_tests::updates::{
+    add, build, build_with, hex, now, publish, read_index, roll_out, snapshot,
+};
 use keel_tests::{Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
-
-/// Publish `index`, signed by `key`, as the repository's index.
-fn publish(repo_dir: &Path, index: &Index, key: &ed25519_dalek::SigningKey) {
-    let env = Envelope::sign(Kind::Index, serde_json::to_vec(index).unwrap(), &[key]);
-    std::fs::write(repo_dir.join(INDEX_FILE), env.to_bytes()).unwrap();
-}
-
-fn read_index(repo_dir: &Path) -> Index {
-    let bytes = std::fs::read(repo_dir.join(INDEX_FILE)).unwrap();
-    Index::parse(&Envelope::parse(Kind::Index, &bytes).unwrap().body).unwrap()
-}
 
 /// Point the stable channel at a file that `repo add` would not accept
 /// (bad payload, truncated), with its true size and hash.
@@ -42,17 +32,6 @@ fn point_at(repo_dir: &Path, file: &Path, version: &str, key: &ed25519_dalek::Si
     e.bundle = format!("bundles/{name}");
     e.size = bytes.len() as u64;
     e.sha256 = hex(&Sha256::digest(&bytes));
-    publish(repo_dir, &index, key);
-}
-
-/// Give the stable channel's release a staged rollout.
-fn roll_out(repo_dir: &Path, waves: &str, start: u64, key: &ed25519_dalek::SigningKey) {
-    let mut index = read_index(repo_dir);
-    index.index_version += 1;
-    index.channels.get_mut("stable").unwrap().rollout = Some(keel_formats::rollout::Rollout {
-        start,
-        waves: keel_formats::rollout::Rollout::parse_waves(waves).unwrap(),
-    });
     publish(repo_dir, &index, key);
 }
 
