@@ -130,8 +130,9 @@ pub fn send_line<T: Serialize>(stream: &UnixStream, msg: &T, fds: &[RawFd]) -> s
     send(stream, &line, fds)
 }
 
-/// Read one answer line from `stream` (`socket` names it in errors).
-pub fn read_answer<T: DeserializeOwned>(stream: &UnixStream, socket: &str) -> Result<T, WireError> {
+/// Read one answer line from `stream` (`socket` names it in errors): a
+/// local socket, or keel-remote's TLS stream.
+pub fn read_answer<T: DeserializeOwned>(stream: impl Read, socket: &str) -> Result<T, WireError> {
     let mut answer = String::new();
     BufReader::new(stream.take(MAX_ANSWER))
         .read_line(&mut answer)

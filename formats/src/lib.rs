@@ -49,6 +49,12 @@ pub const ADMIN_GID: u32 = 37;
 pub const PULL_UID: u32 = 38;
 pub const PULL_GID: u32 = 38;
 
+/// keel-remote's user and group (`system-containers/remote.toml`): it
+/// holds the host's TLS key, which no other service may read, and is in
+/// the admin group only to reach the API sockets.
+pub const REMOTE_UID: u32 = 39;
+pub const REMOTE_GID: u32 = 39;
+
 /// Directory holding the API socket; bind-mounted into containers that may
 /// talk to `keel-init`.
 pub const API_DIR: &str = "/run/keel";

@@ -45,3 +45,15 @@ impl std::str::FromStr for Role {
             .ok_or_else(|| format!("{s:?} is not a role: read-only or admin"))
     }
 }
+
+/// The port keel-remote listens on unless the host config says another
+/// (Talos's apid uses the same one).
+pub const REMOTE_PORT: u16 = 50000;
+
+/// Where keel-init puts the host config's `admin.remote` certificates for
+/// keel-remote, and their names there: the CAs whose client certificates
+/// the host trusts, and the host's own certificate and key.
+pub const REMOTE_DIR: &str = "/run/keel/remote";
+pub const REMOTE_CA: &str = "ca.pem";
+pub const REMOTE_CERT: &str = "cert.pem";
+pub const REMOTE_KEY: &str = "key.pem";

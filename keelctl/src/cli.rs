@@ -1,17 +1,19 @@
 //! keelctl's command line: the clap types, and one function per
-//! subcommand over keel-init's and keel-update's local APIs.
+//! subcommand over keel-init's and keel-update's APIs, local or, with
+//! `--host`, another host's through keel-remote.
 
 use std::io::Write;
-use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use keel_api::init::{render_status, Request, Response};
-use keel_api::update::{UpdateRequest, UpdateResponse, UPDATE_SOCKET};
+use keel_api::update::{UpdateRequest, UpdateResponse};
 use keel_api::wire;
 use keel_formats::hostconfig::values::Seconds;
+
+use crate::target::{Duplex, RemoteFiles, Target};
 
 #[derive(Debug, Parser)]
 #[command(name = "keelctl", version, about = "Control a keel host")]
@@ -19,6 +21,19 @@ pub struct Cli {
     /// keel-init's API socket.
     #[arg(long, default_value = keel_formats::API_SOCKET)]
     socket: String,
+    /// Manage another host through its remote API (`admin.remote` in its
+    /// host config): `HOST`, `HOST:PORT` (default port 50000).
+    #[arg(long, global = true, value_name = "ADDR")]
+    host: Option<String>,
+    /// With --host: the CA that signed the host's certificate.
+    #[arg(long, global = true, requires = "host")]
+    cacert: Option<PathBuf>,
+    /// With --host: this client's certificate (`keel pki issue NAME --role`).
+    #[arg(long, global = true, requires = "host")]
+    cert: Option<PathBuf>,
+    /// With --host: this client's key.
+    #[arg(long, global = true, requires = "host")]
+    key: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -118,40 +133,23 @@ enum UpdateCmd {
 /// One request to keel-update, with `fds` alongside. The connection comes
 /// back with the answer: keel-update reboots after an install once we
 /// hang up, so it stays open until the answer is on the terminal.
-fn update_call(req: &UpdateRequest, fds: &[i32]) -> anyhow::Result<(UpdateResponse, UnixStream)> {
-    // keel-update may still be starting (it is not part of the boot health
-    // gate, so a host is ready before it is): give it a few seconds.
-    let mut tries = 0u32;
-    let stream = loop {
-        match UnixStream::connect(UPDATE_SOCKET) {
-            Ok(s) => break s,
-            Err(e)
-                if tries < 20
-                    && matches!(
-                        e.kind(),
-                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                    ) =>
-            {
-                tries = tries.saturating_add(1);
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("connecting to keel-update at {UPDATE_SOCKET}"))
-            }
-        }
-    };
-    match wire::call_on(stream, UPDATE_SOCKET, req, fds)? {
-        (UpdateResponse::Error(e), _) => bail!("{e}"),
-        r => Ok(r),
+fn update_call(
+    t: &Target,
+    req: &UpdateRequest,
+    fds: &[i32],
+) -> anyhow::Result<(UpdateResponse, Box<dyn Duplex>)> {
+    let mut stream = t.update(req, fds)?;
+    match wire::read_answer(&mut stream, t.update_name())? {
+        UpdateResponse::Error(e) => bail!("{e}"),
+        r => Ok((r, stream)),
     }
 }
 
-fn update(cmd: UpdateCmd) -> anyhow::Result<()> {
+fn update(t: &Target, cmd: UpdateCmd) -> anyhow::Result<()> {
     use std::os::fd::AsRawFd;
     let (r, connection) = match cmd {
         UpdateCmd::Status { json } => {
-            let (r, c) = update_call(&UpdateRequest::Status, &[])?;
+            let (r, c) = update_call(t, &UpdateRequest::Status, &[])?;
             match r {
                 UpdateResponse::Status(s) if json => {
                     println!("{}", serde_json::to_string_pretty(&s)?);
@@ -193,13 +191,13 @@ fn update(cmd: UpdateCmd) -> anyhow::Result<()> {
                 other => (other, c),
             }
         }
-        UpdateCmd::Check => update_call(&UpdateRequest::Check, &[])?,
+        UpdateCmd::Check => update_call(t, &UpdateRequest::Check, &[])?,
         UpdateCmd::Apply { bundle } => {
             let f = std::fs::File::open(&bundle)
                 .with_context(|| format!("opening {}", bundle.display()))?;
-            update_call(&UpdateRequest::ApplyFd, &[f.as_raw_fd()])?
+            update_call(t, &UpdateRequest::ApplyFd, &[f.as_raw_fd()])?
         }
-        UpdateCmd::Rollback => update_call(&UpdateRequest::Rollback, &[])?,
+        UpdateCmd::Rollback => update_call(t, &UpdateRequest::Rollback, &[])?,
     };
     match r {
         UpdateResponse::Done(m) => println!("{m}"),
@@ -244,29 +242,31 @@ fn applied(file: &Path, answer: Response) -> anyhow::Result<()> {
     }
 }
 
-fn call(socket: &str, req: &Request) -> anyhow::Result<Response> {
-    let (response, _) = wire::call(socket, req, &[])?;
+fn call(t: &Target, req: &Request) -> anyhow::Result<Response> {
+    let mut stream = t.init(req, &[])?;
+    let response = wire::read_answer(&mut stream, t.name())?;
     if let Response::Error(e) = &response {
         bail!("{e}");
     }
     Ok(response)
 }
 
-fn exec(socket: &str, name: String, argv: Vec<String>) -> anyhow::Result<i32> {
+fn exec(t: &Target, name: String, argv: Vec<String>) -> anyhow::Result<i32> {
     // Our stdin, stdout and stderr go with the request: the command runs
     // on them directly.
-    match wire::call(socket, &Request::Exec { name, argv }, &[0, 1, 2])?.0 {
+    let mut stream = t.init(&Request::Exec { name, argv }, &[0, 1, 2])?;
+    match wire::read_answer(&mut stream, t.name())? {
         Response::Exited { code } => Ok(code),
         Response::Error(e) => bail!("{e}"),
         other => bail!("unexpected answer {other:?}"),
     }
 }
 
-fn logs(socket: &str, name: &str, follow: bool) -> anyhow::Result<()> {
+fn logs(t: &Target, name: &str, follow: bool) -> anyhow::Result<()> {
     let mut since = 0;
     loop {
         match call(
-            socket,
+            t,
             &Request::Logs {
                 name: name.to_string(),
                 since,
@@ -291,14 +291,25 @@ fn logs(socket: &str, name: &str, follow: bool) -> anyhow::Result<()> {
 
 /// Run what `cli` asks for.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let socket = cli.socket.as_str();
+    let target = match &cli.host {
+        Some(host) => Target::remote(&RemoteFiles {
+            host,
+            cacert: cli.cacert.as_deref(),
+            cert: cli.cert.as_deref(),
+            key: cli.key.as_deref(),
+        })?,
+        None => Target::Local {
+            socket: cli.socket.clone(),
+        },
+    };
+    let t = &target;
     match cli.command {
-        Cmd::Status { json } => match call(socket, &Request::Status)? {
+        Cmd::Status { json } => match call(t, &Request::Status)? {
             Response::Status(s) if json => println!("{}", serde_json::to_string_pretty(&s)?),
             Response::Status(s) => print!("{}", render_status(&s)),
             other => bail!("unexpected answer {other:?}"),
         },
-        Cmd::List => match call(socket, &Request::Status)? {
+        Cmd::List => match call(t, &Request::Status)? {
             Response::Status(s) => {
                 for svc in s.services {
                     println!("{} {}", svc.name, svc.state);
@@ -306,8 +317,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             other => bail!("unexpected answer {other:?}"),
         },
-        Cmd::Logs { name, follow } => logs(socket, &name, follow)?,
-        Cmd::Network => match call(socket, &Request::Network)? {
+        Cmd::Logs { name, follow } => logs(t, &name, follow)?,
+        Cmd::Network => match call(t, &Request::Network)? {
             Response::Network { links, rules } => {
                 println!("links:");
                 links.iter().for_each(|l| println!("  {l}"));
@@ -317,40 +328,40 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             other => bail!("unexpected answer {other:?}"),
         },
         Cmd::Start { name } => {
-            call(socket, &Request::Start { name })?;
+            call(t, &Request::Start { name })?;
         }
         Cmd::Stop { name } => {
-            call(socket, &Request::Stop { name })?;
+            call(t, &Request::Stop { name })?;
         }
         Cmd::Kill { signal, name } => {
-            call(socket, &Request::Kill { name, signal })?;
+            call(t, &Request::Kill { name, signal })?;
         }
         Cmd::Restart { name } => {
-            call(socket, &Request::Restart { name })?;
+            call(t, &Request::Restart { name })?;
         }
         Cmd::Exec { name, command } => {
-            let code = exec(socket, name, command)?;
+            let code = exec(t, name, command)?;
             std::process::exit(code);
         }
-        Cmd::Update(cmd) => update(cmd)?,
-        Cmd::Image(cmd) => crate::image::run(socket, cmd)?,
+        Cmd::Update(cmd) => update(t, cmd)?,
+        Cmd::Image(cmd) => crate::image::run(t, cmd)?,
         Cmd::Config(ConfigCmd::Apply { file, try_for }) => {
             let try_s = try_for.map(|d| d.0);
             let text =
                 std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
             let name = file.display().to_string();
-            let answer = call(socket, &Request::ApplyConfig { name, text, try_s })?;
+            let answer = call(t, &Request::ApplyConfig { name, text, try_s })?;
             applied(&file, answer)?;
         }
         Cmd::Config(ConfigCmd::Confirm) => {
-            applied(Path::new("config"), call(socket, &Request::ConfirmConfig)?)?
+            applied(Path::new("config"), call(t, &Request::ConfirmConfig)?)?
         }
         Cmd::Config(ConfigCmd::Validate { file }) => {
             let text =
                 std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
             let name = file.display().to_string();
             match call(
-                socket,
+                t,
                 &Request::ValidateConfig {
                     name: name.clone(),
                     text,
@@ -368,10 +379,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Poweroff => {
-            call(socket, &Request::Poweroff)?;
+            call(t, &Request::Poweroff)?;
         }
         Cmd::Reboot => {
-            call(socket, &Request::Reboot)?;
+            call(t, &Request::Reboot)?;
         }
     }
     Ok(())

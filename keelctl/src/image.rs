@@ -3,13 +3,13 @@
 //! per blob, then the outcome.
 
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
-use std::os::unix::net::UnixStream;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use keel_api::init::Request;
 use keel_api::pull::{ImageInfo, PullEvent};
-use keel_api::wire;
+
+use crate::target::Target;
 
 /// An event line is small, but for a listing of a large store; a longer
 /// one is not keel-init's.
@@ -39,16 +39,16 @@ pub enum ImageCmd {
     Prune,
 }
 
-/// Run `cmd` against keel-init at `socket`.
-pub fn run(socket: &str, cmd: ImageCmd) -> anyhow::Result<()> {
+/// Run `cmd` against keel-init at `t`.
+pub fn run(t: &Target, cmd: ImageCmd) -> anyhow::Result<()> {
     let (req, json) = match cmd {
         ImageCmd::Pull { reference } => (Request::ImagePull { reference }, false),
         ImageCmd::List { json } => (Request::ImageList, json),
         ImageCmd::Rm { reference } => (Request::ImageRm { reference }, false),
         ImageCmd::Prune => (Request::ImagePrune, false),
     };
-    let stream = UnixStream::connect(socket).with_context(|| format!("connecting to {socket}"))?;
-    wire::send_line(&stream, &req, &[]).with_context(|| format!("sending to {socket}"))?;
+    let stream = t.init(&req, &[])?;
+    let socket = t.name();
     let mut bars = Bars::new(std::io::stderr().is_terminal());
     let mut events = BufReader::new(stream);
     loop {

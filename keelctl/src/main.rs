@@ -5,6 +5,7 @@
 
 mod cli;
 mod image;
+mod target;
 
 use clap::Parser;
 

@@ -97,6 +97,7 @@ fn build_pair(work: &Path, key: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
         "keel-probe",
         "keel-vmm",
         "keel-pull",
+        "keel-remote",
     ] {
         std::fs::copy(bins.join(b), bins2.join(b))?;
     }

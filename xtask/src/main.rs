@@ -415,6 +415,8 @@ pub(crate) fn image() -> anyhow::Result<PathBuf> {
         "keel-vmm",
         "-p",
         "keel-pull",
+        "-p",
+        "keel-remote",
     ]))?;
     run(cargo().args(["build", "--release", "-p", "keel-image-builder"]))?;
     let started = Instant::now();

@@ -507,3 +507,42 @@ ca = "not pem"
     let co = c.update.coordination.unwrap();
     assert_eq!((co.group.as_str(), co.max_rebooting), ("default", 1));
 }
+
+#[test]
+fn remote_api_names_each_bad_field() {
+    let e = errors(
+        r#"[admin.ssh]
+enabled = true
+port = 50000
+authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"]
+
+[admin.remote]
+enabled = true
+cert = "-----BEGIN CERTIFICATE-----"
+key = "-----BEGIN CERTIFICATE-----"
+"#,
+    );
+    let joined = e.join("\n");
+    for want in [
+        "`admin.remote.port`: port 50000 is admin.ssh's too",
+        "`admin.remote.ca`: the remote API is enabled: it needs ca, cert and key",
+        "`admin.remote.key`: not PEM text with a PRIVATE KEY",
+    ] {
+        assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
+    }
+    assert_eq!(e.len(), 3, "{joined}");
+    let e = errors("[admin.remote]\nport = 0\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains("`admin.remote.port`: 0 is not a port"),
+        "{e:?}"
+    );
+    // Off by default, and nothing is needed while it is off.
+    let ctx = Context {
+        services: None,
+        zones: None,
+    };
+    let c = check(src("host.toml", "[admin.remote]\nport = 7000\n"), &ctx).unwrap();
+    assert!(!c.admin.remote.enabled);
+    assert_eq!(c.admin.remote.port, 7000);
+}

@@ -286,6 +286,8 @@ pub struct Admin {
     pub console: bool,
     #[serde(default)]
     pub ssh: Ssh,
+    #[serde(default)]
+    pub remote: Remote,
 }
 
 impl Default for Admin {
@@ -294,6 +296,7 @@ impl Default for Admin {
             enabled: true,
             console: true,
             ssh: Ssh::default(),
+            remote: Remote::default(),
         }
     }
 }
@@ -326,6 +329,41 @@ impl Default for Ssh {
 
 fn ssh_port() -> u16 {
     22
+}
+
+/// The host's API over TLS with client certificates (keel-remote, for
+/// `keelctl --host`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Remote {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "remote_port")]
+    pub port: u16,
+    /// PEM text: the CAs whose client certificates may manage the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// PEM text: the host's own certificate (chain) and key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl Default for Remote {
+    fn default() -> Self {
+        Remote {
+            enabled: false,
+            port: remote_port(),
+            ca: None,
+            cert: None,
+            key: None,
+        }
+    }
+}
+
+fn remote_port() -> u16 {
+    crate::pki::REMOTE_PORT
 }
 
 /// Resource limits, as a person writes them.

@@ -135,6 +135,15 @@ pub fn validate(c: &HostConfig, ctx: &Context) -> Vec<Problem> {
     if c.admin.enabled && ssh.enabled {
         ports.insert((ssh.port, false), "admin.ssh".into());
     }
+    let remote = &c.admin.remote;
+    if c.admin.enabled && remote.enabled {
+        if let Some(other) = ports.insert((remote.port, false), "admin.remote".into()) {
+            k.bad(
+                &["admin", "remote", "port"],
+                format!("port {} is {other}'s too", remote.port),
+            );
+        }
+    }
     for (name, ct) in &c.containers {
         workloads::container(&mut k, name, ct, c, ctx, &mut ports);
     }
@@ -219,6 +228,27 @@ fn admin(k: &mut Checker, c: &HostConfig) {
                 &["admin", "ssh", "authorized_keys"],
                 format!("entry {}: {m}", i + 1),
             );
+        }
+    }
+    let r = &c.admin.remote;
+    if r.port == 0 {
+        k.bad(&["admin", "remote", "port"], "0 is not a port");
+    }
+    for (f, pem, what) in [
+        ("ca", &r.ca, "CERTIFICATE"),
+        ("cert", &r.cert, "CERTIFICATE"),
+        ("key", &r.key, "PRIVATE KEY"),
+    ] {
+        match pem {
+            None if r.enabled => k.bad(
+                &["admin", "remote", f],
+                "the remote API is enabled: it needs ca, cert and key (PEM text; keel pki issue makes them)",
+            ),
+            Some(p) if !p.contains("-----BEGIN ") || !p.contains(what) => k.bad(
+                &["admin", "remote", f],
+                format!("not PEM text with a {what} (-----BEGIN …)"),
+            ),
+            _ => {}
         }
     }
 }

@@ -132,8 +132,8 @@ pub fn converge(
     }
     warnings.extend(admin_warnings(new, &services));
     if differs(old, new, |c| &c.admin) {
-        if let Err(e) = fx.write_ssh_keys(new) {
-            warnings.push(format!("SSH keys: {e}"));
+        if let Err(e) = fx.write_admin_files(new) {
+            warnings.push(format!("admin files: {e}"));
         }
     }
     let mut defs = image.defs.to_vec();

@@ -43,8 +43,8 @@ impl Effects for Fake {
         self.calls.push("policy".into());
         Err("read-only file system".into())
     }
-    fn write_ssh_keys(&mut self, _: &HostConfig) -> Result<(), String> {
-        self.calls.push("ssh keys".into());
+    fn write_admin_files(&mut self, _: &HostConfig) -> Result<(), String> {
+        self.calls.push("admin files".into());
         Ok(())
     }
 }
@@ -97,7 +97,7 @@ fn boot_asks_for_every_effect_and_reports_what_did_not_take() {
             "hostname edge",
             "net.ipv4.ip_forward=1",
             "policy",
-            "ssh keys"
+            "admin files"
         ]
     );
     assert!(out.changes.is_empty(), "at boot nothing is a change");

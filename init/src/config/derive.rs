@@ -32,9 +32,18 @@ pub const ADMIN: &str = "admin";
 /// The image's SSH server: a template run on the config's port.
 pub const SSH_TEMPLATE: &str = "ssh";
 
+/// The image's remote API server (keel-remote): a template run on the
+/// config's port.
+pub const REMOTE_TEMPLATE: &str = "remote";
+
 /// What the config asks of the admin container that this image cannot do.
 pub fn admin_warnings(c: &HostConfig, services: &[String]) -> Vec<String> {
     let mut w = Vec::new();
+    if c.admin.enabled && c.admin.remote.enabled && !services.iter().any(|s| s == REMOTE_TEMPLATE) {
+        w.push(format!(
+            "admin.remote: the image has no {REMOTE_TEMPLATE} service (keel-remote); keelctl --host cannot reach this host"
+        ));
+    }
     if c.admin.enabled && c.admin.ssh.enabled && !services.iter().any(|s| s == SSH_TEMPLATE) {
         w.push(format!(
             "admin.ssh: the image has no {SSH_TEMPLATE} service (an SSH server); the admin shell is on the console only"
@@ -118,14 +127,20 @@ pub fn apply_services(
         }
         apply_limits(&o.limits, &mut def.resources);
     }
-    if let Some(at) = defs.iter().position(|(n, _)| n == SSH_TEMPLATE) {
-        if c.admin.enabled && c.admin.ssh.enabled {
-            let port = c.admin.ssh.port.to_string();
-            for arg in &mut defs[at].1.command {
-                *arg = arg.replace("{port}", &port);
+    let templates = [
+        (SSH_TEMPLATE, c.admin.ssh.enabled, c.admin.ssh.port),
+        (REMOTE_TEMPLATE, c.admin.remote.enabled, c.admin.remote.port),
+    ];
+    for (template, enabled, port) in templates {
+        if let Some(at) = defs.iter().position(|(n, _)| n == template) {
+            if c.admin.enabled && enabled {
+                let port = port.to_string();
+                for arg in &mut defs[at].1.command {
+                    *arg = arg.replace("{port}", &port);
+                }
+            } else {
+                defs.remove(at);
             }
-        } else {
-            defs.remove(at);
         }
     }
     if let Some(at) = defs.iter().position(|(n, _)| n == NTP_TEMPLATE) {
@@ -281,6 +296,33 @@ mod tests {
         let mut defs = vec![("ssh".to_string(), template)];
         apply_services(&HostConfig::default(), &mut defs, &[]);
         assert!(defs.is_empty(), "SSH is off by default");
+    }
+
+    #[test]
+    fn the_remote_api_runs_on_the_configured_port_only_when_enabled() {
+        let template = ContainerDef::parse(
+            "command = [\"/usr/bin/keel-remote\", \"--listen\", \"0.0.0.0:{port}\"]\n[rootfs]\n",
+        )
+        .unwrap();
+        let on: HostConfig =
+            toml::from_str("[admin.remote]\nenabled = true\nport = 7000\n").unwrap();
+        let mut defs = vec![("remote".to_string(), template.clone())];
+        apply_services(&on, &mut defs, &[]);
+        assert_eq!(
+            defs[0].1.command,
+            ["/usr/bin/keel-remote", "--listen", "0.0.0.0:7000"]
+        );
+        assert!(admin_warnings(&on, &["remote".into(), "admin".into()]).is_empty());
+        let w = admin_warnings(&on, &["admin".into()]);
+        assert!(w[0].contains("no remote service"), "{w:?}");
+        let mut off = on.clone();
+        off.admin.enabled = false;
+        let mut defs = vec![("remote".to_string(), template.clone())];
+        apply_services(&off, &mut defs, &[]);
+        assert!(defs.is_empty(), "the admin is off altogether");
+        let mut defs = vec![("remote".to_string(), template)];
+        apply_services(&HostConfig::default(), &mut defs, &[]);
+        assert!(defs.is_empty(), "the remote API is off by default");
     }
 
     #[test]

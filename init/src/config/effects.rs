@@ -26,8 +26,9 @@ pub trait Effects {
     fn write_dns(&mut self, c: &HostConfig) -> Result<(), String>;
     /// The update policy in force, where keel-update reads it.
     fn write_update_policy(&mut self, c: &HostConfig) -> Result<(), String>;
-    /// `admin.ssh.authorized_keys`, where the ssh service reads them.
-    fn write_ssh_keys(&mut self, c: &HostConfig) -> Result<(), String>;
+    /// `admin.ssh.authorized_keys`, where the ssh service reads them, and
+    /// `admin.remote`'s certificates and key, where keel-remote does.
+    fn write_admin_files(&mut self, c: &HostConfig) -> Result<(), String>;
 }
 
 /// The real host.
@@ -72,9 +73,55 @@ impl Effects for RealHost {
         write_update_policy(c)
     }
 
-    fn write_ssh_keys(&mut self, c: &HostConfig) -> Result<(), String> {
-        write_ssh_keys(c)
+    fn write_admin_files(&mut self, c: &HostConfig) -> Result<(), String> {
+        let ssh = write_ssh_keys(c);
+        let remote = write_remote_tls(c);
+        match (ssh, remote) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+            (Err(a), Err(b)) => Err(format!("{a}; {b}")),
+        }
     }
+}
+
+/// Write `admin.remote`'s CA, certificate and key where keel-remote reads
+/// them, owned by its user and readable by no one else (the admin shell
+/// shares /run/keel but must not read the host's key); with the remote
+/// API off, remove them. Each file is replaced whole (written beside it,
+/// then renamed): keel-remote reads them for every connection.
+fn write_remote_tls(c: &HostConfig) -> Result<(), String> {
+    use keel_formats::pki::{REMOTE_CA, REMOTE_CERT, REMOTE_DIR, REMOTE_KEY};
+    use keel_formats::{REMOTE_GID, REMOTE_UID};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Path::new(REMOTE_DIR);
+    let err = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    let r = &c.admin.remote;
+    let files = [
+        (REMOTE_CA, &r.ca),
+        (REMOTE_CERT, &r.cert),
+        (REMOTE_KEY, &r.key),
+    ];
+    if !(c.admin.enabled && r.enabled) {
+        return match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(err(dir, e)),
+            _ => Ok(()),
+        };
+    }
+    std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| err(dir, e))?;
+    std::os::unix::fs::chown(dir, Some(REMOTE_UID), Some(REMOTE_GID)).map_err(|e| err(dir, e))?;
+    for (name, text) in files {
+        let path = dir.join(name);
+        let tmp = dir.join(format!(".{name}.new"));
+        std::fs::write(&tmp, text.as_deref().unwrap_or_default()).map_err(|e| err(&tmp, e))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| err(&tmp, e))?;
+        std::os::unix::fs::chown(&tmp, Some(REMOTE_UID), Some(REMOTE_GID))
+            .map_err(|e| err(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| err(&path, e))?;
+    }
+    Ok(())
 }
 
 /// Write `admin.ssh.authorized_keys` where the ssh service reads them
