@@ -58,3 +58,81 @@ pub const KEEL_STATE_DIRS: [&str; 5] = [
     "/var/cache/keel",
     "/var/log/keel",
 ];
+
+/// The host's machine id: 128 random bits as 32 lowercase hex digits and
+/// a newline (systemd's machine-id format), drawn by keel-init on the
+/// first boot and kept on /var, so a host keeps it across updates and
+/// reboots and a newly flashed disk gets its own.
+pub const MACHINE_ID: &str = "/var/lib/keel/machine-id";
+/// Where services read it: keel-init copies it there at each boot.
+pub const RUN_MACHINE_ID: &str = "/run/keel/machine-id";
+
+/// A machine id's 16 bytes, if `text` is one.
+pub fn parse_machine_id(text: &str) -> Option<[u8; 16]> {
+    let hex = text.strip_suffix('\n').unwrap_or(text);
+    if hex.len() != 32 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    // All zeros is systemd's "uninitialized" and no id.
+    (id != [0u8; 16]).then_some(id)
+}
+
+/// A machine id as its file holds it.
+pub fn machine_id_text(id: &[u8; 16]) -> String {
+    let mut s: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    s.push('\n');
+    s
+}
+
+/// The host's seed for its place in staged rollouts: derived from the
+/// machine id through a keyed hash (as systemd's app-specific ids are),
+/// so the seed a host shows its fleet does not give its machine id away.
+pub fn rollout_seed(id: &[u8; 16]) -> u64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::new()
+        .chain_update(b"keel rollout seed v1\0")
+        .chain_update(id)
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d[..8]);
+    u64::from_le_bytes(first)
+}
+
+#[cfg(test)]
+mod machine_id_tests {
+    use super::*;
+
+    #[test]
+    fn machine_ids_round_trip_and_bad_ones_are_none() {
+        let id = [0xab; 16];
+        let text = machine_id_text(&id);
+        assert_eq!(text, format!("{}\n", "ab".repeat(16)));
+        assert_eq!(parse_machine_id(&text), Some(id));
+        assert_eq!(parse_machine_id(text.trim_end()), Some(id));
+        for bad in [
+            "",
+            "\n",
+            &"0".repeat(32),
+            &"AB".repeat(16),
+            &"ab".repeat(15),
+            &"ab".repeat(17),
+            &format!("{}x", "ab".repeat(15)),
+            &format!("{}\n\n", "ab".repeat(16)),
+            "é".repeat(16).as_str(),
+        ] {
+            assert_eq!(parse_machine_id(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_seed_is_stable_and_differs_by_id() {
+        let a = rollout_seed(&[1; 16]);
+        assert_eq!(a, rollout_seed(&[1; 16]));
+        assert_ne!(a, rollout_seed(&[2; 16]));
+        assert_ne!(a.to_le_bytes()[..], [1u8; 8], "not the id itself");
+    }
+}

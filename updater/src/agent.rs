@@ -46,6 +46,8 @@ pub struct Paths {
     pub entries: PathBuf,
     pub state: PathBuf,
     pub keys: PathBuf,
+    /// The host's machine id (keel_formats::host::RUN_MACHINE_ID).
+    pub machine_id: PathBuf,
 }
 
 #[derive(Debug)]
@@ -145,9 +147,16 @@ impl Agent {
             dir: paths.state.clone(),
         };
         let mut state = store.load()?;
-        let seed = match (policy.rollout_seed, state.seed) {
-            (Some(s), _) | (None, Some(s)) => s,
-            (None, None) => {
+        // The config's seed, else the one this host had before machine
+        // ids (its place must not move under a rollout), else the machine
+        // id's, else one of its own.
+        let machine = fs::read_to_string(&paths.machine_id)
+            .ok()
+            .and_then(|t| keel_formats::host::parse_machine_id(&t))
+            .map(|id| keel_formats::host::rollout_seed(&id));
+        let seed = match (policy.rollout_seed, state.seed, machine) {
+            (Some(s), _, _) | (None, Some(s), _) | (None, None, Some(s)) => s,
+            (None, None, None) => {
                 let s = random_seed()?;
                 state.seed = Some(s);
                 store.save(&state)?;

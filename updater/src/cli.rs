@@ -55,6 +55,7 @@ fn agent(state: PathBuf) -> anyhow::Result<Agent> {
         entries: PathBuf::from(ESP_MOUNT).join(ENTRIES_DIR),
         state,
         keys: keel_formats::keys::TRUSTED_DIR.into(),
+        machine_id: keel_formats::host::RUN_MACHINE_ID.into(),
     };
     Ok(Agent::new(&paths, policy, &cmdline, &os_release)?)
 }

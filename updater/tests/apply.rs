@@ -99,6 +99,7 @@ fn host(dir: &Path, key: &SigningKey) -> Host {
         entries: dir.join("esp/EFI/Linux"),
         state: dir.join("state"),
         keys: dir.join("keys"),
+        machine_id: dir.join("machine-id"),
     };
     fs::create_dir_all(&paths.partitions).unwrap();
     fs::create_dir_all(&paths.entries).unwrap();
@@ -297,4 +298,47 @@ fn rollback_needs_an_intact_other_slot() {
         "{done}"
     );
     assert_eq!(entries(&h), ["keel-0.1.0+0-1.efi", "keel-0.2.0.efi"]);
+}
+
+#[test]
+fn the_rollout_place_comes_from_the_config_then_an_old_seed_then_the_machine_id() {
+    let t = tempfile::tempdir().unwrap();
+    let h = host(t.path(), &SigningKey::from_bytes(&[5; 32]));
+    let id = [7u8; 16];
+    fs::write(
+        &h.paths.machine_id,
+        keel_formats::host::machine_id_text(&id),
+    )
+    .unwrap();
+    let from_id = keel_formats::rollout::place(keel_formats::host::rollout_seed(&id));
+    assert_eq!(agent(&h).place, from_id);
+    // Not written down: a new machine id (a wiped /var) moves the host.
+    fs::write(
+        &h.paths.machine_id,
+        keel_formats::host::machine_id_text(&[8u8; 16]),
+    )
+    .unwrap();
+    assert_ne!(agent(&h).place, from_id);
+    // Without a machine id the host draws a seed and keeps it, and keeps
+    // it once a machine id appears.
+    fs::remove_file(&h.paths.machine_id).unwrap();
+    let drawn = agent(&h).place;
+    fs::write(
+        &h.paths.machine_id,
+        keel_formats::host::machine_id_text(&id),
+    )
+    .unwrap();
+    assert_eq!(agent(&h).place, drawn);
+    let config = Policy {
+        rollout_seed: Some(10_042),
+        ..Policy::default()
+    };
+    let a = Agent::new(
+        &h.paths,
+        config,
+        &h.v1.cmdline,
+        "ID=keel\nIMAGE_ID=keel\nVERSION_ID=0.1.0\n",
+    )
+    .unwrap();
+    assert_eq!(a.place, 42);
 }

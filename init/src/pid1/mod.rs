@@ -38,6 +38,7 @@ pub mod exec;
 mod host;
 mod images;
 pub mod logs;
+mod machine_id;
 mod netsync;
 pub mod probe;
 mod retry;
@@ -269,6 +270,15 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
     // /run is mounted first: converging on the host config writes there
     // (keel-update's policy, the resolvers, the SSH keys).
     mount_runtime();
+    // Before any service starts: keel-update reads it for its seed.
+    match machine_id::ensure(
+        Path::new(keel_formats::host::MACHINE_ID),
+        Path::new(keel_formats::host::RUN_MACHINE_ID),
+    ) {
+        Ok((_, true)) => log("drew a new machine id"),
+        Ok(_) => {}
+        Err(e) => log(format!("warning: machine id: {e}")),
+    }
     // The host config decides which services run and how, so it is read
     // with the definitions (mounting the ESP on the way).
     let definitions = std::thread::spawn(move || {
