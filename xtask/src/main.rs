@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_build;
+mod bench_fleet;
 mod bench_net;
 mod bench_pull;
 mod bench_pull_guest;
@@ -97,9 +98,10 @@ enum Cmd {
     /// start-to-guest-init time, nested; `pull`: keel-pull against skopeo
     /// pulling one image from a local registry (`--runs` pulls each);
     /// `net`: container start with a veth on a bridge against without,
-    /// TCP through the bridge against loopback.
+    /// TCP through the bridge against loopback; `fleet`: 1000 simulated
+    /// hosts rolling out a release through a real etcd, 5 % at a time.
     Bench {
-        #[arg(value_parser = ["init", "boot", "update", "build", "vmm", "pull", "net"])]
+        #[arg(value_parser = ["init", "boot", "update", "build", "vmm", "pull", "net", "fleet"])]
         what: String,
         /// `build`: also time a build with an empty cache (compiles the kernel).
         #[arg(long)]
@@ -600,6 +602,7 @@ fn main() -> anyhow::Result<()> {
             "vmm" => bench_vmm::vmm(runs, boots),
             "pull" => bench_pull::pull(runs),
             "net" => bench_net::net(runs),
+            "fleet" => bench_fleet::fleet(),
             _ => bench::init(runs, boots),
         },
     }
