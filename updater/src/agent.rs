@@ -48,6 +48,8 @@ pub struct Paths {
     pub keys: PathBuf,
     /// The host's machine id (keel_formats::host::RUN_MACHINE_ID).
     pub machine_id: PathBuf,
+    /// The kernel's id of this boot (/proc/sys/kernel/random/boot_id).
+    pub boot_id: PathBuf,
 }
 
 #[derive(Debug)]
@@ -63,6 +65,8 @@ pub struct Agent {
     /// Reboots coordinated with the host's group, if the policy says so.
     pub coordinator: Option<crate::coordinate::Coordinator>,
     pub status: Arc<Mutex<UpdateStatus>>,
+    /// This boot's id; none where the kernel has none to read.
+    pub boot_id: Option<String>,
     /// Serialises check, apply and rollback.
     busy: Mutex<()>,
 }
@@ -195,6 +199,10 @@ impl Agent {
             place,
             coordinator,
             status: Arc::new(Mutex::new(status)),
+            boot_id: fs::read_to_string(&paths.boot_id)
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty()),
             busy: Mutex::new(()),
         };
         // Not fatal: status requests settle again.
@@ -202,6 +210,15 @@ impl Agent {
             eprintln!("keel-update: {e}");
         }
         Ok(agent)
+    }
+
+    /// An update is installed and this boot is from before it: the host
+    /// still has to reboot into it.
+    pub fn awaiting_reboot(&self) -> bool {
+        self.store.load().is_ok_and(|s| {
+            s.pending
+                .is_some_and(|p| p.boot.is_some() && p.boot == self.boot_id)
+        })
     }
 
     /// Record what became of a pending update, once that is known: the
@@ -217,7 +234,13 @@ impl Agent {
             .entries
             .find(&running_hash)?
             .is_some_and(|e| e.name.tries_left.is_none());
-        if let Some(msg) = settle(&mut state, &self.running.version, blessed, now()) {
+        if let Some(msg) = settle(
+            &mut state,
+            &self.running.version,
+            blessed,
+            now(),
+            self.boot_id.as_deref(),
+        ) {
             eprintln!("keel-update: {msg}");
             self.store.save(&state)?;
             self.set(|s| {
@@ -376,6 +399,7 @@ impl Agent {
         state.pending = Some(Pending {
             version: m.version.clone(),
             from: self.running.version.clone(),
+            boot: self.boot_id.clone(),
         });
         self.store.save(&state)?;
         let written = install(

@@ -56,6 +56,7 @@ fn agent(state: PathBuf) -> anyhow::Result<Agent> {
         state,
         keys: keel_formats::keys::TRUSTED_DIR.into(),
         machine_id: keel_formats::host::RUN_MACHINE_ID.into(),
+        boot_id: "/proc/sys/kernel/random/boot_id".into(),
     };
     Ok(Agent::new(&paths, policy, &cmdline, &os_release)?)
 }

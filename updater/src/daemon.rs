@@ -205,6 +205,13 @@ pub fn run(agent: Agent, listener: UnixListener) -> anyhow::Result<()> {
             std::thread::sleep(pause);
         });
     }
+    // Restarted between an install and the reboot into it (a crash, a
+    // stop): the reboot is still owed, through the window and the reboot
+    // slot as before (a slot this host already holds is its own again).
+    if agent.awaiting_reboot() {
+        eprintln!("keel-update: an installed update waits for its reboot");
+        maybe_reboot(&agent, true, true);
+    }
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         let a = Arc::clone(&agent);

@@ -13,6 +13,11 @@ use crate::error::{io_err, UpdateError};
 pub struct Pending {
     pub version: String,
     pub from: String,
+    /// The kernel's boot id when it was installed: while it is the same,
+    /// the host has not rebooted into it yet (none: state from before
+    /// boot ids were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,9 +95,20 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), UpdateError> {
 /// After a boot: what became of a pending update. Running it is not
 /// enough: it has succeeded once the health gate blessed its entry
 /// (`blessed`); until then it stays pending.
-pub fn settle(state: &mut State, running_version: &str, blessed: bool, now: u64) -> Option<String> {
+pub fn settle(
+    state: &mut State,
+    running_version: &str,
+    blessed: bool,
+    now: u64,
+    boot: Option<&str>,
+) -> Option<String> {
     use keel_api::update::{Outcome, OutcomeKind};
     let p = state.pending.as_ref()?;
+    // Installed in this very boot: nothing is known yet (the host waits
+    // for a reboot slot, a window or the operator).
+    if p.boot.is_some() && p.boot.as_deref() == boot {
+        return None;
+    }
     if p.version == running_version && !blessed {
         return None;
     }
@@ -136,6 +152,7 @@ mod tests {
             pending: Some(Pending {
                 version: "0.3.0".into(),
                 from: "0.2.0".into(),
+                boot: Some("b1".into()),
             }),
             ..State::default()
         };
@@ -143,20 +160,24 @@ mod tests {
         assert_eq!(store.load().unwrap(), s);
         use keel_api::update::OutcomeKind;
         assert!(
-            settle(&mut s.clone(), "0.3.0", false, 9).is_none(),
+            settle(&mut s.clone(), "0.2.0", true, 9, Some("b1")).is_none(),
+            "installed in this boot: not rolled back, only not booted yet"
+        );
+        assert!(
+            settle(&mut s.clone(), "0.3.0", false, 9, Some("b2")).is_none(),
             "on trial"
         );
         let mut ok = s.clone();
-        let msg = settle(&mut ok, "0.3.0", true, 9).unwrap();
+        let msg = settle(&mut ok, "0.3.0", true, 9, Some("b2")).unwrap();
         assert_eq!(msg, "updated from 0.2.0 to 0.3.0");
         assert_eq!(ok.outcome.unwrap().kind, OutcomeKind::Updated);
-        let msg = settle(&mut s, "0.2.0", true, 9).unwrap();
+        let msg = settle(&mut s, "0.2.0", true, 9, Some("b2")).unwrap();
         assert!(msg.contains("update to 0.3.0 failed"), "{msg}");
         let o = s.outcome.clone().unwrap();
         assert_eq!(
             (o.kind, o.version.as_str(), o.at),
             (OutcomeKind::RolledBack, "0.3.0", 9)
         );
-        assert!(settle(&mut s, "0.2.0", true, 9).is_none());
+        assert!(settle(&mut s, "0.2.0", true, 9, Some("b2")).is_none());
     }
 }

@@ -100,7 +100,9 @@ fn host(dir: &Path, key: &SigningKey) -> Host {
         state: dir.join("state"),
         keys: dir.join("keys"),
         machine_id: dir.join("machine-id"),
+        boot_id: dir.join("boot_id"),
     };
+    fs::write(&paths.boot_id, "boot-1\n").unwrap();
     fs::create_dir_all(&paths.partitions).unwrap();
     fs::create_dir_all(&paths.entries).unwrap();
     fs::create_dir_all(&paths.keys).unwrap();
@@ -341,4 +343,33 @@ fn the_rollout_place_comes_from_the_config_then_an_old_seed_then_the_machine_id(
     )
     .unwrap();
     assert_eq!(a.place, 42);
+}
+
+#[test]
+fn an_update_waiting_for_its_reboot_is_not_taken_for_a_rollback() {
+    let t = tempfile::tempdir().unwrap();
+    let key = SigningKey::from_bytes(&[5; 32]);
+    let h = host(t.path(), &key);
+    let v2 = make(t.path(), "0.2.0", &key, 7);
+    let a = agent(&h);
+    assert!(!a.awaiting_reboot());
+    a.apply(fs::File::open(&v2.bundle).unwrap()).unwrap();
+    // Asked for its status (or restarted) before the reboot: still owed.
+    a.settle().unwrap();
+    let again = agent(&h);
+    again.settle().unwrap();
+    assert!(again.awaiting_reboot());
+    let last = again.status.lock().unwrap().last_result.clone();
+    assert!(
+        last.as_deref()
+            .is_some_and(|l| l.starts_with("installed 0.2.0")),
+        "{last:?}"
+    );
+    // Another boot, still on 0.1.0: the update did not come up.
+    fs::write(&h.paths.boot_id, "boot-2\n").unwrap();
+    let after = agent(&h);
+    assert!(!after.awaiting_reboot());
+    after.settle().unwrap();
+    let last = after.status.lock().unwrap().last_result.clone().unwrap();
+    assert!(last.contains("update to 0.2.0 failed"), "{last}");
 }
