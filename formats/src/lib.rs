@@ -15,6 +15,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod limits;
 pub mod manifest;
+pub mod pem;
 pub mod pki;
 pub mod policy;
 pub mod reference;

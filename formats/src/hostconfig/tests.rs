@@ -393,7 +393,7 @@ fn registry_images_and_registries_are_checked_at_their_keys() {
         "entry 1: \"https://m.example\": write the host without a scheme",
         "entry 2: \"r.example\" is this registry itself",
         "entry 4: \"m2\" is listed twice",
-        "`registries.\"r.example\".ca`: entry 1: not a PEM certificate",
+        "`registries.\"r.example\".ca`: entry 1: not PEM text with a certificate",
         "`registries.\"r.example\".username`",
         "`registries.\"r.example\".password`: a password is not empty",
         "`registries.\"only.user\".password`: a username needs a password",
@@ -487,11 +487,12 @@ ca = "not pem"
         "`update.coordination.max_rebooting`: 0 would never reboot",
         "`update.coordination.lock_ttl`: \"30s\" is below the minimum of 1m",
         "`update.coordination.key`: a client certificate and its key go together",
-        "`update.coordination.ca`: not PEM text",
+        "`update.coordination.ca`: not PEM text with a certificate",
+        "`update.coordination.cert`: not PEM text with certificates: a block has no -----END CERTIFICATE----- line",
     ] {
         assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
     }
-    assert_eq!(e.len(), 6, "{joined}");
+    assert_eq!(e.len(), 7, "{joined}");
     let ctx = Context {
         services: None,
         zones: None,
@@ -526,11 +527,15 @@ key = "-----BEGIN CERTIFICATE-----"
     for want in [
         "`admin.remote.port`: port 50000 is admin.ssh's too",
         "`admin.remote.ca`: the remote API is enabled: it needs ca, cert and key",
-        "`admin.remote.key`: not PEM text with a PRIVATE KEY",
+        "`admin.remote.key`: not PEM text with a private key",
     ] {
         assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
     }
-    assert_eq!(e.len(), 3, "{joined}");
+    assert_eq!(e.len(), 4, "{joined}");
+    assert!(
+        joined.contains("`admin.remote.cert`: not PEM text with certificates: a block has no -----END CERTIFICATE----- line"),
+        "{joined}"
+    );
     let e = errors("[admin.remote]\nport = 0\n");
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(

@@ -234,22 +234,28 @@ fn admin(k: &mut Checker, c: &HostConfig) {
     if r.port == 0 {
         k.bad(&["admin", "remote", "port"], "0 is not a port");
     }
-    for (f, pem, what) in [
-        ("ca", &r.ca, "CERTIFICATE"),
-        ("cert", &r.cert, "CERTIFICATE"),
-        ("key", &r.key, "PRIVATE KEY"),
-    ] {
+    for (f, pem) in [("ca", &r.ca), ("cert", &r.cert), ("key", &r.key)] {
         match pem {
-            None if r.enabled => k.bad(
+            None if r.enabled && c.admin.enabled => k.bad(
                 &["admin", "remote", f],
                 "the remote API is enabled: it needs ca, cert and key (PEM text; keel pki issue makes them)",
             ),
-            Some(p) if !p.contains("-----BEGIN ") || !p.contains(what) => k.bad(
-                &["admin", "remote", f],
-                format!("not PEM text with a {what} (-----BEGIN …)"),
-            ),
-            _ => {}
+            Some(p) => {
+                if let Err(e) = pem_field(f, p) {
+                    k.bad(&["admin", "remote", f], e);
+                }
+            }
+            None => {}
         }
+    }
+}
+
+/// A `ca`, `cert` or `key` field's PEM text: certificates, or a key.
+fn pem_field(field: &str, text: &str) -> Result<(), String> {
+    if field == "key" {
+        crate::pem::private_key(text)
+    } else {
+        crate::pem::certificates(text).map(|_| ())
     }
 }
 
@@ -620,8 +626,8 @@ fn coordination(k: &mut Checker, co: &crate::hostconfig::types::Coordination) {
         );
     }
     for (f, pem) in [("ca", &co.ca), ("cert", &co.cert), ("key", &co.key)] {
-        if pem.as_ref().is_some_and(|p| !p.contains("-----BEGIN ")) {
-            k.bad(&key(f), "not PEM text (-----BEGIN …)");
+        if let Some(Err(e)) = pem.as_deref().map(|p| pem_field(f, p)) {
+            k.bad(&key(f), e);
         }
     }
 }

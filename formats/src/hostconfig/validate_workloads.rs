@@ -356,13 +356,8 @@ pub(super) fn registries(k: &mut Checker, c: &HostConfig) {
             seen.push(m);
         }
         for (i, pem) in r.ca.iter().enumerate() {
-            let begin = pem.find("-----BEGIN CERTIFICATE-----");
-            let end = pem.find("-----END CERTIFICATE-----");
-            if !matches!((begin, end), (Some(b), Some(e)) if b < e) {
-                k.bad(
-                    &at("ca"),
-                    format!("entry {}: not a PEM certificate (-----BEGIN CERTIFICATE----- … -----END CERTIFICATE-----)", i + 1),
-                );
+            if let Err(e) = crate::pem::certificates(pem) {
+                k.bad(&at("ca"), format!("entry {}: {e}", i + 1));
             }
         }
         match (&r.username, &r.password) {

@@ -85,43 +85,91 @@ impl Effects for RealHost {
 }
 
 /// Write `admin.remote`'s CA, certificate and key where keel-remote reads
-/// them, owned by its user and readable by no one else (the admin shell
-/// shares /run/keel but must not read the host's key); with the remote
-/// API off, remove them. Each file is replaced whole (written beside it,
-/// then renamed): keel-remote reads them for every connection.
+/// them: a folder root owns (so the service cannot plant links in it for
+/// root to follow) and only keel-remote's group may read, files 0640
+/// root:keel-remote, so the admin shell, which shares /run/keel, cannot
+/// read the host's key. The new folder is made whole beside the old one
+/// and swapped in with one rename (RENAME_EXCHANGE): a connection sees the
+/// old three files or the new three. With the remote API off, removed.
 fn write_remote_tls(c: &HostConfig) -> Result<(), String> {
     use keel_formats::pki::{REMOTE_CA, REMOTE_CERT, REMOTE_DIR, REMOTE_KEY};
-    use keel_formats::{REMOTE_GID, REMOTE_UID};
-    use std::os::unix::fs::PermissionsExt;
+    use keel_formats::REMOTE_GID;
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = Path::new(REMOTE_DIR);
+    let next = Path::new(REMOTE_DIR).with_extension("new");
     let err = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    let gone = |p: &Path| match std::fs::remove_dir_all(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(err(p, e)),
+        _ => Ok(()),
+    };
     let r = &c.admin.remote;
-    let files = [
+    gone(&next)?;
+    if !(c.admin.enabled && r.enabled) {
+        return gone(dir);
+    }
+    std::fs::create_dir(&next).map_err(|e| err(&next, e))?;
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o750))
+        .map_err(|e| err(&next, e))?;
+    std::os::unix::fs::chown(&next, Some(0), Some(REMOTE_GID)).map_err(|e| err(&next, e))?;
+    for (name, text) in [
         (REMOTE_CA, &r.ca),
         (REMOTE_CERT, &r.cert),
         (REMOTE_KEY, &r.key),
-    ];
-    if !(c.admin.enabled && r.enabled) {
-        return match std::fs::remove_dir_all(dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(err(dir, e)),
-            _ => Ok(()),
-        };
+    ] {
+        let path = next.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| err(&path, e))?;
+        std::os::unix::fs::fchown(&f, Some(0), Some(REMOTE_GID)).map_err(|e| err(&path, e))?;
+        f.write_all(text.as_deref().unwrap_or_default().as_bytes())
+            .map_err(|e| err(&path, e))?;
     }
-    std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| err(dir, e))?;
-    std::os::unix::fs::chown(dir, Some(REMOTE_UID), Some(REMOTE_GID)).map_err(|e| err(dir, e))?;
-    for (name, text) in files {
-        let path = dir.join(name);
-        let tmp = dir.join(format!(".{name}.new"));
-        std::fs::write(&tmp, text.as_deref().unwrap_or_default()).map_err(|e| err(&tmp, e))?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| err(&tmp, e))?;
-        std::os::unix::fs::chown(&tmp, Some(REMOTE_UID), Some(REMOTE_GID))
-            .map_err(|e| err(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| err(&path, e))?;
+    if dir.exists() {
+        exchange(&next, dir)?;
+        gone(&next)
+    } else {
+        std::fs::rename(&next, dir).map_err(|e| err(dir, e))
     }
-    Ok(())
+}
+
+/// Swap two paths in one step (renameat2 with RENAME_EXCHANGE). By raw
+/// system call: nix offers renameat2 on glibc only, and keel-init is built
+/// against musl.
+fn exchange(a: &Path, b: &Path) -> Result<(), String> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    const RENAME_EXCHANGE: libc::c_uint = 1 << 1;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes()).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let (ca, cb) = (c(a)?, c(b)?);
+    // SAFETY: both paths are NUL-terminated C strings that outlive the
+    // call; renameat2 reads them and touches no memory of ours otherwise.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "swapping {} and {}: {}",
+            a.display(),
+            b.display(),
+            std::io::Error::last_os_error()
+        ))
+    }
 }
 
 /// Write `admin.ssh.authorized_keys` where the ssh service reads them
@@ -189,4 +237,24 @@ fn write_update_policy(c: &HostConfig) -> Result<(), String> {
     let tmp = format!("{HOST_POLICY_FILE}.tmp");
     std::fs::write(&tmp, text).map_err(|e| format!("{tmp}: {e}"))?;
     std::fs::rename(&tmp, HOST_POLICY_FILE).map_err(|e| format!("{HOST_POLICY_FILE}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exchange_swaps_two_folders_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        std::fs::create_dir(&a).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        std::fs::write(a.join("f"), "old").unwrap();
+        std::fs::write(b.join("f"), "new").unwrap();
+        exchange(&b, &a).unwrap();
+        assert_eq!(std::fs::read_to_string(a.join("f")).unwrap(), "new");
+        assert_eq!(std::fs::read_to_string(b.join("f")).unwrap(), "old");
+        let e = exchange(&d.path().join("none"), &a).unwrap_err();
+        assert!(e.contains("none"), "{e}");
+    }
 }
