@@ -38,6 +38,7 @@ fn stage_inputs(at: &Path) {
         "keel-update",
         "keel-vmm",
         "keel-pull",
+        "keel-remote",
     ] {
         cp(&musl_bin_dir().join(b), &at.join("bin").join(b));
     }

@@ -63,7 +63,7 @@ fn inspect_shows_slots_entries_and_bundle_signatures() {
     );
     assert_eq!(
         e["uki"]["containers"],
-        serde_json::json!(["admin", "web", "update", "dhcp", "ntp", "ssh", "vmm", "pull"])
+        serde_json::json!(["admin", "web", "update", "dhcp", "ntp", "ssh", "remote", "vmm", "pull"])
     );
     assert!(e["uki"]["cmdline"]
         .as_str()
