@@ -64,17 +64,26 @@ impl RemoteRequest {
         }
     }
 
+    /// keel-init answers image requests with event lines as they happen
+    /// (a pull's progress, then the outcome); every other request, of
+    /// either API, with one line.
+    pub fn answers_with_events(&self) -> bool {
+        matches!(
+            self,
+            RemoteRequest::Init(
+                Request::ImagePull { .. }
+                    | Request::ImageList
+                    | Request::ImageRm { .. }
+                    | Request::ImagePrune
+            )
+        )
+    }
+
     /// A refusal, as one answer line in the shape of the API the request
     /// was for, so that a client reads every answer one way.
     pub fn refusal(&self, why: &str) -> Vec<u8> {
         let line = match self {
-            // Image requests are answered with event lines.
-            RemoteRequest::Init(
-                Request::ImagePull { .. }
-                | Request::ImageList
-                | Request::ImageRm { .. }
-                | Request::ImagePrune,
-            ) => serde_json::to_vec(&PullEvent::Failed {
+            _ if self.answers_with_events() => serde_json::to_vec(&PullEvent::Failed {
                 message: why.to_string(),
             }),
             RemoteRequest::Init(_) => serde_json::to_vec(&Response::Error(why.to_string())),

@@ -163,16 +163,7 @@ pub fn exchange(
             return log(format!("{who}: {what}: {why}"));
         }
     };
-    let streams = matches!(
-        req,
-        RemoteRequest::Init(
-            keel_api::init::Request::ImagePull { .. }
-                | keel_api::init::Request::ImageList
-                | keel_api::init::Request::ImageRm { .. }
-                | keel_api::init::Request::ImagePrune
-        )
-    );
-    let copied = if streams {
+    let copied = if req.answers_with_events() {
         // An image request's events come as they happen, until keel-init
         // hangs up.
         std::io::copy(&mut answer.take(MAX_ANSWER), stream).map(|_| ())

@@ -54,6 +54,28 @@ fn keel_fleet(etcd: &EtcdServer, args: &[&str], extra: &[&std::ffi::OsStr]) -> S
     text
 }
 
+/// Run `keel fleet ARGS` every 2 s until it prints `want` (the hosts
+/// report on their interval); its output.
+fn keel_fleet_until(
+    etcd: &EtcdServer,
+    args: &[&str],
+    extra: &[&std::ffi::OsStr],
+    want: &str,
+) -> String {
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    loop {
+        let text = keel_fleet(etcd, args, extra);
+        if text.contains(want) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "keel fleet {args:?} never printed {want:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
 /// Wait until one of `guests` prints `pattern` after `from[i]`; its index.
 fn first_to(guests: &mut [Guest], from: &[usize], pattern: &str, timeout: Duration) -> usize {
     let deadline = Instant::now() + timeout;
@@ -223,18 +245,7 @@ fn three_hosts_reboot_one_at_a_time_through_etcd() {
         assert!(s.contains("version 0.2.0 (slot b)"), "{s}");
     }
     assert_eq!(slots_held(&etcd), 0);
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    loop {
-        let text = keel_fleet(&etcd, &["status"], &[]);
-        if text.contains("3 hosts; versions: 0.2.0: 3") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the reports never showed 0.2.0 on all:\n{text}"
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    keel_fleet_until(&etcd, &["status"], &[], "3 hosts; versions: 0.2.0: 3");
     let json: serde_json::Value =
         serde_json::from_str(&keel_fleet(&etcd, &["status", "--json"], &[])).unwrap();
     for h in json["hosts"].as_array().unwrap() {
@@ -265,28 +276,18 @@ fn three_hosts_reboot_one_at_a_time_through_etcd() {
 
     // The publisher's watch sees the one host that took 0.3.0 fail and
     // pauses the release.
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
     let watch_args = [
         std::ffi::OsStr::new("--repo"),
         repo_dir.as_os_str(),
         std::ffi::OsStr::new("--sign-key"),
         key_path.as_os_str(),
     ];
-    loop {
-        let text = keel_fleet(
-            &etcd,
-            &["watch", "--once", "--max-failed", "50"],
-            &watch_args,
-        );
-        if text.contains("paused the rollout of 0.3.0: 1 of 1 hosts failed") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the watch never paused 0.3.0:\n{text}"
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    keel_fleet_until(
+        &etcd,
+        &["watch", "--once", "--max-failed", "50"],
+        &watch_args,
+        "paused the rollout of 0.3.0: 1 of 1 hosts failed",
+    );
     let stable = read_index(&repo_dir).channels["stable"].clone();
     assert_eq!(stable.version, "0.3.0");
     let waves = stable.rollout.unwrap().waves;

@@ -63,7 +63,9 @@ fn inspect_shows_slots_entries_and_bundle_signatures() {
     );
     assert_eq!(
         e["uki"]["containers"],
-        serde_json::json!(["admin", "web", "update", "dhcp", "ntp", "ssh", "remote", "vmm", "pull"])
+        serde_json::json!([
+            "admin", "web", "update", "dhcp", "ntp", "ssh", "remote", "vmm", "pull"
+        ])
     );
     assert!(e["uki"]["cmdline"]
         .as_str()
