@@ -221,6 +221,26 @@ pub struct Status {
     /// The host config in use, and the problems of the ESP's file.
     #[serde(default)]
     pub config: Option<ConfigState>,
+    /// Whether the firmware enforced Secure Boot for this boot; none on a
+    /// machine without UEFI variables (direct boot).
+    #[serde(default)]
+    pub secure_boot: Option<bool>,
+    /// What `/var` is this boot; none when PID 1 did not come from stage 1.
+    #[serde(default)]
+    pub var: Option<VarStorage>,
+}
+
+/// What holds `/var`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VarStorage {
+    /// The data partition, encrypted, its key unsealed by the TPM or a
+    /// recovery key.
+    Encrypted,
+    /// The data partition, not encrypted.
+    Plain,
+    /// Memory: the data partition did not open (stage 1 said why).
+    Temporary,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,8 +267,18 @@ pub struct ServiceStatus {
 
 /// `keelctl status` as a table.
 pub fn render_status(s: &Status) -> String {
+    let secure_boot = match s.secure_boot {
+        Some(true) => "  secure boot",
+        Some(false) => "  secure boot off",
+        None => "",
+    };
+    let var = match s.var {
+        Some(VarStorage::Encrypted) => "  /var encrypted",
+        Some(VarStorage::Temporary) => "  /var TEMPORARY",
+        Some(VarStorage::Plain) | None => "",
+    };
     let mut out = format!(
-        "{}: keel {}  slot {}  up {:.1} s  {}\n",
+        "{}: keel {}  slot {}  up {:.1} s  {}{secure_boot}{var}\n",
         s.hostname,
         s.version,
         s.slot,
@@ -379,8 +409,14 @@ mod tests {
                 warnings: vec!["containers.app: no such file".into()],
                 trial_until_ms: None,
             }),
+            secure_boot: Some(true),
+            var: Some(VarStorage::Encrypted),
         };
         let t = render_status(&s);
+        assert!(
+            t.lines().next().unwrap().ends_with("healthy  secure boot"),
+            "{t}"
+        );
         assert!(t.contains("config: the last good config (the ESP's host.toml has problems)"));
         assert!(t.contains("disabled by the config: db"));
         assert!(t.contains("  warning: containers.app: no such file"));

@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod cmdline;
 pub mod container;
 pub mod disk;
+pub mod efi;
 pub mod host;
 pub mod hostconfig;
 pub mod initramfs;
@@ -25,6 +26,7 @@ pub mod seccomp;
 pub mod signed;
 pub mod syspaths;
 pub mod tz;
+pub mod varcrypt;
 
 /// The version of keel itself, baked into every binary.
 pub const KEEL_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -3,7 +3,6 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
@@ -51,16 +50,7 @@ pub fn keygen(base: &Path) -> Result<(PathBuf, PathBuf), BundleError> {
         }
     }
     let key = SigningKey::generate(&mut rand_core::OsRng);
-    // Created 0600 from the start: never readable by others, not even
-    // between create and chmod.
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&secret)
-        .map_err(io_err(&secret))?;
-    f.write_all(keys::render_secret(&key).as_bytes())
-        .and_then(|()| f.sync_all())
+    crate::files::write_new(&secret, keys::render_secret(&key).as_bytes(), 0o600)
         .map_err(io_err(&secret))?;
     fs::write(&public, keys::render_public(&key.verifying_key())).map_err(io_err(&public))?;
     Ok((secret, public))

@@ -122,7 +122,11 @@ pub fn base_entries() -> Vec<Entry> {
 
 /// The keel initramfs around the `keel-init` binary, with the kernel
 /// modules stage 1 loads (name and contents, in load order).
-pub fn build(init_binary: Vec<u8>, modules: Vec<(String, Vec<u8>)>) -> io::Result<Vec<u8>> {
+pub fn build(
+    init_binary: Vec<u8>,
+    modules: Vec<(String, Vec<u8>)>,
+    var_template: Option<Vec<u8>>,
+) -> io::Result<Vec<u8>> {
     use keel_formats::initramfs::{MODULES_DIR, MODULES_ORDER};
     let mut entries = base_entries();
     entries.extend([
@@ -159,6 +163,19 @@ pub fn build(init_binary: Vec<u8>, modules: Vec<(String, Vec<u8>)>) -> io::Resul
             path: MODULES_ORDER.into(),
             mode: 0o644,
             data: order.into_bytes(),
+        });
+    }
+    if let Some(data) = var_template {
+        for dir in ["usr", "usr/lib", "usr/lib/keel"] {
+            entries.push(Entry::Dir {
+                path: dir.into(),
+                mode: 0o755,
+            });
+        }
+        entries.push(Entry::File {
+            path: keel_formats::varcrypt::TEMPLATE_PATH.into(),
+            mode: 0o644,
+            data,
         });
     }
     let mut out = Vec::new();
@@ -199,8 +216,8 @@ mod tests {
 
     #[test]
     fn build_is_reproducible_and_holds_init() {
-        let a = build(b"\x7fELF...".to_vec(), Vec::new()).unwrap();
-        let b = build(b"\x7fELF...".to_vec(), Vec::new()).unwrap();
+        let a = build(b"\x7fELF...".to_vec(), Vec::new(), None).unwrap();
+        let b = build(b"\x7fELF...".to_vec(), Vec::new(), None).unwrap();
         assert_eq!(a, b);
         assert!(a.starts_with(b"070701"), "an uncompressed newc archive");
         let text = String::from_utf8_lossy(&a);
@@ -215,7 +232,7 @@ mod tests {
             ("virtio".to_string(), b"VIRTIO".to_vec()),
             ("virtio_blk".to_string(), b"BLK".to_vec()),
         ];
-        let a = build(b"init".to_vec(), mods).unwrap();
+        let a = build(b"init".to_vec(), mods, None).unwrap();
         let text = String::from_utf8_lossy(&a);
         for member in [
             "lib/modules/virtio.ko\0",

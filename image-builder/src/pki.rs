@@ -5,8 +5,6 @@
 //! talosctl's and Kubernetes' client certificates carry theirs.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use keel_formats::pki::Role;
@@ -42,18 +40,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
 
 /// Write `text` to a new file with `mode`; never over an existing one.
 fn write_new(path: &Path, text: &str, mode: u32) -> Result<(), PkiError> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => PkiError::Exists(path.to_path_buf()),
-            _ => io(path)(e),
-        })?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(io(path))
+    crate::files::write_new(path, text.as_bytes(), mode).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => PkiError::Exists(path.to_path_buf()),
+        _ => io(path)(e),
+    })
 }
 
 fn validity(days: u32) -> (time::OffsetDateTime, time::OffsetDateTime) {

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// OVMF built with Secure Boot and SMM: only code in SMM may write the
+/// variable store, so a guest's OS cannot rewrite its own keys.
+pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Accel {
@@ -31,6 +34,17 @@ pub struct RunOptions {
     /// Boot this kernel and initramfs with QEMU's loader instead of the
     /// firmware (`keel run --direct`); the disk still holds the root.
     pub direct: Option<Direct>,
+    /// Boot with OVMF's Secure Boot firmware; a missing variable store is
+    /// made with the signature lists of this folder enrolled.
+    pub secure_boot: Option<PathBuf>,
+    /// Give the guest a TPM 2.0: Debian's swtpm, keeping its state in
+    /// this folder (the same folder is the same TPM on the next run).
+    pub tpm: Option<PathBuf>,
+}
+
+/// swtpm's control socket inside its state folder.
+pub fn tpm_socket(state: &Path) -> PathBuf {
+    state.join("swtpm.sock")
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +81,8 @@ impl Direct {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error("starting the TPM emulator: {0}")]
+    Tpm(crate::tool::ToolError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -78,6 +94,13 @@ pub enum RunError {
     NoDisk(PathBuf),
     #[error("{0} is missing: direct boot needs the recipe's `direct` output")]
     NoDirect(PathBuf),
+    #[error("{0} is missing: --secure-boot enrolls the keys a signed build (keel build --secure-boot-key) writes there")]
+    NoKeys(PathBuf),
+    #[error("{path}: {source}")]
+    Vars {
+        path: PathBuf,
+        source: crate::secureboot::vars::VarsError,
+    },
 }
 
 /// Whether `/dev/kvm` can run an ordinary guest here. The paravirtual KVM
@@ -95,9 +118,16 @@ pub fn kvm_usable() -> bool {
 pub fn qemu_args(o: &RunOptions, kvm: bool) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    // SMM, and flash that only SMM may write, are what make the Secure
+    // Boot firmware's variables tamper-proof from the guest.
+    let machine = if o.secure_boot.is_some() && o.direct.is_none() {
+        "q35,smm=on"
+    } else {
+        "q35"
+    };
     push(&[
         "-machine",
-        "q35",
+        machine,
         "-nodefaults",
         "-no-user-config",
         "-display",
@@ -124,8 +154,20 @@ pub fn qemu_args(o: &RunOptions, kvm: bool) -> Vec<String> {
             d.cmdline.clone(),
         ]),
         None => a.extend([
+            "-global".into(),
+            format!(
+                "driver=cfi.pflash01,property=secure,value={}",
+                if o.secure_boot.is_some() { "on" } else { "off" }
+            ),
             "-drive".into(),
-            format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+            format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                if o.secure_boot.is_some() {
+                    OVMF_CODE_SECBOOT
+                } else {
+                    OVMF_CODE
+                }
+            ),
             "-drive".into(),
             format!("if=pflash,format=raw,unit=1,file={}", o.vars.display()),
         ]),
@@ -158,10 +200,53 @@ pub fn qemu_args(o: &RunOptions, kvm: bool) -> Vec<String> {
         "-serial".into(),
         "mon:stdio".into(),
     ]);
+    if let Some(state) = &o.tpm {
+        a.extend([
+            "-chardev".into(),
+            format!("socket,id=tpmchr,path={}", tpm_socket(state).display()),
+            "-tpmdev".into(),
+            "emulator,id=tpm0,chardev=tpmchr".into(),
+            // CRB, as TPM 2.0 on current PCs: what OVMF measures through.
+            "-device".into(),
+            "tpm-crb,tpmdev=tpm0".into(),
+        ]);
+    }
     if o.no_reboot {
         a.push("-no-reboot".into());
     }
     a
+}
+
+/// Start swtpm for `state` in the background; it exits when QEMU closes
+/// its socket.
+pub fn start_tpm(state: &Path) -> Result<(), RunError> {
+    std::fs::create_dir_all(state).map_err(|source| RunError::Io {
+        path: state.to_path_buf(),
+        source,
+    })?;
+    let sock = tpm_socket(state);
+    let _ = std::fs::remove_file(&sock);
+    crate::tool::run(
+        std::process::Command::new("swtpm")
+            .args(["socket", "--tpm2", "--daemon", "--terminate"])
+            .arg("--tpmstate")
+            .arg(format!("dir={}", state.display()))
+            .arg("--ctrl")
+            .arg(format!("type=unixio,path={}", sock.display())),
+    )
+    .map_err(RunError::Tpm)?;
+    // --daemon returns once the socket listens; wait briefly regardless,
+    // for versions that fork first.
+    for _ in 0..100 {
+        if sock.exists() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Err(RunError::Io {
+        path: sock,
+        source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+    })
 }
 
 /// Check inputs and create the writable firmware variable store if needed.
@@ -176,22 +261,67 @@ pub fn prepare(o: &RunOptions) -> Result<bool, RunError> {
     }
     // Direct boot needs no firmware.
     if o.direct.is_none() {
-        for f in [OVMF_CODE, OVMF_VARS] {
+        let code = if o.secure_boot.is_some() {
+            OVMF_CODE_SECBOOT
+        } else {
+            OVMF_CODE
+        };
+        for f in [code, OVMF_VARS] {
             if !Path::new(f).is_file() {
                 return Err(RunError::NoOvmf(f.into()));
             }
         }
         if !o.vars.exists() {
-            std::fs::copy(OVMF_VARS, &o.vars).map_err(|source| RunError::Io {
-                path: o.vars.clone(),
-                source,
-            })?;
+            match &o.secure_boot {
+                Some(keys) => write_enrolled_vars(keys, &o.vars)?,
+                None => {
+                    std::fs::copy(OVMF_VARS, &o.vars).map_err(|source| RunError::Io {
+                        path: o.vars.clone(),
+                        source,
+                    })?;
+                }
+            }
         }
     }
     Ok(match o.accel {
         Accel::Kvm => true,
         Accel::Tcg => false,
         Accel::Auto => kvm_usable(),
+    })
+}
+
+/// OVMF's empty variable store with PK, KEK and db from `keys` (their
+/// `.esl` files) enrolled: the firmware starts in user mode, Secure Boot
+/// enforced.
+pub fn write_enrolled_vars(keys: &Path, vars: &Path) -> Result<(), RunError> {
+    use crate::secureboot::{file, vars as store};
+    use keel_formats::efi::KeyVariable;
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| RunError::Io {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    let mut lists = Vec::new();
+    for v in KeyVariable::ALL {
+        let p = file(keys, v, "esl");
+        if !p.is_file() {
+            return Err(RunError::NoKeys(p));
+        }
+        lists.push((v, read(&p)?));
+    }
+    let template = read(Path::new(OVMF_VARS))?;
+    let variables: Vec<store::Variable> = lists
+        .iter()
+        .map(|(v, l)| store::Variable::key(*v, l))
+        .collect();
+    let image = store::enroll(&template, &variables).map_err(|source| RunError::Vars {
+        path: OVMF_VARS.into(),
+        source,
+    })?;
+    std::fs::write(vars, image).map_err(|source| RunError::Io {
+        path: vars.to_path_buf(),
+        source,
     })
 }
 
@@ -210,6 +340,8 @@ mod tests {
             forwards: vec![(80, 8080)],
             publish: vec![(18080, 80)],
             direct: None,
+            secure_boot: None,
+            tpm: None,
         }
     }
 
@@ -241,5 +373,16 @@ mod tests {
         assert!(qemu_args(&opts(), true)
             .join(" ")
             .contains("-accel kvm -cpu host"));
+        assert!(a.contains("property=secure,value=off"));
+    }
+
+    #[test]
+    fn secure_boot_uses_the_smm_firmware() {
+        let mut o = opts();
+        o.secure_boot = Some("out/secure-boot".into());
+        let a = qemu_args(&o, false).join(" ");
+        assert!(a.contains("-machine q35,smm=on"), "{a}");
+        assert!(a.contains("driver=cfi.pflash01,property=secure,value=on"));
+        assert!(a.contains("file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"));
     }
 }

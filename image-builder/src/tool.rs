@@ -37,6 +37,9 @@ pub fn package_for(program: &str) -> &'static str {
         "apt-get" | "dpkg-source" => "dpkg-dev",
         "qemu-system-x86_64" => "qemu-system-x86",
         "qemu-img" => "qemu-utils",
+        "sbsign" | "sbverify" | "sbvarsign" => "sbsigntool",
+        "swtpm" => "swtpm",
+        "swtpm_setup" => "swtpm-tools",
         _ => "see README",
     }
 }

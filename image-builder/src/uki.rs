@@ -129,13 +129,29 @@ pub fn sections(image: &[u8]) -> Result<Vec<Section>, UkiError> {
 /// Append `payload` to `stub` as `.osrel`, `.cmdline`, `.uname`, `.linux`
 /// and `.initrd` sections.
 pub fn assemble(stub: &[u8], payload: &Payload<'_>) -> Result<Vec<u8>, UkiError> {
-    let new: [(&str, &[u8]); 5] = [
+    assemble_with(stub, payload, &[])
+}
+
+/// The sections [`assemble`] appends, in that order.
+pub fn payload_sections<'a>(payload: &Payload<'a>) -> [(&'static str, &'a [u8]); 5] {
+    [
         (".osrel", payload.osrel),
         (".cmdline", payload.cmdline),
         (".uname", payload.uname),
         (".linux", payload.linux),
         (".initrd", payload.initrd),
-    ];
+    ]
+}
+
+/// [`assemble`], with `extra` sections after the payload's (`.pcrpkey`,
+/// `.pcrsig`).
+pub fn assemble_with(
+    stub: &[u8],
+    payload: &Payload<'_>,
+    extra: &[(&str, &[u8])],
+) -> Result<Vec<u8>, UkiError> {
+    let mut new: Vec<(&str, &[u8])> = payload_sections(payload).to_vec();
+    new.extend_from_slice(extra);
     let l = layout(stub)?;
     let existing = sections(stub)?;
     for (name, _) in &new {

@@ -158,3 +158,14 @@ pub fn give_folder(dir: &Path, (uid, gid): (Option<u32>, Option<u32>)) -> Result
     }
     Ok(())
 }
+
+/// Whether the firmware booted with Secure Boot enforced, from its
+/// `SecureBoot` variable; None without UEFI variables (or a firmware that
+/// has no such variable).
+pub fn secure_boot() -> Option<bool> {
+    use keel_formats::efi;
+    let path = Path::new(efi::EFIVARS).join(efi::efivar_file("SecureBoot", efi::GLOBAL_VARIABLE));
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| efi::bool_variable(&b))
+}

@@ -15,6 +15,12 @@ use keel_image_builder::{disk, esp};
 /// Put `text` on the disk's ESP as keel/host.toml, as `keel flash
 /// --config` would, but without its checks (to write a broken file).
 pub fn put_config(disk_path: &Path, text: &str) {
+    put_esp_file(disk_path, keel_formats::host::ON_ESP, text.as_bytes());
+}
+
+/// Write `bytes` to `path` on the disk's ESP, as someone who can write the
+/// ESP (no Secure Boot in the way) could.
+pub fn put_esp_file(disk_path: &Path, path: &str, content: &[u8]) {
     let part = disk::read_table(disk_path)
         .expect("reading the disk's partition table")
         .into_iter()
@@ -22,11 +28,8 @@ pub fn put_config(disk_path: &Path, text: &str) {
         .expect("the disk has an ESP");
     let bytes =
         disk::read_partition(disk_path, keel_formats::disk::ESP_LABEL).expect("reading the ESP");
-    let bytes = esp::add_files(
-        bytes,
-        &[(keel_formats::host::ON_ESP.into(), text.as_bytes().to_vec())],
-    )
-    .expect("adding the host config to the ESP");
+    let bytes = esp::add_files(bytes, &[(path.into(), content.to_vec())])
+        .expect("adding a file to the ESP");
     let f = fs::OpenOptions::new()
         .write(true)
         .open(disk_path)

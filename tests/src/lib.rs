@@ -135,13 +135,24 @@ pub fn output_text(o: &std::process::Output) -> String {
 /// `keel build RECIPE --out OUT --bin-dir <musl builds> [SIGN_KEY]`; panics
 /// if the build fails. Returns `out`.
 pub fn keel_build(recipe: &Path, out: &Path, sign_key: Option<&Path>) -> PathBuf {
+    keel_build_with(recipe, out, sign_key, &[])
+}
+
+/// [`keel_build`] with more arguments (`--secure-boot-key KEY`).
+pub fn keel_build_with(
+    recipe: &Path,
+    out: &Path,
+    sign_key: Option<&Path>,
+    extra: &[&std::ffi::OsStr],
+) -> PathBuf {
     let mut cmd = Command::new(keel_bin());
     cmd.arg("build")
         .arg(recipe)
         .arg("--out")
         .arg(out)
         .arg("--bin-dir")
-        .arg(musl_bin_dir());
+        .arg(musl_bin_dir())
+        .args(extra);
     if let Some(k) = sign_key {
         cmd.arg("--sign-key").arg(k);
     }
@@ -255,6 +266,48 @@ impl Guest {
         Guest::spawn(&mut cmd)
     }
 
+    /// Boot `disk` with Secure Boot enforced (`keel run --secure-boot`):
+    /// the firmware's variables are in `vars`, made with the keys of
+    /// `keys` enrolled if missing. As [`Guest::boot_with`] otherwise.
+    pub fn boot_secure(
+        disk: &Path,
+        vars: &Path,
+        keys: &Path,
+        tpm: Option<&Path>,
+        reboots: bool,
+        forwards: &[(u16, u16)],
+    ) -> Guest {
+        let mut cmd = Command::new(keel_bin());
+        cmd.args(["run", "--accel", "tcg", "--memory", "512", "--secure-boot"])
+            .arg("--secure-boot-keys")
+            .arg(keys)
+            .arg("--vars")
+            .arg(vars);
+        if let Some(state) = tpm {
+            cmd.arg("--tpm").arg(state);
+        }
+        if !reboots {
+            cmd.arg("--no-reboot");
+        }
+        for (guest, host) in forwards {
+            cmd.arg(format!("--forward={guest}:{host}"));
+        }
+        Guest::spawn(cmd.arg(disk))
+    }
+
+    /// Boot `disk` without Secure Boot, with the TPM whose state is in
+    /// `tpm` (the firmware's variables in `vars`); no reboots.
+    pub fn boot_tpm(disk: &Path, vars: &Path, tpm: &Path) -> Guest {
+        let mut cmd = Command::new(keel_bin());
+        cmd.args(["run", "--accel", "tcg", "--memory", "512", "--no-reboot"])
+            .arg("--vars")
+            .arg(vars)
+            .arg("--tpm")
+            .arg(tpm)
+            .arg(disk);
+        Guest::spawn(&mut cmd)
+    }
+
     /// Boot a block device; the firmware's variables go to `vars`.
     pub fn boot_device(device: &Path, vars: &Path) -> Guest {
         let mut cmd = Command::new(keel_bin());
@@ -288,6 +341,8 @@ impl Guest {
             forwards: forwards.to_vec(),
             publish: Vec::new(),
             direct: None,
+            secure_boot: None,
+            tpm: None,
         };
         Guest::spawn(Command::new("qemu-system-x86_64").args(qemu::qemu_args(&o, false)))
     }

@@ -373,6 +373,8 @@ fn boot_console(disk: &Path, done: &str) -> anyhow::Result<String> {
         forwards: Vec::new(),
         publish: Vec::new(),
         direct: None,
+        secure_boot: None,
+        tpm: None,
     };
     qemu::prepare(&o)?;
     let mut child = Command::new("qemu-system-x86_64")
@@ -401,7 +403,7 @@ fn boot_console(disk: &Path, done: &str) -> anyhow::Result<String> {
     Ok(seen)
 }
 
-fn field(line: &str, key: &str) -> Option<f64> {
+pub(crate) fn field(line: &str, key: &str) -> Option<f64> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key))
         .and_then(|v| v.parse().ok())

@@ -123,7 +123,7 @@ fn host(i: usize, max: u32, s: &Shared) {
     }
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {

@@ -16,6 +16,7 @@ mod bench_fleet;
 mod bench_net;
 mod bench_pull;
 mod bench_pull_guest;
+mod bench_secureboot;
 mod bench_update;
 mod bench_vmm;
 #[cfg(test)]
@@ -52,12 +53,20 @@ const APT_PACKAGES: &[&str] = &[
     "skopeo",
     "nftables",
     "etcd-server",
+    "sbsigntool",
+    "swtpm",
+    "swtpm-tools",
+    "systemd",
+    "openssl",
 ];
 
 /// Of [`APT_PACKAGES`], those only the tests and benchmarks use (qcow2
 /// outputs, QEMU's guestfwd, SSH to a guest, tracing, a real OCI registry
 /// and the tool that pushes images to it, `nft` to read back keel-init's
-/// nf_tables rules, a real etcd for the fleet tests): `cargo xtask demo` builds the
+/// nf_tables rules, a real etcd for the fleet tests, sbsign for the Secure
+/// Boot test's signed images, swtpm for the TPM tests, systemd-measure and
+/// openssl as the TPM tests' independent PCR and signature makers): `cargo
+/// xtask demo` builds the
 /// default image and boots it without them.
 const TEST_ONLY: &[&str] = &[
     "qemu-utils",
@@ -68,6 +77,11 @@ const TEST_ONLY: &[&str] = &[
     "skopeo",
     "nftables",
     "etcd-server",
+    "sbsigntool",
+    "swtpm",
+    "swtpm-tools",
+    "systemd",
+    "openssl",
 ];
 pub(crate) const MUSL: &str = "x86_64-unknown-linux-musl";
 /// The deb-src entry is derived from the machine's own apt sources.
@@ -99,9 +113,11 @@ enum Cmd {
     /// pulling one image from a local registry (`--runs` pulls each);
     /// `net`: container start with a veth on a bridge against without,
     /// TCP through the bridge against loopback; `fleet`: 1000 simulated
-    /// hosts rolling out a release through a real etcd, 5 % at a time.
+    /// hosts rolling out a release through a real etcd, 5 % at a time;
+    /// `secureboot`: boot time with Secure Boot and a TPM unsealing /var
+    /// against without either.
     Bench {
-        #[arg(value_parser = ["init", "boot", "update", "build", "vmm", "pull", "net", "fleet"])]
+        #[arg(value_parser = ["init", "boot", "update", "build", "vmm", "pull", "net", "fleet", "secureboot"])]
         what: String,
         /// `build`: also time a build with an empty cache (compiles the kernel).
         #[arg(long)]
@@ -333,7 +349,7 @@ fn fuzz_deps() -> anyhow::Result<()> {
 
 /// The fuzz targets (fuzz/fuzz_targets), each a parser of input keel
 /// treats as hostile.
-const FUZZ_TARGETS: [&str; 7] = [
+const FUZZ_TARGETS: [&str; 8] = [
     "hostconfig",
     "signed",
     "api",
@@ -341,6 +357,7 @@ const FUZZ_TARGETS: [&str; 7] = [
     "oci_image",
     "virtio",
     "registry",
+    "varcrypt",
 ];
 
 /// Run every fuzz target, `seconds` split between them, each starting
@@ -603,6 +620,7 @@ fn main() -> anyhow::Result<()> {
             "pull" => bench_pull::pull(runs),
             "net" => bench_net::net(runs),
             "fleet" => bench_fleet::fleet(),
+            "secureboot" => bench_secureboot::secureboot(boots),
             _ => bench::init(runs, boots),
         },
     }

@@ -12,6 +12,28 @@ use crate::disk::{self, stable_guid, Content, PartSpec};
 use crate::tool;
 
 impl Build<'_> {
+    /// The fresh ext4 for the data partition.
+    fn data_fs(&self) -> Result<PathBuf, BuildError> {
+        let data = self.work.join("data.ext4");
+        mkfs_ext4(
+            &data,
+            self.r().partitions.data_mib,
+            &stable_guid(&self.seed, "data").to_string(),
+        )?;
+        Ok(data)
+    }
+
+    /// The fresh ext4 that stage 1 writes into an encrypted /var it makes
+    /// (the initramfs of a sealing UKI carries it): the partition's size
+    /// less the header's MiB in front of the volume; stage 1 grows it.
+    pub(super) fn var_template_fs(&self) -> Result<PathBuf, BuildError> {
+        let header_mib = (keel_formats::varcrypt::DATA_OFFSET_SECTORS * 512) >> 20;
+        let mib = self.r().partitions.data_mib.saturating_sub(header_mib);
+        let data = self.work.join("var-template.ext4");
+        mkfs_ext4(&data, mib, &stable_guid(&self.seed, "data").to_string())?;
+        Ok(data)
+    }
+
     /// `disk.img` in the output folder.
     pub(super) fn disk(
         &self,
@@ -20,12 +42,7 @@ impl Build<'_> {
         verity: &Path,
     ) -> Result<PathBuf, BuildError> {
         let p = &self.r().partitions;
-        let data = self.work.join("data.ext4");
-        mkfs_ext4(
-            &data,
-            p.data_mib,
-            &stable_guid(&self.seed, "data").to_string(),
-        )?;
+        let data = self.data_fs()?;
         let disk_path = self.opts.out.join("disk.img");
         let parts = [
             PartSpec {

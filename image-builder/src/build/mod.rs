@@ -67,6 +67,8 @@ pub enum BuildError {
     Zones(#[from] crate::zones::ZoneError),
     #[error("`host.config` {path} is not a valid host config:\n{message}")]
     HostConfig { path: PathBuf, message: String },
+    #[error(transparent)]
+    Sign(#[from] crate::secureboot::sign::SignError),
     #[error("root filesystem is {size} bytes; partitions.root_mib = {mib} is too small")]
     RootTooLarge { size: u64, mib: u64 },
 }
@@ -82,6 +84,9 @@ pub struct Options {
     /// Sign an update bundle with this secret key (its public key is
     /// trusted by the image too).
     pub sign_key: Option<PathBuf>,
+    /// Sign systemd-boot and the UKI with this Secure Boot db key
+    /// (`DIR/db.key`, its certificate `DIR/db.crt` beside it).
+    pub secure_boot_key: Option<PathBuf>,
 }
 
 /// What a build produced, for the summary and for tests.
@@ -99,6 +104,8 @@ pub struct Report {
     pub version: String,
     pub kernel_release: String,
     pub bundle: Option<PathBuf>,
+    /// The public Secure Boot files (`out/secure-boot/`), when signed.
+    pub secure_boot: Option<PathBuf>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
@@ -144,7 +151,8 @@ pub fn build_with(opts: &Options, progress: &mut dyn Progress) -> Result<Report,
     progress.begin(DISK_STEP);
     let (verity, tree) = b.verity_tree(&root)?;
     let (uki, uki_bytes) = b.uki(&kernel, &tree)?;
-    let esp_image = b.esp(&uki.name, uki_bytes)?;
+    let secure_boot = b.secure_boot_files()?;
+    let esp_image = b.esp(&uki.name, uki_bytes, secure_boot.as_deref())?;
     let disk = b.disk(&esp_image, &root, &verity)?;
     progress.end(&format!("{DISK_STEP} {}", disk.display()));
     fs::remove_dir_all(&b.work).map_err(io_err(&b.work))?;
@@ -174,6 +182,7 @@ pub fn build_with(opts: &Options, progress: &mut dyn Progress) -> Result<Report,
         version: b.r().image.version.clone(),
         kernel_release: kernel.release,
         bundle,
+        secure_boot,
     })
 }
 
@@ -203,6 +212,8 @@ struct Build<'a> {
     boot: PathBuf,
     keel_init: PathBuf,
     keelctl: PathBuf,
+    /// The Secure Boot db key, when the build signs.
+    signer: Option<crate::secureboot::sign::Signer>,
     /// Scratch space under the output folder, removed once the disk is written.
     work: PathBuf,
 }
@@ -228,6 +239,11 @@ impl<'a> Build<'a> {
                 });
             }
         }
+        let signer = opts
+            .secure_boot_key
+            .as_deref()
+            .map(crate::secureboot::sign::Signer::from_key)
+            .transpose()?;
         let work = opts.out.join("work");
         fs::create_dir_all(&work).map_err(io_err(&work))?;
         Ok(Build {
@@ -240,6 +256,7 @@ impl<'a> Build<'a> {
             boot,
             keel_init,
             keelctl,
+            signer,
             work,
         })
     }

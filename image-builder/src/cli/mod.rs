@@ -1,17 +1,15 @@
 //! The `keel` command line.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use keel_image_builder::build::{self, Options};
 use keel_image_builder::cache::Cache;
-use keel_image_builder::qemu::{self, Accel, RunOptions};
 
 mod fleet;
+mod run;
 
 #[derive(Debug, Parser)]
 #[command(name = "keel", version, about = "Build, run and inspect keel images")]
@@ -33,8 +31,20 @@ pub enum Cmd {
     /// Host configs (host.toml).
     #[command(subcommand)]
     Config(ConfigCmd),
-    /// Write a new ed25519 key pair: BASE.key (mode 0600) and BASE.pub.
-    Keygen { base: PathBuf },
+    /// Write a new ed25519 key pair: BASE.key (mode 0600) and BASE.pub;
+    /// with --secure-boot, Secure Boot keys into the folder BASE.
+    Keygen {
+        base: PathBuf,
+        /// PK, KEK and db (RSA-2048 keys, certificates, signature lists
+        /// and the auth files that enroll them) in the folder BASE, for a
+        /// platform whose keys you own; `keel build --secure-boot-key
+        /// BASE/db.key` signs with db.
+        #[arg(long)]
+        secure_boot: bool,
+        /// The certificates' common names start with this.
+        #[arg(long, default_value = "keel", requires = "secure_boot")]
+        name: String,
+    },
     /// Maintain a static update repository.
     #[command(subcommand)]
     Repo(RepoCmd),
@@ -46,7 +56,7 @@ pub enum Cmd {
     Pki(fleet::PkiCmd),
     /// Boot a disk image in QEMU with UEFI firmware; serial console on stdio
     /// (Ctrl-A X quits).
-    Run(RunArgs),
+    Run(run::RunArgs),
     /// Show what a disk image, a flashed device or an update bundle holds:
     /// partitions, slots and their versions, boot counters, verity root
     /// hashes, kernel and command line, containers; for a bundle its
@@ -80,6 +90,12 @@ pub struct BuildArgs {
     /// public key.
     #[arg(long)]
     pub sign_key: Option<PathBuf>,
+    /// Sign systemd-boot and the UKI for Secure Boot with this db key (from
+    /// `keel keygen --secure-boot`, its certificate beside it as .crt);
+    /// the folder's public files go to OUT/secure-boot/ and its auth
+    /// files onto the ESP for enrollment.
+    #[arg(long)]
+    pub secure_boot_key: Option<PathBuf>,
     /// Refuse to build if an input differs from the recipe's lock file
     /// (RECIPE with .lock), which `keel lock` writes.
     #[arg(long)]
@@ -91,37 +107,6 @@ pub struct BuildArgs {
     /// stderr unless --quiet).
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct RunArgs {
-    pub disk: PathBuf,
-    #[arg(long, value_enum, default_value = "auto")]
-    pub accel: Accel,
-    #[arg(long, default_value_t = 512)]
-    pub memory: u32,
-    #[arg(long, default_value_t = 2)]
-    pub cpus: u32,
-    /// Firmware variable store; created from OVMF's template if missing.
-    /// Default: DISK.vars beside the disk.
-    #[arg(long)]
-    pub vars: Option<PathBuf>,
-    /// Exit instead of rebooting the guest.
-    #[arg(long)]
-    pub no_reboot: bool,
-    /// GUEST:HOST — guest connections to 10.0.2.100:GUEST reach
-    /// 127.0.0.1:HOST.
-    #[arg(long = "forward", value_parser = parse_forward)]
-    pub forwards: Vec<(u16, u16)>,
-    /// HOST:GUEST — 127.0.0.1:HOST on this machine reaches the guest's
-    /// port GUEST (`--publish 8080:80` for the web service).
-    #[arg(long = "publish", short = 'p', value_parser = parse_publish)]
-    pub publish: Vec<(u16, u16)>,
-    /// Boot the kernel and initramfs beside the disk (the recipe's
-    /// `direct` output) without firmware: faster, for iterating. The
-    /// disk still holds the root and /var.
-    #[arg(long)]
-    pub direct: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -237,32 +222,20 @@ fn validate_config(file: &Path, recipe: Option<&Path>) -> anyhow::Result<Vec<Str
     })
 }
 
-fn parse_publish(s: &str) -> Result<(u16, u16), String> {
-    let (h, g) = s.split_once(':').ok_or("expected HOST:GUEST")?;
-    Ok((
-        h.parse().map_err(|_| format!("bad host port {h:?}"))?,
-        g.parse().map_err(|_| format!("bad guest port {g:?}"))?,
-    ))
-}
-
-fn parse_forward(s: &str) -> Result<(u16, u16), String> {
-    let (g, h) = s.split_once(':').ok_or("expected GUEST:HOST")?;
-    Ok((
-        g.parse().map_err(|_| format!("bad guest port {g:?}"))?,
-        h.parse().map_err(|_| format!("bad host port {h:?}"))?,
-    ))
-}
-
 pub fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Build(a) => build_cmd(a),
         Cmd::Lock { recipe } => lock_cmd(recipe),
         Cmd::Config(ConfigCmd::Validate { file, recipe }) => validate_cmd(file, recipe),
-        Cmd::Keygen { base } => keygen_cmd(base),
+        Cmd::Keygen {
+            base,
+            secure_boot,
+            name,
+        } => keygen_cmd(base, secure_boot.then_some(name.as_str())),
         Cmd::Repo(RepoCmd::Add(a)) => repo_add_cmd(a),
         Cmd::Fleet(c) => fleet::fleet_cmd(c),
         Cmd::Pki(c) => fleet::pki_cmd(c),
-        Cmd::Run(a) => run_cmd(a),
+        Cmd::Run(a) => run::run_cmd(a),
         Cmd::Flash(a) => flash_cmd(a),
         Cmd::Inspect(a) => inspect_cmd(a),
     }
@@ -277,6 +250,7 @@ fn build_cmd(a: BuildArgs) -> anyhow::Result<()> {
         bin_dir,
         jobs,
         sign_key,
+        secure_boot_key,
         locked,
         quiet,
         json,
@@ -300,6 +274,7 @@ fn build_cmd(a: BuildArgs) -> anyhow::Result<()> {
             bin_dir,
             jobs,
             sign_key,
+            secure_boot_key,
         },
         progress.as_mut(),
     )?;
@@ -388,7 +363,25 @@ fn validate_cmd(file: PathBuf, recipe: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 /// `keel keygen`.
-fn keygen_cmd(base: PathBuf) -> anyhow::Result<()> {
+fn keygen_cmd(base: PathBuf, secure_boot: Option<&str>) -> anyhow::Result<()> {
+    if let Some(name) = secure_boot {
+        let owner = keel_image_builder::secureboot::keys::keygen(&base, name)
+            .with_context(|| format!("making Secure Boot keys in {}", base.display()))?;
+        println!(
+            "Secure Boot keys in {} (owner {owner}); keep the .key files off the hosts",
+            base.display()
+        );
+        println!(
+            "PCR policy key {}: hosts with a TPM seal /var to what it signs",
+            base.join(keel_image_builder::secureboot::pcr::PRIVATE)
+                .display()
+        );
+        println!(
+            "sign images with: keel build --secure-boot-key {}",
+            base.join("db.key").display()
+        );
+        return Ok(());
+    }
     let (secret, public) = keel_image_builder::bundle::keygen(&base)?;
     println!("secret key {} (keep it off the hosts)", secret.display());
     println!("public key {}", public.display());
@@ -445,47 +438,6 @@ fn repo_add_cmd(a: RepoAddArgs) -> anyhow::Result<()> {
         entry.bundle
     );
     Ok(())
-}
-
-/// `keel run`: never returns on success (QEMU replaces this process).
-fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
-    let RunArgs {
-        disk,
-        accel,
-        memory,
-        cpus,
-        vars,
-        no_reboot,
-        forwards,
-        publish,
-        direct,
-    } = a;
-    let direct = if direct {
-        Some(qemu::Direct::beside(&disk)?)
-    } else {
-        None
-    };
-    let vars = vars.unwrap_or_else(|| {
-        let mut v = disk.clone().into_os_string();
-        v.push(".vars");
-        v.into()
-    });
-    let o = RunOptions {
-        disk,
-        vars,
-        accel,
-        memory_mib: memory,
-        cpus,
-        no_reboot,
-        forwards,
-        publish,
-        direct,
-    };
-    let kvm = qemu::prepare(&o)?;
-    let err = Command::new("qemu-system-x86_64")
-        .args(qemu::qemu_args(&o, kvm))
-        .exec();
-    bail!("starting qemu-system-x86_64 (apt-get install qemu-system-x86): {err}")
 }
 
 /// `keel flash`, with a bar on a terminal and a line per 10 % in a log.

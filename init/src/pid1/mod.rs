@@ -83,8 +83,13 @@ struct Init {
     cfg: Configured,
     /// API connections whose request has not come whole yet.
     conns: conns::Conns,
+    /// Whether the firmware enforced Secure Boot, read once at boot.
+    secure_boot: Option<bool>,
+    /// What stage 1 mounted as `/var`.
+    var: Option<keel_api::init::VarStorage>,
 }
 
+/// The firmware's SecureBoot variable; none without UEFI variables.
 impl Init {
     fn reap(&mut self) {
         loop {
@@ -332,6 +337,8 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
         sessions: BTreeMap::new(),
         cfg: Configured::new(image_defs, zones, config),
         conns: conns::Conns::default(),
+        secure_boot: crate::sys::secure_boot(),
+        var: booted.map(|b| b.var),
     };
     // Bridges, rules and VMs' taps on them before the first services
     // start.

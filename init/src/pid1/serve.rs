@@ -70,6 +70,8 @@ impl Init {
             health,
             services: self.sup.status(),
             config: Some(self.cfg.state.clone()),
+            secure_boot: self.secure_boot,
+            var: self.var,
         }
     }
 

@@ -1,5 +1,6 @@
 //! Device-mapper through its ioctl interface (linux/dm-ioctl.h), enough to
-//! create a read-only dm-verity device without any userspace tool.
+//! create a read-only dm-verity device and the dm-crypt device of an
+//! encrypted `/var` without any userspace tool.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -132,25 +133,73 @@ pub fn create_verity(
     hash_dev: (u32, u32),
     p: &VerityParams,
 ) -> Result<(u32, u32), DmError> {
-    let ctl = std::fs::OpenOptions::new()
+    let sectors = verity_sectors(p)?;
+    let table = verity_table(data_dev, hash_dev, p);
+    create(name, DM_READONLY_FLAG, sectors, "verity", &table)
+}
+
+/// The crypt target's table line: AES-XTS with `key`, over `dev` from
+/// sector `offset` on.
+pub fn crypt_table(dev: (u32, u32), key: &[u8], offset: u64) -> String {
+    format!(
+        "{} {} 0 {}:{} {offset}",
+        keel_formats::varcrypt::CIPHER,
+        to_hex(key),
+        dev.0,
+        dev.1
+    )
+}
+
+/// Create the read-write dm-crypt device `name` of `sectors` over `dev`
+/// from sector `offset`, and return its (major, minor).
+pub fn create_crypt(
+    name: &str,
+    dev: (u32, u32),
+    key: &[u8],
+    offset: u64,
+    sectors: u64,
+) -> Result<(u32, u32), DmError> {
+    create(name, 0, sectors, "crypt", &crypt_table(dev, key, offset))
+}
+
+/// Remove device `name` (one whose filesystem did not mount, say).
+pub fn remove(name: &str) -> Result<(), DmError> {
+    let ctl = control()?;
+    let mut remove = ioctl_buffer(name, 0, &[])?;
+    ioctl(&ctl, "remove", DM_DEV_REMOVE, &mut remove, name)
+}
+
+fn control() -> Result<File, DmError> {
+    std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/mapper/control")
-        .map_err(DmError::Control)?;
+        .map_err(DmError::Control)
+}
+
+/// Create device `name` with one target of `sectors` and return its
+/// (major, minor).
+fn create(
+    name: &str,
+    flags: u32,
+    sectors: u64,
+    kind: &str,
+    table: &str,
+) -> Result<(u32, u32), DmError> {
+    let ctl = control()?;
     let mut create = ioctl_buffer(name, 0, &[])?;
     ioctl(&ctl, "create", DM_DEV_CREATE, &mut create, name)?;
     let dev = u64::from_ne_bytes(create[40..48].try_into().unwrap_or([0; 8]));
-
-    let sectors = verity_sectors(p)?;
-    let table = verity_table(data_dev, hash_dev, p);
-    let result = ioctl_buffer(name, DM_READONLY_FLAG, &[(0, sectors, "verity", &table)]).and_then(
-        |mut load| {
-            ioctl(&ctl, "load table", DM_TABLE_LOAD, &mut load, name)?;
-            // DM_DEV_SUSPEND without the suspend flag resumes: the table goes live.
-            let mut resume = ioctl_buffer(name, 0, &[])?;
-            ioctl(&ctl, "resume", DM_DEV_SUSPEND, &mut resume, name)
-        },
-    );
+    let result = ioctl_buffer(name, flags, &[(0, sectors, kind, table)]).and_then(|mut load| {
+        let loaded = ioctl(&ctl, "load table", DM_TABLE_LOAD, &mut load, name);
+        // The table of a crypt target holds its key: gone from memory as
+        // soon as the kernel has it.
+        load.fill(0);
+        loaded?;
+        // DM_DEV_SUSPEND without the suspend flag resumes: the table goes live.
+        let mut resume = ioctl_buffer(name, 0, &[])?;
+        ioctl(&ctl, "resume", DM_DEV_SUSPEND, &mut resume, name)
+    });
     if let Err(e) = result {
         // Leave no half-made device behind.
         if let Ok(mut remove) = ioctl_buffer(name, 0, &[]) {
@@ -198,6 +247,14 @@ mod tests {
         assert!(
             e.contains("data_blocks") && e.contains(&p.data_blocks.to_string()),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn crypt_table_line() {
+        assert_eq!(
+            crypt_table((259, 7), &[0xab, 0x01], 2048),
+            "aes-xts-plain64 ab01 0 259:7 2048"
         );
     }
 

@@ -6,6 +6,7 @@ pub mod blockdev;
 pub mod dm;
 pub mod ext4;
 pub mod kmod;
+pub mod varcrypt;
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,8 @@ use nix::mount::MsFlags;
 
 use keel_formats::cmdline::{to_hex, BootParams, TOP_BLOCK_OFFSET};
 use keel_formats::disk::{Slot, DATA_LABEL, VERITY_BLOCK_SIZE};
+
+use keel_api::init::VarStorage;
 
 use crate::log;
 use crate::sys::{self, mkdir_p};
@@ -40,6 +43,8 @@ pub enum Stage1Error {
     NoSlot(String),
     #[error("the thread {0} panicked")]
     Thread(&'static str),
+    #[error(transparent)]
+    Var(#[from] varcrypt::VarError),
 }
 
 /// Whether this process is stage 1: PID 1 with the initramfs as its root.
@@ -83,6 +88,22 @@ fn mount_api_filesystems() -> Result<(), Stage1Error> {
         nosuid,
         None,
     )?;
+    // Read-only: nothing on the host writes firmware variables (boot
+    // counting renames files on the ESP), and a writable efivarfs lets
+    // root delete variables some firmware cannot boot without. It moves
+    // into the new root with /sys.
+    let efivars = Path::new(keel_formats::efi::EFIVARS);
+    if efivars.is_dir() {
+        if let Err(e) = sys::mount(
+            Some("efivarfs"),
+            efivars,
+            Some("efivarfs"),
+            nosuid | MsFlags::MS_RDONLY,
+            None,
+        ) {
+            log(format!("warning: firmware variables unreadable: {e}"));
+        }
+    }
     Ok(())
 }
 
@@ -92,24 +113,44 @@ const DATA_STAGING: &str = "/data";
 
 /// Mount the data partition at [`DATA_STAGING`]. Runs beside the root's
 /// dm-verity setup: an ext4 mount (journal load) takes as long as that.
-fn mount_data() -> Result<(), Stage1Error> {
+fn mount_data(offer: &varcrypt::Offer) -> Result<VarStorage, Stage1Error> {
     let d = wait_for(DATA_LABEL)?;
     let node = Path::new("/dev/keel-data");
     sys::mknod_block(node, (d.major, d.minor))?;
+    let sectors = std::fs::read_to_string(format!("/sys/class/block/{}/size", d.name))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let part = varcrypt::Partition {
+        node: node.to_path_buf(),
+        dev: (d.major, d.minor),
+        sectors: sectors.unwrap_or(0),
+    };
+    let opened = varcrypt::open(&part, offer)?;
     mkdir_p(Path::new(DATA_STAGING), 0o755)?;
-    sys::mount(
-        Some("/dev/keel-data"),
+    let mounted = sys::mount(
+        opened.node.to_str(),
         Path::new(DATA_STAGING),
         Some("ext4"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         None,
-    )?;
-    let sectors = std::fs::read_to_string(format!("/sys/class/block/{}/size", d.name))
+    );
+    if let Err(e) = mounted {
+        if opened.sysfs_name.is_some() {
+            let _ = dm::remove(varcrypt::MAPPER_NAME);
+        }
+        return Err(e.into());
+    }
+    let storage = match opened.sysfs_name {
+        Some(_) => VarStorage::Encrypted,
+        None => VarStorage::Plain,
+    };
+    let name = opened.sysfs_name.unwrap_or(d.name);
+    let sectors = std::fs::read_to_string(format!("/sys/class/block/{name}/size"))
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok());
     if let Some(sectors) = sectors {
         let grown = ext4::sectors_to_bytes(sectors)
-            .and_then(|size| ext4::grow(node, size, Path::new(DATA_STAGING)));
+            .and_then(|size| ext4::grow(&opened.node, size, Path::new(DATA_STAGING)));
         match grown {
             Ok(Some((from, to))) => log(format!(
                 "stage 1: /var grown to its partition, {} -> {} MiB",
@@ -120,26 +161,36 @@ fn mount_data() -> Result<(), Stage1Error> {
             Err(e) => log(format!("warning: /var keeps its size: {e}")),
         }
     }
-    Ok(())
+    Ok(storage)
 }
 
 /// Put `/var` in place under the new root: the data partition if it
 /// mounted, else a `/var` in memory (the host still boots, and says why).
-fn mount_var(newroot: &Path, data: Result<(), Stage1Error>) -> Result<(), Stage1Error> {
+fn mount_var(
+    newroot: &Path,
+    data: Result<VarStorage, Stage1Error>,
+) -> Result<VarStorage, Stage1Error> {
     let var = newroot.join("var");
-    if let Err(e) = data.and_then(|()| Ok(sys::move_mount(Path::new(DATA_STAGING), &var)?)) {
-        log(format!(
-            "warning: persistent /var unavailable ({e}); using a temporary /var"
-        ));
-        sys::mount(
-            Some("tmpfs"),
-            &var,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("mode=0755"),
-        )?;
+    let moved = data.and_then(|s| {
+        sys::move_mount(Path::new(DATA_STAGING), &var)?;
+        Ok(s)
+    });
+    match moved {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            log(format!(
+                "warning: persistent /var unavailable ({e}); using a temporary /var"
+            ));
+            sys::mount(
+                Some("tmpfs"),
+                &var,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some("mode=0755"),
+            )?;
+            Ok(VarStorage::Temporary)
+        }
     }
-    Ok(())
 }
 
 /// Load the modules a prebuilt kernel needs for the disk, dm-verity and
@@ -197,6 +248,7 @@ pub struct Booted {
     /// When stage 1 began, ms since boot.
     pub started_ms: u64,
     pub slot: Slot,
+    pub var: VarStorage,
 }
 
 pub fn run() -> Result<Booted, Stage1Error> {
@@ -206,7 +258,14 @@ pub fn run() -> Result<Booted, Stage1Error> {
         .map_err(|e| Stage1Error::Read("/proc/cmdline", e))?;
     let params = BootParams::parse(&cmdline)?;
     load_modules();
-    let data = std::thread::spawn(mount_data);
+    // What a sealed /var needs is read once, here; PCR 11 moves to the
+    // phase whose signed value unseals it.
+    let offer = std::sync::Arc::new(varcrypt::Offer::probe());
+    varcrypt::enter_initrd(&offer);
+    let data = {
+        let offer = offer.clone();
+        std::thread::spawn(move || mount_data(&offer))
+    };
     let (slot, hash) = find_slot(&params)?;
     let root = wait_for(slot.root_label())?;
     let dev = dm::create_verity(
@@ -229,7 +288,10 @@ pub fn run() -> Result<Booted, Stage1Error> {
     let data = data
         .join()
         .unwrap_or(Err(Stage1Error::Thread("mounting /var")));
-    mount_var(newroot, data)?;
+    // Whatever happened to /var: from here on PCR 11 no longer matches
+    // what its key is sealed to.
+    varcrypt::leave_initrd(&offer);
+    let var = mount_var(newroot, data)?;
     log(format!(
         "stage 1: slot {} root {} verified by dm-verity, switching root at {} ms",
         slot,
@@ -262,5 +324,9 @@ pub fn run() -> Result<Booted, Stage1Error> {
     // PID 1 goes on in this same process: the binary is already in memory,
     // and reading it again from the root would cost its dm-verity hashing
     // (the initramfs and the root come from the same signed UKI build).
-    Ok(Booted { started_ms, slot })
+    Ok(Booted {
+        started_ms,
+        slot,
+        var,
+    })
 }
