@@ -20,6 +20,10 @@ pub const HEADER_OFFSETS: [u64; 2] = [0, 512 * 1024];
 /// Where the encrypted volume starts, in 512-byte sectors.
 pub const DATA_OFFSET_SECTORS: u64 = 2048;
 pub const MAGIC: &[u8; 8] = b"KEELVAR\x01";
+/// What a first boot writes where the backup header goes before it writes
+/// the volume: a boot that finds it knows the plain filesystem in front of
+/// it is half overwritten.
+pub const PENDING_MAGIC: &[u8; 8] = b"KEELVAR\x00";
 pub const CIPHER: &str = "aes-xts-plain64";
 /// AES-256-XTS: two 256-bit keys.
 pub const KEY_BYTES: usize = 64;
@@ -33,6 +37,8 @@ const PREFIX: usize = 8 + 4 + 32;
 pub enum VarCryptError {
     #[error("no keel /var header (magic)")]
     NoHeader,
+    #[error("a first boot was making the encrypted /var and did not finish")]
+    Pending,
     #[error("/var header: JSON of {0} bytes does not fit its block")]
     Length(usize),
     #[error("/var header: checksum mismatch")]
@@ -46,16 +52,20 @@ pub enum VarCryptError {
         why: &'static str,
     },
     #[error(
-        "recovery key {0:?}: expected 8 groups of 8 characters of {modhex}",
+        "not a recovery key ({0} characters): expected 8 groups of 8 characters of {modhex}",
         modhex = "cbdefghijklnrtuv"
     )]
-    RecoveryKey(String),
+    /// The text is not echoed: a mistyped key is most of a key.
+    RecoveryKey(usize),
 }
 
 /// The header as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderConfig {
+    /// Raised on every rewrite: of two valid copies that differ (a power
+    /// cut between their writes), the higher one is the newer.
+    pub seq: u64,
     pub cipher: String,
     pub data_offset_sectors: u64,
     /// HMAC-SHA256 of [`KEY_CHECK_LABEL`] under the volume key, hex.
@@ -96,6 +106,7 @@ pub struct RecoverySlotConfig {
 /// A validated header: bytes, not hex.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
+    pub seq: u64,
     pub key_check: [u8; 32],
     pub tpm2: Option<Tpm2Slot>,
     pub recovery: Option<RecoverySlot>,
@@ -175,6 +186,7 @@ impl HeaderConfig {
             }),
         };
         Ok(Header {
+            seq: self.seq,
             key_check: unhex("key_check", &self.key_check)?,
             tpm2,
             recovery,
@@ -185,6 +197,7 @@ impl HeaderConfig {
 impl Header {
     pub fn to_config(&self) -> HeaderConfig {
         HeaderConfig {
+            seq: self.seq,
             cipher: CIPHER.into(),
             data_offset_sectors: DATA_OFFSET_SECTORS,
             key_check: hex::encode(self.key_check),
@@ -243,18 +256,24 @@ impl Header {
         config.validate()
     }
 
-    /// The first valid copy of `copies` (primary, backup): the header,
-    /// and whether the other needs rewriting. `NoHeader` only when neither
-    /// has the magic; otherwise the primary's error.
+    /// The newer valid copy of (primary, backup): the header, and whether
+    /// the copies need rewriting. `NoHeader` when neither has the magic,
+    /// `Pending` when the backup says a first boot was making the volume;
+    /// otherwise the first copy's error that has the magic.
     pub fn decode_either(primary: &[u8], backup: &[u8]) -> Result<(Header, bool), VarCryptError> {
         match (Header::decode(primary), Header::decode(backup)) {
-            (Ok(h), Ok(b)) => {
-                let stale = h != b;
-                Ok((h, stale))
-            }
+            (Ok(h), Ok(b)) if h == b => Ok((h, false)),
+            (Ok(h), Ok(b)) => Ok((if b.seq > h.seq { b } else { h }, true)),
             (Ok(h), Err(_)) => Ok((h, true)),
             (Err(_), Ok(b)) => Ok((b, true)),
-            (Err(e), Err(_)) => Err(e),
+            (Err(VarCryptError::NoHeader), Err(VarCryptError::NoHeader)) => {
+                if backup.get(..8) == Some(PENDING_MAGIC.as_slice()) {
+                    Err(VarCryptError::Pending)
+                } else {
+                    Err(VarCryptError::NoHeader)
+                }
+            }
+            (Err(VarCryptError::NoHeader), Err(e)) | (Err(e), _) => Err(e),
         }
     }
 }
@@ -275,7 +294,7 @@ pub fn recovery_key_text(key: &[u8; RECOVERY_BYTES]) -> String {
 
 /// A recovery key as typed: dashes and whitespace are ignored, case too.
 pub fn parse_recovery_key(text: &str) -> Result<[u8; RECOVERY_BYTES], VarCryptError> {
-    let bad = || VarCryptError::RecoveryKey(text.trim().chars().take(80).collect());
+    let bad = || VarCryptError::RecoveryKey(text.trim().chars().count());
     let digits: Vec<u8> = text
         .chars()
         .filter(|c| !c.is_whitespace() && *c != '-')
@@ -303,6 +322,7 @@ mod tests {
 
     fn header() -> Header {
         Header {
+            seq: 1,
             key_check: [3; 32],
             tpm2: Some(Tpm2Slot {
                 pkfp: [4; 32],
@@ -330,10 +350,35 @@ mod tests {
             Header::decode_either(&torn, &block).unwrap(),
             (h.clone(), true)
         );
-        assert_eq!(Header::decode_either(&block, &block).unwrap(), (h, false));
+        assert_eq!(
+            Header::decode_either(&block, &block).unwrap(),
+            (h.clone(), false)
+        );
         assert_eq!(
             Header::decode_either(&[0; HEADER_SIZE], &[0; HEADER_SIZE]),
             Err(VarCryptError::NoHeader)
+        );
+        // A power cut between the two writes of a rewrite: the backup is
+        // newer, and wins whichever copy it is.
+        let mut newer = h.clone();
+        newer.seq = 2;
+        newer.tpm2 = None;
+        let nb = newer.encode().unwrap();
+        assert_eq!(
+            Header::decode_either(&block, &nb).unwrap(),
+            (newer.clone(), true)
+        );
+        assert_eq!(Header::decode_either(&nb, &block).unwrap(), (newer, true));
+        let mut pending = PENDING_MAGIC.to_vec();
+        pending.resize(HEADER_SIZE, 0);
+        assert_eq!(
+            Header::decode_either(&[0; HEADER_SIZE], &pending),
+            Err(VarCryptError::Pending)
+        );
+        // A damaged backup with no primary is an error, not "no header".
+        assert_eq!(
+            Header::decode_either(&[0; HEADER_SIZE], &torn),
+            Err(VarCryptError::Checksum)
         );
     }
 

@@ -151,6 +151,10 @@ fn var_is_sealed_to_the_boot_chain_survives_updates_and_opens_with_its_recovery_
     g.prompt();
     assert_eq!(g.status()["var"], "temporary");
     g.power_cut();
+    assert!(
+        esp_text_if_any(&disk_path, RECOVERY_FILE).is_some(),
+        "a wrong key was removed as if it had opened /var"
+    );
 
     // The recovery key opens it on the other machine, and seals it to
     // that machine's TPM; the file is gone from the ESP.

@@ -113,8 +113,9 @@ impl<T: Transport> Tpm<T> {
     }
 
     /// The storage root key: an ECC P-256 primary under the owner
-    /// hierarchy from the standard template (TCG's "SRK"), the same key on
-    /// every call because the TPM derives it from its owner seed.
+    /// hierarchy with the attributes of TCG's SRK template (and an empty
+    /// unique field), the same key on every call because the TPM derives
+    /// it from its owner seed and the template.
     pub fn create_primary(&mut self) -> Result<Handle, TpmError> {
         const ATTRS: u32 =
             (1 << 1) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 10) | (1 << 16) | (1 << 17);

@@ -125,6 +125,12 @@ pub fn predict_pcr11(sections: &[(&str, &[u8])]) -> Sha256Digest {
     pcr
 }
 
+/// A public key's fingerprint as systemd's `.pcrsig` names keys: SHA-256
+/// of its DER SubjectPublicKeyInfo.
+pub fn fingerprint(spki_der: &[u8]) -> Sha256Digest {
+    Sha256::digest(spki_der).into()
+}
+
 const RSA_ENCRYPTION: spki::ObjectIdentifier =
     spki::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 
@@ -139,10 +145,19 @@ impl RsaPublic {
     /// From a PEM `PUBLIC KEY` (SubjectPublicKeyInfo), as systemd's
     /// `.pcrpkey` holds it.
     pub fn from_pem(pem: &str) -> Result<Self, TpmError> {
-        use spki::der::DecodePem;
+        Ok(Self::from_pem_with_fingerprint(pem)?.0)
+    }
+
+    /// [`RsaPublic::from_pem`], and the key's fingerprint as `.pcrsig`
+    /// names it: SHA-256 of its DER SubjectPublicKeyInfo.
+    pub fn from_pem_with_fingerprint(pem: &str) -> Result<(Self, Sha256Digest), TpmError> {
+        use spki::der::{DecodePem, Encode};
         let spki = spki::SubjectPublicKeyInfoOwned::from_pem(pem)
             .map_err(|e| TpmError::PublicKey(e.to_string()))?;
-        Self::from_spki(&spki)
+        let der = spki
+            .to_der()
+            .map_err(|e| TpmError::PublicKey(e.to_string()))?;
+        Ok((Self::from_spki(&spki)?, fingerprint(&der)))
     }
 
     /// From DER SubjectPublicKeyInfo.

@@ -21,8 +21,10 @@ pub enum Step {
     /// PCR 11 is not the value the key signed: this UKI, or what ran
     /// after it, is not the signed one.
     Kernel,
-    /// PCR 7 differs from when the secret was sealed: Secure Boot is off,
-    /// or its keys changed.
+    /// The sealed policy is not met though PCR 11 was: PCR 7 differs from
+    /// when the secret was sealed (Secure Boot is off, or its keys
+    /// changed), or the object was sealed to another PCR key (which stage 1
+    /// rules out first by the key's fingerprint).
     SecureBoot,
 }
 

@@ -13,7 +13,7 @@ use keel_tpm::pcrsig::{Entry, PcrSignature};
 use keel_tpm::policy::{policy_pcr, predict_pcr11, PCR_KERNEL};
 use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
 use rsa::signature::{SignatureEncoding, Signer as _};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use crate::files::write_new;
 
@@ -97,7 +97,7 @@ impl PcrKey {
         Ok(Some(PcrKey {
             key: rsa::pkcs1v15::SigningKey::new(rsa),
             public_pem,
-            fingerprint: hex::encode(Sha256::digest(der.as_bytes())),
+            fingerprint: hex::encode(keel_tpm::policy::fingerprint(der.as_bytes())),
         }))
     }
 

@@ -89,7 +89,6 @@ struct Init {
     var: Option<keel_api::init::VarStorage>,
 }
 
-/// The firmware's SecureBoot variable; none without UEFI variables.
 impl Init {
     fn reap(&mut self) {
         loop {

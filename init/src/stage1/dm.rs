@@ -192,8 +192,8 @@ fn create(
     let dev = u64::from_ne_bytes(create[40..48].try_into().unwrap_or([0; 8]));
     let result = ioctl_buffer(name, flags, &[(0, sectors, kind, table)]).and_then(|mut load| {
         let loaded = ioctl(&ctl, "load table", DM_TABLE_LOAD, &mut load, name);
-        // The table of a crypt target holds its key: gone from memory as
-        // soon as the kernel has it.
+        // The table of a crypt target holds its key: this copy is cleared
+        // once the kernel has it (the caller's key buffers are its own).
         load.fill(0);
         loaded?;
         // DM_DEV_SUSPEND without the suspend flag resumes: the table goes live.

@@ -289,9 +289,17 @@ pub fn run() -> Result<Booted, Stage1Error> {
         .join()
         .unwrap_or(Err(Stage1Error::Thread("mounting /var")));
     // Whatever happened to /var: from here on PCR 11 no longer matches
-    // what its key is sealed to.
-    varcrypt::leave_initrd(&offer);
+    // what its key is sealed to. If it cannot be moved on, a host whose
+    // key the running system could then unseal does not boot (boot
+    // counting moves on); one without an encrypted /var only says so.
+    let left = varcrypt::leave_initrd(&offer);
     let var = mount_var(newroot, data)?;
+    if let Err(e) = left {
+        if var == VarStorage::Encrypted {
+            return Err(e.into());
+        }
+        log(format!("warning: {e}"));
+    }
     log(format!(
         "stage 1: slot {} root {} verified by dm-verity, switching root at {} ms",
         slot,

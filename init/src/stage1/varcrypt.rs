@@ -30,7 +30,8 @@ use crate::log;
 pub const PCR_PUBLIC_KEY: &str = "/.extra/tpm2-pcr-public-key.pem";
 pub const PCR_SIGNATURE: &str = "/.extra/tpm2-pcr-signature.json";
 /// Where a recovery key is put on the ESP to open `/var` on a host whose
-/// TPM no longer unseals it; stage 1 removes it once `/var` is resealed.
+/// TPM no longer unseals it; stage 1 removes it once it has opened `/var`
+/// with it (and resealed the key, when this boot can).
 pub const RECOVERY_FILE: &str = "keel/var-recovery-key";
 /// The dm-crypt device's name.
 pub const MAPPER_NAME: &str = "keel-var";
@@ -112,11 +113,8 @@ impl Offer {
 }
 
 fn boot_policy(key: &Path, sig: &Path) -> Result<BootPolicy, VarError> {
-    use sha2::Digest;
     let pem = std::fs::read_to_string(key).map_err(io(key))?;
-    let key = RsaPublic::from_pem(&pem)?;
-    let der = pem_der(&pem).ok_or_else(|| VarError::Pcr(format!("{PCR_PUBLIC_KEY}: not PEM")))?;
-    let pkfp: [u8; 32] = sha2::Sha256::digest(&der).into();
+    let (key, pkfp) = RsaPublic::from_pem_with_fingerprint(&pem)?;
     let json = std::fs::read(sig).map_err(io(sig))?;
     let signed = PcrSignature::parse(&json)
         .and_then(|s| s.find(PCR_KERNEL, &hex::encode(pkfp)))
@@ -124,34 +122,33 @@ fn boot_policy(key: &Path, sig: &Path) -> Result<BootPolicy, VarError> {
     Ok(BootPolicy { key, pkfp, signed })
 }
 
-/// The DER bytes of a PEM block.
-fn pem_der(pem: &str) -> Option<Vec<u8>> {
-    use base64::Engine;
-    let body: String = pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect::<Vec<_>>()
-        .concat();
-    base64::engine::general_purpose::STANDARD.decode(body).ok()
-}
-
 /// Extend PCR 11 with a boot phase, as systemd-pcrphase does; a host
 /// without a TPM has nothing to extend.
-pub fn enter_phase(offer: &Offer, phase: &str) {
-    let Some(path) = &offer.tpm else { return };
-    let r = Device::open(path).and_then(|d| Tpm::new(d).pcr_extend(PCR_KERNEL, phase.as_bytes()));
-    if let Err(e) = r {
-        log(format!("warning: extending PCR 11 with {phase}: {e}"));
+fn enter_phase(offer: &Offer, phase: &str) -> Result<(), TpmError> {
+    let Some(path) = &offer.tpm else {
+        return Ok(());
+    };
+    Tpm::new(Device::open(path)?).pcr_extend(PCR_KERNEL, phase.as_bytes())
+}
+
+/// Before unsealing: PCR 11 reaches the value the image key signed. A
+/// failure only means the TPM will not unseal.
+pub fn enter_initrd(offer: &Offer) {
+    if let Err(e) = enter_phase(offer, PHASE_ENTER_INITRD) {
+        log(format!(
+            "warning: extending PCR 11 with {PHASE_ENTER_INITRD}: {e}"
+        ));
     }
 }
 
-pub fn enter_initrd(offer: &Offer) {
-    enter_phase(offer, PHASE_ENTER_INITRD);
-}
-
-/// After this, the running system cannot unseal `/var`'s key again.
-pub fn leave_initrd(offer: &Offer) {
-    enter_phase(offer, PHASE_LEAVE_INITRD);
+/// After this, the running system cannot unseal `/var`'s key again; the
+/// caller stops the boot if this fails while the key is unsealable.
+pub fn leave_initrd(offer: &Offer) -> Result<(), VarError> {
+    enter_phase(offer, PHASE_LEAVE_INITRD).map_err(|e| {
+        VarError::Pcr(format!(
+            "extending PCR 11 with {PHASE_LEAVE_INITRD} failed ({e}): the running host could unseal /var's key"
+        ))
+    })
 }
 
 fn random<const N: usize>() -> Result<[u8; N], VarError> {
@@ -264,14 +261,25 @@ pub fn open(part: &Partition, offer: &Offer) -> Result<Opened, VarError> {
     };
     match Header::decode_either(&primary, &backup) {
         Ok((header, stale)) => {
-            let (key, resealed) = unlock(header.clone(), offer)?;
-            match resealed {
-                Some(h) => write_header(&f, &part.node, &h)?,
+            let (key, recovered) = unlock(header.clone(), offer)?;
+            match &recovered {
+                Some(h) => write_header(&f, &part.node, h)?,
                 None if stale => write_header(&f, &part.node, &header)?,
                 None => {}
             }
+            // Only now that the header with the new TPM slot is on disk.
+            if recovered.is_some() {
+                remove_recovery_file();
+            }
             crypt(part, &key)
         }
+        Err(VarCryptError::Pending) => match offer.cannot_seal() {
+            None => create(part, &f, offer),
+            Some(why) => Err(VarError::Pcr(format!(
+                "{}, and this boot cannot finish it: {why}",
+                VarCryptError::Pending
+            ))),
+        },
         Err(VarCryptError::NoHeader) => {
             if let Some(why) = offer.cannot_seal() {
                 if offer.tpm.is_some() {
@@ -290,14 +298,26 @@ pub fn open(part: &Partition, offer: &Offer) -> Result<Opened, VarError> {
 }
 
 /// Whether `first` (the partition's first 4 KiB) holds the ext4 the image
-/// shipped, never mounted.
+/// shipped, never mounted nor checked since mkfs: no mounts, no mount
+/// time, and its last write the mkfs itself (a mount, or an e2fsck that
+/// resets the mount count, each write the superblock's time).
 fn pristine(first: &[u8]) -> bool {
     let sb = first.get(1024..2048).unwrap_or(&[]);
+    let u32_at = |at: usize| {
+        sb.get(at..at.saturating_add(4))
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
     let mounts = sb.get(0x34..0x36).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    super::ext4::geometry(sb).is_some() && mounts == Some(0)
+    super::ext4::geometry(sb).is_some()
+        && mounts == Some(0)
+        && u32_at(0x2c) == Some(0)
+        && u32_at(0x30).is_some()
+        && u32_at(0x30) == u32_at(0x108)
 }
 
-/// The volume key, and a new header when the TPM slot was resealed.
+/// The volume key, and the header to write when the recovery key opened
+/// it (resealed to this TPM when this boot can seal).
 fn unlock(header: Header, offer: &Offer) -> Result<(Vec<u8>, Option<Header>), VarError> {
     let start = crate::boot_ms();
     let tpm_err = match unseal(&header, offer) {
@@ -323,6 +343,7 @@ fn unlock(header: Header, offer: &Offer) -> Result<(Vec<u8>, Option<Header>), Va
         .ok_or_else(|| VarError::Recovery("that is not this /var's recovery key".into()))?;
     log("stage 1: /var opened with its recovery key".to_string());
     let mut new = header.clone();
+    new.seq = new.seq.saturating_add(1);
     match offer.cannot_seal() {
         Some(why) => log(format!("stage 1: /var stays sealed as it was: {why}")),
         None => match seal(&key, offer) {
@@ -333,7 +354,6 @@ fn unlock(header: Header, offer: &Offer) -> Result<(Vec<u8>, Option<Header>), Va
             Err(e) => log(format!("warning: resealing /var's key: {e}")),
         },
     }
-    remove_recovery_file();
     Ok((key, Some(new)))
 }
 
@@ -401,21 +421,39 @@ fn create(part: &Partition, f: &File, offer: &Offer) -> Result<Opened, VarError>
     let key = random::<KEY_BYTES>()?;
     let recovery = random::<RECOVERY_BYTES>()?;
     let header = Header {
+        seq: 1,
         key_check: key_check(&key),
         tpm2: Some(seal(&key, offer)?),
         recovery: Some(wrap(&recovery, &key)?),
     };
+    // Unseal it once before anything is written: a PCR 11 prediction
+    // that does not match this firmware and stub would otherwise make a
+    // /var that no later boot opens.
+    if let Err(why) = unseal(&header, offer) {
+        log(format!(
+            "stage 1: /var is not encrypted: the key this boot sealed does not unseal ({why})"
+        ));
+        return Ok(Opened {
+            node: part.node.clone(),
+            sysfs_name: None,
+        });
+    }
+    let mut pending = vec![0u8; HEADER_SIZE];
+    pending[..8].copy_from_slice(keel_formats::varcrypt::PENDING_MAGIC);
+    f.write_all_at(&pending, HEADER_OFFSETS[1])
+        .and_then(|()| f.sync_all())
+        .map_err(io(&part.node))?;
     let opened = crypt(part, &key)?;
     let size = part
         .sectors
         .saturating_sub(DATA_OFFSET_SECTORS)
         .saturating_mul(512);
-    let written = write_template(&opened.node, size, &template);
+    let written = write_template(&opened.node, size, &template)
+        .and_then(|()| write_header(f, &part.node, &header));
     if let Err(e) = written {
         let _ = dm::remove(MAPPER_NAME);
         return Err(e);
     }
-    write_header(f, &part.node, &header)?;
     log(format!(
         "stage 1: /var encrypted, its key sealed to this TPM (PCR 7 and the image key's PCR 11), in {} ms",
         crate::boot_ms().saturating_sub(start)
@@ -493,7 +531,10 @@ fn with_esp<T>(f: impl FnOnce(&Path) -> T) -> Option<T> {
 
 fn read_recovery_file() -> Result<Option<String>, VarError> {
     match with_esp(|esp| std::fs::read_to_string(esp.join(RECOVERY_FILE))) {
-        None => Ok(None),
+        None => {
+            log("warning: the ESP did not mount: no recovery key read from it".to_string());
+            Ok(None)
+        }
         Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Some(Err(e)) => Err(VarError::Recovery(e.to_string())),
         Some(Ok(text)) => Ok(Some(text)),
@@ -508,8 +549,12 @@ fn remove_recovery_file() {
         nix::unistd::sync();
         r
     });
-    if let Some(Err(e)) = removed {
-        log(format!("warning: removing ESP:/{RECOVERY_FILE}: {e}"));
+    match removed {
+        Some(Ok(())) => {}
+        Some(Err(e)) => log(format!("warning: removing ESP:/{RECOVERY_FILE}: {e}")),
+        None => log(format!(
+            "warning: the ESP did not mount: ESP:/{RECOVERY_FILE} is still there; delete it"
+        )),
     }
 }
 
@@ -537,9 +582,20 @@ mod tests {
         assert!(!pristine(&first));
         first[1024 + 0x38..1024 + 0x3a].copy_from_slice(&0xef53u16.to_le_bytes());
         first[1024 + 4..1024 + 8].copy_from_slice(&1000u32.to_le_bytes());
+        // mkfs with E2FSPROGS_FAKE_TIME=1: written at 1, made at 1.
+        first[1024 + 0x30] = 1;
+        first[1024 + 0x108] = 1;
         assert!(pristine(&first));
-        first[1024 + 0x34] = 1;
-        assert!(!pristine(&first));
+        let mut mounted = first.clone();
+        mounted[1024 + 0x34] = 1;
+        assert!(!pristine(&mounted));
+        // e2fsck resets the mount count but writes the superblock anew.
+        let mut checked = first.clone();
+        checked[1024 + 0x30] = 7;
+        assert!(!pristine(&checked));
+        let mut once = first.clone();
+        once[1024 + 0x2c] = 9;
+        assert!(!pristine(&once));
     }
 
     #[test]
@@ -554,5 +610,22 @@ mod tests {
         assert!(o.cannot_seal().unwrap().contains("no signed PCR policy"));
         o.policy = Some(Err(VarError::Pcr("bad".into())));
         assert!(o.cannot_seal().unwrap().contains("bad"));
+        o.policy = Some(Ok(BootPolicy {
+            key: RsaPublic {
+                modulus: vec![1; 256],
+                exponent: 65537,
+            },
+            pkfp: [0; 32],
+            signed: Signed {
+                approved: [0; 32],
+                signature: vec![],
+            },
+        }));
+        assert_eq!(o.cannot_seal(), None);
+        o.secure_boot = false;
+        assert!(o
+            .cannot_seal()
+            .unwrap()
+            .contains("Secure Boot is not enforced"));
     }
 }
