@@ -414,7 +414,10 @@ mod tests {
         };
         let t = render_status(&s);
         assert!(
-            t.lines().next().unwrap().ends_with("healthy  secure boot"),
+            t.lines()
+                .next()
+                .unwrap()
+                .ends_with("healthy  secure boot  /var encrypted"),
             "{t}"
         );
         assert!(t.contains("config: the last good config (the ESP's host.toml has problems)"));

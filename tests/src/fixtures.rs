@@ -267,3 +267,31 @@ pub fn ssh_key(dir: &Path) -> String {
         .trim()
         .to_string()
 }
+
+/// `keel keygen --secure-boot dir`: PK, KEK, db and the PCR key.
+pub fn keygen_secure_boot(dir: &Path) {
+    let out = Command::new(crate::keel_bin())
+        .args(["keygen", "--secure-boot"])
+        .arg(dir)
+        .output()
+        .expect("running keel keygen");
+    assert!(out.status.success(), "{}", crate::output_text(&out));
+}
+
+/// The updates' test recipe at `version`, built into `dir/out-VERSION`
+/// signed for Secure Boot by the key folder `keys` (and its bundle by
+/// `bundle_key`); the output folder.
+pub fn secure_boot_build(
+    dir: &Path,
+    version: &str,
+    keys: &Path,
+    bundle_key: Option<&Path>,
+) -> PathBuf {
+    let db_key = keys.join("db.key");
+    crate::keel_build_with(
+        &crate::updates::recipe(dir, version, &[], ""),
+        &dir.join(format!("out-{version}")),
+        bundle_key,
+        &["--secure-boot-key".as_ref(), db_key.as_os_str()],
+    )
+}

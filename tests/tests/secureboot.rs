@@ -7,25 +7,13 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
 
 use keel_image_builder::{bundle, disk, esp};
-use keel_tests::fixtures::put_esp_file;
-use keel_tests::updates::{add, recipe};
-use keel_tests::{
-    copy_disk, keel_bin, keel_build_with, output_text, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT,
-};
-
-fn keygen_secure_boot(dir: &Path) {
-    let out = Command::new(keel_bin())
-        .args(["keygen", "--secure-boot"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", output_text(&out));
-}
+use keel_tests::fixtures::{keygen_secure_boot, put_esp_file, secure_boot_build};
+use keel_tests::updates::add;
+use keel_tests::{copy_disk, Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
 
 fn entries(disk_path: &Path) -> Vec<String> {
     esp::list_dir(
@@ -86,18 +74,8 @@ fn signed_images_boot_under_secure_boot_and_others_are_refused() {
     keygen_secure_boot(&other);
     let (update_key_path, _) = bundle::keygen(&dir.join("release")).unwrap();
     let update_key = bundle::read_secret(&update_key_path).unwrap();
-    let db_key = keys.join("db.key");
-    let sb: [&OsStr; 2] = ["--secure-boot-key".as_ref(), db_key.as_os_str()];
-    let build = |v: &str| {
-        keel_build_with(
-            &recipe(dir, v, &[], ""),
-            &dir.join(format!("out-{v}")),
-            Some(&update_key_path),
-            &sb,
-        )
-    };
-    let v1 = build("0.1.0");
-    let v2 = build("0.2.0");
+    let v1 = secure_boot_build(dir, "0.1.0", &keys, Some(&update_key_path));
+    let v2 = secure_boot_build(dir, "0.2.0", &keys, Some(&update_key_path));
     for f in ["PK.auth", "KEK.esl", "db.crt"] {
         assert!(v1.join("secure-boot").join(f).is_file(), "{f}");
     }
@@ -166,13 +144,7 @@ fn systemd_boot_enrolls_the_images_keys_on_a_machine_in_setup_mode() {
     let dir = t.path();
     let keys = dir.join("keys");
     keygen_secure_boot(&keys);
-    let db_key = keys.join("db.key");
-    let out = keel_build_with(
-        &recipe(dir, "0.1.0", &[], ""),
-        &dir.join("out"),
-        None,
-        &["--secure-boot-key".as_ref(), db_key.as_os_str()],
-    );
+    let out = secure_boot_build(dir, "0.1.0", &keys, None);
     let disk_path = dir.join("disk.img");
     copy_disk(&out.join("disk.img"), &disk_path);
     let conf = keel_tests::fixtures::esp_text(&disk_path, "loader/loader.conf");

@@ -359,6 +359,25 @@ fn floor_disk(dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Boot `disk` under TCG until `done` appears on the console; the console.
 fn boot_console(disk: &Path, done: &str) -> anyhow::Result<String> {
+    Ok(boot_until(disk, None, None, done)?.console)
+}
+
+/// One boot of [`boot_until`].
+pub(crate) struct Boot {
+    /// From starting QEMU to the first byte of `done` on the console.
+    pub wall: std::time::Duration,
+    pub console: String,
+}
+
+/// Boot `disk` under TCG (with Secure Boot and the keys of `keys`, with
+/// the TPM whose state is `tpm`) until the whole line with `done` is on
+/// the console.
+pub(crate) fn boot_until(
+    disk: &Path,
+    keys: Option<&Path>,
+    tpm: Option<&Path>,
+    done: &str,
+) -> anyhow::Result<Boot> {
     use keel_image_builder::qemu::{self, Accel, RunOptions};
     use std::io::Read;
     let vars = disk.with_extension("vars");
@@ -373,10 +392,14 @@ fn boot_console(disk: &Path, done: &str) -> anyhow::Result<String> {
         forwards: Vec::new(),
         publish: Vec::new(),
         direct: None,
-        secure_boot: None,
-        tpm: None,
+        secure_boot: keys.map(Path::to_path_buf),
+        tpm: tpm.map(Path::to_path_buf),
     };
     qemu::prepare(&o)?;
+    if let Some(state) = tpm {
+        qemu::start_tpm(state)?;
+    }
+    let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
         .args(qemu::qemu_args(&o, false))
         .stdin(std::process::Stdio::null())
@@ -385,22 +408,31 @@ fn boot_console(disk: &Path, done: &str) -> anyhow::Result<String> {
     let mut out = child.stdout.take().context("stdout")?;
     let mut seen = String::new();
     let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + std::time::Duration::from_secs(300);
-    // Read until the whole line with `done` has arrived.
-    let complete = |s: &str| s.find(done).is_some_and(|i| s[i..].contains('\n'));
-    while !complete(&seen) && Instant::now() < deadline {
+    let deadline = started + std::time::Duration::from_secs(300);
+    let mut wall = None;
+    while Instant::now() < deadline {
         let n = out.read(&mut buf)?;
         if n == 0 {
             break;
         }
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if let Some(i) = seen.find(done) {
+            wall.get_or_insert_with(|| started.elapsed());
+            // Read until the whole line with `done` has arrived.
+            if seen[i..].contains('\n') {
+                break;
+            }
+        }
     }
     let _ = child.kill();
     let _ = child.wait();
-    if !seen.contains(done) {
+    let Some(wall) = wall else {
         bail!("no {done:?} on the console:\n{seen}");
-    }
-    Ok(seen)
+    };
+    Ok(Boot {
+        wall,
+        console: seen,
+    })
 }
 
 pub(crate) fn field(line: &str, key: &str) -> Option<f64> {

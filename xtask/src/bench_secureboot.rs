@@ -7,13 +7,10 @@
 //! ready line's ms since kernel start, and stage 1's own unseal time.
 //! Written to docs/bench-secureboot.md; nothing is asserted.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use keel_image_builder::qemu::{self, Accel, RunOptions};
 
 use crate::bench::median;
 use crate::{root, run, MUSL};
@@ -26,64 +23,18 @@ struct Boot {
 }
 
 fn boot(disk: &Path, keys: Option<&Path>, tpm: Option<&Path>) -> anyhow::Result<Boot> {
-    let vars = disk.with_extension("vars");
-    let _ = std::fs::remove_file(&vars);
-    let o = RunOptions {
-        disk: disk.to_path_buf(),
-        vars,
-        accel: Accel::Tcg,
-        memory_mib: 512,
-        cpus: 2,
-        no_reboot: true,
-        forwards: Vec::new(),
-        publish: Vec::new(),
-        direct: None,
-        secure_boot: keys.map(Path::to_path_buf),
-        tpm: tpm.map(Path::to_path_buf),
-    };
-    qemu::prepare(&o)?;
-    if let Some(state) = tpm {
-        qemu::start_tpm(state)?;
-    }
-    let started = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(qemu::qemu_args(&o, false))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    let mut out = child.stdout.take().context("stdout")?;
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    let deadline = started + Duration::from_secs(300);
     let done = "keel: ready ";
-    let mut wall = None;
-    while Instant::now() < deadline {
-        let n = out.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-        if let Some(i) = seen.find(done) {
-            wall.get_or_insert_with(|| started.elapsed());
-            if seen[i..].contains('\n') {
-                break;
-            }
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let Some(wall) = wall else {
-        bail!("no {done:?} on the console:\n{seen}");
-    };
-    let ready_ms = seen
+    let b = crate::bench::boot_until(disk, keys, tpm, done)?;
+    let ready_ms = b
+        .console
         .lines()
         .find(|l| l.contains(done))
         .and_then(|l| crate::bench::field(l, "ms="))
         .context("ready line without ms=")?;
     Ok(Boot {
-        wall_ms: wall.as_secs_f64() * 1000.0,
+        wall_ms: b.wall.as_secs_f64() * 1000.0,
         ready_ms,
-        console: seen,
+        console: b.console,
     })
 }
 
