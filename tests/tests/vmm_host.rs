@@ -68,23 +68,33 @@ fn the_console_socket_is_served_under_seccomp() {
     };
     // Every thread (the VMM thread that serves the socket, each vCPU) is
     // under a filter of its own: checked, not assumed from being alive.
-    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
-        .unwrap()
-        .map(|t| t.unwrap().path())
-        .collect();
-    assert!(tasks.len() >= 2, "a VMM thread and a vCPU: {tasks:?}");
-    for task in &tasks {
-        let status = std::fs::read_to_string(task.join("status")).unwrap();
-        assert!(
-            status.lines().any(|l| l == "Seccomp:\t2"),
-            "{}: not in seccomp filter mode:\n{status}",
-            task.display()
-        );
-        assert!(
-            status.lines().any(|l| l == "Seccomp_filters:\t1"),
-            "{}: one filter:\n{status}",
-            task.display()
-        );
+    // The VMM thread installs its filter after starting the vCPUs and
+    // setting up its event loop (vm.rs), so after the first vCPU entry
+    // and the socket's accepting: wait for it, for a while.
+    let unfiltered = || -> Option<String> {
+        let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+            .unwrap()
+            .map(|t| t.unwrap().path())
+            .collect();
+        if tasks.len() < 2 {
+            return Some(format!("a VMM thread and a vCPU: {tasks:?}"));
+        }
+        tasks.iter().find_map(|task| {
+            let status = std::fs::read_to_string(task.join("status")).unwrap();
+            let filtered = status.lines().any(|l| l == "Seccomp:\t2")
+                && status.lines().any(|l| l == "Seccomp_filters:\t1");
+            (!filtered).then(|| {
+                format!(
+                    "{}: not under one seccomp filter:\n{status}",
+                    task.display()
+                )
+            })
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some(why) = unfiltered() {
+        assert!(Instant::now() < deadline, "{why}");
+        std::thread::sleep(Duration::from_millis(50));
     }
     first.write_all(b"typed at the console\n").unwrap();
     std::thread::sleep(Duration::from_millis(300));
