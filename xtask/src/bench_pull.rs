@@ -32,7 +32,8 @@ fn timed(cmd: &mut Command) -> anyhow::Result<f64> {
     Ok(started.elapsed().as_secs_f64())
 }
 
-fn first_line(cmd: &str, arg: &str) -> String {
+/// The first line a tool prints for `arg` (its version), or why it did not.
+pub(crate) fn first_line(cmd: &str, arg: &str) -> String {
     Command::new(cmd)
         .arg(arg)
         .output()

@@ -121,15 +121,7 @@ pub fn secureboot(boots: usize) -> anyhow::Result<()> {
     let (pw, pr) = (med(&plain, |p| p.0), med(&plain, |p| p.1));
     let (sw, sr) = (med(&sealed, |p| p.0), med(&sealed, |p| p.1));
     let un = median(unseal);
-    let version = |cmd: &str| {
-        Command::new(cmd)
-            .arg("--version")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.lines().next().map(str::to_string))
-            .unwrap_or_else(|| "unknown".into())
-    };
+    let version = |cmd: &str| crate::bench_pull::first_line(cmd, "--version");
     let report = format!(
         "# Secure Boot and the sealed /var: boot cost\n\n\
          `cargo xtask bench secureboot --boots {boots}`, on {machine}, {date}; {qemu}, {swtpm}, \

@@ -5,12 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use nix::mount::MsFlags;
-
 use keel_formats::bootentry::{EntryName, ENTRIES_DIR, ESP_MOUNT};
-use keel_formats::disk::ESP_LABEL;
 
-use crate::stage1::blockdev::{find_by_label, parse_uevent};
+use crate::stage1::blockdev::parse_uevent;
 use crate::sys;
 
 pub use keel_formats::disk::BY_PARTLABEL;
@@ -38,17 +35,7 @@ pub fn link_partitions() -> Result<(), String> {
 /// Mount the ESP read-write at `/efi`: the updater installs entries there
 /// and the health gate renames them.
 pub fn mount_esp() -> Result<(), String> {
-    let dev = find_by_label(Path::new("/sys/class/block"), ESP_LABEL)
-        .map_err(|e| format!("/sys/class/block: {e}"))?
-        .ok_or_else(|| format!("no partition labelled {ESP_LABEL}"))?;
-    sys::mount(
-        Some(&format!("/dev/{}", dev.name)),
-        Path::new(ESP_MOUNT),
-        Some("vfat"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("umask=0077"),
-    )
-    .map_err(|e| e.to_string())
+    crate::stage1::blockdev::mount_esp(Path::new(ESP_MOUNT))
 }
 
 fn entries_dir() -> PathBuf {

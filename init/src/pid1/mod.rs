@@ -336,7 +336,7 @@ pub fn run(booted: Option<crate::stage1::Booted>) -> ! {
         sessions: BTreeMap::new(),
         cfg: Configured::new(image_defs, zones, config),
         conns: conns::Conns::default(),
-        secure_boot: crate::sys::secure_boot(),
+        secure_boot: booted.map_or_else(crate::sys::secure_boot, |b| b.secure_boot),
         var: booted.map(|b| b.var),
     };
     // Bridges, rules and VMs' taps on them before the first services

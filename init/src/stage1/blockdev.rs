@@ -51,6 +51,25 @@ pub fn find_by_label(sys_class_block: &Path, label: &str) -> std::io::Result<Opt
     Ok(None)
 }
 
+/// Mount the ESP (found by its GPT name) at `target`: vfat, nothing on it
+/// executable or readable but by root. Stage 1 reads a recovery key from
+/// it, PID 1 renames boot entries on it.
+pub fn mount_esp(target: &Path) -> Result<(), String> {
+    use keel_formats::disk::ESP_LABEL;
+    use nix::mount::MsFlags;
+    let dev = find_by_label(Path::new("/sys/class/block"), ESP_LABEL)
+        .map_err(|e| format!("/sys/class/block: {e}"))?
+        .ok_or_else(|| format!("no partition labelled {ESP_LABEL}"))?;
+    crate::sys::mount(
+        Some(&format!("/dev/{}", dev.name)),
+        target,
+        Some("vfat"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("umask=0077"),
+    )
+    .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -249,6 +249,8 @@ pub struct Booted {
     pub started_ms: u64,
     pub slot: Slot,
     pub var: VarStorage,
+    /// Whether the firmware enforced Secure Boot (its SecureBoot variable).
+    pub secure_boot: Option<bool>,
 }
 
 pub fn run() -> Result<Booted, Stage1Error> {
@@ -260,7 +262,8 @@ pub fn run() -> Result<Booted, Stage1Error> {
     load_modules();
     // What a sealed /var needs is read once, here; PCR 11 moves to the
     // phase whose signed value unseals it.
-    let offer = std::sync::Arc::new(varcrypt::Offer::probe());
+    let secure_boot = sys::secure_boot();
+    let offer = std::sync::Arc::new(varcrypt::Offer::probe(secure_boot));
     varcrypt::enter_initrd(&offer);
     let data = {
         let offer = offer.clone();
@@ -336,5 +339,6 @@ pub fn run() -> Result<Booted, Stage1Error> {
         started_ms,
         slot,
         var,
+        secure_boot,
     })
 }

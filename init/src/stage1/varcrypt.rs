@@ -83,7 +83,9 @@ pub struct Offer {
 }
 
 impl Offer {
-    pub fn probe() -> Offer {
+    /// `secure_boot`: the firmware's SecureBoot variable, read once for
+    /// stage 1 and PID 1.
+    pub fn probe(secure_boot: Option<bool>) -> Offer {
         let tpm = keel_tpm::DEVICES
             .iter()
             .map(PathBuf::from)
@@ -94,7 +96,7 @@ impl Offer {
         Offer {
             tpm,
             policy,
-            secure_boot: crate::sys::secure_boot() == Some(true),
+            secure_boot: secure_boot == Some(true),
         }
     }
 
@@ -503,29 +505,19 @@ fn write_template(node: &Path, size: u64, t: &Template<'_>) -> Result<(), VarErr
     out.sync_all().map_err(io(node))
 }
 
-/// The ESP, mounted for a moment to read or remove the recovery file.
+/// The ESP, mounted for a moment to read or remove the recovery file;
+/// None (and why, logged) if it did not mount.
 fn with_esp<T>(f: impl FnOnce(&Path) -> T) -> Option<T> {
-    use keel_formats::disk::ESP_LABEL;
-    let d = super::blockdev::find_by_label(Path::new("/sys/class/block"), ESP_LABEL)
-        .ok()
-        .flatten()?;
-    let node = Path::new("/dev/keel-esp");
     let dir = Path::new("/esp");
-    crate::sys::mknod_block(node, (d.major, d.minor)).ok()?;
-    crate::sys::mkdir_p(dir, 0o700).ok()?;
-    crate::sys::mount(
-        Some("/dev/keel-esp"),
-        dir,
-        Some("vfat"),
-        nix::mount::MsFlags::MS_NOSUID
-            | nix::mount::MsFlags::MS_NODEV
-            | nix::mount::MsFlags::MS_NOEXEC,
-        None,
-    )
-    .ok()?;
+    let mounted = crate::sys::mkdir_p(dir, 0o700)
+        .map_err(|e| e.to_string())
+        .and_then(|()| super::blockdev::mount_esp(dir));
+    if let Err(e) = mounted {
+        log(format!("warning: mounting the ESP: {e}"));
+        return None;
+    }
     let r = f(dir);
     let _ = nix::mount::umount(dir);
-    let _ = std::fs::remove_file(node);
     Some(r)
 }
 
