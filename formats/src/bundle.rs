@@ -1,19 +1,21 @@
 //! The update bundle: a signed manifest ([`crate::signed`]) followed by the
 //! payloads it describes. docs/update.md specifies the layout.
 //!
-//! Payloads are hashed whole and in chunks: the whole-payload sha256 is
-//! what an auditor compares, the chunk hashes let a reader name the offset
-//! at which a payload went wrong.
+//! Payloads are hashed whole and in content-defined chunks
+//! ([`crate::chunking`]): the whole-payload sha256 is what an auditor
+//! compares; the chunk hashes let a reader check each piece before it
+//! writes it, name the offset at which a payload went wrong, and let a
+//! host fetch only the chunks it does not already have (delta updates).
 
 use serde::{Deserialize, Serialize};
 
 use crate::signed::{self, Envelope, Kind};
 
-pub const FORMAT: u32 = 1;
+/// 2: content-defined chunks (format 1 had 1 MiB pieces).
+pub const FORMAT: u32 = 2;
 pub const OS: &str = "keel";
 /// Payloads start, and each is padded, on this boundary.
 pub const ALIGN: u64 = 4096;
-pub const CHUNK_SIZE: u64 = 1 << 20;
 
 /// The payloads of a bundle, in the order they are stored and written:
 /// the boot-critical UKI last.
@@ -48,8 +50,37 @@ pub struct Payload {
     pub sha256: String,
     /// Only "none": root images and kernels are compressed already.
     pub compression: String,
-    /// sha256 of each [`CHUNK_SIZE`] piece, hex; the last may be shorter.
-    pub chunks: Vec<String>,
+    /// The payload cut by [`crate::chunking::cut`], in order.
+    pub chunks: Vec<Chunk>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Chunk {
+    pub size: u64,
+    /// sha256 of the chunk, hex.
+    pub sha256: String,
+}
+
+impl Chunk {
+    pub fn of(cut: &crate::chunking::Cut) -> Chunk {
+        Chunk {
+            size: cut.data.len() as u64,
+            sha256: hex::encode(cut.sha256),
+        }
+    }
+}
+
+impl Payload {
+    /// Each chunk with its offset from the payload's start. In a validated
+    /// manifest the offsets do not overflow and end at `size`.
+    pub fn spans(&self) -> impl Iterator<Item = (u64, &Chunk)> {
+        self.chunks.iter().scan(0u64, |at, c| {
+            let start = *at;
+            *at = at.saturating_add(c.size);
+            Some((start, c))
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,15 +190,28 @@ impl Manifest {
                 )));
             }
             check_hex(&format!("payload {name} sha256"), &p.sha256, 32)?;
-            if p.chunks.len() as u64 != p.size.div_ceil(CHUNK_SIZE) {
+            let mut total = 0u64;
+            for (i, c) in p.chunks.iter().enumerate() {
+                if c.size == 0 || c.size > crate::chunking::MAX as u64 {
+                    return Err(invalid(format!(
+                        "payload {name}: chunk {i} has {} bytes, not 1 to {}",
+                        c.size,
+                        crate::chunking::MAX
+                    )));
+                }
+                check_hex(&format!("payload {name} chunk {i} sha256"), &c.sha256, 32)?;
+                // At most MAX per chunk and far fewer chunks than 2^48:
+                // a sum that overflows is a hostile manifest.
+                total = total
+                    .checked_add(c.size)
+                    .ok_or_else(|| invalid(format!("payload {name}: chunk sizes overflow")))?;
+            }
+            if total != p.size {
                 return Err(invalid(format!(
-                    "payload {name}: {} chunk hashes for {} bytes",
+                    "payload {name}: its {} chunks hold {total} bytes, not its size {}",
                     p.chunks.len(),
                     p.size
                 )));
-            }
-            for c in &p.chunks {
-                check_hex(&format!("payload {name} chunk"), c, 32)?;
             }
             next = p
                 .offset
@@ -227,10 +271,15 @@ pub(crate) mod tests {
             size,
             sha256: h.clone(),
             compression: "none".into(),
-            chunks: vec![h.clone(); size.div_ceil(CHUNK_SIZE) as usize],
+            chunks: (0..size.div_ceil(65536))
+                .map(|i| Chunk {
+                    size: (size - i * 65536).min(65536),
+                    sha256: h.clone(),
+                })
+                .collect(),
         };
         Manifest {
-            format: 1,
+            format: 2,
             os: "keel".into(),
             variant: "keel".into(),
             version: "0.2.0".into(),
@@ -264,7 +313,7 @@ pub(crate) mod tests {
     fn bad_manifests_say_what_is_wrong() {
         type Edit = fn(&mut Manifest);
         let cases: Vec<(Edit, &str)> = vec![
-            (|m| m.format = 2, "format 2"),
+            (|m| m.format = 1, "format 1 is not the supported 2"),
             (|m| m.os = "flatcar".into(), "os \"flatcar\""),
             (|m| m.version = "two".into(), "version \"two\""),
             (|m| m.payloads.swap(0, 1), "root, verity, uki"),
@@ -275,7 +324,16 @@ pub(crate) mod tests {
             ),
             (
                 |m| m.payloads[0].chunks.pop().map(drop).unwrap_or(()),
-                "2 chunk hashes",
+                "its 47 chunks hold 3080192 bytes, not its size 3145728",
+            ),
+            (
+                |m| m.payloads[0].chunks[3].size = 65537,
+                "payload root: chunk 3 has 65537 bytes",
+            ),
+            (|m| m.payloads[1].chunks[0].size = 0, "chunk 0 has 0 bytes"),
+            (
+                |m| m.payloads[2].chunks[0].sha256 = "00".into(),
+                "payload uki chunk 0 sha256",
             ),
             (
                 |m| m.payloads[0].sha256 = "xyz".into(),

@@ -21,6 +21,24 @@ pub const SECTOR_SIZE: u64 = 512;
 /// dm-verity data and hash block size.
 pub const VERITY_BLOCK_SIZE: u64 = 4096;
 
+/// Bytes of a dm-verity hash image (superblock, then the tree, as
+/// veritysetup and the builder write it) over `data_blocks` blocks; none
+/// for no blocks.
+pub fn verity_image_len(data_blocks: u64) -> Option<u64> {
+    let per_block = VERITY_BLOCK_SIZE / 32;
+    let mut total = VERITY_BLOCK_SIZE;
+    let mut n = data_blocks;
+    if n == 0 {
+        return None;
+    }
+    // One data block is its own root: no tree at all.
+    while n > 1 {
+        n = n.div_ceil(per_block);
+        total = total.checked_add(n.checked_mul(VERITY_BLOCK_SIZE)?)?;
+    }
+    Some(total)
+}
+
 /// One of the two A/B slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Slot {

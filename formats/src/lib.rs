@@ -5,6 +5,7 @@
 
 pub mod bootentry;
 pub mod bundle;
+pub mod chunking;
 pub mod cmdline;
 pub mod container;
 pub mod disk;

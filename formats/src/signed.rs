@@ -12,8 +12,10 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 pub const HEADER_LEN: usize = 16;
 /// A public key and a signature, as stored after the body.
 pub const SIGNATURE_LEN: usize = 32 + 64;
-/// Bodies are small JSON documents; anything larger is not ours.
-pub const MAX_BODY: u32 = 1 << 20;
+/// Bodies are JSON documents: an index, or a bundle manifest with its
+/// chunk list (about 85 bytes per 16 KiB of payload, so 4 MiB covers
+/// some 750 MiB of payloads); anything larger is not ours.
+pub const MAX_BODY: u32 = 4 << 20;
 pub const MAX_SIGNATURES: u16 = 16;
 
 /// What an envelope holds.

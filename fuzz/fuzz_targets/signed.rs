@@ -22,6 +22,12 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     }
     if let Ok(m) = Manifest::parse(data) {
         let _ = m.payloads_len();
+        // What a delta walks: every chunk's offset, within the payload.
+        for p in &m.payloads {
+            for (at, c) in p.spans() {
+                assert!(at + c.size <= p.size, "chunk past its payload");
+            }
+        }
     }
     let _ = Index::parse(data);
     for section in [".osrel", ".cmdline", ".linux"] {

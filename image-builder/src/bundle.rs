@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
 
-use keel_formats::bundle::{self, Manifest, Payload, PayloadName, VerityInfo, ALIGN, CHUNK_SIZE};
+use keel_formats::bundle::{self, Chunk, Manifest, Payload, PayloadName, VerityInfo, ALIGN};
+use keel_formats::chunking;
 use keel_formats::cmdline::{to_hex, VerityParams};
 use keel_formats::keys;
 use keel_formats::signed::{Envelope, Kind};
@@ -85,31 +86,17 @@ pub fn read_public(path: &Path) -> Result<ed25519_dalek::VerifyingKey, BundleErr
     })
 }
 
-/// Whole and per-chunk sha256 of a file, and its size.
-fn hash_file(path: &Path) -> Result<(u64, String, Vec<String>), BundleError> {
-    let mut f = File::open(path).map_err(io_err(path))?;
+/// Whole sha256 of a file, its size and its chunks.
+fn hash_file(path: &Path) -> Result<(u64, String, Vec<Chunk>), BundleError> {
+    let f = File::open(path).map_err(io_err(path))?;
     let mut whole = Sha256::new();
     let mut chunks = Vec::new();
-    let mut buf = vec![0u8; CHUNK_SIZE as usize];
     let mut size = 0u64;
-    loop {
-        let mut filled = 0;
-        while filled < buf.len() {
-            let n = f.read(&mut buf[filled..]).map_err(io_err(path))?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        if filled == 0 {
-            break;
-        }
-        whole.update(&buf[..filled]);
-        chunks.push(hex::encode(Sha256::digest(&buf[..filled])));
-        size += filled as u64;
-        if filled < buf.len() {
-            break;
-        }
+    for cut in chunking::cut(io::BufReader::with_capacity(1 << 20, f)) {
+        let cut = cut.map_err(io_err(path))?;
+        whole.update(&cut.data);
+        size += cut.data.len() as u64;
+        chunks.push(Chunk::of(&cut));
     }
     Ok((size, hex::encode(whole.finalize()), chunks))
 }
@@ -173,7 +160,8 @@ pub fn write(
         path: out.to_path_buf(),
         source,
     })?;
-    let body = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+    // Compact: a host fetches the manifest before anything else.
+    let body = serde_json::to_vec(&manifest).unwrap_or_default();
     let envelope = Envelope::sign(Kind::Bundle, body, &[key]);
 
     let tmp = out.with_extension("bundle.tmp");
@@ -243,7 +231,7 @@ mod tests {
         let root = d.path().join("root");
         let tree = d.path().join("verity");
         let uki = d.path().join("uki");
-        fs::write(&root, vec![7u8; (CHUNK_SIZE + 5000) as usize]).unwrap();
+        fs::write(&root, vec![7u8; (1 << 20) + 5000]).unwrap();
         fs::write(&tree, vec![1u8; 8192]).unwrap();
         fs::write(&uki, b"MZ uki").unwrap();
         let key = SigningKey::from_bytes(&[3; 32]);
@@ -269,7 +257,9 @@ mod tests {
             &out,
         )
         .unwrap();
-        assert_eq!(m.payloads[0].chunks.len(), 2);
+        // Bytes without cut points: chunks of the largest size.
+        assert_eq!(m.payloads[0].chunks.len(), 17);
+        assert_eq!(m.payloads[0].chunks[16].size, 5000);
         let (env, m2) = read_head(&out).unwrap();
         assert_eq!(m, m2);
         env.verify(&[key.verifying_key()]).unwrap();

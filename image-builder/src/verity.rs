@@ -205,6 +205,19 @@ mod tests {
     }
 
     #[test]
+    fn the_host_s_image_length_formula_agrees() {
+        for blocks in [1usize, 2, 128, 129, 300, 128 * 128 + 1] {
+            let t = compute(&data(blocks)[..], Path::new("t"), b"s", [0; 16]).unwrap();
+            assert_eq!(
+                keel_formats::disk::verity_image_len(blocks as u64),
+                Some(t.hash_image.len() as u64),
+                "{blocks} blocks"
+            );
+        }
+        assert_eq!(keel_formats::disk::verity_image_len(0), None);
+    }
+
+    #[test]
     fn stage_1_recognises_the_top_block_of_its_tree_only() {
         let t = compute(&data(300)[..], Path::new("t"), b"salt", [0; 16]).unwrap();
         let at = keel_formats::cmdline::TOP_BLOCK_OFFSET as usize;

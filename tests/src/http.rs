@@ -1,76 +1,149 @@
-//! A static file server on 127.0.0.1 for update tests: GET with optional
-//! `Range: bytes=N-`, one thread per connection, nothing else.
+//! A static file server on 127.0.0.1 for update tests: GET with an
+//! optional `Range: bytes=N-` or `bytes=N-M`, one thread per connection,
+//! nothing else. A test can make it ignore Range (as some servers do) or
+//! corrupt a byte once, and counts what it sent.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// How the server misbehaves, if it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Honest,
+    /// Answers every request with the whole file and 200.
+    IgnoreRange,
+    /// Flips the byte at this offset of any file in the next answer that
+    /// holds it, then is honest again.
+    CorruptOnce(u64),
+}
+
+/// A running server; it serves until the process ends.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub port: u16,
+    /// Body bytes sent.
+    pub sent: Arc<AtomicU64>,
+    /// Requests answered.
+    pub requests: Arc<AtomicU64>,
+    mode: Arc<Mutex<Mode>>,
+}
+
+impl Server {
+    pub fn start(root: &Path) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        let server = Server {
+            port: listener.local_addr().expect("local addr").port(),
+            sent: Arc::default(),
+            requests: Arc::default(),
+            mode: Arc::new(Mutex::new(Mode::Honest)),
+        };
+        let root = root.to_path_buf();
+        let s = server.clone();
+        std::thread::spawn(move || {
+            for c in listener.incoming().flatten() {
+                let root = root.clone();
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let _ = s.answer(&root, c);
+                });
+            }
+        });
+        server
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        *self.mode.lock().expect("mode lock") = mode;
+    }
+
+    pub fn mode(&self) -> Mode {
+        *self.mode.lock().expect("mode lock")
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    fn answer(&self, root: &Path, mut s: TcpStream) -> std::io::Result<()> {
+        let mut r = BufReader::new(s.try_clone()?);
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let mut range: Option<(usize, Option<usize>)> = None;
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h)? == 0 || h.trim().is_empty() {
+                break;
+            }
+            if let Some((from, to)) = h
+                .to_ascii_lowercase()
+                .strip_prefix("range: bytes=")
+                .and_then(|v| {
+                    v.trim()
+                        .split_once('-')
+                        .map(|(a, b)| (a.to_string(), b.to_string()))
+                })
+            {
+                range = from.parse().ok().map(|f| (f, to.parse().ok()));
+            }
+        }
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let file = root.join(path.trim_start_matches('/'));
+        let Ok(mut body) = std::fs::read(&file) else {
+            return s.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        };
+        let mode = self.mode();
+        if mode == Mode::IgnoreRange {
+            range = None;
+        }
+        let len = body.len();
+        let (from, to) = match range {
+            Some((f, t)) => (
+                f.min(len),
+                t.map_or(len, |t| (t + 1).min(len)).max(f.min(len)),
+            ),
+            None => (0, len),
+        };
+        if let Mode::CorruptOnce(at) = mode {
+            let at = at as usize;
+            if (from..to).contains(&at) {
+                body[at] ^= 0x40;
+                self.set_mode(Mode::Honest);
+            }
+        }
+        let status = if range.is_some() {
+            "206 Partial Content"
+        } else {
+            "200 OK"
+        };
+        write!(
+            s,
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Range: bytes {from}-{}/{len}\r\nConnection: close\r\n\r\n",
+            to - from,
+            to.saturating_sub(1),
+        )?;
+        s.write_all(&body[from..to])?;
+        self.sent.fetch_add((to - from) as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
 
 /// Serves `root` until the process ends; returns the port.
 pub fn serve(root: &Path) -> u16 {
-    serve_counting(root).0
+    Server::start(root).port
 }
 
 /// Like [`serve`], and counts the body bytes sent (to see a resumed
 /// download fetch only the rest).
 pub fn serve_counting(root: &Path) -> (u16, Arc<AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
-    let port = listener.local_addr().expect("local addr").port();
-    let root = root.to_path_buf();
-    let sent = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&sent);
-    std::thread::spawn(move || {
-        for s in listener.incoming().flatten() {
-            let root = root.clone();
-            let counter = Arc::clone(&counter);
-            std::thread::spawn(move || {
-                let _ = answer(&root, s, &counter);
-            });
-        }
-    });
-    (port, sent)
-}
-
-fn answer(root: &Path, mut s: TcpStream, sent: &AtomicU64) -> std::io::Result<()> {
-    let mut r = BufReader::new(s.try_clone()?);
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-    let mut from = 0usize;
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h)? == 0 || h.trim().is_empty() {
-            break;
-        }
-        if let Some(v) = h
-            .to_ascii_lowercase()
-            .strip_prefix("range: bytes=")
-            .and_then(|v| v.trim().strip_suffix('-').map(str::to_string))
-        {
-            from = v.parse().unwrap_or(0);
-        }
-    }
-    let file = root.join(path.trim_start_matches('/'));
-    let Ok(body) = std::fs::read(&file) else {
-        return s.write_all(
-            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        );
-    };
-    let from = from.min(body.len());
-    let status = if from > 0 {
-        "206 Partial Content"
-    } else {
-        "200 OK"
-    };
-    write!(
-        s,
-        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Range: bytes {from}-{}/{}\r\nConnection: close\r\n\r\n",
-        body.len() - from,
-        body.len().saturating_sub(1),
-        body.len()
-    )?;
-    s.write_all(&body[from..])?;
-    sent.fetch_add((body.len() - from) as u64, Ordering::Relaxed);
-    Ok(())
+    let s = Server::start(root);
+    (s.port, s.sent)
 }

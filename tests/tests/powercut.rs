@@ -1,6 +1,6 @@
 //! Power cuts where they hurt most, on a disk that loses every write not
 //! yet flushed when the power goes (`keel_tests::volatile`), as a real disk's
-//! cache does: while an update downloads, verifies and writes the other
+//! cache does: while an update downloads (a delta), verifies and writes the other
 //! slot; while the new UKI is renamed into place and the host reboots into
 //! it; while keel-init blesses the new entry; while `keelctl config apply`
 //! and `confirm` write the host config to the ESP. After every cut the
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use keel_image_builder::bundle;
 use keel_tests::fixtures::esp_text_if_any;
+use keel_tests::throttle::Throttle;
 use keel_tests::updates::{add, build, now, snapshot};
 use keel_tests::volatile::VolatileDisk;
 use keel_tests::{Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
@@ -185,7 +186,11 @@ fn power_cuts_where_they_hurt_most_never_brick_the_host() {
     let pristine = v1.join("disk.img");
     let repo_dir = dir.join("repo");
     add(&repo_dir, &v2.join("keel-0.2.0.bundle"), &key);
-    let port = keel_tests::http::serve(&repo_dir);
+    // v1 -> v2 is a delta of a few hundred KiB: at this rate it takes a
+    // few seconds, so that the download cuts land in it.
+    let relay = Throttle::start(keel_tests::http::serve(&repo_dir));
+    relay.set_rate(256 << 10);
+    let port = relay.port();
     let disk_path = dir.join("disk.img");
     let vars = dir.join("disk.vars");
     let disk = VolatileDisk::serve(&disk_path, &dir.join("nbd.sock"));

@@ -2,8 +2,10 @@
 //! served from 127.0.0.1 (reached through QEMU's guestfwd at 10.0.2.100),
 //! refuses every bad index or bundle without touching a partition, updates
 //! to v2 and blesses it, rolls back by itself from a v3 that fails its
-//! health gate, and refuses a downgrade and a replayed index. Power cuts
-//! during updates are in powercut.rs.
+//! health gate, and refuses a downgrade and a replayed index. v2 comes
+//! as a delta (only the chunks the v1 host lacks), v3 from a server that
+//! ignores Range (whole), v4 from one that corrupts a chunk once (fetched
+//! again). Power cuts during updates, a delta's too, are in powercut.rs.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -13,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use keel_formats::signed::{Envelope, Kind};
 use keel_image_builder::bundle;
+use keel_tests::http::Mode;
 use keel_tests::updates::{
     add, build, build_with, hex, now, publish, read_index, roll_out, snapshot,
 };
@@ -63,7 +66,8 @@ fn signed_updates_apply_roll_back_and_refuse() {
     let repo_dir = dir.join("repo");
     add(&repo_dir, &v1.join("keel-0.1.0.bundle"), &key);
     let first_index = read_index(&repo_dir);
-    let port = keel_tests::http::serve(&repo_dir);
+    let server = keel_tests::http::Server::start(&repo_dir);
+    let port = server.port;
 
     let mut g = Guest::boot_with(&disk_path, true, &[(80, port)]);
     g.expect("keel: ready version=0.1.0 slot=a", BOOT_TIMEOUT);
@@ -90,15 +94,22 @@ fn signed_updates_apply_roll_back_and_refuse() {
     let (env, manifest) = bundle::read_head(&v2_bundle).unwrap();
     let start = keel_formats::bundle::payload_start(env.to_bytes().len() as u64);
     let mut bytes = std::fs::read(&v2_bundle).unwrap();
-    bytes[(start + 3 * 1024 * 1024 / 2) as usize] ^= 0x40;
+    let flip = 3 * 1024 * 1024 / 2;
+    bytes[(start + flip) as usize] ^= 0x40;
     let flipped = dir.join("flipped.bundle");
     std::fs::write(&flipped, &bytes).unwrap();
     point_at(&repo_dir, &flipped, "0.2.0", &key);
+    // The delta puts the true bundle together from v1's chunks, which
+    // then differs from the index; the whole download names the chunk.
+    let (chunk_at, _) = manifest.payloads[0]
+        .spans()
+        .find(|(at, c)| (*at..at + c.size).contains(&flip))
+        .unwrap();
     check_refused(
         &mut g,
         &format!(
             "hash mismatch in payload root at byte offset {}",
-            start + (1 << 20)
+            start + chunk_at
         ),
     );
 
@@ -145,8 +156,18 @@ fn signed_updates_apply_roll_back_and_refuse() {
     // rebooted, healthy, blessed.
     // Started two hours ago: past any skew between this clock and the guest's.
     roll_out(&repo_dir, "100%@1h", now() - 7200, &key);
+    let v2_size = std::fs::metadata(&v2_bundle).unwrap().len();
+    let sent = server.sent();
     g.send("keelctl update check\n");
     g.expect("installed 0.2.0 into slot b", COMMAND_TIMEOUT);
+    let how = g.expect("bytes from this host", COMMAND_TIMEOUT);
+    let fetched = server.sent() - sent;
+    eprintln!("v1 -> v2: {how}; the server sent {fetched} of {v2_size} bytes");
+    assert!(how.contains("; fetched "), "{how}");
+    assert!(
+        fetched * 5 < v2_size,
+        "the delta fetched {fetched} of {v2_size} bytes"
+    );
     g.expect("keel: ready version=0.2.0 slot=b", BOOT_TIMEOUT);
     g.expect("blessed as keel-0.2.0.efi", COMMAND_TIMEOUT);
     g.prompt();
@@ -175,9 +196,14 @@ fn signed_updates_apply_roll_back_and_refuse() {
     assert_eq!(snapshot(&disk_path), after_v2, "a refusal changed the disk");
 
     // v3 never becomes healthy: marked bad, and the host is back on v2.
+    // Its server ignores Range: the whole bundle comes.
     add(&repo_dir, &v3.join("keel-0.3.0.bundle"), &key);
+    server.set_mode(Mode::IgnoreRange);
     g.send("keelctl update check\n");
     g.expect("installed 0.3.0 into slot a", COMMAND_TIMEOUT);
+    g.expect("downloaded the whole bundle (", COMMAND_TIMEOUT);
+    g.expect("the server does not honour Range requests", COMMAND_TIMEOUT);
+    server.set_mode(Mode::Honest);
     g.expect("keel: unhealthy version=0.3.0 slot=a", BOOT_TIMEOUT);
     g.expect(
         "failed its health gate: marked keel-0.3.0+0-3.efi",
@@ -194,9 +220,17 @@ fn signed_updates_apply_roll_back_and_refuse() {
     // v4's kernel panics before any init runs (no initramfs init, no
     // root): no health gate ever runs, boot counting uses up its three
     // tries and the host is back on v2.
-    add(&repo_dir, &v4.join("keel-0.4.0.bundle"), &key);
+    // Its server corrupts one chunk of the new verity tree (which no host
+    // has) once: fetched again, and installed.
+    let v4_bundle = v4.join("keel-0.4.0.bundle");
+    add(&repo_dir, &v4_bundle, &key);
+    let (env4, m4) = bundle::read_head(&v4_bundle).unwrap();
+    let start4 = keel_formats::bundle::payload_start(env4.to_bytes().len() as u64);
+    server.set_mode(Mode::CorruptOnce(start4 + m4.payloads[1].offset + 5000));
     g.send("keelctl update check\n");
     g.expect("installed 0.4.0 into slot a", COMMAND_TIMEOUT);
+    g.expect("; fetched ", COMMAND_TIMEOUT);
+    assert_eq!(server.mode(), Mode::Honest, "the corrupted chunk was sent");
     for _ in 0..3 {
         g.expect("Kernel panic", BOOT_TIMEOUT);
     }

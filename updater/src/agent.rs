@@ -73,8 +73,8 @@ pub struct Agent {
 
 /// What a check of the repository found.
 enum Next {
-    /// Downloaded: install it (the bundle, its version).
-    Install(PathBuf, String),
+    /// Downloaded: install it (the bundle, its version, how it came).
+    Install(PathBuf, String, String),
     UpToDate,
     /// Newer, but this host's wave of its rollout is not open: why.
     Wait(String),
@@ -287,9 +287,15 @@ impl Agent {
     }
 
     fn progress(&self, phase: UpdateState, total: u64) -> impl FnMut(u64) + '_ {
+        let mut p = self.progress_of(phase);
+        move |bytes| p(bytes, total)
+    }
+
+    /// Progress whose total is known only on the way (a delta's).
+    fn progress_of(&self, phase: UpdateState) -> impl FnMut(u64, u64) + '_ {
         let started = Instant::now();
         self.set(|s| s.state = phase);
-        move |bytes| {
+        move |bytes, total| {
             let secs = started.elapsed().as_secs_f64().max(0.001);
             self.set(|s| {
                 s.progress = Some(Progress {
@@ -364,11 +370,11 @@ impl Agent {
             (copy, &dir),
             &mut self.progress(UpdateState::Verifying, total),
         )?;
-        self.install_verified(&mut bundle)
+        self.install_verified(&mut bundle, None)
     }
 
-    /// Install a bundle the updater downloaded itself.
-    fn apply_own(&self, path: &Path) -> Result<Done, UpdateError> {
+    /// Install a bundle the updater downloaded itself (`how`, in words).
+    fn apply_own(&self, path: &Path, how: &str) -> Result<Done, UpdateError> {
         let mut file = File::open(path).map_err(io_err(path))?;
         let head = self.admit(&mut file)?;
         let total = verify::payload_bytes(&head.manifest);
@@ -377,18 +383,26 @@ impl Agent {
             head,
             &mut self.progress(UpdateState::Verifying, total),
         )?;
-        self.install_verified(&mut bundle)
+        self.install_verified(&mut bundle, Some(how))
     }
 
     /// The bundle's signed head, if this host may install it.
     fn admit(&self, file: &mut File) -> Result<Head, UpdateError> {
         let head = verify::read_head(file, &self.trusted()?)?;
+        self.admit_head(head)
+    }
+
+    fn admit_head(&self, head: Head) -> Result<Head, UpdateError> {
         check_policy(&head.manifest, &self.running)?;
         check_fits(&head.manifest, &self.disk, self.slot.other())?;
         Ok(head)
     }
 
-    fn install_verified(&self, bundle: &mut Verified) -> Result<Done, UpdateError> {
+    fn install_verified(
+        &self,
+        bundle: &mut Verified,
+        how: Option<&str>,
+    ) -> Result<Done, UpdateError> {
         let head = bundle.head().clone();
         let m = &head.manifest;
         let target = self.slot.other();
@@ -434,9 +448,10 @@ impl Agent {
         });
         Ok(Done {
             message: format!(
-                "installed {} into slot {target} as {entry} (signed by {}); {}",
+                "installed {} into slot {target} as {entry} (signed by {}{}); {}",
                 m.version,
                 head.signed_by,
+                how.map_or_else(String::new, |h| format!("; {h}")),
                 match self.policy.reboot {
                     RebootPolicy::Auto => "rebooting".to_string(),
                     RebootPolicy::Manual => "reboot to use it".to_string(),
@@ -462,8 +477,8 @@ impl Agent {
         let _busy = self.busy.lock();
         self.set(|s| s.state = UpdateState::Checking);
         let r = self.check_locked(&base).and_then(|next| match next {
-            Next::Install(path, version) => {
-                let r = self.apply_own(&path);
+            Next::Install(path, version, how) => {
+                let r = self.apply_own(&path, &how);
                 match &r {
                     Ok(_) => {
                         let _ = fs::remove_file(&path);
@@ -516,10 +531,22 @@ impl Agent {
                 return Ok(Next::Wait(words));
             }
         }
-        let mut p = self.progress(UpdateState::Downloading, entry.size);
-        let path = fetch::download(base, entry, &self.store.downloads(), &mut |b, _| p(b))
-            .inspect_err(|_| self.record_failed(&entry.version))?;
-        Ok(Next::Install(path, entry.version.clone()))
+        let trusted = self.trusted()?;
+        let check = |bytes: &[u8]| self.admit_head(verify::read_head(&mut &bytes[..], &trusted)?);
+        let fetched = fetch::obtain(
+            base,
+            entry,
+            &self.store.downloads(),
+            &crate::delta::host_sources(&self.disk, &self.running, self.slot),
+            &check,
+            &mut self.progress_of(UpdateState::Downloading),
+        )
+        .inspect_err(|_| self.record_failed(&entry.version))?;
+        Ok(Next::Install(
+            fetched.path,
+            entry.version.clone(),
+            fetched.words,
+        ))
     }
 
     /// Remember, for the fleet, that `version` failed before its reboot.

@@ -1,6 +1,8 @@
 //! The repository over HTTP(S): the signed index, checked for signature,
-//! expiry and replay; bundles downloaded to `/var` with resume (Range), so
-//! an interrupted download, even across a reboot, goes on where it was.
+//! expiry and replay; bundles put together from what the host has and the
+//! chunks it lacks ([`crate::delta`]), or else downloaded whole, in `/var`
+//! with resume (Range), so that an interrupted download, even across a
+//! reboot, goes on where it was.
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
@@ -62,6 +64,126 @@ pub fn get_index(base: &str) -> Result<Vec<u8>, UpdateError> {
     r.bytes()
         .map(|b| b.to_vec())
         .map_err(|e| UpdateError::Fetch(format!("{u}: {e}")))
+}
+
+/// The bundle file over HTTP Range requests.
+struct Http {
+    client: reqwest::blocking::Client,
+    url: String,
+}
+
+impl crate::delta::Remote for Http {
+    fn range(&mut self, from: u64, len: u64) -> Result<Option<Box<dyn Read>>, UpdateError> {
+        let u = &self.url;
+        let last = from
+            .checked_add(len)
+            .and_then(|end| end.checked_sub(1))
+            .ok_or_else(|| UpdateError::Fetch(format!("{u}: no bytes from {from} on")))?;
+        let r = self
+            .client
+            .get(u)
+            .header(reqwest::header::RANGE, format!("bytes={from}-{last}"))
+            .send()
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| UpdateError::Fetch(format!("{u}: {e}")))?;
+        if r.status() != reqwest::StatusCode::PARTIAL_CONTENT {
+            return Ok(None);
+        }
+        // A server that answers another range than asked is not to be
+        // trusted with the offsets of the rest either.
+        let want = format!("bytes {from}-{last}/");
+        let got = r
+            .headers()
+            .get(reqwest::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !got.starts_with(&want) {
+            return Err(UpdateError::Fetch(format!(
+                "{u}: asked for bytes {from}-{last}, the server sent {got:?}"
+            )));
+        }
+        Ok(Some(Box::new(r.take(len))))
+    }
+}
+
+/// What [`obtain`] did, in words for the update's result.
+#[derive(Debug)]
+pub struct Fetched {
+    pub path: PathBuf,
+    pub words: String,
+}
+
+/// Length and sha256 (hex) of a file.
+fn file_sha256(path: &Path) -> Result<(u64, String), UpdateError> {
+    let mut f = fs::File::open(path).map_err(io_err(path))?;
+    let mut h = Sha256::new();
+    let n = std::io::copy(&mut f, &mut h).map_err(io_err(path))?;
+    Ok((n, hex::encode(h.finalize())))
+}
+
+/// The bundle `entry` names, complete in `dir`: put together from
+/// `locals` and Range requests where that works (`check` verifies its
+/// signed head and whether this host takes it), else downloaded whole.
+/// `progress(bytes, total)` of what goes over the network.
+pub fn obtain(
+    base: &str,
+    entry: &ChannelEntry,
+    dir: &Path,
+    locals: &[crate::delta::Local],
+    check: &dyn Fn(&[u8]) -> Result<crate::verify::Head, UpdateError>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Fetched, UpdateError> {
+    use crate::delta::{assemble, Outcome};
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let done = dir.join(format!("{}.bundle", entry.sha256));
+    if done.exists() {
+        return Ok(Fetched {
+            path: done,
+            words: "downloaded before".into(),
+        });
+    }
+    let part = dir.join(format!("{}.part", entry.sha256));
+    let delta = dir.join(format!("{}.delta", entry.sha256));
+    // Anything else in the folder is an older download: drop it.
+    for e in fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
+        if e.path() != part && e.path() != delta {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+    let why = if part.exists() {
+        "a whole download was under way".to_string()
+    } else {
+        let mut remote = Http {
+            client: client()?,
+            url: url(base, &entry.bundle),
+        };
+        match assemble(&mut remote, entry.size, check, locals, &delta, progress)? {
+            Outcome::Assembled(stats) => match file_sha256(&delta)? {
+                (n, sha) if n == entry.size && sha == entry.sha256 => {
+                    fs::rename(&delta, &done).map_err(io_err(&done))?;
+                    return Ok(Fetched {
+                        path: done,
+                        words: format!(
+                            "fetched {} of the bundle's {} bytes in {} requests, {} bytes from this host",
+                            stats.fetched, entry.size, stats.requests, stats.reused
+                        ),
+                    });
+                }
+                // Every chunk matched the signed manifest but the file
+                // does not match the index: the server's file is not the
+                // one published. The whole download says where.
+                _ => "the assembled bundle differs from the index's sha256".to_string(),
+            },
+            Outcome::Fallback(why) => why,
+        }
+    };
+    let _ = fs::remove_file(&delta);
+    eprintln!("keel-update: downloading the whole bundle: {why}");
+    let path = download(base, entry, dir, progress)?;
+    Ok(Fetched {
+        path,
+        words: format!("downloaded the whole bundle ({} bytes): {why}", entry.size),
+    })
 }
 
 /// Download the bundle `entry` names into `dir`, resuming a partial file;
@@ -128,16 +250,14 @@ pub fn download(
         }
         f.sync_all().map_err(io_err(&part))?;
     }
-    let mut f = fs::File::open(&part).map_err(io_err(&part))?;
-    let mut h = Sha256::new();
-    let n = std::io::copy(&mut f, &mut h).map_err(io_err(&part))?;
+    let (n, sha) = file_sha256(&part)?;
     if n != entry.size {
         return Err(UpdateError::Fetch(format!(
             "{u}: got {n} bytes, the index announces {}",
             entry.size
         )));
     }
-    if hex::encode(h.finalize()) != entry.sha256 {
+    if sha != entry.sha256 {
         let _ = fs::remove_file(&part);
         return Err(UpdateError::Fetch(format!(
             "{u}: sha256 differs from the index; download discarded"

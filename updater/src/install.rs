@@ -18,7 +18,8 @@ use std::io::{Read, Write};
 use sha2::{Digest, Sha256};
 
 use keel_formats::bootentry::{EntryName, TRIES};
-use keel_formats::bundle::{parse_version, Manifest, PayloadName, CHUNK_SIZE};
+use keel_formats::bundle::{parse_version, Manifest, Payload, PayloadName};
+use keel_formats::chunking;
 use keel_formats::cmdline::{to_hex, VerityParams};
 use keel_formats::disk::Slot;
 
@@ -95,30 +96,22 @@ pub fn check_fits(m: &Manifest, disk: &Disk, target: Slot) -> Result<(), UpdateE
     Ok(())
 }
 
-/// Read back the first `size` bytes of a partition and compare them chunk
-/// by chunk with the manifest.
-fn read_back(
-    path: &std::path::Path,
-    label: &str,
-    chunks: &[String],
-    size: u64,
-) -> Result<(), UpdateError> {
-    let mut f = File::open(path).map_err(io_err(path))?;
-    drop_cache(&f, path)?;
-    let mut buf = vec![0u8; CHUNK_SIZE as usize];
-    let mut done = 0u64;
-    // done is at most size; every chunk but the last is CHUNK_SIZE long,
-    // so done is where the current chunk starts.
-    for expected in chunks {
-        let len = size.saturating_sub(done).min(CHUNK_SIZE) as usize;
+/// Read back the first `p.size` bytes of a partition and compare them
+/// chunk by chunk with the manifest.
+fn read_back(path: &std::path::Path, label: &str, p: &Payload) -> Result<(), UpdateError> {
+    let mut f = std::io::BufReader::with_capacity(1 << 20, File::open(path).map_err(io_err(path))?);
+    drop_cache(f.get_ref(), path)?;
+    let mut buf = vec![0u8; chunking::MAX];
+    for (at, c) in p.spans() {
+        // At most chunking::MAX in a validated manifest.
+        let len = usize::try_from(c.size).unwrap_or(usize::MAX).min(buf.len());
         f.read_exact(&mut buf[..len]).map_err(io_err(path))?;
-        if hex::encode(Sha256::digest(&buf[..len])) != *expected {
+        if hex::encode(Sha256::digest(&buf[..len])) != c.sha256 {
             return Err(UpdateError::WriteCheck {
                 partition: label.to_string(),
-                offset: done,
+                offset: at,
             });
         }
-        done = done.saturating_add(len as u64);
     }
     Ok(())
 }
@@ -166,7 +159,7 @@ pub fn install(
         out.sync_all().map_err(io_err(&path))?;
         let written = started.elapsed();
         drop(out);
-        read_back(&path, label, &p.chunks, p.size)?;
+        read_back(&path, label, p)?;
         // For operators and `cargo xtask bench update`.
         eprintln!(
             "keel-update: {}: {} bytes to {label}: written and synced in {:.3} s, read back and checked in {:.3} s",

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod coordinate;
+pub mod delta;
 pub mod entries;
 pub mod error;
 pub mod fetch;

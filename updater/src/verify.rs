@@ -9,10 +9,14 @@ use std::os::unix::fs::FileExt;
 use ed25519_dalek::VerifyingKey;
 use sha2::{Digest, Sha256};
 
-use keel_formats::bundle::{self, BundleError, Manifest, Payload, CHUNK_SIZE};
+use keel_formats::bundle::{self, BundleError, Manifest, Payload};
+use keel_formats::chunking;
 use keel_formats::signed::{self, Envelope, Kind};
 
 use crate::error::UpdateError;
+
+/// What a verified payload is copied in.
+const COPY_BUF: usize = 1 << 20;
 
 /// A bundle's verified manifest and where its payloads start.
 #[derive(Debug, Clone)]
@@ -95,32 +99,30 @@ pub fn stream_payload(
     let name = p.name.as_str();
     let (start, end) = head.span(p)?;
     r.seek(SeekFrom::Start(start)).map_err(io)?;
-    let mut buf = vec![0u8; CHUNK_SIZE as usize];
+    let mut buf = vec![0u8; chunking::MAX];
     let mut whole = Sha256::new();
-    // At most p.size, so start + done is at most `end`. A chunk beyond
-    // the size (not in a valid manifest) is empty and fails its hash.
-    let mut done = 0u64;
-    for expected in &p.chunks {
-        let len = p.size.saturating_sub(done).min(CHUNK_SIZE) as usize;
+    // A validated manifest's chunks are at most chunking::MAX long and add
+    // up to the payload's size, so start + at stays within `end`.
+    for (at, c) in p.spans() {
+        let len = usize::try_from(c.size).unwrap_or(usize::MAX).min(buf.len());
         let n = read_full(r, &mut buf[..len]).map_err(io)?;
         if n < len {
             return Err(UpdateError::Truncated {
                 payload: name,
                 expected: end,
-                got: start.saturating_add(done).saturating_add(n as u64),
+                got: start.saturating_add(at).saturating_add(n as u64),
             });
         }
         let chunk = &buf[..len];
-        if hex::encode(Sha256::digest(chunk)) != *expected {
+        if hex::encode(Sha256::digest(chunk)) != c.sha256 {
             return Err(UpdateError::HashMismatch {
                 payload: name,
-                offset: start.saturating_add(done),
+                offset: start.saturating_add(at),
             });
         }
         whole.update(chunk);
         sink(chunk)?;
-        done = done.saturating_add(len as u64);
-        progress(done);
+        progress(at.saturating_add(len as u64));
     }
     // The chunk list is signed, so this only fails for a manifest whose
     // whole hash disagrees with its own chunks.
@@ -156,11 +158,11 @@ impl Verified {
         progress: &mut dyn FnMut(u64),
     ) -> Result<(), UpdateError> {
         let (start, _) = self.head.span(p)?;
-        let mut buf = vec![0u8; CHUNK_SIZE as usize];
+        let mut buf = vec![0u8; COPY_BUF];
         // done < p.size in the loop: start + done is below the span's end.
         let mut done = 0u64;
         while done < p.size {
-            let len = p.size.saturating_sub(done).min(CHUNK_SIZE) as usize;
+            let len = p.size.saturating_sub(done).min(COPY_BUF as u64) as usize;
             self.file
                 .read_exact_at(&mut buf[..len], start.saturating_add(done))
                 .map_err(io)?;

@@ -145,10 +145,7 @@ pub fn secureboot(boots: usize) -> anyhow::Result<()> {
         sw / pw,
         sr / pr,
         machine = crate::bench_fleet::machine(),
-        date = String::from_utf8_lossy(
-            &Command::new("date").arg("-u").arg("+%Y-%m-%d").output()?.stdout
-        )
-        .trim(),
+        date = crate::bench::today(),
         qemu = version("qemu-system-x86_64"),
         swtpm = version("swtpm"),
     );

@@ -1,7 +1,6 @@
 //! `cargo xtask bench update`: how fast keel-update writes a slot against
 //! `dd` of the same payload to the same partition in the same guest, and
-//! how large a bundle is for a change of one binary (the baseline delta
-//! updates will be measured against).
+//! how much a host fetches for real releases (bench_delta.rs).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,7 +10,8 @@ use anyhow::{bail, Context};
 use keel_image_builder::bundle;
 use keel_tests::{Guest, BOOT_TIMEOUT, COMMAND_TIMEOUT};
 
-use crate::{root, run, MUSL};
+use crate::bench_delta::{self, Variant};
+use crate::{root, run};
 
 fn recipe(dir: &Path, version: &str) -> anyhow::Result<PathBuf> {
     Ok(keel_tests::image_recipe(
@@ -23,11 +23,25 @@ fn recipe(dir: &Path, version: &str) -> anyhow::Result<PathBuf> {
     ))
 }
 
-fn build(dir: &Path, version: &str, bin_dir: &Path, key: &Path) -> anyhow::Result<PathBuf> {
-    let out = dir.join(format!("out-{version}"));
+/// Build release `name` at `version`; `edit` changes its recipe's text.
+fn build(
+    work: &Path,
+    name: &str,
+    version: &str,
+    bin_dir: &Path,
+    key: &Path,
+    edit: Option<&dyn Fn(String) -> String>,
+) -> anyhow::Result<PathBuf> {
+    let dir = work.join(name);
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join("out");
+    let recipe = recipe(&dir, version)?;
+    if let Some(edit) = edit {
+        crate::bench_delta::edit_recipe(&recipe, edit)?;
+    }
     run(Command::new(root().join("target/release/keel"))
         .arg("build")
-        .arg(recipe(dir, version)?)
+        .arg(recipe)
         .arg("--out")
         .arg(&out)
         .arg("--bin-dir")
@@ -52,60 +66,69 @@ fn real_seconds(text: &str) -> Vec<f64> {
         .collect()
 }
 
-fn differing_blocks(a: &[u8], b: &[u8]) -> usize {
-    let n = a.len().max(b.len()).div_ceil(4096);
-    (0..n)
-        .filter(|i| {
-            let r = |v: &[u8]| {
-                v.get(i * 4096..((i + 1) * 4096).min(v.len()))
-                    .map(<[u8]>::to_vec)
-            };
-            r(a) != r(b)
-        })
-        .count()
-}
-
 pub fn update() -> anyhow::Result<()> {
     crate::image()?;
     let work = root().join("target/bench-update");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     let (key, _) = bundle::keygen(&work.join("bench"))?;
-    let (v1, v2) = build_pair(&work, &key)?;
-    let (r1, r2) = (
-        std::fs::read(v1.join("root.erofs"))?,
-        std::fs::read(v2.join("root.erofs"))?,
-    );
-    let t = in_guest(&work, &v1, &v2)?;
-    let report = render(&v1, &v2, &r1, &r2, &t);
+    let (bins1, bins2) = bench_delta::keelctl_pair(&work)?;
+    let packages = bench_delta::busybox_change(&work)?;
+    let fragment = bench_delta::kernel_change(&work)?;
+    let v1 = Variant {
+        label: "v1",
+        out: build(&work, "v1", "0.1.0", &bins1, &key, None)?,
+        version: "0.1.0",
+    };
+    let packages_line = format!("packages_dir = \"{}\"", packages.display());
+    let fragment_line = format!("\"{}\"]", fragment.display());
+    let busybox = |t: String| {
+        t.lines()
+            .map(|l| {
+                if l.starts_with("packages_dir") {
+                    packages_line.clone()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let kernel = |t: String| {
+        t.replacen(
+            "keel.config\"]",
+            &format!("keel.config\", {fragment_line}"),
+            1,
+        )
+    };
+    let variants = [
+        Variant {
+            label: "version only (0.1.1)",
+            out: build(&work, "bump", "0.1.1", &bins1, &key, None)?,
+            version: "0.1.1",
+        },
+        Variant {
+            label: "(a) keelctl code change",
+            out: build(&work, "a", "0.2.0", &bins2, &key, None)?,
+            version: "0.2.0",
+        },
+        Variant {
+            label: "(b) BusyBox config change",
+            out: build(&work, "b", "0.2.0", &bins1, &key, Some(&busybox))?,
+            version: "0.2.0",
+        },
+        Variant {
+            label: "(c) kernel config change",
+            out: build(&work, "c", "0.2.0", &bins1, &key, Some(&kernel))?,
+            version: "0.2.0",
+        },
+    ];
+    let deltas = bench_delta::section(&work, &v1, &variants, &key)?;
+    let t = in_guest(&work, &v1.out, &variants[1].out)?;
+    let report = render(&v1.out, &variants[1].out, &t, &deltas)?;
     print!("{report}");
     std::fs::write(root().join("docs/bench-update.md"), &report)?;
     Ok(())
-}
-
-/// v1 and v2's output folders. v2 differs from v1 in its version and in
-/// one binary, keelctl.
-fn build_pair(work: &Path, key: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let bins = root().join(format!("target/{MUSL}/release"));
-    let v1 = build(work, "0.1.0", &bins, key)?;
-    let bins2 = work.join("bin2");
-    std::fs::create_dir_all(&bins2)?;
-    for b in [
-        "keel-init",
-        "keelctl",
-        "keel-update",
-        "keel-probe",
-        "keel-vmm",
-        "keel-pull",
-        "keel-remote",
-    ] {
-        std::fs::copy(bins.join(b), bins2.join(b))?;
-    }
-    let mut keelctl = std::fs::read(bins2.join("keelctl"))?;
-    keelctl.extend_from_slice(&[0u8; 4096]);
-    std::fs::write(bins2.join("keelctl"), keelctl)?;
-    let v2 = build(work, "0.2.0", &bins2, key)?;
-    Ok((v1, v2))
 }
 
 /// Seconds each writer took in the guest.
@@ -171,20 +194,22 @@ fn in_guest(work: &Path, v1: &Path, v2: &Path) -> anyhow::Result<Timings> {
 }
 
 /// docs/bench-update.md.
-fn render(v1: &Path, v2: &Path, r1: &[u8], r2: &[u8], t: &Timings) -> String {
+fn render(v1: &Path, v2: &Path, t: &Timings, deltas: &str) -> anyhow::Result<String> {
     let Timings {
         dd_med,
         apply_s,
         keel_root_s,
         read_back_s,
     } = *t;
-    let changed = differing_blocks(r1, r2);
     let size = |p: PathBuf| std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-    let root_bytes = r2.len() as f64;
-    let mbs = |s: f64| root_bytes / s / 1e6;
-    format!(
-        "# Update benchmark\n\n`cargo xtask bench update`, in one QEMU guest (TCG) on one machine.\n\n\
-         ## Writing a slot\n\nThe v2 root filesystem ({root} bytes) written to slot b's root partition:\n\n\
+    let root_bytes = size(v2.join("root.erofs"));
+    let mbs = |s: f64| root_bytes as f64 / s / 1e6;
+    let date = crate::bench::today();
+    let version = crate::bench_pull::first_line;
+    Ok(format!(
+        "# Update benchmark\n\n`cargo xtask bench update`, on {machine}, {date}; {qemu} (TCG); \
+         {casync}, {zstd}. Written by that command.\n\n\
+         ## Writing a slot\n\nIn one QEMU guest: the v2 root filesystem ({root_bytes} bytes) written to slot b's root partition:\n\n\
          | writer | time (s) | MB/s | ÷ dd |\n|---|---|---|---|\n\
          | `dd bs=1M conv=fsync` (median of 3) | {dd_med:.3} | {:.1} | 1.00 |\n\
          | keel-update (from its verified copy of the bundle: written, synced) | {keel_root_s:.3} | {:.1} | {:.2} |\n\n\
@@ -194,29 +219,28 @@ fn render(v1: &Path, v2: &Path, r1: &[u8], r2: &[u8], t: &Timings) -> String {
          chunk against the signed manifest ({read_back_s:.3} s); that, the verifying copy of the whole \
          bundle before any write, the verity tree and the UKI make the whole `keelctl update apply` of the \
          {bundle2}-byte bundle take {apply_s:.2} s.\n\n\
-         ## Bundle size for a change of one binary\n\nv1 → v2: version 0.1.0 → 0.2.0 and `keelctl` grown by 4 KiB; \
-         everything else the same.\n\n| | v1 | v2 |\n|---|---|---|\n\
-         | bundle | {bundle1} | {bundle2} |\n| root filesystem (erofs) | {r1len} | {root} |\n\
-         | verity tree | {t1} | {t2} |\n| UKI | {u1} | {u2} |\n\n\
-         4 KiB blocks of the root filesystem that differ between v1 and v2: {changed} of {blocks} \
-         ({pct:.1} %); a delta update could ship about that much instead of the whole bundle.\n",
+         ## Delta updates\n\nBytes a v1 host ({bundle1}-byte bundle) fetches for each release, as counted \
+         by the HTTP server that serves it: keel-update's own fetch code (`fetch::obtain`, run on the build \
+         machine with v1's root, verity tree and UKI as the host's files, the same code a host runs), and \
+         casync (`casync make` of the same bundle file, `casync extract` with the same three files as \
+         seeds and its chunk store on the same server, default chunking and compression). zstd's \
+         `--patch-from` (root, verity and UKI each against v1's, `-19 --long=27`) is what a binary diff \
+         would ship; keel does not do that (yet).\n\n{deltas}\n\
+         Targets (issue 21): (a) ≤ 5 %, (b) ≤ 20 %, any ≤ full + 2 %. \
+         (a) is a real change of keelctl's code, built by this command from a copy of the tree before and \
+         after it (the two keelctl binaries differ in most 4 KiB blocks: a compiler moves code around); \
+         (b) turns off BusyBox's `cal` applet; (c) turns on `CONFIG_MAGIC_SYSRQ`. \
+         What every release changes anyway is the version-only row: the signed head (the manifest lists \
+         every chunk), os-release, the root hash on the UKI's command line and in its `.osrel`, and the \
+         verity tree's blocks over what changed.\n",
         mbs(dd_med),
         mbs(keel_root_s),
         dd_med / keel_root_s,
-        dd_med = dd_med,
-        root = r2.len(),
-        r1len = r1.len(),
+        machine = crate::bench_fleet::machine(),
+        qemu = version("qemu-system-x86_64", "--version"),
+        casync = version("casync", "--version"),
+        zstd = version("zstd", "--version"),
         bundle1 = size(v1.join("keel-0.1.0.bundle")),
         bundle2 = size(v2.join("keel-0.2.0.bundle")),
-        t1 = size(v1.join("root.verity")),
-        t2 = size(v2.join("root.verity")),
-        u1 = size(v1.join("keel-0.1.0.efi")),
-        u2 = size(v2.join("keel-0.2.0.efi")),
-        blocks = r2.len().div_ceil(4096),
-        changed = changed,
-        pct = changed as f64 * 100.0 / r2.len().div_ceil(4096).max(1) as f64,
-        apply_s = apply_s,
-        keel_root_s = keel_root_s,
-        read_back_s = read_back_s,
-    )
+    ))
 }

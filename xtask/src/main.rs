@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_build;
+mod bench_delta;
 mod bench_fleet;
 mod bench_net;
 mod bench_pull;

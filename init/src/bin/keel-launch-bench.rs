@@ -4,6 +4,12 @@
 //! print one line per run with the microseconds from spawn to reaped exit.
 //! `cargo xtask bench init` compares these with crun and runc.
 //!
+//! keel-launch-bench run DEFINITION ROOTFS CGROUP_DIR: what crun and runc
+//! do per command, as one whole process: read a container definition,
+//! plan it (seccomp filter compiled, /proc paths masked as the OCI
+//! defaults do), open the cgroup, start it, reap it, exit with its status.
+//! `cargo xtask bench init` times this command like theirs.
+//!
 //! keel-launch-bench net ROOTFS CGROUP_DIR N MIB, in a network namespace
 //! of its own (`unshare --net`): the same start with and without a veth
 //! on a bridge, alternately (`plain US`, `net US` lines), then MIB MiB
@@ -46,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         Some("net") => return net(&args[1..]),
         Some("sink") => return sink(),
         Some("send") => return send(&args[1..]),
+        Some("run") => return run_once(&args[1..]),
         _ => {}
     }
     let [root, cgroup, n] = args.as_slice() else {
@@ -59,6 +66,19 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..n {
         println!("{}", start(&plan, &cg)?);
     }
+    Ok(())
+}
+
+fn run_once(args: &[String]) -> anyhow::Result<()> {
+    let [def, root, cgroup] = args else {
+        bail!("usage: keel-launch-bench run DEFINITION ROOTFS CGROUP_DIR");
+    };
+    let text = std::fs::read_to_string(def).with_context(|| def.clone())?;
+    let def = ContainerDef::parse(&text).with_context(|| def.clone())?;
+    let mut plan = launch::plan("bench", &def)?;
+    plan.root = PathBuf::from(root);
+    let cg = launch::open_cgroup(Path::new(cgroup)).with_context(|| cgroup.clone())?;
+    start(&plan, &cg)?;
     Ok(())
 }
 
