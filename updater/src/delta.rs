@@ -26,9 +26,11 @@ use crate::error::{io_err, UpdateError};
 use crate::install::{Disk, Running};
 use crate::verify::{payload_bytes, Head};
 
-/// What the first request asks for: the signed head of a bundle of any
-/// usual size (about 85 bytes of manifest per 16 KiB of payload).
-const HEAD_PROBE: u64 = 256 << 10;
+/// What the first request asks for: the envelope's header, which says
+/// how long the signed head is, and the head itself if it is short; a
+/// second request fetches the rest, so that no payload byte comes
+/// unasked (the head holds about 85 bytes per 16 KiB of payload).
+const HEAD_PROBE: u64 = keel_formats::bundle::ALIGN;
 /// Below this share of the payloads on the host (in percent), one full
 /// download costs less than many ranges.
 const MIN_REUSE_PERCENT: u64 = 10;

@@ -231,8 +231,8 @@ fn render(v1: &Path, v2: &Path, t: &Timings, deltas: &str) -> anyhow::Result<Str
          after it (the two keelctl binaries differ in most 4 KiB blocks: a compiler moves code around); \
          (b) turns off BusyBox's `cal` applet; (c) turns on `CONFIG_MAGIC_SYSRQ`. \
          What every release changes anyway is the version-only row: the signed head (the manifest lists \
-         every chunk), os-release, the root hash on the UKI's command line and in its `.osrel`, and the \
-         verity tree's blocks over what changed.\n",
+         every chunk), os-release, the UKI's command line (the root hash) and `.osrel`, the erofs and \
+         verity superblocks, and the verity tree's blocks over what changed.\n",
         mbs(dd_med),
         mbs(keel_root_s),
         dd_med / keel_root_s,

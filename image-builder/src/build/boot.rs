@@ -26,11 +26,14 @@ pub(super) struct Uki {
 impl Build<'_> {
     /// `root.verity` in the output folder, and the tree it holds.
     pub(super) fn verity_tree(&self, root: &Path) -> Result<(PathBuf, VerityTree), BuildError> {
-        // The salt is derived from the root image itself: unique per image,
-        // yet the same for the same inputs.
-        let root_bytes = fs::read(root).map_err(io_err(root))?;
-        let salt = <sha2::Sha256 as sha2::Digest>::digest(&root_bytes);
-        drop(root_bytes);
+        // The salt is the image's (from its name), the same in every
+        // release of it: a data block that did not change keeps its hash,
+        // so a delta update fetches only the tree blocks over what changed
+        // (docs/update.md). Per-image salts keep one image's tree useless
+        // for another's.
+        let salt = <sha2::Sha256 as sha2::Digest>::digest(
+            format!("keel verity salt\0{}", self.recipe.recipe.image.name).as_bytes(),
+        );
         let verity_path = self.opts.out.join("root.verity");
         let tree = verity::build_file(
             root,
