@@ -162,6 +162,18 @@ pub fn write(
     })?;
     // Compact: a host fetches the manifest before anything else.
     let body = serde_json::to_vec(&manifest).unwrap_or_default();
+    // Every host would refuse a longer head: say so here, not there.
+    if body.len() > keel_formats::signed::MAX_BODY as usize {
+        return Err(BundleError::Format {
+            path: out.to_path_buf(),
+            source: bundle::BundleError::Invalid(format!(
+                "the manifest lists {} chunks in {} bytes, more than the {} a signed head holds; payloads of about 700 MiB in all are the most a bundle carries",
+                manifest.payloads.iter().map(|p| p.chunks.len()).sum::<usize>(),
+                body.len(),
+                keel_formats::signed::MAX_BODY
+            )),
+        });
+    }
     let envelope = Envelope::sign(Kind::Bundle, body, &[key]);
 
     let tmp = out.with_extension("bundle.tmp");

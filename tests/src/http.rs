@@ -18,6 +18,9 @@ pub enum Mode {
     /// Flips the byte at this offset of any file in the next answer that
     /// holds it, then is honest again.
     CorruptOnce(u64),
+    /// Answers a Range request with the bytes asked for but a
+    /// Content-Range one byte off.
+    WrongContentRange,
 }
 
 /// A running server; it serves until the process ends.
@@ -124,11 +127,13 @@ impl Server {
         } else {
             "200 OK"
         };
+        let off = usize::from(mode == Mode::WrongContentRange);
         write!(
             s,
-            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Range: bytes {from}-{}/{len}\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Range: bytes {}-{}/{len}\r\nConnection: close\r\n\r\n",
             to - from,
-            to.saturating_sub(1),
+            from + off,
+            to.saturating_sub(1) + off,
         )?;
         s.write_all(&body[from..to])?;
         self.sent.fetch_add((to - from) as u64, Ordering::Relaxed);

@@ -38,11 +38,32 @@ const MIN_REUSE_PERCENT: u64 = 10;
 /// cut loses at most this much of a long fetch.
 const SYNC_EVERY: u64 = 4 << 20;
 
+/// How a server answered a Range request.
+pub enum Reply {
+    /// Bytes `from .. from + len` follow.
+    Part(Box<dyn Read>),
+    /// The whole file follows instead: the server ignores Range.
+    Whole,
+    /// Something a whole download may still get past (an error status, a
+    /// range other than the one asked for): why.
+    Refused(String),
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reply::Part(_) => f.write_str("Part(..)"),
+            Reply::Whole => f.write_str("Whole"),
+            Reply::Refused(why) => f.debug_tuple("Refused").field(why).finish(),
+        }
+    }
+}
+
 /// The bundle on its server.
 pub trait Remote {
-    /// Bytes `from .. from + len` of the bundle, exactly; `None` when the
-    /// server answers with the whole file instead (it ignores Range).
-    fn range(&mut self, from: u64, len: u64) -> Result<Option<Box<dyn Read>>, UpdateError>;
+    /// Bytes `from .. from + len` of the bundle. An error is the
+    /// network's (the delta file is kept for the next attempt).
+    fn range(&mut self, from: u64, len: u64) -> Result<Reply, UpdateError>;
 }
 
 /// Something on this host that may hold chunks of the new bundle.
@@ -119,6 +140,15 @@ fn read_exact(r: &mut dyn Read, buf: &mut [u8], at: u64) -> Result<(), UpdateErr
         .map_err(|e| fetch_err(format!("reading bundle bytes from {at}: {e}")))
 }
 
+/// The bytes of a reply, or why a whole download it is.
+fn part_of(reply: Reply) -> Result<Box<dyn Read>, String> {
+    match reply {
+        Reply::Part(r) => Ok(r),
+        Reply::Whole => Err("the server does not honour Range requests".into()),
+        Reply::Refused(why) => Err(why),
+    }
+}
+
 /// Fetch and check the signed head: `check` verifies the signature and
 /// whether this host may install it (an error there is a refusal, which a
 /// full download would only meet later). Returns the head and its bytes,
@@ -129,11 +159,11 @@ fn fetch_head(
     check: &dyn Fn(&[u8]) -> Result<Head, UpdateError>,
     stats: &mut Stats,
 ) -> Result<Result<(Head, Vec<u8>), String>, UpdateError> {
-    let no_range = || Ok(Err("the server does not honour Range requests".to_string()));
     let first = size.min(HEAD_PROBE);
     stats.requests = stats.requests.saturating_add(1);
-    let Some(mut r) = remote.range(0, first)? else {
-        return no_range();
+    let mut r = match part_of(remote.range(0, first)?) {
+        Ok(r) => r,
+        Err(why) => return Ok(Err(why)),
     };
     let mut head = vec![0u8; usize::try_from(first).unwrap_or(0)];
     read_exact(&mut *r, &mut head, 0)?;
@@ -150,8 +180,9 @@ fn fetch_head(
         // The header bounds the body (signed::MAX_BODY).
         stats.requests = stats.requests.saturating_add(1);
         let rest = total.saturating_sub(first);
-        let Some(mut r) = remote.range(first, rest)? else {
-            return no_range();
+        let mut r = match part_of(remote.range(first, rest)?) {
+            Ok(r) => r,
+            Err(why) => return Ok(Err(why)),
         };
         let mut more = vec![0u8; usize::try_from(rest).unwrap_or(0)];
         read_exact(&mut *r, &mut more, first)?;
@@ -222,7 +253,7 @@ pub fn assemble(
     if earlier {
         // An interrupted attempt: what it wrote and still checks is kept.
         for w in wants.iter_mut() {
-            let b = &mut buf[..usize::try_from(w.size).unwrap_or(0)];
+            let b = &mut buf[..usize::try_from(w.size).map_or(0, |n| n.min(chunking::MAX))];
             if file.read_exact_at(b, w.at).is_ok() && Sha256::digest(&*b)[..] == w.sha256 {
                 w.done = true;
             }
@@ -272,13 +303,14 @@ pub fn assemble(
             &mut |n| {
                 fetched = fetched.saturating_add(n);
                 progress(fetched, missing);
+                if fetched.saturating_sub(synced) >= SYNC_EVERY {
+                    synced = fetched;
+                    return true;
+                }
+                false
             },
         )? {
             return Ok(Outcome::Fallback(why));
-        }
-        if fetched.saturating_sub(synced) >= SYNC_EVERY {
-            file.sync_data().map_err(io_err(part))?;
-            synced = fetched;
         }
         i = end;
     }
@@ -353,8 +385,8 @@ fn reuse(
 
 /// Fetch one run of adjacent chunks, checking each before it is written.
 /// A chunk that differs from the manifest is asked for once more; if it
-/// differs again the delta gives up (returns why). `fetched(n)` as bytes
-/// arrive.
+/// differs again the delta gives up (returns why). `fetched(n)` as chunks
+/// are written; it says when to sync the file.
 fn fetch_run(
     remote: &mut dyn Remote,
     run: &mut [Want],
@@ -362,7 +394,7 @@ fn fetch_run(
     part: &Path,
     stats: &mut Stats,
     buf: &mut [u8],
-    fetched: &mut dyn FnMut(u64),
+    fetched: &mut dyn FnMut(u64) -> bool,
 ) -> Result<Option<String>, UpdateError> {
     let mut k = 0;
     let mut retried = false;
@@ -374,15 +406,18 @@ fn fetch_run(
             .map(|w| w.size)
             .fold(0, u64::saturating_add);
         stats.requests = stats.requests.saturating_add(1);
-        let Some(mut r) = remote.range(from, len)? else {
-            return Ok(Some("the server stopped honouring Range requests".into()));
+        let mut r = match remote.range(from, len)? {
+            Reply::Part(r) => r,
+            Reply::Whole => return Ok(Some("the server stopped honouring Range requests".into())),
+            Reply::Refused(why) => return Ok(Some(why)),
         };
         while k < run.len() {
             let w = &mut run[k];
-            let b = &mut buf[..usize::try_from(w.size).unwrap_or(0)];
+            // Validated manifests have no longer chunk; a longer one
+            // would fail its hash.
+            let b = &mut buf[..usize::try_from(w.size).map_or(0, |n| n.min(chunking::MAX))];
             read_exact(&mut *r, b, w.at)?;
             stats.fetched = stats.fetched.saturating_add(w.size);
-            fetched(w.size);
             if Sha256::digest(&*b)[..] != w.sha256 {
                 if retried {
                     return Ok(Some(format!(
@@ -400,6 +435,9 @@ fn fetch_run(
             file.write_all_at(b, w.at).map_err(io_err(part))?;
             w.done = true;
             k = k.saturating_add(1);
+            if fetched(w.size) {
+                file.sync_data().map_err(io_err(part))?;
+            }
         }
     }
     Ok(None)

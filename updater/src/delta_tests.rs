@@ -84,6 +84,8 @@ enum Mode {
     Honest,
     /// Answers every Range request with the whole file.
     NoRange,
+    /// Answers every Range request with an error status.
+    Refuse,
     /// Flips the byte at this offset in the first `n` answers holding it.
     Corrupt {
         at: u64,
@@ -98,19 +100,20 @@ struct Fake {
 }
 
 impl Remote for Fake {
-    fn range(&mut self, from: u64, len: u64) -> Result<Option<Box<dyn Read>>, UpdateError> {
+    fn range(&mut self, from: u64, len: u64) -> Result<Reply, UpdateError> {
         self.requests.push((from, len));
         let (f, l) = (from as usize, len as usize);
         let mut body = self.bundle[f..f + l].to_vec();
         match &mut self.mode {
-            Mode::NoRange => return Ok(None),
+            Mode::NoRange => return Ok(Reply::Whole),
+            Mode::Refuse => return Ok(Reply::Refused("416".into())),
             Mode::Corrupt { at, n } if *n > 0 && (from..from + len).contains(at) => {
                 body[(*at - from) as usize] ^= 1;
                 *n -= 1;
             }
             _ => {}
         }
-        Ok(Some(Box::new(Cursor::new(body))))
+        Ok(Reply::Part(Box::new(Cursor::new(body))))
     }
 }
 
@@ -169,7 +172,7 @@ fn a_host_fetches_only_what_changed() {
 }
 
 #[test]
-fn a_server_without_range_means_a_full_download() {
+fn a_server_without_range_or_refusing_ranges_falls_back() {
     let d = tempfile::tempdir().unwrap();
     let (v1, v2) = pair(d.path());
     let mut fake = Fake {
@@ -182,6 +185,9 @@ fn a_server_without_range_means_a_full_download() {
         out,
         Outcome::Fallback("the server does not honour Range requests".into())
     );
+    fake.mode = Mode::Refuse;
+    let out = run(&mut fake, &locals(d.path(), &v1), &d.path().join("x.delta")).unwrap();
+    assert_eq!(out, Outcome::Fallback("416".into()));
 }
 
 #[test]
@@ -224,8 +230,11 @@ fn a_corrupted_chunk_is_fetched_again_never_written() {
         why.contains("differs from the signed manifest again"),
         "{why}"
     );
+    // The run holding the bad chunk was never written: zeros there.
     let written = std::fs::read(&part).unwrap();
-    assert_ne!(written[at as usize], v2.bundle[at as usize] ^ 1);
+    assert!(written[at as usize..at as usize + 100]
+        .iter()
+        .all(|&b| b == 0));
 }
 
 #[test]
@@ -251,14 +260,26 @@ fn an_interrupted_delta_resumes_with_what_it_wrote() {
         panic!("fell back")
     };
     assert_eq!(std::fs::read(&part).unwrap(), v2.bundle);
-    // The head again, then only what was lost.
+    // The head again, then only what was lost: from the chunk holding
+    // the first lost byte on.
     let head_end = check(&v2.bundle).unwrap().payload_start;
+    let max = keel_formats::chunking::MAX as u64;
     assert!(
         fake.requests
             .iter()
-            .all(|r| r.0 + r.1 <= head_end || r.0 + r.1 > half as u64),
+            .all(|r| r.0 + r.1 <= head_end || r.0 + max > half as u64),
         "{:?}",
         fake.requests
+    );
+    let after_head: u64 = fake
+        .requests
+        .iter()
+        .filter(|r| r.0 >= head_end)
+        .map(|r| r.1)
+        .sum();
+    assert!(
+        after_head <= v2.bundle.len() as u64 - half as u64 + max,
+        "{after_head}"
     );
     assert!(stats.reused >= (half as u64) / 2, "{stats:?}");
 }

@@ -70,10 +70,13 @@ pub fn get_index(base: &str) -> Result<Vec<u8>, UpdateError> {
 struct Http {
     client: reqwest::blocking::Client,
     url: String,
+    /// The bundle's size, as the index says.
+    size: u64,
 }
 
 impl crate::delta::Remote for Http {
-    fn range(&mut self, from: u64, len: u64) -> Result<Option<Box<dyn Read>>, UpdateError> {
+    fn range(&mut self, from: u64, len: u64) -> Result<crate::delta::Reply, UpdateError> {
+        use crate::delta::Reply;
         let u = &self.url;
         let last = from
             .checked_add(len)
@@ -83,26 +86,36 @@ impl crate::delta::Remote for Http {
             .client
             .get(u)
             .header(reqwest::header::RANGE, format!("bytes={from}-{last}"))
+            // A stalled server must not hold the update (and its lock)
+            // forever: a minute, and more at 32 KiB/s for long ranges.
+            .timeout(std::time::Duration::from_secs(
+                (len / (32 << 10)).saturating_add(60),
+            ))
             .send()
-            .and_then(|r| r.error_for_status())
             .map_err(|e| UpdateError::Fetch(format!("{u}: {e}")))?;
-        if r.status() != reqwest::StatusCode::PARTIAL_CONTENT {
-            return Ok(None);
+        let status = r.status();
+        if status == reqwest::StatusCode::OK {
+            return Ok(Reply::Whole);
+        }
+        if status != reqwest::StatusCode::PARTIAL_CONTENT {
+            return Ok(Reply::Refused(format!(
+                "{u}: the server answered a Range request with {status}"
+            )));
         }
         // A server that answers another range than asked is not to be
         // trusted with the offsets of the rest either.
-        let want = format!("bytes {from}-{last}/");
+        let want = format!("bytes {from}-{last}/{}", self.size);
         let got = r
             .headers()
             .get(reqwest::header::CONTENT_RANGE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        if !got.starts_with(&want) {
-            return Err(UpdateError::Fetch(format!(
-                "{u}: asked for bytes {from}-{last}, the server sent {got:?}"
+        if got != want {
+            return Ok(Reply::Refused(format!(
+                "{u}: asked for {want:?}, the server sent Content-Range {got:?}"
             )));
         }
-        Ok(Some(Box::new(r.take(len))))
+        Ok(Reply::Part(Box::new(r.take(len))))
     }
 }
 
@@ -156,6 +169,7 @@ pub fn obtain(
         let mut remote = Http {
             client: client()?,
             url: url(base, &entry.bundle),
+            size: entry.size,
         };
         match assemble(&mut remote, entry.size, check, locals, &delta, progress)? {
             Outcome::Assembled(stats) => match file_sha256(&delta)? {
