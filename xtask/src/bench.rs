@@ -229,7 +229,6 @@ pub fn init(runs: usize, boots: usize) -> anyhow::Result<()> {
         .arg(&cg)
         .arg(runs.to_string())
         .output()?;
-    let _ = std::fs::remove_dir(&cg);
     if !out.status.success() {
         bail!(
             "keel-launch-bench failed: {}",
@@ -246,14 +245,13 @@ pub fn init(runs: usize, boots: usize) -> anyhow::Result<()> {
     let in_process = median(keel);
     let def = work.join("true.toml");
     std::fs::write(&def, LAUNCH_DEF)?;
-    let whole = median(
-        timed_runs(runs, || {
-            let mut c = Command::new(&bench);
-            c.arg("run").arg(&def).arg(&rootfs).arg(&cg);
-            c
-        })
-        .map_err(anyhow::Error::msg)?,
-    );
+    let whole = timed_runs(runs, || {
+        let mut c = Command::new(&bench);
+        c.arg("run").arg(&def).arg(&rootfs).arg(&cg);
+        c
+    });
+    let _ = std::fs::remove_dir(&cg);
+    let whole = median(whole.map_err(anyhow::Error::msg)?);
     let crun = median(oci_runs("crun", &bundle, runs).map_err(anyhow::Error::msg)?);
     let runc = oci_runs("runc", &bundle, runs).map(median);
 
