@@ -22,6 +22,17 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// The index's entry for `bytes` served at `path`.
+fn entry_for(path: &str, bytes: &[u8]) -> ChannelEntry {
+    ChannelEntry {
+        version: "0.2.0".into(),
+        bundle: path.into(),
+        size: bytes.len() as u64,
+        sha256: hex(&Sha256::digest(bytes)),
+        rollout: None,
+    }
+}
+
 #[test]
 fn an_interrupted_download_resumes_where_it_stopped() {
     let repo = tempfile::tempdir().unwrap();
@@ -30,13 +41,7 @@ fn an_interrupted_download_resumes_where_it_stopped() {
     std::fs::write(repo.path().join("bundles/b.bundle"), &body).unwrap();
     let (port, sent) = keel_tests::http::serve_counting(repo.path());
     let base = format!("http://127.0.0.1:{port}/");
-    let entry = ChannelEntry {
-        version: "0.2.0".into(),
-        bundle: "bundles/b.bundle".into(),
-        size: body.len() as u64,
-        sha256: hex(&Sha256::digest(&body)),
-        rollout: None,
-    };
+    let entry = entry_for("bundles/b.bundle", &body);
     let dl = tempfile::tempdir().unwrap();
     // What an earlier, interrupted attempt left behind.
     let have = 1_234_567;
@@ -121,13 +126,7 @@ fn a_delta_fetches_what_is_missing_and_copes_with_bad_servers() {
     std::fs::copy(&v2, repo.join("bundles/v2.bundle")).unwrap();
     let server = keel_tests::http::Server::start(&repo);
     let base = format!("http://127.0.0.1:{}/", server.port);
-    let entry = ChannelEntry {
-        version: "0.2.0".into(),
-        bundle: "bundles/v2.bundle".into(),
-        size: v2_bytes.len() as u64,
-        sha256: hex(&Sha256::digest(&v2_bytes)),
-        rollout: None,
-    };
+    let entry = entry_for("bundles/v2.bundle", &v2_bytes);
     let locals: Vec<Local> = ["root", "verity", "uki"]
         .iter()
         .zip(&v1)

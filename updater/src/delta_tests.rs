@@ -99,6 +99,16 @@ struct Fake {
     requests: Vec<(u64, u64)>,
 }
 
+impl Fake {
+    fn new(bundle: Vec<u8>, mode: Mode) -> Fake {
+        Fake {
+            bundle,
+            mode,
+            requests: Vec::new(),
+        }
+    }
+}
+
 impl Remote for Fake {
     fn range(&mut self, from: u64, len: u64) -> Result<Reply, UpdateError> {
         self.requests.push((from, len));
@@ -148,11 +158,7 @@ fn run(fake: &mut Fake, locals: &[Local], part: &Path) -> Result<Outcome, Update
 fn a_host_fetches_only_what_changed() {
     let d = tempfile::tempdir().unwrap();
     let (v1, v2) = pair(d.path());
-    let mut fake = Fake {
-        bundle: v2.bundle.clone(),
-        mode: Mode::Honest,
-        requests: vec![],
-    };
+    let mut fake = Fake::new(v2.bundle.clone(), Mode::Honest);
     let part = d.path().join("x.delta");
     let Outcome::Assembled(stats) = run(&mut fake, &locals(d.path(), &v1), &part).unwrap() else {
         panic!("fell back")
@@ -175,11 +181,7 @@ fn a_host_fetches_only_what_changed() {
 fn a_server_without_range_or_refusing_ranges_falls_back() {
     let d = tempfile::tempdir().unwrap();
     let (v1, v2) = pair(d.path());
-    let mut fake = Fake {
-        bundle: v2.bundle,
-        mode: Mode::NoRange,
-        requests: vec![],
-    };
+    let mut fake = Fake::new(v2.bundle, Mode::NoRange);
     let out = run(&mut fake, &locals(d.path(), &v1), &d.path().join("x.delta")).unwrap();
     assert_eq!(
         out,
@@ -201,11 +203,7 @@ fn a_corrupted_chunk_is_fetched_again_never_written() {
     let m = check(&v2.bundle).unwrap().manifest;
     let at = start + m.payloads[1].offset + 100;
     let part = d.path().join("x.delta");
-    let mut fake = Fake {
-        bundle: v2.bundle.clone(),
-        mode: Mode::Corrupt { at, n: 1 },
-        requests: vec![],
-    };
+    let mut fake = Fake::new(v2.bundle.clone(), Mode::Corrupt { at, n: 1 });
     let l = locals(d.path(), &v1);
     assert!(matches!(
         run(&mut fake, &l, &part).unwrap(),
@@ -242,11 +240,7 @@ fn an_interrupted_delta_resumes_with_what_it_wrote() {
     let d = tempfile::tempdir().unwrap();
     let (v1, v2) = pair(d.path());
     let part = d.path().join("x.delta");
-    let mut fake = Fake {
-        bundle: v2.bundle.clone(),
-        mode: Mode::Honest,
-        requests: vec![],
-    };
+    let mut fake = Fake::new(v2.bundle.clone(), Mode::Honest);
     run(&mut fake, &locals(d.path(), &v1), &part).unwrap();
     // As if power failed after part of it: half the file lost.
     let mut bytes = std::fs::read(&part).unwrap();
@@ -288,11 +282,7 @@ fn an_interrupted_delta_resumes_with_what_it_wrote() {
 fn nothing_to_reuse_or_a_wrong_size_falls_back() {
     let d = tempfile::tempdir().unwrap();
     let (_, v2) = pair(d.path());
-    let mut fake = Fake {
-        bundle: v2.bundle.clone(),
-        mode: Mode::Honest,
-        requests: vec![],
-    };
+    let mut fake = Fake::new(v2.bundle.clone(), Mode::Honest);
     let part = d.path().join("x.delta");
     let Outcome::Fallback(why) = run(&mut fake, &[], &part).unwrap() else {
         panic!("no fallback")
@@ -308,11 +298,7 @@ fn nothing_to_reuse_or_a_wrong_size_falls_back() {
 fn a_head_signed_by_a_stranger_is_refused_before_any_chunk() {
     let d = tempfile::tempdir().unwrap();
     let (v1, v2) = pair(d.path());
-    let mut fake = Fake {
-        bundle: v2.bundle,
-        mode: Mode::Honest,
-        requests: vec![],
-    };
+    let mut fake = Fake::new(v2.bundle, Mode::Honest);
     let stranger = |bytes: &[u8]| {
         verify::read_head(
             &mut &bytes[..],
